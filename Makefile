@@ -1,0 +1,35 @@
+# The two set-up commands (README): `make run` and `make test`. Both need only python3.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+VENV := .venv
+TOOLS := .tools
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+# Keys outside the repository: the same key gives the same pseudonyms across clones.
+SECRET_FILE ?= $(HOME)/.config/phm/pseudonym.key
+
+.PHONY: run test install lint bench clean-store
+
+install: $(VENV)/.installed
+
+# The venv is built from the lock file only (uv sync --frozen); uv itself is bootstrapped from PyPI.
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x $(TOOLS)/bin/uv || ($(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION))
+	$(TOOLS)/bin/uv sync --frozen --all-groups
+	@touch $@
+
+$(SECRET_FILE):
+	@mkdir -p $(dir $@) && chmod 700 $(dir $@)
+	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $@ && chmod 600 $@
+	@echo "created a local pseudonymisation key at $@ (keep it outside git; set PHM_PSEUDONYM_KEY to use another)"
+
+run: install $(SECRET_FILE)
+	dvc repro
+
+test: install
+	ruff check .
+	pytest
+
+bench: install
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; python $$script || exit 1; done

@@ -1,0 +1,108 @@
+"""Command line: ``python -m pipeline <stage>``; one command per DVC stage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pipeline.config import load_params
+from pipeline.errors import ParamsError, PipelineError
+from pipeline.io import Paths
+
+app = typer.Typer(
+    help="Risk stratification for prevention, with an equity audit in the same run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+RootOption = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml).")]
+TargetOption = Annotated[str, typer.Option("--target", help="A target named in params.yaml.")]
+
+
+def _params(root: Path):
+    return load_params(Paths.at(root).params)
+
+
+def _checked_target(params, target: str) -> str:
+    if target not in params.targets:
+        known = ", ".join(sorted(params.targets))
+        raise ParamsError(f"--target: unknown target {target!r} (params.yaml targets: {known})")
+    return target
+
+
+@app.command()
+def synthesize(root: RootOption = Path(".")) -> None:
+    """Generate the synthetic population, its event history, outcomes and ground truth."""
+    from pipeline.synth import run
+
+    run(_params(root), Paths.at(root))
+
+
+@app.command()
+def validate(
+    extract: Annotated[
+        Path | None, typer.Argument(help="Folder to check (default: data/population).")
+    ] = None,
+    root: RootOption = Path("."),
+) -> None:
+    """Check a population folder (synthetic or a real extract) against the data contract."""
+    from pipeline.validate import run
+
+    run(_params(root), Paths.at(root), extract=extract)
+
+
+@app.command()
+def features(root: RootOption = Path(".")) -> None:
+    """Engineer one row of features per person at the index date from the event records."""
+    from pipeline.features import run
+
+    run(_params(root), Paths.at(root))
+
+
+@app.command()
+def train(target: TargetOption, root: RootOption = Path(".")) -> None:
+    """Train, calibrate, score and register the LightGBM risk model for one target."""
+    from pipeline.train import run
+
+    params = _params(root)
+    run(params, Paths.at(root), target=_checked_target(params, target))
+
+
+@app.command()
+def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
+    """Audit one target's scores for equity across deprivation, geography and ethnicity."""
+    from pipeline.audit import run
+
+    params = _params(root)
+    run(params, Paths.at(root), target=_checked_target(params, target))
+
+
+@app.command()
+def outreach(root: RootOption = Path(".")) -> None:
+    """Export capacity-limited, pseudonymised outreach lists per ICB, with reasons."""
+    from pipeline.outreach import run
+
+    run(_params(root), Paths.at(root))
+
+
+@app.command()
+def report(root: RootOption = Path(".")) -> None:
+    """Build the self-contained, disclosure-controlled equity report (HTML)."""
+    from pipeline.report import run
+
+    run(_params(root), Paths.at(root))
+
+
+def main() -> None:
+    """Entry point: run the app, turning user-fixable errors into a clear message and exit 2."""
+    try:
+        app()
+    except PipelineError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        sys.exit(2)

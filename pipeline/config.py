@@ -1,0 +1,263 @@
+"""Pipeline parameters: ``params.yaml`` loaded into frozen pydantic models.
+
+Every stage calls :func:`load_params` before doing any work, so an unknown key or a bad value
+stops the run with a message that names the key (for example ``train.learning_rate``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ParamsError
+
+__all__ = ["Params", "ParamsError", "load_params", "parse_params"]
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Strength = Annotated[float, Field(ge=0.0, le=3.0)]
+
+
+class BiasParams(_Frozen):
+    """Planted recording and access biases (0 = an unbiased world)."""
+
+    under_recording: Strength = 1.0
+    """How strongly true conditions go unrecorded in deprived areas, some ethnic groups and
+    poorly-recording practices."""
+    access: Strength = 1.0
+    """How strongly care use (and so recorded outcomes) falls for the same need, in the same
+    groups."""
+    ethnicity_not_recorded: Probability = 0.15
+    """Overall share of people with no recorded ethnicity (Z / 99 / null)."""
+
+
+class PopulationParams(_Frozen):
+    """Size and shape of the synthetic population (stage ``synthesize``)."""
+
+    source: Literal["synthetic", "extract"] = "synthetic"
+    """``extract``: copy a real extract from ``extract_dir`` (validated) instead of simulating."""
+    extract_dir: str | None = None
+    n_people: Annotated[int, Field(ge=1_000, le=100_000_000)] = 200_000
+    area_size: Annotated[int, Field(ge=200, le=5_000)] = 1_600
+    practice_size: Annotated[int, Field(ge=500, le=50_000)] = 8_000
+    history_years: Annotated[int, Field(ge=2, le=10)] = 3
+    chunk_size: Annotated[int, Field(ge=1_000, le=5_000_000)] = 250_000
+    bias: BiasParams = BiasParams()
+
+    @model_validator(mode="after")
+    def _extract_has_dir(self) -> PopulationParams:
+        if self.source == "extract" and not self.extract_dir:
+            raise ValueError("extract_dir is required when source is 'extract'")
+        return self
+
+
+class TargetParams(_Frozen):
+    """One prevention target: an outcome, a follow-up window and an eligible cohort."""
+
+    outcome: Literal["emergency_admission", "cvd_event", "ae_attendance", "diabetes_onset"]
+    follow_up_months: Annotated[int, Field(ge=1, le=120)]
+    min_age: Annotated[int, Field(ge=0, le=110)] = 18
+    max_age: Annotated[int, Field(ge=0, le=110)] = 110
+    exclude_prior: tuple[Literal["cvd", "diabetes"], ...] = ()
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _ages_ordered(self) -> TargetParams:
+        if self.min_age > self.max_age:
+            raise ValueError("min_age must not exceed max_age")
+        return self
+
+
+class FeatureParams(_Frozen):
+    """Feature engineering (stage ``features``)."""
+
+    windows_months: tuple[Annotated[int, Field(ge=1, le=120)], ...] = (3, 6, 12, 24)
+    ethnicity_as_input: bool = False
+    region_as_input: bool = False
+    deprivation_as_input: bool = True
+    split_fractions: tuple[Probability, Probability, Probability] = (0.6, 0.2, 0.2)
+    holdout_icb: str | None = None
+
+    @field_validator("windows_months")
+    @classmethod
+    def _windows_sorted_unique(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
+        if not windows:
+            raise ValueError("at least one look-back window is needed")
+        if list(windows) != sorted(set(windows)):
+            raise ValueError("windows must be strictly increasing, e.g. [3, 6, 12, 24]")
+        return windows
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(
+        cls, fractions: tuple[float, float, float]
+    ) -> tuple[float, float, float]:
+        if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) <= 0:
+            raise ValueError("train/validation/test fractions must be positive and sum to 1")
+        return fractions
+
+
+class TrainParams(_Frozen):
+    """LightGBM training (stage ``train``)."""
+
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    num_leaves: Annotated[int, Field(ge=2, le=4096)] = 31
+    max_depth: Annotated[int, Field(ge=-1, le=64)] = -1
+    min_child_samples: Annotated[int, Field(ge=1)] = 100
+    n_estimators: Annotated[int, Field(ge=1, le=20_000)] = 1_000
+    early_stopping_rounds: Annotated[int, Field(ge=1)] = 50
+    feature_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    bagging_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    lambda_l2: Annotated[float, Field(ge=0.0)] = 1.0
+    class_weighting: Literal["none", "balanced"] = "none"
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
+    max_train_rows: Annotated[int, Field(ge=1_000)] = 2_000_000
+    n_bootstrap: Annotated[int, Field(ge=0, le=10_000)] = 200
+    num_threads: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class AuditParams(_Frozen):
+    """Equity audit (stage ``audit``)."""
+
+    dimensions: tuple[
+        Literal[
+            "imd_quintile",
+            "imd_decile",
+            "region",
+            "icb_code",
+            "ethnicity_group",
+            "sex",
+            "age_band",
+            "ethnicity_group_x_imd_quintile",
+        ],
+        ...,
+    ] = (
+        "imd_quintile",
+        "region",
+        "icb_code",
+        "ethnicity_group",
+        "sex",
+        "age_band",
+        "ethnicity_group_x_imd_quintile",
+    )
+    n_bootstrap: Annotated[int, Field(ge=0, le=10_000)] = 1_000
+    n_monte_carlo: Annotated[int, Field(ge=100, le=100_000)] = 2_000
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    fair_ratio_low: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    fair_ratio_high: Annotated[float, Field(gt=1.0)] = 1.25
+    min_group_size: Annotated[int, Field(ge=1)] = 100
+    min_group_events: Annotated[int, Field(ge=1)] = 10
+
+
+class OutreachParams(_Frozen):
+    """Outreach lists (stage ``outreach``)."""
+
+    capacity_mode: Literal["share", "per_icb", "per_practice"] = "share"
+    capacity: Annotated[float, Field(gt=0.0)] = 0.05
+    """A share of the eligible cohort (mode ``share``, 0-1) or a number of people per ICB or per
+    practice (modes ``per_icb`` / ``per_practice``)."""
+    policy: Literal["risk", "core20plus5", "equal_opportunity", "need_adjusted"] = "risk"
+    core20_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    plus_groups: tuple[str, ...] = ("Black", "Asian", "Mixed", "Other")
+    plus_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
+    secret_env: str = "PHM_PSEUDONYM_KEY"
+    secret_file: str = "~/.config/phm/pseudonym.key"
+
+    @model_validator(mode="after")
+    def _capacity_fits_mode(self) -> OutreachParams:
+        if self.capacity_mode == "share" and not 0.0 < self.capacity <= 1.0:
+            raise ValueError("capacity must be a share in (0, 1] when capacity_mode is 'share'")
+        if self.capacity_mode != "share" and self.capacity != int(self.capacity):
+            raise ValueError("capacity must be a whole number of people per ICB or practice")
+        return self
+
+
+class ReportParams(_Frozen):
+    """Equity report (stage ``report``)."""
+
+    title: str = "Risk stratification for prevention: equity report"
+    suppress_below: Annotated[int, Field(ge=1)] = 8
+    round_to: Annotated[int, Field(ge=1)] = 5
+
+
+class Params(_Frozen):
+    """All pipeline parameters; one section per stage."""
+
+    seed: Annotated[int, Field(ge=0)] = 20_261_123
+    index_date: dt.date = dt.date(2025, 4, 1)
+    population: PopulationParams = PopulationParams()
+    targets: dict[str, TargetParams]
+    features: FeatureParams = FeatureParams()
+    train: TrainParams = TrainParams()
+    audit: AuditParams = AuditParams()
+    outreach: OutreachParams = OutreachParams()
+    report: ReportParams = ReportParams()
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_named(cls, targets: dict[str, TargetParams]) -> dict[str, TargetParams]:
+        if not targets:
+            raise ValueError("at least one target is needed")
+        for name in targets:
+            if not name.replace("_", "").isalnum() or not name.islower():
+                raise ValueError(f"target name {name!r} must be lower_snake_case")
+        return targets
+
+
+def _key_of(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location) or "<root>"
+
+
+def parse_params(raw: object, *, source: str = PARAMS_FILE) -> Params:
+    """Validate a parsed params mapping.
+
+    Parameters
+    ----------
+    raw
+        The mapping read from YAML.
+    source
+        Where it came from, for the error message.
+
+    Returns
+    -------
+    Params
+        The frozen, validated parameters.
+
+    Raises
+    ------
+    ParamsError
+        Naming every offending key, e.g. ``train.learning_rate: Input should be greater than 0``.
+    """
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = [
+            f"  {_key_of(problem['loc'])}: "
+            + ("unknown key" if problem["type"] == "extra_forbidden" else problem["msg"])
+            for problem in error.errors()
+        ]
+        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(problems)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (see :func:`parse_params`)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: parameters file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, source=str(path))
