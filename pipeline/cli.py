@@ -39,9 +39,10 @@ def _checked_target(params, target: str) -> str:
 @app.command()
 def synthesize(root: RootOption = Path(".")) -> None:
     """Generate the synthetic population, its event history, outcomes and ground truth."""
+    params = _params(root)
     from pipeline.synth import run
 
-    run(_params(root), Paths.at(root))
+    run(params, Paths.at(root))
 
 
 @app.command()
@@ -52,51 +53,57 @@ def validate(
     root: RootOption = Path("."),
 ) -> None:
     """Check a population folder (synthetic or a real extract) against the data contract."""
+    params = _params(root)
     from pipeline.validate import run
 
-    run(_params(root), Paths.at(root), extract=extract)
+    run(params, Paths.at(root), extract=extract)
 
 
 @app.command()
 def features(root: RootOption = Path(".")) -> None:
     """Engineer one row of features per person at the index date from the event records."""
+    params = _params(root)
     from pipeline.features import run
 
-    run(_params(root), Paths.at(root))
+    run(params, Paths.at(root))
 
 
 @app.command()
 def train(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Train, calibrate, score and register the LightGBM risk model for one target."""
+    params = _params(root)
+    checked_target = _checked_target(params, target)
     from pipeline.train import run
 
-    params = _params(root)
-    run(params, Paths.at(root), target=_checked_target(params, target))
+    run(params, Paths.at(root), target=checked_target)
 
 
 @app.command()
 def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Audit one target's scores for equity across deprivation, geography and ethnicity."""
+    params = _params(root)
+    checked_target = _checked_target(params, target)
     from pipeline.audit import run
 
-    params = _params(root)
-    run(params, Paths.at(root), target=_checked_target(params, target))
+    run(params, Paths.at(root), target=checked_target)
 
 
 @app.command()
 def outreach(root: RootOption = Path(".")) -> None:
     """Export capacity-limited, pseudonymised outreach lists per ICB, with reasons."""
+    params = _params(root)
     from pipeline.outreach import run
 
-    run(_params(root), Paths.at(root))
+    run(params, Paths.at(root))
 
 
 @app.command()
 def report(root: RootOption = Path(".")) -> None:
     """Build the self-contained, disclosure-controlled equity report (HTML)."""
+    params = _params(root)
     from pipeline.report import run
 
-    run(_params(root), Paths.at(root))
+    run(params, Paths.at(root))
 
 
 def main() -> None:

@@ -59,9 +59,59 @@ def round_count_expr(
         .when((count > 0) & (count < suppress_below))
         .then(pl.lit(SUPPRESSED))
         .otherwise(rounded.cast(pl.String))
+        .alias(count.meta.output_name(raise_if_undetermined=False) or "count")
     )
 
 
 def suppressed_mask_expr(count: pl.Expr, *, suppress_below: int = SUPPRESS_BELOW) -> pl.Expr:
     """True where a count would be suppressed."""
     return (count > 0) & (count < suppress_below)
+
+
+def is_published_count(
+    value: object, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
+) -> bool:
+    """True when ``value`` is a publishable count: None, 0, ``'*'`` or a multiple of ``round_to``.
+
+    Accepts the forms stages publish: ints, integral floats and numeric strings (the String
+    column that :func:`round_count_expr` returns). ``suppress_below`` is accepted for symmetry:
+    any multiple of ``round_to`` is a valid rounded count.
+    """
+    del suppress_below  # a rounded count of a suppressed cell never appears: it is '*'
+    if value is None or value == SUPPRESSED:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        text = value.replace(",", "").strip()
+        if not text.isdigit():
+            return False
+        value = int(text)
+    if isinstance(value, float):
+        if not value.is_integer():
+            return False
+        value = int(value)
+    return isinstance(value, int) and value >= 0 and value % round_to == 0
+
+
+def republish_count(
+    value: object, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
+) -> int | str | None:
+    """A count that may already be published (``'*'``, a rounded int or numeric string) or raw
+    -> its published form. Idempotent: publishing a published count changes nothing."""
+    if value is None or value == SUPPRESSED:
+        return value  # type: ignore[return-value]
+    if isinstance(value, str):
+        value = float(value.replace(",", ""))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        value = round(value)
+    return round_count(int(value), suppress_below=suppress_below, round_to=round_to)  # type: ignore[arg-type]
+
+
+def publish_rate_given(rate: float | str | None, *counts: object) -> float | str | None:
+    """A rate next to already-published counts: ``'*'`` when any of them is ``'*'``."""
+    if rate == SUPPRESSED or any(count == SUPPRESSED for count in counts):
+        return SUPPRESSED
+    return rate
