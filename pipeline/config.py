@@ -81,12 +81,32 @@ class TargetParams(_Frozen):
 class FeatureParams(_Frozen):
     """Feature engineering (stage ``features``)."""
 
-    windows_months: tuple[Annotated[int, Field(ge=1, le=120)], ...] = (3, 6, 12, 24)
-    ethnicity_as_input: bool = False
-    region_as_input: bool = False
-    deprivation_as_input: bool = True
+    windows_months: tuple[Annotated[int, Field(ge=1, le=120, strict=True)], ...] = (3, 6, 12, 24)
+    ethnicity_as_input: Annotated[bool, Field(strict=True)] = False
+    region_as_input: Annotated[bool, Field(strict=True)] = False
+    deprivation_as_input: Annotated[bool, Field(strict=True)] = True
     split_fractions: tuple[Probability, Probability, Probability] = (0.6, 0.2, 0.2)
-    holdout_icb: str | None = None
+    holdout_icb: Annotated[str, Field(pattern=r"^[A-Z0-9]{3}$")] | None = None
+    """ODS code of an ICB whose people get split ``external`` (geographic external validation)."""
+    measurements: tuple[Literal["sbp", "dbp", "bmi", "hba1c", "cholesterol"], ...] = (
+        "sbp",
+        "bmi",
+        "hba1c",
+        "cholesterol",
+    )
+    """Measurement codes whose latest value, its age and a missing indicator become features."""
+    polypharmacy_months: Annotated[int, Field(ge=1, le=120, strict=True)] = 12
+    """Look-back for distinct BNF sections prescribed and the practice emergency admission rate."""
+    chunk_people: Annotated[int, Field(ge=10_000, le=100_000_000, strict=True)] = 2_000_000
+    """People per pass over the events; larger populations run in person_id-range chunks so
+    memory stays flat (the output is identical)."""
+
+    @field_validator("measurements")
+    @classmethod
+    def _measurements_unique(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(codes)) != len(codes):
+            raise ValueError("measurement codes must not repeat")
+        return codes
 
     @field_validator("windows_months")
     @classmethod
@@ -157,29 +177,65 @@ class AuditParams(_Frozen):
     fair_ratio_high: Annotated[float, Field(gt=1.0)] = 1.25
     min_group_size: Annotated[int, Field(ge=1)] = 100
     min_group_events: Annotated[int, Field(ge=1)] = 10
+    split: Literal["all", "test", "validation"] = "test"
+    """People whose metrics are audited (selection is always made on the whole cohort)."""
+    score_bins: Annotated[int, Field(ge=10, le=100_000)] = 1_000
+    """Cells keep each distinct score when there are at most this many, else quantile bins."""
+    bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000)] = 100
+    reference_groups: dict[str, str] = Field(
+        default_factory=lambda: {"imd_quintile": "5", "imd_decile": "10"}
+    )
+    """Reference group per dimension; dimensions not listed use their largest group."""
+    label_choice_dimensions: tuple[str, ...] = ("imd_quintile", "ethnicity_group")
+    label_choice_bins: Annotated[int, Field(ge=5, le=1_000)] = 50
+    need_case_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    need_ratio_material: Annotated[float, Field(ge=1.0, le=2.0)] = 1.05
+    """A group is named disadvantaged when its true need at the same score is significantly above
+    the reference's AND at least this ratio (5% more need by default)."""
+    """With truth: a true-need case is in the top share of the cohort by true need."""
+    need_model_rounds: Annotated[int, Field(ge=1, le=5_000)] = 200
+    need_model_max_rows: Annotated[int, Field(ge=1_000)] = 500_000
+    num_threads: Annotated[int, Field(ge=1, le=64)] = 2
 
 
-class OutreachParams(_Frozen):
-    """Outreach lists (stage ``outreach``)."""
+class _Capacity(_Frozen):
+    """How many people a list holds: a share of the eligible cohort, or a count per unit."""
 
     capacity_mode: Literal["share", "per_icb", "per_practice"] = "share"
     capacity: Annotated[float, Field(gt=0.0)] = 0.05
     """A share of the eligible cohort (mode ``share``, 0-1) or a number of people per ICB or per
     practice (modes ``per_icb`` / ``per_practice``)."""
+
+    @model_validator(mode="after")
+    def _capacity_fits_mode(self) -> _Capacity:
+        if self.capacity_mode == "share" and not 0.0 < self.capacity <= 1.0:
+            raise ValueError("capacity must be a share in (0, 1] when capacity_mode is 'share'")
+        if self.capacity_mode != "share" and self.capacity != int(self.capacity):
+            raise ValueError("capacity must be a whole number of people per ICB or practice")
+        return self
+
+
+class OperatingPointParams(_Capacity):
+    """The selection at which models are evaluated (train metrics) and audited (stage ``audit``).
+
+    Kept apart from ``outreach`` so that a team can try another list size with
+    ``dvc exp run -S outreach.capacity=...`` without re-training or re-auditing.
+    """
+
+
+class OutreachParams(_Capacity):
+    """Outreach lists (stage ``outreach``)."""
+
     policy: Literal["risk", "core20plus5", "equal_opportunity", "need_adjusted"] = "risk"
     core20_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     plus_groups: tuple[str, ...] = ("Black", "Asian", "Mixed", "Other")
     plus_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
     secret_env: str = "PHM_PSEUDONYM_KEY"
     secret_file: str = "~/.config/phm/pseudonym.key"
-
-    @model_validator(mode="after")
-    def _capacity_fits_mode(self) -> OutreachParams:
-        if self.capacity_mode == "share" and not 0.0 < self.capacity <= 1.0:
-            raise ValueError("capacity must be a share in (0, 1] when capacity_mode is 'share'")
-        if self.capacity_mode != "share" and self.capacity != int(self.capacity):
-            raise ValueError("capacity must be a whole number of people per ICB or practice")
-        return self
+    targets: tuple[str, ...] | None = None
+    """Targets to build lists for (default: every target in ``targets``)."""
+    min_group_size: Annotated[int, Field(ge=1)] = 100
+    """Summary groups with fewer selected people are marked ``"stable": false``."""
 
 
 class ReportParams(_Frozen):
@@ -199,6 +255,7 @@ class Params(_Frozen):
     targets: dict[str, TargetParams]
     features: FeatureParams = FeatureParams()
     train: TrainParams = TrainParams()
+    operating_point: OperatingPointParams = OperatingPointParams()
     audit: AuditParams = AuditParams()
     outreach: OutreachParams = OutreachParams()
     report: ReportParams = ReportParams()

@@ -6,14 +6,16 @@ the contract can replace the synthetic population; ``python -m pipeline validate
 
 from __future__ import annotations
 
-from typing import Final
+import datetime as dt
+from pathlib import Path
+from typing import Any, Final
 
 import polars as pl
 
 from pipeline.errors import ContractError
+from pipeline.io import scan_table
 
 __all__ = ["ContractError"]
-
 
 
 # --- Input tables (a real extract must provide these) -------------------------------------------
@@ -241,6 +243,7 @@ def ethnicity_group_expr(ethnicity: pl.Expr) -> pl.Expr:
         ETHNICITY_GROUPS, default="Not recorded", return_dtype=pl.String
     ).fill_null("Not recorded")
 
+
 RISK_TIERS: Final = (("very high", 0.05), ("high", 0.20), ("moderate", 0.50), ("low", 1.0))
 """Risk tiers by rank within the eligible cohort (Kaiser pyramid): top 5% very high, next 15%
 high, next 30% moderate, the rest low."""
@@ -251,3 +254,348 @@ RECORDED_MULTIMORBIDITY: Final = "n_recorded_conditions"
 NEED_SCORES_DIR: Final = "need"
 """``data/scores/need/<target>.parquet``: the audit's need-based ranking (person_id, need_score),
 read by the outreach policy ``need_adjusted``."""
+
+
+# --- Validation of a population folder (synthetic or a real extract) ----------------------------
+
+CONSULTATION_CODES: Final = ("face_to_face", "telephone", "online", "home_visit")
+"""Codes of ``gp_consultation`` events (the consultation mode)."""
+ICD10_EVENT_TYPES: Final = (
+    "diagnosis",
+    "ae_attendance",
+    "emergency_admission",
+    "elective_admission",
+    "outpatient",
+)
+"""Event types whose code is an ICD-10 (primary) diagnosis."""
+ICD10_PATTERN: Final = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?$"
+EARLIEST_EVENT_DATE: Final = "1900-01-01"
+
+REQUIRED_NON_NULL: Final = {
+    "areas": tuple(AREAS_SCHEMA),
+    "practices": tuple(PRACTICES_SCHEMA),
+    "people": ("person_id", "sex", "age", "area_id", "practice_id"),
+    "events": ("person_id", "date", "event_type", "code"),
+    "outcomes": tuple(OUTCOMES_SCHEMA),
+}
+"""Columns that may not be null (people.ethnicity and events.value may)."""
+UNIQUE_KEYS: Final = {
+    "areas": ("area_id",),
+    "practices": ("practice_id",),
+    "people": ("person_id",),
+    "outcomes": ("person_id", "target"),
+}
+
+
+def _dtype_family(dtype: pl.DataType) -> str:
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.String:
+        return "string"
+    if dtype == pl.Date:
+        return "date"
+    if dtype == pl.Boolean:
+        return "boolean"
+    return str(dtype)
+
+
+def _accepts(expected: pl.DataType, actual: pl.DataType) -> bool:
+    """Integer widths may differ and a float column may hold integers; otherwise types match."""
+    want, got = _dtype_family(expected), _dtype_family(actual)
+    return want == got or (want == "float" and got == "integer")
+
+
+def _table_location(folder: Path, table: str) -> str:
+    single = folder / f"{table}.parquet"
+    return single.name if single.exists() else f"{table}/"
+
+
+def event_code_valid_expr() -> pl.Expr:
+    """True where an event's code is valid for its event_type (unknown types are not judged)."""
+    event_type, code = pl.col("event_type"), pl.col("code")
+    return (
+        pl.when(event_type == "gp_consultation")
+        .then(code.is_in(CONSULTATION_CODES))
+        .when(event_type.is_in(ICD10_EVENT_TYPES))
+        .then(code.str.contains(ICD10_PATTERN))
+        .when(event_type == "prescription")
+        .then(code.str.slice(0, 4).is_in(tuple(BNF_SECTIONS)) & code.str.contains(r"^[0-9]+$"))
+        .when(event_type == "measurement")
+        .then(code.is_in(tuple(MEASUREMENT_CODES)))
+        .otherwise(True)
+        .fill_null(True)  # null codes are reported by the null rule
+    )
+
+
+def measurement_out_of_range_expr() -> pl.Expr:
+    """True for a measurement of a known code whose value is null or outside its plausible range."""
+    low = pl.col("code").replace_strict(
+        {code: spec[1] for code, spec in MEASUREMENT_CODES.items()},
+        default=None,
+        return_dtype=pl.Float64,
+    )
+    high = pl.col("code").replace_strict(
+        {code: spec[2] for code, spec in MEASUREMENT_CODES.items()},
+        default=None,
+        return_dtype=pl.Float64,
+    )
+    value = pl.col("value").cast(pl.Float64)
+    return (
+        (pl.col("event_type") == "measurement")
+        & low.is_not_null()
+        & (value.is_null() | value.is_nan() | (value < low) | (value > high))
+    ).fill_null(False)
+
+
+def _count(frame: pl.LazyFrame, exprs: dict[str, pl.Expr]) -> dict[str, int]:
+    """Evaluate named row-count expressions in one streaming pass."""
+    if not exprs:
+        return {}
+    row = frame.select(
+        [expr.cast(pl.Int64).sum().alias(name) for name, expr in exprs.items()]
+    ).collect()
+    return {name: int(row[name][0] or 0) for name in exprs}
+
+
+def _violation(file: str, column: str, rule: str, rows: int) -> dict[str, Any]:
+    return {"file": file, "column": column, "rule": rule, "rows": rows}
+
+
+def _check_values(
+    table: str,
+    frame: pl.LazyFrame,
+    columns: set[str],
+    *,
+    target_names: tuple[str, ...],
+    index_date: dt.date,
+) -> dict[tuple[str, str], pl.Expr]:
+    """Row-level rules of one table: (column, rule) -> boolean 'row breaks the rule'."""
+    rules: dict[tuple[str, str], pl.Expr] = {}
+    for column in REQUIRED_NON_NULL[table]:
+        if column in columns:
+            rules[(column, "null value")] = pl.col(column).is_null()
+
+    def add(column: str, rule: str, expr: pl.Expr) -> None:
+        if column in columns:
+            rules[(column, rule)] = expr.fill_null(False)
+
+    if table == "areas":
+        add(
+            "region",
+            f"unknown region (expected one of {len(REGIONS)} NHS regions)",
+            ~pl.col("region").is_in(REGIONS),
+        )
+        add("imd_decile", "imd_decile out of range 1-10", ~pl.col("imd_decile").is_between(1, 10))
+        add(
+            "rural_urban",
+            "unknown rural_urban (expected urban/rural)",
+            ~pl.col("rural_urban").is_in(RURAL_URBAN),
+        )
+    elif table == "people":
+        add("sex", "unknown sex (expected F/M/U)", ~pl.col("sex").is_in(SEXES))
+        add(
+            "age",
+            f"age out of range {AGE_RANGE[0]}-{AGE_RANGE[1]}",
+            ~pl.col("age").is_between(*AGE_RANGE),
+        )
+        add(
+            "ethnicity",
+            "unknown ethnic category code",
+            pl.col("ethnicity").is_not_null() & ~pl.col("ethnicity").is_in(tuple(ETHNICITY_GROUPS)),
+        )
+    elif table == "events":
+        add("event_type", "unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES))
+        add(
+            "date",
+            f"date out of range {EARLIEST_EVENT_DATE} to index date {index_date}",
+            ~pl.col("date").is_between(dt.date.fromisoformat(EARLIEST_EVENT_DATE), index_date),
+        )
+    elif table == "outcomes":
+        add(
+            "target",
+            f"unknown target (params targets: {', '.join(target_names)})",
+            ~pl.col("target").is_in(target_names),
+        )
+        add("value", "value not 0/1", ~pl.col("value").is_in((0, 1)))
+    return rules
+
+
+def _event_code_violations(frame: pl.LazyFrame, columns: set[str]) -> dict[tuple[str, str], int]:
+    """Code and measurement-value rules, judged on the (small) table of distinct type/code pairs.
+
+    One streaming group-by replaces a regex and a lookup per row; only when a measurement code
+    has an implausible value somewhere is its exact row count taken with a filtered pass.
+    """
+    if not {"event_type", "code"} <= columns:
+        return {}
+    has_value = "value" in columns
+    value = pl.col("value").cast(pl.Float64)
+    aggs = [pl.len().alias("n")]
+    if has_value:
+        aggs += [
+            value.min().alias("lo"),
+            value.max().alias("hi"),
+            (value.is_null() | value.is_nan()).sum().alias("missing"),
+        ]
+    pairs = frame.group_by("event_type", "code").agg(aggs).collect()
+    found: dict[tuple[str, str], int] = {}
+    invalid = int(pairs.filter(~event_code_valid_expr())["n"].sum())
+    if invalid:
+        found[("code", "unknown code for its event_type")] = invalid
+    if has_value:
+        measured = pairs.filter(pl.col("event_type") == "measurement")
+        suspect = [
+            code
+            for code, lo, hi, missing in measured.select("code", "lo", "hi", "missing").iter_rows()
+            if code in MEASUREMENT_CODES
+            and (missing or lo < MEASUREMENT_CODES[code][1] or hi > MEASUREMENT_CODES[code][2])
+        ]
+        if suspect:
+            rows = _count(
+                frame.filter(pl.col("code").is_in(suspect)), {"x": measurement_out_of_range_expr()}
+            )["x"]
+            found[("value", "measurement value missing or out of plausible range")] = rows
+    return found
+
+
+def validate_population(
+    folder: str | Path, *, target_names: tuple[str, ...] | list[str], index_date: dt.date
+) -> dict[str, Any]:
+    """Check a population folder against the data contract, streaming every table.
+
+    Parameters
+    ----------
+    folder
+        Folder holding ``areas``, ``practices``, ``people``, ``events`` and ``outcomes``, each as
+        ``<table>.parquet`` or a folder ``<table>/`` of parquet parts.
+    target_names
+        Targets named in params; any other ``outcomes.target`` is a violation.
+    index_date
+        Events must be dated on or before it.
+
+    Returns
+    -------
+    dict
+        Raw (not disclosure-controlled) facts for the data-quality report: ``rows`` per table,
+        ``nulls`` per table and column, ``ethnicity_recorded`` people, ``events_last_year`` by
+        type, ``date_min`` / ``date_max`` and ``n_people``.
+
+    Raises
+    ------
+    ContractError
+        Listing every violation as file, column, rule and number of rows.
+    """
+    folder = Path(folder)
+    target_names = tuple(target_names)
+    if not folder.is_dir():
+        raise ContractError(f"{folder}: population folder not found")
+    violations: list[dict[str, Any]] = []
+    frames: dict[str, pl.LazyFrame] = {}
+    usable: dict[str, set[str]] = {}
+    for table, schema in INPUT_TABLES.items():
+        try:
+            frame = scan_table(folder, table)
+            actual = frame.collect_schema()
+        except FileNotFoundError:
+            violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
+            continue
+        except (pl.exceptions.PolarsError, OSError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
+            continue
+        location = _table_location(folder, table)
+        good: set[str] = set()
+        for column, dtype in schema.items():
+            if column not in actual:
+                violations.append(_violation(location, column, "missing column", 0))
+            elif not _accepts(dtype, actual[column]):
+                violations.append(
+                    _violation(
+                        location, column, f"wrong type: expected {dtype}, got {actual[column]}", 0
+                    )
+                )
+            else:
+                good.add(column)
+        frames[table] = frame.select(sorted(good, key=list(schema).index))
+        usable[table] = good
+
+    facts: dict[str, Any] = {"rows": {}, "nulls": {}}
+    for table, frame in frames.items():
+        location = _table_location(folder, table)
+        columns = usable[table]
+        rules = _check_values(
+            table, frame, columns, target_names=target_names, index_date=index_date
+        )
+        exprs = {f"rule{i}": expr for i, expr in enumerate(rules.values())}
+        exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
+        for column in columns:
+            exprs[f"null:{column}"] = pl.col(column).is_null()
+        key = UNIQUE_KEYS.get(table)
+        counts = _count(frame, exprs)
+        for i, (column, rule) in enumerate(rules):
+            if counts[f"rule{i}"]:
+                violations.append(_violation(location, column, rule, counts[f"rule{i}"]))
+        if table == "events":
+            for (column, rule), rows in _event_code_violations(frame, columns).items():
+                violations.append(_violation(location, column, rule, rows))
+        facts["rows"][table] = counts["__rows"]
+        facts["nulls"][table] = {column: counts[f"null:{column}"] for column in sorted(columns)}
+        if key and set(key) <= columns:
+            distinct = frame.select(key).unique().select(pl.len()).collect().item()
+            duplicates = counts["__rows"] - int(distinct)
+            if duplicates:
+                violations.append(_violation(location, "+".join(key), "duplicate id", duplicates))
+
+    references = (
+        ("people", "area_id", "areas", "area_id", "unknown area_id"),
+        ("people", "practice_id", "practices", "practice_id", "unknown practice_id"),
+        ("practices", "icb_code", "areas", "icb_code", "unknown icb_code"),
+        ("events", "person_id", "people", "person_id", "events for unknown people"),
+        ("outcomes", "person_id", "people", "person_id", "outcomes for unknown people"),
+    )
+    for child, column, parent, parent_column, rule in references:
+        if column in usable.get(child, set()) and parent_column in usable.get(parent, set()):
+            keys = frames[parent].select(pl.col(parent_column).alias(column)).unique()
+            orphans = (
+                frames[child]
+                .select(column)
+                .drop_nulls()
+                .join(keys, on=column, how="anti")
+                .select(pl.len())
+                .collect()
+                .item()
+            )
+            if orphans:
+                violations.append(_violation(_table_location(folder, child), column, rule, orphans))
+
+    if violations:
+        lines = [
+            f"  {v['file']} / {v['column']}: {v['rule']}"
+            + (f" ({v['rows']} rows)" if v["rows"] else "")
+            for v in violations
+        ]
+        raise ContractError(
+            f"{folder}: {len(violations)} data contract violation(s):\n" + "\n".join(lines)
+        )
+
+    people, events = frames["people"], frames["events"]
+    facts["n_people"] = facts["rows"]["people"]
+    facts["ethnicity_recorded"] = (
+        people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
+        .collect()
+        .item()
+    )
+    last_year = (
+        events.filter(pl.col("date") > pl.lit(index_date) - pl.duration(days=365))
+        .group_by("event_type")
+        .agg(pl.len().alias("n"))
+        .collect()
+    )
+    facts["events_last_year"] = dict(zip(last_year["event_type"], last_year["n"], strict=True))
+    span = events.select(
+        pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")
+    ).collect()
+    facts["date_min"], facts["date_max"] = span["lo"][0], span["hi"][0]
+    return facts

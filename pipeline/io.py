@@ -64,6 +64,12 @@ class Paths:
         return self.root / "params.yaml"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it into place only on success."""
@@ -74,6 +80,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600; published files get the usual umask-based mode instead.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -88,6 +96,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_current_umask())
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -103,12 +112,17 @@ def write_parquet(frame: pl.DataFrame, target: str | Path, *, sort_by: str | Seq
     return Path(target)
 
 
-def sink_parquet(
-    frame: pl.LazyFrame, target: str | Path, *, sort_by: str | Sequence[str]
-) -> Path:
-    """Sort a lazy query on ``sort_by`` and stream it atomically to parquet."""
+ROW_GROUP_SIZE = 250_000
+"""Fixed row-group size: without it the streaming writer's row groups (and so the bytes) vary
+from run to run even when the data are identical."""
+
+
+def sink_parquet(frame: pl.LazyFrame, target: str | Path, *, sort_by: str | Sequence[str]) -> Path:
+    """Sort a lazy query on ``sort_by`` and stream it atomically to parquet (byte-stable)."""
     with atomic_path(target) as tmp:
-        frame.sort(sort_by).sink_parquet(tmp, compression="zstd", statistics=True)
+        frame.sort(sort_by).sink_parquet(
+            tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_SIZE
+        )
     return Path(target)
 
 

@@ -49,11 +49,13 @@ def configure(root: str | Path = ".", *, experiment: str = EXPERIMENT_NAME) -> s
 
     # Alembic's migration chatter on first use of a new sqlite store is noise for users.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Read before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
+    team_server = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     mlflow.set_tracking_uri(tracking_uri(root))
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
+    elif team_server:
         experiment_id = mlflow.create_experiment(experiment)
     else:
         experiment_id = mlflow.create_experiment(

@@ -1,0 +1,919 @@
+"""Stage ``audit``: equity audit of one target's risk scores (one DVC stage per target).
+
+Reads ``data/scores/<target>.parquet``, ``features/features.parquet`` (sensitive attributes and
+recorded multimorbidity) and, when present, ``data/truth/``; writes aggregate,
+disclosure-controlled tables to ``reports/audit/<target>/``, headline figures to
+``reports/metrics/audit_<target>.json`` (and the target's MLflow run), and the need-based
+model's per-person scores to ``data/scores/need/<target>.parquet`` (row-level, so under data/).
+
+Modules: :mod:`~pipeline.audit.cohort` (join, operating point), :mod:`~pipeline.audit.cells`
+(MetricFrame on weighted cells, bootstrap of cell counts), :mod:`~pipeline.audit.gradients`
+(SII/RII, WHO HEAT), :mod:`~pipeline.audit.label_choice` (Obermeyer), :mod:`~pipeline.audit.
+mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure control).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+
+from pipeline import contract, io, tracking
+from pipeline.audit import cells as cells_mod
+from pipeline.audit import gradients, label_choice, mitigation, publish
+from pipeline.audit.aggregate import grouped_moments
+from pipeline.audit.cohort import INTERSECTION, build_cohort
+from pipeline.config import Params
+from pipeline.errors import ContractError, ParamsError, StageError
+
+__all__ = ["audit_tables", "run"]
+
+_console = Console(stderr=True)
+
+
+def _warn(message: str) -> None:
+    """A non-fatal problem the user should see (printed, so tests' warnings-as-errors and DVC
+    runs both carry on)."""
+    _console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+ORDERED_DIMENSIONS: Final = ("imd_quintile", "imd_decile", "age_band")
+"""Dimensions with an order (gradients); the rest get WHO HEAT summaries."""
+ALLOWED_DIMENSIONS: Final = (
+    "imd_quintile",
+    "imd_decile",
+    "region",
+    "icb_code",
+    "ethnicity_group",
+    "sex",
+    "age_band",
+    INTERSECTION,
+)
+HEADLINE_RATIO_METRICS: Final = ("selection_rate", "tpr", "ppv", "oe_ratio")
+
+
+def _check_params(params: Params) -> None:
+    audit = params.audit
+    unknown = [d for d in audit.label_choice_dimensions if d not in ALLOWED_DIMENSIONS]
+    unknown += [d for d in audit.reference_groups if d not in ALLOWED_DIMENSIONS]
+    if unknown:
+        raise ParamsError(
+            f"audit: unknown dimension(s) {unknown}; choose from {list(ALLOWED_DIMENSIONS)}"
+        )
+    if audit.bootstrap_score_bins > audit.score_bins:
+        raise ParamsError("audit.bootstrap_score_bins must not exceed audit.score_bins")
+
+
+def _seed(params: Params, target: str, purpose: str) -> np.random.SeedSequence:
+    # crc32 is stable across processes (str hash is not): same params -> same draws
+    return np.random.SeedSequence(
+        [params.seed, zlib.crc32(target.encode()), zlib.crc32(purpose.encode())]
+    )
+
+
+def _rng(params: Params, target: str, purpose: str) -> np.random.Generator:
+    return np.random.default_rng(_seed(params, target, purpose))
+
+
+# --- pure computation -----------------------------------------------------------------------------
+
+
+def audit_tables(
+    cohort: pl.DataFrame,
+    params: Params,
+    *,
+    target: str,
+    fit_rows: pl.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Every raw (not yet disclosure-controlled) audit table for one audited cohort.
+
+    Parameters
+    ----------
+    cohort
+        Audited people from :func:`~pipeline.audit.cohort.build_cohort` (one split), with
+        ``need_score`` when the need-based model ran.
+    params
+        Pipeline parameters (``audit`` and ``outreach`` sections are used).
+    target
+        Target name (seeds).
+    fit_rows
+        People to fit the equal-opportunity thresholds on (validation split); default: cohort.
+
+    Returns
+    -------
+    dict
+        Polars frames: ``groups``, ``group_metrics``, ``overall``, ``gradients``, ``heat``,
+        ``need_curves``, ``need_gaps``, ``selection_shares``, ``mitigation``,
+        ``mitigation_by_group``, ``tpr_gaps``; plus ``score_resolution`` and ``has_truth``.
+    """
+    audit = params.audit
+    has_truth = "true_need" in cohort.columns and cohort["true_need"].null_count() < cohort.height
+    has_oracle = "oracle_risk" in cohort.columns and cohort["oracle_risk"].null_count() == 0
+    cohort, resolution = cells_mod.add_score_bins(cohort, score_bins=audit.score_bins)
+    bin_score = cells_mod.bin_scores(cohort)
+    cohort = cohort.with_columns(pl.lit("All").alias("overall"))
+
+    dims = ("overall", *audit.dimensions)
+    group_frames, metric_frames = [], []
+    seeds = _seed(params, target, "bootstrap").spawn(len(dims))
+    all_cells = [cells_mod.build_cells(cohort, d, bin_score=bin_score) for d in dims]
+    points = cells_mod.cells_metric_frames(all_cells)
+    for cells, point, seed in zip(all_cells, points, seeds, strict=True):
+        group_frames.append(
+            cells_mod.group_counts(
+                cells,
+                min_group_size=audit.min_group_size,
+                min_group_events=audit.min_group_events,
+            )
+        )
+        metric_frames.append(
+            cells_mod.audit_dimension(
+                cells,
+                preferred_reference=audit.reference_groups.get(cells.dimension),
+                n_bootstrap=audit.n_bootstrap,
+                bootstrap_bins=audit.bootstrap_score_bins,
+                rng=np.random.default_rng(seed),
+                confidence=audit.confidence,
+                fair_ratio_low=audit.fair_ratio_low,
+                fair_ratio_high=audit.fair_ratio_high,
+                min_group_size=audit.min_group_size,
+                min_group_events=audit.min_group_events,
+                point=point,
+            )
+        )
+    groups = pl.concat(group_frames)
+    metrics = pl.concat(metric_frames)
+
+    case = "true_case" if has_truth else "outcome_case"
+    cohort = cohort.with_columns((pl.col("outcome") == 1).alias("outcome_case"))
+    gradient_rows = [
+        gradients.deprivation_gradients(
+            cohort,
+            case=case,
+            n_monte_carlo=audit.n_monte_carlo,
+            rng=_rng(params, target, f"sii:{dimension}"),
+            confidence=audit.confidence,
+            dimension=dimension,
+        )
+        for dimension in ("imd_decile", "imd_quintile")
+    ]
+    heat = pl.concat(
+        [
+            pl.DataFrame(schema=gradients.HEAT_SCHEMA),  # typed even with no unordered dimension
+            *(
+                gradients.unordered_summaries(
+                    cohort,
+                    dimension,
+                    case=case,
+                    n_monte_carlo=audit.n_monte_carlo,
+                    rng=_rng(params, target, f"heat:{dimension}"),
+                    confidence=audit.confidence,
+                    min_group_size=audit.min_group_size,
+                )
+                for dimension in audit.dimensions
+                if dimension not in ORDERED_DIMENSIONS
+            ),
+        ]
+    )
+
+    # label choice
+    cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
+    needs = ["recorded_need"] + (["true_need"] if has_truth else [])
+    unit = _capacity_unit(params)
+    curves, gaps, shares = [], [], []
+    rankings = {"risk_score": "risk_score"}
+    if has_truth:
+        rankings["true_need"] = "true_need"
+    if has_oracle:
+        rankings["oracle_risk"] = "oracle_risk"
+    for dimension in audit.label_choice_dimensions:
+        reference = _reference_of(groups, metrics, dimension, cohort)
+        for need in needs:
+            curves.append(label_choice.need_by_percentile(cohort, dimension, need))
+            same_score = label_choice.need_gap_same_score(
+                # compared within the audit's fine score cells, so the spread of scores inside
+                # a percentile band cannot masquerade as a need gap
+                label_choice.need_by_percentile(cohort, dimension, need, by="score_bin"),
+                reference=reference,
+                confidence=audit.confidence,
+            )
+            at_cutoff = label_choice.need_gap_at_cutoff(
+                cohort, dimension, need, reference=reference, confidence=audit.confidence
+            )
+            sizes = grouped_moments(cohort, [dimension], [need]).select(
+                dimension, pl.col("n").cast(pl.UInt32), pl.col(f"{need}_mean").alias("mean_need")
+            )
+            gaps.append(
+                same_score.join(at_cutoff, on="group", how="full", coalesce=True)
+                .join(sizes.rename({dimension: "group"}), on="group", how="left")
+                .with_columns(
+                    pl.lit(dimension).alias("dimension"),
+                    pl.lit(need).alias("need_measure"),
+                    pl.lit(reference).alias("reference_group"),
+                    (pl.col("group") == reference).alias("is_reference"),
+                )
+            )
+        shares.append(
+            label_choice.selection_shares(
+                cohort, dimension, rankings=rankings, unit=unit
+            ).with_columns(pl.lit(dimension).alias("dimension"))
+        )
+    need_gaps = pl.concat(gaps, how="diagonal_relaxed").with_columns(
+        (
+            ~pl.col("is_reference")
+            & (pl.col("n") >= audit.min_group_size)
+            & (pl.col("need_ratio_ci_low") > 1.0)
+            & (pl.col("need_ratio") >= audit.need_ratio_material)
+        )
+        .fill_null(False)
+        .alias("disadvantaged"),
+        (
+            ~pl.col("is_reference")
+            & (pl.col("n") >= audit.min_group_size)
+            & ((pl.col("need_ratio_ci_low") > 1.0) | (pl.col("need_ratio_ci_high") < 1.0))
+        )
+        .fill_null(False)
+        .alias("significant"),
+    )
+
+    # mitigation
+    out: dict[str, Any] = {}
+    if "need_score" not in cohort.columns:
+        cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
+    fit = cohort if fit_rows is None else fit_rows
+    # ThresholdOptimizer walks every distinct score in Python: give it the audit's score bins
+    ordered = np.sort(bin_score[np.isfinite(bin_score)])
+    position = np.clip(np.searchsorted(ordered, fit["risk_score"].to_numpy()), 0, len(ordered) - 1)
+    fit = fit.with_columns(pl.Series("risk_score", ordered[position]))
+    try:
+        cut = cohort.filter(pl.col("selected"))["risk_score"].min()
+        thresholds = mitigation.equal_opportunity_thresholds(
+            fit,
+            group="imd_quintile",
+            cut_score=None if cut is None else float(cut),
+            rng=_rng(params, target, "equal_opportunity"),
+        )
+    except StageError as error:
+        _warn(f"audit: equal_opportunity skipped: {error}")
+        thresholds = None
+    chosen = mitigation.policy_selections(
+        cohort,
+        thresholds=thresholds,
+        core20_uplift=params.outreach.core20_uplift,
+        plus_uplift=params.outreach.plus_uplift,
+        plus_groups=params.outreach.plus_groups,
+        unit=unit,
+    )
+    summary, by_group = mitigation.tradeoff_table(
+        chosen,
+        dimensions=tuple(d for d in ("imd_quintile", "ethnicity_group") if d in chosen.columns),
+        has_truth=has_truth,
+    )
+    gaps_imd = mitigation.tpr_gaps(
+        by_group, dimension="imd_quintile", min_group_events=audit.min_group_events
+    )
+    out.update(
+        groups=groups,
+        group_metrics=metrics,
+        gradients=pl.concat(gradient_rows),
+        heat=heat,
+        need_curves=pl.concat(curves),
+        need_gaps=need_gaps,
+        selection_shares=pl.concat(shares, how="diagonal_relaxed"),
+        mitigation=summary.join(gaps_imd, on="policy", how="left"),
+        mitigation_by_group=by_group,
+        equal_opportunity_thresholds=thresholds,
+        score_resolution=resolution,
+        has_truth=has_truth,
+        has_oracle=has_oracle,
+    )
+    return out
+
+
+def _capacity_unit(params: Params) -> str | None:
+    mode = params.operating_point.capacity_mode
+    return None if mode == "share" else ("icb_code" if mode == "per_icb" else "practice_id")
+
+
+def _reference_of(
+    groups: pl.DataFrame, metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame
+) -> str:
+    found = metrics.filter((pl.col("dimension") == dimension) & pl.col("is_reference"))
+    if found.height:
+        return str(found["group"][0])
+    sizes = (
+        cohort.group_by(dimension).agg(pl.len()).sort("len", dimension, descending=[True, False])
+    )
+    return str(sizes[dimension][0])
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+_METRIC_VALUES: Final = (
+    "value",
+    "ci_low",
+    "ci_high",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "ratio",
+    "ratio_ci_low",
+    "ratio_ci_high",
+)
+
+
+def _reference_suppressed(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Carry the reference group's raw counts onto every row (a comparison with a suppressed
+    reference is suppressed too)."""
+    ref = metrics.filter(pl.col("is_reference")).select(
+        "dimension",
+        "metric",
+        pl.col("numerator_raw").alias("ref_numerator_raw"),
+        pl.col("denominator_raw").alias("ref_denominator_raw"),
+        pl.col("complement_raw").alias("ref_complement_raw"),
+        pl.col("group_n_raw").alias("ref_group_n_raw"),
+    )
+    return metrics.join(ref, on=["dimension", "metric"], how="left")
+
+
+def published_tables(tables: dict[str, Any]) -> dict[str, pl.DataFrame]:
+    """Disclosure-controlled parquet tables (counts rounded, suppressed values null)."""
+    metrics = _reference_suppressed(tables["group_metrics"])
+    own_counts = ["numerator_raw", "denominator_raw", "complement_raw", "group_n_raw"]
+    own = publish.suppress_columns(
+        metrics, values=["value", "ci_low", "ci_high"], counts=own_counts
+    )
+    compared = publish.suppress_columns(
+        own,
+        values=[c for c in _METRIC_VALUES if c not in ("value", "ci_low", "ci_high")]
+        + ["outside_fair_range", "significant", "flag"],
+        counts=[
+            *own_counts,
+            "ref_numerator_raw",
+            "ref_denominator_raw",
+            "ref_complement_raw",
+            "ref_group_n_raw",
+        ],
+        flag="comparison_suppressed",
+    )
+    group_metrics = publish.round_counts(
+        compared.rename({"numerator_raw": "n_numerator", "denominator_raw": "n_denominator"}).drop(
+            "complement_raw", "ref_numerator_raw", "ref_denominator_raw", "ref_complement_raw"
+        )
+    )
+    groups = publish.round_counts(
+        tables["groups"].with_columns(
+            pl.when(pl.col("stable")).then(None).otherwise(pl.lit("small group")).alias("note")
+        )
+    )
+    gaps = publish.round_counts(
+        publish.suppress_columns(
+            tables["need_gaps"],
+            values=["need_gap", "need_ratio", "cutoff_gap", "mean_need_selected", "mean_need"],
+            counts=["n", "n_selected"],
+        )
+    )
+    curves = publish.round_counts(
+        publish.suppress_columns(
+            tables["need_curves"], values=["mean_need", "sd_need"], counts=["n"]
+        )
+    )
+    shares = tables["selection_shares"]
+    share_cols = [c for c in shares.columns if c.startswith("share_by_")]
+    count_cols = [c for c in shares.columns if c.startswith("n_selected_by_")]
+    shares = publish.round_counts(
+        publish.suppress_columns(shares, values=share_cols, counts=count_cols)
+    )
+    by_group = publish.round_counts(
+        publish.suppress_columns(
+            tables["mitigation_by_group"].with_columns(
+                (pl.col("n_events") - pl.col("n_events_reached")).alias("_missed"),
+                (pl.col("n_cases") - pl.col("n_cases_reached")).alias("_cases_missed"),
+            ),
+            values=["selection_share", "tpr", "case_tpr"],
+            counts=[
+                "n",
+                "n_selected",
+                "n_events",
+                "n_events_reached",
+                "n_cases",
+                "n_cases_reached",
+                "_missed",
+                "_cases_missed",
+            ],
+        ).drop("_missed", "_cases_missed")
+    )
+    summary = tables["mitigation"]
+    expected = [c for c in summary.columns if c.startswith("expected_")]
+    summary = publish.round_counts(
+        summary.with_columns(
+            pl.col(c).round(0).cast(pl.Int64).alias(f"n_{c}") for c in expected
+        ).drop(expected)
+    )
+    return {
+        "groups": groups,
+        "group_metrics": group_metrics,
+        "gradients": tables["gradients"],
+        "heat": tables["heat"],
+        "need_by_score": curves,
+        "need_gaps": gaps,
+        "selection_shares": shares,
+        "mitigation": summary,
+        "mitigation_by_group": by_group,
+    }
+
+
+_SORT_KEYS: Final = {
+    "groups": ["dimension", "group"],
+    "group_metrics": ["dimension", "group", "metric"],
+    "gradients": ["dimension", "indicator", "measure"],
+    "heat": ["dimension", "indicator", "measure"],
+    "need_by_score": ["dimension", "need_measure", "group", "score_percentile"],
+    "need_gaps": ["dimension", "need_measure", "group"],
+    "selection_shares": ["dimension", "group"],
+    "mitigation": ["policy"],
+    "mitigation_by_group": ["policy", "dimension", "group"],
+}
+
+
+def _metric_entry(row: dict[str, Any]) -> dict[str, Any]:
+    counts = [
+        row["numerator_raw"],
+        row["denominator_raw"],
+        row["complement_raw"],
+        row["group_n_raw"],
+    ]
+    ref_counts = [
+        row["ref_numerator_raw"],
+        row["ref_denominator_raw"],
+        row["ref_complement_raw"],
+        row["ref_group_n_raw"],
+    ]
+    entry = {
+        "value": publish.json_rate(row["value"], *counts),
+        "ci_low": publish.json_rate(row["ci_low"], *counts),
+        "ci_high": publish.json_rate(row["ci_high"], *counts),
+        "ci_method": row["ci_method"],
+    }
+    if not row["is_reference"]:
+        for key in (*_METRIC_VALUES[3:], "outside_fair_range", "significant", "flag"):
+            entry[key] = publish.json_rate(row[key], *counts, *ref_counts)
+    return entry
+
+
+def audit_json(
+    tables: dict[str, Any], params: Params, *, target: str, n_people: int
+) -> dict[str, Any]:
+    """The disclosure-controlled ``audit.json`` payload (see /work/notes/audit_outputs.md)."""
+    audit = params.audit
+    metrics = _reference_suppressed(tables["group_metrics"])
+    groups = tables["groups"]
+    dimensions: dict[str, Any] = {}
+    flags = []
+    for dimension in ("overall", *audit.dimensions):
+        dim_metrics = metrics.filter(pl.col("dimension") == dimension)
+        reference = dim_metrics.filter(pl.col("is_reference"))["group"][0]
+        entries = []
+        for group_row in groups.filter(pl.col("dimension") == dimension).iter_rows(named=True):
+            rows = dim_metrics.filter(pl.col("group") == group_row["group"])
+            entry = {
+                "group": group_row["group"],
+                "stable": group_row["stable"],
+                "note": None if group_row["stable"] else "small group",
+                "is_reference": group_row["group"] == reference,
+                "metrics": {r["metric"]: _metric_entry(r) for r in rows.iter_rows(named=True)},
+            } | {name: publish.json_count(group_row[name]) for name in cells_mod.COUNTS}
+            entries.append(entry)
+            for metric, item in entry["metrics"].items():
+                if item.get("flag") is True:
+                    flags.append(
+                        {
+                            "dimension": dimension,
+                            "group": group_row["group"],
+                            "metric": metric,
+                            "ratio": item["ratio"],
+                            "ratio_ci_low": item["ratio_ci_low"],
+                            "ratio_ci_high": item["ratio_ci_high"],
+                            "reference_group": reference,
+                        }
+                    )
+        dimensions[dimension] = {
+            "reference_group": reference,
+            "groups": entries,
+            "flagged_comparisons": sum(1 for f in flags if f["dimension"] == dimension),
+        }
+
+    gradient_json: dict[str, Any] = {}
+    for row in tables["gradients"].iter_rows(named=True):
+        gradient_json.setdefault(row["dimension"], {}).setdefault(row["indicator"], {})[
+            row["measure"]
+        ] = {k: publish.json_value(row[k]) for k in ("value", "ci_low", "ci_high")}
+    heat_json: dict[str, Any] = {}
+    for row in tables["heat"].iter_rows(named=True):
+        slot = heat_json.setdefault(row["dimension"], {}).setdefault(
+            row["indicator"], {"best_group": row["best_group"], "direction": row["direction"]}
+        )
+        slot[row["measure"]] = {
+            k: publish.json_value(row[k]) for k in ("value", "ci_low", "ci_high")
+        }
+
+    label_json: dict[str, Any] = {}
+    gap_values = [
+        "need_gap",
+        "need_gap_ci_low",
+        "need_gap_ci_high",
+        "need_ratio",
+        "need_ratio_ci_low",
+        "need_ratio_ci_high",
+        "mean_need",
+    ]
+    cutoff_values = ["cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected"]
+    for (dimension, need), part in tables["need_gaps"].group_by(
+        ["dimension", "need_measure"], maintain_order=True
+    ):
+        ref_row = part.filter(pl.col("is_reference"))
+        ref_n = ref_row["n"][0] if ref_row.height else None
+        ref_sel = ref_row["n_selected"][0] if ref_row.height else None
+        rows = []
+        for row in part.sort("group").iter_rows(named=True):
+            item = {
+                "group": row["group"],
+                "is_reference": row["is_reference"],
+                "n": publish.json_count(row["n"]),
+                "n_selected": publish.json_count(row["n_selected"]),
+                "stable": (row["n"] or 0) >= audit.min_group_size,
+                "disadvantaged": publish.json_rate(row["disadvantaged"], row["n"], ref_n),
+                "significant": publish.json_rate(row["significant"], row["n"], ref_n),
+            }
+            item |= {k: publish.json_rate(row[k], row["n"], ref_n) for k in gap_values}
+            item |= {
+                k: publish.json_rate(row[k], row["n_selected"], ref_sel) for k in cutoff_values
+            }
+            rows.append(item)
+        label_json.setdefault(dimension, {})[need] = {
+            "reference_group": ref_row["group"][0] if ref_row.height else None,
+            "groups": rows,
+        }
+    shares_json: dict[str, Any] = {}
+    for row in tables["selection_shares"].iter_rows(named=True):
+        rankings = [c.removeprefix("share_by_") for c in row if c.startswith("share_by_")]
+        shares_json.setdefault(row["dimension"], []).append(
+            {"group": row["group"]}
+            | {
+                f"n_selected_by_{r}": publish.json_count(row[f"n_selected_by_{r}"])
+                for r in rankings
+            }
+            | {
+                f"share_by_{r}": publish.json_rate(row[f"share_by_{r}"], row[f"n_selected_by_{r}"])
+                for r in rankings
+            }
+        )
+
+    check = planted_bias_check(tables, params)
+    mitigation_json = _mitigation_json(tables)
+    headline = headline_metrics(tables, params)
+    return {
+        "target": target,
+        "split": audit.split,
+        "n": publish.json_count(n_people),
+        "truth_available": tables["has_truth"],
+        "score_resolution": tables["score_resolution"],
+        "operating_point": {
+            "capacity_mode": params.operating_point.capacity_mode,
+            "capacity": params.operating_point.capacity,
+            "selection": "top of the whole eligible cohort by risk_rank"
+            if params.operating_point.capacity_mode == "share"
+            else f"top {int(params.operating_point.capacity)} by risk_rank per "
+            + ("ICB" if params.operating_point.capacity_mode == "per_icb" else "practice"),
+        },
+        "settings": {
+            "confidence": audit.confidence,
+            "fair_ratio_low": audit.fair_ratio_low,
+            "fair_ratio_high": audit.fair_ratio_high,
+            "n_bootstrap": audit.n_bootstrap,
+            "n_monte_carlo": audit.n_monte_carlo,
+            "min_group_size": audit.min_group_size,
+            "min_group_events": audit.min_group_events,
+            "score_bins": audit.score_bins,
+            "bootstrap_score_bins": audit.bootstrap_score_bins,
+            "need_case_share": audit.need_case_share,
+            "need_case_definition": (
+                f"top {audit.need_case_share:.0%} of the cohort by true need"
+                if tables["has_truth"]
+                else "recorded outcome (no truth available)"
+            ),
+        },
+        "dimensions": dimensions,
+        "flags": flags,
+        "flagged_comparisons": len(flags),
+        "gradients": gradient_json,
+        "heat": heat_json,
+        "label_choice": {"need_gaps": label_json, "selection_shares": shares_json},
+        "planted_bias_check": check,
+        "mitigation": mitigation_json,
+        "headline": headline,
+    }
+
+
+def planted_bias_check(tables: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Groups the audit names as disadvantaged: more true need than the reference group at the
+    same score (need-ratio CI above 1). Needs truth; comparisons counted for the null check."""
+    if not tables["has_truth"]:
+        return {"available": False, "reason": "no data/truth: true need unknown"}
+    gaps = tables["need_gaps"].filter(
+        (pl.col("need_measure") == "true_need")
+        & ~pl.col("is_reference")
+        & (pl.col("n") >= params.audit.min_group_size)
+    )
+    named = gaps.filter(pl.col("disadvantaged")).sort("dimension", "group")
+    return {
+        "available": True,
+        "measure": "true need at the same score, ratio to the reference group",
+        "rule": f"need ratio CI above 1 and ratio >= {params.audit.need_ratio_material}",
+        "comparisons": gaps.height,
+        "significant_comparisons": int(gaps["significant"].sum()),
+        "disadvantaged_groups": [
+            {
+                "dimension": row["dimension"],
+                "group": row["group"],
+                "reference_group": row["reference_group"],
+                "need_ratio": row["need_ratio"],
+                "need_ratio_ci_low": row["need_ratio_ci_low"],
+                "need_ratio_ci_high": row["need_ratio_ci_high"],
+                "need_gap": row["need_gap"],
+            }
+            for row in named.iter_rows(named=True)
+        ],
+    }
+
+
+def _mitigation_json(tables: dict[str, Any]) -> dict[str, Any]:
+    policies = []
+    by_group = tables["mitigation_by_group"]
+    for row in tables["mitigation"].sort("policy").iter_rows(named=True):
+        item: dict[str, Any] = {
+            "policy": row["policy"],
+            "n_selected": publish.json_count(row["n_selected"]),
+            "n_events_reached": publish.json_count(row["n_events_reached"]),
+            "share_of_events_reached": publish.json_rate(
+                row["n_events_reached"] / row["n_events"] if row["n_events"] else None,
+                row["n_events_reached"],
+                row["n_events"],
+            ),
+            "n_cases_reached": publish.json_count(row["n_cases_reached"]),
+            "share_of_cases_reached": publish.json_rate(
+                row["n_cases_reached"] / row["n_cases"] if row["n_cases"] else None,
+                row["n_cases_reached"],
+                row["n_cases"],
+            ),
+            "tpr_gap_imd_quintile": publish.json_value(row.get("tpr_gap")),
+            "case_tpr_gap_imd_quintile": publish.json_value(row.get("case_tpr_gap")),
+        }
+        if row.get("expected_true_events_reached") is not None:
+            reached, total = row["expected_true_events_reached"], row["expected_true_events"]
+            item["n_true_events_reached"] = publish.json_count(reached)
+            item["share_of_true_events_reached"] = publish.json_rate(
+                reached / total if total else None, reached, total
+            )
+        shares: dict[str, Any] = {}
+        for group_row in (
+            by_group.filter(pl.col("policy") == row["policy"])
+            .sort("dimension", "group")
+            .iter_rows(named=True)
+        ):
+            shares.setdefault(group_row["dimension"], {})[group_row["group"]] = {
+                "selection_share": publish.json_rate(
+                    group_row["selection_share"], group_row["n_selected"], group_row["n"]
+                ),
+                "tpr": publish.json_rate(
+                    group_row["tpr"],
+                    group_row["n_events_reached"],
+                    group_row["n_events"],
+                    group_row["n_events"] - group_row["n_events_reached"],
+                ),
+                "case_tpr": publish.json_rate(
+                    group_row["case_tpr"],
+                    group_row["n_cases_reached"],
+                    group_row["n_cases"],
+                    group_row["n_cases"] - group_row["n_cases_reached"],
+                ),
+            }
+        item["by_group"] = shares
+        policies.append(item)
+    thresholds = tables.get("equal_opportunity_thresholds")
+    return {
+        "policies": policies,
+        "true_events_source": "expected events from data/truth oracle risk"
+        if tables["has_oracle"]
+        else "recorded outcome only (no oracle)",
+        "case_definition": "true-need case" if tables["has_truth"] else "recorded outcome",
+        "equal_opportunity_thresholds": None
+        if thresholds is None
+        else {k: float(v) for k, v in sorted(thresholds.items())},
+    }
+
+
+def headline_metrics(tables: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Headline figures (flat, numeric) for DVC metrics and the MLflow run."""
+    metrics = tables["group_metrics"]
+    out: dict[str, Any] = {}
+    overall = metrics.filter(pl.col("dimension") == "overall")
+    for row in overall.iter_rows(named=True):
+        out[f"overall_{row['metric']}"] = publish.json_rate(
+            row["value"], row["numerator_raw"], row["denominator_raw"], row["complement_raw"]
+        )
+    imd = metrics.filter(pl.col("dimension") == "imd_quintile")
+    ref = imd.filter(pl.col("is_reference"))
+    core20 = imd.filter(pl.col("group") == "1")
+    if core20.height and ref.height:
+        ref_label = ref["group"][0]
+        for row in core20.filter(pl.col("metric").is_in(HEADLINE_RATIO_METRICS)).iter_rows(
+            named=True
+        ):
+            ref_row = ref.filter(pl.col("metric") == row["metric"]).row(0, named=True)
+            counts = (
+                row["numerator_raw"],
+                row["denominator_raw"],
+                row["complement_raw"],
+                ref_row["numerator_raw"],
+                ref_row["denominator_raw"],
+                ref_row["complement_raw"],
+            )
+            out[f"imd_q1_vs_q{ref_label}_{row['metric']}_ratio"] = publish.json_rate(
+                row["ratio"], *counts
+            )
+    out["flagged_comparisons"] = int(metrics["flag"].fill_null(False).sum())
+    for dimension in params.audit.dimensions:
+        out[f"flagged_comparisons_{dimension}"] = int(
+            metrics.filter(pl.col("dimension") == dimension)["flag"].fill_null(False).sum()
+        )
+    for row in (
+        tables["gradients"].filter(pl.col("dimension") == "imd_decile").iter_rows(named=True)
+    ):
+        out[f"{row['measure']}_{row['indicator']}"] = publish.json_value(row["value"])
+    for row in tables["mitigation"].iter_rows(named=True):
+        if row["n_events"]:
+            out[f"mitigation_{row['policy']}_share_of_events_reached"] = publish.json_rate(
+                row["n_events_reached"] / row["n_events"], row["n_events_reached"], row["n_events"]
+            )
+        if row.get("expected_true_events"):
+            out[f"mitigation_{row['policy']}_share_of_true_events_reached"] = publish.json_value(
+                row["expected_true_events_reached"] / row["expected_true_events"]
+            )
+        out[f"mitigation_{row['policy']}_tpr_gap_imd_quintile"] = publish.json_value(
+            row.get("tpr_gap")
+        )
+    if tables["has_truth"]:
+        check = tables["need_gaps"].filter(
+            (pl.col("need_measure") == "true_need") & (pl.col("dimension") == "imd_quintile")
+        )
+        q1 = check.filter(pl.col("group") == "1")
+        if q1.height:
+            out["imd_q1_true_need_ratio_same_score"] = publish.json_value(q1["need_ratio"][0])
+        out["disadvantaged_groups_named"] = int(
+            tables["need_gaps"].filter(pl.col("need_measure") == "true_need")["disadvantaged"].sum()
+        )
+    return {k: v for k, v in sorted(out.items()) if v is not None and v != "*"}
+
+
+# --- IO -------------------------------------------------------------------------------------------
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise StageError(f"audit: {what} not found at {path} (run the upstream stage first)")
+    return path
+
+
+def _check_columns(frame: pl.LazyFrame, required: dict[str, Any] | list[str], source: Path) -> None:
+    present = frame.collect_schema().names()
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ContractError(f"{source}: missing column(s) {missing}")
+
+
+def _need_scores(
+    params: Params,
+    paths: io.Paths,
+    cohort: pl.DataFrame,
+    *,
+    target: str,
+    has_truth: bool,
+) -> pl.DataFrame:
+    """Train the need-based model and score the whole cohort (person_id, need_score)."""
+    manifest_path = paths.features / "manifest.json"
+    manifest = io.read_json(manifest_path) if manifest_path.exists() else {}
+    features, categorical = mitigation.need_model_features(manifest)
+    matrix = (
+        pl.scan_parquet(paths.features / "features.parquet")
+        .select("person_id", *[f for f in features if f not in ("person_id",)])
+        .join(
+            cohort.lazy().select("person_id", "split", "true_need", "recorded_need")
+            if has_truth
+            else cohort.lazy().select("person_id", "split", "recorded_need"),
+            on="person_id",
+            how="inner",
+        )
+        .sort("person_id")
+        .collect()
+    )
+    label = "true_need" if has_truth else "recorded_need"
+    training = matrix.filter(pl.col("split") == "train")
+    if training.height == 0:
+        training = matrix
+    if training.height > params.audit.need_model_max_rows:
+        training = training.sample(
+            params.audit.need_model_max_rows,
+            seed=int(_seed(params, target, "need").generate_state(1)[0]),
+        )
+    booster = mitigation.train_need_model(
+        training,
+        label=label,
+        features=features,
+        categorical=categorical,
+        rounds=params.audit.need_model_rounds,
+        seed=params.seed,
+        num_threads=params.audit.num_threads,
+    )
+    scores = booster.predict(matrix.select(features).to_numpy().astype(np.float64))
+    return pl.DataFrame({"person_id": matrix["person_id"], "need_score": scores})
+
+
+def run(params: Params, paths: io.Paths, *, target: str) -> None:
+    """Audit one target: read scores, groups and truth; write reports/audit/<target>/."""
+    _check_params(params)
+    if target not in params.targets:
+        raise ParamsError(f"audit: unknown target {target!r}")
+    audit = params.audit
+    scores_path = _require(paths.scores / f"{target}.parquet", "scores")
+    features_path = _require(paths.features / "features.parquet", "features")
+    scores = pl.scan_parquet(scores_path)
+    _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
+    sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
+    features = pl.scan_parquet(features_path)
+    _check_columns(features, ["person_id", *sensitive_cols], features_path)
+    truth = oracle = None
+    people_path = paths.truth / "people.parquet"
+    if people_path.exists():
+        truth = pl.scan_parquet(people_path)
+        _check_columns(truth, ["person_id", "true_need", "n_true_conditions"], people_path)
+    oracle_path = paths.truth / "oracle.parquet"
+    if oracle_path.exists():
+        oracle_all = pl.scan_parquet(oracle_path)
+        _check_columns(oracle_all, contract.TRUTH_ORACLE_SCHEMA, oracle_path)
+        oracle = oracle_all.filter(pl.col("target") == target)
+        if oracle.select(pl.len()).collect().item() == 0:
+            oracle = None
+
+    full = build_cohort(
+        scores.select(*contract.SCORES_SCHEMA),
+        features.select("person_id", *sensitive_cols),
+        dimensions=tuple(audit.dimensions) + tuple(audit.label_choice_dimensions),
+        capacity_mode=params.operating_point.capacity_mode,
+        capacity=params.operating_point.capacity,
+        split="all",
+        truth=truth,
+        oracle=oracle,
+        need_case_share=audit.need_case_share,
+    )
+    has_truth = truth is not None
+    need = _need_scores(params, paths, full, target=target, has_truth=has_truth)
+    need_path = paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet"
+    full = full.join(need, on="person_id", how="left", maintain_order="left")
+    audited = full if audit.split == "all" else full.filter(pl.col("split") == audit.split)
+    if audited.height == 0:
+        raise ContractError(f"{scores_path}: no rows in split {audit.split!r} to audit")
+    fit_rows = full.filter(pl.col("split") == "validation") if audit.split != "validation" else None
+    if fit_rows is not None and fit_rows.height == 0:
+        fit_rows = None
+    tables = audit_tables(audited, params, target=target, fit_rows=fit_rows)
+    payload = audit_json(tables, params, target=target, n_people=audited.height)
+    published = published_tables(tables)
+
+    # write: row-level need scores under data/, aggregates under reports/ (folder swapped whole)
+    io.write_parquet(need, need_path, sort_by="person_id")
+    with io.atomic_dir(paths.reports / "audit" / target) as folder:
+        io.write_json(payload, folder / "audit.json")
+        for name, frame in published.items():
+            io.write_parquet(frame, folder / f"{name}.parquet", sort_by=_SORT_KEYS[name])
+    io.write_json(payload["headline"], paths.reports / "metrics" / f"audit_{target}.json")
+    _log_to_mlflow(payload["headline"], paths, target=target)
+
+
+def _log_to_mlflow(headline: dict[str, Any], paths: io.Paths, *, target: str) -> None:
+    model_file = paths.models / target / "model.txt"
+    if not model_file.exists():
+        _warn(f"audit: {model_file} not found; metrics not logged to MLflow")
+        return
+    found = tracking.find_model_run(model_file, root=paths.root)
+    if found is None:
+        _warn(f"audit: no MLflow run trained {model_file}; metrics not logged")
+        return
+    import mlflow
+
+    with mlflow.start_run(run_id=found.info.run_id):
+        tracking.log_flat_metrics(headline, prefix="audit")

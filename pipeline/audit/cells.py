@@ -1,0 +1,748 @@
+"""Group metrics from weighted cells: fairlearn MetricFrame, made fast without changing answers.
+
+People are collapsed to cells ``group x score bin x outcome x selected`` with a count. Every
+group metric here depends on a person only through those four values, so a MetricFrame over
+the cells with ``sample_weight = count`` gives exactly the row-level numbers when each score
+bin holds one distinct score (the usual case after isotonic calibration). With more distinct
+scores than ``score_bins``, scores are replaced by their quantile bin's mean and AUROC, Brier
+and calibration move by at most the within-bin spread (``score_resolution`` says which case
+applied).
+
+The bootstrap draws Poisson counts per cell (see :mod:`pipeline.audit.intervals`) and computes
+the same metrics with vectorised numpy (:func:`cell_metrics`), which a test checks against
+MetricFrame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import polars as pl
+from fairlearn.metrics import (
+    MetricFrame,
+    false_negative_rate,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import brier_score_loss, precision_score, roc_auc_score
+
+PROPORTIONS: Final = {
+    # metric: (numerator, denominator) in cell_metrics' count names
+    "base_rate": ("n_events", "n"),
+    "selection_rate": ("n_selected", "n"),
+    "tpr": ("n_true_positives", "n_events"),
+    "fnr": ("n_false_negatives", "n_events"),
+    "fpr": ("n_false_positives", "n_non_events"),
+    "ppv": ("n_true_positives", "n_selected"),
+}
+SCORE_METRICS: Final = {
+    # metric: the counts whose suppression suppresses it
+    "auroc": ("n_events", "n_non_events"),
+    "brier": ("n_events", "n"),
+    "oe_ratio": ("n_events", "n"),
+    "calibration_slope": ("n_events", "n_non_events"),
+}
+METRICS: Final = (*PROPORTIONS, *SCORE_METRICS)
+COUNTS: Final = (
+    "n",
+    "n_events",
+    "n_non_events",
+    "n_selected",
+    "n_true_positives",
+    "n_false_positives",
+    "n_false_negatives",
+)
+EPS: Final = 1e-6
+
+
+@dataclass(frozen=True)
+class Cells:
+    """One dimension's people collapsed to weighted cells, sorted by group then score bin.
+
+    Attributes
+    ----------
+    dimension
+        The dimension name, e.g. ``imd_quintile``.
+    groups
+        Group labels; ``group`` indexes into it.
+    group, score_bin, outcome, selected, count
+        One entry per non-empty cell.
+    bin_score
+        Score of each bin (its mean over the audited people), indexed by ``score_bin``.
+    """
+
+    dimension: str
+    groups: tuple[str, ...]
+    group: np.ndarray
+    score_bin: np.ndarray
+    outcome: np.ndarray
+    selected: np.ndarray
+    count: np.ndarray
+    bin_score: np.ndarray
+
+    @property
+    def score(self) -> np.ndarray:
+        """The score of every cell."""
+        return self.bin_score[self.score_bin]
+
+
+def natural_key(label: str) -> tuple[int, float, str]:
+    """Sort numbers numerically ("2" before "10") and labels alphabetically after them."""
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def add_score_bins(cohort: pl.DataFrame, *, score_bins: int) -> tuple[pl.DataFrame, str]:
+    """Add ``score_bin`` (0 = lowest scores): one bin per distinct score when there are at most
+    ``score_bins`` of them, else ``score_bins`` quantile bins. Returns the frame and the
+    resolution used (``"exact"`` or ``"binned"``)."""
+    distinct = cohort["risk_score"].n_unique()
+    if distinct <= score_bins:
+        binned = pl.col("risk_score").rank("dense") - 1
+        resolution = "exact"
+    else:
+        binned = (pl.col("risk_score").rank("min") - 1) * score_bins // pl.len()
+        resolution = "binned"
+    return cohort.with_columns(binned.cast(pl.Int32).alias("score_bin")), resolution
+
+
+def bin_scores(cohort: pl.DataFrame) -> np.ndarray:
+    """Mean score of each ``score_bin`` (index = bin)."""
+    bins = cohort["score_bin"].to_numpy()
+    n_bins = int(bins.max()) + 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # numpy adds in row order: the same bits on every run (see aggregate.py)
+        return np.bincount(
+            bins, weights=cohort["risk_score"].to_numpy(), minlength=n_bins
+        ) / np.bincount(bins, minlength=n_bins)
+
+
+def build_cells(
+    cohort: pl.DataFrame,
+    dimension: str,
+    *,
+    bin_score: np.ndarray,
+    outcome: str = "outcome",
+    selected: str = "selected",
+) -> Cells:
+    """Collapse people (with ``score_bin``) to the weighted cells of one dimension."""
+    counted = (
+        cohort.group_by(dimension, "score_bin", outcome, selected)
+        .agg(pl.len().alias("count"))
+        .with_columns(pl.col(dimension).fill_null("Unknown"))
+    )
+    groups = tuple(sorted(counted[dimension].unique().to_list(), key=natural_key))
+    order = pl.DataFrame(
+        {dimension: list(groups), "group": np.arange(len(groups), dtype=np.int32)},
+        schema={dimension: pl.String, "group": pl.Int32},
+    )
+    counted = counted.join(order, on=dimension).sort("group", "score_bin", outcome, selected)
+    return Cells(
+        dimension=dimension,
+        groups=groups,
+        group=counted["group"].to_numpy(),
+        score_bin=counted["score_bin"].to_numpy(),
+        outcome=counted[outcome].cast(pl.Int8).to_numpy(),
+        selected=counted[selected].cast(pl.Int8).to_numpy(),
+        count=counted["count"].to_numpy().astype(np.float64),
+        bin_score=bin_score,
+    )
+
+
+def coarsen(cells: Cells, *, n_bins: int) -> Cells:
+    """The same cells on at most ``n_bins`` score bins (for a cheaper bootstrap)."""
+    n_fine = len(cells.bin_score)
+    if n_fine <= n_bins:
+        return cells
+    coarse_of_fine = (np.arange(n_fine) * n_bins) // n_fine
+    coarse_bin = coarse_of_fine[cells.score_bin]
+    keys = np.stack([cells.group, coarse_bin, cells.outcome, cells.selected], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse, weights=cells.count, minlength=len(unique))
+    mass = np.bincount(coarse_bin, weights=cells.count * cells.score, minlength=n_bins)
+    people = np.bincount(coarse_bin, weights=cells.count, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_score = mass / people
+    merged = {
+        "group": unique[:, 0],
+        "score_bin": unique[:, 1],
+        "outcome": unique[:, 2],
+        "selected": unique[:, 3],
+        "count": counts,
+    }
+    return Cells(
+        dimension=cells.dimension,
+        groups=cells.groups,
+        group=merged["group"],
+        score_bin=merged["score_bin"],
+        outcome=merged["outcome"],
+        selected=merged["selected"],
+        count=merged["count"],
+        bin_score=bin_score,
+    )
+
+
+# --- numpy engine -----------------------------------------------------------------------------
+
+
+def _starts(keys: np.ndarray) -> np.ndarray:
+    """Indices where a sorted key array changes value (reduceat segment starts)."""
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+
+
+def _logit(score: np.ndarray) -> np.ndarray:
+    clipped = np.clip(score, EPS, 1.0 - EPS)
+    return np.log(clipped / (1.0 - clipped))
+
+
+def _calibration_slope(
+    units_x: np.ndarray,
+    units_pos: np.ndarray,
+    units_total: np.ndarray,
+    unit_group: np.ndarray,
+    group_starts: np.ndarray,
+    *,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+    iterations: int = 25,
+) -> np.ndarray:
+    """Weighted logistic regression ``logit P(y) = a + b logit(score)`` per group; returns b.
+
+    Newton-Raphson on all groups and resamples at once (arrays ``(B, units)``).
+    """
+    n_rows, n_groups = units_pos.shape[0], len(group_starts)
+    intercept = np.zeros((n_rows, n_groups)) if start is None else start[0].copy()
+    slope = np.ones((n_rows, n_groups)) if start is None else start[1].copy()
+    for _ in range(iterations):
+        eta = intercept[:, unit_group] + slope[:, unit_group] * units_x
+        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
+        resid = units_pos - units_total * prob
+        curv = units_total * prob * (1.0 - prob)
+        g0 = np.add.reduceat(resid, group_starts, axis=1)
+        g1 = np.add.reduceat(resid * units_x, group_starts, axis=1)
+        h00 = np.add.reduceat(curv, group_starts, axis=1)
+        h01 = np.add.reduceat(curv * units_x, group_starts, axis=1)
+        h11 = np.add.reduceat(curv * units_x**2, group_starts, axis=1)
+        det = h00 * h11 - h01**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
+            step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
+        intercept = intercept + step0
+        slope = slope + step1
+        if np.nanmax(np.abs(np.r_[step0.ravel(), step1.ravel(), 0.0])) < 1e-10:
+            break
+    return np.stack([intercept, slope])
+
+
+def cell_metrics(
+    cells: Cells,
+    weights: np.ndarray | None = None,
+    *,
+    slope_start: np.ndarray | None = None,
+    slope_iterations: int = 25,
+) -> dict[str, np.ndarray]:
+    """Counts and metrics per group from (resampled) cell weights, vectorised.
+
+    Parameters
+    ----------
+    cells
+        The cells of one dimension.
+    weights
+        ``(B, n_cells)`` resampled counts; default: the observed counts (B = 1).
+    slope_start
+        ``(2, B or 1, G)`` Newton start for the calibration fit (e.g. the point estimate).
+    slope_iterations
+        Newton iterations for the calibration slope.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        Every name in :data:`COUNTS` and :data:`METRICS` (plus ``calibration_intercept``),
+        each ``(B, G)``.
+    """
+    w = cells.count[None, :] if weights is None else np.asarray(weights, dtype=np.float64)
+    y = cells.outcome.astype(np.float64)
+    sel = cells.selected.astype(np.float64)
+    score = cells.score
+    group_starts = _starts(cells.group)
+
+    def per_group(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, group_starts, axis=1)
+
+    out: dict[str, np.ndarray] = {
+        "n": per_group(w),
+        "n_events": per_group(w * y),
+        "n_selected": per_group(w * sel),
+        "n_true_positives": per_group(w * (y * sel)),
+    }
+    out["n_non_events"] = out["n"] - out["n_events"]
+    out["n_false_positives"] = out["n_selected"] - out["n_true_positives"]
+    out["n_false_negatives"] = out["n_events"] - out["n_true_positives"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for metric, (numerator, denominator) in PROPORTIONS.items():
+            out[metric] = out[numerator] / out[denominator]
+        out["brier"] = per_group(w * (score - y) ** 2) / out["n"]
+        out["oe_ratio"] = out["n_events"] / per_group(w * score)
+
+        # AUROC (Mann-Whitney, ties count one half) on units = (group, score bin)
+        unit_key = cells.group.astype(np.int64) * (len(cells.bin_score) + 1) + cells.score_bin
+        unit_starts = _starts(unit_key)
+        pos = np.add.reduceat(w * y, unit_starts, axis=1)
+        neg = np.add.reduceat(w * (1.0 - y), unit_starts, axis=1)
+        unit_group = cells.group[unit_starts]
+        unit_group_starts = _starts(unit_group)
+        below = np.cumsum(neg, axis=1) - neg  # negatives in earlier units (all groups)
+        below = below - below[:, unit_group_starts][:, unit_group]  # ... of the same group
+        concordant = np.add.reduceat(pos * (below + 0.5 * neg), unit_group_starts, axis=1)
+        out["auroc"] = concordant / (out["n_events"] * out["n_non_events"])
+
+        start = None if slope_start is None else (slope_start[0], slope_start[1])
+        fitted = _calibration_slope(
+            _logit(cells.bin_score[cells.score_bin[unit_starts]]),
+            pos,
+            pos + neg,
+            unit_group,
+            unit_group_starts,
+            start=start,
+            iterations=slope_iterations,
+        )
+    has_both = (out["n_events"] > 0) & (out["n_non_events"] > 0)
+    out["auroc"] = np.where(has_both, out["auroc"], np.nan)
+    out["calibration_intercept"] = np.where(has_both, fitted[0], np.nan)
+    out["calibration_slope"] = np.where(has_both, fitted[1], np.nan)
+    return out
+
+
+# --- fairlearn MetricFrame on cells -------------------------------------------------------------
+#
+# Two sets of metric functions with the same meaning. ``PEER_METRICS`` are fairlearn's and
+# sklearn's own (what a row-level MetricFrame would use). ``CELL_METRICS`` are short numpy
+# versions with ``sample_weight``: sklearn validates its arguments on every call (~ms), which
+# dominates once there are only a few thousand cells per dimension. ``y_pred`` is the score;
+# the selection flag travels as a per-row sample parameter (MetricFrame splits sample params by
+# group just like ``y_true``), so one MetricFrame holds every metric.
+
+
+def _weights(y_true, sample_weight) -> np.ndarray:
+    if sample_weight is None:
+        return np.ones(len(y_true))
+    return np.asarray(sample_weight, dtype=np.float64)
+
+
+def _cell_count(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    return float(np.sum(_weights(y_true, sample_weight)))
+
+
+def _cell_base_rate(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    w = _weights(y_true, sample_weight)
+    return float(np.sum(w * np.asarray(y_true)) / np.sum(w))
+
+
+def _cell_rate(which: str):
+    def rate(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+        w = _weights(y_true, sample_weight)
+        y = np.asarray(y_true, dtype=np.float64)
+        sel = np.asarray(selected, dtype=np.float64)
+        num, den = {
+            "selection_rate": (sel, np.ones_like(y)),
+            "tpr": (y * sel, y),
+            "fnr": (y * (1 - sel), y),
+            "fpr": ((1 - y) * sel, 1 - y),
+            "ppv": (y * sel, sel),
+        }[which]
+        denominator = np.sum(w * den)
+        return float(np.sum(w * num) / denominator) if denominator > 0 else float("nan")
+
+    rate.__name__ = which
+    return rate
+
+
+def _cell_auroc(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    w = _weights(y_true, sample_weight)
+    y = np.asarray(y_true, dtype=np.float64)
+    score = np.asarray(y_pred, dtype=np.float64)
+    unique, inverse = np.unique(score, return_inverse=True)
+    pos = np.bincount(inverse, weights=w * y, minlength=len(unique))
+    neg = np.bincount(inverse, weights=w * (1 - y), minlength=len(unique))
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (below + 0.5 * neg)) / (total_pos * total_neg))
+
+
+def _cell_brier(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    w = _weights(y_true, sample_weight)
+    error = (np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true)) ** 2
+    return float(np.sum(w * error) / np.sum(w))
+
+
+def _oe_ratio(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    w = _weights(y_true, sample_weight)
+    return float(np.sum(w * np.asarray(y_true)) / np.sum(w * np.asarray(y_pred)))
+
+
+def _calibration_slope_metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    y = np.asarray(y_true, dtype=np.float64)
+    w = _weights(y, sample_weight)
+    if y.min() == y.max():
+        return float("nan")
+    fitted = _calibration_slope(
+        _logit(np.asarray(y_pred, dtype=np.float64)),
+        (w * y)[None, :],
+        w[None, :],
+        np.zeros(len(y), dtype=np.int64),
+        np.array([0]),
+    )
+    return float(fitted[1][0, 0])
+
+
+CELL_METRICS: Final = {
+    "n": _cell_count,
+    "base_rate": _cell_base_rate,
+    **{name: _cell_rate(name) for name in ("selection_rate", "tpr", "fpr", "fnr", "ppv")},
+    "auroc": _cell_auroc,
+    "brier": _cell_brier,
+    "oe_ratio": _oe_ratio,
+    "calibration_slope": _calibration_slope_metric,
+}
+
+
+def _peer(function, *, on_selection: bool):
+    """Adapt a standard ``(y_true, y_pred)`` metric to the score + ``selected`` convention."""
+
+    def metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+        prediction = np.asarray(selected, dtype=np.int64) if on_selection else y_pred
+        return float(function(np.asarray(y_true, dtype=np.int64), prediction))
+
+    return metric
+
+
+def _sk_auroc(y_true, y_pred) -> float:
+    return roc_auc_score(y_true, y_pred) if len(np.unique(y_true)) == 2 else float("nan")
+
+
+PEER_METRICS: Final = {
+    "n": _cell_count,
+    "base_rate": _cell_base_rate,
+    "selection_rate": _peer(lambda y, p: selection_rate(y, p, pos_label=1), on_selection=True),
+    "tpr": _peer(true_positive_rate, on_selection=True),
+    "fpr": _peer(false_positive_rate, on_selection=True),
+    "fnr": _peer(false_negative_rate, on_selection=True),
+    "ppv": _peer(lambda y, p: precision_score(y, p, zero_division=np.nan), on_selection=True),
+    "auroc": _peer(_sk_auroc, on_selection=False),
+    "brier": _peer(brier_score_loss, on_selection=False),
+    "oe_ratio": _oe_ratio,
+    "calibration_slope": _calibration_slope_metric,
+}
+"""fairlearn's and sklearn's own metric functions, for the row-level MetricFrame peer (the
+calibration measures have no library version; they are the same code in both sets)."""
+
+
+def metric_frame(
+    y_true: np.ndarray,
+    selected: np.ndarray,
+    score: np.ndarray,
+    groups: np.ndarray,
+    *,
+    sample_weight: np.ndarray | None = None,
+    peer: bool = False,
+    metrics: tuple[str, ...] = METRICS,
+) -> pd.DataFrame:
+    """Group metrics by one fairlearn MetricFrame: a row per group, a column per metric.
+
+    Parameters
+    ----------
+    y_true, selected, score, groups
+        Outcome (0/1), selection flag, risk score and group label per row (person or cell).
+    sample_weight
+        Cell counts when the rows are cells; None for people.
+    peer
+        Use fairlearn's / sklearn's own metric functions (:data:`PEER_METRICS`, row level,
+        unweighted) instead of :data:`CELL_METRICS`.
+    metrics
+        Which metrics (``n`` is always included).
+    """
+    table = PEER_METRICS if peer else CELL_METRICS
+    functions = {name: table[name] for name in ("n", *metrics) if name in table}
+    per_row: dict[str, np.ndarray] = {"selected": np.asarray(selected, dtype=np.int64)}
+    if sample_weight is not None:
+        per_row["sample_weight"] = np.asarray(sample_weight, dtype=np.float64)
+    frame = MetricFrame(
+        metrics=functions,
+        y_true=np.asarray(y_true, dtype=np.int64),
+        y_pred=np.asarray(score, dtype=np.float64),
+        sensitive_features=pd.Series(np.asarray(groups), name="group"),
+        sample_params={name: per_row for name in functions},
+    )
+    return frame.by_group.astype(float)
+
+
+def _merge(cells: Cells, keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells summed over everything but ``keys``: (first index of each merged cell, counts)."""
+    stacked = np.stack(keys, axis=1)
+    unique, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=cells.count, minlength=len(unique))
+    return first, counts
+
+
+def _bundle(names: tuple[str, ...]):
+    """One MetricFrame metric returning several cell metrics at once (an array).
+
+    fairlearn converts every argument column element by element on every metric call, so one
+    call that returns all metrics costs a fraction of one call per metric.
+    """
+
+    def bundle(y_true, y_pred, *, sample_weight=None, selected=None) -> np.ndarray:
+        return np.array(
+            [
+                CELL_METRICS[name](y_true, y_pred, sample_weight=sample_weight, selected=selected)
+                for name in names
+            ]
+        )
+
+    return bundle
+
+
+def cells_metric_frames(all_cells: list[Cells]) -> list[pd.DataFrame]:
+    """Group metrics by fairlearn MetricFrame over the cells of several dimensions at once.
+
+    Each metric gets the fewest cells that determine it: the selection metrics need only
+    ``group x outcome x selected`` (at most 4 cells per group), the score metrics ``group x
+    score bin x outcome``; each set is one MetricFrame metric returning an array, and all
+    dimensions share one MetricFrame per set (groups labelled ``<dimension index>|<group>``),
+    since fairlearn's fixed cost per MetricFrame and per metric call dominates on cells.
+
+    Returns
+    -------
+    list of pandas.DataFrame
+        Per dimension: rows in ``cells.groups`` order; columns ``n`` and :data:`METRICS`.
+    """
+    parts: list[list[pd.DataFrame]] = [[] for _ in all_cells]
+    for names, with_selection in (
+        (("n", *PROPORTIONS), True),
+        (tuple(SCORE_METRICS), False),
+    ):
+        columns: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("y", "score", "weight", "selected", "label")
+        }
+        for index, cells in enumerate(all_cells):
+            second = cells.selected if with_selection else cells.score_bin
+            first, counts = _merge(cells, [cells.group, cells.outcome, second])
+            labels = np.asarray([f"{index}|{g}" for g in cells.groups], dtype=object)
+            columns["y"].append(cells.outcome[first].astype(np.int64))
+            columns["score"].append(cells.score[first])
+            columns["weight"].append(counts)
+            columns["selected"].append(cells.selected[first].astype(np.int64))
+            columns["label"].append(labels[cells.group[first]])
+        params: dict[str, np.ndarray] = {"sample_weight": np.concatenate(columns["weight"])}
+        if with_selection:
+            params["selected"] = np.concatenate(columns["selected"])
+        frame = MetricFrame(
+            metrics={"bundle": _bundle(names)},
+            y_true=np.concatenate(columns["y"]),
+            y_pred=np.concatenate(columns["score"]),
+            sensitive_features=pd.Series(np.concatenate(columns["label"]), name="group"),
+            sample_params={"bundle": params},
+        )
+        by_group = frame.by_group["bundle"]
+        for index, cells in enumerate(all_cells):
+            keys = [f"{index}|{g}" for g in cells.groups]
+            values = np.stack(by_group.loc[keys].to_numpy())
+            parts[index].append(pd.DataFrame(values, index=list(cells.groups), columns=list(names)))
+    return [pd.concat(part, axis=1)[["n", *METRICS]] for part in parts]
+
+
+def cells_metric_frame(cells: Cells) -> pd.DataFrame:
+    """:func:`cells_metric_frames` for one dimension."""
+    return cells_metric_frames([cells])[0]
+
+
+# --- one dimension: estimates, CIs and comparisons with the reference group ----------------------
+
+FLAGGED_METRICS: Final = ("selection_rate", "tpr", "fpr", "fnr", "ppv", "oe_ratio")
+"""Metrics whose ratio to the reference is flagged outside the fair range (Aequitas: selection,
+error and precision parities; plus calibration O/E). Base rate, AUROC, Brier and calibration
+slope are reported with their comparisons but not flagged."""
+
+
+def reference_group(groups: tuple[str, ...], sizes: np.ndarray, preferred: str | None) -> str:
+    """``preferred`` when present, else the largest group (ties: first in sort order)."""
+    if preferred is not None and preferred in groups:
+        return preferred
+    return groups[int(np.argmax(sizes))]
+
+
+def bootstrap_metrics(
+    cells: Cells,
+    *,
+    n_bootstrap: int,
+    rng: np.random.Generator,
+    chunk: int = 100,
+) -> dict[str, np.ndarray]:
+    """Poisson-bootstrap draws ``(n_bootstrap, G)`` of every metric, resampling cell counts."""
+    point = cell_metrics(cells)
+    start = np.stack([point["calibration_intercept"], point["calibration_slope"]])
+    start = np.nan_to_num(start, nan=0.0)
+    draws: dict[str, list[np.ndarray]] = {}
+    for first in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - first)
+        weights = rng.poisson(cells.count, size=(size, len(cells.count))).astype(np.float64)
+        # Newton from the point estimate: a few steps reach machine precision on a resample
+        metrics = cell_metrics(
+            cells,
+            weights,
+            slope_start=np.repeat(start, size, axis=1),
+            slope_iterations=2,
+        )
+        for name in METRICS:
+            draws.setdefault(name, []).append(metrics[name])
+    return {name: np.concatenate(parts) for name, parts in draws.items()}
+
+
+def audit_dimension(
+    cells: Cells,
+    *,
+    preferred_reference: str | None,
+    n_bootstrap: int,
+    bootstrap_bins: int,
+    rng: np.random.Generator,
+    confidence: float,
+    fair_ratio_low: float,
+    fair_ratio_high: float,
+    min_group_size: int,
+    min_group_events: int,
+    point: pd.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Every metric of every group of one dimension, with CIs and comparisons to the reference.
+
+    Point estimates come from fairlearn MetricFrame on the cells; 95% CIs are Wilson for the
+    proportions and Poisson-bootstrap percentiles (cell counts resampled, on at most
+    ``bootstrap_bins`` score bins and re-centred on the point estimate) for the other metrics
+    and for every difference and ratio to the reference group.
+
+    ``point``: the MetricFrame estimates when already computed (:func:`cells_metric_frames`).
+
+    Returns
+    -------
+    polars.DataFrame
+        Long format, raw (not yet disclosure-controlled): one row per group and metric.
+    """
+    from pipeline.audit.intervals import percentile_interval, wilson_interval
+
+    frame = cells_metric_frame(cells) if point is None else point
+    counts = cell_metrics(cells)
+    sizes = counts["n"][0]
+    reference = reference_group(cells.groups, sizes, preferred_reference)
+    ref = cells.groups.index(reference)
+    coarse = coarsen(cells, n_bins=bootstrap_bins)
+    coarse_point = cell_metrics(coarse)
+    draws = bootstrap_metrics(coarse, n_bootstrap=n_bootstrap, rng=rng) if n_bootstrap > 0 else None
+    stable = (counts["n"][0] >= min_group_size) & (counts["n_events"][0] >= min_group_events)
+    rows: list[pl.DataFrame] = []
+    n_groups = len(cells.groups)
+    for metric in METRICS:
+        value = frame[metric].to_numpy()
+        shift = value - coarse_point[metric][0]
+        if metric in PROPORTIONS:
+            numerator, denominator = PROPORTIONS[metric]
+            low, high = wilson_interval(
+                counts[numerator][0], counts[denominator][0], confidence=confidence
+            )
+            method = "wilson"
+            num_count, den_count = counts[numerator][0], counts[denominator][0]
+        else:
+            first, second = SCORE_METRICS[metric]
+            num_count, den_count = counts[first][0], counts[second][0]
+            method = "bootstrap"
+            if draws is None:
+                low = high = np.full(n_groups, np.nan)
+            else:
+                low, high = percentile_interval(draws[metric], confidence=confidence, shift=shift)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            difference = value - value[ref]
+            ratio = value / value[ref]
+            if draws is None:
+                nan = np.full(n_groups, np.nan)
+                d_low, d_high, r_low, r_high = nan, nan, nan, nan
+            else:
+                sample = draws[metric]
+                d_low, d_high = percentile_interval(
+                    sample - sample[:, [ref]],
+                    confidence=confidence,
+                    shift=difference - (coarse_point[metric][0] - coarse_point[metric][0][ref]),
+                )
+                r_low, r_high = percentile_interval(
+                    sample / sample[:, [ref]],
+                    confidence=confidence,
+                    shift=ratio - coarse_point[metric][0] / coarse_point[metric][0][ref],
+                )
+        is_ref = np.arange(n_groups) == ref
+        outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
+        significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
+        flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
+        rows.append(
+            pl.DataFrame(
+                {
+                    "dimension": cells.dimension,
+                    "group": list(cells.groups),
+                    "reference_group": reference,
+                    "is_reference": is_ref,
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "ci_method": method,
+                    "numerator_raw": num_count,
+                    "denominator_raw": den_count,
+                    # a proportion also reveals its complement (e.g. FNR = 1 - TPR)
+                    "complement_raw": den_count - num_count
+                    if metric in PROPORTIONS
+                    else np.zeros(n_groups),
+                    "group_n_raw": counts["n"][0],
+                    "difference": np.where(is_ref, 0.0, difference),
+                    "difference_ci_low": np.where(is_ref, np.nan, d_low),
+                    "difference_ci_high": np.where(is_ref, np.nan, d_high),
+                    "ratio": np.where(is_ref, 1.0, ratio),
+                    "ratio_ci_low": np.where(is_ref, np.nan, r_low),
+                    "ratio_ci_high": np.where(is_ref, np.nan, r_high),
+                    "outside_fair_range": outside,
+                    "significant": significant,
+                    "flag": flagged,
+                    "stable": stable,
+                },
+                strict=False,
+            )
+        )
+    return pl.concat(rows).with_columns(
+        pl.col(c).fill_nan(None)
+        for c in (
+            "value",
+            "ci_low",
+            "ci_high",
+            "difference",
+            "difference_ci_low",
+            "difference_ci_high",
+            "ratio",
+            "ratio_ci_low",
+            "ratio_ci_high",
+        )
+    )
+
+
+def group_counts(cells: Cells, *, min_group_size: int, min_group_events: int) -> pl.DataFrame:
+    """Raw counts per group (not yet disclosure-controlled)."""
+    counts = cell_metrics(cells)
+    frame = pl.DataFrame(
+        {"dimension": cells.dimension, "group": list(cells.groups)}
+        | {name: counts[name][0].astype(np.int64) for name in COUNTS}
+    )
+    return frame.with_columns(
+        stable=(pl.col("n") >= min_group_size) & (pl.col("n_events") >= min_group_events)
+    )

@@ -1,0 +1,137 @@
+"""The audit cohort: one row per eligible person with score, outcome, selection and groups.
+
+Row-level, so it only ever lives in memory (or under ``data/``); everything published is built
+from it by aggregation.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import polars as pl
+
+from pipeline import contract
+from pipeline.errors import ContractError
+
+INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
+UNKNOWN: Final = "Unknown"
+
+CapacityMode = Literal["share", "per_icb", "per_practice"]
+
+
+def dimension_expr(dimension: str) -> pl.Expr:
+    """The group label of ``dimension`` as a String column named ``dimension`` (null -> Unknown).
+
+    IMD groups are labelled by their number (``"1"`` = most deprived); the intersection reads
+    ``"Asian, IMD 1"``.
+    """
+    if dimension == INTERSECTION:
+        label = pl.concat_str(
+            pl.col("ethnicity_group").fill_null(UNKNOWN),
+            pl.lit(", IMD "),
+            pl.col("imd_quintile").cast(pl.String).fill_null("?"),
+        )
+    else:
+        label = pl.col(dimension).cast(pl.String).fill_null(UNKNOWN)
+    return label.alias(dimension)
+
+
+def select_for_outreach(
+    scores: pl.LazyFrame, *, capacity_mode: CapacityMode, capacity: float
+) -> pl.LazyFrame:
+    """Add ``selected``: who the outreach capacity reaches when people are ranked by risk.
+
+    Parameters
+    ----------
+    scores
+        The whole eligible cohort with ``risk_rank`` (1 = highest risk) and, for the per-ICB /
+        per-practice modes, ``icb_code`` / ``practice_id``.
+    capacity_mode, capacity
+        ``share``: the top ``capacity`` share of the cohort (rounded to whole people);
+        ``per_icb`` / ``per_practice``: the top ``capacity`` people in each ICB / practice.
+    """
+    if capacity_mode == "share":
+        cut = (pl.len() * capacity).round().clip(lower_bound=1)
+        selected = pl.col("risk_rank").rank("ordinal") <= cut
+    else:
+        unit = "icb_code" if capacity_mode == "per_icb" else "practice_id"
+        selected = pl.col("risk_rank").rank("ordinal").over(unit) <= int(capacity)
+    return scores.with_columns(selected.alias("selected"))
+
+
+def build_cohort(
+    scores: pl.LazyFrame,
+    sensitive: pl.LazyFrame,
+    *,
+    dimensions: tuple[str, ...],
+    capacity_mode: CapacityMode,
+    capacity: float,
+    split: Literal["all", "test", "validation"],
+    truth: pl.LazyFrame | None = None,
+    oracle: pl.LazyFrame | None = None,
+    need_case_share: float = 0.2,
+) -> pl.DataFrame:
+    """Join scores to groups (and truth), apply the outreach capacity, keep the audited split.
+
+    Parameters
+    ----------
+    scores
+        ``contract.SCORES_SCHEMA`` rows, the whole eligible cohort.
+    sensitive
+        ``person_id`` + ``contract.SENSITIVE_SCHEMA`` columns + ``n_recorded_conditions``.
+    dimensions
+        Audit dimensions; each becomes a String column of group labels.
+    capacity_mode, capacity
+        The operating point (see :func:`select_for_outreach`); applied to the whole cohort
+        before the split filter, as the outreach team would.
+    split
+        ``all`` or one split: metrics use only these people.
+    truth, oracle
+        ``data/truth`` tables (synthetic data only): adds ``true_need``, ``n_true_conditions``,
+        ``true_case`` (in the top ``need_case_share`` of the whole cohort by true need) and
+        ``oracle_risk``.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per audited person, in the order of ``scores``.
+    """
+    # joins keep the scores' row order (no sort of the wide frame needed for determinism)
+    joined = scores.join(sensitive, on="person_id", how="left", maintain_order="left")
+    if truth is not None:
+        joined = joined.join(
+            truth.select("person_id", "true_need", "n_true_conditions"),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        ).with_columns(
+            (pl.col("true_need") >= pl.col("true_need").quantile(1.0 - need_case_share))
+            .fill_null(False)
+            .alias("true_case")
+        )
+    if oracle is not None:
+        joined = joined.join(
+            oracle.select("person_id", "oracle_risk"),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
+    joined = select_for_outreach(joined, capacity_mode=capacity_mode, capacity=capacity)
+    if split != "all":
+        joined = joined.filter(pl.col("split") == split)
+    # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy even when they
+    # are not audited dimensions
+    needed = set(dimensions) | {"imd_quintile", "imd_decile", "ethnicity_group"}
+    cohort = joined.with_columns(
+        *(dimension_expr(dimension) for dimension in sorted(needed)),
+        pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
+        pl.col("outcome").cast(pl.Int8),
+    ).collect()
+    if cohort.height == 0:
+        raise ContractError(f"scores: no rows in split {split!r} to audit")
+    missing = cohort.filter(pl.col("risk_score").is_null() | pl.col("outcome").is_null()).height
+    if missing:
+        raise ContractError(f"scores: {missing} rows with a null risk_score or outcome")
+    if truth is not None and cohort["true_need"].null_count() == cohort.height:
+        raise ContractError("data/truth/people.parquet: no person of the cohort has a true_need")
+    return cohort

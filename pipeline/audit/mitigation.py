@@ -1,0 +1,329 @@
+"""Mitigation trade-off: four ways to fill the same outreach capacity, compared on one table.
+
+Policies (each ranks the cohort and takes as many people as the risk ranking does, overall or
+per ICB / practice, so "more reached" always means "better use of the same capacity"):
+
+``risk``
+    The risk score (what the outreach stage does by default).
+``equal_opportunity``
+    fairlearn ``ThresholdOptimizer`` (``true_positive_rate_parity`` across IMD quintiles,
+    prefit on the score) fitted on the validation split, with the accuracy objective made
+    cost-weighted (negatives subsampled) so that its optimum sits at the capacity cut. Its
+    randomised two-threshold rule per group is derandomised to the probability-weighted
+    threshold, and people are ranked by score / their group's threshold, so the capacity cut
+    sits at the same multiple of every group's threshold (the rule the outreach stage uses).
+``core20plus5``
+    Score x ``core20_uplift`` in IMD quintile 1 and x ``plus_uplift`` in the PLUS ethnic groups.
+``need_based``
+    A LightGBM regression trained on a need label (``true_need`` when truth exists, else the
+    recorded multimorbidity count) from the recorded features; its scores are written to
+    ``data/scores/need/<target>.parquet`` for the outreach policy ``need_adjusted``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline import contract
+from pipeline.audit.label_choice import select_top_like
+from pipeline.errors import StageError
+
+POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
+
+
+class ScoreAsProbability(ClassifierMixin, BaseEstimator):
+    """A prefit 'estimator' handing the risk score (first column) to ThresholdOptimizer."""
+
+    def fit(self, features: Any, outcome: Any = None) -> ScoreAsProbability:
+        self.fitted_ = True
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict(self, features: Any) -> np.ndarray:
+        return np.asarray(features, dtype=np.float64)[:, 0]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
+def equal_opportunity_thresholds(
+    fit_rows: pl.DataFrame,
+    *,
+    group: str,
+    cut_score: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, float]:
+    """Per-group thresholds with equal TPR from fairlearn ThresholdOptimizer (derandomised).
+
+    ThresholdOptimizer maximises accuracy subject to equal TPR, which for a rare outcome lands
+    far from the outreach capacity. With ``cut_score`` (the score at the capacity cut) the
+    negatives are subsampled at rate ``r = cut / (1 - cut)`` (seeded), which turns accuracy into
+    the cost-weighted accuracy whose optimum is that cut, so the optimiser's own operating
+    point sits near the capacity.
+
+    Parameters
+    ----------
+    fit_rows
+        People to fit on (``risk_score``, ``outcome``, ``group``), normally the validation split.
+    group
+        The grouping column (IMD quintile labels).
+    cut_score, rng
+        Capacity cut-off score and the generator for the subsample.
+
+    Returns
+    -------
+    dict[str, float]
+        Threshold per group label: the probability-weighted mean of fairlearn's two thresholds
+        (the likelier finite one when one is infinite).
+    """
+    from fairlearn.postprocessing import ThresholdOptimizer
+
+    if fit_rows.height == 0 or fit_rows["outcome"].n_unique() < 2:
+        raise StageError("audit: equal_opportunity needs people with and without the outcome")
+    if cut_score is not None and 0.0 < cut_score < 0.5:
+        keep_rate = cut_score / (1.0 - cut_score)
+        generator = rng if rng is not None else np.random.default_rng(0)
+        keep = (fit_rows["outcome"].to_numpy() == 1) | (
+            generator.random(fit_rows.height) < keep_rate
+        )
+        fit_rows = fit_rows.filter(pl.Series(keep))
+    outcomes = fit_rows["outcome"].to_numpy().astype(np.int64)
+    optimiser = ThresholdOptimizer(
+        estimator=ScoreAsProbability().fit(None),
+        constraints="true_positive_rate_parity",
+        objective="accuracy_score",
+        prefit=True,
+        predict_method="predict",
+    )
+    optimiser.fit(
+        fit_rows.select("risk_score").to_numpy(),
+        outcomes,
+        sensitive_features=fit_rows[group].to_numpy(),
+    )
+    thresholds: dict[str, float] = {}
+    for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items():
+        pairs = [
+            (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
+            for i in (0, 1)
+            if float(rule[f"p{i}"]) > 0
+        ]
+        finite = [(p, t) for p, t in pairs if math.isfinite(t)]
+        if finite and len(finite) == len(pairs):
+            threshold = sum(p * t for p, t in finite) / sum(p for p, _ in finite)
+        else:
+            threshold = finite[0][1] if finite else 1.0
+        thresholds[str(value)] = threshold
+    return thresholds
+
+
+def core20plus5_priority(
+    *, core20_uplift: float, plus_uplift: float, plus_groups: tuple[str, ...]
+) -> pl.Expr:
+    """Risk score uplifted for Core20 (IMD quintile 1) and PLUS ethnic groups (multiplicative)."""
+    core20 = pl.when(pl.col("imd_quintile") == "1").then(core20_uplift).otherwise(1.0)
+    plus = (
+        pl.when(pl.col("ethnicity_group").is_in(list(plus_groups))).then(plus_uplift).otherwise(1.0)
+    )
+    return pl.col("risk_score") * core20 * plus
+
+
+def need_model_features(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Model inputs for the need model (from ``features/manifest.json``) and the categorical
+    ones; the recorded multimorbidity count itself is left out (it may be the label)."""
+    inputs = [
+        name
+        for name in manifest.get("model_inputs", [])
+        if name != contract.RECORDED_MULTIMORBIDITY
+    ]
+    categorical = [
+        entry["name"]
+        for entry in manifest.get("features", [])
+        if isinstance(entry, dict) and entry.get("categorical") and entry.get("name") in inputs
+    ]
+    if not inputs:
+        raise StageError("features/manifest.json: no model_inputs for the need model")
+    return inputs, categorical
+
+
+def train_need_model(
+    training: pl.DataFrame,
+    *,
+    label: str,
+    features: list[str],
+    categorical: list[str],
+    rounds: int,
+    seed: int,
+    num_threads: int,
+) -> lgb.Booster:
+    """LightGBM regression of the need label on recorded features (deterministic)."""
+    if training.height == 0:
+        raise StageError("audit: no training rows for the need model")
+    data = lgb.Dataset(
+        training.select(features).to_numpy().astype(np.float64),
+        label=training[label].cast(pl.Float64).fill_null(0.0).to_numpy(),
+        feature_name=features,
+        categorical_feature=categorical or "auto",
+        free_raw_data=True,
+    )
+    params = {
+        "objective": "regression",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 100,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": num_threads,
+        "verbosity": -1,
+    }
+    return lgb.train(params, data, num_boost_round=rounds)
+
+
+def policy_selections(
+    cohort: pl.DataFrame,
+    *,
+    thresholds: dict[str, float] | None,
+    core20_uplift: float,
+    plus_uplift: float,
+    plus_groups: tuple[str, ...],
+    unit: str | None,
+) -> pl.DataFrame:
+    """Add ``selected_<policy>`` for every policy (``need_score`` must be present for
+    ``need_based``), each as many people as ``selected`` (overall or per ``unit``)."""
+    fallback = float(np.mean(list(thresholds.values()))) if thresholds else 1.0
+    threshold = (
+        pl.col("imd_quintile").replace_strict(
+            thresholds or {}, default=fallback, return_dtype=pl.Float64
+        )
+    ).clip(lower_bound=1e-12)
+    frame = cohort.with_columns(
+        (pl.col("risk_score") / threshold).alias("_priority_equal_opportunity"),
+        core20plus5_priority(
+            core20_uplift=core20_uplift, plus_uplift=plus_uplift, plus_groups=plus_groups
+        ).alias("_priority_core20plus5"),
+        pl.col("need_score").fill_null(-math.inf).alias("_priority_need_based"),
+    )
+    # without need scores (no need model) the need-based policy is left out, not faked
+    has_need = "need_score" in cohort.columns and cohort["need_score"].null_count() < cohort.height
+    ranked = [p for p in POLICIES[1:] if p != "need_based" or has_need]
+    frame = frame.with_columns(
+        pl.col("selected").alias("selected_risk"),
+        *(
+            select_top_like(frame, f"_priority_{policy}", unit=unit).alias(f"selected_{policy}")
+            for policy in ranked
+        ),
+    )
+    return frame.drop(f"_priority_{policy}" for policy in POLICIES[1:])
+
+
+def tradeoff_table(
+    cohort: pl.DataFrame, *, dimensions: tuple[str, ...], has_truth: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per policy: totals reached, and per group: selection share and TPR (raw counts).
+
+    Returns
+    -------
+    tuple of polars.DataFrame
+        ``summary`` (one row per policy: n_selected, n_events_reached, n_events, and with
+        truth the expected true events reached and true-need cases reached) and ``by_group``
+        (policy x dimension x group: n, n_selected, n_events, n_events_reached, n_cases,
+        n_cases_reached).
+    """
+    case = "true_case" if has_truth else "outcome"
+    with_oracle = has_truth and "oracle_risk" in cohort.columns
+    policies = [p for p in POLICIES if f"selected_{p}" in cohort.columns]
+
+    def aggregations(policy: str, *, totals: bool) -> list[pl.Expr]:
+        chosen = pl.col(f"selected_{policy}")
+        exprs = [
+            chosen.sum().cast(pl.Int64).alias(f"{policy}|n_selected"),
+            (chosen & (pl.col("outcome") == 1))
+            .sum()
+            .cast(pl.Int64)
+            .alias(f"{policy}|n_events_reached"),
+            (chosen & pl.col(case).cast(pl.Boolean))
+            .sum()
+            .cast(pl.Int64)
+            .alias(f"{policy}|n_cases_reached"),
+        ]
+        return exprs
+
+    shared = [
+        pl.len().alias("n"),
+        pl.col("outcome").cast(pl.Int64).sum().alias("n_events"),
+        pl.col(case).cast(pl.Int64).sum().alias("n_cases"),
+    ]
+    shared_totals = shared
+
+    def long(wide: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+        # one pass over the people for all policies, then one row per policy
+        parts = []
+        for policy in policies:
+            own = [c for c in wide.columns if c.startswith(f"{policy}|")]
+            parts.append(
+                wide.select(
+                    *keys,
+                    *(c for c in wide.columns if "|" not in c and c not in keys),
+                    *(pl.col(c).alias(c.split("|", 1)[1]) for c in own),
+                ).with_columns(pl.lit(policy).alias("policy"))
+            )
+        return pl.concat(parts, how="diagonal_relaxed")
+
+    summary_wide = cohort.select(
+        *shared_totals, *(e for p in policies for e in aggregations(p, totals=True))
+    )
+    if with_oracle:
+        # expected true events: float sums in numpy (row order), so identical on every run
+        oracle = cohort["oracle_risk"].to_numpy()
+        summary_wide = summary_wide.with_columns(
+            pl.lit(float(np.sum(oracle))).alias("expected_true_events"),
+            *(
+                pl.lit(float(np.sum(oracle[cohort[f"selected_{p}"].to_numpy()]))).alias(
+                    f"{p}|expected_true_events_reached"
+                )
+                for p in policies
+            ),
+        )
+    summaries = [long(summary_wide, []).drop("n")]
+    by_group = [
+        long(
+            cohort.group_by(dimension)
+            .agg(*shared, *(e for p in policies for e in aggregations(p, totals=False)))
+            .rename({dimension: "group"}),
+            ["group"],
+        ).with_columns(pl.lit(dimension).alias("dimension"))
+        for dimension in dimensions
+    ]
+    summary = pl.concat(summaries, how="diagonal_relaxed")
+    groups = pl.concat(by_group, how="diagonal_relaxed").with_columns(
+        (pl.col("n_selected") / pl.col("n_selected").sum().over("policy", "dimension")).alias(
+            "selection_share"
+        ),
+        (pl.col("n_events_reached") / pl.col("n_events")).alias("tpr"),
+        (pl.col("n_cases_reached") / pl.col("n_cases")).alias("case_tpr"),
+    )
+    return summary, groups
+
+
+def tpr_gaps(by_group: pl.DataFrame, *, dimension: str, min_group_events: int) -> pl.DataFrame:
+    """Largest minus smallest TPR across the stable groups of ``dimension``, per policy."""
+    return (
+        by_group.filter(
+            (pl.col("dimension") == dimension) & (pl.col("n_events") >= min_group_events)
+        )
+        .group_by("policy")
+        .agg(
+            (pl.col("tpr").max() - pl.col("tpr").min()).alias("tpr_gap"),
+            (pl.col("case_tpr").max() - pl.col("case_tpr").min()).alias("case_tpr_gap"),
+        )
+        .with_columns(pl.lit(dimension).alias("gap_dimension"))
+    )

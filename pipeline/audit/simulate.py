@@ -1,0 +1,143 @@
+"""A small synthetic world with planted recording and access bias, for tests and benchmarks.
+
+Not the project's population synthesiser (``pipeline.synth``): a few vectorised lines whose
+ground truth is known exactly, so tests can check that the audit finds the planted effect and
+nothing else.
+
+World: true need ``L`` (log-normal, higher in deprived areas when ``need_gradient`` > 0, never
+by ethnicity); recorded need ``R = L x (1 - u_imd) x (1 - u_eth)`` with under-recording
+``u_imd = 0.25 x under_recording`` in IMD quintile 1 (half that in quintile 2) and
+``u_eth = 0.2 x under_recording`` for Black and Asian people; the event probability is
+``sigmoid(-3.6 + 0.7 L)`` (the oracle risk), recorded only with probability
+``exp(-0.3 x access x d)`` (``d`` = 1 in quintile 1 / Black / Asian, 0.5 in quintile 2). The
+"model" is a logistic regression of the recorded outcome on ``R`` fitted on the train split, so
+in an unbiased world (``under_recording = access = 0``) the score is exactly the oracle risk
+for every group. At the same score, quintile 1 therefore has ``1 / (1 - 0.25 x
+under_recording)`` times the true need of quintile 5: the planted effect.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from pipeline import contract
+
+ICBS: Final = tuple(f"Q{index:02d}" for index in range(42))
+ETHNICITY_SHARES: Final = {
+    "White": 0.78,
+    "Asian": 0.09,
+    "Black": 0.04,
+    "Mixed": 0.03,
+    "Other": 0.02,
+    "Not recorded": 0.04,
+}
+PLANTED_IMD_UNDER_RECORDING: Final = 0.25
+PLANTED_ETHNICITY_UNDER_RECORDING: Final = 0.2
+DISADVANTAGED: Final = {"imd_quintile": ("1", "2"), "ethnicity_group": ("Asian", "Black")}
+
+
+def simulate_world(
+    n_people: int,
+    *,
+    under_recording: float = 1.0,
+    access: float = 1.0,
+    need_gradient: float = 1.0,
+    seed: int = 0,
+) -> dict[str, pl.DataFrame]:
+    """Scores, features (sensitive columns + recorded need), truth and oracle of a small world.
+
+    Returns
+    -------
+    dict of polars.DataFrame
+        ``scores`` (contract.SCORES_SCHEMA), ``features`` (person_id, split, the sensitive
+        columns, n_recorded_conditions, recorded_measure), ``truth`` (person_id,
+        n_true_conditions, true_need) and ``oracle`` (person_id, target, oracle_risk).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    n = n_people
+    imd_decile = rng.integers(1, 11, n)
+    quintile = (imd_decile + 1) // 2
+    ethnicity = rng.choice(list(ETHNICITY_SHARES), n, p=list(ETHNICITY_SHARES.values()))
+    age = rng.integers(18, 96, n)
+    icb = rng.integers(0, len(ICBS), n)
+    sex = rng.choice(["F", "M"], n)
+    split = rng.choice(["train", "validation", "test"], n, p=[0.6, 0.2, 0.2])
+
+    need = np.exp(rng.normal(0.3 + 0.015 * (age - 50) + 0.12 * need_gradient * (3 - quintile), 0.6))
+    u_imd = np.select(
+        [quintile == 1, quintile == 2],
+        [PLANTED_IMD_UNDER_RECORDING, PLANTED_IMD_UNDER_RECORDING / 2],
+        0.0,
+    )
+    minority = np.isin(ethnicity, ["Black", "Asian"])
+    u_eth = np.where(minority, PLANTED_ETHNICITY_UNDER_RECORDING, 0.0)
+    recorded = need * (1 - under_recording * u_imd) * (1 - under_recording * u_eth)
+    disadvantage = np.select([quintile == 1, quintile == 2], [1.0, 0.5], 0.0) + minority
+    oracle = 1.0 / (1.0 + np.exp(-(-3.6 + 0.7 * need)))
+    reach = np.exp(-0.3 * access * disadvantage)
+    outcome = (rng.random(n) < oracle * reach).astype(np.int8)
+
+    train = split == "train"
+    model = LogisticRegression(C=1e6, max_iter=500)
+    model.fit(recorded[train, None], outcome[train])
+    score = model.predict_proba(recorded[:, None])[:, 1]
+
+    person_id = np.char.add("P", np.char.zfill(np.arange(n).astype(str), 8))
+    order = np.argsort(-score, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    scores = pl.DataFrame(
+        {
+            "person_id": person_id,
+            "split": split,
+            "outcome": outcome,
+            "risk_score": score,
+            "risk_rank": rank,
+        }
+    ).with_columns(
+        (10 - (pl.col("risk_rank") - 1) * 10 // n).cast(pl.Int8).alias("risk_decile"),
+        pl.when(pl.col("risk_rank") <= 0.05 * n)
+        .then(pl.lit("very high"))
+        .when(pl.col("risk_rank") <= 0.2 * n)
+        .then(pl.lit("high"))
+        .when(pl.col("risk_rank") <= 0.5 * n)
+        .then(pl.lit("moderate"))
+        .otherwise(pl.lit("low"))
+        .alias("risk_tier"),
+    )
+    icb_codes = np.asarray(ICBS)[icb]
+    features = pl.DataFrame(
+        {
+            "person_id": person_id,
+            "split": split,
+            "sex": sex,
+            "age": age.astype(np.int16),
+            "imd_decile": imd_decile.astype(np.int8),
+            "region": np.asarray(contract.REGIONS)[icb % len(contract.REGIONS)],
+            "icb_code": icb_codes,
+            "practice_id": np.char.add(icb_codes, (rng.integers(0, 20, n)).astype(str)),
+            "ethnicity_group": ethnicity,
+            "rural_urban": rng.choice(["urban", "rural"], n, p=[0.8, 0.2]),
+            contract.RECORDED_MULTIMORBIDITY: np.clip(np.round(recorded), 0, 12).astype(np.int8),
+            "recorded_measure": recorded,
+        }
+    ).with_columns(
+        contract.age_band_expr(pl.col("age")).alias("age_band"),
+        contract.imd_quintile_expr(pl.col("imd_decile")).alias("imd_quintile"),
+    )
+    truth = pl.DataFrame(
+        {
+            "person_id": person_id,
+            "n_true_conditions": np.clip(np.round(need), 0, 12).astype(np.int8),
+            "true_need": need,
+        }
+    )
+    oracle_frame = pl.DataFrame(
+        {"person_id": person_id, "target": "sim_target", "oracle_risk": oracle}
+    )
+    return {"scores": scores, "features": features, "truth": truth, "oracle": oracle_frame}

@@ -1,0 +1,200 @@
+"""The report's own view of its inputs: small, normalised Polars frames per target.
+
+:mod:`pipeline.report.inputs` maps the upstream files (audit, outreach, train, validate,
+synthesize) onto these frames; everything downstream (findings, charts, tables) reads only these,
+so a change in an upstream layout touches one module. Every frame may be empty: its section then
+says the analysis is not available instead of failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import polars as pl
+
+GROUPS_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "n": pl.String,  # published counts: "*" or digits
+    "n_events": pl.String,
+    "n_selected": pl.String,
+    "stable": pl.Boolean,
+    "is_reference": pl.Boolean,
+    "metric": pl.String,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "suppressed": pl.Boolean,
+    "ratio": pl.Float64,
+    "ratio_ci_low": pl.Float64,
+    "ratio_ci_high": pl.Float64,
+    "flagged": pl.Boolean,
+}
+"""Long: one row per (dimension, group, metric). ``suppressed``: the value is '*' upstream."""
+
+GRADIENTS_SCHEMA: Final = {
+    "indicator": pl.String,  # outcome_rate, mean_predicted_risk, selection_rate, need_reached
+    "measure": pl.String,  # sii, rii
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+}
+"""SII = least minus most deprived end (Fingertips); RII = least / most deprived end."""
+GRADIENT_POINTS_SCHEMA: Final = {
+    "indicator": pl.String,
+    "group": pl.String,  # IMD decile or quintile label, 1 = most deprived
+    "rank_mid": pl.Float64,  # midpoint of the group's cumulative population rank, 0-1
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+}
+HEAT_SCHEMA: Final = {
+    "dimension": pl.String,
+    "indicator": pl.String,
+    "measure": pl.String,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "best_group": pl.String,
+}
+LABEL_CHOICE_SCHEMA: Final = {
+    "need_measure": pl.String,
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "percentile": pl.Float64,
+    "mean_need": pl.Float64,
+}
+LABEL_SUMMARY_SCHEMA: Final = {
+    "need_measure": pl.String,  # recorded_need, true_need
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "is_reference": pl.Boolean,
+    "n": pl.String,
+    "stable": pl.Boolean,
+    "need_gap": pl.Float64,  # mean need minus the reference's at the same score percentile
+    "need_gap_ci_low": pl.Float64,
+    "need_gap_ci_high": pl.Float64,
+    "need_ratio": pl.Float64,
+    "need_ratio_ci_low": pl.Float64,
+    "need_ratio_ci_high": pl.Float64,
+    "cutoff_gap": pl.Float64,  # among the selected: mean need minus the reference's
+    "disadvantaged": pl.Boolean,
+    "share_selected_by_score": pl.Float64,
+    "share_selected_by_need": pl.Float64,
+    "share_selected_by_oracle": pl.Float64,
+}
+MITIGATION_SCHEMA: Final = {
+    "strategy": pl.String,
+    "label": pl.String,
+    "events_reached": pl.String,  # published count
+    "share_of_events_reached": pl.Float64,
+    "tpr_gap": pl.Float64,  # need reached (true-need cases with truth), best - worst quintile
+    "recorded_gap": pl.Float64,  # recorded-outcome TPR, best - worst quintile
+    "group": pl.String,  # a selection-share column per group, long
+    "selection_share": pl.Float64,
+}
+CALIBRATION_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "mean_predicted": pl.Float64,
+    "observed_rate": pl.Float64,
+}
+PERFORMANCE_SCHEMA: Final = {
+    "metric": pl.String,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+}
+OUTREACH_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "n_list": pl.String,
+    "share_eligible": pl.Float64,
+    "share_list": pl.Float64,
+    "share_need": pl.Float64,
+}
+POPULATION_SCHEMA: Final = {
+    "target": pl.String,
+    "dimension": pl.String,
+    "group": pl.String,
+    "group_order": pl.Int32,
+    "n": pl.String,
+}
+
+
+def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """An empty frame with ``schema``."""
+    return pl.DataFrame(schema=schema)
+
+
+def conform(frame: pl.DataFrame, schema: dict[str, Any]) -> pl.DataFrame:
+    """Select and cast ``frame`` to ``schema``; missing columns become nulls."""
+    return frame.select(
+        [
+            pl.col(name).cast(dtype, strict=False)
+            if name in frame.columns
+            else pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in schema.items()
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """Everything the report shows about one target."""
+
+    target: str
+    description: str
+    outcome: str
+    groups: pl.DataFrame = field(default_factory=lambda: empty(GROUPS_SCHEMA))
+    gradients: pl.DataFrame = field(default_factory=lambda: empty(GRADIENTS_SCHEMA))
+    gradient_points: pl.DataFrame = field(default_factory=lambda: empty(GRADIENT_POINTS_SCHEMA))
+    gradient_lines: pl.DataFrame = field(default_factory=lambda: empty(GRADIENTS_SCHEMA))
+    """SII/RII across the same groups as ``gradient_points`` (quintiles), for the chart lines."""
+    heat: pl.DataFrame = field(default_factory=lambda: empty(HEAT_SCHEMA))
+    label_choice: pl.DataFrame = field(default_factory=lambda: empty(LABEL_CHOICE_SCHEMA))
+    label_summary: pl.DataFrame = field(default_factory=lambda: empty(LABEL_SUMMARY_SCHEMA))
+    mitigation: pl.DataFrame = field(default_factory=lambda: empty(MITIGATION_SCHEMA))
+    calibration: pl.DataFrame = field(default_factory=lambda: empty(CALIBRATION_SCHEMA))
+    performance: pl.DataFrame = field(default_factory=lambda: empty(PERFORMANCE_SCHEMA))
+    curves: dict[str, pl.DataFrame] = field(default_factory=dict)
+    outreach: pl.DataFrame = field(default_factory=lambda: empty(OUTREACH_SCHEMA))
+    operating_point: dict[str, Any] = field(default_factory=dict)
+    audit_headline: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    """Published cohort counts: n_eligible, n_test, n_events, n_selected, n_list."""
+    notes: tuple[str, ...] = ()
+    """What was missing or odd in this target's inputs (shown under Limitations)."""
+    split: str = "test"
+    case_definition: str = ""
+    truth_events: bool = False
+    """Mitigation counts events expected from the oracle (true) risk, not recorded outcomes."""
+    """Who counts as a 'case' for need reached (e.g. "top 20% of the cohort by true need")."""
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """The whole report's data."""
+
+    title: str
+    source: str  # "synthetic" or "extract"
+    targets: tuple[TargetView, ...]
+    population: pl.DataFrame = field(default_factory=lambda: empty(POPULATION_SCHEMA))
+    population_total: Any = None
+    data_quality: dict[str, Any] = field(default_factory=dict)
+    synthetic_calibration: dict[str, Any] | None = None
+    outreach_meta: dict[str, Any] = field(default_factory=dict)
+    fair_low: float = 0.8
+    fair_high: float = 1.25
+    confidence: float = 0.95
+    has_truth: bool = False
+    inputs_used: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    icb_names: dict[str, str] = field(default_factory=dict)
+    """ICB code -> name (from the population's areas table when present)."""

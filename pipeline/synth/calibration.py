@@ -1,0 +1,293 @@
+"""Calibration: fit offsets on a pilot population, then compare the result with the reference.
+
+The pilot (``PILOT_PEOPLE`` people, its own seed) is drawn with the same functions as the real
+population. Condition offsets by IMD decile and by region are raked (iterative proportional
+fitting on the log scale) so that the expected *recorded* prevalence at the reference bias
+strength matches QOF 2019/20; outcome intercepts are set so each target's mean annual risk in
+its cohort matches ``outcomes.ANNUAL_RATE``. The pilot never depends on ``n_people``, so the
+same seed gives the same world at any scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from pipeline.contract import REGIONS
+from pipeline.disclosure import publish_rate, round_count
+from pipeline.synth import reference as ref
+from pipeline.synth.conditions import (
+    CONDITION_ORDER,
+    REFERENCE_BIAS,
+    condition_logit,
+    draw_conditions,
+    draw_smoking,
+    expit,
+    recording_logit_shift,
+    recording_probability,
+)
+from pipeline.synth.events import care_rates, draw_counts
+from pipeline.synth.geography import RECORDING_QUALITY_SHARES, build_geography
+from pipeline.synth.outcomes import ANNUAL_RATE, eligible, history_summary, outcome_logit
+from pipeline.synth.people import draw_people
+
+PILOT_PEOPLE: Final = 120_000
+RAKING_ROUNDS: Final = 12
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted offsets: condition -> (by decile [10], by region [7]); target -> intercept."""
+
+    offsets: dict[str, tuple[np.ndarray, np.ndarray]]
+    intercepts: dict[str, float] = field(default_factory=dict)
+
+
+def _rake(
+    eta: np.ndarray,
+    *,
+    recorded_share: np.ndarray,
+    decile: np.ndarray,
+    region: np.ndarray,
+    denominator: np.ndarray,
+    register: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    target_dec = np.asarray(ref.QOF_PREVALENCE_BY_DECILE[register])
+    target_reg = np.asarray(ref.QOF_PREVALENCE_BY_REGION[register])
+    weight = denominator.astype(np.float64)
+    n_dec = np.bincount(decile - 1, weights=weight, minlength=10)
+    n_reg = np.bincount(region, weights=weight, minlength=len(REGIONS))
+    u_dec = np.zeros(10)
+    u_reg = np.zeros(len(REGIONS))
+    for _ in range(RAKING_ROUNDS):
+        expected = expit(eta + u_dec[decile - 1] + u_reg[region]) * recorded_share * weight
+        observed = np.bincount(decile - 1, weights=expected, minlength=10) / n_dec
+        u_dec += np.log(target_dec / observed)
+        expected = expit(eta + u_dec[decile - 1] + u_reg[region]) * recorded_share * weight
+        observed = np.bincount(region, weights=expected, minlength=len(REGIONS)) / n_reg
+        u_reg += np.log(target_reg / observed)
+    return u_dec, u_reg
+
+
+def fit_calibration(
+    *,
+    seed: int,
+    area_size: int,
+    practice_size: int,
+    history_years: int,
+    not_recorded_share: float,
+    targets: dict[str, Any],
+) -> Calibration:
+    """Fit condition offsets and outcome intercepts on a seeded pilot population.
+
+    Parameters
+    ----------
+    seed
+        ``params.seed``; the pilot uses its own sub-stream.
+    targets
+        ``params.targets`` (each needs outcome, follow_up_months, min_age, max_age,
+        exclude_prior).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    geo = build_geography(PILOT_PEOPLE, area_size=area_size, practice_size=practice_size, rng=rng)
+    people = draw_people(geo, np.arange(PILOT_PEOPLE), rng, not_recorded_share=not_recorded_share)
+    # Practice quality is averaged out (a few practices per region would otherwise steer the
+    # regional offsets): each person's recording share is the mixture over quality levels.
+    shifts = [
+        (
+            share,
+            recording_logit_shift(
+                {**people, "quality": np.full_like(people["quality"], q)}, REFERENCE_BIAS
+            ),
+        )
+        for q, share in enumerate(RECORDING_QUALITY_SHARES)
+    ]
+    state: dict[str, np.ndarray] = {"smoker": draw_smoking(people, rng)}
+    offsets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for condition in CONDITION_ORDER:
+        register = ref.CONDITION_REGISTER[condition]
+        eta = condition_logit(condition, people, state)
+        u_dec, u_reg = _rake(
+            eta,
+            recorded_share=sum(
+                share * recording_probability(condition, shift) for share, shift in shifts
+            ),
+            decile=people["decile"],
+            region=people["region"],
+            denominator=people["age"] >= ref.QOF_MIN_AGE[register],
+            register=register,
+        )
+        offsets[condition] = (u_dec, u_reg)
+        state[condition] = rng.random(PILOT_PEOPLE) < expit(
+            eta + u_dec[people["decile"] - 1] + u_reg[people["region"]]
+        )
+
+    cond = draw_conditions(people, rng, offsets=offsets, under_recording=REFERENCE_BIAS)
+    frailty = rng.gamma(3.0, 1.0 / 3.0, PILOT_PEOPLE)
+    counts = draw_counts(
+        care_rates(people, cond, frailty, access=REFERENCE_BIAS), rng, history_years=history_years
+    )
+    history = history_summary(counts)
+    intercepts: dict[str, float] = {}
+    for name, target in targets.items():
+        cohort = eligible(
+            people,
+            cond,
+            min_age=target.min_age,
+            max_age=target.max_age,
+            exclude_prior=tuple(target.exclude_prior),
+        )
+        eta = outcome_logit(
+            target.outcome,
+            people,
+            cond,
+            history,
+            rng.standard_normal(PILOT_PEOPLE),
+            access=REFERENCE_BIAS,
+        )[cohort]
+        low, high = -15.0, 5.0
+        for _ in range(60):  # bisection: mean annual risk in the cohort = the reference rate
+            mid = (low + high) / 2
+            low, high = (
+                (mid, high) if expit(mid + eta).mean() < ANNUAL_RATE[target.outcome] else (low, mid)
+            )
+        intercepts[name] = (low + high) / 2
+    return Calibration(offsets=offsets, intercepts=intercepts)
+
+
+# --- Report: synthetic vs reference ------------------------------------------------------------
+
+
+class Tally:
+    """Running sums over chunks for ``reports/synthetic_calibration.json``."""
+
+    def __init__(self) -> None:
+        registers = len(ref.QOF_REGISTERS)
+        self.by_decile = np.zeros((registers, 3, 10))  # denominator, recorded, true
+        self.by_region = np.zeros((registers, 3, len(REGIONS)))
+        self.ethnicity = np.zeros((len(REGIONS), 6))  # recorded broad group incl. not recorded
+        self.true_ethnicity = np.zeros((len(REGIONS), 5))
+        self.ages = np.zeros((len(REGIONS), 4))  # 0-14, 15-64, 65+, total
+        self.diabetes_by_group = np.zeros((2, 5))  # adults 17+: denominator, true cases
+
+    def add(self, people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> None:
+        decile = people["decile"] - 1
+        region = people["region"]
+        for k, register in enumerate(ref.QOF_REGISTERS):
+            condition = next(c for c, r in ref.CONDITION_REGISTER.items() if r == register)
+            denominator = (people["age"] >= ref.QOF_MIN_AGE[register]).astype(np.float64)
+            for j, values in enumerate(
+                (
+                    denominator,
+                    denominator * cond[f"rec_{condition}"],
+                    denominator * cond[f"true_{condition}"],
+                )
+            ):
+                self.by_decile[k, j] += np.bincount(decile, weights=values, minlength=10)
+                self.by_region[k, j] += np.bincount(region, weights=values, minlength=len(REGIONS))
+        shown = np.where(people["not_recorded"], 5, people["group"])
+        np.add.at(self.ethnicity, (region, shown), 1)
+        np.add.at(self.true_ethnicity, (region, people["group"]), 1)
+        band = np.select([people["age"] < 15, people["age"] < 65], [0, 1], 2)
+        np.add.at(self.ages, (region, band), 1)
+        np.add.at(self.ages, (region, 3), 1)
+        adult = people["age"] >= 17
+        np.add.at(self.diabetes_by_group, (0, people["group"][adult]), 1)
+        np.add.at(self.diabetes_by_group, (1, people["group"][adult]), cond["true_diabetes"][adult])
+
+
+def _share(numerator: float, denominator: float) -> float | str | None:
+    rate = numerator / denominator if denominator else None
+    return publish_rate(int(numerator), int(denominator), None if rate is None else round(rate, 5))
+
+
+def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any]:
+    """Synthetic vs QOF prevalence by decile and region, ethnicity and age mix by region."""
+    conditions: dict[str, Any] = {}
+    for k, register in enumerate(ref.QOF_REGISTERS):
+        condition = next(c for c, r in ref.CONDITION_REGISTER.items() if r == register)
+        by_decile = []
+        for d in range(10):
+            n, rec, true = tally.by_decile[k, :, d]
+            by_decile.append(
+                {
+                    "imd_decile": d + 1,
+                    "n": round_count(int(n)),
+                    "recorded_prevalence": _share(rec, n),
+                    "true_prevalence": _share(true, n),
+                    "reference_prevalence": ref.QOF_PREVALENCE_BY_DECILE[register][d],
+                }
+            )
+        by_region = []
+        for r, region in enumerate(REGIONS):
+            n, rec, true = tally.by_region[k, :, r]
+            by_region.append(
+                {
+                    "region": region,
+                    "n": round_count(int(n)),
+                    "recorded_prevalence": _share(rec, n),
+                    "true_prevalence": _share(true, n),
+                    "reference_prevalence": ref.QOF_PREVALENCE_BY_REGION[register][r],
+                }
+            )
+        n, rec, true = tally.by_decile[k].sum(axis=1)
+        conditions[condition] = {
+            "qof_register": register,
+            "min_age": ref.QOF_MIN_AGE[register],
+            "recorded_prevalence": _share(rec, n),
+            "true_prevalence": _share(true, n),
+            "reference_prevalence": ref.QOF_PREVALENCE_ENGLAND[register],
+            "by_imd_decile": by_decile,
+            "by_region": by_region,
+        }
+    groups = (*ref.ETHNIC_GROUPS, "Not recorded")
+    ethnicity = []
+    for r, region in enumerate(REGIONS):
+        total = tally.ethnicity[r].sum()
+        ethnicity.append(
+            {
+                "region": region,
+                "n": round_count(int(total)),
+                "recorded_share": {
+                    g: _share(tally.ethnicity[r, i], total) for i, g in enumerate(groups)
+                },
+                "true_share": {
+                    g: _share(tally.true_ethnicity[r, i], total)
+                    for i, g in enumerate(ref.ETHNIC_GROUPS)
+                },
+                "reference_share": {
+                    g: round(v / 100, 4)
+                    for g, v in zip(ref.ETHNIC_GROUPS, ref.ETHNICITY_BY_REGION[region], strict=True)
+                },
+            }
+        )
+    ages = []
+    for r, region in enumerate(REGIONS):
+        total = tally.ages[r, 3]
+        ages.append(
+            {
+                "region": region,
+                "n": round_count(int(total)),
+                "share_0_14": _share(tally.ages[r, 0], total),
+                "share_15_64": _share(tally.ages[r, 1], total),
+                "share_65_plus": _share(tally.ages[r, 2], total),
+                "reference_share_65_plus": ref.AGE_65_PLUS_BY_REGION[region] / 100,
+            }
+        )
+    dm = tally.diabetes_by_group
+    diabetes_ratio = {
+        g: (round(float(dm[1, i] / dm[0, i]) / float(dm[1, 0] / dm[0, 0]), 3) if dm[0, i] else None)
+        for i, g in enumerate(ref.ETHNIC_GROUPS)
+    }
+    return {
+        "source": "synthetic",
+        "bias": bias,
+        "reference": "QOF 2019/20 via House of Commons Library (Open Parliament Licence v3.0); "
+        "Census 2021 (ONS)",
+        "conditions": conditions,
+        "ethnicity_by_region": ethnicity,
+        "age_by_region": ages,
+        "true_diabetes_ratio_to_white_17_plus": diabetes_ratio,
+    }

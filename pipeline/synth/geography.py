@@ -1,0 +1,208 @@
+"""Areas (LSOA-like), ICBs and GP practices, and the layout of people across them.
+
+People are laid out in geographic order: person ``i`` lives in the area whose cumulative size
+first exceeds ``i``, so a chunk of people is just an index range and needs no global table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from pipeline.contract import AREAS_SCHEMA, REGIONS
+from pipeline.synth import reference as ref
+
+RECORDING_QUALITY_LEVELS: Final = ("high", "medium", "low")
+RECORDING_QUALITY_SHARES: Final = (0.30, 0.45, 0.25)
+RECORDING_QUALITY_GAP: Final = (0.0, 0.5, 1.0)
+"""Practice recording-quality level -> the ``Q`` term of the planted biases (0 best, 1 worst)."""
+
+
+@dataclass(frozen=True)
+class Geography:
+    """Areas and practices, with the index ranges of the people living in each."""
+
+    area_end: np.ndarray  # cumulative people per area (exclusive end index)
+    area_region: np.ndarray  # region index (contract.REGIONS order)
+    area_icb: np.ndarray  # ICB index (icb_codes order)
+    area_decile: np.ndarray  # IMD decile 1..10
+    area_rural: np.ndarray  # bool
+    icb_start: np.ndarray  # first person index of each ICB
+    icb_people: np.ndarray  # people per ICB
+    icb_practice_offset: np.ndarray  # first practice index of each ICB
+    icb_practices: np.ndarray  # practices per ICB
+    practice_quality: np.ndarray  # recording-quality level index per practice
+    icb_codes: tuple[str, ...]
+    icb_names: tuple[str, ...]
+    icb_region: np.ndarray
+
+    @property
+    def n_people(self) -> int:
+        return int(self.area_end[-1])
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split ``total`` into integers proportional to ``weights`` (Hamilton's method)."""
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    short = total - counts.sum()
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:short]] += 1
+    return counts
+
+
+def build_geography(
+    n_people: int, *, area_size: int, practice_size: int, rng: np.random.Generator
+) -> Geography:
+    """Allocate people to the 42 ICBs, areas and practices.
+
+    Region shares follow the number of LSOAs per region (reference lookup); ICB shares within a
+    region follow approximate ICB populations; each region's IMD decile mix follows its real one.
+
+    Parameters
+    ----------
+    n_people
+        Population size.
+    area_size, practice_size
+        Target residents per area and registered patients per practice.
+    rng
+        Seeded generator.
+    """
+    icb_codes: list[str] = []
+    icb_names: list[str] = []
+    icb_region: list[int] = []
+    icb_weight: list[float] = []
+    for region_index, region in enumerate(REGIONS):
+        region_share = sum(ref.LSOAS_BY_REGION_DECILE[region])
+        icbs = ref.ICBS[region]
+        total = sum(pop for _, _, pop in icbs)
+        for code, name, pop in icbs:
+            icb_codes.append(code)
+            icb_names.append(name)
+            icb_region.append(region_index)
+            icb_weight.append(region_share * pop / total)
+    icb_people = _largest_remainder(n_people, np.asarray(icb_weight))
+    if (icb_people < 1).any():
+        raise ValueError("population too small to place at least one person in every ICB")
+    icb_start = np.concatenate([[0], np.cumsum(icb_people)[:-1]])
+    icb_region_arr = np.asarray(icb_region, dtype=np.int64)
+
+    # Areas: split each ICB into areas of ~area_size people (at least one per ICB).
+    icb_areas = np.maximum(1, np.rint(icb_people / area_size).astype(np.int64))
+    area_icb = np.repeat(np.arange(len(icb_codes)), icb_areas)
+    sizes = np.concatenate(
+        [
+            _largest_remainder(int(n), np.ones(int(k)))
+            for n, k in zip(icb_people, icb_areas, strict=True)
+        ]
+    )
+    area_end = np.cumsum(sizes)
+    area_region = icb_region_arr[area_icb]
+
+    # IMD deciles: exact regional quotas (largest remainder), randomly placed within the region.
+    area_decile = np.zeros(len(area_icb), dtype=np.int8)
+    for region_index, region in enumerate(REGIONS):
+        members = np.flatnonzero(area_region == region_index)
+        quota = _largest_remainder(
+            len(members), np.asarray(ref.LSOAS_BY_REGION_DECILE[region], float)
+        )
+        deciles = np.repeat(np.arange(1, 11, dtype=np.int8), quota)
+        area_decile[members] = rng.permutation(deciles)
+
+    # Rural areas: the regional share, tilted towards less deprived deciles.
+    tilt = 0.4 + 0.13 * (area_decile - 1)
+    rural_share = np.asarray([ref.RURAL_SHARE[r] for r in REGIONS])[area_region]
+    region_tilt = np.bincount(area_region, weights=tilt, minlength=len(REGIONS)) / np.maximum(
+        np.bincount(area_region, minlength=len(REGIONS)), 1
+    )
+    p_rural = np.clip(rural_share * tilt / region_tilt[area_region], 0.0, 0.9)
+    area_rural = rng.random(len(area_icb)) < p_rural
+
+    icb_practices = np.maximum(1, np.rint(icb_people / practice_size).astype(np.int64))
+    icb_practice_offset = np.concatenate([[0], np.cumsum(icb_practices)[:-1]])
+    # Recording quality: national shares met within every region (quotas, randomly placed), so
+    # a region's recorded prevalence is not steered by a handful of practices at small sizes.
+    practice_region = np.repeat(icb_region_arr, icb_practices)
+    practice_quality = np.zeros(len(practice_region), dtype=np.int8)
+    for region_index in range(len(REGIONS)):
+        members = np.flatnonzero(practice_region == region_index)
+        quota = _largest_remainder(len(members), np.asarray(RECORDING_QUALITY_SHARES))
+        levels = np.repeat(np.arange(len(RECORDING_QUALITY_LEVELS), dtype=np.int8), quota)
+        practice_quality[members] = rng.permutation(levels)
+    return Geography(
+        area_end=area_end,
+        area_region=area_region,
+        area_icb=area_icb,
+        area_decile=area_decile,
+        area_rural=area_rural,
+        icb_start=icb_start,
+        icb_people=icb_people,
+        icb_practice_offset=icb_practice_offset,
+        icb_practices=icb_practices,
+        practice_quality=practice_quality,
+        icb_codes=tuple(icb_codes),
+        icb_names=tuple(icb_names),
+        icb_region=icb_region_arr,
+    )
+
+
+def area_ids(index: np.ndarray) -> pl.Series:
+    """Area index -> identifier like ``"A0000001"`` (zero-padded so string order = index order)."""
+    digits = pl.Series("area_id", index + 1).cast(pl.String).str.zfill(7)
+    return ("A" + digits).alias("area_id")
+
+
+def practice_ids(index: np.ndarray) -> pl.Series:
+    """Practice index -> identifier like ``"GP000001"``."""
+    digits = pl.Series("practice_id", index + 1).cast(pl.String).str.zfill(6)
+    return ("GP" + digits).alias("practice_id")
+
+
+def locate(geo: Geography, person_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area and practice index of each person (practices cover contiguous runs of areas)."""
+    area = np.searchsorted(geo.area_end, person_index, side="right")
+    icb = geo.area_icb[area]
+    within = person_index - geo.icb_start[icb]
+    practice = (
+        geo.icb_practice_offset[icb] + (within * geo.icb_practices[icb]) // geo.icb_people[icb]
+    )
+    return area, practice
+
+
+def areas_frame(geo: Geography) -> pl.DataFrame:
+    """The ``areas`` table of the data contract."""
+    index = np.arange(len(geo.area_icb))
+    return pl.DataFrame(
+        {
+            "area_id": area_ids(index),
+            "icb_code": np.asarray(geo.icb_codes)[geo.area_icb],
+            "icb_name": np.asarray(geo.icb_names)[geo.area_icb],
+            "region": np.asarray(REGIONS)[geo.area_region],
+            "imd_decile": geo.area_decile,
+            "rural_urban": np.where(geo.area_rural, "rural", "urban"),
+        },
+        schema=AREAS_SCHEMA,
+    )
+
+
+def practices_frame(geo: Geography) -> pl.DataFrame:
+    """The ``practices`` table (contract columns only)."""
+    index = np.arange(len(geo.practice_quality))
+    icb = np.repeat(np.arange(len(geo.icb_codes)), geo.icb_practices)
+    return pl.DataFrame(
+        {"practice_id": practice_ids(index), "icb_code": np.asarray(geo.icb_codes)[icb]}
+    )
+
+
+def practice_quality_frame(geo: Geography) -> pl.DataFrame:
+    """Truth: each practice's recording-quality level (synthetic data only)."""
+    index = np.arange(len(geo.practice_quality))
+    return pl.DataFrame(
+        {
+            "practice_id": practice_ids(index),
+            "recording_quality": np.asarray(RECORDING_QUALITY_LEVELS)[geo.practice_quality],
+        }
+    )

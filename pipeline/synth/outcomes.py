@@ -1,0 +1,165 @@
+"""Outcome processes, oracle risks, eligibility and true need.
+
+Each outcome has an annual log-odds built mostly from what the record shows (recorded
+conditions, prior admissions / A&E / GP contacts in the history, age, sex, deprivation,
+measured risk factors), plus a small latent part (unrecorded true conditions, a person-level
+noise term, and the access bias in groups a model does not see). ``oracle_risk`` is exactly the
+probability used to draw the recorded outcome: ``1 - (1 - expit(alpha + eta)) ** (months / 12)``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from pipeline.synth.conditions import deprivation_score, expit
+from pipeline.synth.events import access_penalty, burden
+
+LATENT_SD: Final = {
+    "emergency_admission": 0.1,
+    "cvd_event": 0.1,
+    "ae_attendance": 0.1,
+    "diabetes_onset": 0.1,
+}
+UNRECORDED_WEIGHT: Final = 0.15
+"""Share of a true-but-unrecorded condition's effect on the outcome (the hidden part)."""
+ACCESS_ON_OUTCOME: Final = {
+    "emergency_admission": 0.5,
+    "cvd_event": 0.3,
+    "ae_attendance": 0.0,
+    "diabetes_onset": 0.5,
+}
+"""Recorded outcome log-odds fall by strength x A x this (access bias on recorded outcomes)."""
+ANNUAL_RATE: Final = {
+    "emergency_admission": 0.10,
+    "cvd_event": 0.009,
+    "ae_attendance": 0.22,
+    "diabetes_onset": 0.007,
+}
+"""Mean annual probability in the eligible cohort at the reference bias (sets the intercept)."""
+NEED_INTERCEPT: Final = -3.4
+
+SOUTH_ASIAN_CVD: Final = 0.35
+
+
+def history_summary(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The history counts that drive outcomes (all visible in the events table)."""
+    ea = counts["emergency_admission"]
+    return {
+        "ea_12m": ea[:, 0],
+        "ea_13_24m": ea[:, 1] if ea.shape[1] > 1 else np.zeros(len(ea), np.int32),
+        "ae_12m": counts["ae_attendance"][:, 0],
+        "gp_12m": counts["gp_consultation"][:, 0],
+        "op_12m": counts["outpatient"][:, 0],
+    }
+
+
+def outcome_logit(
+    outcome: str,
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    history: dict[str, np.ndarray],
+    latent: np.ndarray,
+    *,
+    access: float,
+) -> np.ndarray:
+    """Annual log-odds of an outcome, before the calibrated intercept."""
+    age = people["age"].astype(np.float64)
+    male = (people["sex"] == 1).astype(np.float64)
+    d = deprivation_score(people["decile"])
+    recorded = burden(cond, "rec")
+    hidden = burden(cond, "true") - recorded
+    penalty = access * access_penalty(people) * ACCESS_ON_OUTCOME[outcome]
+    latent = LATENT_SD[outcome] * latent
+    if outcome in ("emergency_admission", "ae_attendance"):
+        eta = (
+            0.03 * (age - 40)
+            + 0.1 * male
+            + 0.9 * recorded
+            + 0.9 * UNRECORDED_WEIGHT * hidden
+            + 0.45 * d
+            + 0.15 * cond["rec_smoker"]
+            + 0.05 * cond["smoker"]
+            + 0.45 * np.minimum(history["ea_12m"], 3)
+            + 0.3 * np.minimum(history["ea_13_24m"], 3)
+            + 0.2 * np.minimum(history["ae_12m"], 4)
+            + 0.25 * np.log1p(history["gp_12m"])
+        )
+        if outcome == "ae_attendance":
+            eta = eta - 0.02 * (age - 40) + 0.25 * np.minimum(history["ae_12m"], 4)
+    elif outcome == "cvd_event":
+        south_asian = np.isin(people["ethnic_code"], ("H", "J", "K", "L"))
+        ethnic = (
+            SOUTH_ASIAN_CVD * south_asian
+            - 0.15 * (people["group"] == 3)
+            - 0.3 * (people["ethnic_code"] == "R")
+        )
+        eta = (
+            0.07 * (age - 55)
+            + 0.5 * male
+            + 0.018 * (cond["sbp"] - 130)
+            + 0.18 * (cond["cholesterol"] - 5.2)
+            + 0.45 * cond["rec_smoker"]
+            + 0.1 * cond["smoker"]
+            + 0.5 * cond["rec_diabetes"]
+            + 0.15 * cond["true_diabetes"]
+            + 0.35 * cond["rec_ckd"]
+            + 0.5 * cond["rec_atrial_fibrillation"]
+            + 0.25 * cond["rec_hypertension"]
+            + 0.3 * cond["rec_severe_mental_illness"]
+            + 0.2 * d
+            + ethnic
+        )
+    else:  # diabetes_onset
+        eta = (
+            0.025 * (age - 50)
+            + 0.2 * male
+            + 0.12 * (cond["bmi"] - 27)
+            + 0.15 * (cond["hba1c"] - 38)
+            + 0.6 * np.isin(people["group"], (2, 3))
+            + 0.3 * d
+            + 0.3 * cond["rec_hypertension"]
+        )
+    return eta + latent - penalty
+
+
+def oracle_risk(alpha: float, eta: np.ndarray, *, follow_up_months: int) -> np.ndarray:
+    """Probability of the recorded outcome within the follow-up window."""
+    annual = expit(alpha + eta)
+    return 1.0 - (1.0 - annual) ** (follow_up_months / 12.0)
+
+
+def eligible(
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    *,
+    min_age: int,
+    max_age: int,
+    exclude_prior: tuple[str, ...],
+) -> np.ndarray:
+    """Target cohort: age window at index; ``cvd`` excludes true prior CHD or stroke."""
+    keep = (people["age"] >= min_age) & (people["age"] <= max_age)
+    if "cvd" in exclude_prior:
+        keep &= ~(cond["true_chd"] | cond["true_stroke"])
+    if "diabetes" in exclude_prior:
+        keep &= ~cond["true_diabetes"]
+    return keep
+
+
+def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:
+    """Unbiased 12-month chance of an emergency admission from true health alone.
+
+    ``expit(-3.4 + 0.03 (age - 40) + 0.1 male + 0.9 x sum(burden_c x true_c) + 0.45 x
+    deprivation + 0.2 smoker)``: no recording or access bias, no utilisation history.
+    """
+    age = people["age"].astype(np.float64)
+    eta = (
+        NEED_INTERCEPT
+        + 0.03 * (age - 40)
+        + 0.1 * (people["sex"] == 1)
+        + 0.9 * burden(cond, "true")
+        + 0.45 * deprivation_score(people["decile"])
+        + 0.2 * cond["smoker"]
+    )
+    return expit(eta)

@@ -1,0 +1,67 @@
+"""Stage ``validate``: check a population folder against the data contract.
+
+Every violation is collected (file, column, rule, rows) before failing with ContractError, so one
+run shows everything that is wrong with an extract. On success it writes
+``reports/data_quality.json``: aggregates only, counts disclosure-controlled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.contract import validate_population
+from pipeline.disclosure import publish_rate, round_count
+from pipeline.io import Paths, write_json
+
+__all__ = ["data_quality_report", "run"]
+
+
+def _rate(numerator: int, denominator: int, *, digits: int = 4) -> float | str | None:
+    value = round(numerator / denominator, digits) if denominator else None
+    return publish_rate(numerator, denominator, value)
+
+
+def data_quality_report(
+    facts: dict[str, Any], *, folder: str, index_date: dt.date
+) -> dict[str, Any]:
+    """Turn :func:`pipeline.contract.validate_population` facts into a publishable summary.
+
+    Counts are rounded / suppressed with :mod:`pipeline.disclosure`; shares whose numerator or
+    denominator is suppressed are ``"*"``.
+    """
+    rows = facts["rows"]
+    n_people = facts["n_people"]
+    return {
+        "folder": folder,
+        "index_date": index_date,
+        "valid": True,
+        "tables": {
+            table: {
+                "n_rows": round_count(count),
+                "null_share": {
+                    column: _rate(nulls, count) for column, nulls in facts["nulls"][table].items()
+                },
+            }
+            for table, count in rows.items()
+        },
+        "n_people": round_count(n_people),
+        "ethnicity_recorded_share": _rate(facts["ethnicity_recorded"], n_people),
+        "events_per_person_year_last_12_months": {
+            event_type: _rate(count, n_people)
+            for event_type, count in sorted(facts["events_last_year"].items())
+        },
+        "date_range": {"first": facts["date_min"], "last": facts["date_max"]},
+    }
+
+
+def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
+    """Validate ``extract`` (default ``data/population``) and write the data-quality report."""
+    folder = Path(extract) if extract is not None else paths.population
+    facts = validate_population(
+        folder, target_names=tuple(params.targets), index_date=params.index_date
+    )
+    report = data_quality_report(facts, folder=str(folder), index_date=params.index_date)
+    write_json(report, paths.reports / "data_quality.json")

@@ -1,0 +1,578 @@
+"""Stage outreach: capacity, policies, pseudonyms, reasons, determinism and the summary."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import contract
+from pipeline.config import OutreachParams, Params, parse_params
+from pipeline.errors import ParamsError, StageError
+from pipeline.io import Paths, write_json, write_parquet
+from pipeline.outreach import (
+    OUTREACH_COLUMNS,
+    attach_reasons,
+    capacity_per_unit,
+    equal_opportunity_thresholds,
+    explain_selected,
+    feature_glossary,
+    hmac_sha256_hex,
+    policy_priority,
+    read_secret,
+    run,
+    select_outreach,
+)
+
+KEY = b"test-secret-not-for-real-use"
+ICBS = {"QHM": "North East and Yorkshire", "QMJ": "London", "QT6": "South West"}
+FEATURES = [
+    "age",
+    "imd_decile",
+    "n_emergency_admission_12m",
+    "has_diabetes",
+    "latest_hba1c",
+    "hba1c_missing",
+    "has_copd",
+    "latest_sbp",
+    "practice_prevalence_diabetes",
+    "ethnicity_code",
+]
+DESCRIPTIONS = {
+    "age": "age in years at the index date",
+    "imd_decile": "IMD 2019 decile of the home area (1 = most deprived)",
+    "n_emergency_admission_12m": "emergency admissions in the last 12 months",
+    "has_diabetes": "diabetes recorded",
+    "latest_hba1c": "latest HbA1c (mmol/mol)",
+    "hba1c_missing": "no HbA1c recorded",
+    "has_copd": "COPD recorded",
+    "latest_sbp": "latest systolic blood pressure (mmHg)",
+    "practice_prevalence_diabetes": "share of the GP practice's patients with diabetes recorded",
+    "ethnicity_code": "broad ethnic group (coded)",
+}
+TARGET = "emergency_admission_12m"
+
+
+def _population(n: int, seed: int = 7) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    icb = rng.choice(list(ICBS), n)
+    practice = np.char.add(icb.astype(str), rng.integers(1, 3, n).astype(str))
+    diabetes = (rng.random(n) < 0.15).astype(np.int8)
+    hba1c = np.where(diabetes == 1, rng.normal(64, 8, n), rng.normal(38, 4, n)).round(0)
+    hba1c_missing = (rng.random(n) < 0.3).astype(np.int8)
+    frame = pl.DataFrame(
+        {
+            "person_id": [f"P{i:05d}" for i in range(n)],
+            "split": rng.choice(["train", "validation", "test"], n, p=[0.6, 0.2, 0.2]),
+            "icb_code": icb,
+            "practice_id": practice,
+            "region": [ICBS[code] for code in icb],
+            "imd_decile": rng.integers(1, 11, n).astype(np.int8),
+            "ethnicity_group": rng.choice(list(contract.BROAD_ETHNIC_GROUPS), n),
+            "age": rng.integers(18, 95, n).astype(np.int16),
+            "n_emergency_admission_12m": rng.poisson(0.3, n).astype(np.int32),
+            "has_diabetes": diabetes,
+            "latest_hba1c": np.where(hba1c_missing == 1, np.nan, hba1c),
+            "hba1c_missing": hba1c_missing,
+            "has_copd": (rng.random(n) < 0.05).astype(np.int8),
+            "latest_sbp": rng.normal(135, 15, n).round(0),
+        }
+    ).with_columns(
+        pl.col("latest_hba1c").fill_nan(None),
+        contract.imd_quintile_expr(pl.col("imd_decile")).alias("imd_quintile"),
+        pl.col("ethnicity_group")
+        .replace_strict(
+            {group: i for i, group in enumerate(contract.BROAD_ETHNIC_GROUPS)},
+            return_dtype=pl.Int8,
+        )
+        .alias("ethnicity_code"),
+    )
+    frame = frame.with_columns(
+        pl.col("has_diabetes").mean().over("practice_id").alias("practice_prevalence_diabetes")
+    )
+    logit = (
+        -3.0
+        + 0.03 * (frame["age"].to_numpy() - 50)
+        + 0.9 * frame["n_emergency_admission_12m"].to_numpy()
+        + 0.8 * frame["has_diabetes"].to_numpy()
+        + 1.0 * frame["has_copd"].to_numpy()
+        - 0.08 * frame["imd_decile"].to_numpy()
+    )
+    outcome = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    return frame.with_columns(pl.Series("outcome", outcome))
+
+
+def _train(frame: pl.DataFrame) -> lgb.Booster:
+    data = lgb.Dataset(
+        frame.select(FEATURES).to_numpy(),
+        label=frame["outcome"].to_numpy(),
+        feature_name=FEATURES,
+        params={"verbose": -1},
+    )
+    return lgb.train(
+        {
+            "objective": "binary",
+            "num_leaves": 7,
+            "learning_rate": 0.2,
+            "min_data_in_leaf": 20,
+            "num_threads": 1,
+            "deterministic": True,
+            "seed": 1,
+            "verbose": -1,
+        },
+        data,
+        num_boost_round=15,
+    )
+
+
+def _scores(frame: pl.DataFrame, booster: lgb.Booster) -> pl.DataFrame:
+    risk = booster.predict(frame.select(FEATURES).to_numpy())
+    n = frame.height
+    scored = frame.select("person_id", "split", "outcome").with_columns(
+        pl.Series("risk_score", risk)
+    )
+    ranked = scored.with_columns(
+        pl.col("risk_score").rank("ordinal", descending=True).cast(pl.Int64).alias("risk_rank")
+    )
+    return ranked.with_columns(
+        (10 - ((pl.col("risk_rank") - 1) * 10 // n)).cast(pl.Int8).alias("risk_decile"),
+        pl.when(pl.col("risk_rank") <= n * 0.05)
+        .then(pl.lit("very high"))
+        .when(pl.col("risk_rank") <= n * 0.20)
+        .then(pl.lit("high"))
+        .when(pl.col("risk_rank") <= n * 0.5)
+        .then(pl.lit("moderate"))
+        .otherwise(pl.lit("low"))
+        .alias("risk_tier"),
+    ).select(list(contract.SCORES_SCHEMA))
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, Any]:
+    population = _population(1_500)
+    booster = _train(population)
+    return {"population": population, "booster": booster, "scores": _scores(population, booster)}
+
+
+def _params(tmp_path: Path, **outreach: Any) -> Params:
+    raw = {
+        "targets": {
+            TARGET: {"outcome": "emergency_admission", "follow_up_months": 12},
+        },
+        "outreach": {"secret_file": str(tmp_path / "no-such-key"), **outreach},
+    }
+    return parse_params(raw)
+
+
+def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Paths:
+    paths = Paths.at(tmp_path)
+    population: pl.DataFrame = world["population"]
+    write_parquet(
+        population.select(
+            "person_id",
+            "split",
+            "practice_id",
+            "icb_code",
+            "imd_quintile",
+            "ethnicity_group",
+            "region",
+            *[name for name in FEATURES if name not in {"imd_quintile"}],
+        ),
+        paths.features / "features.parquet",
+        sort_by="person_id",
+    )
+    write_json(
+        {"features": [{"name": n, "description": d} for n, d in DESCRIPTIONS.items()]},
+        paths.features / "manifest.json",
+    )
+    write_parquet(world["scores"], paths.scores / f"{TARGET}.parquet", sort_by="person_id")
+    (paths.models / TARGET).mkdir(parents=True)
+    world["booster"].save_model(str(paths.models / TARGET / "model.txt"))
+    if truth:
+        need = population.select(
+            "person_id",
+            (pl.col("has_diabetes") + pl.col("has_copd") + pl.col("n_emergency_admission_12m"))
+            .cast(pl.Float64)
+            .alias("true_need"),
+        )
+        write_parquet(need, paths.truth / "people.parquet", sort_by="person_id")
+    return paths
+
+
+def _cohort(world: dict[str, Any]) -> pl.LazyFrame:
+    return (
+        world["scores"]
+        .join(
+            world["population"].select(
+                "person_id", "practice_id", "icb_code", "imd_quintile", "ethnicity_group", "region"
+            ),
+            on="person_id",
+        )
+        .lazy()
+    )
+
+
+# --- Pseudonyms and the secret ---
+
+
+def test_vectorised_hmac_matches_the_standard_library() -> None:
+    ids = ["P00001", "", "x" * 55, "y" * 56, "é" * 40, "z" * 300, "P00001"]
+    for key in (KEY, b"k" * 100):
+        got = hmac_sha256_hex(pl.Series("person_id", ids), key).to_list()
+        want = [hmac.new(key, value.encode(), "sha256").hexdigest() for value in ids]
+        assert got == want
+    other = hmac_sha256_hex(pl.Series(ids[:1]), b"another key").item()
+    assert other != hmac.new(KEY, b"P00001", "sha256").hexdigest()
+
+
+def test_secret_from_env_then_file_else_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".config" / "phm").mkdir(parents=True)
+    (tmp_path / ".config" / "phm" / "pseudonym.key").write_text("from-file\n")
+    options = {"secret_env": "PHM_TEST_KEY", "secret_file": "~/.config/phm/pseudonym.key"}
+    assert read_secret(**options, environ={"PHM_TEST_KEY": " from-env "}) == b"from-env"
+    assert read_secret(**options, environ={}) == b"from-file"
+    with pytest.raises(StageError, match=r"PHM_TEST_KEY.*make run"):
+        read_secret(secret_env="PHM_TEST_KEY", secret_file=str(tmp_path / "nope"), environ={})
+
+
+# --- Capacity and params ---
+
+
+def test_capacity_share_per_icb_and_per_practice(world: dict[str, Any]) -> None:
+    cohort = _cohort(world)
+    share = capacity_per_unit(cohort, capacity_mode="share", capacity=0.1)
+    assert share["outreach_capacity"].to_list() == [150]
+    per_icb = capacity_per_unit(cohort, capacity_mode="per_icb", capacity=20)
+    assert per_icb["unit"].to_list() == sorted(ICBS)
+    assert set(per_icb["outreach_capacity"].to_list()) == {20}
+    per_practice = capacity_per_unit(cohort, capacity_mode="per_practice", capacity=5)
+    assert per_practice.height == 6
+
+
+@pytest.mark.parametrize(
+    ("mode", "capacity", "message"),
+    [
+        ("share", 0.0001, "selects nobody"),
+        ("per_icb", 10_000, "above the eligible cohort"),
+        ("per_practice", 5_000, "above the eligible cohort"),
+        ("share", 0.0, "greater than 0"),
+    ],
+)
+def test_capacity_out_of_range_names_the_key(world, mode, capacity, message) -> None:
+    with pytest.raises(ParamsError, match=rf"outreach\.capacity.*{message}"):
+        capacity_per_unit(_cohort(world), capacity_mode=mode, capacity=capacity)
+
+
+@pytest.mark.parametrize(
+    ("outreach", "key"),
+    [
+        ({"capacity": 0}, "outreach.capacity"),
+        ({"capacity": -3, "capacity_mode": "per_icb"}, "outreach.capacity"),
+        ({"capacity": 1.5}, "outreach"),
+        ({"policy": "loudest_voice"}, "outreach.policy"),
+        ({"capacity_mode": "per_street"}, "outreach.capacity_mode"),
+    ],
+)
+def test_bad_outreach_params_fail_naming_the_key(tmp_path, outreach, key) -> None:
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        _params(tmp_path, **outreach)
+
+
+def test_unknown_target_or_missing_secret_fails_before_any_work(
+    tmp_path: Path, world, monkeypatch
+) -> None:
+    paths = _project(tmp_path, world)
+    monkeypatch.delenv("PHM_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(ParamsError, match=r"outreach\.targets: unknown target 'nope'"):
+        run(_params(tmp_path, targets=["nope"]), paths)
+    with pytest.raises(StageError, match="PHM_PSEUDONYM_KEY"):
+        run(_params(tmp_path), paths)
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    with pytest.raises(ParamsError, match=r"outreach\.capacity"):
+        run(_params(tmp_path, capacity_mode="per_icb", capacity=100_000), paths)
+    assert not paths.outreach.exists()
+    assert not (paths.reports / "outreach_summary.json").exists()
+
+
+# --- Policies and selection ---
+
+
+def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
+    n = 40
+    cohort = pl.DataFrame(
+        {
+            "person_id": [f"P{i:03d}" for i in range(n)],
+            "priority": [0.5] * n,
+            "risk_score": [0.5] * n,
+            "icb_code": ["QHM", "QMJ"] * (n // 2),
+            "practice_id": ["A", "B"] * (n // 2),
+        }
+    ).lazy()
+    capacity = capacity_per_unit(cohort, capacity_mode="share", capacity=0.25)
+    chosen = select_outreach(cohort, capacity, capacity_mode="share", key=KEY)
+    everyone = hmac_sha256_hex(pl.Series([f"P{i:03d}" for i in range(n)]), KEY).sort()
+    assert sorted(chosen["pseudonym"].to_list()) == everyone.head(10).to_list()
+    for _, group in chosen.group_by("icb_code"):
+        assert group.sort("rank")["rank"].to_list() == list(range(1, group.height + 1))
+        assert group.sort("rank")["pseudonym"].is_sorted()
+
+
+def test_per_icb_capacity_takes_the_top_of_each_icb(world) -> None:
+    prioritised = policy_priority(_cohort(world), policy="risk", outreach=OutreachParams())
+    capacity = capacity_per_unit(prioritised, capacity_mode="per_icb", capacity=12)
+    chosen = select_outreach(prioritised, capacity, capacity_mode="per_icb", key=KEY)
+    assert chosen.group_by("icb_code").len()["len"].to_list() == [12, 12, 12]
+    everyone = prioritised.collect()
+    for code, group in chosen.group_by("icb_code"):
+        floor = group["risk_score"].min()
+        above = everyone.filter((pl.col("icb_code") == code[0]) & (pl.col("risk_score") > floor))
+        assert above.height < 12  # nobody with a higher score was left out
+
+
+def test_core20plus5_uplift_moves_core20_and_plus_people_up() -> None:
+    cohort = pl.DataFrame(
+        {
+            "person_id": ["a", "b", "c", "d"],
+            "risk_score": [0.30, 0.25, 0.22, 0.20],
+            "imd_quintile": [3, 1, 5, 1],
+            "ethnicity_group": ["White", "White", "Black", "Asian"],
+        }
+    ).lazy()
+    params = OutreachParams(policy="core20plus5", core20_uplift=1.5, plus_uplift=1.25)
+    ranked = policy_priority(cohort, policy="core20plus5", outreach=params).collect()
+    priority = dict(zip(ranked["person_id"], ranked["priority"], strict=True))
+    assert priority["b"] == pytest.approx(0.375)
+    assert priority["c"] == pytest.approx(0.275)
+    assert priority["d"] == pytest.approx(0.20 * 1.5 * 1.25)
+    assert sorted(priority, key=priority.get, reverse=True) == ["d", "b", "a", "c"]
+
+
+def test_need_adjusted_ranks_by_need_score() -> None:
+    cohort = pl.DataFrame({"person_id": ["a", "b", "c"], "risk_score": [0.9, 0.5, 0.1]}).lazy()
+    need = pl.DataFrame({"person_id": ["a", "b", "c"], "need_score": [1.0, 3.0, 2.0]}).lazy()
+    ranked = policy_priority(cohort, policy="need_adjusted", outreach=OutreachParams(), need=need)
+    assert ranked.sort("priority", descending=True).collect()["person_id"].to_list() == [
+        "b",
+        "c",
+        "a",
+    ]
+
+
+def test_equal_opportunity_thresholds_are_deterministic_and_scale_priority(world) -> None:
+    validation = (
+        _cohort(world)
+        .filter(pl.col("split") == "validation")
+        .select("risk_score", "outcome", "imd_quintile")
+        .collect()
+    )
+    first = equal_opportunity_thresholds(validation)
+    assert first == equal_opportunity_thresholds(validation.reverse())
+    assert sorted(first) == [1, 2, 3, 4, 5]
+    assert all(0 < value < 1 for value in first.values())
+    ranked = policy_priority(
+        _cohort(world), policy="equal_opportunity", outreach=OutreachParams(), thresholds=first
+    ).collect()
+    row = ranked.row(0, named=True)
+    assert row["priority"] == pytest.approx(row["risk_score"] / first[row["imd_quintile"]])
+
+
+def test_equal_opportunity_needs_events_in_every_quintile() -> None:
+    validation = pl.DataFrame(
+        {"risk_score": [0.1, 0.2, 0.3, 0.4], "outcome": [0, 1, 0, 0], "imd_quintile": [1, 1, 2, 2]}
+    )
+    with pytest.raises(StageError, match="imd_quintile"):
+        equal_opportunity_thresholds(validation)
+
+
+# --- Reasons ---
+
+
+def test_reasons_in_plain_words_and_actions() -> None:
+    names = ["n_emergency_admission_12m", "has_diabetes", "latest_hba1c", "ethnicity_code"]
+    glossary = feature_glossary(
+        {"features": [{"name": n, "description": DESCRIPTIONS[n]} for n in names]}, names
+    )
+    features = pl.DataFrame(
+        {
+            "person_id": ["a", "b"],
+            "n_emergency_admission_12m": [2, 1],
+            "has_diabetes": [1, 0],
+            "latest_hba1c": [64.0, None],
+            "ethnicity_code": [3, 3],
+        }
+    )
+    contributions = np.array(
+        [[0.9, 0.5, 0.3, 2.0, -1.0], [0.1, -0.1, 0.4, 5.0, -1.0]]
+    )  # last column: bias
+    explained = explain_selected(features, contributions, glossary, default_action="default")
+    first, second = explained.row(0, named=True), explained.row(1, named=True)
+    assert [first["reason_1"], first["reason_2"], first["reason_3"]] == [
+        "2 emergency admissions in the last 12 months",
+        "diabetes recorded",
+        "HbA1c 64 mmol/mol",
+    ]
+    assert first["suggested_action"].startswith("proactive care review")
+    # Only positive contributions count; ethnicity is never named even when it contributes most.
+    assert [second["reason_1"], second["reason_2"], second["reason_3"]] == [
+        "no HbA1c recorded",
+        "1 emergency admission in the last 12 months",
+        None,
+    ]
+    assert second["suggested_action"] == "diabetes review"
+
+
+class _CountingBooster:
+    """The real booster, recording how many rows pred_contrib was asked about."""
+
+    def __init__(self, booster: lgb.Booster) -> None:
+        self.booster = booster
+        self.rows: list[int] = []
+        self.pandas_categorical = booster.pandas_categorical
+
+    def predict(self, data: Any, **options: Any) -> np.ndarray:
+        self.rows.append(len(data))
+        return self.booster.predict(data, **options)
+
+
+def test_contributions_are_computed_for_the_selected_only(world) -> None:
+    prioritised = policy_priority(_cohort(world), policy="risk", outreach=OutreachParams())
+    capacity = capacity_per_unit(prioritised, capacity_mode="share", capacity=0.05)
+    chosen = select_outreach(prioritised, capacity, capacity_mode="share", key=KEY)
+    booster = _CountingBooster(world["booster"])
+    glossary = feature_glossary({}, world["booster"].feature_name())
+    explained, top = attach_reasons(
+        chosen, world["population"].lazy(), booster, glossary, default_action="x"
+    )
+    assert booster.rows == [75]
+    assert explained["reason_1"].null_count() == 0
+    assert explained["person_id"].to_list() == chosen["person_id"].to_list()
+    # A wider list reuses the known contributions and explains only the people new to it.
+    wider = select_outreach(
+        prioritised,
+        capacity_per_unit(prioritised, capacity_mode="share", capacity=0.1),
+        capacity_mode="share",
+        key=KEY,
+    )
+    again, _ = attach_reasons(
+        wider, world["population"].lazy(), booster, glossary, default_action="x", cached=top
+    )
+    assert booster.rows == [75, 75]
+    fresh, _ = attach_reasons(
+        wider, world["population"].lazy(), world["booster"], glossary, default_action="x"
+    )
+    assert again.equals(fresh)
+
+
+# --- The stage end to end ---
+
+
+def _disclosure_problems(node: Any, path: str = "") -> list[str]:
+    problems = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}"
+            is_count = key == "n" or key.startswith("n_") or key.endswith("_count")
+            if is_count and not (
+                value is None or value == "*" or (isinstance(value, int) and value % 5 == 0)
+            ):
+                problems.append(f"{here}={value!r}")
+            problems += _disclosure_problems(value, here)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            problems += _disclosure_problems(value, f"{path}[{index}]")
+    return problems
+
+
+def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, monkeypatch):
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world)
+    params = _params(tmp_path, capacity=0.1)
+    run(params, paths)
+    files = sorted(p for p in paths.outreach.rglob("*") if p.is_file())
+    assert {p.relative_to(paths.outreach).as_posix() for p in files} == {
+        f"{TARGET}.parquet",
+        *[f"{TARGET}/{code}.csv" for code in ICBS],
+    }
+    first = {p: p.read_bytes() for p in [*files, paths.reports / "outreach_summary.json"]}
+    assert len(list((tmp_path / "data" / ".cache" / "outreach").glob("*.parquet"))) == 1
+    run(params, paths)  # second run explains from the cache: still byte-identical
+    assert {p: p.read_bytes() for p in first} == first
+
+    table = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
+    assert tuple(table.columns) == OUTREACH_COLUMNS
+    assert table.height == 150
+    csv = pl.read_csv(paths.outreach / TARGET / "QMJ.csv")
+    assert tuple(csv.columns) == OUTREACH_COLUMNS
+    assert csv["rank"].to_list() == list(range(1, csv.height + 1))
+    assert set(csv["icb_code"]) == {"QMJ"}
+    rows = "".join(p.read_text() for p in first if p.suffix == ".csv") + table.write_csv()
+    summary_text = (paths.reports / "outreach_summary.json").read_text()
+    assert "P00" not in rows + summary_text  # no raw person_id anywhere
+    for group in contract.BROAD_ETHNIC_GROUPS:
+        assert group not in rows  # no ethnicity on the lists
+    pseudonyms = hmac_sha256_hex(world["population"]["person_id"], KEY)
+    assert set(table["pseudonym"]).issubset(set(pseudonyms))
+
+    summary = json.loads((paths.reports / "outreach_summary.json").read_text())
+    assert _disclosure_problems(summary) == []
+    block = summary["targets"][TARGET]
+    assert block["n_selected"] == 150
+    assert set(block["lists"]) == set(ICBS)
+    assert {row["group"] for row in block["make_up"]["imd_quintile"]} == {"1", "2", "3", "4", "5"}
+    assert block["true_need"]["n_need_list"] == 150
+    assert isinstance(block["expected_events"]["n_expected_events_reached"], int)
+    assert "n_events_reached" in block["test_split"]
+    assert summary["truth_available"] is True
+
+
+def test_stage_without_truth_and_with_another_policy(tmp_path: Path, world, monkeypatch):
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world, truth=False)
+    run(_params(tmp_path, capacity_mode="per_practice", capacity=10, policy="core20plus5"), paths)
+    summary = json.loads((paths.reports / "outreach_summary.json").read_text())
+    block = summary["targets"][TARGET]
+    assert block["true_need"] is None
+    assert block["policy_detail"]["core20_uplift"] == 1.5
+    assert pl.read_parquet(paths.outreach / f"{TARGET}.parquet").height == 60
+
+
+def test_need_adjusted_without_need_scores_is_a_stage_error(tmp_path, world, monkeypatch):
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world)
+    with pytest.raises(StageError, match="need scores"):
+        run(_params(tmp_path, policy="need_adjusted"), paths)
+
+
+def test_need_adjusted_reads_the_audit_need_scores(tmp_path, world, monkeypatch):
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world, truth=False)
+    population: pl.DataFrame = world["population"]
+    need = population.select(
+        "person_id",
+        (pl.col("has_copd") * 10 + pl.col("age") / 100 + pl.int_range(pl.len()) * 1e-7).alias(
+            "need_score"
+        ),
+    )
+    write_parquet(
+        need, paths.scores / contract.NEED_SCORES_DIR / f"{TARGET}.parquet", sort_by="person_id"
+    )
+    run(_params(tmp_path, policy="need_adjusted", capacity=0.02), paths)
+    listed = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
+    neediest = need.sort("need_score", descending=True).head(30)
+    want = set(hmac_sha256_hex(neediest["person_id"], KEY))
+    assert set(listed["pseudonym"]) == want
+
+
+def test_feature_names_are_read_from_the_model_text(tmp_path, world) -> None:
+    from pipeline.outreach import _LazyBooster
+
+    path = tmp_path / "model.txt"
+    world["booster"].save_model(str(path))
+    assert _LazyBooster(path).feature_names() == world["booster"].feature_name()

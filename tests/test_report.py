@@ -1,0 +1,301 @@
+"""Stage report: the HTML is built from the numbers, disclosure-controlled, self-contained, and
+refused when anything under reports/ breaks the disclosure convention."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.errors import StageError
+from pipeline.io import read_json, write_json
+from pipeline.report import run
+from pipeline.report.fmt import Disclosure, count_text, rate_cell
+from pipeline.report.inputs import load_view
+from pipeline.report.scan import scan_html, scan_json, scan_reports
+
+try:
+    from tests.test_report_support import build_fixture_report, write_fixture_project
+except ImportError:  # tests/ on sys.path (pytest's rootdir-less import mode)
+    from test_report_support import build_fixture_report, write_fixture_project
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One fixture project with its report, shared by the read-only tests below."""
+    return build_fixture_report(tmp_path_factory.mktemp("report") / "project")
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def test_report_is_self_contained_and_passes_its_own_scan(built: Path) -> None:
+    html = built.read_text(encoding="utf-8")
+    assert scan_html(html) == []
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert "<link" not in html and "@import" not in html and "url(http" not in html
+    assert "<script src" not in html
+    assert html.count("<svg") >= 15  # charts are inline SVG
+    for section in (
+        "findings",
+        "population",
+        "performance",
+        "deprivation",
+        "geography",
+        "ethnicity",
+        "intersection",
+        "label-choice",
+        "outreach",
+        "mitigation",
+        "limitations",
+        "checklist",
+    ):
+        assert f'id="{section}"' in html, section
+
+
+def test_headline_findings_come_from_the_numbers(built: Path) -> None:
+    """The fixture plants lower reach for IMD quintile 1 and Black people: the headline says so,
+    with the planted ratios, before any detail."""
+    html = built.read_text(encoding="utf-8")
+    findings = html[html.index('id="findings"') : html.index('id="intro"')]
+    assert "most deprived fifth" in findings
+    assert "Black people" in findings
+    assert re.search(r"0\.[67]\d times as many", findings)  # planted ~0.7
+    assert "95% CI" in findings
+    assert "Ranking by true need instead" in findings
+
+
+def test_every_count_shown_is_rounded_or_suppressed(built: Path) -> None:
+    html = built.read_text(encoding="utf-8")
+    counts = re.findall(r'class="n"[^>]*>([^<]*)<', html)
+    assert len(counts) > 200
+    for shown in counts:
+        value = shown.replace(",", "")
+        assert value in {"*", "–"} or int(value) % 5 == 0, shown
+    # the fixture's 6-person cells are shown as '*' with every rate beside them suppressed
+    assert re.search(r'<td class="n"[^>]*>\*</td>', html)
+
+
+def test_report_is_deterministic(built: Path, tmp_path: Path) -> None:
+    again = build_fixture_report(tmp_path / "again")
+    assert again.read_bytes() == built.read_bytes()
+
+
+def test_refuses_to_publish_a_violation_under_reports(tmp_path: Path) -> None:
+    paths = write_fixture_project(tmp_path)
+    summary = read_json(paths.reports / "outreach_summary.json")
+    first = next(iter(summary["targets"].values()))
+    first["make_up"]["imd_quintile"][0]["n_selected"] = 13  # planted: not rounded
+    write_json(summary, paths.reports / "outreach_summary.json")
+    with pytest.raises(StageError, match=r"outreach_summary\.json.*n_selected.*13"):
+        run(load_params(paths.params), paths, log_mlflow=False)
+    assert not (paths.reports / "equity_report.html").exists()
+
+
+def test_copes_without_optional_inputs(tmp_path: Path) -> None:
+    """A real extract has no synthetic_calibration.json; outreach or data quality may be absent."""
+    paths = write_fixture_project(tmp_path)
+    for name in ("outreach_summary.json", "data_quality.json"):
+        (paths.reports / name).unlink()
+    raw = yaml.safe_load(paths.params.read_text())
+    raw["population"] |= {"source": "extract", "extract_dir": str(tmp_path / "extract")}
+    paths.params.write_text(yaml.safe_dump(raw))
+    report = run(load_params(paths.params), paths, log_mlflow=False)
+    html = report.read_text(encoding="utf-8")
+    assert "Not available" in html
+    assert "outreach summary was not available" in html
+    assert "data extract" in html and "The data are synthetic" not in html
+
+
+def test_missing_audit_is_a_clear_error(tmp_path: Path) -> None:
+    paths = write_fixture_project(tmp_path)
+    target = next(iter(load_params(paths.params).targets))
+    (paths.reports / "audit" / target / "audit.json").unlink()
+    with pytest.raises(StageError, match=rf"audit/{target}/audit\.json not found"):
+        run(load_params(paths.params), paths, log_mlflow=False)
+
+
+def test_view_normalises_the_audit(tmp_path: Path) -> None:
+    paths = write_fixture_project(tmp_path)
+    view = load_view(load_params(paths.params), paths)
+    first = view.targets[0]
+    imd = first.groups.filter((pl.col("dimension") == "imd_quintile") & (pl.col("metric") == "tpr"))
+    assert imd["group"].to_list() == ["1", "2", "3", "4", "5"]
+    assert imd.filter(pl.col("is_reference"))["group"].to_list() == ["5"]
+    assert set(first.gradients["measure"]) == {"sii", "rii"}
+    assert first.gradient_points["rank_mid"].is_between(0, 1).all()
+    assert first.mitigation["strategy"].unique(maintain_order=True).to_list()[0] == "risk"
+    assert not first.label_choice.is_empty() and not first.outreach.is_empty()
+
+
+def test_report_logged_to_the_model_run(tmp_path: Path) -> None:
+    """A real MLflow store: the report becomes an artifact of the run that trained the model;
+    a target whose model has no run is skipped with a warning."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.report.build import _log_to_mlflow
+
+    paths = write_fixture_project(tmp_path)
+    params = load_params(paths.params)
+    view = load_view(params, paths)
+    target = view.targets[0].target
+    model = paths.models / target / "model.txt"
+    tracking.configure(paths.root)
+    with mlflow.start_run(run_name=target) as active:
+        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, tracking.model_digest(model))
+    report = paths.reports / "equity_report.html"
+    report.write_text("<!DOCTYPE html><title>equity report</title>")
+    assert _log_to_mlflow(view, report, paths) == [target]
+    client = mlflow.MlflowClient()
+    logged = [a.path for a in client.list_artifacts(active.info.run_id, "report")]
+    assert logged == ["report/equity_report.html"]
+    assert client.get_run(active.info.run_id).data.tags["equity_report"].endswith(".html")
+
+
+# --- disclosure formatting ---------------------------------------------------------------------
+
+
+def test_counts_and_rates_are_disclosure_controlled() -> None:
+    sdc = Disclosure()
+    assert [count_text(v, sdc) for v in (0, 3, 7, 8, 12, 13, 1234, "*", None)] == [
+        "0",
+        "*",
+        "*",
+        "10",
+        "10",
+        "15",
+        "1,235",
+        "*",
+        "–",
+    ]
+    assert rate_cell(0.25, of=("*",)).text == "*"
+    assert rate_cell(0.25, 0.2, 0.3).text == "25.0%"
+    assert rate_cell(0.25, suppressed=True).text == "*"
+
+
+# --- the scanner, on planted violations --------------------------------------------------------
+
+
+CLEAN_JSON = {
+    "n": 1235,
+    "n_events": "*",
+    "n_selected": "40",
+    "events_count": 0,
+    "n_bootstrap": 1000,
+    "groups": [
+        {"group": "A", "n": "*", "selection_rate": "*", "ci_low": "*", "stable": False},
+        {"group": "B", "n": 100, "n_selected": "*", "selection_rate": "*", "auroc": 0.7},
+        {"group": "C", "metric": "tpr", "n_true_positives": "*", "value": "*"},
+    ],
+}
+
+
+def test_scanner_passes_clean_json() -> None:
+    assert scan_json(CLEAN_JSON) == []
+
+
+@pytest.mark.parametrize(
+    ("planted", "rule"),
+    [
+        ({"n": 13}, "count not disclosure-controlled"),
+        ({"n_people": 3}, "count not disclosure-controlled"),
+        ({"deaths_count": "12"}, "count not disclosure-controlled"),
+        ({"n_events": 12.5}, "count not disclosure-controlled"),
+        ({"n": -5}, "count not disclosure-controlled"),
+        ({"n_by_group": {"A": 17}}, "count not disclosure-controlled"),
+        ({"n": "*", "selection_rate": 0.04}, "rate shown for a suppressed count"),
+        ({"n": "*", "tpr_ci_low": 0.3}, "rate shown for a suppressed count"),
+        ({"n": 100, "n_selected": "*", "ppv": 0.5}, "rate shown for a suppressed count"),
+        (
+            {"metric": "tpr", "n_true_positives": "*", "value": 0.5},
+            "rate shown for a suppressed count",
+        ),
+        ({"rows": [{"person_id": "P1"}]}, "row-level identifier key"),
+    ],
+)
+def test_scanner_finds_planted_json_violations(planted: dict, rule: str) -> None:
+    found = scan_json({"ok": CLEAN_JSON, "bad": planted}, source="x.json")
+    assert [v.rule for v in found] == [rule], found
+    assert found[0].location.startswith("bad")
+
+
+def test_scanner_on_a_reports_folder(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    write_json(CLEAN_JSON, reports / "audit" / "t" / "audit.json")
+    pl.DataFrame(
+        {"group": ["a", "b"], "n": ["*", "15"], "value": [None, 0.2], "suppressed": [True, False]}
+    ).write_parquet(reports / "audit" / "t" / "g.parquet")
+    assert scan_reports(reports) == []
+    write_json({"n_selected": 21}, reports / "outreach_summary.json")
+    pl.DataFrame({"group": ["a"], "n": ["*"], "value": [0.2]}).write_parquet(
+        reports / "audit" / "t" / "bad.parquet"
+    )
+    pl.DataFrame({"person_id": ["P1"], "n": [4]}).write_parquet(reports / "rows.parquet")
+    found = {(v.source, v.rule) for v in scan_reports(reports)}
+    assert found == {
+        ("reports/outreach_summary.json", "count not disclosure-controlled"),
+        ("reports/audit/t/bad.parquet", "rate shown for a suppressed count"),
+        ("reports/rows.parquet", "row-level identifier column"),
+        ("reports/rows.parquet", "count not disclosure-controlled"),
+    }
+
+
+CLEAN_HTML = """<!DOCTYPE html><html><head><style>td{color:red}</style></head><body>
+<p>About <span class="n">1,235</span> people; 12.5% of 40 groups.</p>
+<table><tr><td class="n">*</td><td class="n">10</td><td class="r">*</td></tr>
+<tr><td class="n">100</td><td class="n">*</td><td class="r" data-of="*">*</td>
+<td class="r">20.0%<span class="ci">10.0–30.0%</span></td></tr></table>
+<svg xmlns="http://www.w3.org/2000/svg"><text>13</text></svg>
+<a href="https://www.england.nhs.uk">NHS England</a></body></html>"""
+
+
+def test_scanner_passes_clean_html() -> None:
+    assert scan_html(CLEAN_HTML) == []
+
+
+@pytest.mark.parametrize(
+    ("planted", "rule"),
+    [
+        ('<span class="n">1,234</span>', "count not disclosure-controlled"),
+        ('<table><tr><td class="n">7</td></tr></table>', "count not disclosure-controlled"),
+        (
+            '<table><tr><td class="n">*</td><td class="r">4.0%</td></tr></table>',
+            "rate shown for a suppressed count",
+        ),
+        (
+            '<table><tr><td class="n">100</td><td class="r" data-of="ok *">4.0%</td></tr></table>',
+            "rate shown for a suppressed count",
+        ),
+        ("<p>There were 13 people in the group.</p>", "count in prose not disclosure-controlled"),
+        ('<script src="https://cdn.example.org/vega.js"></script>', "fetches a resource"),
+        ('<img src="http://example.org/logo.png">', "fetches a resource"),
+        ('<link rel="stylesheet" href="style.css">', "fetches a resource"),
+        ('<div style="background:url(https://x.org/a.png)"></div>', "fetches a resource"),
+        ("<style>@import 'https://fonts.example.org/font.css';</style>", "fetches a resource"),
+    ],
+)
+def test_scanner_finds_planted_html_violations(planted: str, rule: str) -> None:
+    html = CLEAN_HTML.replace("</body>", planted + "</body>")
+    found = scan_html(html)
+    assert rule in {v.rule for v in found}, found
+
+
+def test_scanner_checks_the_real_report_jsons_too(built: Path, tmp_path: Path) -> None:
+    """The fixture's reports/ (audit.json, outreach summary, ...) pass; one planted change fails."""
+    reports = tmp_path / "reports"
+    shutil.copytree(built.parent, reports)
+    assert scan_reports(reports) == []
+    audit = next(reports.glob("audit/*/audit.json"))
+    payload = json.loads(audit.read_text())
+    payload["dimensions"]["imd_quintile"]["groups"][0]["n"] = 1234
+    audit.write_text(json.dumps(payload))
+    found = scan_reports(reports)
+    assert [v.rule for v in found] == ["count not disclosure-controlled"]
+    assert "dimensions.imd_quintile.groups[0].n" in found[0].location

@@ -1,0 +1,385 @@
+"""Stage train: pure functions on small arrays, and the whole stage on a tiny fixture with a real
+MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import contract, io, tracking, train
+from pipeline.config import parse_params
+from pipeline.errors import ContractError
+
+TARGET = "emergency_admission_12m"
+N_PEOPLE = 1_500
+
+
+def _params(**train_overrides):
+    return parse_params(
+        {
+            "seed": 7,
+            "targets": {
+                TARGET: {
+                    "outcome": "emergency_admission",
+                    "follow_up_months": 12,
+                    "min_age": 18,
+                    "description": "Emergency admission within 12 months",
+                }
+            },
+            "train": {
+                "n_estimators": 60,
+                "early_stopping_rounds": 10,
+                "min_child_samples": 20,
+                "learning_rate": 0.1,
+                "n_bootstrap": 40,
+                "num_threads": 1,
+                **train_overrides,
+            },
+        }
+    )
+
+
+def _population(root: Path, *, truth: bool, external: bool = False) -> None:
+    """features/ (parquet + manifest), outcomes and optionally the oracle, for N_PEOPLE people."""
+    rng = np.random.default_rng(11)
+    n = N_PEOPLE
+    age = rng.integers(18, 95, n)
+    imd = rng.integers(1, 11, n)
+    admissions = rng.poisson(0.3, n)
+    diabetes = rng.random(n) < 0.1
+    bmi = np.where(rng.random(n) < 0.3, np.nan, rng.normal(27, 4, n))
+    ethnicity = rng.integers(0, 6, n)
+    lp = -3.2 + 0.03 * (age - 50) - 0.1 * (imd - 5) + 0.9 * admissions + 0.8 * diabetes
+    risk = 1 / (1 + np.exp(-lp))
+    outcome = (rng.random(n) < risk).astype(np.int8)
+    ids = [f"P{i:06d}" for i in range(n)]
+    shares = [0.5, 0.2, 0.2, 0.1] if external else [0.6, 0.2, 0.2, 0.0]
+    splits = np.array(["train", "validation", "test", "external"])[rng.choice(4, n, p=shares)]
+    features = pl.DataFrame(
+        {
+            "person_id": ids,
+            "split": splits,
+            "sex": np.where(rng.random(n) < 0.5, "F", "M"),
+            "age": age.astype(np.int16),
+            "age_band": [""] * n,
+            "imd_decile": imd.astype(np.int8),
+            "imd_quintile": ((imd + 1) // 2).astype(np.int8),
+            "region": ["London"] * n,
+            "icb_code": np.where(rng.random(n) < 0.5, "QMJ", "QMF"),
+            "practice_id": [f"Y{i % 7}" for i in range(n)],
+            "ethnicity_group": ["White"] * n,
+            "rural_urban": ["urban"] * n,
+            "n_emergency_admission_12m": admissions.astype(np.int32),
+            "has_diabetes": diabetes.astype(np.int8),
+            "latest_bmi": bmi,
+            "ethnicity_code": ethnicity.astype(np.int8),
+            "region_code": np.zeros(n, dtype=np.int8),
+        }
+    ).with_columns(contract.age_band_expr(pl.col("age")).alias("age_band"))
+    (root / "features").mkdir(parents=True)
+    features.write_parquet(root / "features" / "features.parquet")
+    entries = [
+        {"name": "age", "model_input": True, "categorical": False},
+        {"name": "imd_decile", "model_input": True, "categorical": False},
+        {"name": "n_emergency_admission_12m", "model_input": True, "categorical": False},
+        {"name": "has_diabetes", "model_input": True, "categorical": False},
+        {"name": "latest_bmi", "model_input": True, "categorical": False},
+        {"name": "ethnicity_code", "model_input": True, "categorical": True},
+        {"name": "region_code", "model_input": False, "categorical": True},
+    ]
+    io.write_json(
+        {"features": entries, "model_inputs": [e["name"] for e in entries if e["model_input"]]},
+        root / "features" / "manifest.json",
+    )
+    # the cohort is a subset: people under 25 are not eligible
+    eligible = age >= 25
+    (root / "data" / "population").mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "person_id": np.array(ids)[eligible],
+            "target": TARGET,
+            "value": outcome[eligible],
+        },
+        schema_overrides={"value": pl.Int8},
+    ).write_parquet(root / "data" / "population" / "outcomes.parquet")
+    if truth:
+        (root / "data" / "truth").mkdir(parents=True)
+        pl.DataFrame(
+            {"person_id": np.array(ids)[eligible], "target": TARGET, "oracle_risk": risk[eligible]}
+        ).write_parquet(root / "data" / "truth" / "oracle.parquet")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the sqlite store's default artifact root is ./mlruns
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path
+
+
+# --- the whole stage -----------------------------------------------------------------------------
+
+
+def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
+    import mlflow
+
+    _population(project, truth=True, external=True)
+    io.write_text(
+        "stages:\n  features:\n    outs:\n    - path: features\n      md5: abc.dir\n",
+        project / "dvc.lock",
+    )
+    train.run(_params(), io.Paths.at(project), target=TARGET)
+
+    model_dir = project / "models" / TARGET
+    for name in (
+        "model.txt",
+        "calibration.json",
+        "metrics.json",
+        "feature_importance.json",
+        "model_card.md",
+        "plots/roc.csv",
+        "plots/precision_recall.csv",
+        "plots/calibration.csv",
+        "plots/cumulative_gain.csv",
+    ):
+        assert (model_dir / name).is_file(), name
+    assert "pickle" not in (model_dir / "calibration.json").read_text()
+
+    scores = pl.read_parquet(project / "data" / "scores" / f"{TARGET}.parquet")
+    outcomes = pl.read_parquet(project / "data" / "population" / "outcomes.parquet")
+    assert dict(scores.schema) == contract.SCORES_SCHEMA
+    assert scores.height == outcomes.height
+    assert scores["person_id"].to_list() == sorted(outcomes["person_id"].to_list())
+    assert sorted(scores["risk_rank"].to_list()) == list(range(1, scores.height + 1))
+    top = scores.sort("risk_rank")
+    assert top["risk_score"].is_sorted(descending=True)
+    assert top["risk_decile"][0] == 10 and top["risk_decile"][-1] == 1
+    assert top["risk_tier"][0] == "very high" and top["risk_tier"][-1] == "low"
+    assert scores["risk_score"].is_between(0, 1).all()
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    for name in (*train.METRIC_NAMES, "oracle_auroc", "oracle_gap"):
+        assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= metrics.keys()
+    assert 0.6 < metrics["auroc"] <= 1.0
+    assert metrics["auroc_ci_low"] <= metrics["auroc"] <= metrics["auroc_ci_high"]
+    assert metrics["oracle_gap"] == pytest.approx(metrics["oracle_auroc"] - metrics["auroc"])
+    assert {"external_auroc", "external_oe_ratio_ci_low", "n_external"} <= metrics.keys()
+    assert "external_oracle_auroc" not in metrics
+    for key, value in metrics.items():
+        if key.startswith("n_") or key.endswith("_count"):
+            assert value == "*" or (isinstance(value, int) and value % 5 == 0), key
+
+    roc = pl.read_csv(model_dir / "plots" / "roc.csv")
+    assert roc.columns == ["fpr", "tpr"] and 2 < roc.height <= 400
+
+    run = tracking.find_model_run(model_dir / "model.txt", root=project)
+    assert run is not None
+    assert run.info.run_name == TARGET
+    assert run.data.tags["target"] == TARGET
+    assert run.data.tags["dvc.input.features"] == "abc.dir"
+    assert "git_commit" in run.data.tags
+    assert run.data.metrics["auroc"] == pytest.approx(metrics["auroc"])
+    assert run.data.params["train.learning_rate"] == "0.1"
+    assert len(run.inputs.dataset_inputs) == 1
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(f"phm-{TARGET}", "candidate")
+    assert version.run_id == run.info.run_id
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {
+        "model_card.md",
+        "feature_importance.json",
+        "metrics.json",
+        "calibration_summary.json",
+    } <= artifacts
+    loaded = mlflow.pyfunc.load_model(f"models:/phm-{TARGET}@candidate")
+    example = loaded.input_example
+    assert example is not None and len(example) == 1  # one synthetic row, not a person
+    assert list(example.columns) == [
+        "age",
+        "imd_decile",
+        "n_emergency_admission_12m",
+        "has_diabetes",
+        "latest_bmi",
+        "ethnicity_code",
+    ]
+
+
+def test_stage_is_deterministic_and_moves_the_alias(project: Path) -> None:
+    import mlflow
+
+    _population(project, truth=False)
+    paths = io.Paths.at(project)
+    model_dir = project / "models" / TARGET
+    outputs = (
+        "models/emergency_admission_12m/model.txt",
+        "models/emergency_admission_12m/metrics.json",
+        "models/emergency_admission_12m/calibration.json",
+        "models/emergency_admission_12m/plots/calibration.csv",
+        "data/scores/emergency_admission_12m.parquet",
+    )
+    train.run(_params(), paths, target=TARGET)
+    first = {name: (project / name).read_bytes() for name in outputs}
+    train.run(_params(), paths, target=TARGET)
+    assert {name: (project / name).read_bytes() for name in outputs} == first
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert "oracle_auroc" not in metrics and "oracle_gap" not in metrics
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(f"phm-{TARGET}", "candidate").version) == "2"
+
+
+def test_stage_refuses_a_cohort_member_without_features(project: Path) -> None:
+    _population(project, truth=False)
+    outcomes = project / "data" / "population" / "outcomes.parquet"
+    frame = pl.read_parquet(outcomes)
+    extra = frame.head(1).with_columns(pl.lit("NOBODY").alias("person_id"))
+    pl.concat([frame, extra]).write_parquet(outcomes)
+    with pytest.raises(ContractError, match="1 people"):
+        train.run(_params(), io.Paths.at(project), target=TARGET)
+    assert not (project / "models").exists()
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+
+def test_rank_scores_breaks_ties_by_person_id_and_cuts_deciles_and_tiers() -> None:
+    n = 40
+    frame = pl.DataFrame(
+        {
+            "person_id": [f"P{i:02d}" for i in range(n)][::-1],
+            "split": ["test"] * n,
+            "outcome": pl.Series([0] * n, dtype=pl.Int8),
+            "risk_score": [0.5] * 2 + [float(i) / 100 for i in range(n - 2)],
+        }
+    )
+    ranked = train.rank_scores(frame).sort("risk_rank")
+    assert ranked["person_id"][:2].to_list() == ["P38", "P39"]  # tie at 0.5: lower id first
+    assert ranked["risk_decile"].value_counts()["count"].to_list() == [4] * 10
+    tiers = ranked["risk_tier"].to_list()
+    assert tiers[:2] == ["very high"] * 2 and tiers[2:8] == ["high"] * 6
+    assert tiers[8:20] == ["moderate"] * 12 and tiers[20:] == ["low"] * 20
+
+
+def test_metrics_match_sklearn_and_statsmodels() -> None:
+    import statsmodels.api as sm
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    p = np.round(rng.beta(1, 8, 3_000), 3)  # rounded: plenty of ties
+    y = (rng.random(p.size) < np.clip(p * 1.2, 0, 1)).astype(float)
+    selected = p >= np.quantile(p, 0.9)
+    point = {k: v[0] for k, v in train.metric_sets(np.ones((1, p.size)), y, p, selected).items()}
+    assert point["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert point["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert point["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    assert point["oe_ratio"] == pytest.approx(y.sum() / p.sum())
+    assert point["sensitivity_at_capacity"] == pytest.approx(y[selected].sum() / y.sum())
+    assert point["ppv_at_capacity"] == pytest.approx(y[selected].mean())
+    lp = np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))
+    slope = sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()).fit()
+    assert point["calibration_slope"] == pytest.approx(slope.params[1], rel=1e-6)
+    intercept = sm.GLM(y, np.ones((p.size, 1)), family=sm.families.Binomial(), offset=lp).fit()
+    assert point["calibration_intercept"] == pytest.approx(intercept.params[0], rel=1e-6)
+
+
+def test_bootstrap_counts_are_resamples_and_weights_reproduce_a_resample() -> None:
+    rng = np.random.default_rng(5)
+    counts = train.bootstrap_counts(50, 7, rng=rng)
+    assert counts.shape == (7, 50) and (counts.sum(axis=1) == 50).all()
+    p = np.linspace(0.01, 0.9, 50)
+    y = (np.arange(50) % 3 == 0).astype(float)
+    selected = p > 0.7
+    weighted = train.metric_sets(counts[:1], y, p, selected)
+    index = np.repeat(np.arange(50), counts[0].astype(int))
+    explicit = train.metric_sets(
+        np.ones((1, index.size)),
+        y[index],
+        p[index],
+        selected[index],
+        ece_edges=train.ece_bin_edges(p),
+    )
+    for name in ("auroc", "auprc", "brier", "calibration_slope", "sensitivity_at_capacity"):
+        assert weighted[name][0] == pytest.approx(explicit[name][0]), name
+
+
+def test_calibration_json_reproduces_sklearn_and_is_skipped_when_it_does_not_help() -> None:
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(9)
+    raw = rng.random(4_000) * 0.5
+    y = (rng.random(raw.size) < raw**2 * 3).astype(float)  # miscalibrated raw scores
+    fitted = train.fit_calibration(raw, y, mode="auto", seed=1)
+    assert fitted["method"] in {"isotonic", "sigmoid"}
+    assert (
+        fitted["validation_brier_cross_fitted"][fitted["method"]] < fitted["validation_brier_raw"]
+    )
+    json.dumps(fitted)  # JSON, not pickle
+    iso = train.fit_calibration(raw, y, mode="isotonic", seed=1)
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, y)
+    grid = np.linspace(-0.1, 0.7, 333)
+    np.testing.assert_allclose(train.apply_calibration(iso, grid), reference.predict(grid))
+
+    calibrated = np.clip(rng.random(4_000) * 0.3, 0.01, 1)
+    y_cal = (rng.random(calibrated.size) < calibrated).astype(float)
+    assert train.fit_calibration(calibrated, y_cal, mode="sigmoid", seed=1)["method"] == "none"
+    assert train.fit_calibration(raw, y, mode="none", seed=1)["method"] == "none"
+
+
+def test_booster_is_deterministic_and_uses_categoricals() -> None:
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.normal(size=2_000), rng.integers(0, 5, 2_000)]).astype(np.float32)
+    y = (rng.random(2_000) < 1 / (1 + np.exp(-(x[:, 0] + (x[:, 1] == 3))))).astype(float)
+    spec = train.FeatureSpec(("a", "code"), ("code",))
+    lgb_params = train.lightgbm_params(_params().train, seed=4)
+    models = [
+        train.fit_booster(
+            x[:1500],
+            y[:1500],
+            x[1500:],
+            y[1500:],
+            spec=spec,
+            params=lgb_params,
+            n_estimators=40,
+            early_stopping_rounds=5,
+        ).model_to_string()
+        for _ in range(2)
+    ]
+    assert models[0] == models[1]
+    assert "categorical_feature=1" in models[0] or "[categorical_feature: 1]" in models[0]
+
+
+def test_feature_spec_reads_the_manifest_and_rejects_bad_ones() -> None:
+    spec = train.feature_spec(
+        {
+            "features": [
+                {"name": "age", "model_input": True, "categorical": False},
+                {"name": "ethnicity_code", "model_input": False, "categorical": True},
+                {"name": "region_code", "model_input": True, "categorical": True},
+            ]
+        }
+    )
+    assert spec == train.FeatureSpec(("age", "region_code"), ("region_code",))
+    with pytest.raises(ContractError, match="model_input"):
+        train.feature_spec({"features": [{"name": "age", "model_input": False}]})
+    with pytest.raises(ContractError, match="features"):
+        train.feature_spec({})
+
+
+def test_class_weight_and_dvc_hashes() -> None:
+    y = np.array([1, 0, 0, 0], dtype=float)
+    assert train.class_weight(y, mode="none") == 1.0
+    assert train.class_weight(y, mode="balanced") == 3.0
+    lock = {
+        "stages": {
+            "synthesize": {"outs": [{"path": "data/population", "md5": "p.dir"}]},
+            "features": {"outs": [{"path": "features", "md5": "f.dir"}]},
+        }
+    }
+    found = train.dvc_input_hashes(lock, ["features", "data/population/outcomes.parquet", "x"])
+    assert found == {"features": "f.dir", "data/population/outcomes.parquet": "p.dir"}
+    added = [{"outs": [{"path": "data/truth", "md5": "t.dir"}]}]  # a `dvc add`-ed folder
+    assert train.dvc_input_hashes({}, ["data/truth"], tracked=added) == {"data/truth": "t.dir"}

@@ -1,0 +1,283 @@
+"""Stage validate: one broken fixture per contract rule, all violations reported together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import contract
+from pipeline.config import parse_params
+from pipeline.errors import ContractError
+from pipeline.io import Paths, read_json
+from pipeline.validate import run
+
+INDEX = dt.date(2025, 4, 1)
+TARGETS = ("emergency_admission_12m", "cvd_event_5y")
+
+
+def valid_tables() -> dict[str, pl.DataFrame]:
+    """A tiny extract that follows the contract (20 people, a few events each)."""
+    n = 20
+    ids = [f"P{i:010d}" for i in range(1, n + 1)]
+    people = pl.DataFrame(
+        {
+            "person_id": ids,
+            "sex": ["F", "M"] * (n // 2),
+            "age": [20 + 3 * i for i in range(n)],
+            "ethnicity": ["A", "H", "M", "Z", None] * (n // 5),
+            "area_id": ["A1", "A2"] * (n // 2),
+            "practice_id": ["GP1", "GP2"] * (n // 2),
+        },
+        schema=contract.PEOPLE_SCHEMA,
+    )
+    areas = pl.DataFrame(
+        {
+            "area_id": ["A1", "A2"],
+            "icb_code": ["QHM", "QMJ"],
+            "icb_name": ["North East and North Cumbria", "North Central London"],
+            "region": ["North East and Yorkshire", "London"],
+            "imd_decile": [1, 10],
+            "rural_urban": ["urban", "rural"],
+        },
+        schema=contract.AREAS_SCHEMA,
+    )
+    practices = pl.DataFrame(
+        {"practice_id": ["GP1", "GP2"], "icb_code": ["QHM", "QMJ"]},
+        schema=contract.PRACTICES_SCHEMA,
+    )
+    rows = []
+    for i, person in enumerate(ids):
+        day = INDEX - dt.timedelta(days=10 + i)
+        rows += [
+            (person, day, "gp_consultation", "face_to_face", None),
+            (person, day, "measurement", "sbp", 130.0 + i),
+            (person, day, "diagnosis", "I10", None),
+            (person, day, "prescription", "0205", None),
+            (person, day, "emergency_admission", "J18", None),
+        ]
+    events = pl.DataFrame(rows, schema=contract.EVENTS_SCHEMA, orient="row")
+    outcomes = pl.DataFrame(
+        {
+            "person_id": ids + ids[:10],
+            "target": [TARGETS[0]] * n + [TARGETS[1]] * 10,
+            "value": [i % 2 for i in range(n + 10)],
+        },
+        schema=contract.OUTCOMES_SCHEMA,
+    )
+    return {
+        "areas": areas,
+        "practices": practices,
+        "people": people,
+        "events": events,
+        "outcomes": outcomes,
+    }
+
+
+def write_folder(folder: Path, tables: dict[str, pl.DataFrame]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        if name == "events":  # a folder of parts, as the synthetic population writes it
+            (folder / "events").mkdir(exist_ok=True)
+            frame.write_parquet(folder / "events" / "part-00000.parquet")
+        else:
+            frame.write_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def _set(table: str, column: str, row: int, value: object) -> Callable:
+    def mutate(tables: dict[str, pl.DataFrame]) -> None:
+        frame = tables[table]
+        dtype = frame.schema[column]
+        new = frame[column].to_list()
+        new[row] = value
+        tables[table] = frame.with_columns(pl.Series(column, new, dtype=dtype))
+
+    return mutate
+
+
+def _drop_table(table: str) -> Callable:
+    def mutate(tables: dict[str, pl.DataFrame]) -> None:
+        del tables[table]
+
+    return mutate
+
+
+def _drop_column(table: str, column: str) -> Callable:
+    def mutate(tables: dict[str, pl.DataFrame]) -> None:
+        tables[table] = tables[table].drop(column)
+
+    return mutate
+
+
+def _cast(table: str, column: str, dtype: pl.DataType) -> Callable:
+    def mutate(tables: dict[str, pl.DataFrame]) -> None:
+        tables[table] = tables[table].with_columns(pl.col(column).cast(dtype))
+
+    return mutate
+
+
+def _duplicate_row(table: str) -> Callable:
+    def mutate(tables: dict[str, pl.DataFrame]) -> None:
+        tables[table] = pl.concat([tables[table], tables[table].head(1)])
+
+    return mutate
+
+
+BROKEN = {
+    "missing table": (_drop_table("outcomes"), "outcomes.parquet", "*", "missing table"),
+    "missing column": (_drop_column("people", "sex"), "people.parquet", "sex", "missing column"),
+    "wrong type": (_cast("people", "age", pl.String), "people.parquet", "age", "wrong type"),
+    "null id": (_set("people", "person_id", 3, None), "people.parquet", "person_id", "null value"),
+    "duplicate id": (_duplicate_row("people"), "people.parquet", "person_id", "duplicate id"),
+    "duplicate outcome": (
+        _duplicate_row("outcomes"),
+        "outcomes.parquet",
+        "person_id+target",
+        "duplicate id",
+    ),
+    "unknown diagnosis code": (
+        _set("events", "code", 2, "not-a-code"),
+        "events/",
+        "code",
+        "unknown code",
+    ),
+    "unknown bnf code": (_set("events", "code", 3, "9999"), "events/", "code", "unknown code"),
+    "unknown event type": (
+        _set("events", "event_type", 0, "telepathy"),
+        "events/",
+        "event_type",
+        "unknown event_type",
+    ),
+    "unknown ethnicity": (
+        _set("people", "ethnicity", 0, "Q"),
+        "people.parquet",
+        "ethnicity",
+        "unknown ethnic",
+    ),
+    "unknown sex": (_set("people", "sex", 0, "X"), "people.parquet", "sex", "unknown sex"),
+    "age out of range": (
+        _set("people", "age", 1, 130),
+        "people.parquet",
+        "age",
+        "age out of range",
+    ),
+    "date after index": (
+        _set("events", "date", 0, INDEX + dt.timedelta(days=1)),
+        "events/",
+        "date",
+        "out of range",
+    ),
+    "measurement out of range": (
+        _set("events", "value", 1, 400.0),
+        "events/",
+        "value",
+        "plausible range",
+    ),
+    "events for unknown people": (
+        _set("events", "person_id", 0, "P9999999999"),
+        "events/",
+        "person_id",
+        "unknown people",
+    ),
+    "outcomes for unknown target": (
+        _set("outcomes", "target", 0, "nope"),
+        "outcomes.parquet",
+        "target",
+        "unknown target",
+    ),
+    "outcome value not binary": (
+        _set("outcomes", "value", 0, 2),
+        "outcomes.parquet",
+        "value",
+        "not 0/1",
+    ),
+    "unknown region": (_set("areas", "region", 0, "Wales"), "areas.parquet", "region", "unknown"),
+    "decile out of range": (
+        _set("areas", "imd_decile", 0, 11),
+        "areas.parquet",
+        "imd_decile",
+        "out of range",
+    ),
+    "unknown area": (_set("people", "area_id", 0, "A9"), "people.parquet", "area_id", "unknown"),
+}
+
+
+def test_valid_fixture_passes(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "extract", valid_tables())
+    facts = contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+    assert facts["rows"]["people"] == 20
+    assert facts["rows"]["events"] == 100
+    assert facts["ethnicity_recorded"] == 12  # Z and null are not recorded
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_each_rule_is_reported_with_file_column_and_rows(tmp_path: Path, case: str) -> None:
+    mutate, file, column, rule = BROKEN[case]
+    tables = valid_tables()
+    mutate(tables)
+    folder = write_folder(tmp_path / "extract", tables)
+    with pytest.raises(ContractError) as caught:
+        contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+    lines = [line for line in str(caught.value).splitlines() if line.startswith("  ")]
+    match = [line for line in lines if line.strip().startswith(f"{file} / {column}:")]
+    assert match, str(caught.value)
+    assert rule in match[0]
+    if rule not in ("missing table", "missing column", "wrong type"):
+        assert match[0].endswith("(1 rows)"), match[0]
+
+
+def test_all_violations_are_reported_together(tmp_path: Path) -> None:
+    tables = valid_tables()
+    for case in ("unknown sex", "unknown diagnosis code", "outcomes for unknown target"):
+        BROKEN[case][0](tables)
+    folder = write_folder(tmp_path / "extract", tables)
+    with pytest.raises(ContractError, match="3 data contract violation"):
+        contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+
+
+def _params() -> object:
+    return parse_params(
+        {
+            "targets": {
+                name: {"outcome": "emergency_admission", "follow_up_months": 12} for name in TARGETS
+            },
+            "index_date": INDEX.isoformat(),
+        }
+    )
+
+
+def test_run_writes_disclosure_controlled_report(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "extract", valid_tables())
+    run(_params(), Paths.at(tmp_path), extract=folder)
+    report = read_json(tmp_path / "reports" / "data_quality.json")
+    assert report["tables"]["people"]["n_rows"] == 20
+    assert report["tables"]["areas"]["n_rows"] == "*"  # 2 areas: suppressed
+    assert report["tables"]["people"]["null_share"]["ethnicity"] == "*"  # 4 nulls: suppressed
+    assert report["tables"]["events"]["null_share"]["value"] == 0.8
+    assert report["events_per_person_year_last_12_months"]["gp_consultation"] == 1.0
+    assert report["date_range"]["last"] == "2025-03-22"
+
+
+def test_cli_exits_2_and_writes_nothing_on_violation(tmp_path: Path) -> None:
+    tables = valid_tables()
+    BROKEN["unknown sex"][0](tables)
+    folder = write_folder(tmp_path / "extract", tables)
+    (tmp_path / "params.yaml").write_text(
+        "targets:\n  emergency_admission_12m:\n    outcome: emergency_admission\n"
+        "    follow_up_months: 12\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(folder), "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown sex" in result.stderr
+    assert not (tmp_path / "reports").exists()
