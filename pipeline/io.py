@@ -105,16 +105,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+ROW_GROUP_SIZE = 250_000
+"""Fixed row-group size: without it the row groups follow how a frame happens to be chunked, so
+the bytes vary from run to run even when the data are identical."""
+
+
 def write_parquet(frame: pl.DataFrame, target: str | Path, *, sort_by: str | Sequence[str]) -> Path:
     """Sort ``frame`` on ``sort_by`` and write it atomically as zstd parquet."""
     with atomic_path(target) as tmp:
-        frame.sort(sort_by).write_parquet(tmp, compression="zstd", statistics=True)
+        frame.sort(sort_by).write_parquet(
+            tmp, compression="zstd", statistics=True, row_group_size=ROW_GROUP_SIZE
+        )
     return Path(target)
-
-
-ROW_GROUP_SIZE = 250_000
-"""Fixed row-group size: without it the streaming writer's row groups (and so the bytes) vary
-from run to run even when the data are identical."""
 
 
 def sink_parquet(frame: pl.LazyFrame, target: str | Path, *, sort_by: str | Sequence[str]) -> Path:
