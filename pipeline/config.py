@@ -146,20 +146,24 @@ class TrainParams(_Frozen):
     num_threads: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+AuditDimension = Literal[
+    "imd_quintile",
+    "imd_decile",
+    "region",
+    "icb_code",
+    "ethnicity_group",
+    "sex",
+    "age_band",
+    "ethnicity_group_x_imd_quintile",
+]
+"""Groupings the audit can compare (the last is the ethnicity x deprivation intersection)."""
+
+
 class AuditParams(_Frozen):
     """Equity audit (stage ``audit``)."""
 
     dimensions: tuple[
-        Literal[
-            "imd_quintile",
-            "imd_decile",
-            "region",
-            "icb_code",
-            "ethnicity_group",
-            "sex",
-            "age_band",
-            "ethnicity_group_x_imd_quintile",
-        ],
+        AuditDimension,
         ...,
     ] = (
         "imd_quintile",
@@ -182,11 +186,11 @@ class AuditParams(_Frozen):
     score_bins: Annotated[int, Field(ge=10, le=100_000)] = 1_000
     """Cells keep each distinct score when there are at most this many, else quantile bins."""
     bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000)] = 100
-    reference_groups: dict[str, str] = Field(
+    reference_groups: dict[AuditDimension, str] = Field(
         default_factory=lambda: {"imd_quintile": "5", "imd_decile": "10"}
     )
     """Reference group per dimension; dimensions not listed use their largest group."""
-    label_choice_dimensions: tuple[str, ...] = ("imd_quintile", "ethnicity_group")
+    label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
     label_choice_bins: Annotated[int, Field(ge=5, le=1_000)] = 50
     need_case_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     need_ratio_material: Annotated[float, Field(ge=1.0, le=2.0)] = 1.05

@@ -599,3 +599,19 @@ def validate_population(
     ).collect()
     facts["date_min"], facts["date_max"] = span["lo"][0], span["hi"][0]
     return facts
+
+
+MODEL_METRICS: Final = (
+    "auroc",
+    "auprc",
+    "brier",
+    "calibration_intercept",
+    "calibration_slope",
+    "oe_ratio",
+    "ece",
+    "sensitivity_at_capacity",
+    "ppv_at_capacity",
+)
+"""``models/<target>/metrics.json``: test-split metrics, each with ``<name>_ci_low`` /
+``<name>_ci_high``; with truth also ``oracle_auroc`` and ``oracle_gap`` (ORACLE_METRICS)."""
+ORACLE_METRICS: Final = ("oracle_auroc", "oracle_gap")

@@ -18,12 +18,12 @@ Policies (``params.outreach.policy``)
     multiply when both apply. The uplift only re-orders people: nobody's score is changed.
 ``equal_opportunity``
     Group thresholds over IMD quintiles from fairlearn's ``ThresholdOptimizer``
-    (``true_positive_rate_parity``, objective balanced accuracy) fitted on the validation split.
-    Its randomised rule (two thresholds mixed with probabilities ``p0``/``p1`` per group) is made
-    deterministic by taking the probability-weighted threshold of the two. People are ranked by
-    ``risk_score / threshold`` of their quintile, so the capacity cut is the same multiple of every
-    group's threshold; at the capacity that the optimiser itself selects, the list is exactly its
-    (derandomised) selection.
+    (``true_positive_rate_parity``) fitted on the validation split and matched to the list's
+    cut-off score (``pipeline.fairness``, the rule the audit compares). Its randomised rule
+    (two thresholds mixed with probabilities ``p0``/``p1`` per group) is made deterministic by
+    taking the probability-weighted threshold of the two. People are ranked by
+    ``risk_score / threshold`` of their quintile, so the capacity cut is the same multiple of
+    every group's threshold.
 ``need_adjusted``
     Rank by the audit's ``need_score`` (``data/scores/need/<target>.parquet``).
 
@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline import contract, disclosure
+from pipeline import contract, disclosure, fairness
 from pipeline.config import OutreachParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, read_json, write_json, write_parquet
@@ -400,15 +400,17 @@ def capacity_per_unit(
 
 
 def equal_opportunity_thresholds(
-    validation: pl.DataFrame, *, group: str = "imd_quintile"
-) -> dict[int, float]:
-    """Per-group score thresholds with equal true positive rates (fairlearn ThresholdOptimizer).
+    validation: pl.DataFrame,
+    *,
+    group: str = "imd_quintile",
+    cut_score: float | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per-group score thresholds with equal true positive rates, fitted on the validation split.
 
-    Fitted on the validation split with ``constraints="true_positive_rate_parity"`` and the
-    balanced-accuracy objective. Fairlearn's rule mixes two thresholds per group at random with
-    probabilities ``p0``/``p1``; the deterministic threshold used here is their
-    probability-weighted mean (or the likelier one when the other is infinite). Fitting itself
-    draws no random numbers, so the thresholds are reproducible.
+    The same rule the audit compares (:func:`pipeline.fairness.equal_opportunity_thresholds`):
+    fairlearn ThresholdOptimizer with ``true_positive_rate_parity``, matched to the list's cut-off
+    score and derandomised, so the thresholds are reproducible.
 
     Parameters
     ----------
@@ -416,71 +418,27 @@ def equal_opportunity_thresholds(
         Validation-split rows with ``risk_score``, ``outcome`` and ``group``.
     group
         The grouping column (IMD quintile).
+    cut_score
+        The risk score at the capacity cut-off (None: fairlearn's own optimum).
+    seed
+        Seeds the subsample of negatives that matches the optimiser to the cut-off.
 
     Returns
     -------
-    dict[int, float]
-        Threshold per group value.
+    dict[str, float]
+        Threshold per group label.
     """
-    from fairlearn.postprocessing import ThresholdOptimizer
-
     frame = validation.filter(pl.col(group).is_not_null())
-    outcomes = frame["outcome"].to_numpy()
-    groups = frame[group].to_numpy()
-    if frame.height == 0 or outcomes.min() == outcomes.max():
-        raise StageError(
-            "outreach: equal_opportunity needs validation-split people with and without the outcome"
+    try:
+        return fairness.equal_opportunity_thresholds(
+            frame["risk_score"].to_numpy(),
+            frame["outcome"].to_numpy(),
+            frame[group].to_numpy(),
+            cut_score=cut_score,
+            rng=np.random.default_rng(seed),
         )
-    lacking = (
-        frame.group_by(group)
-        .agg(pl.col("outcome").sum().alias("events"))
-        .filter(pl.col("events") == 0)
-    )
-    if lacking.height:
-        raise StageError(
-            f"outreach: equal_opportunity needs outcome events in every {group} of the validation "
-            f"split; none in {sorted(lacking[group].to_list())}"
-        )
-    optimiser = ThresholdOptimizer(
-        estimator=_score_as_prediction(),
-        constraints="true_positive_rate_parity",
-        objective="balanced_accuracy_score",
-        prefit=True,
-        predict_method="predict",
-    )
-    optimiser.fit(frame.select("risk_score").to_numpy(), outcomes, sensitive_features=groups)
-    thresholds: dict[int, float] = {}
-    for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items():
-        pairs = [
-            (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
-            for i in (0, 1)
-            if float(rule[f"p{i}"]) > 0
-        ]
-        finite = [(p, t) for p, t in pairs if math.isfinite(t)]
-        if len(finite) == len(pairs):
-            threshold = sum(p * t for p, t in finite) / sum(p for p, _ in finite)
-        else:
-            likeliest = max(pairs)
-            threshold = (
-                likeliest[1] if math.isfinite(likeliest[1]) else (finite[0][1] if finite else 0.0)
-            )
-        thresholds[int(value)] = threshold
-    return thresholds
-
-
-def _score_as_prediction() -> Any:
-    """A prefit 'estimator' handing the risk score (first column) to ThresholdOptimizer."""
-    from sklearn.base import BaseEstimator, ClassifierMixin
-
-    class ScoreAsPrediction(ClassifierMixin, BaseEstimator):
-        def fit(self, features: Any, outcome: Any = None) -> ScoreAsPrediction:
-            self.classes_ = np.array([0, 1])
-            return self
-
-        def predict(self, features: Any) -> np.ndarray:
-            return np.asarray(features)[:, 0]
-
-    return ScoreAsPrediction().fit(None)
+    except StageError as error:
+        raise StageError(f"outreach: {error} (validation split, {group})") from None
 
 
 def policy_priority(
@@ -488,7 +446,7 @@ def policy_priority(
     *,
     policy: Policy,
     outreach: OutreachParams,
-    thresholds: Mapping[int, float] | None = None,
+    thresholds: Mapping[str, float] | None = None,
     need: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Add ``priority`` (higher = contact first) to the cohort according to the policy.
@@ -515,26 +473,18 @@ def policy_priority(
     if policy == "risk":
         return cohort.with_columns(score.alias("priority"))
     if policy == "core20plus5":
-        core20 = pl.when(pl.col("imd_quintile") == 1).then(outreach.core20_uplift).otherwise(1.0)
-        plus = (
-            pl.when(pl.col("ethnicity_group").is_in(list(outreach.plus_groups)))
-            .then(outreach.plus_uplift)
-            .otherwise(1.0)
+        priority = fairness.core20plus5_priority(
+            core20_uplift=outreach.core20_uplift,
+            plus_uplift=outreach.plus_uplift,
+            plus_groups=outreach.plus_groups,
         )
-        return cohort.with_columns((score * core20 * plus).alias("priority"))
+        return cohort.with_columns(priority.alias("priority"))
     if policy == "equal_opportunity":
         if not thresholds:
             raise StageError("outreach: equal_opportunity needs fitted group thresholds")
         # People in a quintile the optimiser never saw (e.g. missing IMD) get the mean threshold.
-        fallback = float(np.mean(list(thresholds.values())))
-        threshold = (
-            pl.col("imd_quintile")
-            .cast(pl.Int64)
-            .replace_strict(dict(thresholds), default=fallback, return_dtype=pl.Float64)
-            .fill_null(fallback)
-        )
         return cohort.with_columns(
-            (score / pl.max_horizontal(threshold, pl.lit(1e-12))).alias("priority")
+            fairness.equal_opportunity_priority(thresholds).alias("priority")
         )
     if policy == "need_adjusted":
         if need is None:
@@ -1335,7 +1285,17 @@ def run(params: Params, paths: Paths) -> None:
                 .select("risk_score", "outcome", "imd_quintile")
                 .collect()
             )
-            thresholds = equal_opportunity_thresholds(validation)
+            # Match the optimiser to this list's cut-off (share mode; per-unit lists vary).
+            cut_score = (
+                cohort.select(pl.col("risk_score").quantile(1.0 - outreach.capacity))
+                .collect()
+                .item()
+                if outreach.capacity_mode == "share"
+                else None
+            )
+            thresholds = equal_opportunity_thresholds(
+                validation, cut_score=cut_score, seed=params.seed
+            )
         need = None
         if item.need is not None:
             need = pl.scan_parquet(item.need)
@@ -1459,7 +1419,7 @@ def _write_cache(cache_file: Path, top: pl.DataFrame) -> None:
 
 
 def _policy_detail(
-    outreach: OutreachParams, thresholds: Mapping[int, float] | None
+    outreach: OutreachParams, thresholds: Mapping[str, float] | None
 ) -> dict[str, Any]:
     detail: dict[str, Any] = {"policy": outreach.policy}
     if outreach.policy == "core20plus5":

@@ -46,17 +46,7 @@ if TYPE_CHECKING:
 
 CalibrationMethod = Literal["none", "isotonic", "sigmoid"]
 
-METRIC_NAMES: Final = (
-    "auroc",
-    "auprc",
-    "brier",
-    "calibration_intercept",
-    "calibration_slope",
-    "oe_ratio",
-    "ece",
-    "sensitivity_at_capacity",
-    "ppv_at_capacity",
-)
+METRIC_NAMES: Final = contract.MODEL_METRICS
 """Test-split metrics, each published with ``<name>_ci_low`` / ``<name>_ci_high``."""
 
 ECE_BINS: Final = 10
@@ -853,7 +843,7 @@ def model_card(
     )
     rows = "\n".join(
         f"| {name.replace('_', ' ')} | {_fmt(metrics, name)} |"
-        for name in (*METRIC_NAMES, "oracle_auroc", "oracle_gap")
+        for name in (*METRIC_NAMES, *contract.ORACLE_METRICS)
         if name in metrics
     )
     return f"""# Model card: `phm-{target}`

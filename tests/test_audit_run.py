@@ -166,13 +166,28 @@ def test_headline_metrics_land_on_the_models_mlflow_run(
 
 
 def test_bad_audit_params_fail_before_any_work(tmp_path: Path) -> None:
+    # Unknown dimensions are refused when params.yaml is read, naming the key.
+    with pytest.raises(ParamsError, match=r"audit\.label_choice_dimensions\.0"):
+        parse_params(
+            {
+                "targets": {TARGET: {"outcome": "emergency_admission", "follow_up_months": 12}},
+                "audit": {"label_choice_dimensions": ["postcode"]},
+            }
+        )
+    with pytest.raises(ParamsError, match=r"audit\.reference_groups\.postcode"):
+        parse_params(
+            {
+                "targets": {TARGET: {"outcome": "emergency_admission", "follow_up_months": 12}},
+                "audit": {"reference_groups": {"postcode": "SW1"}},
+            }
+        )
     params = parse_params(
         {
             "targets": {TARGET: {"outcome": "emergency_admission", "follow_up_months": 12}},
-            "audit": {"label_choice_dimensions": ["postcode"]},
+            "audit": {"score_bins": 100, "bootstrap_score_bins": 200},
         }
     )
-    with pytest.raises(ParamsError, match="postcode"):
+    with pytest.raises(ParamsError, match="bootstrap_score_bins"):
         run(params, io.Paths.at(tmp_path), target=TARGET)  # no inputs exist: params first
     with pytest.raises(ParamsError, match=r"audit\.split"):
         parse_params(

@@ -26,7 +26,7 @@ from pipeline import contract, io, tracking
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.cohort import INTERSECTION, build_cohort
+from pipeline.audit.cohort import build_cohort
 from pipeline.config import Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
@@ -43,27 +43,11 @@ def _warn(message: str) -> None:
 
 ORDERED_DIMENSIONS: Final = ("imd_quintile", "imd_decile", "age_band")
 """Dimensions with an order (gradients); the rest get WHO HEAT summaries."""
-ALLOWED_DIMENSIONS: Final = (
-    "imd_quintile",
-    "imd_decile",
-    "region",
-    "icb_code",
-    "ethnicity_group",
-    "sex",
-    "age_band",
-    INTERSECTION,
-)
 HEADLINE_RATIO_METRICS: Final = ("selection_rate", "tpr", "ppv", "oe_ratio")
 
 
 def _check_params(params: Params) -> None:
     audit = params.audit
-    unknown = [d for d in audit.label_choice_dimensions if d not in ALLOWED_DIMENSIONS]
-    unknown += [d for d in audit.reference_groups if d not in ALLOWED_DIMENSIONS]
-    if unknown:
-        raise ParamsError(
-            f"audit: unknown dimension(s) {unknown}; choose from {list(ALLOWED_DIMENSIONS)}"
-        )
     if audit.bootstrap_score_bins > audit.score_bins:
         raise ParamsError("audit.bootstrap_score_bins must not exceed audit.score_bins")
 

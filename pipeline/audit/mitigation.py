@@ -28,28 +28,12 @@ from typing import Any, Final
 import lightgbm as lgb
 import numpy as np
 import polars as pl
-from sklearn.base import BaseEstimator, ClassifierMixin
 
-from pipeline import contract
+from pipeline import contract, fairness
 from pipeline.audit.label_choice import select_top_like
 from pipeline.errors import StageError
 
 POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
-
-
-class ScoreAsProbability(ClassifierMixin, BaseEstimator):
-    """A prefit 'estimator' handing the risk score (first column) to ThresholdOptimizer."""
-
-    def fit(self, features: Any, outcome: Any = None) -> ScoreAsProbability:
-        self.fitted_ = True
-        self.classes_ = np.array([0, 1])
-        return self
-
-    def predict(self, features: Any) -> np.ndarray:
-        return np.asarray(features, dtype=np.float64)[:, 0]
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
 
 
 def equal_opportunity_thresholds(
@@ -59,78 +43,17 @@ def equal_opportunity_thresholds(
     cut_score: float | None = None,
     rng: np.random.Generator | None = None,
 ) -> dict[str, float]:
-    """Per-group thresholds with equal TPR from fairlearn ThresholdOptimizer (derandomised).
-
-    ThresholdOptimizer maximises accuracy subject to equal TPR, which for a rare outcome lands
-    far from the outreach capacity. With ``cut_score`` (the score at the capacity cut) the
-    negatives are subsampled at rate ``r = cut / (1 - cut)`` (seeded), which turns accuracy into
-    the cost-weighted accuracy whose optimum is that cut, so the optimiser's own operating
-    point sits near the capacity.
-
-    Parameters
-    ----------
-    fit_rows
-        People to fit on (``risk_score``, ``outcome``, ``group``), normally the validation split.
-    group
-        The grouping column (IMD quintile labels).
-    cut_score, rng
-        Capacity cut-off score and the generator for the subsample.
-
-    Returns
-    -------
-    dict[str, float]
-        Threshold per group label: the probability-weighted mean of fairlearn's two thresholds
-        (the likelier finite one when one is infinite).
-    """
-    from fairlearn.postprocessing import ThresholdOptimizer
-
-    if fit_rows.height == 0 or fit_rows["outcome"].n_unique() < 2:
+    """Per-group thresholds with equal TPR, fitted on ``fit_rows`` (``risk_score``, ``outcome``,
+    ``group``); see :func:`pipeline.fairness.equal_opportunity_thresholds`."""
+    if fit_rows.height == 0:
         raise StageError("audit: equal_opportunity needs people with and without the outcome")
-    if cut_score is not None and 0.0 < cut_score < 0.5:
-        keep_rate = cut_score / (1.0 - cut_score)
-        generator = rng if rng is not None else np.random.default_rng(0)
-        keep = (fit_rows["outcome"].to_numpy() == 1) | (
-            generator.random(fit_rows.height) < keep_rate
-        )
-        fit_rows = fit_rows.filter(pl.Series(keep))
-    outcomes = fit_rows["outcome"].to_numpy().astype(np.int64)
-    optimiser = ThresholdOptimizer(
-        estimator=ScoreAsProbability().fit(None),
-        constraints="true_positive_rate_parity",
-        objective="accuracy_score",
-        prefit=True,
-        predict_method="predict",
+    return fairness.equal_opportunity_thresholds(
+        fit_rows["risk_score"].to_numpy(),
+        fit_rows["outcome"].to_numpy(),
+        fit_rows[group].to_numpy(),
+        cut_score=cut_score,
+        rng=rng,
     )
-    optimiser.fit(
-        fit_rows.select("risk_score").to_numpy(),
-        outcomes,
-        sensitive_features=fit_rows[group].to_numpy(),
-    )
-    thresholds: dict[str, float] = {}
-    for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items():
-        pairs = [
-            (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
-            for i in (0, 1)
-            if float(rule[f"p{i}"]) > 0
-        ]
-        finite = [(p, t) for p, t in pairs if math.isfinite(t)]
-        if finite and len(finite) == len(pairs):
-            threshold = sum(p * t for p, t in finite) / sum(p for p, _ in finite)
-        else:
-            threshold = finite[0][1] if finite else 1.0
-        thresholds[str(value)] = threshold
-    return thresholds
-
-
-def core20plus5_priority(
-    *, core20_uplift: float, plus_uplift: float, plus_groups: tuple[str, ...]
-) -> pl.Expr:
-    """Risk score uplifted for Core20 (IMD quintile 1) and PLUS ethnic groups (multiplicative)."""
-    core20 = pl.when(pl.col("imd_quintile") == "1").then(core20_uplift).otherwise(1.0)
-    plus = (
-        pl.when(pl.col("ethnicity_group").is_in(list(plus_groups))).then(plus_uplift).otherwise(1.0)
-    )
-    return pl.col("risk_score") * core20 * plus
 
 
 def need_model_features(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -199,15 +122,9 @@ def policy_selections(
 ) -> pl.DataFrame:
     """Add ``selected_<policy>`` for every policy (``need_score`` must be present for
     ``need_based``), each as many people as ``selected`` (overall or per ``unit``)."""
-    fallback = float(np.mean(list(thresholds.values()))) if thresholds else 1.0
-    threshold = (
-        pl.col("imd_quintile").replace_strict(
-            thresholds or {}, default=fallback, return_dtype=pl.Float64
-        )
-    ).clip(lower_bound=1e-12)
     frame = cohort.with_columns(
-        (pl.col("risk_score") / threshold).alias("_priority_equal_opportunity"),
-        core20plus5_priority(
+        fairness.equal_opportunity_priority(thresholds or {}).alias("_priority_equal_opportunity"),
+        fairness.core20plus5_priority(
             core20_uplift=core20_uplift, plus_uplift=plus_uplift, plus_groups=plus_groups
         ).alias("_priority_core20plus5"),
         pl.col("need_score").fill_null(-math.inf).alias("_priority_need_based"),

@@ -50,19 +50,7 @@ if TYPE_CHECKING:
 
 AUDIT_FILE: Final = "audit.json"
 NEED_CURVES_FILE: Final = "need_by_score.parquet"
-PERFORMANCE_METRICS: Final = (
-    "auroc",
-    "auprc",
-    "brier",
-    "calibration_intercept",
-    "calibration_slope",
-    "oe_ratio",
-    "ece",
-    "sensitivity_at_capacity",
-    "ppv_at_capacity",
-    "oracle_auroc",
-    "oracle_gap",
-)
+PERFORMANCE_METRICS: Final = (*contract.MODEL_METRICS, *contract.ORACLE_METRICS)
 CURVES: Final = ("roc", "precision_recall", "calibration", "cumulative_gain")
 POLICY_LABELS: Final = {
     "risk": "Rank by predicted risk (as now)",

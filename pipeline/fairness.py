@@ -1,0 +1,168 @@
+"""Fairness-aware selection rules shared by the audit (which compares them) and the outreach
+stage (which applies one), so the policy audited is exactly the policy used.
+
+- equal opportunity: per-group score thresholds with equal true positive rates, from fairlearn's
+  ``ThresholdOptimizer``, made deterministic;
+- Core20PLUS5: a multiplicative uplift of the risk score for IMD quintile 1 (Core20) and the
+  locally chosen PLUS groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline.errors import StageError
+
+__all__ = [
+    "ScoreAsProbability",
+    "core20plus5_priority",
+    "equal_opportunity_priority",
+    "equal_opportunity_thresholds",
+]
+
+
+class ScoreAsProbability(ClassifierMixin, BaseEstimator):
+    """A prefit 'estimator' handing the risk score (first column) to ThresholdOptimizer."""
+
+    def fit(self, features: Any, outcome: Any = None) -> ScoreAsProbability:
+        self.fitted_ = True
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict(self, features: Any) -> np.ndarray:
+        return np.asarray(features, dtype=np.float64)[:, 0]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
+def _snap_to_quantiles(risk_score: np.ndarray, score_bins: int) -> np.ndarray:
+    """Round scores up to one of ``score_bins`` quantiles: ThresholdOptimizer walks every distinct
+    score in Python, and thresholds finer than the quantiles change no one's place in a list."""
+    if np.unique(risk_score).size <= score_bins:
+        return risk_score
+    edges = np.unique(np.quantile(risk_score, np.linspace(0.0, 1.0, score_bins + 1)))
+    return edges[np.clip(np.searchsorted(edges, risk_score), 0, edges.size - 1)]
+
+
+def equal_opportunity_thresholds(
+    risk_score: np.ndarray,
+    outcome: np.ndarray,
+    group: np.ndarray,
+    *,
+    cut_score: float | None = None,
+    rng: np.random.Generator | None = None,
+    score_bins: int = 1_000,
+) -> dict[str, float]:
+    """Per-group score thresholds with equal true positive rates (fairlearn ThresholdOptimizer).
+
+    ThresholdOptimizer maximises accuracy subject to equal TPR, which for a rare outcome lands
+    far from a list's capacity. With ``cut_score`` (the score at the capacity cut) negatives are
+    subsampled at rate ``cut / (1 - cut)`` (seeded), which turns accuracy into the cost-weighted
+    accuracy whose optimum is that cut, so the optimiser's operating point sits near the
+    capacity. Fairlearn's rule mixes two thresholds per group at random; the deterministic
+    threshold used here is their probability-weighted mean (the finite one when the other is
+    infinite).
+
+    Parameters
+    ----------
+    risk_score, outcome, group
+        One entry per person of the fitting sample (normally the validation split).
+    cut_score
+        The risk score at the capacity cut-off, or None to keep fairlearn's own optimum.
+    rng
+        Generator for the negatives' subsample (seeded by the caller).
+    score_bins
+        Scores are snapped to this many quantiles before fitting (speed; see above).
+
+    Returns
+    -------
+    dict[str, float]
+        Threshold per group label (labels as strings).
+
+    Raises
+    ------
+    StageError
+        When some group has no outcome events, or nobody has / lacks the outcome.
+    """
+    from fairlearn.postprocessing import ThresholdOptimizer
+
+    risk_score = np.asarray(risk_score, dtype=np.float64)
+    outcome = np.asarray(outcome).astype(np.int64)
+    labels = np.asarray(group).astype(str)
+    known = ~np.isin(labels, ["None", "nan"])
+    risk_score, outcome, labels = risk_score[known], outcome[known], labels[known]
+    if outcome.size == 0 or outcome.min() == outcome.max():
+        raise StageError("equal_opportunity needs people with and without the outcome")
+    groups_with_events = set(np.unique(labels[outcome == 1]))
+    lacking = sorted(set(np.unique(labels)) - groups_with_events)
+    if lacking:
+        raise StageError(
+            f"equal_opportunity needs outcome events in every group; none in {lacking}"
+        )
+    # A canonical order makes the seeded subsample independent of how the rows arrived.
+    order = np.lexsort((labels, outcome, risk_score))
+    risk_score, outcome, labels = risk_score[order], outcome[order], labels[order]
+    if cut_score is not None and 0.0 < cut_score < 0.5:
+        keep_rate = cut_score / (1.0 - cut_score)
+        generator = rng if rng is not None else np.random.default_rng(0)
+        keep = (outcome == 1) | (generator.random(outcome.size) < keep_rate)
+        risk_score, outcome, labels = risk_score[keep], outcome[keep], labels[keep]
+    optimiser = ThresholdOptimizer(
+        estimator=ScoreAsProbability().fit(None),
+        constraints="true_positive_rate_parity",
+        objective="accuracy_score",
+        prefit=True,
+        predict_method="predict",
+    )
+    optimiser.fit(
+        _snap_to_quantiles(risk_score, score_bins)[:, None], outcome, sensitive_features=labels
+    )
+    thresholds: dict[str, float] = {}
+    for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items():
+        pairs = [
+            (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
+            for i in (0, 1)
+            if float(rule[f"p{i}"]) > 0
+        ]
+        finite = [(p, t) for p, t in pairs if math.isfinite(t)]
+        if finite and len(finite) == len(pairs):
+            threshold = sum(p * t for p, t in finite) / sum(p for p, _ in finite)
+        else:
+            threshold = finite[0][1] if finite else 1.0
+        thresholds[str(value)] = threshold
+    return thresholds
+
+
+def equal_opportunity_priority(
+    thresholds: Mapping[str, float], *, group: str = "imd_quintile"
+) -> pl.Expr:
+    """Risk score divided by the person's group threshold: ranking on it cuts every group at
+    the same multiple of its own threshold. Groups the optimiser never saw get the mean."""
+    fallback = float(np.mean(list(thresholds.values()))) if thresholds else 1.0
+    threshold = (
+        pl.col(group)
+        .cast(pl.String)
+        .replace_strict(dict(thresholds), default=fallback, return_dtype=pl.Float64)
+        .fill_null(fallback)
+    )
+    return pl.col("risk_score") / threshold.clip(lower_bound=1e-12)
+
+
+def core20plus5_priority(
+    *, core20_uplift: float, plus_uplift: float, plus_groups: tuple[str, ...]
+) -> pl.Expr:
+    """Risk score uplifted for Core20 (IMD quintile 1) and the PLUS groups (multiplicative)."""
+    core20 = (
+        pl.when(pl.col("imd_quintile").cast(pl.String) == "1").then(core20_uplift).otherwise(1.0)
+    )
+    plus = (
+        pl.when(pl.col("ethnicity_group").is_in(list(plus_groups))).then(plus_uplift).otherwise(1.0)
+    )
+    return pl.col("risk_score") * core20 * plus
