@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 # The venv is built from the lock file only (uv sync --frozen); uv itself is bootstrapped from PyPI.
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x $(TOOLS)/bin/uv || ($(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION))
-	$(TOOLS)/bin/uv sync --frozen --all-groups
+	$(TOOLS)/bin/uv sync --frozen --all-groups --compile-bytecode
 	@touch $@
 
 $(SECRET_FILE):
