@@ -48,18 +48,28 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _selection_text(selection: dict, *, fallback: str) -> str:
+    """'the top 5% of each eligible cohort by predicted risk' (or per ICB / practice)."""
+    capacity = selection.get("capacity")
+    mode = selection.get("capacity_mode", "share")
+    if not isinstance(capacity, int | float):
+        return fallback
+    if mode == "share":
+        return f"the top {pct_text(capacity, digits=0)} of each eligible cohort by predicted risk"
+    unit = "ICB" if mode == "per_icb" else "GP practice"
+    return f"the top {int(capacity):,} people per {unit} by predicted risk"
+
+
 def _intro(view: ReportView) -> list[Markup]:
     targets = Markup(", ").join(
         Markup("<strong>{}</strong> ({})").format(t.target, t.description or t.outcome)
         for t in view.targets
     )
-    capacity = view.outreach_meta.get("capacity")
-    mode = view.outreach_meta.get("capacity_mode", "share")
-    operating = (
-        f"the top {pct_text(capacity, digits=0)} of each eligible cohort by predicted risk"
-        if mode == "share" and isinstance(capacity, int | float)
-        else "the outreach capacity set in params.yaml"
+    operating = _selection_text(
+        (view.targets[0].operating_point if view.targets else {}),
+        fallback="the operating point set in params.yaml",
     )
+    lists = _selection_text(view.outreach_meta, fallback="the outreach capacity in params.yaml")
     paragraphs = [
         Markup(
             "Risk models pick out people at high risk so that teams can reach them early. This "
@@ -72,8 +82,14 @@ def _intro(view: ReportView) -> list[Markup]:
             "those gaps into who gets contacted."
         ),
         Markup(
-            "Models audited: {targets}. The operating point is {op}, as in the outreach lists."
-        ).format(targets=targets, op=operating),
+            "Models audited: {targets}. The audit's operating point is {op}; the outreach lists "
+            "hold {lists} (policy: {policy})."
+        ).format(
+            targets=targets,
+            op=operating,
+            lists=lists,
+            policy=str(view.outreach_meta.get("policy", "risk")).replace("_", " "),
+        ),
     ]
     if view.source == "synthetic":
         paragraphs.append(
@@ -91,7 +107,7 @@ def _methods(view: ReportView, sdc: Disclosure) -> list[Markup]:
     level = f"{round(view.confidence * 100)}%"
     return [
         Markup(
-            "Group metrics are computed on the test split at the outreach operating point, with "
+            "Group metrics are computed on the test split at the audit's operating point, with "
             "{lvl} confidence intervals (Wilson for proportions, bootstrap otherwise). Ratios "
             "compare each group with a reference group (IMD quintile 5 for deprivation, the "
             "largest group otherwise) and are flagged outside {lo}-{hi} (the Aequitas "
