@@ -1238,13 +1238,15 @@ def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
             rows = []
             for row in part.iter_rows(named=True):
                 suppressed = row["n_list"] == SUPPRESSED
+                # A row whose list count is suppressed shows no shares at all: the published
+                # table never pairs a '*' count with a rate (the scanner's rule).
                 rows.append(
                     [
                         text_cell(group_label(dimension, row["group"])),
                         count_cell(row["n_list"], sdc),
-                        rate_cell(row["share_eligible"]),
+                        rate_cell(row["share_eligible"], suppressed=suppressed),
                         rate_cell(row["share_list"], suppressed=suppressed),
-                        rate_cell(row["share_need"]),
+                        rate_cell(row["share_need"], suppressed=suppressed),
                         rate_cell(
                             row["share_list"] / row["share_need"]
                             if is_number(row["share_list"])
