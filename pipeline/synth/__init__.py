@@ -42,13 +42,7 @@ from pipeline.synth.geography import (
     practice_quality_frame,
     practices_frame,
 )
-from pipeline.synth.outcomes import (
-    eligible,
-    history_summary,
-    oracle_risk,
-    outcome_logit,
-    true_need,
-)
+from pipeline.synth.outcomes import cohort_and_logit, history_summary, oracle_risk, true_need
 from pipeline.synth.people import SEX_CODES, draw_people
 
 __all__ = ["generate_chunk", "run"]
@@ -99,20 +93,8 @@ def generate_chunk(
     outcome_frames, oracle_frames = [], []
     for name in sorted(params.targets):
         target = params.targets[name]
-        cohort = eligible(
-            people,
-            cond,
-            min_age=target.min_age,
-            max_age=target.max_age,
-            exclude_prior=tuple(target.exclude_prior),
-        )
-        eta = outcome_logit(
-            target.outcome,
-            people,
-            cond,
-            history,
-            rng.standard_normal(len(index)),
-            access=pop.bias.access,
+        cohort, eta = cohort_and_logit(
+            target, people, cond, history, rng.standard_normal(len(index)), access=pop.bias.access
         )
         risk = oracle_risk(
             calibration.intercepts[name], eta, follow_up_months=target.follow_up_months

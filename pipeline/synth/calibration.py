@@ -30,7 +30,7 @@ from pipeline.synth.conditions import (
 )
 from pipeline.synth.events import care_rates, draw_counts
 from pipeline.synth.geography import RECORDING_QUALITY_SHARES, build_geography
-from pipeline.synth.outcomes import ANNUAL_RATE, eligible, history_summary, outcome_logit
+from pipeline.synth.outcomes import ANNUAL_RATE, cohort_and_logit, history_summary
 from pipeline.synth.people import draw_people
 
 PILOT_PEOPLE: Final = 120_000
@@ -132,21 +132,10 @@ def fit_calibration(
     history = history_summary(counts)
     intercepts: dict[str, float] = {}
     for name, target in targets.items():
-        cohort = eligible(
-            people,
-            cond,
-            min_age=target.min_age,
-            max_age=target.max_age,
-            exclude_prior=tuple(target.exclude_prior),
+        cohort, eta = cohort_and_logit(
+            target, people, cond, history, rng.standard_normal(PILOT_PEOPLE), access=REFERENCE_BIAS
         )
-        eta = outcome_logit(
-            target.outcome,
-            people,
-            cond,
-            history,
-            rng.standard_normal(PILOT_PEOPLE),
-            access=REFERENCE_BIAS,
-        )[cohort]
+        eta = eta[cohort]
         low, high = -15.0, 5.0
         for _ in range(60):  # bisection: mean annual risk in the cohort = the reference rate
             mid = (low + high) / 2

@@ -9,12 +9,15 @@ probability used to draw the recorded outcome: ``1 - (1 - expit(alpha + eta)) **
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from pipeline.synth.conditions import deprivation_score, expit
 from pipeline.synth.events import access_penalty, burden
+
+if TYPE_CHECKING:
+    from pipeline.config import TargetParams
 
 LATENT_SD: Final = {
     "emergency_admission": 0.1,
@@ -145,6 +148,26 @@ def eligible(
     if "diabetes" in exclude_prior:
         keep &= ~cond["true_diabetes"]
     return keep
+
+
+def cohort_and_logit(
+    target: TargetParams,
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    history: dict[str, np.ndarray],
+    latent: np.ndarray,
+    *,
+    access: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A target's eligible cohort (mask) and its outcome's annual log-odds for everyone."""
+    cohort = eligible(
+        people,
+        cond,
+        min_age=target.min_age,
+        max_age=target.max_age,
+        exclude_prior=tuple(target.exclude_prior),
+    )
+    return cohort, outcome_logit(target.outcome, people, cond, history, latent, access=access)
 
 
 def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:
