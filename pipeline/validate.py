@@ -63,5 +63,9 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     facts = validate_population(
         folder, target_names=tuple(params.targets), index_date=params.index_date
     )
-    report = data_quality_report(facts, folder=str(folder), index_date=params.index_date)
+    # Relative to the project when inside it, so the report is the same in every clone.
+    shown = folder.resolve()
+    if shown.is_relative_to(paths.root):
+        shown = shown.relative_to(paths.root)
+    report = data_quality_report(facts, folder=shown.as_posix(), index_date=params.index_date)
     write_json(report, paths.reports / "data_quality.json")

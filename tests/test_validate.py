@@ -262,6 +262,7 @@ def test_run_writes_disclosure_controlled_report(tmp_path: Path) -> None:
     assert report["tables"]["events"]["null_share"]["value"] == 0.8
     assert report["events_per_person_year_last_12_months"]["gp_consultation"] == 1.0
     assert report["date_range"]["last"] == "2025-03-22"
+    assert report["folder"] == "extract"  # relative to the project: the same in every clone
 
 
 def test_cli_exits_2_and_writes_nothing_on_violation(tmp_path: Path) -> None:
