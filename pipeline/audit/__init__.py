@@ -297,18 +297,6 @@ def _reference_of(
 
 # --- publishing -----------------------------------------------------------------------------------
 
-_METRIC_VALUES: Final = (
-    "value",
-    "ci_low",
-    "ci_high",
-    "difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "ratio",
-    "ratio_ci_low",
-    "ratio_ci_high",
-)
-
 
 def _reference_suppressed(metrics: pl.DataFrame) -> pl.DataFrame:
     """Carry the reference group's raw counts onto every row (a comparison with a suppressed
@@ -333,8 +321,7 @@ def published_tables(tables: dict[str, Any]) -> dict[str, pl.DataFrame]:
     )
     compared = publish.suppress_columns(
         own,
-        values=[c for c in _METRIC_VALUES if c not in ("value", "ci_low", "ci_high")]
-        + ["outside_fair_range", "significant", "flag"],
+        values=[*cells_mod.COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag"],
         counts=[
             *own_counts,
             "ref_numerator_raw",
@@ -444,7 +431,7 @@ def _metric_entry(row: dict[str, Any]) -> dict[str, Any]:
         "ci_method": row["ci_method"],
     }
     if not row["is_reference"]:
-        for key in (*_METRIC_VALUES[3:], "outside_fair_range", "significant", "flag"):
+        for key in (*cells_mod.COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag"):
             entry[key] = publish.json_rate(row[key], *counts, *ref_counts)
     return entry
 

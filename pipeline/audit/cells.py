@@ -90,6 +90,18 @@ class Cells:
         return self.bin_score[self.score_bin]
 
 
+COMPARISON_COLUMNS: Final = (
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "ratio",
+    "ratio_ci_low",
+    "ratio_ci_high",
+)
+METRIC_VALUE_COLUMNS: Final = ("value", "ci_low", "ci_high", *COMPARISON_COLUMNS)
+"""A group metric's estimate with its CI, and its difference and ratio to the reference group."""
+
+
 def natural_key(label: str) -> tuple[int, float, str]:
     """Sort numbers numerically ("2" before "10") and labels alphabetically after them."""
     try:
@@ -720,20 +732,7 @@ def audit_dimension(
                 strict=False,
             )
         )
-    return pl.concat(rows).with_columns(
-        pl.col(c).fill_nan(None)
-        for c in (
-            "value",
-            "ci_low",
-            "ci_high",
-            "difference",
-            "difference_ci_low",
-            "difference_ci_high",
-            "ratio",
-            "ratio_ci_low",
-            "ratio_ci_high",
-        )
-    )
+    return pl.concat(rows).with_columns(pl.col(c).fill_nan(None) for c in METRIC_VALUE_COLUMNS)
 
 
 def group_counts(cells: Cells, *, min_group_size: int, min_group_events: int) -> pl.DataFrame:
