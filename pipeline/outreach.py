@@ -1111,11 +1111,10 @@ def summarise_target(
             "mean_true_need_selected": _rounded_mean(overall["mean_need_selected"], n_selected),
             "mean_true_need_eligible": _rounded_mean(overall["mean_need_eligible"], n_eligible),
         }
-    group_aggregates = [*aggregates]
     for dimension in MAKE_UP_DIMENSIONS:
         rows = (
             frame.group_by(pl.col(dimension).cast(pl.String).fill_null("missing").alias("group"))
-            .agg(group_aggregates)
+            .agg(aggregates)
             .sort("group")
         )
         summary["make_up"][dimension] = [
@@ -1253,7 +1252,8 @@ def run(params: Params, paths: Paths) -> None:
     features = pl.scan_parquet(features_path)
     for glossary in glossaries.values():
         _check_columns(features, glossary["feature"].to_list(), features_path)
-    cohorts = {item.name: _cohort(item.scores, features_path) for item in inputs}
+    # Each cohort is read once: the capacity check and every step of its list reuse it.
+    cohorts = {item.name: _cohort(item.scores, features_path).collect() for item in inputs}
     capacities = {
         name: capacity_per_unit(
             cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity
@@ -1270,8 +1270,9 @@ def run(params: Params, paths: Paths) -> None:
     summaries: dict[str, Any] = {}
     icbs: dict[str, list[str]] = {}
     caches: dict[Path, pl.DataFrame] = {}
+    features_digest = _file_sha256(features_path)  # hashed once, shared by every target's cache
     for item in inputs:
-        cohort = cohorts[item.name].collect().lazy()  # read once, reused by every step below
+        cohort = cohorts[item.name].lazy()
         unmatched = cohort.filter(pl.col("icb_code").is_null()).select(pl.len()).collect().item()
         if unmatched:
             raise ContractError(
@@ -1317,7 +1318,8 @@ def run(params: Params, paths: Paths) -> None:
             prioritised, capacities[item.name], capacity_mode=outreach.capacity_mode, key=key
         )
         outcome = params.targets[item.name].outcome
-        cache_file = _cache_file(paths, item.name, _fingerprint(item.model, features_path))
+        fingerprint = _fingerprint(_file_sha256(item.model), features_digest)
+        cache_file = _cache_file(paths, item.name, fingerprint)
         cached = pl.read_parquet(cache_file) if cache_file.exists() else None
         explained, top = attach_reasons(
             selected,
@@ -1348,7 +1350,7 @@ def run(params: Params, paths: Paths) -> None:
         icbs[item.name] = (
             cohort.select(pl.col("icb_code").unique().sort()).collect()["icb_code"].to_list()
         )
-    _write_outputs(paths, lists, icbs, summaries, params)
+    _write_outputs(paths, lists, icbs, summaries, params, truth_available=truth_need is not None)
     for cache_file, top in caches.items():
         _write_cache(cache_file, top)
 
@@ -1389,15 +1391,20 @@ class _LazyBooster:
         return self.booster.predict(data, **options)
 
 
-def _fingerprint(*files: Path) -> str:
-    """SHA-256 of the files' bytes: the contributions cache is valid for exactly these inputs."""
+def _file_sha256(path: Path) -> bytes:
+    """SHA-256 of one file's bytes (streamed: the features table can be large)."""
     import hashlib
 
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
+
+
+def _fingerprint(*digests: bytes) -> str:
+    """SHA-256 over the files' SHA-256 digests: the contributions cache is valid for exactly
+    these inputs."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 def _cache_file(paths: Paths, target: str, fingerprint: str) -> Path:
@@ -1441,6 +1448,8 @@ def _write_outputs(
     icbs: Mapping[str, list[str]],
     summaries: Mapping[str, Any],
     params: Params,
+    *,
+    truth_available: bool,
 ) -> None:
     outreach = params.outreach
     for target, codes in icbs.items():
@@ -1465,7 +1474,7 @@ def _write_outputs(
             "capacity_mode": outreach.capacity_mode,
             "capacity": outreach.capacity,
             "columns": list(OUTREACH_COLUMNS),
-            "truth_available": (paths.truth / "people.parquet").exists(),
+            "truth_available": truth_available,
             "targets": dict(summaries),
         },
         paths.reports / SUMMARY_FILE,

@@ -939,6 +939,24 @@ def dvc_input_hashes(
     return found
 
 
+def _dvc_tracked(root: Path) -> list[dict[str, Any]]:
+    """The ``*.dvc`` files of data added with ``dvc add``, out paths made relative to ``root``."""
+    tracked = []
+    for dvc_file in (root / "features.dvc", *root.glob("data/*.dvc")):
+        if not dvc_file.exists():
+            continue
+        # outs of a .dvc file are relative to its folder
+        parsed = yaml.safe_load(dvc_file.read_text()) or {}
+        prefix = dvc_file.parent.relative_to(root).as_posix()
+        outs = [
+            {**out, "path": f"{prefix}/{out['path']}".removeprefix("./")}
+            for out in parsed.get("outs") or []
+            if isinstance(out, dict) and "path" in out
+        ]
+        tracked.append({"outs": outs})
+    return tracked
+
+
 def _git_commit(root: Path) -> str:
     try:
         return subprocess.run(
@@ -1003,21 +1021,6 @@ def log_to_mlflow(
     lock_file = paths.root / "dvc.lock"
     lock = yaml.safe_load(lock_file.read_text()) if lock_file.exists() else {}
     inputs = ["features", "data/population/outcomes.parquet", "data/truth"]
-    tracked = []
-    for dvc_file in (paths.root / "features.dvc", *paths.root.glob("data/*.dvc")):
-        if dvc_file.exists():
-            # outs of a .dvc file are relative to its folder
-            parsed = yaml.safe_load(dvc_file.read_text()) or {}
-            prefix = dvc_file.parent.relative_to(paths.root).as_posix()
-            tracked.append(
-                {
-                    "outs": [
-                        {**out, "path": f"{prefix}/{out['path']}".removeprefix("./")}
-                        for out in parsed.get("outs") or []
-                        if isinstance(out, dict) and "path" in out
-                    ]
-                }
-            )
     tags = {
         "target": target,
         "stage": "train",
@@ -1025,7 +1028,9 @@ def log_to_mlflow(
         tracking.MODEL_DIGEST_TAG: tracking.model_digest(model_dir / "model.txt"),
         **{
             f"dvc.input.{path}": md5
-            for path, md5 in dvc_input_hashes(lock or {}, inputs, tracked=tracked).items()
+            for path, md5 in dvc_input_hashes(
+                lock or {}, inputs, tracked=_dvc_tracked(paths.root)
+            ).items()
         },
     }
     if os.environ.get("DVC_EXP_NAME"):
@@ -1098,11 +1103,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     except FileNotFoundError as error:
         raise StageError(str(error)) from None
     features = pl.scan_parquet(features_file)
-    missing = [
-        c
-        for c in ("person_id", "split", *spec.names, *group_columns)
-        if c not in features.collect_schema()
-    ]
+    present = features.collect_schema()
+    missing = [c for c in ("person_id", "split", *spec.names, *group_columns) if c not in present]
     if missing:
         raise ContractError(f"{features_file}: missing columns {missing}")
     cohort = cohort_frame(
