@@ -331,15 +331,13 @@ def event_code_valid_expr() -> pl.Expr:
 
 def measurement_out_of_range_expr() -> pl.Expr:
     """True for a measurement of a known code whose value is null or outside its plausible range."""
-    low = pl.col("code").replace_strict(
-        {code: spec[1] for code, spec in MEASUREMENT_CODES.items()},
-        default=None,
-        return_dtype=pl.Float64,
-    )
-    high = pl.col("code").replace_strict(
-        {code: spec[2] for code, spec in MEASUREMENT_CODES.items()},
-        default=None,
-        return_dtype=pl.Float64,
+    low, high = (
+        pl.col("code").replace_strict(
+            {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
+            default=None,
+            return_dtype=pl.Float64,
+        )
+        for bound in (1, 2)
     )
     value = pl.col("value").cast(pl.Float64)
     return (
@@ -494,6 +492,7 @@ def validate_population(
     violations: list[dict[str, Any]] = []
     frames: dict[str, pl.LazyFrame] = {}
     usable: dict[str, set[str]] = {}
+    locations: dict[str, str] = {}
     for table, schema in INPUT_TABLES.items():
         try:
             frame = scan_table(folder, table)
@@ -505,7 +504,7 @@ def validate_population(
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
             continue
-        location = _table_location(folder, table)
+        location = locations[table] = _table_location(folder, table)
         good: set[str] = set()
         for column, dtype in schema.items():
             if column not in actual:
@@ -523,7 +522,7 @@ def validate_population(
 
     facts: dict[str, Any] = {"rows": {}, "nulls": {}}
     for table, frame in frames.items():
-        location = _table_location(folder, table)
+        location = locations[table]
         columns = usable[table]
         rules = _check_values(
             table, frame, columns, target_names=target_names, index_date=index_date
@@ -532,7 +531,6 @@ def validate_population(
         exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
         for column in columns:
             exprs[f"null:{column}"] = pl.col(column).is_null()
-        key = UNIQUE_KEYS.get(table)
         counts = _count(frame, exprs)
         for i, (column, rule) in enumerate(rules):
             if counts[f"rule{i}"]:
@@ -542,6 +540,7 @@ def validate_population(
                 violations.append(_violation(location, column, rule, rows))
         facts["rows"][table] = counts["__rows"]
         facts["nulls"][table] = {column: counts[f"null:{column}"] for column in sorted(columns)}
+        key = UNIQUE_KEYS.get(table)
         if key and set(key) <= columns:
             distinct = frame.select(key).unique().select(pl.len()).collect().item()
             duplicates = counts["__rows"] - int(distinct)
@@ -568,7 +567,7 @@ def validate_population(
                 .item()
             )
             if orphans:
-                violations.append(_violation(_table_location(folder, child), column, rule, orphans))
+                violations.append(_violation(locations[child], column, rule, orphans))
 
     if violations:
         lines = [

@@ -658,21 +658,19 @@ def build_manifest(params: Params) -> dict[str, Any]:
 
 def _validate_input(folder: Path, params: Params) -> None:
     """Stop with the contract validator's message when the population breaks the contract."""
-    validator = getattr(contract, "validate_population", None)
-    if validator is None:  # the validator lands with the synth/validate work
-        raise StageError(
-            "pipeline.contract.validate_population is missing: cannot check the input contract"
-        )
-    validator(folder, target_names=tuple(params.targets), index_date=params.index_date)
+    contract.validate_population(
+        folder, target_names=tuple(params.targets), index_date=params.index_date
+    )
 
 
 def check_params_against_data(params: Params, icb_codes: Sequence[str]) -> None:
     """Params that name data (the held-out ICB) must match the data, before any work."""
     holdout = params.features.holdout_icb
-    if holdout is not None and holdout not in set(icb_codes):
+    known = set(icb_codes)
+    if holdout is not None and holdout not in known:
         raise ParamsError(
             f"features.holdout_icb: {holdout!r} is not an ICB in the population's areas "
-            f"({len(set(icb_codes))} ICBs, e.g. {', '.join(sorted(icb_codes)[:5])})"
+            f"({len(known)} ICBs, e.g. {', '.join(sorted(icb_codes)[:5])})"
         )
 
 

@@ -175,7 +175,7 @@ def audit_tables(
     if has_oracle:
         rankings["oracle_risk"] = "oracle_risk"
     for dimension in audit.label_choice_dimensions:
-        reference = _reference_of(groups, metrics, dimension, cohort)
+        reference = _reference_of(metrics, dimension, cohort)
         for need in needs:
             curves.append(label_choice.need_by_percentile(cohort, dimension, need))
             same_score = label_choice.need_gap_same_score(
@@ -225,7 +225,6 @@ def audit_tables(
     )
 
     # mitigation
-    out: dict[str, Any] = {}
     if "need_score" not in cohort.columns:
         cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
     fit = cohort if fit_rows is None else fit_rows
@@ -260,7 +259,7 @@ def audit_tables(
     gaps_imd = mitigation.tpr_gaps(
         by_group, dimension="imd_quintile", min_group_events=audit.min_group_events
     )
-    out.update(
+    return dict(
         groups=groups,
         group_metrics=metrics,
         gradients=pl.concat(gradient_rows),
@@ -275,7 +274,6 @@ def audit_tables(
         has_truth=has_truth,
         has_oracle=has_oracle,
     )
-    return out
 
 
 def _capacity_unit(params: Params) -> str | None:
@@ -283,9 +281,7 @@ def _capacity_unit(params: Params) -> str | None:
     return None if mode == "share" else ("icb_code" if mode == "per_icb" else "practice_id")
 
 
-def _reference_of(
-    groups: pl.DataFrame, metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame
-) -> str:
+def _reference_of(metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame) -> str:
     found = metrics.filter((pl.col("dimension") == dimension) & pl.col("is_reference"))
     if found.height:
         return str(found["group"][0])

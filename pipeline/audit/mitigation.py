@@ -159,9 +159,9 @@ def tradeoff_table(
     with_oracle = has_truth and "oracle_risk" in cohort.columns
     policies = [p for p in POLICIES if f"selected_{p}" in cohort.columns]
 
-    def aggregations(policy: str, *, totals: bool) -> list[pl.Expr]:
+    def aggregations(policy: str) -> list[pl.Expr]:
         chosen = pl.col(f"selected_{policy}")
-        exprs = [
+        return [
             chosen.sum().cast(pl.Int64).alias(f"{policy}|n_selected"),
             (chosen & (pl.col("outcome") == 1))
             .sum()
@@ -172,14 +172,12 @@ def tradeoff_table(
             .cast(pl.Int64)
             .alias(f"{policy}|n_cases_reached"),
         ]
-        return exprs
 
     shared = [
         pl.len().alias("n"),
         pl.col("outcome").cast(pl.Int64).sum().alias("n_events"),
         pl.col(case).cast(pl.Int64).sum().alias("n_cases"),
     ]
-    shared_totals = shared
 
     def long(wide: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
         # one pass over the people for all policies, then one row per policy
@@ -195,9 +193,7 @@ def tradeoff_table(
             )
         return pl.concat(parts, how="diagonal_relaxed")
 
-    summary_wide = cohort.select(
-        *shared_totals, *(e for p in policies for e in aggregations(p, totals=True))
-    )
+    summary_wide = cohort.select(*shared, *(e for p in policies for e in aggregations(p)))
     if with_oracle:
         # expected true events: float sums in numpy (row order), so identical on every run
         oracle = cohort["oracle_risk"].to_numpy()
@@ -210,17 +206,16 @@ def tradeoff_table(
                 for p in policies
             ),
         )
-    summaries = [long(summary_wide, []).drop("n")]
     by_group = [
         long(
             cohort.group_by(dimension)
-            .agg(*shared, *(e for p in policies for e in aggregations(p, totals=False)))
+            .agg(*shared, *(e for p in policies for e in aggregations(p)))
             .rename({dimension: "group"}),
             ["group"],
         ).with_columns(pl.lit(dimension).alias("dimension"))
         for dimension in dimensions
     ]
-    summary = pl.concat(summaries, how="diagonal_relaxed")
+    summary = long(summary_wide, []).drop("n")
     groups = pl.concat(by_group, how="diagonal_relaxed").with_columns(
         (pl.col("n_selected") / pl.col("n_selected").sum().over("policy", "dimension")).alias(
             "selection_share"

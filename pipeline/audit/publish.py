@@ -14,7 +14,13 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.disclosure import SUPPRESSED, is_suppressed, round_count, suppressed_mask_expr
+from pipeline.disclosure import (
+    SUPPRESSED,
+    is_suppressed,
+    round_count,
+    round_count_expr,
+    suppressed_mask_expr,
+)
 
 DERIVED_FLAGS = frozenset({"outside_fair_range", "significant", "flag"})
 
@@ -43,8 +49,6 @@ def suppress_columns(
 
 def round_counts(frame: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:
     """Disclosure-round every count column (String: ``"*"`` or the rounded number)."""
-    from pipeline.disclosure import round_count_expr
-
     names = [c for c in (columns or frame.columns) if is_count_name(c)]
     return frame.with_columns(round_count_expr(pl.col(c)).alias(c) for c in names)
 
