@@ -18,8 +18,8 @@ from pipeline.report.fmt import ci_text, is_number, num_text, pct_text
 from pipeline.report.model import ReportView, TargetView
 from pipeline.report.sections import (
     INDICATOR_LABELS,
-    METRIC_COUNTS,
     dimension_label,
+    hidden_by_counts,
 )
 
 Tone = Literal["concern", "ok", "info"]
@@ -97,10 +97,7 @@ def _row(view: TargetView, dimension: str, group: str | None, metric: str) -> di
 def _usable(row: dict | None, metric: str) -> bool:
     if row is None or row["suppressed"] or not is_number(row["value"]):
         return False
-    counts = {"n": row["n"], "n_events": row["n_events"], "n_selected": row["n_selected"]}
-    if counts["n"] == SUPPRESSED:
-        return False
-    return not any(counts.get(c) == SUPPRESSED for c in METRIC_COUNTS.get(metric, ()))
+    return not hidden_by_counts(row, metric)
 
 
 def _strong(text: str) -> Markup:

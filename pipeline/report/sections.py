@@ -8,6 +8,7 @@ A section is ``{"id", "title", "lead", "blocks": [...]}``; a block is one of ``p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 import altair as alt
@@ -146,6 +147,22 @@ def _unavailable(what: str) -> Block:
     return _note(f"Not available: {what}.")
 
 
+TargetBlocks = Callable[[TargetView, ReportView, Disclosure], list[Block]]
+
+
+def _target_subhead(view: TargetView) -> Block:
+    return _subhead(f"{view.target}: {view.description or view.outcome}")
+
+
+def _per_target(report: ReportView, sdc: Disclosure, body: TargetBlocks) -> list[Block]:
+    """Each target's subhead followed by the blocks ``body`` builds for it."""
+    blocks: list[Block] = []
+    for view in report.targets:
+        blocks.append(_target_subhead(view))
+        blocks += body(view, report, sdc)
+    return blocks
+
+
 # --- group tables ----------------------------------------------------------------------------
 
 
@@ -173,15 +190,21 @@ def _wide_groups(view: TargetView, dimension: str) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def _suppressed(group: dict[str, Any], metric: str) -> bool:
-    """A metric is suppressed upstream, or one of the counts it is computed from is ``'*'``."""
-    counts = {"n": group["n"], "n_events": group["n_events"], "n_selected": group["n_selected"]}
-    row = group["metrics"].get(metric)
-    if row is not None and row["suppressed"]:
-        return True
+def hidden_by_counts(row: dict[str, Any], metric: str) -> bool:
+    """``row``'s group size, or one of its published counts (``n``, ``n_events``,
+    ``n_selected``) that ``metric`` is computed from, is ``'*'``."""
+    counts = {"n": row["n"], "n_events": row["n_events"], "n_selected": row["n_selected"]}
     if counts["n"] == SUPPRESSED:
         return True
     return any(counts.get(name) == SUPPRESSED for name in METRIC_COUNTS.get(metric, ()))
+
+
+def _suppressed(group: dict[str, Any], metric: str) -> bool:
+    """A metric is suppressed upstream, or one of the counts it is computed from is ``'*'``."""
+    row = group["metrics"].get(metric)
+    if row is not None and row["suppressed"]:
+        return True
+    return hidden_by_counts(group, metric)
 
 
 def _metric_cell(group: dict[str, Any], metric: str) -> Cell:
@@ -292,8 +315,7 @@ def _icb_label(report: ReportView, code: str) -> str:
     return f"{code} {name}" if name else code
 
 
-def _ratio_frame(view: TargetView, dimension: str, metric: str) -> pl.DataFrame:
-    groups = _wide_groups(view, dimension)
+def _ratio_frame(groups: list[dict[str, Any]], dimension: str, metric: str) -> pl.DataFrame:
     rows = []
     for group in groups:
         row = group["metrics"].get(metric)
@@ -326,13 +348,12 @@ def ratio_figure(
     view: TargetView, report: ReportView, dimension: str, metric: str = "tpr"
 ) -> Block | None:
     """Forest plot of one metric's ratio to the reference across a dimension's groups."""
-    frame = _ratio_frame(view, dimension, metric)
+    groups = _wide_groups(view, dimension)
+    frame = _ratio_frame(groups, dimension, metric)
     frame = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0))
     if frame.is_empty():
         return None
-    reference = next(
-        (g for g in _wide_groups(view, dimension) if g["is_reference"]), {"group": "reference"}
-    )
+    reference = next((g for g in groups if g["is_reference"]), {"group": "reference"})
     label = METRIC_LABELS.get(metric, metric)
     versus = group_label(dimension, reference["group"])
     title = f"{label} by {dimension_label(dimension).lower()}, relative to {versus}"
@@ -344,6 +365,18 @@ def ratio_figure(
         f"{title}. Dots: ratio; lines: 95% CI; grey band: 0.8-1.25 (the Aequitas 'fair' range). "
         "Suppressed groups are left out.",
     )
+
+
+def _table_and_ratios(
+    view: TargetView, report: ReportView, dimension: str, sdc: Disclosure, what: str
+) -> list[Block]:
+    """A dimension's group table (or a note that it is missing) and, when there is anything to
+    draw, the forest plot of its cases-reached ratios."""
+    blocks = [group_table(view, report, dimension, sdc) or _unavailable(what)]
+    figure = ratio_figure(view, report, dimension, "tpr")
+    if figure:
+        blocks.append(figure)
+    return blocks
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -583,110 +616,109 @@ def performance_section(report: ReportView, sdc: Disclosure) -> Section:
             "(the test split). Brackets give 95% confidence intervals (TRIPOD+AI 12e, 23a)."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        perf = view.performance
-        if perf.is_empty():
-            blocks.append(_unavailable(f"models/{view.target}/metrics.json"))
-        else:
-            rows = []
-            for row in perf.iter_rows(named=True):
-                label, percent, meaning = PERFORMANCE_LABELS.get(
-                    row["metric"], (row["metric"].replace("_", " "), False, "")
-                )
-                cell = rate_cell(
-                    row["value"],
-                    row["ci_low"],
-                    row["ci_high"],
-                    percent=percent,
-                    digits=1 if percent else 3,
-                )
-                rows.append([text_cell(label), cell, text_cell(meaning)])
-            blocks.append(
-                _table(
-                    [("Measure", ""), ("Estimate (95% CI)", ""), ("Reading it", "")],
-                    rows,
-                    caption=f"{view.target}: test-split performance",
-                    compact=True,
-                )
-            )
-        figures = []
-        curve = view.curves.get("calibration")
-        if curve is not None and not curve.is_empty():
-            figures.append(
-                charts.curve_chart(
-                    curve,
-                    x="mean_predicted",
-                    y="observed_rate",
-                    x_title="Predicted risk",
-                    y_title="Observed rate",
-                    title="Calibration (test split)",
-                    diagonal=True,
-                    percent=True,
-                )
-            )
-        gain = view.curves.get("cumulative_gain")
-        if gain is not None and not gain.is_empty():
-            figures.append(
-                charts.curve_chart(
-                    gain,
-                    x="share_selected",
-                    y="share_of_events",
-                    x_title="Share of people selected (highest risk first)",
-                    y_title="Share of events reached",
-                    title="Cumulative gain",
-                    diagonal=True,
-                    percent=True,
-                )
-            )
-        if figures:
-            blocks.append(
-                {
-                    "type": "figure",
-                    "svg": Markup(
-                        charts.to_svg(
-                            alt.hconcat(*figures),
-                            description=f"{view.target}: calibration and cumulative gain",
-                        )
-                    ),
-                    "caption": "Left: predicted risk against observed rate (dashed: perfect "
-                    "calibration). Right: share of all events found by working down the list.",
-                }
-            )
-        calibration = view.calibration
-        if not calibration.is_empty():
-            for dimension in ("imd_quintile", "ethnicity_group"):
-                part = calibration.filter(pl.col("dimension") == dimension)
-                if part.is_empty():
-                    continue
-                part = relabel(part, dimension)
-                title = f"Calibration by {dimension_label(dimension).lower()}"
-                blocks.append(
-                    _figure(
-                        charts.to_svg(
-                            charts.calibration_chart(part, title=title), description=title
-                        ),
-                        f"{title}: each line is a group; a line below the diagonal means the "
-                        "model over-predicts for that group, above means it under-predicts.",
-                    )
-                )
-        else:
-            oe = _estimate_frame(view, "ethnicity_group", "oe_ratio")
-            if not oe.is_empty():
-                title = "Calibration (observed / expected) by ethnic group"
-                blocks.append(
-                    _figure(
-                        charts.to_svg(
-                            charts.estimate_chart(
-                                oe, title=title, x_title="Observed / expected", percent=False
-                            ),
-                            description=title,
-                        ),
-                        f"{title}: 1 = the model predicts as many events as happen; above 1 it "
-                        "under-predicts the group's risk.",
-                    )
-                )
+    blocks += _per_target(report, sdc, _performance_blocks)
     return {"id": "performance", "title": "Model performance", "lead": "", "blocks": blocks}
+
+
+def _performance_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    blocks: list[Block] = []
+    perf = view.performance
+    if perf.is_empty():
+        blocks.append(_unavailable(f"models/{view.target}/metrics.json"))
+    else:
+        rows = []
+        for row in perf.iter_rows(named=True):
+            label, percent, meaning = PERFORMANCE_LABELS.get(
+                row["metric"], (row["metric"].replace("_", " "), False, "")
+            )
+            cell = rate_cell(
+                row["value"],
+                row["ci_low"],
+                row["ci_high"],
+                percent=percent,
+                digits=1 if percent else 3,
+            )
+            rows.append([text_cell(label), cell, text_cell(meaning)])
+        blocks.append(
+            _table(
+                [("Measure", ""), ("Estimate (95% CI)", ""), ("Reading it", "")],
+                rows,
+                caption=f"{view.target}: test-split performance",
+                compact=True,
+            )
+        )
+    figures = []
+    curve = view.curves.get("calibration")
+    if curve is not None and not curve.is_empty():
+        figures.append(
+            charts.curve_chart(
+                curve,
+                x="mean_predicted",
+                y="observed_rate",
+                x_title="Predicted risk",
+                y_title="Observed rate",
+                title="Calibration (test split)",
+                diagonal=True,
+                percent=True,
+            )
+        )
+    gain = view.curves.get("cumulative_gain")
+    if gain is not None and not gain.is_empty():
+        figures.append(
+            charts.curve_chart(
+                gain,
+                x="share_selected",
+                y="share_of_events",
+                x_title="Share of people selected (highest risk first)",
+                y_title="Share of events reached",
+                title="Cumulative gain",
+                diagonal=True,
+                percent=True,
+            )
+        )
+    if figures:
+        blocks.append(
+            _figure(
+                charts.to_svg(
+                    alt.hconcat(*figures),
+                    description=f"{view.target}: calibration and cumulative gain",
+                ),
+                "Left: predicted risk against observed rate (dashed: perfect "
+                "calibration). Right: share of all events found by working down the list.",
+            )
+        )
+    calibration = view.calibration
+    if not calibration.is_empty():
+        for dimension in ("imd_quintile", "ethnicity_group"):
+            part = calibration.filter(pl.col("dimension") == dimension)
+            if part.is_empty():
+                continue
+            part = relabel(part, dimension)
+            title = f"Calibration by {dimension_label(dimension).lower()}"
+            blocks.append(
+                _figure(
+                    charts.to_svg(charts.calibration_chart(part, title=title), description=title),
+                    f"{title}: each line is a group; a line below the diagonal means the "
+                    "model over-predicts for that group, above means it under-predicts.",
+                )
+            )
+    else:
+        oe = _estimate_frame(view, "ethnicity_group", "oe_ratio")
+        if not oe.is_empty():
+            title = "Calibration (observed / expected) by ethnic group"
+            blocks.append(
+                _figure(
+                    charts.to_svg(
+                        charts.estimate_chart(
+                            oe, title=title, x_title="Observed / expected", percent=False
+                        ),
+                        description=title,
+                    ),
+                    f"{title}: 1 = the model predicts as many events as happen; above 1 it "
+                    "under-predicts the group's risk.",
+                )
+            )
+    return blocks
 
 
 def _estimate_frame(view: TargetView, dimension: str, metric: str) -> pl.DataFrame:
@@ -744,15 +776,14 @@ def deprivation_section(report: ReportView, sdc: Disclosure) -> Section:
             "deprived do worse."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        blocks += _gradient_blocks(view)
-        table = group_table(view, report, "imd_quintile", sdc)
-        blocks.append(table or _unavailable("the IMD quintile audit table"))
-        figure = ratio_figure(view, report, "imd_quintile", "tpr")
-        if figure:
-            blocks.append(figure)
+    blocks += _per_target(report, sdc, _deprivation_blocks)
     return {"id": "deprivation", "title": "Equity by deprivation", "lead": "", "blocks": blocks}
+
+
+def _deprivation_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    return _gradient_blocks(view) + _table_and_ratios(
+        view, report, "imd_quintile", sdc, "the IMD quintile audit table"
+    )
 
 
 def _gradient_blocks(view: TargetView) -> list[Block]:
@@ -851,19 +882,18 @@ def geography_section(report: ReportView, sdc: Disclosure) -> Section:
             "(the largest group); click a column heading to sort the ICB table."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        region = group_table(view, report, "region", sdc)
-        blocks.append(region or _unavailable("the region audit table"))
-        figure = ratio_figure(view, report, "region", "tpr")
-        if figure:
-            blocks.append(figure)
-        icb = group_table(view, report, "icb_code", sdc, sortable=True)
-        blocks.append(icb or _unavailable("the ICB audit table"))
-        heat = _heat_table(view, "region")
-        if heat:
-            blocks.append(heat)
+    blocks += _per_target(report, sdc, _geography_blocks)
     return {"id": "geography", "title": "Equity by geography", "lead": "", "blocks": blocks}
+
+
+def _geography_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    blocks = _table_and_ratios(view, report, "region", sdc, "the region audit table")
+    icb = group_table(view, report, "icb_code", sdc, sortable=True)
+    blocks.append(icb or _unavailable("the ICB audit table"))
+    heat = _heat_table(view, "region")
+    if heat:
+        blocks.append(heat)
+    return blocks
 
 
 HEAT_LABELS: Final = {
@@ -931,22 +961,23 @@ def ethnicity_section(report: ReportView, sdc: Disclosure) -> Section:
             "random."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        table = group_table(view, report, "ethnicity_group", sdc)
-        blocks.append(table or _unavailable("the ethnicity audit table"))
-        figure = ratio_figure(view, report, "ethnicity_group", "tpr")
-        if figure:
-            blocks.append(figure)
-        heat = _heat_table(view, "ethnicity_group")
-        if heat:
-            blocks.append(heat)
+    blocks += _per_target(report, sdc, _ethnicity_blocks)
     return {"id": "ethnicity", "title": "Equity by ethnicity", "lead": "", "blocks": blocks}
+
+
+def _ethnicity_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    blocks = _table_and_ratios(view, report, "ethnicity_group", sdc, "the ethnicity audit table")
+    heat = _heat_table(view, "ethnicity_group")
+    if heat:
+        blocks.append(heat)
+    return blocks
+
+
+INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
 
 
 def intersection_section(report: ReportView, sdc: Disclosure) -> Section:
     """Ethnicity x deprivation: heat grids of cases reached and selection."""
-    dimension = "ethnicity_group_x_imd_quintile"
     blocks: list[Block] = [
         _para(
             "Inequalities compound: the grid shows each ethnic group within each deprivation "
@@ -954,82 +985,81 @@ def intersection_section(report: ReportView, sdc: Disclosure) -> Section:
             "orange where above; '*' marks a cell too small to publish."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        groups = _wide_groups(view, dimension)
-        if not groups:
-            blocks.append(_unavailable("the ethnicity x deprivation audit"))
-            continue
-        figures = []
-        for metric in ("tpr", "selection_rate"):
-            rows = []
-            for group in groups:
-                ethnicity, _, quintile = group["group"].rpartition(", IMD ")
-                row = group["metrics"].get(metric)
-                suppressed = _suppressed(group, metric)
-                value = None if row is None or suppressed else row["value"]
-                rows.append(
-                    {
-                        "ethnicity": ethnicity or group["group"],
-                        "imd": quintile or "?",
-                        "value": value if is_number(value) else None,
-                        "text": SUPPRESSED if suppressed else pct_text(value, digits=0),
-                    }
-                )
-            frame = pl.DataFrame(
-                rows,
-                schema={
-                    "ethnicity": pl.String,
-                    "imd": pl.String,
-                    "value": pl.Float64,
-                    "text": pl.String,
-                },
-            )
-            overall = view.audit_headline.get(f"overall_{metric}")
-            known = frame["value"].drop_nulls()
-            reference = (
-                float(overall)
-                if is_number(overall)
-                else (float(known.mean()) if len(known) else 0.0)
-            )
-            title = f"{METRIC_LABELS[metric]} by ethnic group and IMD quintile"
-            figures.append(
-                charts.heat_grid_chart(
-                    frame,
-                    x="imd",
-                    y="ethnicity",
-                    x_title="IMD quintile (1 = most deprived)",
-                    title=title,
-                    value_label=METRIC_LABELS[metric],
-                    reference=reference,
-                    percent=True,
-                )
-            )
-        blocks.append(
-            {
-                "type": "figure",
-                "svg": Markup(
-                    charts.to_svg(
-                        alt.hconcat(*figures).resolve_scale(color="independent"),
-                        description=f"{view.target}: cases reached and selection by ethnic "
-                        "group and IMD quintile",
-                    )
-                ),
-                "caption": "Left: share of people with the outcome who were selected; right: "
-                "share selected. Grey cells with '*' are suppressed (a count of people or events "
-                "from 1 to 7).",
-            }
-        )
-        table = group_table(view, report, dimension, sdc, sortable=True)
-        if table:
-            table["collapsed"] = "Show the table behind the grids"
-            blocks.append(table)
+    blocks += _per_target(report, sdc, _intersection_blocks)
     return {
         "id": "intersection",
         "title": "Ethnicity and deprivation together",
         "lead": "",
         "blocks": blocks,
     }
+
+
+def _intersection_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    dimension = INTERSECTION
+    groups = _wide_groups(view, dimension)
+    if not groups:
+        return [_unavailable("the ethnicity x deprivation audit")]
+    blocks: list[Block] = []
+    figures = []
+    for metric in ("tpr", "selection_rate"):
+        rows = []
+        for group in groups:
+            ethnicity, _, quintile = group["group"].rpartition(", IMD ")
+            row = group["metrics"].get(metric)
+            suppressed = _suppressed(group, metric)
+            value = None if row is None or suppressed else row["value"]
+            rows.append(
+                {
+                    "ethnicity": ethnicity or group["group"],
+                    "imd": quintile or "?",
+                    "value": value if is_number(value) else None,
+                    "text": SUPPRESSED if suppressed else pct_text(value, digits=0),
+                }
+            )
+        frame = pl.DataFrame(
+            rows,
+            schema={
+                "ethnicity": pl.String,
+                "imd": pl.String,
+                "value": pl.Float64,
+                "text": pl.String,
+            },
+        )
+        overall = view.audit_headline.get(f"overall_{metric}")
+        known = frame["value"].drop_nulls()
+        reference = (
+            float(overall) if is_number(overall) else (float(known.mean()) if len(known) else 0.0)
+        )
+        title = f"{METRIC_LABELS[metric]} by ethnic group and IMD quintile"
+        figures.append(
+            charts.heat_grid_chart(
+                frame,
+                x="imd",
+                y="ethnicity",
+                x_title="IMD quintile (1 = most deprived)",
+                title=title,
+                value_label=METRIC_LABELS[metric],
+                reference=reference,
+                percent=True,
+            )
+        )
+    blocks.append(
+        _figure(
+            charts.to_svg(
+                alt.hconcat(*figures).resolve_scale(color="independent"),
+                description=f"{view.target}: cases reached and selection by ethnic "
+                "group and IMD quintile",
+            ),
+            "Left: share of people with the outcome who were selected; right: "
+            "share selected. Grey cells with '*' are suppressed (a count of people or events "
+            "from 1 to 7).",
+        )
+    )
+    table = group_table(view, report, dimension, sdc, sortable=True)
+    if table:
+        table["collapsed"] = "Show the table behind the grids"
+        blocks.append(table)
+    return blocks
 
 
 NEED_LABELS: Final = {
@@ -1057,112 +1087,113 @@ def label_choice_section(report: ReportView, sdc: Disclosure) -> Section:
             "score, so the score under-serves them."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        frame = view.label_choice
-        if frame.is_empty():
-            blocks.append(_unavailable("the label-choice audit"))
-            continue
-        cutoff = view.operating_point.get("cutoff_percentile")
-        dimensions = sorted(set(frame["dimension"].to_list()), key=_dimension_rank)
-        for dimension in dimensions:
-            panels = []
-            for need in sorted(set(frame.filter(pl.col("dimension") == dimension)["need_measure"])):
-                part = relabel(
-                    frame.filter(
-                        (pl.col("dimension") == dimension) & (pl.col("need_measure") == need)
-                    ),
-                    dimension,
-                ).sort("group_order", "percentile")
-                need_label = NEED_LABELS.get(need, need)
-                panels.append(
-                    charts.need_by_percentile_chart(
-                        part, need_label=need_label, cutoff=cutoff if is_number(cutoff) else None
-                    ).properties(title=need_label, width=340)
-                )
-            title = f"Need by risk-score percentile, by {dimension_label(dimension).lower()}"
-            blocks.append(
-                _figure(
-                    charts.to_svg(
-                        alt.hconcat(*panels).properties(title=title),
-                        description=f"{view.target}: {title}",
-                    ),
-                    f"{title}. Each line is a group; where one line runs above another, that "
-                    "group is sicker at the same score. Dashed vertical line: the outreach "
-                    "cut-off (people to its right are selected).",
-                )
-            )
-        summary = view.label_summary
-        if summary.is_empty():
-            continue
-        for (need, dimension), part in summary.sort(
-            "need_measure", "dimension", "group_order", "group"
-        ).group_by(["need_measure", "dimension"], maintain_order=True):
-            rows = []
-            for row in part.iter_rows(named=True):
-                note = (
-                    "reference"
-                    if row["is_reference"]
-                    else "sicker at the same score"
-                    if row["disadvantaged"]
-                    else ""
-                )
-                if row["stable"] is False:
-                    note = "; ".join(filter(None, [note, "small group"]))
-                rows.append(
-                    [
-                        text_cell(group_label(str(dimension), row["group"])),
-                        count_cell(row["n"], sdc),
-                        rate_cell(
-                            row["need_gap"],
-                            row["need_gap_ci_low"],
-                            row["need_gap_ci_high"],
-                            percent=False,
-                        ),
-                        rate_cell(
-                            row["need_ratio"],
-                            row["need_ratio_ci_low"],
-                            row["need_ratio_ci_high"],
-                            percent=False,
-                        ),
-                        rate_cell(row["cutoff_gap"], percent=False),
-                        rate_cell(row["share_selected_by_score"]),
-                        rate_cell(row["share_selected_by_need"]),
-                        text_cell(note),
-                    ]
-                )
-            need_label = NEED_LABELS.get(str(need), str(need))
-            blocks.append(
-                _table(
-                    [
-                        (dimension_label(str(dimension)), ""),
-                        ("People", "audited split"),
-                        (
-                            "Need gap, same score",
-                            "mean need minus the reference group's, "
-                            "averaged over score percentiles, 95% CI",
-                        ),
-                        (
-                            "Need ratio, same score",
-                            "above 1: sicker than the reference at the same score",
-                        ),
-                        ("Need gap among the selected", "at the cut-off"),
-                        ("Share of list, ranked by score", ""),
-                        ("Share of list, ranked by true need", "synthetic data only"),
-                        ("Note", ""),
-                    ],
-                    rows,
-                    caption=f"{view.target}: {need_label.lower()} at the same score, by "
-                    f"{dimension_label(str(dimension)).lower()}",
-                    compact=True,
-                )
-            )
+    blocks += _per_target(report, sdc, _label_choice_blocks)
     return {
         "id": "label-choice",
         "title": "Does the score reflect need?",
         "lead": "",
         "blocks": blocks,
     }
+
+
+def _label_choice_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    frame = view.label_choice
+    if frame.is_empty():
+        return [_unavailable("the label-choice audit")]
+    blocks: list[Block] = []
+    cutoff = view.operating_point.get("cutoff_percentile")
+    dimensions = sorted(set(frame["dimension"].to_list()), key=_dimension_rank)
+    for dimension in dimensions:
+        panels = []
+        for need in sorted(set(frame.filter(pl.col("dimension") == dimension)["need_measure"])):
+            part = relabel(
+                frame.filter((pl.col("dimension") == dimension) & (pl.col("need_measure") == need)),
+                dimension,
+            ).sort("group_order", "percentile")
+            need_label = NEED_LABELS.get(need, need)
+            panels.append(
+                charts.need_by_percentile_chart(
+                    part, need_label=need_label, cutoff=cutoff if is_number(cutoff) else None
+                ).properties(title=need_label, width=340)
+            )
+        title = f"Need by risk-score percentile, by {dimension_label(dimension).lower()}"
+        blocks.append(
+            _figure(
+                charts.to_svg(
+                    alt.hconcat(*panels).properties(title=title),
+                    description=f"{view.target}: {title}",
+                ),
+                f"{title}. Each line is a group; where one line runs above another, that "
+                "group is sicker at the same score. Dashed vertical line: the outreach "
+                "cut-off (people to its right are selected).",
+            )
+        )
+    summary = view.label_summary
+    if summary.is_empty():
+        return blocks
+    for (need, dimension), part in summary.sort(
+        "need_measure", "dimension", "group_order", "group"
+    ).group_by(["need_measure", "dimension"], maintain_order=True):
+        rows = []
+        for row in part.iter_rows(named=True):
+            note = (
+                "reference"
+                if row["is_reference"]
+                else "sicker at the same score"
+                if row["disadvantaged"]
+                else ""
+            )
+            if row["stable"] is False:
+                note = "; ".join(filter(None, [note, "small group"]))
+            rows.append(
+                [
+                    text_cell(group_label(str(dimension), row["group"])),
+                    count_cell(row["n"], sdc),
+                    rate_cell(
+                        row["need_gap"],
+                        row["need_gap_ci_low"],
+                        row["need_gap_ci_high"],
+                        percent=False,
+                    ),
+                    rate_cell(
+                        row["need_ratio"],
+                        row["need_ratio_ci_low"],
+                        row["need_ratio_ci_high"],
+                        percent=False,
+                    ),
+                    rate_cell(row["cutoff_gap"], percent=False),
+                    rate_cell(row["share_selected_by_score"]),
+                    rate_cell(row["share_selected_by_need"]),
+                    text_cell(note),
+                ]
+            )
+        need_label = NEED_LABELS.get(str(need), str(need))
+        blocks.append(
+            _table(
+                [
+                    (dimension_label(str(dimension)), ""),
+                    ("People", "audited split"),
+                    (
+                        "Need gap, same score",
+                        "mean need minus the reference group's, "
+                        "averaged over score percentiles, 95% CI",
+                    ),
+                    (
+                        "Need ratio, same score",
+                        "above 1: sicker than the reference at the same score",
+                    ),
+                    ("Need gap among the selected", "at the cut-off"),
+                    ("Share of list, ranked by score", ""),
+                    ("Share of list, ranked by true need", "synthetic data only"),
+                    ("Note", ""),
+                ],
+                rows,
+                caption=f"{view.target}: {need_label.lower()} at the same score, by "
+                f"{dimension_label(str(dimension)).lower()}",
+                compact=True,
+            )
+        )
+    return blocks
 
 
 def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
@@ -1194,7 +1225,7 @@ def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
         frame = view.outreach
         if frame.is_empty():
             continue
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
+        blocks.append(_target_subhead(view))
         for dimension in ("imd_quintile", "ethnicity_group", "region"):
             part = frame.filter(pl.col("dimension") == dimension).sort("group_order", "group")
             if part.is_empty():
@@ -1237,6 +1268,12 @@ def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
             )
             rows = []
             for row in part.iter_rows(named=True):
+                share_list, share_need = row["share_list"], row["share_need"]
+                ratio = (
+                    share_list / share_need
+                    if is_number(share_list) and is_number(share_need) and share_need > 0
+                    else None
+                )
                 suppressed = row["n_list"] == SUPPRESSED
                 # A row whose list count is suppressed shows no shares at all: the published
                 # table never pairs a '*' count with a rate (the scanner's rule).
@@ -1248,22 +1285,10 @@ def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
                         rate_cell(row["share_list"], suppressed=suppressed),
                         rate_cell(row["share_need"], suppressed=suppressed),
                         rate_cell(
-                            row["share_list"] / row["share_need"]
-                            if is_number(row["share_list"])
-                            and is_number(row["share_need"])
-                            and row["share_need"] > 0
-                            else None,
+                            ratio,
                             percent=False,
                             suppressed=suppressed,
-                            style=ratio_style(
-                                row["share_list"] / row["share_need"]
-                                if is_number(row["share_list"])
-                                and is_number(row["share_need"])
-                                and row["share_need"] > 0
-                                else None,
-                                low=report.fair_low,
-                                high=report.fair_high,
-                            ),
+                            style=ratio_style(ratio, low=report.fair_low, high=report.fair_high),
                         ),
                     ]
                 )
@@ -1308,74 +1333,77 @@ def mitigation_section(report: ReportView, sdc: Disclosure) -> Section:
             "choice; the table makes the trade-off explicit rather than choosing for you."
         )
     ]
-    for view in report.targets:
-        blocks.append(_subhead(f"{view.target}: {view.description or view.outcome}"))
-        frame = view.mitigation
-        if frame.is_empty():
-            blocks.append(_unavailable("the mitigation trade-off"))
-            continue
-        share_groups = [
-            g for g in frame["group"].unique(maintain_order=True).to_list() if g is not None
-        ]
-        truth = "true need" in view.case_definition
-        events_help = (
-            "events expected on the list from people's true risk (simulation)"
-            if view.truth_events
-            else "people on the list who had the recorded outcome"
-        )
-        gap_columns = [
-            (
-                "Gap in recorded cases reached (points)",
-                "best minus worst IMD quintile: share of people with the recorded outcome selected",
-            )
-        ]
-        if truth:
-            gap_columns.append(
-                (
-                    "Gap in need reached (points)",
-                    f"best minus worst IMD quintile: share of the {view.case_definition} selected",
-                )
-            )
-
-        gap_keys = ("recorded_gap", "tpr_gap") if truth else ("recorded_gap",)
-
-        rows = []
-        for strategy in frame["strategy"].unique(maintain_order=True).to_list():
-            part = frame.filter(pl.col("strategy") == strategy)
-            first = part.row(0, named=True)
-            shares = {row["group"]: row["selection_share"] for row in part.iter_rows(named=True)}
-            rows.append(
-                [
-                    text_cell(first["label"] or STRATEGY_LABELS.get(strategy, strategy)),
-                    count_cell(first["events_reached"], sdc),
-                    rate_cell(
-                        first["share_of_events_reached"],
-                        suppressed=first["events_reached"] == SUPPRESSED,
-                    ),
-                    *[
-                        rate_cell(None if gap is None else gap * 100, percent=False, digits=1)
-                        for gap in (first[key] for key in gap_keys)
-                    ],
-                    *[rate_cell(shares.get(group)) for group in share_groups],
-                ]
-            )
-        blocks.append(
-            _table(
-                [
-                    ("Strategy", ""),
-                    ("Events reached", events_help),
-                    ("Share of all events", events_help),
-                    *gap_columns,
-                    *[
-                        (f"List share: {group_label('imd_quintile', g) if g.isdigit() else g}", "")
-                        for g in share_groups
-                    ],
-                ],
-                rows,
-                caption=f"{view.target}: mitigation trade-off",
-            )
-        )
+    blocks += _per_target(report, sdc, _mitigation_blocks)
     return {"id": "mitigation", "title": "Mitigation: the trade-off", "lead": "", "blocks": blocks}
+
+
+def _mitigation_blocks(view: TargetView, report: ReportView, sdc: Disclosure) -> list[Block]:
+    frame = view.mitigation
+    if frame.is_empty():
+        return [_unavailable("the mitigation trade-off")]
+    blocks: list[Block] = []
+    share_groups = [
+        g for g in frame["group"].unique(maintain_order=True).to_list() if g is not None
+    ]
+    truth = "true need" in view.case_definition
+    events_help = (
+        "events expected on the list from people's true risk (simulation)"
+        if view.truth_events
+        else "people on the list who had the recorded outcome"
+    )
+    gap_columns = [
+        (
+            "Gap in recorded cases reached (points)",
+            "best minus worst IMD quintile: share of people with the recorded outcome selected",
+        )
+    ]
+    if truth:
+        gap_columns.append(
+            (
+                "Gap in need reached (points)",
+                f"best minus worst IMD quintile: share of the {view.case_definition} selected",
+            )
+        )
+
+    gap_keys = ("recorded_gap", "tpr_gap") if truth else ("recorded_gap",)
+
+    rows = []
+    for strategy in frame["strategy"].unique(maintain_order=True).to_list():
+        part = frame.filter(pl.col("strategy") == strategy)
+        first = part.row(0, named=True)
+        shares = {row["group"]: row["selection_share"] for row in part.iter_rows(named=True)}
+        rows.append(
+            [
+                text_cell(first["label"] or STRATEGY_LABELS.get(strategy, strategy)),
+                count_cell(first["events_reached"], sdc),
+                rate_cell(
+                    first["share_of_events_reached"],
+                    suppressed=first["events_reached"] == SUPPRESSED,
+                ),
+                *[
+                    rate_cell(None if gap is None else gap * 100, percent=False, digits=1)
+                    for gap in (first[key] for key in gap_keys)
+                ],
+                *[rate_cell(shares.get(group)) for group in share_groups],
+            ]
+        )
+    blocks.append(
+        _table(
+            [
+                ("Strategy", ""),
+                ("Events reached", events_help),
+                ("Share of all events", events_help),
+                *gap_columns,
+                *[
+                    (f"List share: {group_label('imd_quintile', g) if g.isdigit() else g}", "")
+                    for g in share_groups
+                ],
+            ],
+            rows,
+            caption=f"{view.target}: mitigation trade-off",
+        )
+    )
+    return blocks
 
 
 def limitations_section(report: ReportView) -> Section:
