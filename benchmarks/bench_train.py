@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import train
+from pipeline import contract, train
 from pipeline.config import Params, load_params
-from pipeline.io import Paths, read_json, scan_table
+from pipeline.io import Paths, scan_table
 
 SCRATCH = Path(tempfile.gettempdir()) / "phm_bench_train"
 TARGET = "emergency_admission_12m"
@@ -49,7 +49,7 @@ def pipeline_features(
         synth.run(scaled, paths)
         features_stage.run(scaled, paths)
         print(f"built the population and its features in {time.perf_counter() - started:.0f} s")
-    spec = train.feature_spec(read_json(paths.features / "manifest.json"))
+    spec = train.feature_spec(contract.read_manifest(paths.features / "manifest.json"))
     cohort = train.cohort_frame(
         pl.scan_parquet(paths.features / "features.parquet"),
         scan_table(paths.population, "outcomes"),

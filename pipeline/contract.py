@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.errors import ContractError
 from pipeline.io import scan_table
@@ -221,6 +222,107 @@ TRUTH_ORACLE_SCHEMA: Final = {
 }
 """``data/truth/oracle.parquet``: the true probability of each target outcome per eligible
 person."""
+
+
+# --- Stage outputs: features -> train, audit, outreach ------------------------------------------
+
+FeatureKind = Literal[
+    "age", "decile", "flag", "category", "count", "days", "measurement", "share", "rate", "numeric"
+]
+"""How a feature's value reads in words (outreach phrases its reasons by kind and unit)."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureEntry(_Record):
+    """One feature column of ``features/features.parquet`` as the manifest describes it."""
+
+    name: str
+    description: str
+    dtype: str
+    source_events: tuple[str, ...] = ()
+    source_table: Literal["events", "people", "areas", "people+events"]
+    window_months: int | None = None
+    model_input: bool
+    categorical: bool
+    kind: FeatureKind
+    unit: str | None = None
+    categories: dict[str, str] | None = None
+    """Integer code (as a string) -> label, for categorical features."""
+
+
+class SplitRule(_Record):
+    """How people are split into train / validation / test (and ``external``)."""
+
+    column: str
+    values: tuple[str, ...]
+    fractions: dict[str, float]
+    holdout_icb: str | None
+    seed: int
+    method: str
+
+
+class FeatureManifest(_Record):
+    """``features/manifest.json``, written by ``features`` and read by train, audit and outreach
+    through this one model (no forgiving parsers: a manifest that does not fit is an error)."""
+
+    index_date: dt.date
+    windows_months: tuple[int, ...]
+    polypharmacy_months: int
+    measurements: tuple[str, ...]
+    key: str
+    split: SplitRule
+    sensitive_columns: tuple[str, ...]
+    sensitive_dtypes: dict[str, str]
+    features: tuple[FeatureEntry, ...]
+    model_inputs: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @model_validator(mode="after")
+    def _inputs_agree(self) -> FeatureManifest:
+        flagged = [entry.name for entry in self.features if entry.model_input]
+        if not flagged:
+            raise ValueError("no feature is flagged model_input")
+        if sorted(flagged) != sorted(self.model_inputs):
+            raise ValueError("'model_inputs' disagrees with the features' model_input flags")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document as written (fields never set, e.g. ``categories`` of a numeric
+        feature, stay out)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    @property
+    def entries(self) -> dict[str, FeatureEntry]:
+        """Feature name -> entry."""
+        return {entry.name: entry for entry in self.features}
+
+    def inputs(self, *, exclude: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Model inputs in manifest order and their categorical subset (minus ``exclude``)."""
+        chosen = [e for e in self.features if e.model_input and e.name not in exclude]
+        return tuple(e.name for e in chosen), tuple(e.name for e in chosen if e.categorical)
+
+
+def read_manifest(path: Path) -> FeatureManifest:
+    """Read ``features/manifest.json`` through :class:`FeatureManifest`.
+
+    Raises
+    ------
+    ContractError
+        The file is missing, not JSON, or does not fit the model (the first problems named).
+    """
+    if not path.exists():
+        raise ContractError(f"{path}: missing - run the features stage first")
+    try:
+        return FeatureManifest.model_validate_json(path.read_bytes())
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'file'}: {item['msg']}"
+            for item in error.errors()[:5]
+        )
+        raise ContractError(f"{path}: not a valid feature manifest ({problems})") from None
 
 
 def age_band_expr(age: pl.Expr) -> pl.Expr:

@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 import polars as pl
 from rich.progress import Progress
 
-from pipeline import contract, io
+from pipeline import contract, io, seeds
 from pipeline.config import FeatureParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
@@ -42,10 +42,6 @@ EXTERNAL_SPLIT: Final = "external"
 # ICD-10 F17 (tobacco use) is how the extract records current smoking; not a contract condition.
 SMOKING_CODES: Final = ("F17",)
 SMOKING_FEATURE: Final = "smoking_recorded"
-Kind = Literal[
-    "age", "decile", "flag", "category", "count", "days", "measurement", "share", "rate", "numeric"
-]
-"""How a value reads in words (outreach phrases reasons by kind)."""
 
 EVENT_NOUNS: Final = {
     "gp_consultation": "GP consultations",
@@ -107,7 +103,7 @@ class FeatureSpec:
     model_input: bool = True
     categorical: bool = False
     categories: tuple[str, ...] = field(default=())
-    kind: Kind = "numeric"
+    kind: contract.FeatureKind = "numeric"
     unit: str | None = None
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -585,7 +581,8 @@ def build_features(
             pl.col([*counts, *flags, SMOKING_FEATURE, f"n_bnf_sections_{months}m"]).fill_null(0)
         )
     )
-    persons = with_split_unit(persons, seed=params.seed, id_bytes=id_bytes)
+    split_seed = seeds.derive("features", "split", root=params.seed, bits=64)
+    persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
     derived = {
         contract.RECORDED_MULTIMORBIDITY: pl.sum_horizontal(flags),
         **{
@@ -625,32 +622,36 @@ def output_schema(features: FeatureParams) -> dict[str, pl.DataType]:
     return schema
 
 
-def build_manifest(params: Params) -> dict[str, Any]:
+def build_manifest(params: Params) -> contract.FeatureManifest:
     """``features/manifest.json``: index date, windows, split, sensitive columns and features."""
     fp = params.features
     specs = feature_specs(fp)
-    return {
-        "index_date": params.index_date.isoformat(),
-        "windows_months": list(fp.windows_months),
-        "polypharmacy_months": fp.polypharmacy_months,
-        "measurements": list(fp.measurements),
-        "key": "person_id",
-        "split": {
-            "column": "split",
-            "values": [*contract.SPLITS, *([EXTERNAL_SPLIT] if fp.holdout_icb else [])],
-            "fractions": dict(zip(contract.SPLITS, fp.split_fractions, strict=True)),
-            "holdout_icb": fp.holdout_icb,
-            "seed": params.seed,
-            "method": "seeded FNV-1a 64 of the UTF-8 bytes of person_id + splitmix64 finaliser "
-            "-> u in [0, 1); train if u < f_train, validation if u < f_train + f_validation, "
-            "else test; people whose home-area ICB is holdout_icb get 'external'",
-        },
-        "sensitive_columns": list(contract.SENSITIVE_SCHEMA),
-        "sensitive_dtypes": {name: str(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()},
-        "features": [spec.manifest_entry() for spec in specs],
-        "model_inputs": [spec.name for spec in specs if spec.model_input],
-        "columns": list(output_schema(fp)),
-    }
+    return contract.FeatureManifest.model_validate(
+        {
+            "index_date": params.index_date.isoformat(),
+            "windows_months": list(fp.windows_months),
+            "polypharmacy_months": fp.polypharmacy_months,
+            "measurements": list(fp.measurements),
+            "key": "person_id",
+            "split": {
+                "column": "split",
+                "values": [*contract.SPLITS, *([EXTERNAL_SPLIT] if fp.holdout_icb else [])],
+                "fractions": dict(zip(contract.SPLITS, fp.split_fractions, strict=True)),
+                "holdout_icb": fp.holdout_icb,
+                "seed": params.seed,
+                "method": "seeded FNV-1a 64 of the UTF-8 bytes of person_id + splitmix64 finaliser "
+                "-> u in [0, 1); train if u < f_train, validation if u < f_train + f_validation, "
+                "else test; people whose home-area ICB is holdout_icb get 'external'",
+            },
+            "sensitive_columns": list(contract.SENSITIVE_SCHEMA),
+            "sensitive_dtypes": {
+                name: str(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()
+            },
+            "features": [spec.manifest_entry() for spec in specs],
+            "model_inputs": [spec.name for spec in specs if spec.model_input],
+            "columns": list(output_schema(fp)),
+        }
+    )
 
 
 # --- IO ----------------------------------------------------------------------------------------
@@ -782,5 +783,5 @@ def run(params: Params, paths: io.Paths) -> Path:
     manifest = build_manifest(params)
     with io.atomic_dir(paths.features) as tmp:
         write_features(folder, tmp / FEATURES_FILE, params=params)
-        io.write_json(manifest, tmp / MANIFEST_FILE)
+        io.write_json(manifest.document(), tmp / MANIFEST_FILE)
     return paths.features

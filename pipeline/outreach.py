@@ -53,17 +53,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline import contract, disclosure, fairness
+from pipeline import contract, disclosure, fairness, seeds, selection
 from pipeline.config import OutreachParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, read_json, write_json, write_parquet
+from pipeline.selection import CapacityMode
 
 __all__ = [
     "OUTREACH_COLUMNS",
-    "CapacityMode",
     "Policy",
     "attach_reasons",
-    "capacity_per_unit",
     "equal_opportunity_thresholds",
     "explain_selected",
     "hmac_sha256_hex",
@@ -74,7 +73,6 @@ __all__ = [
     "summarise_target",
 ]
 
-CapacityMode = Literal["share", "per_icb", "per_practice"]
 Policy = Literal["risk", "core20plus5", "equal_opportunity", "need_adjusted"]
 
 OUTREACH_COLUMNS: Final = (
@@ -100,7 +98,6 @@ RISK_SCORE_DECIMALS: Final = 4
 SUMMARY_FILE: Final = "outreach_summary.json"
 CACHE_DIR: Final = Path("data") / ".cache" / "outreach"
 """Top contributions of people listed before, per target and (model, features) fingerprint."""
-_UNIT_COLUMN: Final = {"share": None, "per_icb": "icb_code", "per_practice": "practice_id"}
 _SAFE_FILE_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -322,80 +319,6 @@ def read_secret(
 # --- Capacity ---
 
 
-def _unit_expr(capacity_mode: CapacityMode) -> pl.Expr:
-    column = _UNIT_COLUMN[capacity_mode]
-    return pl.lit("all").alias("unit") if column is None else pl.col(column).alias("unit")
-
-
-def capacity_per_unit(
-    cohort: pl.LazyFrame | pl.DataFrame,
-    *,
-    capacity_mode: CapacityMode,
-    capacity: float,
-    key: str = "outreach.capacity",
-) -> pl.DataFrame:
-    """How many people each capacity unit (all, an ICB or a practice) can reach.
-
-    Parameters
-    ----------
-    cohort
-        The eligible cohort with ``icb_code`` and ``practice_id``.
-    capacity_mode
-        ``share`` (one national unit, ``round(capacity * cohort)`` people), ``per_icb`` or
-        ``per_practice`` (``capacity`` people each, or the whole unit when it is smaller).
-    capacity
-        The share or the number per unit.
-    key
-        Params key named in errors.
-
-    Returns
-    -------
-    pl.DataFrame
-        ``unit``, ``n_eligible``, ``outreach_capacity`` (people to select), sorted by unit.
-
-    Raises
-    ------
-    ParamsError
-        Capacity <= 0, a share outside (0, 1], a share that rounds to nobody, or a number per
-        unit above the largest unit's cohort (the list would be everyone everywhere).
-    """
-    if capacity <= 0:
-        raise ParamsError(f"{key}: must be greater than 0 (got {capacity})")
-    units = (
-        cohort.lazy()
-        .group_by(_unit_expr(capacity_mode))
-        .agg(pl.len().alias("n_eligible"))
-        .sort("unit")
-        .collect()
-    )
-    total = int(units["n_eligible"].sum())
-    if total == 0:
-        raise StageError("outreach: the eligible cohort is empty")
-    if capacity_mode == "share":
-        if capacity > 1:
-            raise ParamsError(f"{key}: a share must be in (0, 1] (got {capacity})")
-        selected = math.floor(capacity * total + 0.5)
-        if selected < 1:
-            raise ParamsError(
-                f"{key}: a share of {capacity} of the {total} eligible people selects nobody"
-            )
-        return units.with_columns(pl.lit(selected, dtype=pl.Int64).alias("outreach_capacity"))
-    if capacity != int(capacity):
-        raise ParamsError(f"{key}: must be a whole number of people per unit (got {capacity})")
-    largest = int(units["n_eligible"].max())
-    if capacity > largest:
-        unit_name = "ICB" if capacity_mode == "per_icb" else "practice"
-        raise ParamsError(
-            f"{key}: {int(capacity)} per {unit_name} is above the eligible cohort of every "
-            f"{unit_name} (largest: {largest} people)"
-        )
-    return units.with_columns(
-        pl.min_horizontal(pl.col("n_eligible"), pl.lit(int(capacity)))
-        .cast(pl.Int64)
-        .alias("outreach_capacity")
-    )
-
-
 # --- Policies ---
 
 
@@ -404,7 +327,7 @@ def equal_opportunity_thresholds(
     *,
     group: str = "imd_quintile",
     cut_score: float | None = None,
-    seed: int = 0,
+    rng: np.random.Generator,
 ) -> dict[str, float]:
     """Per-group score thresholds with equal true positive rates, fitted on the validation split.
 
@@ -420,8 +343,9 @@ def equal_opportunity_thresholds(
         The grouping column (IMD quintile).
     cut_score
         The risk score at the capacity cut-off (None: fairlearn's own optimum).
-    seed
-        Seeds the subsample of negatives that matches the optimiser to the cut-off.
+    rng
+        Draws the subsample of negatives that matches the optimiser to the cut-off (the audit
+        uses the same stream, :func:`pipeline.seeds.rng` ``("equal_opportunity", target)``).
 
     Returns
     -------
@@ -435,7 +359,7 @@ def equal_opportunity_thresholds(
             frame["outcome"].to_numpy(),
             frame[group].to_numpy(),
             cut_score=cut_score,
-            rng=np.random.default_rng(seed),
+            rng=rng,
         )
     except StageError as error:
         raise StageError(f"outreach: {error} (validation split, {group})") from None
@@ -518,7 +442,7 @@ def select_outreach(
     cohort
         With ``person_id``, ``priority``, ``icb_code``, ``practice_id`` and the scores.
     capacity
-        From :func:`capacity_per_unit`.
+        From :func:`pipeline.selection.list_sizes`.
     capacity_mode
         Which unit the capacity applies to.
     key
@@ -531,22 +455,19 @@ def select_outreach(
         sorted by ``icb_code``, ``rank``.
     """
     candidates = (
-        cohort.with_columns(_unit_expr(capacity_mode))
-        .join(capacity.lazy().select("unit", "outreach_capacity"), on="unit", how="left")
-        .filter(
-            pl.col("priority").rank("min", descending=True).over("unit")
-            <= pl.col("outreach_capacity")
-        )
+        cohort.with_columns(selection.unit_expr(capacity_mode))
+        .join(capacity.lazy().select("unit", "list_size"), on="unit", how="left")
+        .filter(pl.col("priority").rank("min", descending=True).over("unit") <= pl.col("list_size"))
         .collect()
     )
     candidates = candidates.with_columns(hmac_sha256_hex(candidates["person_id"], key))
     # Eager from here: sorts and cumulative counts rely on row order.
     selected = (
         candidates.sort(["unit", "priority", "pseudonym"], descending=[False, True, False])
-        .filter(pl.int_range(pl.len()).over("unit") < pl.col("outreach_capacity"))
+        .filter(pl.int_range(pl.len()).over("unit") < pl.col("list_size"))
         .sort(["icb_code", "priority", "pseudonym"], descending=[False, True, False])
         .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
-        .drop("unit", "outreach_capacity")
+        .drop("unit", "list_size")
     )
     return selected
 
@@ -1020,7 +941,7 @@ def summarise_target(
         Every eligible person with ``selected`` (bool), ``risk_score``, ``split``, ``outcome``,
         ``icb_code``, ``practice_id`` and the make-up dimensions.
     capacity
-        From :func:`capacity_per_unit`.
+        From :func:`pipeline.selection.list_sizes`.
     truth_need
         ``person_id``, ``true_need`` (synthetic data only) or None.
     capacity_mode
@@ -1038,14 +959,14 @@ def summarise_target(
     if has_truth:
         frame = (
             frame.join(truth_need.select("person_id", "true_need"), on="person_id", how="left")
-            .with_columns(_unit_expr(capacity_mode))
-            .join(capacity.select("unit", "outreach_capacity"), on="unit", how="left")
+            .with_columns(selection.unit_expr(capacity_mode))
+            .join(capacity.select("unit", "list_size"), on="unit", how="left")
             .with_columns(
                 (
                     pl.struct(pl.col("true_need").fill_null(-math.inf), pl.col("person_id"))
                     .rank("ordinal", descending=True)
                     .over("unit")
-                    <= pl.col("outreach_capacity")
+                    <= pl.col("list_size")
                 ).alias("need_list")
             )
         )
@@ -1083,7 +1004,7 @@ def summarise_target(
         "n_selected": _count(n_selected),
         "share_selected": _share(n_selected, n_eligible),
         "units_whole_cohort_selected": int(
-            capacity.filter(pl.col("outreach_capacity") >= pl.col("n_eligible")).height
+            capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
         )
         if capacity_mode != "share"
         else 0,
@@ -1255,8 +1176,11 @@ def run(params: Params, paths: Paths) -> None:
     # Each cohort is read once: the capacity check and every step of its list reuse it.
     cohorts = {item.name: _cohort(item.scores, features_path).collect() for item in inputs}
     capacities = {
-        name: capacity_per_unit(
-            cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity
+        name: selection.list_sizes(
+            cohort,
+            capacity_mode=outreach.capacity_mode,
+            capacity=outreach.capacity,
+            key="outreach.capacity",
         )
         for name, cohort in cohorts.items()
     }
@@ -1286,16 +1210,16 @@ def run(params: Params, paths: Paths) -> None:
                 .select("risk_score", "outcome", "imd_quintile")
                 .collect()
             )
-            # Match the optimiser to this list's cut-off (share mode; per-unit lists vary).
-            cut_score = (
-                cohort.select(pl.col("risk_score").quantile(1.0 - outreach.capacity))
-                .collect()
-                .item()
-                if outreach.capacity_mode == "share"
-                else None
+            # Match the optimiser to this list's cut-off score (the risk ranking's lowest pick).
+            cut_score = selection.cut_score(
+                cohorts[item.name],
+                capacity_mode=outreach.capacity_mode,
+                capacity=outreach.capacity,
             )
             thresholds = equal_opportunity_thresholds(
-                validation, cut_score=cut_score, seed=params.seed
+                validation,
+                cut_score=cut_score,
+                rng=seeds.rng("equal_opportunity", item.name, root=params.seed),
             )
         need = None
         if item.need is not None:

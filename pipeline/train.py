@@ -25,7 +25,6 @@ import math
 import os
 import subprocess
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import yaml
 from rich.progress import Progress
 from scipy.special import expit, logit
 
-from pipeline import contract, disclosure, io, tracking
+from pipeline import contract, disclosure, io, seeds, selection, tracking
 from pipeline.errors import ContractError, StageError
 
 if TYPE_CHECKING:
@@ -58,16 +57,6 @@ PLOT_POINTS: Final = 200
 PROBABILITY_FLOOR: Final = 1e-6
 REGISTERED_ALIAS: Final = "candidate"
 
-# Sub-seed offsets: one independent stream per purpose, derived from params.seed and the target.
-_SEED_PURPOSES: Final = {
-    "lightgbm": 1,
-    "train_sample": 2,
-    "calibration_folds": 3,
-    "bootstrap": 4,
-    "shap_sample": 5,
-    "external_bootstrap": 6,
-}
-
 
 # --- Features and cohort -------------------------------------------------------------------------
 
@@ -80,53 +69,10 @@ class FeatureSpec:
     categorical: tuple[str, ...]
 
 
-def feature_spec(
-    manifest: Mapping[str, Any], *, source: str = "features/manifest.json"
-) -> FeatureSpec:
-    """Model inputs from the features manifest.
-
-    Parameters
-    ----------
-    manifest
-        Parsed ``features/manifest.json``: ``features`` is a list of entries (or a mapping name ->
-        entry) with ``name``, ``model_input`` and ``categorical`` flags.
-    source
-        File name for error messages.
-
-    Returns
-    -------
-    FeatureSpec
-        Model-input feature names in manifest order and the categorical subset.
-
-    Raises
-    ------
-    ContractError
-        When the manifest has no feature list or no model input.
-    """
-    entries = manifest.get("features")
-    if isinstance(entries, Mapping):
-        entries = [{"name": name, **dict(entry)} for name, entry in entries.items()]
-    if not isinstance(entries, list) or not entries:
-        raise ContractError(f"{source}: expected a non-empty 'features' list")
-    names: list[str] = []
-    categorical: list[str] = []
-    for position, entry in enumerate(entries):
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        if not isinstance(name, str):
-            raise ContractError(f"{source}: features[{position}] has no 'name'")
-        if not entry.get("model_input", False):
-            continue
-        names.append(name)
-        if entry.get("categorical", False):
-            categorical.append(name)
-    if not names:
-        raise ContractError(f"{source}: no feature is flagged model_input")
-    listed = manifest.get("model_inputs")
-    if listed is not None and sorted(listed) != sorted(names):
-        raise ContractError(
-            f"{source}: 'model_inputs' disagrees with the features' model_input flags"
-        )
-    return FeatureSpec(tuple(names), tuple(categorical))
+def feature_spec(manifest: contract.FeatureManifest) -> FeatureSpec:
+    """Model inputs in manifest order and their categorical subset."""
+    names, categorical = manifest.inputs()
+    return FeatureSpec(names, categorical)
 
 
 def cohort_frame(
@@ -214,12 +160,6 @@ def feature_matrix(frame: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
 
 
 # --- Seeds and sampling --------------------------------------------------------------------------
-
-
-def sub_seed(seed: int, target: str, purpose: str) -> int:
-    """A 31-bit seed for one purpose and target, stable across runs and machines."""
-    words = [seed, zlib.crc32(target.encode()), _SEED_PURPOSES[purpose]]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def sample_rows(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
@@ -437,17 +377,14 @@ def rank_scores(scored: pl.DataFrame) -> pl.DataFrame:
 
 
 def selected_at_capacity(scores: pl.DataFrame, operating_point: OperatingPointParams) -> pl.Series:
-    """Who a list of ``operating_point.capacity`` would reach, ranked on the whole cohort.
-
-    ``share``: the top share of the cohort; ``per_icb`` / ``per_practice``: the top ``capacity``
-    people within each ICB / practice (``scores`` then needs icb_code / practice_id).
-    """
-    if operating_point.capacity_mode == "share":
-        selected = pl.col("risk_rank") <= operating_point.capacity * scores.height
-    else:
-        group = "icb_code" if operating_point.capacity_mode == "per_icb" else "practice_id"
-        selected = pl.col("risk_rank").rank("ordinal").over(group) <= operating_point.capacity
-    return scores.select(selected.alias("selected")).get_column("selected")
+    """Who a list at the operating point would reach, ranked on the whole cohort
+    (:func:`pipeline.selection.select_top`; per-unit modes need icb_code / practice_id)."""
+    chosen = selection.select_top(
+        pl.col("risk_rank"),
+        capacity_mode=operating_point.capacity_mode,
+        capacity=operating_point.capacity,
+    )
+    return scores.select(chosen).get_column("selected")
 
 
 # --- Metrics -------------------------------------------------------------------------------------
@@ -836,10 +773,8 @@ def model_card(
     n_train = disclosure.round_count(n_train_rows)
     top = ", ".join(row["feature"] for row in importance[:10])
     capacity = params.operating_point
-    capacity_text = (
-        f"the top {capacity.capacity:.0%} of the eligible cohort"
-        if capacity.capacity_mode == "share"
-        else f"the top {int(capacity.capacity)} people per {capacity.capacity_mode[4:]}"
+    capacity_text = selection.capacity_text(
+        capacity_mode=capacity.capacity_mode, capacity=capacity.capacity
     )
     rows = "\n".join(
         f"| {name.replace('_', ' ')} | {_fmt(metrics, name)} |"
@@ -1094,10 +1029,9 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     for needed in (features_file, manifest_file):
         if not needed.exists():
             raise StageError(f"{needed}: missing - run the features stage first")
-    spec = feature_spec(io.read_json(manifest_file), source=str(manifest_file))
-    group_columns = {"per_icb": ["icb_code"], "per_practice": ["practice_id"]}.get(
-        params.operating_point.capacity_mode, []
-    )
+    spec = feature_spec(contract.read_manifest(manifest_file))
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    group_columns = [] if unit is None else [unit]
     try:
         outcomes = io.scan_table(paths.population, "outcomes")
     except FileNotFoundError as error:
@@ -1120,7 +1054,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         sample_rows(
             train_rows.size,
             max_rows=params.train.max_train_rows,
-            seed=sub_seed(params.seed, target, "train_sample"),
+            seed=seeds.derive("train", target, "train_sample", root=params.seed),
         )
     ]
     valid_rows = np.flatnonzero(split == "validation")
@@ -1136,7 +1070,9 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         y_all[valid_rows],
         spec=spec,
         params=lightgbm_params(
-            params.train, seed=sub_seed(params.seed, target, "lightgbm"), scale_pos_weight=weight
+            params.train,
+            seed=seeds.derive("train", target, "lightgbm", root=params.seed),
+            scale_pos_weight=weight,
         ),
         n_estimators=params.train.n_estimators,
         early_stopping_rounds=params.train.early_stopping_rounds,
@@ -1146,7 +1082,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         raw[valid_rows],
         y_all[valid_rows],
         mode=params.train.calibration,
-        seed=sub_seed(params.seed, target, "calibration_folds"),
+        seed=seeds.derive("train", target, "calibration_folds", root=params.seed),
     )
     risk = apply_calibration(calibration, raw)
 
@@ -1191,7 +1127,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         sel_test,
         oracle=oracle,
         n_bootstrap=params.train.n_bootstrap,
-        seed=sub_seed(params.seed, target, "bootstrap"),
+        seed=seeds.derive("train", target, "bootstrap", root=params.seed),
     )
     metrics = metrics_document(
         estimates,
@@ -1217,11 +1153,13 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
             risk[external_rows],
             selected[external_rows],
             n_bootstrap=params.train.n_bootstrap,
-            seed=sub_seed(params.seed, target, "external_bootstrap"),
+            seed=seeds.derive("train", target, "external_bootstrap", root=params.seed),
         )
 
     shap_rows = sample_rows(
-        test_rows.size, max_rows=SHAP_SAMPLE_ROWS, seed=sub_seed(params.seed, target, "shap_sample")
+        test_rows.size,
+        max_rows=SHAP_SAMPLE_ROWS,
+        seed=seeds.derive("train", target, "shap_sample", root=params.seed),
     )
     importance = feature_importance(booster, x_all[test_rows[shap_rows]], spec)
     model_dir = paths.models / target

@@ -14,6 +14,7 @@ from pipeline import contract, io, tracking
 from pipeline.audit import run, simulate
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, ParamsError
+from tests.manifests import write_manifest
 
 TARGET = "sim_target"
 
@@ -34,10 +35,7 @@ def _write_world(root: Path, *, truth: bool = True) -> None:
     )
     io.write_parquet(world["features"], root / "features/features.parquet", sort_by="person_id")
     inputs = ["age", "imd_decile", "recorded_measure", contract.RECORDED_MULTIMORBIDITY]
-    io.write_json(
-        {"model_inputs": inputs, "features": [{"name": name} for name in inputs]},
-        root / "features/manifest.json",
-    )
+    write_manifest(world["features"], root / "features/manifest.json", inputs=inputs)
     if truth:
         io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
         io.write_parquet(world["oracle"], root / "data/truth/oracle.parquet", sort_by="person_id")

@@ -104,18 +104,3 @@ def test_selection_shares_same_capacity_under_each_ranking() -> None:
     assert shares["n_selected_by_risk_score"].to_list() == [2, 0]
     assert shares["n_selected_by_true_need"].to_list() == [0, 2]
     assert shares["share_by_true_need"].to_list() == [0.0, 1.0]
-
-
-def test_operating_point_per_icb_takes_the_top_n_of_each_icb() -> None:
-    from pipeline.audit.cohort import select_for_outreach
-
-    scores = pl.DataFrame(
-        {
-            "icb_code": ["A", "A", "A", "B", "B", "C"],
-            "risk_rank": [1, 2, 6, 3, 5, 4],
-        }
-    )
-    per_icb = select_for_outreach(scores.lazy(), capacity_mode="per_icb", capacity=2).collect()
-    assert per_icb["selected"].to_list() == [True, True, False, True, True, True]
-    share = select_for_outreach(scores.lazy(), capacity_mode="share", capacity=0.5).collect()
-    assert share.filter(pl.col("selected"))["risk_rank"].sort().to_list() == [1, 2, 3]

@@ -258,7 +258,7 @@ def test_holdout_icb_is_external(raw_params: dict) -> None:
 
 
 def test_manifest_describes_every_feature(params: Params, table: pl.DataFrame) -> None:
-    manifest = features.build_manifest(params)
+    manifest = features.build_manifest(params).document()
     assert manifest["index_date"] == "2025-04-01"
     assert manifest["windows_months"] == [3, 6, 12, 24]
     assert manifest["sensitive_columns"] == list(contract.SENSITIVE_SCHEMA)
@@ -291,7 +291,7 @@ def test_input_switches(raw_params: dict) -> None:
     params = with_features(
         raw_params, ethnicity_as_input=True, region_as_input=True, deprivation_as_input=False
     )
-    inputs = features.build_manifest(params)["model_inputs"]
+    inputs = features.build_manifest(params).model_inputs
     assert {"ethnicity_code", "region_code"} <= set(inputs) and "imd_decile" not in inputs
 
 
@@ -406,3 +406,33 @@ def test_no_events_at_all(params: Params) -> None:
     assert table[contract.RECORDED_MULTIMORBIDITY].to_list() == [0, 0, 0, 0]
     assert table["no_prior_ae_attendance"].to_list() == [1, 1, 1, 1]
     assert table["latest_sbp"].null_count() == 4
+
+
+def test_manifest_round_trips_through_the_contract_model(params: Params, tmp_path: Path) -> None:
+    manifest = features.build_manifest(params)
+    target = tmp_path / "manifest.json"
+    io.write_json(manifest.document(), target)
+    assert contract.read_manifest(target) == manifest
+    names, categorical = manifest.inputs()
+    assert "ethnicity_code" not in names and "age" in names
+    assert set(categorical) <= set(names)
+    needs, _ = manifest.inputs(exclude=(contract.RECORDED_MULTIMORBIDITY,))
+    assert contract.RECORDED_MULTIMORBIDITY in names
+    assert contract.RECORDED_MULTIMORBIDITY not in needs
+
+
+def test_a_manifest_that_does_not_fit_is_refused_naming_the_field(
+    params: Params, tmp_path: Path
+) -> None:
+    raw = features.build_manifest(params).document()
+    raw["model_inputs"] = raw["model_inputs"][1:]
+    target = tmp_path / "manifest.json"
+    io.write_json(raw, target)
+    with pytest.raises(contract.ContractError, match="model_inputs"):
+        contract.read_manifest(target)
+    del raw["features"][0]["kind"]
+    io.write_json(raw, target)
+    with pytest.raises(contract.ContractError, match=r"features\.0\.kind"):
+        contract.read_manifest(target)
+    with pytest.raises(contract.ContractError, match="missing"):
+        contract.read_manifest(tmp_path / "nope.json")

@@ -12,14 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract
+from pipeline import contract, selection
 from pipeline.config import OutreachParams, Params, parse_params
 from pipeline.errors import ParamsError, StageError
 from pipeline.io import Paths, write_json, write_parquet
 from pipeline.outreach import (
     OUTREACH_COLUMNS,
     attach_reasons,
-    capacity_per_unit,
     equal_opportunity_thresholds,
     explain_selected,
     feature_glossary,
@@ -247,12 +246,18 @@ def test_secret_from_env_then_file_else_a_clear_error(tmp_path: Path, monkeypatc
 
 def test_capacity_share_per_icb_and_per_practice(world: dict[str, Any]) -> None:
     cohort = _cohort(world)
-    share = capacity_per_unit(cohort, capacity_mode="share", capacity=0.1)
-    assert share["outreach_capacity"].to_list() == [150]
-    per_icb = capacity_per_unit(cohort, capacity_mode="per_icb", capacity=20)
+    share = selection.list_sizes(
+        cohort, capacity_mode="share", capacity=0.1, key="outreach.capacity"
+    )
+    assert share["list_size"].to_list() == [150]
+    per_icb = selection.list_sizes(
+        cohort, capacity_mode="per_icb", capacity=20, key="outreach.capacity"
+    )
     assert per_icb["unit"].to_list() == sorted(ICBS)
-    assert set(per_icb["outreach_capacity"].to_list()) == {20}
-    per_practice = capacity_per_unit(cohort, capacity_mode="per_practice", capacity=5)
+    assert set(per_icb["list_size"].to_list()) == {20}
+    per_practice = selection.list_sizes(
+        cohort, capacity_mode="per_practice", capacity=5, key="outreach.capacity"
+    )
     assert per_practice.height == 6
 
 
@@ -262,12 +267,13 @@ def test_capacity_share_per_icb_and_per_practice(world: dict[str, Any]) -> None:
         ("share", 0.0001, "selects nobody"),
         ("per_icb", 10_000, "above the eligible cohort"),
         ("per_practice", 5_000, "above the eligible cohort"),
-        ("share", 0.0, "greater than 0"),
     ],
 )
 def test_capacity_out_of_range_names_the_key(world, mode, capacity, message) -> None:
     with pytest.raises(ParamsError, match=rf"outreach\.capacity.*{message}"):
-        capacity_per_unit(_cohort(world), capacity_mode=mode, capacity=capacity)
+        selection.list_sizes(
+            _cohort(world), capacity_mode=mode, capacity=capacity, key="outreach.capacity"
+        )
 
 
 @pytest.mark.parametrize(
@@ -315,7 +321,9 @@ def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
             "practice_id": ["A", "B"] * (n // 2),
         }
     ).lazy()
-    capacity = capacity_per_unit(cohort, capacity_mode="share", capacity=0.25)
+    capacity = selection.list_sizes(
+        cohort, capacity_mode="share", capacity=0.25, key="outreach.capacity"
+    )
     chosen = select_outreach(cohort, capacity, capacity_mode="share", key=KEY)
     everyone = hmac_sha256_hex(pl.Series([f"P{i:03d}" for i in range(n)]), KEY).sort()
     assert sorted(chosen["pseudonym"].to_list()) == everyone.head(10).to_list()
@@ -326,7 +334,9 @@ def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
 
 def test_per_icb_capacity_takes_the_top_of_each_icb(world) -> None:
     prioritised = policy_priority(_cohort(world), policy="risk", outreach=OutreachParams())
-    capacity = capacity_per_unit(prioritised, capacity_mode="per_icb", capacity=12)
+    capacity = selection.list_sizes(
+        prioritised, capacity_mode="per_icb", capacity=12, key="outreach.capacity"
+    )
     chosen = select_outreach(prioritised, capacity, capacity_mode="per_icb", key=KEY)
     assert chosen.group_by("icb_code").len()["len"].to_list() == [12, 12, 12]
     everyone = prioritised.collect()
@@ -372,8 +382,10 @@ def test_equal_opportunity_thresholds_are_deterministic_and_scale_priority(world
         .select("risk_score", "outcome", "imd_quintile")
         .collect()
     )
-    first = equal_opportunity_thresholds(validation, cut_score=0.2, seed=7)
-    assert first == equal_opportunity_thresholds(validation.reverse(), cut_score=0.2, seed=7)
+    first = equal_opportunity_thresholds(validation, cut_score=0.2, rng=np.random.default_rng(7))
+    assert first == equal_opportunity_thresholds(
+        validation.reverse(), cut_score=0.2, rng=np.random.default_rng(7)
+    )
     assert sorted(first) == ["1", "2", "3", "4", "5"]
     assert all(0 < value < 1 for value in first.values())
     ranked = policy_priority(
@@ -389,7 +401,7 @@ def test_equal_opportunity_needs_events_in_every_quintile() -> None:
         {"risk_score": [0.1, 0.2, 0.3, 0.4], "outcome": [0, 1, 0, 0], "imd_quintile": [1, 1, 2, 2]}
     )
     with pytest.raises(StageError, match="imd_quintile"):
-        equal_opportunity_thresholds(validation)
+        equal_opportunity_thresholds(validation, rng=np.random.default_rng(0))
 
 
 # --- Reasons ---
@@ -444,7 +456,9 @@ class _CountingBooster:
 
 def test_contributions_are_computed_for_the_selected_only(world) -> None:
     prioritised = policy_priority(_cohort(world), policy="risk", outreach=OutreachParams())
-    capacity = capacity_per_unit(prioritised, capacity_mode="share", capacity=0.05)
+    capacity = selection.list_sizes(
+        prioritised, capacity_mode="share", capacity=0.05, key="outreach.capacity"
+    )
     chosen = select_outreach(prioritised, capacity, capacity_mode="share", key=KEY)
     booster = _CountingBooster(world["booster"])
     glossary = feature_glossary({}, world["booster"].feature_name())
@@ -457,7 +471,9 @@ def test_contributions_are_computed_for_the_selected_only(world) -> None:
     # A wider list reuses the known contributions and explains only the people new to it.
     wider = select_outreach(
         prioritised,
-        capacity_per_unit(prioritised, capacity_mode="share", capacity=0.1),
+        selection.list_sizes(
+            prioritised, capacity_mode="share", capacity=0.1, key="outreach.capacity"
+        ),
         capacity_mode="share",
         key=KEY,
     )

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from pipeline import contract, io, tracking, train
+from pipeline import features as feature_stage
 from pipeline.config import parse_params
 from pipeline.errors import ContractError
 
@@ -82,19 +83,18 @@ def _population(root: Path, *, truth: bool, external: bool = False) -> None:
     ).with_columns(contract.age_band_expr(pl.col("age")).alias("age_band"))
     (root / "features").mkdir(parents=True)
     features.write_parquet(root / "features" / "features.parquet")
-    entries = [
-        {"name": "age", "model_input": True, "categorical": False},
-        {"name": "imd_decile", "model_input": True, "categorical": False},
-        {"name": "n_emergency_admission_12m", "model_input": True, "categorical": False},
-        {"name": "has_diabetes", "model_input": True, "categorical": False},
-        {"name": "latest_bmi", "model_input": True, "categorical": False},
-        {"name": "ethnicity_code", "model_input": True, "categorical": True},
-        {"name": "region_code", "model_input": False, "categorical": True},
+    # the real manifest of these params, cut down to this table's columns and input flags
+    inputs = {"age", "imd_decile", "n_emergency_admission_12m", "has_diabetes", "latest_bmi"}
+    inputs |= {"ethnicity_code"}
+    document = feature_stage.build_manifest(_params()).document()
+    document["features"] = [
+        {**entry, "model_input": entry["name"] in inputs}
+        for entry in document["features"]
+        if entry["name"] in features.columns
     ]
-    io.write_json(
-        {"features": entries, "model_inputs": [e["name"] for e in entries if e["model_input"]]},
-        root / "features" / "manifest.json",
-    )
+    document["model_inputs"] = [e["name"] for e in document["features"] if e["model_input"]]
+    document["columns"] = features.columns
+    io.write_json(document, root / "features" / "manifest.json")
     # the cohort is a subset: people under 25 are not eligible
     eligible = age >= 25
     (root / "data" / "population").mkdir(parents=True)
@@ -198,14 +198,16 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     loaded = mlflow.pyfunc.load_model(f"models:/phm-{TARGET}@candidate")
     example = loaded.input_example
     assert example is not None and len(example) == 1  # one synthetic row, not a person
-    assert list(example.columns) == [
+    manifest = contract.read_manifest(project / "features" / "manifest.json")
+    assert list(example.columns) == list(manifest.model_inputs)  # manifest order
+    assert set(example.columns) == {
         "age",
         "imd_decile",
         "n_emergency_admission_12m",
         "has_diabetes",
         "latest_bmi",
         "ethnicity_code",
-    ]
+    }
 
 
 def test_stage_is_deterministic_and_moves_the_alias(project: Path) -> None:
@@ -350,23 +352,6 @@ def test_booster_is_deterministic_and_uses_categoricals() -> None:
     ]
     assert models[0] == models[1]
     assert "categorical_feature=1" in models[0] or "[categorical_feature: 1]" in models[0]
-
-
-def test_feature_spec_reads_the_manifest_and_rejects_bad_ones() -> None:
-    spec = train.feature_spec(
-        {
-            "features": [
-                {"name": "age", "model_input": True, "categorical": False},
-                {"name": "ethnicity_code", "model_input": False, "categorical": True},
-                {"name": "region_code", "model_input": True, "categorical": True},
-            ]
-        }
-    )
-    assert spec == train.FeatureSpec(("age", "region_code"), ("region_code",))
-    with pytest.raises(ContractError, match="model_input"):
-        train.feature_spec({"features": [{"name": "age", "model_input": False}]})
-    with pytest.raises(ContractError, match="features"):
-        train.feature_spec({})
 
 
 def test_class_weight_and_dvc_hashes() -> None:

@@ -14,7 +14,6 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,7 +21,7 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from pipeline import contract, io, tracking
+from pipeline import contract, io, seeds, selection, tracking
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
@@ -53,14 +52,11 @@ def _check_params(params: Params) -> None:
 
 
 def _seed(params: Params, target: str, purpose: str) -> np.random.SeedSequence:
-    # crc32 is stable across processes (str hash is not): same params -> same draws
-    return np.random.SeedSequence(
-        [params.seed, zlib.crc32(target.encode()), zlib.crc32(purpose.encode())]
-    )
+    return seeds.sequence("audit", target, purpose, root=params.seed)
 
 
 def _rng(params: Params, target: str, purpose: str) -> np.random.Generator:
-    return np.random.default_rng(_seed(params, target, purpose))
+    return seeds.rng("audit", target, purpose, root=params.seed)
 
 
 # --- pure computation -----------------------------------------------------------------------------
@@ -103,10 +99,10 @@ def audit_tables(
 
     dims = ("overall", *audit.dimensions)
     group_frames, metric_frames = [], []
-    seeds = _seed(params, target, "bootstrap").spawn(len(dims))
+    streams = _seed(params, target, "bootstrap").spawn(len(dims))
     all_cells = [cells_mod.build_cells(cohort, d, bin_score=bin_score) for d in dims]
     points = cells_mod.cells_metric_frames(all_cells)
-    for cells, point, seed in zip(all_cells, points, seeds, strict=True):
+    for cells, point, seed in zip(all_cells, points, streams, strict=True):
         group_frames.append(
             cells_mod.group_counts(
                 cells,
@@ -167,7 +163,7 @@ def audit_tables(
     # label choice
     cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
     needs = ["recorded_need"] + (["true_need"] if has_truth else [])
-    unit = _capacity_unit(params)
+    unit = selection.unit_column(params.operating_point.capacity_mode)
     curves, gaps, shares = [], [], []
     rankings = {"risk_score": "risk_score"}
     if has_truth:
@@ -238,7 +234,7 @@ def audit_tables(
             fit,
             group="imd_quintile",
             cut_score=None if cut is None else float(cut),
-            rng=_rng(params, target, "equal_opportunity"),
+            rng=seeds.rng("equal_opportunity", target, root=params.seed),
         )
     except StageError as error:
         _warn(f"audit: equal_opportunity skipped: {error}")
@@ -274,11 +270,6 @@ def audit_tables(
         has_truth=has_truth,
         has_oracle=has_oracle,
     )
-
-
-def _capacity_unit(params: Params) -> str | None:
-    mode = params.operating_point.capacity_mode
-    return None if mode == "share" else ("icb_code" if mode == "per_icb" else "practice_id")
 
 
 def _reference_of(metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame) -> str:
@@ -772,8 +763,7 @@ def _need_scores(
     has_truth: bool,
 ) -> pl.DataFrame:
     """Train the need-based model and score the whole cohort (person_id, need_score)."""
-    manifest_path = paths.features / "manifest.json"
-    manifest = io.read_json(manifest_path) if manifest_path.exists() else {}
+    manifest = contract.read_manifest(paths.features / "manifest.json")
     features, categorical = mitigation.need_model_features(manifest)
     matrix = (
         pl.scan_parquet(paths.features / "features.parquet")
@@ -803,7 +793,7 @@ def _need_scores(
         features=features,
         categorical=categorical,
         rounds=params.audit.need_model_rounds,
-        seed=params.seed,
+        seed=seeds.derive("need_model", target, "lightgbm", root=params.seed),
         num_threads=params.audit.num_threads,
     )
     scores = booster.predict(matrix.select(features).to_numpy().astype(np.float64))

@@ -10,13 +10,12 @@ from typing import Final, Literal
 
 import polars as pl
 
-from pipeline import contract
+from pipeline import contract, selection
 from pipeline.errors import ContractError
+from pipeline.selection import CapacityMode
 
 INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
 UNKNOWN: Final = "Unknown"
-
-CapacityMode = Literal["share", "per_icb", "per_practice"]
 
 
 def dimension_expr(dimension: str) -> pl.Expr:
@@ -34,29 +33,6 @@ def dimension_expr(dimension: str) -> pl.Expr:
     else:
         label = pl.col(dimension).cast(pl.String).fill_null(UNKNOWN)
     return label.alias(dimension)
-
-
-def select_for_outreach(
-    scores: pl.LazyFrame, *, capacity_mode: CapacityMode, capacity: float
-) -> pl.LazyFrame:
-    """Add ``selected``: who the outreach capacity reaches when people are ranked by risk.
-
-    Parameters
-    ----------
-    scores
-        The whole eligible cohort with ``risk_rank`` (1 = highest risk) and, for the per-ICB /
-        per-practice modes, ``icb_code`` / ``practice_id``.
-    capacity_mode, capacity
-        ``share``: the top ``capacity`` share of the cohort (rounded to whole people);
-        ``per_icb`` / ``per_practice``: the top ``capacity`` people in each ICB / practice.
-    """
-    if capacity_mode == "share":
-        cut = (pl.len() * capacity).round().clip(lower_bound=1)
-        selected = pl.col("risk_rank").rank("ordinal") <= cut
-    else:
-        unit = "icb_code" if capacity_mode == "per_icb" else "practice_id"
-        selected = pl.col("risk_rank").rank("ordinal").over(unit) <= int(capacity)
-    return scores.with_columns(selected.alias("selected"))
 
 
 def build_cohort(
@@ -82,7 +58,7 @@ def build_cohort(
     dimensions
         Audit dimensions; each becomes a String column of group labels.
     capacity_mode, capacity
-        The operating point (see :func:`select_for_outreach`); applied to the whole cohort
+        The operating point (see :func:`pipeline.selection.select_top`); applied to the whole cohort
         before the split filter, as the outreach team would.
     split
         ``all`` or one split: metrics use only these people.
@@ -116,7 +92,9 @@ def build_cohort(
             how="left",
             maintain_order="left",
         )
-    joined = select_for_outreach(joined, capacity_mode=capacity_mode, capacity=capacity)
+    joined = joined.with_columns(
+        selection.select_top(pl.col("risk_rank"), capacity_mode=capacity_mode, capacity=capacity)
+    )
     if split != "all":
         joined = joined.filter(pl.col("split") == split)
     # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy even when they

@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
+from pipeline import selection
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.audit.intervals import z_value
 
@@ -144,15 +145,6 @@ def need_gap_at_cutoff(
     ).drop("var")
 
 
-def select_top_like(cohort: pl.DataFrame, ranking: str, *, unit: str | None) -> pl.Expr:
-    """Selection by ``ranking`` (higher = first) with the same number of people selected as
-    the actual selection, overall (``unit=None``) or per ICB / practice."""
-    order = pl.col(ranking).rank("ordinal", descending=True)
-    if unit is None:
-        return order <= pl.col("selected").sum()
-    return order.over(unit) <= pl.col("selected").sum().over(unit)
-
-
 def selection_shares(
     cohort: pl.DataFrame, dimension: str, *, rankings: dict[str, str], unit: str | None
 ) -> pl.DataFrame:
@@ -161,7 +153,9 @@ def selection_shares(
     ``rankings`` maps a name (``risk_score``, ``true_need``, ``oracle_risk``) to a column.
     """
     flags = cohort.with_columns(
-        select_top_like(cohort, column, unit=unit).alias(f"_by_{name}")
+        selection.select_like(pl.col(column), selected=pl.col("selected"), unit=unit).alias(
+            f"_by_{name}"
+        )
         for name, column in rankings.items()
     )
     return (

@@ -23,14 +23,13 @@ per ICB / practice, so "more reached" always means "better use of the same capac
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Final
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import contract, fairness
-from pipeline.audit.label_choice import select_top_like
+from pipeline import contract, fairness, selection
 from pipeline.errors import StageError
 
 POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
@@ -56,22 +55,11 @@ def equal_opportunity_thresholds(
     )
 
 
-def need_model_features(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Model inputs for the need model (from ``features/manifest.json``) and the categorical
-    ones; the recorded multimorbidity count itself is left out (it may be the label)."""
-    inputs = [
-        name
-        for name in manifest.get("model_inputs", [])
-        if name != contract.RECORDED_MULTIMORBIDITY
-    ]
-    categorical = [
-        entry["name"]
-        for entry in manifest.get("features", [])
-        if isinstance(entry, dict) and entry.get("categorical") and entry.get("name") in inputs
-    ]
-    if not inputs:
-        raise StageError("features/manifest.json: no model_inputs for the need model")
-    return inputs, categorical
+def need_model_features(manifest: contract.FeatureManifest) -> tuple[list[str], list[str]]:
+    """Model inputs for the need model and the categorical ones; the recorded multimorbidity
+    count itself is left out (it may be the label)."""
+    inputs, categorical = manifest.inputs(exclude=(contract.RECORDED_MULTIMORBIDITY,))
+    return list(inputs), list(categorical)
 
 
 def train_need_model(
@@ -135,7 +123,9 @@ def policy_selections(
     frame = frame.with_columns(
         pl.col("selected").alias("selected_risk"),
         *(
-            select_top_like(frame, f"_priority_{policy}", unit=unit).alias(f"selected_{policy}")
+            selection.select_like(
+                pl.col(f"_priority_{policy}"), selected=pl.col("selected"), unit=unit
+            ).alias(f"selected_{policy}")
             for policy in ranked
         ),
     )

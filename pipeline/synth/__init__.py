@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
+from pipeline import seeds
 from pipeline.config import Params
 from pipeline.contract import (
     INPUT_TABLES,
@@ -75,7 +76,7 @@ def generate_chunk(
         its write order) and ``arrays`` (people and conditions, for the calibration tally).
     """
     pop = params.population
-    rng = np.random.default_rng(np.random.SeedSequence([params.seed, 3, chunk]))
+    rng = seeds.rng("synthesize", "chunk", chunk, root=params.seed)
     index = np.arange(start, stop)
     people = draw_people(geo, index, rng, not_recorded_share=pop.bias.ethnicity_not_recorded)
     cond = draw_conditions(
@@ -186,7 +187,7 @@ def synthesize(params: Params, population_dir: Path, truth_dir: Path) -> dict[st
         pop.n_people,
         area_size=pop.area_size,
         practice_size=pop.practice_size,
-        rng=np.random.default_rng(np.random.SeedSequence([params.seed, 1])),
+        rng=seeds.rng("synthesize", "geography", root=params.seed),
     )
     areas_frame(geo).write_parquet(population_dir / "areas.parquet", compression="zstd")
     practices_frame(geo).write_parquet(population_dir / "practices.parquet", compression="zstd")

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from pipeline import seeds
 from pipeline.contract import REGIONS
 from pipeline.disclosure import publish_rate, round_count
 from pipeline.synth import reference as ref
@@ -90,7 +91,7 @@ def fit_calibration(
         ``params.targets`` (each needs outcome, follow_up_months, min_age, max_age,
         exclude_prior).
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    rng = seeds.rng("synthesize", "calibration_pilot", root=seed)
     geo = build_geography(PILOT_PEOPLE, area_size=area_size, practice_size=practice_size, rng=rng)
     people = draw_people(geo, np.arange(PILOT_PEOPLE), rng, not_recorded_share=not_recorded_share)
     # Practice quality is averaged out (a few practices per region would otherwise steer the

@@ -1,0 +1,211 @@
+"""Selection at a capacity: who a list of a given size reaches, defined once.
+
+Train (metrics at the operating point), the audit (the audited selection and the policies it
+compares) and outreach (the lists) all ask the same question, so they share these rules:
+
+- the **unit** a capacity applies to: the whole eligible cohort (``share``), each ICB
+  (``per_icb``) or each GP practice (``per_practice``);
+- the **list size** of a unit: ``share`` -> the share of the unit's eligible people rounded half
+  up (``floor(share * n + 0.5)``), ``per_icb`` / ``per_practice`` -> the number, or the whole
+  unit when it is smaller;
+- the **selection**: the first ``list size`` people of each unit by an ordering (for risk,
+  ``risk_rank``: highest score first, ties by ``person_id``);
+- the **cut score**: the lowest risk score that the risk ranking selects.
+
+Examples
+--------
+>>> import polars as pl
+>>> cohort = pl.DataFrame({"risk_rank": [1, 2, 3, 4, 5], "icb_code": ["A", "B", "A", "B", "A"]})
+>>> cohort.select(select_top(pl.col("risk_rank"), capacity_mode="share", capacity=0.3))
+shape: (5, 1)
+┌──────────┐
+│ selected │
+│ ---      │
+│ bool     │
+╞══════════╡
+│ true     │
+│ true     │
+│ false    │
+│ false    │
+│ false    │
+└──────────┘
+>>> cohort.select(select_top(pl.col("risk_rank"), capacity_mode="per_icb", capacity=1))[
+...     "selected"
+... ].to_list()
+[True, True, False, False, False]
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import polars as pl
+
+from pipeline.errors import ParamsError
+
+__all__ = [
+    "UNIT_COLUMN",
+    "CapacityMode",
+    "capacity_text",
+    "cut_score",
+    "list_size",
+    "list_sizes",
+    "select_like",
+    "select_top",
+    "unit_column",
+    "unit_expr",
+]
+
+CapacityMode = Literal["share", "per_icb", "per_practice"]
+
+UNIT_COLUMN: Final[dict[str, str | None]] = {
+    "share": None,
+    "per_icb": "icb_code",
+    "per_practice": "practice_id",
+}
+"""The column whose values are the capacity units (None: one unit, the whole cohort)."""
+
+UNIT_NAME: Final = {"share": "eligible cohort", "per_icb": "ICB", "per_practice": "GP practice"}
+ALL_UNITS: Final = "all"
+
+
+def unit_column(capacity_mode: CapacityMode) -> str | None:
+    """The column that defines the capacity units (None in ``share`` mode)."""
+    return UNIT_COLUMN[capacity_mode]
+
+
+def unit_expr(capacity_mode: CapacityMode) -> pl.Expr:
+    """A String column ``unit``: ``"all"`` in ``share`` mode, else the ICB / practice code."""
+    column = unit_column(capacity_mode)
+    if column is None:
+        return pl.lit(ALL_UNITS).alias("unit")
+    return pl.col(column).alias("unit")
+
+
+def list_size(n_eligible: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) -> pl.Expr:
+    """People a unit's list holds, given the unit's eligible count (Int64).
+
+    ``share`` rounds half up, the one rounding rule of the pipeline; per-unit counts are capped
+    at the unit's size.
+    """
+    if capacity_mode == "share":
+        return (n_eligible * capacity + 0.5).floor().cast(pl.Int64)
+    return pl.min_horizontal(n_eligible, pl.lit(int(capacity))).cast(pl.Int64)
+
+
+def _position(order: pl.Expr, unit: str | None) -> pl.Expr:
+    position = order.rank("ordinal")
+    return position if unit is None else position.over(unit)
+
+
+def select_top(order: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) -> pl.Expr:
+    """``selected``: the first ``list_size`` people of each unit by ``order`` (ascending).
+
+    Parameters
+    ----------
+    order
+        A column where lower comes first and ties are already broken (``risk_rank``).
+    capacity_mode, capacity
+        The operating point or the outreach capacity.
+    """
+    unit = unit_column(capacity_mode)
+    n_eligible = pl.len() if unit is None else pl.len().over(unit)
+    size = list_size(n_eligible, capacity_mode=capacity_mode, capacity=capacity)
+    return (_position(order, unit) <= size).alias("selected")
+
+
+def select_like(ranking: pl.Expr, *, selected: pl.Expr, unit: str | None) -> pl.Expr:
+    """Selection by ``ranking`` (higher first) of as many people per unit as ``selected`` holds.
+
+    Used to compare other rankings (true need, a policy's priority) with the actual selection at
+    the same list sizes.
+    """
+    order = ranking.rank("ordinal", descending=True)
+    if unit is None:
+        return order <= selected.sum()
+    return order.over(unit) <= selected.sum().over(unit)
+
+
+def list_sizes(
+    cohort: pl.LazyFrame | pl.DataFrame,
+    *,
+    capacity_mode: CapacityMode,
+    capacity: float,
+    key: str,
+) -> pl.DataFrame:
+    """Each unit's eligible count and list size, checked against the cohort.
+
+    Parameters
+    ----------
+    cohort
+        The eligible cohort (with ``icb_code`` / ``practice_id`` for per-unit modes).
+    capacity_mode, capacity
+        As in :func:`list_size`.
+    key
+        The params key named in errors (``outreach.capacity``, ``operating_point.capacity``).
+
+    Returns
+    -------
+    pl.DataFrame
+        ``unit``, ``n_eligible``, ``list_size``, sorted by unit.
+
+    Raises
+    ------
+    ParamsError
+        An empty cohort, a share that rounds to nobody, or a number per unit above the largest
+        unit (the list would be everyone everywhere).
+    """
+    units = (
+        cohort.lazy()
+        .group_by(unit_expr(capacity_mode))
+        .agg(pl.len().alias("n_eligible"))
+        .with_columns(
+            list_size(pl.col("n_eligible"), capacity_mode=capacity_mode, capacity=capacity).alias(
+                "list_size"
+            )
+        )
+        .sort("unit")
+        .collect()
+    )
+    if units.height == 0:
+        raise ParamsError(f"{key}: the eligible cohort is empty")
+    if capacity_mode == "share":
+        if int(units["list_size"].sum()) < 1:
+            total = int(units["n_eligible"].sum())
+            raise ParamsError(
+                f"{key}: a share of {capacity} of the {total} eligible people selects nobody"
+            )
+        return units
+    largest = int(units["n_eligible"].max())  # type: ignore[arg-type]
+    if capacity > largest:
+        name = UNIT_NAME[capacity_mode]
+        raise ParamsError(
+            f"{key}: {int(capacity)} per {name} is above the eligible cohort of every "
+            f"{name} (largest: {largest} people)"
+        )
+    return units
+
+
+def cut_score(
+    cohort: pl.DataFrame, *, capacity_mode: CapacityMode, capacity: float
+) -> float | None:
+    """The lowest ``risk_score`` that the risk ranking selects (None for an empty selection).
+
+    ``cohort`` needs ``risk_rank``, ``risk_score`` and the unit column of per-unit modes.
+    """
+    chosen = cohort.filter(
+        select_top(pl.col("risk_rank"), capacity_mode=capacity_mode, capacity=capacity)
+    )
+    value = chosen["risk_score"].min()
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def capacity_text(*, capacity_mode: CapacityMode, capacity: float) -> str:
+    """The capacity in words, e.g. ``"the top 5% of the eligible cohort"``.
+
+    >>> capacity_text(capacity_mode="per_icb", capacity=200)
+    'the top 200 people per ICB'
+    """
+    if capacity_mode == "share":
+        return f"the top {capacity:.0%} of the eligible cohort"
+    return f"the top {int(capacity)} people per {UNIT_NAME[capacity_mode]}"
