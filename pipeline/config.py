@@ -158,6 +158,8 @@ AuditDimension = Literal[
 ]
 """Groupings the audit can compare (the last is the ethnicity x deprivation intersection)."""
 
+_DEFAULT_REFERENCES: dict[AuditDimension, str] = {"imd_quintile": "5", "imd_decile": "10"}
+
 
 class AuditParams(_Frozen):
     """Equity audit (stage ``audit``)."""
@@ -186,9 +188,7 @@ class AuditParams(_Frozen):
     score_bins: Annotated[int, Field(ge=10, le=100_000)] = 1_000
     """Cells keep each distinct score when there are at most this many, else quantile bins."""
     bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000)] = 100
-    reference_groups: dict[AuditDimension, str] = Field(
-        default_factory=lambda: {"imd_quintile": "5", "imd_decile": "10"}
-    )
+    reference_groups: dict[AuditDimension, str] = Field(default_factory=_DEFAULT_REFERENCES.copy)
     """Reference group per dimension; dimensions not listed use their largest group."""
     label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
     label_choice_bins: Annotated[int, Field(ge=5, le=1_000)] = 50

@@ -47,7 +47,7 @@ EVENTS_SCHEMA: Final = {
 }
 OUTCOMES_SCHEMA: Final = {"person_id": pl.String, "target": pl.String, "value": pl.Int8}
 
-INPUT_TABLES: Final = {
+INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
     "areas": AREAS_SCHEMA,
     "practices": PRACTICES_SCHEMA,
     "people": PEOPLE_SCHEMA,
@@ -230,6 +230,8 @@ FeatureKind = Literal[
     "age", "decile", "flag", "category", "count", "days", "measurement", "share", "rate", "numeric"
 ]
 """How a feature's value reads in words (outreach phrases its reasons by kind and unit)."""
+FeatureSource = Literal["events", "people", "areas", "people+events"]
+"""Which input table a feature comes from."""
 
 
 class _Record(BaseModel):
@@ -243,7 +245,7 @@ class FeatureEntry(_Record):
     description: str
     dtype: str
     source_events: tuple[str, ...] = ()
-    source_table: Literal["events", "people", "areas", "people+events"]
+    source_table: FeatureSource
     window_months: int | None = None
     model_input: bool
     categorical: bool
@@ -619,7 +621,7 @@ def validate_population(
                 )
             else:
                 good.add(column)
-        frames[table] = frame.select(sorted(good, key=list(schema).index))
+        frames[table] = frame.select([column for column in schema if column in good])
         usable[table] = good
 
     facts: dict[str, Any] = {"rows": {}, "nulls": {}}

@@ -99,15 +99,19 @@ def republish_count(
 ) -> int | str | None:
     """A count that may already be published (``'*'``, a rounded int or numeric string) or raw
     -> its published form. Idempotent: publishing a published count changes nothing."""
-    if value is None or value == SUPPRESSED:
-        return value  # type: ignore[return-value]
+    if value is None:
+        return None
+    if value == SUPPRESSED:
+        return SUPPRESSED
     if isinstance(value, str):
         value = float(value.replace(",", ""))
     if isinstance(value, float):
         if math.isnan(value):
             return None
         value = round(value)
-    return round_count(int(value), suppress_below=suppress_below, round_to=round_to)  # type: ignore[arg-type]
+    if not isinstance(value, int):
+        raise TypeError(f"not a count: {value!r}")
+    return round_count(value, suppress_below=suppress_below, round_to=round_to)
 
 
 def publish_rate_given(rate: float | str | None, *counts: object) -> float | str | None:

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import polars as pl
 from rich.progress import Progress
@@ -98,7 +98,7 @@ class FeatureSpec:
     description: str
     dtype: pl.DataType
     source_events: tuple[str, ...] = ()
-    source_table: Literal["events", "people", "areas", "people+events"] = "events"
+    source_table: contract.FeatureSource = "events"
     window_months: int | None = None
     model_input: bool = True
     categorical: bool = False
@@ -142,7 +142,8 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
     list[FeatureSpec]
         Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
     """
-    people, areas = "people", "areas"
+    people: contract.FeatureSource = "people"
+    areas: contract.FeatureSource = "areas"
     specs = [
         FeatureSpec("age", "age in years at the index date", pl.Int16(), kind="age",
                     source_table=people, unit="years"),
@@ -614,9 +615,9 @@ def build_features(
     )
 
 
-def output_schema(features: FeatureParams) -> dict[str, pl.DataType]:
+def output_schema(features: FeatureParams) -> dict[str, Any]:
     """Column -> dtype of ``features/features.parquet`` for these params, in column order."""
-    schema: dict[str, pl.DataType] = {**contract.FEATURES_KEY_SCHEMA, **contract.SENSITIVE_SCHEMA}
+    schema: dict[str, Any] = {**contract.FEATURES_KEY_SCHEMA, **contract.SENSITIVE_SCHEMA}
     for spec in feature_specs(features):
         schema.setdefault(spec.name, spec.dtype)
     return schema
@@ -723,7 +724,7 @@ def write_features(
     events = io.scan_table(folder, "events")
     person_ids = people.select("person_id").collect()["person_id"]
     id_bytes = person_ids.str.len_bytes().max()
-    if id_bytes is None:
+    if not isinstance(id_bytes, int):
         raise ContractError(f"{folder}/people: no people")
     chunks = person_chunks(person_ids, chunk_people)
     del person_ids

@@ -37,11 +37,11 @@ def grouped_moments(
     # code values): mixed-radix combination of cheap per-column codes, compacted by np.unique
     combined = np.zeros(frame.height, dtype=np.int64)
     for key in keys:
-        column = frame[key]
-        if column.dtype == pl.String:
-            code = column.fill_null("").cast(pl.Categorical).to_physical().to_numpy()
+        series = frame[key]
+        if series.dtype == pl.String:
+            code = series.fill_null("").cast(pl.Categorical).to_physical().to_numpy()
         else:
-            code = column.cast(pl.Int64).fill_null(-1).to_numpy()
+            code = series.cast(pl.Int64).fill_null(-1).to_numpy()
         code = code.astype(np.int64) - int(code.min())
         combined = combined * (int(code.max()) + 1) + code
     _, first, codes = np.unique(combined, return_index=True, return_inverse=True)

@@ -112,8 +112,8 @@ def fit_calibration(
         eta = condition_logit(condition, people, state)
         u_dec, u_reg = _rake(
             eta,
-            recorded_share=sum(
-                share * recording_probability(condition, shift) for share, shift in shifts
+            recorded_share=np.sum(
+                [share * recording_probability(condition, shift) for share, shift in shifts], axis=0
             ),
             decile=people["decile"],
             region=people["region"],
@@ -182,10 +182,11 @@ class Tally:
         np.add.at(self.true_ethnicity, (region, people["group"]), 1)
         band = np.select([people["age"] < 15, people["age"] < 65], [0, 1], 2)
         np.add.at(self.ages, (region, band), 1)
-        np.add.at(self.ages, (region, 3), 1)
+        # numpy's stubs reject a tuple index mixing ints and arrays, which np.add.at accepts
+        np.add.at(self.ages, (region, 3), 1)  # type: ignore[arg-type]
         adult = people["age"] >= 17
-        np.add.at(self.diabetes_by_group, (0, people["group"][adult]), 1)
-        np.add.at(self.diabetes_by_group, (1, people["group"][adult]), cond["true_diabetes"][adult])
+        np.add.at(self.diabetes_by_group, (0, people["group"][adult]), 1)  # type: ignore[arg-type]
+        np.add.at(self.diabetes_by_group, (1, people["group"][adult]), cond["true_diabetes"][adult])  # type: ignore[arg-type]
 
 
 def _share(numerator: float, denominator: float) -> float | str | None:

@@ -348,8 +348,8 @@ def expand_events(
         )
     )
     for drug, base in (("0407", 0.12), ("0101", 0.08)):
-        share = np.clip(base * np.exp(0.02 * (age - 50)), 0, 0.6) * (age >= 16)
-        who = np.flatnonzero(rng.random(n) < share)
+        uptake = np.clip(base * np.exp(0.02 * (age - 50)), 0, 0.6) * (age >= 16)
+        who = np.flatnonzero(rng.random(n) < uptake)
         issues = rng.poisson(2.0 * history_years, len(who))
         rx_person = np.repeat(who, issues)
         parts.append(

@@ -80,7 +80,7 @@ def ethnicity_table() -> np.ndarray:
 
 def _draw_categorical(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw per row of a (n, k) cumulative probability matrix."""
-    u = rng.random(cumulative.shape[0])[:, None]
+    u = rng.random((cumulative.shape[0], 1))
     return np.minimum((u > cumulative).sum(axis=1), cumulative.shape[1] - 1)
 
 
