@@ -16,6 +16,7 @@ from typing import Final
 import altair as alt
 import polars as pl
 import vl_convert as vlc
+from markupsafe import Markup
 
 OKABE_ITO: Final = (
     "#0072B2",  # blue
@@ -44,7 +45,7 @@ _CONFIG: Final = {
 }
 
 
-def to_svg(chart: alt.TopLevelMixin, *, description: str) -> str:
+def to_svg(chart: alt.TopLevelMixin, *, description: str) -> Markup:
     """Render a chart to an SVG string for inlining: no external data, a text description.
 
     Parameters
@@ -65,7 +66,9 @@ def to_svg(chart: alt.TopLevelMixin, *, description: str) -> str:
         count=1,
     )
     title = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _stable_ids(svg.replace(">", f"><title>{title}</title>", 1))
+    # Markup: the SVG is the renderer's output for a spec built here, not text from the data,
+    # and its one piece of text (the description) is escaped above.
+    return Markup(_stable_ids(svg.replace(">", f"><title>{title}</title>", 1)))
 
 
 def _stable_ids(svg: str) -> str:
