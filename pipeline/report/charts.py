@@ -139,6 +139,19 @@ def grid(charts: list[alt.TopLevelMixin], *, columns: int = 2) -> alt.VConcatCha
     return alt.vconcat(*rows)
 
 
+def _forest_data(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows with a positive ratio, a ``status`` for the colour and shape, CIs clipped to the
+    log axis."""
+    return frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
+        pl.when(pl.col("flagged"))
+        .then(pl.lit("outside 0.8-1.25"))
+        .otherwise(pl.lit("within 0.8-1.25"))
+        .alias("status"),
+        pl.col("ratio_ci_low").clip(lower_bound=0.05),
+        pl.col("ratio_ci_high").clip(upper_bound=20.0),
+    )
+
+
 def ratio_chart(
     frame: pl.DataFrame, *, title: str, fair_low: float, fair_high: float, metric_label: str
 ) -> alt.LayerChart:
@@ -147,14 +160,7 @@ def ratio_chart(
     ``frame``: group, ratio, ratio_ci_low, ratio_ci_high, flagged (rows with no ratio are
     dropped here; the table beside the chart says why).
     """
-    data = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
-        pl.when(pl.col("flagged"))
-        .then(pl.lit("outside 0.8-1.25"))
-        .otherwise(pl.lit("within 0.8-1.25"))
-        .alias("status"),
-        pl.col("ratio_ci_low").clip(lower_bound=0.05),
-        pl.col("ratio_ci_high").clip(upper_bound=20.0),
-    )
+    data = _forest_data(frame)
     order = _group_sort(frame)
     height = max(60, 22 * len(order))
     low = min([fair_low * 0.8, *data["ratio_ci_low"].drop_nulls().to_list()])
