@@ -3,6 +3,8 @@ refused when anything under reports/ breaks the disclosure convention."""
 
 from __future__ import annotations
 
+import dataclasses
+import doctest
 import json
 import re
 import shutil
@@ -15,9 +17,14 @@ import yaml
 from pipeline.config import load_params
 from pipeline.errors import StageError
 from pipeline.io import read_json, write_json
-from pipeline.report import run
+from pipeline.report import render_report, run
+from pipeline.report.context import capacity, labels
+from pipeline.report.context.blocks import Section
+from pipeline.report.context.groups import group_table
+from pipeline.report.findings import certainty, headline_findings
 from pipeline.report.fmt import Disclosure, count_text, rate_cell
 from pipeline.report.inputs import load_view
+from pipeline.report.model import ReportView
 from pipeline.report.scan import scan_html, scan_json, scan_reports
 
 try:
@@ -157,6 +164,73 @@ def test_report_logged_to_the_model_run(tmp_path: Path) -> None:
     logged = [a.path for a in client.list_artifacts(active.info.run_id, "report")]
     assert logged == ["report/equity_report.html"]
     assert client.get_run(active.info.run_id).data.tags["equity_report"].endswith(".html")
+
+
+# --- the presentation layer: context functions and templates ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def view(tmp_path_factory: pytest.TempPathFactory) -> ReportView:
+    paths = write_fixture_project(tmp_path_factory.mktemp("view") / "project")
+    return load_view(load_params(paths.params), paths)
+
+
+def test_context_is_plain_values_and_templates_escape_them(view: ReportView) -> None:
+    """Data reach the HTML only through the templates' autoescaping: a group name or a target
+    description carrying markup comes out as text."""
+    first = view.targets[0]
+    planted = "<script>alert(1)</script> & co"
+    groups = first.groups.with_columns(
+        pl.when(pl.col("group") == "London")
+        .then(pl.lit(planted))
+        .otherwise(pl.col("group"))
+        .alias("group")
+    )
+    target = dataclasses.replace(first, groups=groups, description=planted)
+    hostile = dataclasses.replace(view, targets=(target,))
+    html = render_report(hostile, sdc=Disclosure())
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+
+
+def test_group_table_hides_rates_of_suppressed_counts(view: ReportView) -> None:
+    table = group_table(view.targets[0], view, "ethnicity_group_x_imd_quintile", Disclosure())
+    assert table is not None
+    assert [label for label, _ in table.columns][:2] == ["Group", "People"]
+    rows = {row[0].text: row for row in table.rows}
+    hidden = [row for row in rows.values() if row[1].text == "*"]
+    assert hidden, "the fixture plants 6-person groups"
+    for row in hidden:  # every rate and ratio of a '*' group is '*' too
+        assert {cell.text for cell in row[4:10]} == {"*"}, [c.text for c in row]
+
+
+def test_every_section_names_a_template_that_exists(view: ReportView) -> None:
+    from pipeline.report.build import TEMPLATES, build_sections
+
+    sections = build_sections(view, Disclosure())
+    assert [s.id for s in sections][-1] == "limitations"
+    for section in sections:
+        assert isinstance(section, Section)
+        assert (TEMPLATES / section.template).is_file(), section.template
+
+
+def test_findings_carry_values_not_sentences(view: ReportView) -> None:
+    findings = headline_findings(view)
+    kinds = {f.kind for f in findings}
+    assert {"deprivation", "under_served", "label_choice", "performance"} <= kinds
+    for finding in findings:
+        for value in finding.facts.values():
+            assert "<" not in str(value), (finding.kind, value)
+    assert certainty(0.5, 0.7, fair_low=0.8, fair_high=1.25) == "clear"
+    assert certainty(0.7, 0.95, fair_low=0.8, fair_high=1.25) == "real"
+    assert certainty(0.9, 1.1, fair_low=0.8, fair_high=1.25) == "chance"
+    assert certainty(None, 1.1, fair_low=0.8, fair_high=1.25) == "none"
+
+
+def test_label_and_capacity_doctests() -> None:
+    for module in (labels, capacity):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 # --- disclosure formatting ---------------------------------------------------------------------

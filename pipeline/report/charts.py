@@ -16,6 +16,7 @@ from typing import Final
 import altair as alt
 import polars as pl
 import vl_convert as vlc
+from markupsafe import Markup
 
 OKABE_ITO: Final = (
     "#0072B2",  # blue
@@ -44,7 +45,7 @@ _CONFIG: Final = {
 }
 
 
-def to_svg(chart: alt.TopLevelMixin, *, description: str) -> str:
+def to_svg(chart: alt.TopLevelMixin, *, description: str) -> Markup:
     """Render a chart to an SVG string for inlining: no external data, a text description.
 
     Parameters
@@ -65,7 +66,9 @@ def to_svg(chart: alt.TopLevelMixin, *, description: str) -> str:
         count=1,
     )
     title = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _stable_ids(svg.replace(">", f"><title>{title}</title>", 1))
+    # Markup: the SVG is the renderer's output for a spec built here, not text from the data,
+    # and its one piece of text (the description) is escaped above.
+    return Markup(_stable_ids(svg.replace(">", f"><title>{title}</title>", 1)))
 
 
 def _stable_ids(svg: str) -> str:
@@ -136,6 +139,19 @@ def grid(charts: list[alt.TopLevelMixin], *, columns: int = 2) -> alt.VConcatCha
     return alt.vconcat(*rows)
 
 
+def _forest_data(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows with a positive ratio, a ``status`` for the colour and shape, CIs clipped to the
+    log axis."""
+    return frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
+        pl.when(pl.col("flagged"))
+        .then(pl.lit("outside 0.8-1.25"))
+        .otherwise(pl.lit("within 0.8-1.25"))
+        .alias("status"),
+        pl.col("ratio_ci_low").clip(lower_bound=0.05),
+        pl.col("ratio_ci_high").clip(upper_bound=20.0),
+    )
+
+
 def ratio_chart(
     frame: pl.DataFrame, *, title: str, fair_low: float, fair_high: float, metric_label: str
 ) -> alt.LayerChart:
@@ -144,14 +160,7 @@ def ratio_chart(
     ``frame``: group, ratio, ratio_ci_low, ratio_ci_high, flagged (rows with no ratio are
     dropped here; the table beside the chart says why).
     """
-    data = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
-        pl.when(pl.col("flagged"))
-        .then(pl.lit("outside 0.8-1.25"))
-        .otherwise(pl.lit("within 0.8-1.25"))
-        .alias("status"),
-        pl.col("ratio_ci_low").clip(lower_bound=0.05),
-        pl.col("ratio_ci_high").clip(upper_bound=20.0),
-    )
+    data = _forest_data(frame)
     order = _group_sort(frame)
     height = max(60, 22 * len(order))
     low = min([fair_low * 0.8, *data["ratio_ci_low"].drop_nulls().to_list()])

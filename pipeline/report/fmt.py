@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from markupsafe import Markup, escape
-
 from pipeline.disclosure import SUPPRESSED, republish_count
 
 MISSING: Final = "–"
@@ -136,11 +134,6 @@ def text_cell(text: Any, *, sort: str = "") -> Cell:
     return Cell(str(text) if text is not None else MISSING, "t", sort or str(text or ""))
 
 
-def count_span(value: Any, sdc: Disclosure) -> Markup:
-    """A count for prose, marked for the scanner."""
-    return Markup('<span class="n">{}</span>').format(count_text(value, sdc))
-
-
 def ratio_style(ratio: Any, *, low: float, high: float) -> str:
     """Heat shading of a ratio cell: blue below the fair band, orange above, none inside.
 
@@ -154,8 +147,3 @@ def ratio_style(ratio: Any, *, low: float, high: float) -> str:
     alpha = 0.18 + 0.5 * strength
     colour = "0,114,178" if ratio < low else "213,94,0"
     return f"background:rgba({colour},{alpha:.2f})"
-
-
-def esc(text: Any) -> Markup:
-    """HTML-escape for prose assembled in Python."""
-    return escape(str(text))
