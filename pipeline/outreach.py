@@ -56,7 +56,7 @@ import pyarrow as pa
 from pipeline import contract, disclosure, fairness
 from pipeline.config import OutreachParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
-from pipeline.io import Paths, atomic_dir, read_json, write_json, write_parquet
+from pipeline.io import Paths, atomic_dir, read_json, write_parquet
 
 __all__ = [
     "OUTREACH_COLUMNS",
@@ -1468,7 +1468,7 @@ def _write_outputs(
                     float_precision=RISK_SCORE_DECIMALS,
                     null_value="",
                 )
-    write_json(
+    summary = contract.OutreachSummary.model_validate(
         {
             "policy": outreach.policy,
             "capacity_mode": outreach.capacity_mode,
@@ -1476,6 +1476,6 @@ def _write_outputs(
             "columns": list(OUTREACH_COLUMNS),
             "truth_available": truth_available,
             "targets": dict(summaries),
-        },
-        paths.reports / SUMMARY_FILE,
+        }
     )
+    contract.write_summary(summary, paths.reports / SUMMARY_FILE)
