@@ -266,8 +266,9 @@ def scan_parquet(
         suppressed = frame["n"] == SUPPRESSED
         for column in [c for c in frame.columns if is_rate_key(c)]:
             series = frame[column]
+            # a String column leaks only numbers (a label such as ci_method does not)
             shown = (
-                series.is_not_null() & (series != SUPPRESSED)
+                series.str.contains(r"^-?[\d.,]+(e-?\d+)?$")
                 if series.dtype == pl.String
                 else series.is_not_null()
             )
