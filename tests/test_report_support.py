@@ -33,8 +33,13 @@ except ImportError:  # tests/ on sys.path (pytest's rootdir-less import mode)
     import simworld  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
-WORLD_PEOPLE = 6_000
-FAST_AUDIT = {"n_bootstrap": 50, "n_monte_carlo": 100, "need_model_rounds": 20}
+WORLD_PEOPLE = 20_000
+FAST_AUDIT = {
+    "n_bootstrap": 50,
+    "n_monte_carlo": 100,
+    "need_model_rounds": 20,
+    "split": "all",
+}
 """Fewer resamples than params.yaml: the tables' layout, not their precision, is under test."""
 
 
