@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -22,8 +24,10 @@ import polars as pl
 from pipeline.audit import audit_tables
 from pipeline.audit import cells as cells_mod
 from pipeline.audit.cohort import build_cohort
-from pipeline.audit.simulate import simulate_world
 from pipeline.config import Params, parse_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.simworld import simulate_world  # test-only code, kept in tests/
 
 
 def _params(n_bootstrap: int) -> Params:

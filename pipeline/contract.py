@@ -1,20 +1,23 @@
 """The data contract: tables, columns, codes and ranges, and the schemas passed between stages.
 
-This is the one module that knows the column names of the inputs. A real extract that follows
-the contract can replace the synthetic population; ``python -m pipeline validate DIR`` checks it.
+This is the one module that knows the column names of the inputs, and (section "Stage outputs:
+audit -> report") of every table and JSON summary the report reads (docs/audit_tables.md). A
+real extract that follows the contract can replace the synthetic population;
+``python -m pipeline validate DIR`` checks it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from pipeline.errors import ContractError
-from pipeline.io import scan_table
+from pipeline.io import scan_table, write_json
 
 __all__ = ["ContractError"]
 
@@ -718,3 +721,499 @@ MODEL_METRICS: Final = (
 """``models/<target>/metrics.json``: test-split metrics, each with ``<name>_ci_low`` /
 ``<name>_ci_high``; with truth also ``oracle_auroc`` and ``oracle_gap`` (ORACLE_METRICS)."""
 ORACLE_METRICS: Final = ("oracle_auroc", "oracle_gap")
+
+
+# === Stage outputs: audit -> report ==============================================================
+# Every file a stage writes for the report, typed once here (layouts and how the report reads
+# them: docs/audit_tables.md). Tables are tidy parquet, already disclosure-controlled when
+# written; small JSON summaries are pydantic models, written and read through the same model.
+
+PUBLISHED_COUNT: Final = pl.String
+"""dtype of a published count column: ``"*"`` (1-7) or the rounded count as digits."""
+
+NOT_PEOPLE_COUNTS: Final = frozenset(
+    {
+        "n_bootstrap",
+        "n_monte_carlo",
+        "n_estimators",
+        "n_features",
+        "n_resamples",
+        "n_bins",
+        "n_groups",
+        "n_dimensions",
+        "n_comparisons",
+        "n_flagged",
+        "n_iterations",
+        "n_targets",
+        "n_icbs",
+        "n_regions",
+        "n_deciles",
+        "n_conditions",
+        "n_windows",
+        "n_splits",
+        "n_checks",
+        "n_rules",
+        "n_areas_per_icb",
+    }
+)
+"""``n_*`` names that count things other than people or events (resamples, features, groups):
+not disclosure-controlled."""
+
+METRIC_COUNTS: Final = {
+    # metric: the counts whose suppression suppresses it (its numerator and denominator)
+    "base_rate": ("n_events", "n"),
+    "outcome_rate": ("n_events", "n"),
+    "selection_rate": ("n_selected", "n"),
+    "tpr": ("n_true_positives", "n_events"),
+    "fnr": ("n_false_negatives", "n_events"),
+    "fpr": ("n_false_positives", "n_non_events"),
+    "ppv": ("n_true_positives", "n_selected"),
+    "auroc": ("n_events", "n_non_events"),
+    "brier": ("n_events", "n"),
+    "oe_ratio": ("n_events", "n"),
+    "calibration_slope": ("n_events", "n_non_events"),
+}
+"""Which counts each group metric is computed from (the audit's definitions)."""
+
+
+def is_count_name(name: str) -> bool:
+    """True for names the disclosure convention reserves for counts of people or events:
+    ``n``, ``n_*`` or ``*_count``, except :data:`NOT_PEOPLE_COUNTS`."""
+    key = name.lower()
+    if key in NOT_PEOPLE_COUNTS:
+        return False
+    return key == "n" or key.startswith("n_") or key.endswith("_count")
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """One disclosure-controlled parquet table a stage writes under ``reports/``.
+
+    Attributes
+    ----------
+    file
+        File name inside the stage's folder.
+    schema
+        Columns in order with their dtypes (every column is always present; may be null).
+    sort_by
+        The key the table is sorted on before it is written (byte-stable files).
+    counts
+        Columns holding published counts (:data:`PUBLISHED_COUNT`: ``"*"`` or rounded). Every
+        other column derived from a count is null where that count is suppressed (the table's
+        ``suppressed`` flag columns say which rows).
+    """
+
+    file: str
+    schema: dict[str, pl.DataType]
+    sort_by: tuple[str, ...]
+    counts: tuple[str, ...] = ()
+
+    def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with exactly :attr:`schema` (missing optional columns become nulls)."""
+        extra = set(frame.columns) - set(self.schema)
+        if extra:
+            raise ContractError(f"{self.file}: columns not in the contract: {sorted(extra)}")
+        return frame.select(
+            pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in self.schema.items()
+        )
+
+
+_GROUP_COUNTS: Final = (
+    "n",
+    "n_events",
+    "n_non_events",
+    "n_selected",
+    "n_true_positives",
+    "n_false_positives",
+    "n_false_negatives",
+)
+GROUP_COUNTS_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    **dict.fromkeys(_GROUP_COUNTS, PUBLISHED_COUNT),
+    "stable": pl.Boolean,
+    "note": pl.String,
+}
+"""``groups.parquet``: one row per dimension x group (``dimension = "overall"``: everyone)."""
+
+GROUP_METRICS_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    "reference_group": pl.String,
+    "is_reference": pl.Boolean,
+    "metric": pl.String,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "ci_method": pl.String,
+    "n": PUBLISHED_COUNT,
+    "n_events": PUBLISHED_COUNT,
+    "n_selected": PUBLISHED_COUNT,
+    "n_numerator": PUBLISHED_COUNT,
+    "n_denominator": PUBLISHED_COUNT,
+    "difference": pl.Float64,
+    "difference_ci_low": pl.Float64,
+    "difference_ci_high": pl.Float64,
+    "ratio": pl.Float64,
+    "ratio_ci_low": pl.Float64,
+    "ratio_ci_high": pl.Float64,
+    "outside_fair_range": pl.Boolean,
+    "significant": pl.Boolean,
+    "flag": pl.Boolean,
+    "flagged": pl.Boolean,
+    "stable": pl.Boolean,
+    "suppressed": pl.Boolean,
+    "comparison_suppressed": pl.Boolean,
+}
+"""``group_metrics.parquet``: long, one row per dimension x group x metric (METRIC_COUNTS).
+``suppressed``: value and CI null (a count behind them is 1-7); ``comparison_suppressed``:
+difference, ratio and flags null (the group's or the reference's counts); ``flagged``: the
+comparison is shown and flagged (``flag`` true), never null."""
+
+GRADIENTS_SCHEMA: Final = {
+    "dimension": pl.String,  # imd_decile or imd_quintile
+    "indicator": pl.String,  # outcome_rate, mean_predicted_risk, selection_rate, need_reached
+    "measure": pl.String,  # sii, rii
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "n_groups": pl.Int64,  # groups in the regression (not people)
+}
+"""``gradients.parquet``: SII = least minus most deprived end (Fingertips); RII = least / most
+deprived end."""
+
+HEAT_SCHEMA: Final = {
+    "dimension": pl.String,
+    "indicator": pl.String,
+    "measure": pl.String,
+    "value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "best_group": pl.String,
+    "direction": pl.String,  # favourable | adverse: which end is "best"
+}
+"""``heat.parquet``: WHO HEAT summaries of each unordered dimension."""
+
+NEED_BY_SCORE_SCHEMA: Final = {
+    "dimension": pl.String,
+    "need_measure": pl.String,  # recorded_need, true_need
+    "group": pl.String,
+    "score_percentile": pl.Int32,  # band 1..label_choice_bins
+    "n": PUBLISHED_COUNT,
+    "mean_need": pl.Float64,
+    "sd_need": pl.Float64,
+    "suppressed": pl.Boolean,
+}
+"""``need_by_score.parquet``: mean need per group and risk-score percentile band."""
+
+NEED_GAPS_SCHEMA: Final = {
+    "dimension": pl.String,
+    "need_measure": pl.String,
+    "group": pl.String,
+    "reference_group": pl.String,
+    "is_reference": pl.Boolean,
+    "n": PUBLISHED_COUNT,
+    "n_selected": PUBLISHED_COUNT,
+    "stable": pl.Boolean,
+    "mean_need": pl.Float64,
+    "need_gap": pl.Float64,  # mean need minus the reference's at the same score
+    "need_gap_ci_low": pl.Float64,
+    "need_gap_ci_high": pl.Float64,
+    "need_ratio": pl.Float64,
+    "need_ratio_ci_low": pl.Float64,
+    "need_ratio_ci_high": pl.Float64,
+    "disadvantaged": pl.Boolean,
+    "significant": pl.Boolean,
+    "mean_need_selected": pl.Float64,
+    "cutoff_gap": pl.Float64,  # among the selected: mean need minus the reference's
+    "cutoff_gap_ci_low": pl.Float64,
+    "cutoff_gap_ci_high": pl.Float64,
+    "suppressed": pl.Boolean,  # n or the reference's n is 1-7: need values null
+    "cutoff_suppressed": pl.Boolean,  # n_selected or the reference's is 1-7: cut-off values null
+}
+"""``need_gaps.parquet``: label choice (Obermeyer), one row per dimension x need x group."""
+
+SELECTION_RANKINGS: Final = ("risk_score", "true_need", "oracle_risk")
+SELECTION_SHARES_SCHEMA: Final = {
+    "dimension": pl.String,
+    "group": pl.String,
+    **{f"n_selected_by_{ranking}": PUBLISHED_COUNT for ranking in SELECTION_RANKINGS},
+    **{f"share_by_{ranking}": pl.Float64 for ranking in SELECTION_RANKINGS},
+    "suppressed": pl.Boolean,
+}
+"""``selection_shares.parquet``: each group's share of the list when the same number of people
+is ranked by risk score, by true need and by oracle risk (null without truth / oracle)."""
+
+POLICY_TRADEOFFS_SCHEMA: Final = {
+    "policy": pl.String,  # risk, equal_opportunity, core20plus5, need_based
+    "n_selected": PUBLISHED_COUNT,
+    "n_events": PUBLISHED_COUNT,
+    "n_events_reached": PUBLISHED_COUNT,
+    "share_of_events_reached": pl.Float64,
+    "n_cases": PUBLISHED_COUNT,
+    "n_cases_reached": PUBLISHED_COUNT,
+    "share_of_cases_reached": pl.Float64,
+    "n_expected_true_events": PUBLISHED_COUNT,  # from the oracle risk (null without it)
+    "n_expected_true_events_reached": PUBLISHED_COUNT,
+    "share_of_true_events_reached": pl.Float64,
+    "gap_dimension": pl.String,
+    "tpr_gap": pl.Float64,  # recorded-outcome TPR, best - worst stable group
+    "case_tpr_gap": pl.Float64,  # cases reached (true-need cases with truth), best - worst
+}
+"""``mitigation.parquet``: one row per selection policy; shares are null where a count behind
+them is 1-7."""
+
+POLICY_GROUPS_SCHEMA: Final = {
+    "policy": pl.String,
+    "dimension": pl.String,
+    "group": pl.String,
+    "n": PUBLISHED_COUNT,
+    "n_selected": PUBLISHED_COUNT,
+    "n_events": PUBLISHED_COUNT,
+    "n_events_reached": PUBLISHED_COUNT,
+    "n_cases": PUBLISHED_COUNT,
+    "n_cases_reached": PUBLISHED_COUNT,
+    "selection_share": pl.Float64,
+    "tpr": pl.Float64,
+    "case_tpr": pl.Float64,
+    "suppressed": pl.Boolean,
+}
+"""``mitigation_by_group.parquet``: policy x dimension x group; every rate null on a row where
+any of its counts (or events / cases missed) is 1-7."""
+
+
+def _table(file: str, schema: dict[str, pl.DataType], *sort_by: str) -> PublishedTable:
+    counts = tuple(name for name, dtype in schema.items() if is_count_name(name))
+    assert all(schema[name] == PUBLISHED_COUNT for name in counts), file
+    return PublishedTable(file, schema, sort_by, counts)
+
+
+AUDIT_TABLES: Final = {
+    "groups": _table("groups.parquet", GROUP_COUNTS_SCHEMA, "dimension", "group"),
+    "group_metrics": _table(
+        "group_metrics.parquet", GROUP_METRICS_SCHEMA, "dimension", "group", "metric"
+    ),
+    "gradients": _table("gradients.parquet", GRADIENTS_SCHEMA, "dimension", "indicator", "measure"),
+    "heat": _table("heat.parquet", HEAT_SCHEMA, "dimension", "indicator", "measure"),
+    "need_by_score": _table(
+        "need_by_score.parquet",
+        NEED_BY_SCORE_SCHEMA,
+        "dimension",
+        "need_measure",
+        "group",
+        "score_percentile",
+    ),
+    "need_gaps": _table(
+        "need_gaps.parquet", NEED_GAPS_SCHEMA, "dimension", "need_measure", "group"
+    ),
+    "selection_shares": _table(
+        "selection_shares.parquet", SELECTION_SHARES_SCHEMA, "dimension", "group"
+    ),
+    "mitigation": _table("mitigation.parquet", POLICY_TRADEOFFS_SCHEMA, "policy"),
+    "mitigation_by_group": _table(
+        "mitigation_by_group.parquet", POLICY_GROUPS_SCHEMA, "policy", "dimension", "group"
+    ),
+}
+"""``reports/audit/<target>/<file>``: every table the audit publishes, by name."""
+
+
+# --- small JSON summaries -----------------------------------------------------------------------
+
+PublishedCountValue = int | Literal["*"] | None
+"""A count in JSON: 0, a multiple of the rounding base, ``"*"`` (1-7) or null."""
+PublishedRateValue = float | int | Literal["*"] | None
+"""A rate in JSON: ``"*"`` when a count behind it is suppressed (ints stay ints)."""
+
+SummaryT = TypeVar("SummaryT", bound=BaseModel)
+
+
+class Summary(BaseModel):
+    """Base of the JSON summaries: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OpenSummary(BaseModel):
+    """A summary block whose further keys are passed through (the report does not read them)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+def write_summary(summary: BaseModel, target: str | Path) -> Path:
+    """Write a summary model as deterministic JSON (keys the writer did not set are left out)."""
+    return write_json(summary.model_dump(mode="json", exclude_unset=True), target)
+
+
+def read_summary(model: type[SummaryT], source: str | Path) -> SummaryT:
+    """Read and validate a summary written by :func:`write_summary`.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        When the file does not follow ``model``.
+    """
+    return model.model_validate_json(Path(source).read_bytes())
+
+
+class OperatingPointSummary(Summary):
+    capacity_mode: Literal["share", "per_icb", "per_practice"]
+    capacity: float
+    selection: str
+
+
+class AuditSettings(Summary):
+    confidence: float
+    fair_ratio_low: float
+    fair_ratio_high: float
+    n_bootstrap: int
+    n_monte_carlo: int
+    min_group_size: int
+    min_group_events: int
+    score_bins: int
+    bootstrap_score_bins: int
+    need_case_share: float
+    need_case_definition: str
+
+
+class DisadvantagedGroup(Summary):
+    dimension: str
+    group: str
+    reference_group: str
+    need_ratio: float | None
+    need_ratio_ci_low: float | None
+    need_ratio_ci_high: float | None
+    need_gap: float | None
+
+
+class PlantedBiasCheck(Summary):
+    """Groups the audit names as disadvantaged (true need at the same score); needs truth."""
+
+    available: bool
+    reason: str | None = None
+    measure: str | None = None
+    rule: str | None = None
+    comparisons: int | None = None
+    significant_comparisons: int | None = None
+    disadvantaged_groups: list[DisadvantagedGroup] = Field(default_factory=list)
+
+
+class MitigationSummary(Summary):
+    case_definition: str
+    true_events_source: str
+    equal_opportunity_thresholds: dict[str, float] | None
+
+
+class AuditSummary(Summary):
+    """``reports/audit/<target>/audit.json``: what was audited and how (the numbers are in the
+    tables of :data:`AUDIT_TABLES`)."""
+
+    target: str
+    split: str
+    n: PublishedCountValue
+    truth_available: bool
+    score_resolution: str
+    operating_point: OperatingPointSummary
+    settings: AuditSettings
+    flagged_comparisons: int
+    planted_bias_check: PlantedBiasCheck
+    mitigation: MitigationSummary
+
+
+AUDIT_SUMMARY_FILE: Final = "audit.json"
+
+
+class AuditHeadline(RootModel[dict[str, float | int]]):
+    """``reports/metrics/audit_<target>.json``: flat headline figures (DVC metrics, MLflow);
+    a figure whose counts are suppressed is left out."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class TableQuality(Summary):
+    n_rows: PublishedCountValue
+    null_share: dict[str, PublishedRateValue]
+
+
+class DateRange(Summary):
+    first: dt.date | None
+    last: dt.date | None
+
+
+class DataQuality(Summary):
+    """``reports/data_quality.json`` (stage validate)."""
+
+    folder: str
+    index_date: dt.date
+    valid: bool
+    tables: dict[str, TableQuality]
+    n_people: PublishedCountValue
+    ethnicity_recorded_share: PublishedRateValue
+    events_per_person_year_last_12_months: dict[str, PublishedRateValue]
+    date_range: DateRange
+
+
+class DecilePrevalence(Summary):
+    imd_decile: int
+    n: PublishedCountValue
+    recorded_prevalence: PublishedRateValue
+    true_prevalence: PublishedRateValue
+    reference_prevalence: float
+
+
+class RegionPrevalence(Summary):
+    region: str
+    n: PublishedCountValue
+    recorded_prevalence: PublishedRateValue
+    true_prevalence: PublishedRateValue
+    reference_prevalence: float
+
+
+class ConditionCalibration(Summary):
+    qof_register: str
+    min_age: int
+    recorded_prevalence: PublishedRateValue
+    true_prevalence: PublishedRateValue
+    reference_prevalence: float
+    by_imd_decile: list[DecilePrevalence]
+    by_region: list[RegionPrevalence]
+
+
+class SyntheticCalibration(Summary):
+    """``reports/synthetic_calibration.json`` (stage synthesize): the synthetic world against
+    its references; for a real extract only ``source`` and ``note``. Only ``conditions`` is
+    typed in depth (the report reads it); the mixes pass through."""
+
+    source: Literal["synthetic", "extract"]
+    note: str | None = None
+    bias: dict[str, float] | None = None
+    reference: str | None = None
+    conditions: dict[str, ConditionCalibration] = Field(default_factory=dict)
+    ethnicity_by_region: list[dict[str, Any]] = Field(default_factory=list)
+    age_by_region: list[dict[str, Any]] = Field(default_factory=list)
+    true_diabetes_ratio_to_white_17_plus: dict[str, float | None] = Field(default_factory=dict)
+
+
+class MakeUpGroup(OpenSummary):
+    group: str
+    n_selected: PublishedCountValue = None
+    share_of_eligible: PublishedRateValue = None
+    share_of_selected: PublishedRateValue = None
+    share_of_true_need: PublishedRateValue = None
+    test_split: dict[str, Any] | None = None
+
+
+class OutreachTarget(OpenSummary):
+    n_eligible: PublishedCountValue = None
+    make_up: dict[str, list[MakeUpGroup]] = Field(default_factory=dict)
+
+
+class OutreachSummary(Summary):
+    """``reports/outreach_summary.json`` (stage outreach): the lists' make-up per target."""
+
+    policy: str
+    capacity_mode: str
+    capacity: float | int
+    columns: list[str]
+    truth_available: bool
+    targets: dict[str, OutreachTarget]

@@ -56,7 +56,7 @@ import pyarrow as pa
 from pipeline import contract, disclosure, fairness, seeds, selection
 from pipeline.config import OutreachParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
-from pipeline.io import Paths, atomic_dir, read_json, write_json, write_parquet
+from pipeline.io import Paths, atomic_dir, read_json, write_parquet
 from pipeline.selection import CapacityMode
 
 __all__ = [
@@ -1392,7 +1392,7 @@ def _write_outputs(
                     float_precision=RISK_SCORE_DECIMALS,
                     null_value="",
                 )
-    write_json(
+    summary = contract.OutreachSummary.model_validate(
         {
             "policy": outreach.policy,
             "capacity_mode": outreach.capacity_mode,
@@ -1400,6 +1400,6 @@ def _write_outputs(
             "columns": list(OUTREACH_COLUMNS),
             "truth_available": truth_available,
             "targets": dict(summaries),
-        },
-        paths.reports / SUMMARY_FILE,
+        }
     )
+    contract.write_summary(summary, paths.reports / SUMMARY_FILE)

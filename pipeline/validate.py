@@ -2,7 +2,8 @@
 
 Every violation is collected (file, column, rule, rows) before failing with ContractError, so one
 run shows everything that is wrong with an extract. On success it writes
-``reports/data_quality.json``: aggregates only, counts disclosure-controlled.
+``reports/data_quality.json`` (:class:`pipeline.contract.DataQuality`): aggregates only, counts
+disclosure-controlled.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params
-from pipeline.contract import validate_population
+from pipeline.contract import DataQuality, validate_population, write_summary
 from pipeline.disclosure import publish_rate, round_count
-from pipeline.io import Paths, write_json
+from pipeline.io import Paths
 
 __all__ = ["data_quality_report", "run"]
 
@@ -68,4 +69,4 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     if shown.is_relative_to(paths.root):
         shown = shown.relative_to(paths.root)
     report = data_quality_report(facts, folder=shown.as_posix(), index_date=params.index_date)
-    write_json(report, paths.reports / "data_quality.json")
+    write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")

@@ -4,6 +4,7 @@ missing truth, bad input and the MLflow run."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,10 @@ import polars as pl
 import pytest
 
 from pipeline import contract, io, tracking
-from pipeline.audit import run, simulate
+from pipeline.audit import run
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, ParamsError
-from tests.manifests import write_manifest
+from tests import simworld
 
 TARGET = "sim_target"
 
@@ -29,16 +30,9 @@ def _params() -> Params:
 
 
 def _write_world(root: Path, *, truth: bool = True) -> None:
-    world = simulate.simulate_world(6_000, seed=21)
-    io.write_parquet(
-        world["scores"], root / "data/scores" / f"{TARGET}.parquet", sort_by="person_id"
-    )
-    io.write_parquet(world["features"], root / "features/features.parquet", sort_by="person_id")
-    inputs = ["age", "imd_decile", "recorded_measure", contract.RECORDED_MULTIMORBIDITY]
-    write_manifest(world["features"], root / "features/manifest.json", inputs=inputs)
-    if truth:
-        io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
-        io.write_parquet(world["oracle"], root / "data/truth/oracle.parquet", sort_by="person_id")
+    simworld.write_world(root, simworld.simulate_world(6_000, seed=21), targets=(TARGET,))
+    if not truth:
+        shutil.rmtree(root / "data/truth")
 
 
 @pytest.fixture(scope="module")
@@ -67,48 +61,78 @@ def _walk(node: Any, key: str = "") -> list[tuple[str, Any]]:
     return [(key, node)]
 
 
-def _is_count(name: str) -> bool:
-    return name == "n" or name.startswith("n_") or name.endswith("_count")
-
-
 def _published(value: Any) -> bool:
     return value is None or value == "*" or (isinstance(value, int) and value % 5 == 0)
 
 
-def test_writes_every_table_and_the_need_scores(audited: Path) -> None:
+def test_writes_every_contract_table_and_the_need_scores(audited: Path) -> None:
     folder = audited / "reports/audit" / TARGET
     names = {path.name for path in folder.iterdir()}
-    assert "audit.json" in names and "group_metrics.parquet" in names
-    assert "need_by_score.parquet" in names and "mitigation.parquet" in names
-    payload = io.read_json(folder / "audit.json")
-    assert payload["truth_available"] is True
-    assert set(payload["dimensions"]) == {"overall", *_params().audit.dimensions}
-    assert {p["policy"] for p in payload["mitigation"]["policies"]} == {
-        "risk",
-        "equal_opportunity",
-        "core20plus5",
-        "need_based",
-    }
-    metrics = io.read_json(audited / "reports/metrics" / f"audit_{TARGET}.json")
-    assert metrics == payload["headline"]
-    assert all(isinstance(v, int | float) for v in metrics.values())
+    tables = contract.AUDIT_TABLES.values()
+    assert names == {contract.AUDIT_SUMMARY_FILE, *(table.file for table in tables)}
+    for table in tables:
+        frame = pl.read_parquet(folder / table.file)
+        assert dict(frame.schema) == table.schema, table.file
+        assert frame.equals(frame.sort(table.sort_by)), table.file
+    summary = contract.read_summary(contract.AuditSummary, folder / contract.AUDIT_SUMMARY_FILE)
+    assert summary.truth_available is True
+    metrics = pl.read_parquet(folder / "group_metrics.parquet")
+    assert set(metrics["dimension"]) == {"overall", *_params().audit.dimensions}
+    assert summary.flagged_comparisons == metrics["flagged"].sum()
+    policies = pl.read_parquet(folder / "mitigation.parquet")["policy"].to_list()
+    assert policies == ["core20plus5", "equal_opportunity", "need_based", "risk"]
+    headline = contract.read_summary(
+        contract.AuditHeadline, audited / "reports/metrics" / f"audit_{TARGET}.json"
+    )
+    assert all(isinstance(v, int | float) for v in headline.root.values())
     need = pl.read_parquet(audited / "data/scores/need" / f"{TARGET}.parquet")
     scores = pl.read_parquet(audited / "data/scores" / f"{TARGET}.parquet")
     assert need.columns == ["person_id", "need_score"]
     assert need.height == scores.height and need["need_score"].null_count() == 0
 
 
+def test_no_raw_count_is_published(audited: Path) -> None:
+    """Every column holding a count of people is a declared, rounded count (group_n_raw used
+    to publish exact group sizes beside the rounded ones)."""
+    for table in contract.AUDIT_TABLES.values():
+        frame = pl.read_parquet(audited / "reports/audit" / TARGET / table.file)
+        assert not [c for c in frame.columns if c.endswith("_raw")], table.file
+        for column in table.counts:
+            values = frame[column].drop_nulls().to_list()
+            assert all(v == "*" or int(v) % 5 == 0 for v in values), (table.file, column)
+
+
+def test_suppressed_rows_hide_every_value_derived_from_them(audited: Path) -> None:
+    folder = audited / "reports/audit" / TARGET
+    metrics = pl.read_parquet(folder / "group_metrics.parquet")
+    hidden = metrics.filter(pl.col("comparison_suppressed"))
+    assert hidden.height > 0
+    assert (
+        hidden.select("ratio", "ratio_ci_low", "difference", "flag")
+        .null_count()
+        .sum_horizontal()
+        .item()
+        == 4 * hidden.height
+    )
+    assert not hidden["flagged"].any()
+    gaps = pl.read_parquet(folder / "need_gaps.parquet").filter(pl.col("suppressed"))
+    assert (
+        gaps.select("need_ratio_ci_low", "need_gap_ci_high").null_count().sum_horizontal().item()
+        == 2 * gaps.height
+    )
+
+
 def test_reports_follow_the_disclosure_convention(audited: Path) -> None:
     reports = audited / "reports"
     for path in reports.rglob("*.json"):
         for key, value in _walk(io.read_json(path)):
-            if _is_count(key) and key not in {"n_bootstrap", "n_monte_carlo"}:
+            if contract.is_count_name(key):
                 assert _published(value), (path.name, key, value)
     for path in reports.rglob("*.parquet"):
         frame = pl.read_parquet(path)
         assert "person_id" not in frame.columns
         for column in frame.columns:
-            if _is_count(column) and column != "n_groups":
+            if contract.is_count_name(column):
                 values = frame[column].drop_nulls().to_list()
                 assert all(v == "*" or int(v) % 5 == 0 for v in values), (path.name, column)
     suppressed = pl.read_parquet(reports / "audit" / TARGET / "group_metrics.parquet").filter(
@@ -128,10 +152,14 @@ def test_same_inputs_give_byte_identical_outputs(audited: Path, tmp_path: Path) 
 def test_without_truth_the_audit_runs_and_says_so(tmp_path: Path) -> None:
     _write_world(tmp_path, truth=False)
     run(_params(), io.Paths.at(tmp_path), target=TARGET)
-    payload = io.read_json(tmp_path / "reports/audit" / TARGET / "audit.json")
-    assert payload["truth_available"] is False
-    assert payload["planted_bias_check"]["available"] is False
-    assert set(payload["label_choice"]["need_gaps"]["imd_quintile"]) == {"recorded_need"}
+    folder = tmp_path / "reports/audit" / TARGET
+    summary = contract.read_summary(contract.AuditSummary, folder / "audit.json")
+    assert summary.truth_available is False
+    assert summary.planted_bias_check.available is False
+    gaps = pl.read_parquet(folder / "need_gaps.parquet")
+    assert set(gaps["need_measure"]) == {"recorded_need"}
+    shares = pl.read_parquet(folder / "selection_shares.parquet")
+    assert shares["share_by_true_need"].null_count() == shares.height
 
 
 def test_bad_scores_stop_before_anything_is_written(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Checked against planted truth: small synthetic worlds with known recording/access bias.
 
-The world (``pipeline.audit.simulate``) under-records need in IMD quintiles 1-2 and for Black
+The world (``tests/simworld.py``) under-records need in IMD quintiles 1-2 and for Black
 and Asian people and lowers their recorded outcomes (access); at the same score quintile 1 then
 has 1 / (1 - 0.25) = 1.33 times the true need of quintile 5, and Black/Asian people 1.25 times
 that of White people. With every bias at 0 the score is the true risk for everyone.
@@ -11,9 +11,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.audit import audit_json, audit_tables, simulate
+from pipeline.audit import audit_summary, audit_tables, published_tables
 from pipeline.audit.cohort import build_cohort
 from pipeline.config import parse_params
+from tests import simworld as simulate
 
 DIMENSIONS = ["imd_quintile", "region", "ethnicity_group", "sex", "age_band"]
 
@@ -49,7 +50,15 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         oracle=world["oracle"].lazy(),
     )
     tables = audit_tables(cohort, params, target="sim_target")
-    return tables, audit_json(tables, params, target="sim_target", n_people=cohort.height)
+    published = published_tables(tables, min_group_size=params.audit.min_group_size)
+    summary = audit_summary(
+        tables,
+        params,
+        target="sim_target",
+        n_people=cohort.height,
+        group_metrics=published["group_metrics"],
+    )
+    return tables, summary.model_dump()
 
 
 def test_default_biases_name_the_planted_groups_and_size_the_effect() -> None:

@@ -26,11 +26,7 @@ from pipeline.report.fmt import Disclosure, count_text, rate_cell
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
 from pipeline.report.scan import scan_html, scan_json, scan_reports
-
-try:
-    from tests.test_report_support import build_fixture_report, write_fixture_project
-except ImportError:  # tests/ on sys.path (pytest's rootdir-less import mode)
-    from test_report_support import build_fixture_report, write_fixture_project
+from tests.test_report_support import build_fixture_report, write_fixture_project
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +63,14 @@ def test_report_is_self_contained_and_passes_its_own_scan(built: Path) -> None:
 
 
 def test_headline_findings_come_from_the_numbers(built: Path) -> None:
-    """The fixture plants lower reach for IMD quintile 1 and Black people: the headline says so,
-    with the planted ratios, before any detail."""
+    """The simulated world (tests/simworld.py) plants under-recorded need for IMD quintile 1 and
+    lower access for Black and Asian people: the headline says so, with the audited ratios,
+    before any detail."""
     html = built.read_text(encoding="utf-8")
     findings = html[html.index('id="findings"') : html.index('id="intro"')]
     assert "most deprived fifth" in findings
     assert "Black people" in findings
-    assert re.search(r"0\.[67]\d times as many", findings)  # planted ~0.7
+    assert re.search(r"Black people: 0\.[0-7]\d", findings)  # planted access exp(-0.3)
     assert "95% CI" in findings
     assert "Ranking by true need instead" in findings
 
@@ -194,12 +191,23 @@ def test_context_is_plain_values_and_templates_escape_them(view: ReportView) -> 
 
 
 def test_group_table_hides_rates_of_suppressed_counts(view: ReportView) -> None:
-    table = group_table(view.targets[0], view, "ethnicity_group_x_imd_quintile", Disclosure())
+    dimension = "ethnicity_group_x_imd_quintile"
+    target = view.targets[0]
+    # plant a group whose published size is '*' (the audit's own suppression is tested there)
+    smallest = target.groups.filter(pl.col("dimension") == dimension).sort("group")["group"][0]
+    planted = target.groups.with_columns(
+        pl.when((pl.col("dimension") == dimension) & (pl.col("group") == smallest))
+        .then(pl.lit("*"))
+        .otherwise(pl.col("n"))
+        .alias("n")
+    )
+    target = dataclasses.replace(target, groups=planted)
+    table = group_table(target, view, dimension, Disclosure())
     assert table is not None
     assert [label for label, _ in table.columns][:2] == ["Group", "People"]
     rows = {row[0].text: row for row in table.rows}
     hidden = [row for row in rows.values() if row[1].text == "*"]
-    assert hidden, "the fixture plants 6-person groups"
+    assert hidden, "the planted group is shown as *"
     for row in hidden:  # every rate and ratio of a '*' group is '*' too
         assert {cell.text for cell in row[4:10]} == {"*"}, [c.text for c in row]
 
@@ -368,8 +376,8 @@ def test_scanner_checks_the_real_report_jsons_too(built: Path, tmp_path: Path) -
     assert scan_reports(reports) == []
     audit = next(reports.glob("audit/*/audit.json"))
     payload = json.loads(audit.read_text())
-    payload["dimensions"]["imd_quintile"]["groups"][0]["n"] = 1234
+    payload["n"] = 1234
     audit.write_text(json.dumps(payload))
     found = scan_reports(reports)
     assert [v.rule for v in found] == ["count not disclosure-controlled"]
-    assert "dimensions.imd_quintile.groups[0].n" in found[0].location
+    assert found[0].location == "n"

@@ -2,7 +2,8 @@
 
 Reads ``data/scores/<target>.parquet``, ``features/features.parquet`` (sensitive attributes and
 recorded multimorbidity) and, when present, ``data/truth/``; writes aggregate,
-disclosure-controlled tables to ``reports/audit/<target>/``, headline figures to
+disclosure-controlled tables and the ``audit.json`` summary to ``reports/audit/<target>/``
+(typed in :mod:`pipeline.contract`, documented in docs/audit_tables.md), headline figures to
 ``reports/metrics/audit_<target>.json`` (and the target's MLflow run), and the need-based
 model's per-person scores to ``data/scores/need/<target>.parquet`` (row-level, so under data/).
 
@@ -29,7 +30,13 @@ from pipeline.audit.cohort import build_cohort
 from pipeline.config import Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
-__all__ = ["audit_tables", "run"]
+__all__ = [
+    "audit_summary",
+    "audit_tables",
+    "headline_metrics",
+    "published_tables",
+    "run",
+]
 
 _console = Console(stderr=True)
 
@@ -282,397 +289,120 @@ def _reference_of(metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame) -
     return str(sizes[dimension][0])
 
 
-# --- publishing -----------------------------------------------------------------------------------
+# --- publishing (layouts: docs/audit_tables.md) ---------------------------------------------------
 
 
-def _reference_suppressed(metrics: pl.DataFrame) -> pl.DataFrame:
-    """Carry the reference group's raw counts onto every row (a comparison with a suppressed
-    reference is suppressed too)."""
-    ref = metrics.filter(pl.col("is_reference")).select(
-        "dimension",
-        "metric",
-        pl.col("numerator_raw").alias("ref_numerator_raw"),
-        pl.col("denominator_raw").alias("ref_denominator_raw"),
-        pl.col("complement_raw").alias("ref_complement_raw"),
-        pl.col("group_n_raw").alias("ref_group_n_raw"),
-    )
-    return metrics.join(ref, on=["dimension", "metric"], how="left")
-
-
-def published_tables(tables: dict[str, Any]) -> dict[str, pl.DataFrame]:
-    """Disclosure-controlled parquet tables (counts rounded, suppressed values null)."""
-    metrics = _reference_suppressed(tables["group_metrics"])
-    own_counts = ["numerator_raw", "denominator_raw", "complement_raw", "group_n_raw"]
-    own = publish.suppress_columns(
-        metrics, values=["value", "ci_low", "ci_high"], counts=own_counts
-    )
-    compared = publish.suppress_columns(
-        own,
-        values=[*cells_mod.COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag"],
-        counts=[
-            *own_counts,
-            "ref_numerator_raw",
-            "ref_denominator_raw",
-            "ref_complement_raw",
-            "ref_group_n_raw",
-        ],
-        flag="comparison_suppressed",
-    )
-    group_metrics = publish.round_counts(
-        compared.rename({"numerator_raw": "n_numerator", "denominator_raw": "n_denominator"}).drop(
-            "complement_raw", "ref_numerator_raw", "ref_denominator_raw", "ref_complement_raw"
-        )
-    )
-    groups = publish.round_counts(
-        tables["groups"].with_columns(
-            pl.when(pl.col("stable")).then(None).otherwise(pl.lit("small group")).alias("note")
-        )
-    )
-    gaps = publish.round_counts(
-        publish.suppress_columns(
-            tables["need_gaps"],
-            values=["need_gap", "need_ratio", "cutoff_gap", "mean_need_selected", "mean_need"],
-            counts=["n", "n_selected"],
-        )
-    )
-    curves = publish.round_counts(
-        publish.suppress_columns(
-            tables["need_curves"], values=["mean_need", "sd_need"], counts=["n"]
-        )
-    )
-    shares = tables["selection_shares"]
-    share_cols = [c for c in shares.columns if c.startswith("share_by_")]
-    count_cols = [c for c in shares.columns if c.startswith("n_selected_by_")]
-    shares = publish.round_counts(
-        publish.suppress_columns(shares, values=share_cols, counts=count_cols)
-    )
-    by_group = publish.round_counts(
-        publish.suppress_columns(
-            tables["mitigation_by_group"].with_columns(
-                (pl.col("n_events") - pl.col("n_events_reached")).alias("_missed"),
-                (pl.col("n_cases") - pl.col("n_cases_reached")).alias("_cases_missed"),
-            ),
-            values=["selection_share", "tpr", "case_tpr"],
-            counts=[
-                "n",
-                "n_selected",
-                "n_events",
-                "n_events_reached",
-                "n_cases",
-                "n_cases_reached",
-                "_missed",
-                "_cases_missed",
-            ],
-        ).drop("_missed", "_cases_missed")
-    )
-    summary = tables["mitigation"]
-    expected = [c for c in summary.columns if c.startswith("expected_")]
-    summary = publish.round_counts(
-        summary.with_columns(
-            pl.col(c).round(0).cast(pl.Int64).alias(f"n_{c}") for c in expected
-        ).drop(expected)
-    )
-    return {
-        "groups": groups,
-        "group_metrics": group_metrics,
+def published_tables(tables: dict[str, Any], *, min_group_size: int) -> dict[str, pl.DataFrame]:
+    """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
+    (counts rounded, values of suppressed counts null, columns exactly the contract's)."""
+    published = {
+        "groups": publish.group_counts_table(tables["groups"]),
+        "group_metrics": publish.group_metrics_table(tables["group_metrics"], tables["groups"]),
         "gradients": tables["gradients"],
         "heat": tables["heat"],
-        "need_by_score": curves,
-        "need_gaps": gaps,
-        "selection_shares": shares,
-        "mitigation": summary,
-        "mitigation_by_group": by_group,
+        "need_by_score": publish.need_curves_table(tables["need_curves"]),
+        "need_gaps": publish.need_gaps_table(tables["need_gaps"], min_group_size=min_group_size),
+        "selection_shares": publish.selection_shares_table(tables["selection_shares"]),
+        "mitigation": publish.policy_tradeoffs_table(tables["mitigation"]),
+        "mitigation_by_group": publish.policy_groups_table(tables["mitigation_by_group"]),
     }
+    return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
 
 
-_SORT_KEYS: Final = {
-    "groups": ["dimension", "group"],
-    "group_metrics": ["dimension", "group", "metric"],
-    "gradients": ["dimension", "indicator", "measure"],
-    "heat": ["dimension", "indicator", "measure"],
-    "need_by_score": ["dimension", "need_measure", "group", "score_percentile"],
-    "need_gaps": ["dimension", "need_measure", "group"],
-    "selection_shares": ["dimension", "group"],
-    "mitigation": ["policy"],
-    "mitigation_by_group": ["policy", "dimension", "group"],
-}
+def _selection_text(params: Params) -> str:
+    point = params.operating_point
+    if point.capacity_mode == "share":
+        return "top of the whole eligible cohort by risk_rank"
+    unit = "ICB" if point.capacity_mode == "per_icb" else "practice"
+    return f"top {int(point.capacity)} by risk_rank per {unit}"
 
 
-def _metric_entry(row: dict[str, Any]) -> dict[str, Any]:
-    counts = [
-        row["numerator_raw"],
-        row["denominator_raw"],
-        row["complement_raw"],
-        row["group_n_raw"],
-    ]
-    ref_counts = [
-        row["ref_numerator_raw"],
-        row["ref_denominator_raw"],
-        row["ref_complement_raw"],
-        row["ref_group_n_raw"],
-    ]
-    entry = {
-        "value": publish.json_rate(row["value"], *counts),
-        "ci_low": publish.json_rate(row["ci_low"], *counts),
-        "ci_high": publish.json_rate(row["ci_high"], *counts),
-        "ci_method": row["ci_method"],
-    }
-    if not row["is_reference"]:
-        for key in (*cells_mod.COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag"):
-            entry[key] = publish.json_rate(row[key], *counts, *ref_counts)
-    return entry
-
-
-def audit_json(
-    tables: dict[str, Any], params: Params, *, target: str, n_people: int
-) -> dict[str, Any]:
-    """The disclosure-controlled ``audit.json`` payload (see /work/notes/audit_outputs.md)."""
+def audit_summary(
+    tables: dict[str, Any],
+    params: Params,
+    *,
+    target: str,
+    n_people: int,
+    group_metrics: pl.DataFrame,
+) -> contract.AuditSummary:
+    """What was audited and how: ``audit.json`` (the numbers are in the published tables;
+    ``group_metrics`` is the published one, whose shown flags are counted)."""
     audit = params.audit
-    metrics = _reference_suppressed(tables["group_metrics"])
-    groups = tables["groups"]
-    dimensions: dict[str, Any] = {}
-    flags = []
-    for dimension in ("overall", *audit.dimensions):
-        dim_metrics = metrics.filter(pl.col("dimension") == dimension)
-        reference = dim_metrics.filter(pl.col("is_reference"))["group"][0]
-        entries = []
-        for group_row in groups.filter(pl.col("dimension") == dimension).iter_rows(named=True):
-            rows = dim_metrics.filter(pl.col("group") == group_row["group"])
-            entry = {
-                "group": group_row["group"],
-                "stable": group_row["stable"],
-                "note": None if group_row["stable"] else "small group",
-                "is_reference": group_row["group"] == reference,
-                "metrics": {r["metric"]: _metric_entry(r) for r in rows.iter_rows(named=True)},
-            } | {name: publish.json_count(group_row[name]) for name in cells_mod.COUNTS}
-            entries.append(entry)
-            for metric, item in entry["metrics"].items():
-                if item.get("flag") is True:
-                    flags.append(
-                        {
-                            "dimension": dimension,
-                            "group": group_row["group"],
-                            "metric": metric,
-                            "ratio": item["ratio"],
-                            "ratio_ci_low": item["ratio_ci_low"],
-                            "ratio_ci_high": item["ratio_ci_high"],
-                            "reference_group": reference,
-                        }
-                    )
-        dimensions[dimension] = {
-            "reference_group": reference,
-            "groups": entries,
-            "flagged_comparisons": sum(1 for f in flags if f["dimension"] == dimension),
-        }
-
-    gradient_json: dict[str, Any] = {}
-    for row in tables["gradients"].iter_rows(named=True):
-        gradient_json.setdefault(row["dimension"], {}).setdefault(row["indicator"], {})[
-            row["measure"]
-        ] = {k: publish.json_value(row[k]) for k in ("value", "ci_low", "ci_high")}
-    heat_json: dict[str, Any] = {}
-    for row in tables["heat"].iter_rows(named=True):
-        slot = heat_json.setdefault(row["dimension"], {}).setdefault(
-            row["indicator"], {"best_group": row["best_group"], "direction": row["direction"]}
-        )
-        slot[row["measure"]] = {
-            k: publish.json_value(row[k]) for k in ("value", "ci_low", "ci_high")
-        }
-
-    label_json: dict[str, Any] = {}
-    gap_values = [
-        "need_gap",
-        "need_gap_ci_low",
-        "need_gap_ci_high",
-        "need_ratio",
-        "need_ratio_ci_low",
-        "need_ratio_ci_high",
-        "mean_need",
-    ]
-    cutoff_values = ["cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected"]
-    for (dimension, need), part in tables["need_gaps"].group_by(
-        ["dimension", "need_measure"], maintain_order=True
-    ):
-        ref_row = part.filter(pl.col("is_reference"))
-        ref_n = ref_row["n"][0] if ref_row.height else None
-        ref_sel = ref_row["n_selected"][0] if ref_row.height else None
-        rows = []
-        for row in part.sort("group").iter_rows(named=True):
-            item = {
-                "group": row["group"],
-                "is_reference": row["is_reference"],
-                "n": publish.json_count(row["n"]),
-                "n_selected": publish.json_count(row["n_selected"]),
-                "stable": (row["n"] or 0) >= audit.min_group_size,
-                "disadvantaged": publish.json_rate(row["disadvantaged"], row["n"], ref_n),
-                "significant": publish.json_rate(row["significant"], row["n"], ref_n),
-            }
-            item |= {k: publish.json_rate(row[k], row["n"], ref_n) for k in gap_values}
-            item |= {
-                k: publish.json_rate(row[k], row["n_selected"], ref_sel) for k in cutoff_values
-            }
-            rows.append(item)
-        label_json.setdefault(dimension, {})[need] = {
-            "reference_group": ref_row["group"][0] if ref_row.height else None,
-            "groups": rows,
-        }
-    shares_json: dict[str, Any] = {}
-    for row in tables["selection_shares"].iter_rows(named=True):
-        rankings = [c.removeprefix("share_by_") for c in row if c.startswith("share_by_")]
-        shares_json.setdefault(row["dimension"], []).append(
-            {"group": row["group"]}
-            | {
-                f"n_selected_by_{r}": publish.json_count(row[f"n_selected_by_{r}"])
-                for r in rankings
-            }
-            | {
-                f"share_by_{r}": publish.json_rate(row[f"share_by_{r}"], row[f"n_selected_by_{r}"])
-                for r in rankings
-            }
-        )
-
-    check = planted_bias_check(tables, params)
-    mitigation_json = _mitigation_json(tables)
-    headline = headline_metrics(tables, params)
-    return {
-        "target": target,
-        "split": audit.split,
-        "n": publish.json_count(n_people),
-        "truth_available": tables["has_truth"],
-        "score_resolution": tables["score_resolution"],
-        "operating_point": {
-            "capacity_mode": params.operating_point.capacity_mode,
-            "capacity": params.operating_point.capacity,
-            "selection": "top of the whole eligible cohort by risk_rank"
-            if params.operating_point.capacity_mode == "share"
-            else f"top {int(params.operating_point.capacity)} by risk_rank per "
-            + ("ICB" if params.operating_point.capacity_mode == "per_icb" else "practice"),
-        },
-        "settings": {
-            "confidence": audit.confidence,
-            "fair_ratio_low": audit.fair_ratio_low,
-            "fair_ratio_high": audit.fair_ratio_high,
-            "n_bootstrap": audit.n_bootstrap,
-            "n_monte_carlo": audit.n_monte_carlo,
-            "min_group_size": audit.min_group_size,
-            "min_group_events": audit.min_group_events,
-            "score_bins": audit.score_bins,
-            "bootstrap_score_bins": audit.bootstrap_score_bins,
-            "need_case_share": audit.need_case_share,
-            "need_case_definition": (
+    thresholds = tables.get("equal_opportunity_thresholds")
+    return contract.AuditSummary(
+        target=target,
+        split=audit.split,
+        n=publish.json_count(n_people),
+        truth_available=tables["has_truth"],
+        score_resolution=tables["score_resolution"],
+        operating_point=contract.OperatingPointSummary(
+            capacity_mode=params.operating_point.capacity_mode,
+            capacity=params.operating_point.capacity,
+            selection=_selection_text(params),
+        ),
+        settings=contract.AuditSettings(
+            confidence=audit.confidence,
+            fair_ratio_low=audit.fair_ratio_low,
+            fair_ratio_high=audit.fair_ratio_high,
+            n_bootstrap=audit.n_bootstrap,
+            n_monte_carlo=audit.n_monte_carlo,
+            min_group_size=audit.min_group_size,
+            min_group_events=audit.min_group_events,
+            score_bins=audit.score_bins,
+            bootstrap_score_bins=audit.bootstrap_score_bins,
+            need_case_share=audit.need_case_share,
+            need_case_definition=(
                 f"top {audit.need_case_share:.0%} of the cohort by true need"
                 if tables["has_truth"]
                 else "recorded outcome (no truth available)"
             ),
-        },
-        "dimensions": dimensions,
-        "flags": flags,
-        "flagged_comparisons": len(flags),
-        "gradients": gradient_json,
-        "heat": heat_json,
-        "label_choice": {"need_gaps": label_json, "selection_shares": shares_json},
-        "planted_bias_check": check,
-        "mitigation": mitigation_json,
-        "headline": headline,
-    }
+        ),
+        flagged_comparisons=int(group_metrics["flagged"].sum()),
+        planted_bias_check=planted_bias_check(tables, params),
+        mitigation=contract.MitigationSummary(
+            case_definition="true-need case" if tables["has_truth"] else "recorded outcome",
+            true_events_source="expected events from data/truth oracle risk"
+            if tables["has_oracle"]
+            else "recorded outcome only (no oracle)",
+            equal_opportunity_thresholds=None
+            if thresholds is None
+            else {str(k): float(v) for k, v in sorted(thresholds.items())},
+        ),
+    )
 
 
-def planted_bias_check(tables: dict[str, Any], params: Params) -> dict[str, Any]:
+def planted_bias_check(tables: dict[str, Any], params: Params) -> contract.PlantedBiasCheck:
     """Groups the audit names as disadvantaged: more true need than the reference group at the
     same score (need-ratio CI above 1). Needs truth; comparisons counted for the null check."""
     if not tables["has_truth"]:
-        return {"available": False, "reason": "no data/truth: true need unknown"}
+        return contract.PlantedBiasCheck(available=False, reason="no data/truth: true need unknown")
     gaps = tables["need_gaps"].filter(
         (pl.col("need_measure") == "true_need")
         & ~pl.col("is_reference")
         & (pl.col("n") >= params.audit.min_group_size)
     )
     named = gaps.filter(pl.col("disadvantaged")).sort("dimension", "group")
-    return {
-        "available": True,
-        "measure": "true need at the same score, ratio to the reference group",
-        "rule": f"need ratio CI above 1 and ratio >= {params.audit.need_ratio_material}",
-        "comparisons": gaps.height,
-        "significant_comparisons": int(gaps["significant"].sum()),
-        "disadvantaged_groups": [
-            {
-                "dimension": row["dimension"],
-                "group": row["group"],
-                "reference_group": row["reference_group"],
-                "need_ratio": row["need_ratio"],
-                "need_ratio_ci_low": row["need_ratio_ci_low"],
-                "need_ratio_ci_high": row["need_ratio_ci_high"],
-                "need_gap": row["need_gap"],
-            }
-            for row in named.iter_rows(named=True)
-        ],
-    }
-
-
-def _mitigation_json(tables: dict[str, Any]) -> dict[str, Any]:
-    policies = []
-    by_group = tables["mitigation_by_group"]
-    for row in tables["mitigation"].sort("policy").iter_rows(named=True):
-        item: dict[str, Any] = {
-            "policy": row["policy"],
-            "n_selected": publish.json_count(row["n_selected"]),
-            "n_events_reached": publish.json_count(row["n_events_reached"]),
-            "share_of_events_reached": publish.json_rate(
-                row["n_events_reached"] / row["n_events"] if row["n_events"] else None,
-                row["n_events_reached"],
-                row["n_events"],
-            ),
-            "n_cases_reached": publish.json_count(row["n_cases_reached"]),
-            "share_of_cases_reached": publish.json_rate(
-                row["n_cases_reached"] / row["n_cases"] if row["n_cases"] else None,
-                row["n_cases_reached"],
-                row["n_cases"],
-            ),
-            "tpr_gap_imd_quintile": publish.json_value(row.get("tpr_gap")),
-            "case_tpr_gap_imd_quintile": publish.json_value(row.get("case_tpr_gap")),
-        }
-        if row.get("expected_true_events_reached") is not None:
-            reached, total = row["expected_true_events_reached"], row["expected_true_events"]
-            item["n_true_events_reached"] = publish.json_count(reached)
-            item["share_of_true_events_reached"] = publish.json_rate(
-                reached / total if total else None, reached, total
+    return contract.PlantedBiasCheck(
+        available=True,
+        measure="true need at the same score, ratio to the reference group",
+        rule=f"need ratio CI above 1 and ratio >= {params.audit.need_ratio_material}",
+        comparisons=gaps.height,
+        significant_comparisons=int(gaps["significant"].sum()),
+        disadvantaged_groups=[
+            contract.DisadvantagedGroup.model_validate(
+                {k: publish.json_value(v) for k, v in row.items()}
             )
-        shares: dict[str, Any] = {}
-        for group_row in (
-            by_group.filter(pl.col("policy") == row["policy"])
-            .sort("dimension", "group")
-            .iter_rows(named=True)
-        ):
-            shares.setdefault(group_row["dimension"], {})[group_row["group"]] = {
-                "selection_share": publish.json_rate(
-                    group_row["selection_share"], group_row["n_selected"], group_row["n"]
-                ),
-                "tpr": publish.json_rate(
-                    group_row["tpr"],
-                    group_row["n_events_reached"],
-                    group_row["n_events"],
-                    group_row["n_events"] - group_row["n_events_reached"],
-                ),
-                "case_tpr": publish.json_rate(
-                    group_row["case_tpr"],
-                    group_row["n_cases_reached"],
-                    group_row["n_cases"],
-                    group_row["n_cases"] - group_row["n_cases_reached"],
-                ),
-            }
-        item["by_group"] = shares
-        policies.append(item)
-    thresholds = tables.get("equal_opportunity_thresholds")
-    return {
-        "policies": policies,
-        "true_events_source": "expected events from data/truth oracle risk"
-        if tables["has_oracle"]
-        else "recorded outcome only (no oracle)",
-        "case_definition": "true-need case" if tables["has_truth"] else "recorded outcome",
-        "equal_opportunity_thresholds": None
-        if thresholds is None
-        else {k: float(v) for k, v in sorted(thresholds.items())},
-    }
+            for row in named.select(
+                "dimension",
+                "group",
+                "reference_group",
+                "need_ratio",
+                "need_ratio_ci_low",
+                "need_ratio_ci_high",
+                "need_gap",
+            ).iter_rows(named=True)
+        ],
+    )
 
 
 def headline_metrics(tables: dict[str, Any], params: Params) -> dict[str, Any]:
@@ -848,17 +578,25 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     if fit_rows is not None and fit_rows.height == 0:
         fit_rows = None
     tables = audit_tables(audited, params, target=target, fit_rows=fit_rows)
-    payload = audit_json(tables, params, target=target, n_people=audited.height)
-    published = published_tables(tables)
+    published = published_tables(tables, min_group_size=audit.min_group_size)
+    summary = audit_summary(
+        tables,
+        params,
+        target=target,
+        n_people=audited.height,
+        group_metrics=published["group_metrics"],
+    )
+    headline = contract.AuditHeadline(headline_metrics(tables, params))
 
     # write: row-level need scores under data/, aggregates under reports/ (folder swapped whole)
     io.write_parquet(need, need_path, sort_by="person_id")
     with io.atomic_dir(paths.reports / "audit" / target) as folder:
-        io.write_json(payload, folder / "audit.json")
+        contract.write_summary(summary, folder / contract.AUDIT_SUMMARY_FILE)
         for name, frame in published.items():
-            io.write_parquet(frame, folder / f"{name}.parquet", sort_by=_SORT_KEYS[name])
-    io.write_json(payload["headline"], paths.reports / "metrics" / f"audit_{target}.json")
-    _log_to_mlflow(payload["headline"], paths, target=target)
+            table = contract.AUDIT_TABLES[name]
+            io.write_parquet(frame, folder / table.file, sort_by=list(table.sort_by))
+    contract.write_summary(headline, paths.reports / "metrics" / f"audit_{target}.json")
+    _log_to_mlflow(headline.root, paths, target=target)
 
 
 def _log_to_mlflow(headline: dict[str, Any], paths: io.Paths, *, target: str) -> None:

@@ -1,9 +1,10 @@
 """Disclosure control of the audit's tables before anything leaves ``data/``.
 
-Rules (COMMON.md / DESIGN.md): a column or key holding a count of people or events is named
-``n`` / ``n_*`` / ``*_count`` and carries ``pipeline.disclosure.round_count`` values (0, a
-multiple of 5, or ``"*"`` for 1-7). A value computed from a suppressed count is ``"*"`` in JSON;
-in parquet (typed columns) it is null with ``suppressed = true`` beside it.
+Each ``*_table`` function turns one raw table of :func:`pipeline.audit.audit_tables` into the
+published table of :data:`pipeline.contract.AUDIT_TABLES` (layouts: docs/audit_tables.md).
+Counts (named by :func:`pipeline.contract.is_count_name`) carry
+:func:`pipeline.disclosure.round_count` values as strings (``"*"`` for 1-7); a value computed
+from a suppressed count is null with a boolean ``suppressed`` flag beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.contract import is_count_name
 from pipeline.disclosure import (
     SUPPRESSED,
     is_suppressed,
@@ -22,12 +24,33 @@ from pipeline.disclosure import (
     suppressed_mask_expr,
 )
 
-DERIVED_FLAGS = frozenset({"outside_fair_range", "significant", "flag"})
-
-
-def is_count_name(name: str) -> bool:
-    """True for the names the disclosure convention reserves for counts."""
-    return name == "n" or name.startswith("n_") or name.endswith("_count")
+COMPARISON_VALUES = (
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "ratio",
+    "ratio_ci_low",
+    "ratio_ci_high",
+    "outside_fair_range",
+    "significant",
+    "flag",
+)
+"""Group-metric columns that compare a group with its reference group."""
+_RAW_COUNTS = ("numerator_raw", "denominator_raw", "complement_raw", "group_n_raw")
+NEED_VALUES = (
+    "need_gap",
+    "need_gap_ci_low",
+    "need_gap_ci_high",
+    "need_ratio",
+    "need_ratio_ci_low",
+    "need_ratio_ci_high",
+    "mean_need",
+    "disadvantaged",
+    "significant",
+)
+"""Label-choice values computed from a group's and its reference's ``n``."""
+CUTOFF_VALUES = ("cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected")
+"""Label-choice values computed from a group's and its reference's ``n_selected``."""
 
 
 def suppress_columns(
@@ -51,6 +74,125 @@ def round_counts(frame: pl.DataFrame, columns: Iterable[str] | None = None) -> p
     """Disclosure-round every count column (String: ``"*"`` or the rounded number)."""
     names = [c for c in (columns or frame.columns) if is_count_name(c)]
     return frame.with_columns(round_count_expr(pl.col(c)).alias(c) for c in names)
+
+
+def _with_reference(
+    frame: pl.DataFrame, keys: Sequence[str], columns: Sequence[str]
+) -> pl.DataFrame:
+    """Carry the reference group's raw ``columns`` onto every row as ``ref_<column>`` (a
+    comparison with a suppressed reference is suppressed too)."""
+    reference = frame.filter(pl.col("is_reference")).select(
+        *keys, *(pl.col(c).alias(f"ref_{c}") for c in columns)
+    )
+    return frame.join(reference, on=list(keys), how="left", maintain_order="left")
+
+
+def group_counts_table(groups: pl.DataFrame) -> pl.DataFrame:
+    """Raw group counts -> ``groups.parquet``."""
+    note = pl.when(pl.col("stable")).then(None).otherwise(pl.lit("small group")).alias("note")
+    return round_counts(groups.with_columns(note))
+
+
+def group_metrics_table(metrics: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """Raw group metrics (+ raw group counts) -> ``group_metrics.parquet``.
+
+    The value and CI are suppressed by the metric's own counts; comparisons also by the
+    reference group's. Raw counts are dropped (only rounded ones are published).
+    """
+    refs = [f"ref_{c}" for c in _RAW_COUNTS]
+    compared = suppress_columns(
+        suppress_columns(
+            _with_reference(metrics, ["dimension", "metric"], _RAW_COUNTS),
+            values=["value", "ci_low", "ci_high"],
+            counts=_RAW_COUNTS,
+        ),
+        values=COMPARISON_VALUES,
+        counts=[*_RAW_COUNTS, *refs],
+        flag="comparison_suppressed",
+    )
+    sizes = groups.select("dimension", "group", "n", "n_events", "n_selected")
+    flagged = ~pl.col("is_reference") & pl.coalesce("flag", "outside_fair_range")
+    return round_counts(
+        compared.join(sizes, on=["dimension", "group"], how="left", maintain_order="left")
+        .rename({"numerator_raw": "n_numerator", "denominator_raw": "n_denominator"})
+        .with_columns(flagged.fill_null(False).alias("flagged"))
+        .drop("complement_raw", "group_n_raw", *refs)
+    )
+
+
+def need_gaps_table(gaps: pl.DataFrame, *, min_group_size: int) -> pl.DataFrame:
+    """Raw need gaps -> ``need_gaps.parquet``: need values suppressed by the group's and the
+    reference's ``n``, cut-off values by their ``n_selected``."""
+    keyed = _with_reference(gaps, ["dimension", "need_measure"], ["n", "n_selected"])
+    return round_counts(
+        suppress_columns(
+            suppress_columns(keyed, values=NEED_VALUES, counts=["n", "ref_n"]),
+            values=CUTOFF_VALUES,
+            counts=["n_selected", "ref_n_selected"],
+            flag="cutoff_suppressed",
+        )
+        .with_columns((pl.col("n").fill_null(0) >= min_group_size).alias("stable"))
+        .drop("ref_n", "ref_n_selected")
+    )
+
+
+def need_curves_table(curves: pl.DataFrame) -> pl.DataFrame:
+    """Raw need-by-score curves -> ``need_by_score.parquet``."""
+    return round_counts(suppress_columns(curves, values=["mean_need", "sd_need"], counts=["n"]))
+
+
+def selection_shares_table(shares: pl.DataFrame) -> pl.DataFrame:
+    """Raw selection shares -> ``selection_shares.parquet`` (a row's shares are null when any of
+    its counts is 1-7)."""
+    values = [c for c in shares.columns if c.startswith("share_by_")]
+    counts = [c for c in shares.columns if c.startswith("n_selected_by_")]
+    return round_counts(suppress_columns(shares, values=values, counts=counts))
+
+
+def _share(reached: str, total: str, *, shown: tuple[str, str] | None = None) -> pl.Expr:
+    """``reached / total`` (null for a zero total), null when either count (or the whole-people
+    counts ``shown`` beside them) is 1-7."""
+    masked = shown or (reached, total)
+    hidden = pl.any_horizontal(suppressed_mask_expr(pl.col(c)).fill_null(False) for c in masked)
+    share = pl.when(pl.col(total) > 0).then(pl.col(reached) / pl.col(total))
+    return pl.when(hidden).then(None).otherwise(share)
+
+
+def policy_tradeoffs_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """Raw per-policy totals -> ``mitigation.parquet`` (shares from the raw counts)."""
+    expected = [c for c in summary.columns if c.startswith("expected_")]
+    # expected events are float sums: published as whole people, shares from the exact sums
+    whole = summary.with_columns(
+        pl.col(c).round(0).cast(pl.Int64).alias(f"n_{c}") for c in expected
+    )
+    shares = [
+        _share("n_events_reached", "n_events").alias("share_of_events_reached"),
+        _share("n_cases_reached", "n_cases").alias("share_of_cases_reached"),
+    ]
+    if expected:
+        shown = ("n_expected_true_events_reached", "n_expected_true_events")
+        shares.append(
+            _share("expected_true_events_reached", "expected_true_events", shown=shown).alias(
+                "share_of_true_events_reached"
+            )
+        )
+    return round_counts(whole.with_columns(shares).drop(expected))
+
+
+def policy_groups_table(by_group: pl.DataFrame) -> pl.DataFrame:
+    """Raw policy x group reach -> ``mitigation_by_group.parquet``."""
+    missed = [
+        (pl.col("n_events") - pl.col("n_events_reached")).alias("_missed"),
+        (pl.col("n_cases") - pl.col("n_cases_reached")).alias("_cases_missed"),
+    ]
+    counts = ["n", "n_selected", "n_events", "n_events_reached", "n_cases", "n_cases_reached"]
+    return round_counts(
+        suppress_columns(
+            by_group.with_columns(missed),
+            values=["selection_share", "tpr", "case_tpr"],
+            counts=[*counts, "_missed", "_cases_missed"],
+        ).drop("_missed", "_cases_missed")
+    )
 
 
 def json_value(value: Any) -> Any:

@@ -1,12 +1,15 @@
 """Read the upstream outputs and map them onto the report's normalised view.
 
-The only module that knows the upstream layouts (see ``/work/notes/<stage>_outputs.md``):
+The only module of the report that knows the upstream files; their layouts are typed in
+:mod:`pipeline.contract` (section "Stage outputs: audit -> report") and documented in
+docs/audit_tables.md:
 
-- ``reports/audit/<target>/audit.json`` (+ ``need_by_score.parquet``): group metrics with CIs
-  and ratios, SII/RII, WHO HEAT, label choice, mitigation;
-- ``reports/metrics/audit_<target>.json``: the audit's headline figures;
+- ``reports/audit/<target>/*.parquet``: the audit's disclosure-controlled tables
+  (:data:`~pipeline.contract.AUDIT_TABLES`), read as written;
+- ``reports/audit/<target>/audit.json`` (:class:`~pipeline.contract.AuditSummary`) and
+  ``reports/metrics/audit_<target>.json`` (:class:`~pipeline.contract.AuditHeadline`);
 - ``models/<target>/metrics.json`` and ``plots/*.csv``: test-split performance;
-- ``reports/outreach_summary.json``: the lists' make-up against need;
+- ``reports/outreach_summary.json`` (:class:`~pipeline.contract.OutreachSummary`);
 - ``reports/data_quality.json`` and ``reports/synthetic_calibration.json`` (absent for a real
   extract: the report says so and carries on).
 
@@ -17,11 +20,11 @@ a report with no audit at all is refused (:class:`~pipeline.errors.StageError`).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import polars as pl
+from pydantic import BaseModel, ValidationError
 
 from pipeline import contract
 from pipeline.disclosure import SUPPRESSED
@@ -30,9 +33,7 @@ from pipeline.io import Paths, read_json, scan_table
 from pipeline.report.model import (
     CALIBRATION_SCHEMA,
     GRADIENT_POINTS_SCHEMA,
-    GRADIENTS_SCHEMA,
     GROUPS_SCHEMA,
-    HEAT_SCHEMA,
     LABEL_CHOICE_SCHEMA,
     LABEL_SUMMARY_SCHEMA,
     MITIGATION_SCHEMA,
@@ -48,8 +49,6 @@ from pipeline.report.model import (
 if TYPE_CHECKING:
     from pipeline.config import Params
 
-AUDIT_FILE: Final = "audit.json"
-NEED_CURVES_FILE: Final = "need_by_score.parquet"
 PERFORMANCE_METRICS: Final = (*contract.MODEL_METRICS, *contract.ORACLE_METRICS)
 CURVES: Final = ("roc", "precision_recall", "calibration", "cumulative_gain")
 POLICY_LABELS: Final = {
@@ -60,137 +59,100 @@ POLICY_LABELS: Final = {
     "need_adjusted": "Model trained on a need-based label",
 }
 ORDERED_POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
+SummaryT = TypeVar("SummaryT", bound=BaseModel)
 
 
 # --- ordering of group labels -------------------------------------------------------------------
 
 
-def group_order(dimension: str, group: str) -> int:
-    """A stable display order: IMD by number, regions and ethnic groups in the contract's order,
-    age bands by their lower bound, everything else alphabetical (by the caller's sort)."""
-    if group is None:
-        return 9_999
-    if dimension in {"imd_quintile", "imd_decile"}:
-        return int(group) if str(group).isdigit() else 99
-    if dimension == "region" and group in contract.REGIONS:
-        return contract.REGIONS.index(group)
-    if dimension == "ethnicity_group" and group in contract.BROAD_ETHNIC_GROUPS:
-        return contract.BROAD_ETHNIC_GROUPS.index(group)
-    if dimension == "age_band":
-        match = re.match(r"(\d+)", str(group))
-        return int(match.group(1)) if match else 999
-    if dimension == "ethnicity_group_x_imd_quintile":
-        ethnicity, _, quintile = str(group).rpartition(", IMD ")
-        base = (
-            contract.BROAD_ETHNIC_GROUPS.index(ethnicity)
-            if ethnicity in contract.BROAD_ETHNIC_GROUPS
-            else 9
+def _position(label: pl.Expr, labels: tuple[str, ...], *, default: int) -> pl.Expr:
+    return label.replace_strict(
+        {name: index for index, name in enumerate(labels)}, default=default, return_dtype=pl.Int32
+    )
+
+
+def _leading_int(text: pl.Expr, *, default: int) -> pl.Expr:
+    return text.str.extract(r"^(\d+)").cast(pl.Int32, strict=False).fill_null(default)
+
+
+def group_order_expr(dimension: str = "dimension", group: str = "group") -> pl.Expr:
+    """A stable display order (Int32 ``group_order``): IMD by number, regions and ethnic groups
+    in the contract's order, age bands by their lower bound, ethnicity x IMD by group then
+    quintile; everything else 0 (alphabetical by the caller's sort)."""
+    dim, label = pl.col(dimension), pl.col(group)
+    whole_number = pl.when(label.str.contains(r"^\d+$")).then(label.cast(pl.Int32, strict=False))
+    # "<ethnic group>, IMD <quintile>": split at the last separator
+    parts = label.str.extract_groups(r"^(.*), IMD (.*)$")
+    quintile = pl.coalesce(parts.struct.field("2"), label)
+    ethnicity = parts.struct.field("1").fill_null("")
+    return (
+        pl.when(label.is_null())
+        .then(9_999)
+        .when(dim.is_in(["imd_quintile", "imd_decile"]))
+        .then(whole_number.fill_null(99))
+        .when(dim == "region")
+        .then(_position(label, contract.REGIONS, default=0))
+        .when(dim == "ethnicity_group")
+        .then(_position(label, contract.BROAD_ETHNIC_GROUPS, default=0))
+        .when(dim == "age_band")
+        .then(_leading_int(label, default=999))
+        .when(dim == "ethnicity_group_x_imd_quintile")
+        .then(
+            _position(ethnicity, contract.BROAD_ETHNIC_GROUPS, default=9) * 10
+            + pl.when(quintile.str.contains(r"^\d+$"))
+            .then(quintile.cast(pl.Int32, strict=False))
+            .otherwise(9)
         )
-        return base * 10 + (int(quintile) if quintile.isdigit() else 9)
-    return 0
+        .otherwise(0)
+        .cast(pl.Int32)
+        .alias("group_order")
+    )
 
 
-def _count_text(value: Any) -> str | None:
-    """A published count as the String the normalised frames carry."""
-    if value is None:
-        return None
-    if value == SUPPRESSED:
-        return SUPPRESSED
-    if isinstance(value, float):
-        return str(round(value))
-    return str(value)
+def _finite(frame: pl.DataFrame) -> pl.DataFrame:
+    """NaN or infinite (an undefined estimate) -> null: the report shows it as not available."""
+    floats = pl.col(pl.Float64)
+    return frame.with_columns(pl.when(floats.is_finite()).then(floats))
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None or value == SUPPRESSED:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    return None
+# --- audit tables -> view frames (pure) ---------------------------------------------------------
 
 
-# --- audit.json -> frames (pure) ------------------------------------------------------------------
+def read_audit_tables(folder: Path) -> dict[str, pl.DataFrame]:
+    """Every table of :data:`~pipeline.contract.AUDIT_TABLES` under ``folder``, checked against
+    its contract schema.
+
+    Raises
+    ------
+    StageError
+        When a table is missing or its columns are not the contract's.
+    """
+    tables = {}
+    for name, table in contract.AUDIT_TABLES.items():
+        path = folder / table.file
+        if not path.exists():
+            raise StageError(f"report: {path} not found; run the audit first")
+        frame = pl.read_parquet(path)
+        if dict(frame.schema) != table.schema:
+            raise StageError(f"report: {path}: columns differ from contract.AUDIT_TABLES[{name!r}]")
+        tables[name] = _finite(frame)
+    return tables
 
 
-def groups_from_audit(audit: dict[str, Any]) -> pl.DataFrame:
-    """``dimensions`` of audit.json -> the long group-metrics frame (``GROUPS_SCHEMA``)."""
-    rows = []
-    for dimension, block in (audit.get("dimensions") or {}).items():
-        reference = block.get("reference_group")
-        for group in block.get("groups", []):
-            label = str(group.get("group"))
-            base = {
-                "dimension": dimension,
-                "group": label,
-                "group_order": group_order(dimension, label),
-                "n": _count_text(group.get("n")),
-                "n_events": _count_text(group.get("n_events")),
-                "n_selected": _count_text(group.get("n_selected")),
-                "stable": group.get("stable"),
-                "is_reference": bool(group.get("is_reference", label == reference)),
-            }
-            for metric, published in (group.get("metrics") or {}).items():
-                entry = published if isinstance(published, dict) else {"value": published}
-                hidden = entry.get("value") == SUPPRESSED
-                flag = entry.get("flag")
-                if flag is None:
-                    flag = entry.get("outside_fair_range")
-                rows.append(
-                    base
-                    | {
-                        "metric": metric,
-                        "value": _number(entry.get("value")),
-                        "ci_low": _number(entry.get("ci_low")),
-                        "ci_high": _number(entry.get("ci_high")),
-                        "suppressed": hidden,
-                        "ratio": _number(entry.get("ratio")),
-                        "ratio_ci_low": _number(entry.get("ratio_ci_low")),
-                        "ratio_ci_high": _number(entry.get("ratio_ci_high")),
-                        "flagged": flag is True,
-                    }
-                )
-    if not rows:
-        return empty(GROUPS_SCHEMA)
-    return conform(pl.DataFrame(rows, infer_schema_length=None), GROUPS_SCHEMA)
-
-
-def gradients_from_audit(audit: dict[str, Any], *, dimension: str = "imd_decile") -> pl.DataFrame:
-    """``gradients[dimension][indicator][sii|rii]`` -> ``GRADIENTS_SCHEMA``."""
-    rows = [
-        {"indicator": indicator, "measure": measure}
-        | {k: _number(estimate.get(k)) for k in ("value", "ci_low", "ci_high")}
-        for indicator, measures in ((audit.get("gradients") or {}).get(dimension) or {}).items()
-        for measure, estimate in measures.items()
-        if isinstance(estimate, dict)
+def groups_view(group_metrics: pl.DataFrame) -> pl.DataFrame:
+    """``group_metrics.parquet`` -> ``GROUPS_SCHEMA`` (a group is not compared with itself)."""
+    own = [
+        pl.when(pl.col("is_reference")).then(None).otherwise(pl.col(name)).alias(name)
+        for name in ("ratio", "ratio_ci_low", "ratio_ci_high")
     ]
-    return conform(pl.DataFrame(rows), GRADIENTS_SCHEMA) if rows else empty(GRADIENTS_SCHEMA)
+    return group_metrics.with_columns(group_order_expr(), *own).select(list(GROUPS_SCHEMA))
 
 
-def heat_from_audit(audit: dict[str, Any]) -> pl.DataFrame:
-    """``heat[dimension][indicator][measure]`` -> ``HEAT_SCHEMA``."""
-    rows = []
-    for dimension, indicators in (audit.get("heat") or {}).items():
-        for indicator, measures in indicators.items():
-            for measure, estimate in measures.items():
-                if not isinstance(estimate, dict):
-                    continue
-                rows.append(
-                    {
-                        "dimension": dimension,
-                        "indicator": indicator,
-                        "measure": measure,
-                        "best_group": measures.get("best_group"),
-                    }
-                    | {k: _number(estimate.get(k)) for k in ("value", "ci_low", "ci_high")}
-                )
-    return conform(pl.DataFrame(rows), HEAT_SCHEMA) if rows else empty(HEAT_SCHEMA)
-
-
-def gradient_points(groups: pl.DataFrame, mitigation: dict[str, Any] | None) -> pl.DataFrame:
+def gradient_points(groups: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFrame:
     """Quintile points for the gradient charts, each at the midpoint of its population rank.
 
     outcome_rate <- base_rate, selection_rate <- selection_rate, need_reached <- the risk
-    policy's ``case_tpr`` by IMD quintile (true-need cases with truth, else recorded outcome).
+    policy's ``case_tpr`` by IMD quintile (``reach``: ``mitigation_by_group.parquet``).
     """
     imd = groups.filter(pl.col("dimension") == "imd_quintile")
     if imd.is_empty():
@@ -211,33 +173,28 @@ def gradient_points(groups: pl.DataFrame, mitigation: dict[str, Any] | None) -> 
     sizes = sizes.with_columns(
         ((pl.col("n").cum_sum() - pl.col("n") / 2) / total).alias("rank_mid")
     ).select("group", "rank_mid")
-    frames = []
-    for indicator, metric in (("outcome_rate", "base_rate"), ("selection_rate", "selection_rate")):
-        frames.append(
-            imd.filter((pl.col("metric") == metric) & ~pl.col("suppressed"))
-            .select("group", "value", "ci_low", "ci_high")
-            .with_columns(pl.lit(indicator).alias("indicator"))
+    frames = [
+        imd.filter((pl.col("metric") == metric) & ~pl.col("suppressed"))
+        .select("group", "value", "ci_low", "ci_high")
+        .with_columns(pl.lit(indicator).alias("indicator"))
+        for indicator, metric in (
+            ("outcome_rate", "base_rate"),
+            ("selection_rate", "selection_rate"),
         )
-    risk = next(
-        (p for p in (mitigation or {}).get("policies", []) if p.get("policy") == "risk"), None
+    ]
+    frames.append(
+        reach.filter(
+            (pl.col("policy") == "risk")
+            & (pl.col("dimension") == "imd_quintile")
+            & pl.col("case_tpr").is_not_null()
+        ).select(
+            "group",
+            pl.col("case_tpr").alias("value"),
+            pl.lit(None, dtype=pl.Float64).alias("ci_low"),
+            pl.lit(None, dtype=pl.Float64).alias("ci_high"),
+            pl.lit("need_reached").alias("indicator"),
+        )
     )
-    if risk is not None:
-        reach = (risk.get("by_group") or {}).get("imd_quintile") or {}
-        rows = [
-            {"group": group, "value": _number(item.get("case_tpr"))}
-            for group, item in reach.items()
-            if _number(item.get("case_tpr")) is not None
-        ]
-        if rows:
-            frames.append(
-                pl.DataFrame(rows)
-                .with_columns(
-                    pl.lit(None, dtype=pl.Float64).alias("ci_low"),
-                    pl.lit(None, dtype=pl.Float64).alias("ci_high"),
-                    pl.lit("need_reached").alias("indicator"),
-                )
-                .select("group", "value", "ci_low", "ci_high", "indicator")
-            )
     points = pl.concat(frames, how="diagonal_relaxed").join(sizes, on="group", how="inner")
     points = points.with_columns(
         pl.col("ci_low").fill_null(pl.col("value")), pl.col("ci_high").fill_null(pl.col("value"))
@@ -245,105 +202,73 @@ def gradient_points(groups: pl.DataFrame, mitigation: dict[str, Any] | None) -> 
     return conform(points, GRADIENT_POINTS_SCHEMA).sort("indicator", "rank_mid")
 
 
-def label_summary_from_audit(audit: dict[str, Any]) -> pl.DataFrame:
-    """Need gaps (same score, and at the cut-off) with each group's share of the list when
-    ranked by score and by need -> ``LABEL_SUMMARY_SCHEMA``."""
-    label = audit.get("label_choice") or {}
-    shares: dict[tuple[str, str], dict[str, Any]] = {}
-    for dimension, items in (label.get("selection_shares") or {}).items():
-        for item in items:
-            shares[(dimension, str(item.get("group")))] = item
-    rows = []
-    for dimension, needs in (label.get("need_gaps") or {}).items():
-        for need, block in needs.items():
-            for item in block.get("groups", []):
-                group = str(item.get("group"))
-                share = shares.get((dimension, group), {})
-                by_need = share.get("share_by_true_need")
-                rows.append(
-                    {
-                        "need_measure": need,
-                        "dimension": dimension,
-                        "group": group,
-                        "group_order": group_order(dimension, group),
-                        "is_reference": bool(item.get("is_reference")),
-                        "n": _count_text(item.get("n")),
-                        "stable": item.get("stable"),
-                        "need_gap": _number(item.get("need_gap")),
-                        "need_gap_ci_low": _number(item.get("need_gap_ci_low")),
-                        "need_gap_ci_high": _number(item.get("need_gap_ci_high")),
-                        "need_ratio": _number(item.get("need_ratio")),
-                        "need_ratio_ci_low": _number(item.get("need_ratio_ci_low")),
-                        "need_ratio_ci_high": _number(item.get("need_ratio_ci_high")),
-                        "cutoff_gap": _number(item.get("cutoff_gap")),
-                        "disadvantaged": item.get("disadvantaged") is True,
-                        "share_selected_by_score": _number(share.get("share_by_risk_score")),
-                        "share_selected_by_need": _number(by_need),
-                        "share_selected_by_oracle": _number(share.get("share_by_oracle_risk")),
-                    }
-                )
-    if not rows:
-        return empty(LABEL_SUMMARY_SCHEMA)
-    return conform(pl.DataFrame(rows, infer_schema_length=None), LABEL_SUMMARY_SCHEMA)
+def label_summary_view(need_gaps: pl.DataFrame, shares: pl.DataFrame) -> pl.DataFrame:
+    """``need_gaps.parquet`` with each group's share of the list when ranked by score, by true
+    need and by oracle risk (``selection_shares.parquet``) -> ``LABEL_SUMMARY_SCHEMA``."""
+    beside = shares.select(
+        "dimension",
+        "group",
+        pl.col("share_by_risk_score").alias("share_selected_by_score"),
+        pl.col("share_by_true_need").alias("share_selected_by_need"),
+        pl.col("share_by_oracle_risk").alias("share_selected_by_oracle"),
+    )
+    return (
+        need_gaps.join(beside, on=["dimension", "group"], how="left", maintain_order="left")
+        .with_columns(group_order_expr(), pl.col("disadvantaged").fill_null(False))
+        .select(list(LABEL_SUMMARY_SCHEMA))
+    )
 
 
-def label_curves(frame: pl.DataFrame | None) -> pl.DataFrame:
+def label_curves(frame: pl.DataFrame) -> pl.DataFrame:
     """``need_by_score.parquet`` -> mean need per group and score percentile (0-100 scale)."""
-    if frame is None or frame.is_empty():
+    if frame.is_empty():
         return empty(LABEL_CHOICE_SCHEMA)
     bins = frame["score_percentile"].max() or 100
-    curves = frame.filter(pl.col("mean_need").is_not_null())
-    if "suppressed" in curves.columns:
-        curves = curves.filter(~pl.col("suppressed").fill_null(False))
-    if "n" in curves.columns:
-        curves = curves.filter(pl.col("n").cast(pl.String) != SUPPRESSED)
-    curves = curves.with_columns(
-        (pl.col("score_percentile").cast(pl.Float64) * 100.0 / float(bins)).alias("percentile"),
-        pl.col("group").cast(pl.String),
+    curves = frame.filter(
+        pl.col("mean_need").is_not_null() & ~pl.col("suppressed") & (pl.col("n") != SUPPRESSED)
     )
-    orders = pl.DataFrame(
-        [
-            {"dimension": d, "group": g, "group_order": group_order(d, g)}
-            for d, g in curves.select("dimension", "group").unique().iter_rows()
-        ],
-        schema={"dimension": pl.String, "group": pl.String, "group_order": pl.Int32},
+    return conform(
+        curves.with_columns(
+            (pl.col("score_percentile").cast(pl.Float64) * 100.0 / float(bins)).alias("percentile"),
+            group_order_expr(),
+        ),
+        LABEL_CHOICE_SCHEMA,
     )
-    curves = curves.join(orders, on=["dimension", "group"], how="left")
-    return conform(curves, LABEL_CHOICE_SCHEMA)
 
 
-def mitigation_from_audit(audit: dict[str, Any]) -> pl.DataFrame:
-    """``mitigation.policies`` -> ``MITIGATION_SCHEMA`` (one row per policy x IMD quintile)."""
-    policies = (audit.get("mitigation") or {}).get("policies") or []
-    truth = any("n_true_events_reached" in p for p in policies)
-    rows = []
-    order = {name: i for i, name in enumerate(ORDERED_POLICIES)}
-    for policy in sorted(policies, key=lambda p: order.get(p.get("policy"), 99)):
-        name = policy.get("policy")
-        events_key = "n_true_events_reached" if truth else "n_events_reached"
-        share_key = "share_of_true_events_reached" if truth else "share_of_events_reached"
-        gap = policy.get("case_tpr_gap_imd_quintile") if truth else None
-        if gap is None:
-            gap = policy.get("tpr_gap_imd_quintile")
-        base = {
-            "strategy": name,
-            "label": POLICY_LABELS.get(name, name),
-            "events_reached": _count_text(policy.get(events_key)),
-            "share_of_events_reached": _number(policy.get(share_key)),
-            "tpr_gap": _number(gap),
-            "recorded_gap": _number(policy.get("tpr_gap_imd_quintile")),
-        }
-        shares = ((policy.get("by_group") or {}).get("imd_quintile")) or {}
-        if not shares:
-            rows.append(base | {"group": None, "selection_share": None})
-        for group in sorted(shares, key=lambda g: group_order("imd_quintile", g)):
-            rows.append(
-                base
-                | {"group": group, "selection_share": _number(shares[group].get("selection_share"))}
-            )
-    if not rows:
+def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFrame:
+    """``mitigation.parquet`` with the IMD quintiles' selection shares of
+    ``mitigation_by_group.parquet`` -> ``MITIGATION_SCHEMA`` (one row per policy x quintile).
+
+    With expected true events (oracle) the events reached are those and the gap is the gap in
+    cases reached; otherwise recorded events and the recorded-outcome TPR gap.
+    """
+    if tradeoffs.is_empty():
         return empty(MITIGATION_SCHEMA)
-    return conform(pl.DataFrame(rows, infer_schema_length=None), MITIGATION_SCHEMA)
+    truth = tradeoffs["n_expected_true_events_reached"].is_not_null().any()
+    policy = pl.col("policy")
+    policies = tradeoffs.select(
+        policy.alias("strategy"),
+        policy.replace_strict(POLICY_LABELS, default=policy).alias("label"),
+        pl.col("n_expected_true_events_reached" if truth else "n_events_reached").alias(
+            "events_reached"
+        ),
+        pl.col("share_of_true_events_reached" if truth else "share_of_events_reached").alias(
+            "share_of_events_reached"
+        ),
+        (pl.coalesce("case_tpr_gap", "tpr_gap") if truth else pl.col("tpr_gap")).alias("tpr_gap"),
+        pl.col("tpr_gap").alias("recorded_gap"),
+        _position(policy, ORDERED_POLICIES, default=99).alias("_rank"),
+    )
+    shares = reach.filter(pl.col("dimension") == "imd_quintile").select(
+        pl.col("policy").alias("strategy"), "group", "selection_share", group_order_expr()
+    )
+    return conform(
+        policies.join(shares, on="strategy", how="left").sort(
+            "_rank", "strategy", "group_order", "group", nulls_last=True
+        ),
+        MITIGATION_SCHEMA,
+    )
 
 
 def population_from_audit(target: str, groups: pl.DataFrame) -> pl.DataFrame:
@@ -361,49 +286,51 @@ def population_from_audit(target: str, groups: pl.DataFrame) -> pl.DataFrame:
     return conform(frame, POPULATION_SCHEMA)
 
 
-# --- outreach_summary.json -> frames (pure) -----------------------------------------------------
+# --- other stages' summaries -> frames (pure) ---------------------------------------------------
 
 
-def outreach_from_summary(summary: dict[str, Any], target: str, *, has_truth: bool) -> pl.DataFrame:
+def outreach_from_summary(
+    summary: contract.OutreachSummary | None, target: str, *, has_truth: bool
+) -> pl.DataFrame:
     """One target's list make-up -> ``OUTREACH_SCHEMA``.
 
     Need share: each group's share of true need (synthetic data), else its share of the
     recorded events in the test split (from published counts; '*' counts leave it blank).
     """
-    block = (summary.get("targets") or {}).get(target) or {}
-    rows = []
-    for dimension, groups in (block.get("make_up") or {}).items():
-        events = [(g.get("test_split") or {}).get("n_events") for g in groups]
-        total_events = sum(
-            int(e) for e in events if isinstance(e, int | float) and not isinstance(e, bool)
-        )
-        for group in groups:
-            label = str(group.get("group"))
-            if has_truth and group.get("share_of_true_need") is not None:
-                need = _number(group.get("share_of_true_need"))
-            else:
-                n_events = (group.get("test_split") or {}).get("n_events")
-                need = (
-                    float(n_events) / total_events
-                    if isinstance(n_events, int | float)
-                    and not isinstance(n_events, bool)
-                    and total_events
-                    else None
-                )
-            rows.append(
-                {
-                    "dimension": dimension,
-                    "group": label,
-                    "group_order": group_order(dimension, label),
-                    "n_list": _count_text(group.get("n_selected")),
-                    "share_eligible": _number(group.get("share_of_eligible")),
-                    "share_list": _number(group.get("share_of_selected")),
-                    "share_need": need,
-                }
-            )
+    block = summary.targets.get(target) if summary is not None else None
+    rows = [
+        {
+            "dimension": dimension,
+            "group": group.group,
+            "n_list": None if group.n_selected is None else str(group.n_selected),
+            "share_eligible": _number(group.share_of_eligible),
+            "share_list": _number(group.share_of_selected),
+            "true_need_given": has_truth and group.share_of_true_need is not None,
+            "share_true_need": _number(group.share_of_true_need),
+            "n_events": _number((group.test_split or {}).get("n_events")),
+        }
+        for dimension, groups in (block.make_up if block is not None else {}).items()
+        for group in groups
+    ]
     if not rows:
         return empty(OUTREACH_SCHEMA)
-    return conform(pl.DataFrame(rows, infer_schema_length=None), OUTREACH_SCHEMA)
+    events_share = pl.col("n_events") / pl.col("n_events").sum().over("dimension")
+    frame = pl.DataFrame(rows, infer_schema_length=None).with_columns(
+        pl.when(pl.col("true_need_given"))
+        .then(pl.col("share_true_need"))
+        .otherwise(pl.when(pl.col("n_events").sum().over("dimension") > 0).then(events_share))
+        .alias("share_need"),
+        group_order_expr(),
+    )
+    return conform(frame, OUTREACH_SCHEMA)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None or value == SUPPRESSED:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return None
 
 
 def performance_from_metrics(metrics: dict[str, Any]) -> pl.DataFrame:
@@ -435,77 +362,107 @@ def _read_optional(path: Path, notes: list[str], what: str) -> Any:
         return None
 
 
+def _read_summary(
+    model: type[SummaryT], path: Path, notes: list[str], what: str
+) -> SummaryT | None:
+    """A contract summary, or None with a note when it is missing or does not follow it."""
+    if not path.exists():
+        notes.append(f"{what} was not available ({path.name} missing).")
+        return None
+    try:
+        return contract.read_summary(model, path)
+    except (OSError, ValidationError) as error:
+        first = str(error).splitlines()[0]
+        notes.append(f"{what} could not be read ({path.name}: {first}).")
+        return None
+
+
+def _as_dict(summary: BaseModel | None, **options: Any) -> dict[str, Any]:
+    """A summary as the plain JSON-like dict the presentation reads."""
+    if summary is None:
+        return {}
+    return summary.model_dump(mode="json", exclude_unset=True, **options)
+
+
+def _operating_point(summary: contract.AuditSummary) -> dict[str, Any]:
+    operating = summary.operating_point.model_dump(mode="json")
+    if summary.operating_point.capacity_mode == "share":
+        operating["cutoff_percentile"] = 100.0 * (1.0 - summary.operating_point.capacity)
+    return operating
+
+
+def _audit_summary(path: Path, target: str) -> contract.AuditSummary:
+    if not path.exists():
+        raise StageError(
+            f"report: {path} not found; run the audit first "
+            f"(python -m pipeline audit --target {target})"
+        )
+    try:
+        return contract.read_summary(contract.AuditSummary, path)
+    except ValidationError as error:
+        raise StageError(f"report: {path} does not follow contract.AuditSummary: {error}") from None
+
+
 def _target_view(
-    name: str, params: Params, paths: Paths, outreach: dict[str, Any] | None, has_truth: bool
+    name: str,
+    params: Params,
+    paths: Paths,
+    outreach: contract.OutreachSummary | None,
+    has_truth: bool,
 ) -> tuple[TargetView, pl.DataFrame]:
     notes: list[str] = []
     folder = paths.reports / "audit" / name
-    audit_file = folder / AUDIT_FILE
-    if not audit_file.exists():
-        raise StageError(
-            f"report: {audit_file} not found; run the audit first "
-            f"(python -m pipeline audit --target {name})"
-        )
-    audit = read_json(audit_file)
-    groups = groups_from_audit(audit)
+    summary = _audit_summary(folder / contract.AUDIT_SUMMARY_FILE, name)
+    tables = read_audit_tables(folder)
+    groups = groups_view(tables["group_metrics"])
     if groups.is_empty():
-        raise StageError(f"report: {audit_file}: no group metrics under 'dimensions'")
-    headline = (
-        _read_optional(
-            paths.reports / "metrics" / f"audit_{name}.json", notes, "The audit headline"
-        )
-        or audit.get("headline")
-        or {}
+        raise StageError(f"report: {folder}: no group metrics")
+    headline = _read_summary(
+        contract.AuditHeadline,
+        paths.reports / "metrics" / f"audit_{name}.json",
+        notes,
+        "The audit headline",
     )
-    curves_file = folder / NEED_CURVES_FILE
-    curves = pl.read_parquet(curves_file) if curves_file.exists() else None
-    if curves is None:
-        notes.append("The need-by-score curves were not available.")
     metrics = _read_optional(paths.models / name / "metrics.json", notes, "Model metrics") or {}
     plots = {}
     for curve in CURVES:
         path = paths.models / name / "plots" / f"{curve}.csv"
         if path.exists():
             plots[curve] = pl.read_csv(path)
-    target_params = params.targets[name]
-    operating = dict(audit.get("operating_point") or {})
-    capacity = operating.get("capacity", params.operating_point.capacity)
-    if operating.get("capacity_mode", params.operating_point.capacity_mode) == "share":
-        operating["cutoff_percentile"] = 100.0 * (1.0 - float(capacity))
     overall = groups.filter(pl.col("dimension") == "overall")
     first = overall.row(0, named=True) if overall.height else {}
-    outreach_block = ((outreach or {}).get("targets") or {}).get(name) or {}
+    outreach_block = outreach.targets.get(name) if outreach is not None else None
+    gradients = tables["gradients"]
     view = TargetView(
         target=name,
-        description=target_params.description,
-        outcome=target_params.outcome.replace("_", " "),
+        description=params.targets[name].description,
+        outcome=params.targets[name].outcome.replace("_", " "),
         groups=groups.filter(pl.col("dimension") != "overall"),
-        gradients=gradients_from_audit(audit),
-        gradient_points=gradient_points(groups, audit.get("mitigation")),
-        gradient_lines=gradients_from_audit(audit, dimension="imd_quintile"),
-        heat=heat_from_audit(audit),
-        label_choice=label_curves(curves),
-        label_summary=label_summary_from_audit(audit),
-        mitigation=mitigation_from_audit(audit),
+        gradients=gradients.filter(pl.col("dimension") == "imd_decile"),
+        gradient_points=gradient_points(groups, tables["mitigation_by_group"]),
+        gradient_lines=gradients.filter(pl.col("dimension") == "imd_quintile"),
+        heat=tables["heat"],
+        label_choice=label_curves(tables["need_by_score"]),
+        label_summary=label_summary_view(tables["need_gaps"], tables["selection_shares"]),
+        mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),
         calibration=empty(CALIBRATION_SCHEMA),
         performance=performance_from_metrics(metrics),
         curves=plots,
-        outreach=outreach_from_summary(outreach or {}, name, has_truth=has_truth),
-        operating_point=operating,
-        audit_headline=headline,
+        outreach=outreach_from_summary(outreach, name, has_truth=has_truth),
+        operating_point=_operating_point(summary),
+        audit_headline={} if headline is None else dict(headline.root),
         counts={
-            "n_eligible": outreach_block.get("n_eligible", metrics.get("n_cohort")),
-            "n_audited": first.get("n", audit.get("n")),
+            "n_eligible": outreach_block.n_eligible
+            if outreach_block is not None
+            else metrics.get("n_cohort"),
+            "n_audited": first.get("n", summary.n),
             "n_events": first.get("n_events"),
             "n_selected": first.get("n_selected"),
         },
         notes=tuple(notes),
-        split=str(audit.get("split", "test")),
-        case_definition=str((audit.get("settings") or {}).get("need_case_definition") or ""),
-        truth_events=any(
-            "n_true_events_reached" in policy
-            for policy in (audit.get("mitigation") or {}).get("policies") or []
-        ),
+        split=summary.split,
+        case_definition=summary.settings.need_case_definition,
+        truth_events=tables["mitigation"]["n_expected_true_events_reached"].is_not_null().any(),
     )
     return view, population_from_audit(name, groups)
 
@@ -527,18 +484,28 @@ def load_view(params: Params, paths: Paths) -> ReportView:
     Raises
     ------
     StageError
-        When a target has no ``reports/audit/<target>/audit.json``.
+        When a target has no ``reports/audit/<target>/audit.json`` or its tables do not
+        follow the contract.
     """
     notes: list[str] = []
-    outreach = _read_optional(
-        paths.reports / "outreach_summary.json", notes, "The outreach summary"
+    outreach = _read_summary(
+        contract.OutreachSummary,
+        paths.reports / "outreach_summary.json",
+        notes,
+        "The outreach summary",
     )
-    quality = _read_optional(paths.reports / "data_quality.json", notes, "The data quality summary")
+    quality = _read_summary(
+        contract.DataQuality, paths.reports / "data_quality.json", notes, "The data quality summary"
+    )
     calibration_file = paths.reports / "synthetic_calibration.json"
-    synthetic = read_json(calibration_file) if calibration_file.exists() else None
-    has_truth = (
-        bool((outreach or {}).get("truth_available")) or (paths.truth / "people.parquet").exists()
+    synthetic = (
+        contract.read_summary(contract.SyntheticCalibration, calibration_file)
+        if calibration_file.exists()
+        else None
     )
+    has_truth = (outreach is not None and outreach.truth_available) or (
+        paths.truth / "people.parquet"
+    ).exists()
     views, populations = [], []
     for name in params.targets:
         view, population = _target_view(name, params, paths, outreach, has_truth)
@@ -561,23 +528,15 @@ def load_view(params: Params, paths: Paths) -> ReportView:
         )
         if p.exists()
     ]
-    total = None
-    if isinstance(quality, dict):
-        for key in ("n_people", "n_persons", "n"):
-            if key in quality:
-                total = quality[key]
-                break
-        else:
-            total = ((quality.get("tables") or {}).get("people") or {}).get("n_rows")
     return ReportView(
         title=params.report.title,
         source=source,
         targets=tuple(views),
         population=pl.concat(populations) if populations else empty(POPULATION_SCHEMA),
-        population_total=total,
-        data_quality=quality or {},
-        synthetic_calibration=synthetic,
-        outreach_meta={k: v for k, v in (outreach or {}).items() if k != "targets"},
+        population_total=None if quality is None else quality.n_people,
+        data_quality=_as_dict(quality),
+        synthetic_calibration=None if synthetic is None else _as_dict(synthetic),
+        outreach_meta=_as_dict(outreach, exclude={"targets"}),
         fair_low=params.audit.fair_ratio_low,
         fair_high=params.audit.fair_ratio_high,
         confidence=params.audit.confidence,

@@ -1,9 +1,10 @@
 """The report's own view of its inputs: small, normalised Polars frames per target.
 
 :mod:`pipeline.report.inputs` maps the upstream files (audit, outreach, train, validate,
-synthesize) onto these frames; everything downstream (findings, charts, tables) reads only these,
-so a change in an upstream layout touches one module. Every frame may be empty: its section then
-says the analysis is not available instead of failing.
+synthesize) onto these frames; where a frame mirrors an audit table its columns are the
+contract's (:mod:`pipeline.contract`, docs/audit_tables.md). Everything downstream (findings,
+charts, tables) reads only these, so a change in an upstream layout touches one module. Every
+frame may be empty: its section then says the analysis is not available instead of failing.
 """
 
 from __future__ import annotations
@@ -13,35 +14,38 @@ from typing import Any, Final
 
 import polars as pl
 
+from pipeline import contract
+
+_METRICS: Final = contract.GROUP_METRICS_SCHEMA
 GROUPS_SCHEMA: Final = {
     "dimension": pl.String,
     "group": pl.String,
     "group_order": pl.Int32,
-    "n": pl.String,  # published counts: "*" or digits
-    "n_events": pl.String,
-    "n_selected": pl.String,
-    "stable": pl.Boolean,
-    "is_reference": pl.Boolean,
-    "metric": pl.String,
-    "value": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "suppressed": pl.Boolean,
-    "ratio": pl.Float64,
-    "ratio_ci_low": pl.Float64,
-    "ratio_ci_high": pl.Float64,
-    "flagged": pl.Boolean,
+    **{
+        name: _METRICS[name]
+        for name in (
+            "n",  # published counts: "*" or digits
+            "n_events",
+            "n_selected",
+            "stable",
+            "is_reference",
+            "metric",
+            "value",
+            "ci_low",
+            "ci_high",
+            "suppressed",
+            "ratio",
+            "ratio_ci_low",
+            "ratio_ci_high",
+            "flagged",
+        )
+    },
 }
-"""Long: one row per (dimension, group, metric). ``suppressed``: the value is '*' upstream."""
+"""Long: one row per (dimension, group, metric), from ``group_metrics.parquet`` (the
+reference group's own ratio is null). ``suppressed``: value and CI withheld (a count is 1-7)."""
 
-GRADIENTS_SCHEMA: Final = {
-    "indicator": pl.String,  # outcome_rate, mean_predicted_risk, selection_rate, need_reached
-    "measure": pl.String,  # sii, rii
-    "value": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-}
-"""SII = least minus most deprived end (Fingertips); RII = least / most deprived end."""
+GRADIENTS_SCHEMA: Final = contract.GRADIENTS_SCHEMA
+"""``gradients.parquet`` as written, one dimension at a time."""
 GRADIENT_POINTS_SCHEMA: Final = {
     "indicator": pl.String,
     "group": pl.String,  # IMD decile or quintile label, 1 = most deprived
@@ -50,15 +54,8 @@ GRADIENT_POINTS_SCHEMA: Final = {
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
 }
-HEAT_SCHEMA: Final = {
-    "dimension": pl.String,
-    "indicator": pl.String,
-    "measure": pl.String,
-    "value": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "best_group": pl.String,
-}
+HEAT_SCHEMA: Final = contract.HEAT_SCHEMA
+"""``heat.parquet`` as written."""
 LABEL_CHOICE_SCHEMA: Final = {
     "need_measure": pl.String,
     "dimension": pl.String,
@@ -87,6 +84,7 @@ LABEL_SUMMARY_SCHEMA: Final = {
     "share_selected_by_need": pl.Float64,
     "share_selected_by_oracle": pl.Float64,
 }
+"""``need_gaps.parquet`` with each group's ``selection_shares.parquet`` shares beside it."""
 MITIGATION_SCHEMA: Final = {
     "strategy": pl.String,
     "label": pl.String,

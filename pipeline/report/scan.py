@@ -1,9 +1,12 @@
 """Disclosure scanner: checks the report HTML and every JSON/parquet under ``reports/``.
 
-The convention (``/work/notes/COMMON.md``, enforced here):
+The convention (declared in :mod:`pipeline.contract`: count names, ``NOT_PEOPLE_COUNTS``,
+``METRIC_COUNTS`` and each audit table's count columns; docs/audit_tables.md). The stages
+publish through the contract; this scanner is the backstop that refuses any breach:
 
-- a key or column holding a count of people or events is named ``n``, ``n_*`` or ``*_count``;
-  its value is None, 0, ``'*'`` or a multiple of the rounding base;
+- a key or column holding a count of people or events is named ``n``, ``n_*`` or ``*_count``
+  (or is declared a count by its table's contract); its value is None, 0, ``'*'`` or a multiple
+  of the rounding base;
 - a rate in a cell whose denominator ``n`` is ``'*'`` is ``'*'`` (or null), and so are its CIs;
   the well-known numerator pairs (``n_events`` -> base rate / TPR, ``n_selected`` -> selection
   rate / PPV) follow the same rule;
@@ -26,6 +29,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from pipeline import contract
 from pipeline.disclosure import ROUND_TO, SUPPRESS_BELOW, SUPPRESSED, is_published_count
 from pipeline.io import read_json
 
@@ -39,32 +43,12 @@ __all__ = [
     "scan_reports",
 ]
 
-NOT_PEOPLE_COUNTS: Final = frozenset(
-    {
-        "n_bootstrap",
-        "n_monte_carlo",
-        "n_estimators",
-        "n_features",
-        "n_resamples",
-        "n_bins",
-        "n_groups",
-        "n_dimensions",
-        "n_comparisons",
-        "n_flagged",
-        "n_iterations",
-        "n_targets",
-        "n_icbs",
-        "n_regions",
-        "n_deciles",
-        "n_conditions",
-        "n_windows",
-        "n_splits",
-        "n_checks",
-        "n_rules",
-        "n_areas_per_icb",
-    }
-)
-"""``n_*`` keys that count things other than people or events (resamples, features, groups)."""
+NOT_PEOPLE_COUNTS: Final = contract.NOT_PEOPLE_COUNTS
+"""``n_*`` keys that count things other than people or events (declared in the contract)."""
+METRIC_COUNTS: Final = contract.METRIC_COUNTS
+"""Which counts each well-known metric is computed from (declared in the contract)."""
+_TABLE_COUNTS: Final = {table.file: table.counts for table in contract.AUDIT_TABLES.values()}
+"""Count columns of each published audit table, by file name (declared in the contract)."""
 
 ROW_LEVEL_KEYS: Final = frozenset({"person_id", "pseudonym", "nhs_number"})
 
@@ -100,21 +84,6 @@ _RATE_WORDS: Final = (
     "value",
     "estimate",
 )
-METRIC_COUNTS: Final = {
-    # metric: the counts whose suppression suppresses it (its numerator and denominator)
-    "base_rate": ("n_events", "n"),
-    "outcome_rate": ("n_events", "n"),
-    "selection_rate": ("n_selected", "n"),
-    "tpr": ("n_true_positives", "n_events"),
-    "fnr": ("n_false_negatives", "n_events"),
-    "fpr": ("n_false_positives", "n_non_events"),
-    "ppv": ("n_true_positives", "n_selected"),
-    "auroc": ("n_events", "n_non_events"),
-    "brier": ("n_events", "n"),
-    "oe_ratio": ("n_events", "n"),
-    "calibration_slope": ("n_events", "n_non_events"),
-}
-"""Which counts each well-known metric is computed from (the audit's own definitions)."""
 
 
 @dataclass(frozen=True)
@@ -131,11 +100,9 @@ class Violation:
 
 
 def is_count_key(key: str) -> bool:
-    """True for keys/columns that hold counts of people or events under the convention."""
-    key = key.lower()
-    if key in NOT_PEOPLE_COUNTS:
-        return False
-    return key == "n" or key.startswith("n_") or key.endswith("_count")
+    """True for keys/columns that hold counts of people or events under the convention
+    (:func:`pipeline.contract.is_count_name`)."""
+    return contract.is_count_name(key)
 
 
 def is_rate_key(key: str) -> bool:
@@ -266,7 +233,10 @@ def scan_parquet(
     for column in frame.columns:
         if column.lower() in ROW_LEVEL_KEYS:
             found.append(Violation(source, column, "row-level identifier column", column))
-    for column in [c for c in frame.columns if is_count_key(c)]:
+    # a contract table's declared counts, and any other column named like a count
+    declared = _TABLE_COUNTS.get(Path(path).name, ()) if "audit" in Path(path).parts else ()
+    counts = [c for c in frame.columns if c in declared or is_count_key(c)]
+    for column in counts:
         series = frame[column]
         if series.dtype == pl.String:
             text = series.str.replace_all(",", "")
@@ -296,8 +266,9 @@ def scan_parquet(
         suppressed = frame["n"] == SUPPRESSED
         for column in [c for c in frame.columns if is_rate_key(c)]:
             series = frame[column]
+            # a String column leaks only numbers (a label such as ci_method does not)
             shown = (
-                series.is_not_null() & (series != SUPPRESSED)
+                series.str.contains(r"^-?[\d.,]+(e-?\d+)?$")
                 if series.dtype == pl.String
                 else series.is_not_null()
             )

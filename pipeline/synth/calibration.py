@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 
 from pipeline import seeds
-from pipeline.contract import REGIONS
+from pipeline.contract import REGIONS, SyntheticCalibration
 from pipeline.disclosure import publish_rate, round_count
 from pipeline.synth import reference as ref
 from pipeline.synth.conditions import (
@@ -272,7 +272,7 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
         g: (round(float(dm[1, i] / dm[0, i]) / float(dm[1, 0] / dm[0, 0]), 3) if dm[0, i] else None)
         for i, g in enumerate(ref.ETHNIC_GROUPS)
     }
-    return {
+    report = {
         "source": "synthetic",
         "bias": bias,
         "reference": "QOF 2019/20 via House of Commons Library (Open Parliament Licence v3.0); "
@@ -282,3 +282,6 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
         "age_by_region": ages,
         "true_diabetes_ratio_to_white_17_plus": diabetes_ratio,
     }
+    # checked against the contract model the report reads it through
+    checked = SyntheticCalibration.model_validate(report)
+    return checked.model_dump(mode="json", exclude_unset=True)

@@ -1,5 +1,7 @@
 """A small synthetic world with planted recording and access bias, for tests and benchmarks.
 
+(Test-only code: lives in tests/, benchmarks put tests/ on their path.)
+
 Not the project's population synthesiser (``pipeline.synth``): a few vectorised lines whose
 ground truth is known exactly, so tests can check that the audit finds the planted effect and
 nothing else.
@@ -18,12 +20,14 @@ under_recording)`` times the true need of quintile 5: the planted effect.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import numpy as np
 import polars as pl
 
-from pipeline import contract
+from pipeline import contract, io
+from tests.manifests import write_manifest
 
 ICBS: Final = tuple(f"Q{index:02d}" for index in range(42))
 ETHNICITY_SHARES: Final = {
@@ -46,6 +50,7 @@ def simulate_world(
     access: float = 1.0,
     need_gradient: float = 1.0,
     seed: int = 0,
+    targets: tuple[str, ...] = ("sim_target",),
 ) -> dict[str, pl.DataFrame]:
     """Scores, features (sensitive columns + recorded need), truth and oracle of a small world.
 
@@ -54,7 +59,8 @@ def simulate_world(
     dict of polars.DataFrame
         ``scores`` (contract.SCORES_SCHEMA), ``features`` (person_id, split, the sensitive
         columns, n_recorded_conditions, recorded_measure), ``truth`` (person_id,
-        n_true_conditions, true_need) and ``oracle`` (person_id, target, oracle_risk).
+        n_true_conditions, true_need) and ``oracle`` (person_id, target, oracle_risk; the same
+        risk for each of ``targets``).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -137,7 +143,24 @@ def simulate_world(
             "true_need": need,
         }
     )
-    oracle_frame = pl.DataFrame(
-        {"person_id": person_id, "target": "sim_target", "oracle_risk": oracle}
+    oracle_frame = pl.concat(
+        pl.DataFrame({"person_id": person_id, "target": target, "oracle_risk": oracle})
+        for target in targets
     )
     return {"scores": scores, "features": features, "truth": truth, "oracle": oracle_frame}
+
+
+def write_world(root: Path, world: dict[str, pl.DataFrame], *, targets: tuple[str, ...]) -> None:
+    """Write ``world`` where the audit reads it: each target's scores (the same world's),
+    features with a manifest, and truth."""
+    for target in targets:
+        io.write_parquet(
+            world["scores"], root / "data/scores" / f"{target}.parquet", sort_by="person_id"
+        )
+    io.write_parquet(world["features"], root / "features/features.parquet", sort_by="person_id")
+    inputs = ["age", "imd_decile", "recorded_measure", contract.RECORDED_MULTIMORBIDITY]
+    write_manifest(world["features"], root / "features/manifest.json", inputs=inputs)
+    io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
+    io.write_parquet(
+        world["oracle"], root / "data/truth/oracle.parquet", sort_by=["target", "person_id"]
+    )
