@@ -8,13 +8,102 @@ A rate whose numerator or denominator is suppressed is suppressed too. Everythin
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Annotated, Final
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 SUPPRESSED: Final = "*"
 SUPPRESS_BELOW: Final = 8
 ROUND_TO: Final = 5
+
+
+class Rule(BaseModel):
+    """The disclosure rule in force: params ``disclosure`` (one section for every stage and the
+    report's scanner). Counts of 1 to ``suppress_below - 1`` are shown as ``'*'``, every other
+    count is rounded to the nearest ``round_to`` (halves up; 0 stays 0).
+
+    >>> rule = Rule()
+    >>> rule.count(6), rule.count(12), rule.count(0)
+    ('*', 10, 0)
+    >>> rule.rate(40, 6, 0.15)
+    '*'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suppress_below: Annotated[int, Field(ge=1, le=1_000, strict=True)] = SUPPRESS_BELOW
+    round_to: Annotated[int, Field(ge=1, le=1_000, strict=True)] = ROUND_TO
+
+    def is_suppressed(self, count: int | None) -> bool:
+        """True when a count of people must not be published."""
+        return count is not None and 0 < count < self.suppress_below
+
+    def count(self, count: int | None) -> int | str | None:
+        """A publishable count: ``'*'`` when suppressed, else rounded."""
+        if count is None:
+            return None
+        if self.is_suppressed(count):
+            return SUPPRESSED
+        return int(math.floor(count / self.round_to + 0.5) * self.round_to)
+
+    def rate(
+        self, numerator: int | None, denominator: int | None, rate: float | None
+    ) -> float | str | None:
+        """A rate is published only when neither its numerator nor its denominator is
+        suppressed."""
+        if self.is_suppressed(numerator) or self.is_suppressed(denominator):
+            return SUPPRESSED
+        return rate
+
+    def count_expr(self, count: pl.Expr) -> pl.Expr:
+        """Vectorised :meth:`count`: a String column (``'*'`` or the rounded count)."""
+        rounded = (count.cast(pl.Float64) / self.round_to + 0.5).floor() * self.round_to
+        return (
+            pl.when(count.is_null())
+            .then(pl.lit(None, dtype=pl.String))
+            .when(self.suppressed_expr(count))
+            .then(pl.lit(SUPPRESSED))
+            .otherwise(rounded.cast(pl.Int64).cast(pl.String))
+            .alias(count.meta.output_name(raise_if_undetermined=False) or "count")
+        )
+
+    def suppressed_expr(self, count: pl.Expr) -> pl.Expr:
+        """True where a count would be suppressed."""
+        return (count > 0) & (count < self.suppress_below)
+
+    def is_published(self, value: object) -> bool:
+        """True when ``value`` is a publishable count: None, 0, ``'*'`` or a multiple of
+        ``round_to`` (ints, integral floats and numeric strings, as stages publish them)."""
+        if value is None or value == SUPPRESSED:
+            return True
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, str):
+            text = value.replace(",", "").strip()
+            if not text.isdigit():
+                return False
+            value = int(text)
+        if isinstance(value, float):
+            if not value.is_integer():
+                return False
+            value = int(value)
+        return isinstance(value, int) and value >= 0 and value % self.round_to == 0
+
+    def republish(self, value: object) -> int | str | None:
+        """A count that may already be published (``'*'``, a rounded int or numeric string) or
+        raw -> its published form. Idempotent: publishing a published count changes nothing."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if value == SUPPRESSED:
+            return SUPPRESSED
+        if isinstance(value, str):
+            value = float(value.replace(",", ""))
+        if isinstance(value, float):
+            value = round(value)
+        if not isinstance(value, int):
+            raise TypeError(f"not a count: {value!r}")
+        return self.count(value)
 
 
 def is_suppressed(count: int | None, *, suppress_below: int = SUPPRESS_BELOW) -> bool:
