@@ -129,22 +129,11 @@ def count_column(event_type: str, months: int) -> str:
     return f"n_{event_type}_{months}m"
 
 
-def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
-    """The feature catalogue for these params, in column order.
-
-    Parameters
-    ----------
-    features
-        The ``features`` section of the params (windows, measurements, input switches).
-
-    Returns
-    -------
-    list[FeatureSpec]
-        Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
-    """
+def _person_specs(features: FeatureParams) -> list[FeatureSpec]:
+    """Demographics and place (from ``people`` and the home area)."""
     people: contract.FeatureSource = "people"
     areas: contract.FeatureSource = "areas"
-    specs = [
+    return [
         FeatureSpec("age", "age in years at the index date", pl.Int16(), kind="age",
                     source_table=people, unit="years"),
         FeatureSpec("sex_female", "recorded sex is female", pl.Int8(), kind="flag",
@@ -160,18 +149,27 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
                     kind="category", source_table=areas, model_input=features.region_as_input,
                     categorical=True, categories=contract.REGIONS),
     ]  # fmt: skip
-    for event_type in contract.EVENT_TYPES:
-        specs.extend(
-            FeatureSpec(
-                count_column(event_type, months),
-                f"{EVENT_NOUNS[event_type]} in the last {months} months",
-                pl.Int32(),
-                kind="count",
-                source_events=(event_type,),
-                window_months=months,
-            )
-            for months in features.windows_months
+
+
+def _count_specs(windows_months: Sequence[int]) -> list[FeatureSpec]:
+    """Events of each type in each look-back window."""
+    return [
+        FeatureSpec(
+            count_column(event_type, months),
+            f"{EVENT_NOUNS[event_type]} in the last {months} months",
+            pl.Int32(),
+            kind="count",
+            source_events=(event_type,),
+            window_months=months,
         )
+        for event_type in contract.EVENT_TYPES
+        for months in windows_months
+    ]
+
+
+def _recency_specs() -> list[FeatureSpec]:
+    """Days since the last A&E attendance / emergency admission, and whether there was one."""
+    specs = []
     for event_type in RECENCY_EVENTS:
         noun = EVENT_SINGULAR[event_type]
         specs += [
@@ -181,19 +179,29 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
             FeatureSpec(f"no_prior_{event_type}", f"no {noun} recorded before the index date",
                         pl.Int8(), kind="flag", source_events=(event_type,)),
         ]  # fmt: skip
-    specs.extend(
-        FeatureSpec(f"has_{condition}", f"{CONDITION_LABELS[condition]} recorded", pl.Int8(),
-                    kind="flag", source_events=("diagnosis",))
-        for condition in contract.CONDITIONS
-    )  # fmt: skip
-    specs += [
+    return specs
+
+
+def _condition_specs() -> list[FeatureSpec]:
+    """Recorded long-term conditions, their number, and recorded smoking."""
+    return [
+        *[
+            FeatureSpec(f"has_{condition}", f"{CONDITION_LABELS[condition]} recorded", pl.Int8(),
+                        kind="flag", source_events=("diagnosis",))
+            for condition in contract.CONDITIONS
+        ],
         FeatureSpec(contract.RECORDED_MULTIMORBIDITY,
                     f"long-term conditions recorded (of {len(contract.CONDITIONS)})", pl.Int8(),
                     kind="count", source_events=("diagnosis",)),
         FeatureSpec(SMOKING_FEATURE, "current smoking recorded", pl.Int8(), kind="flag",
                     source_events=("diagnosis",)),
     ]  # fmt: skip
-    for code in features.measurements:
+
+
+def _measurement_specs(measurements: Sequence[str]) -> list[FeatureSpec]:
+    """Latest value, days since it and a missing flag per measurement."""
+    specs = []
+    for code in measurements:
         label = MEASUREMENT_LABELS[code]
         unit = contract.MEASUREMENT_CODES[code][0]
         specs += [
@@ -205,30 +213,54 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
             FeatureSpec(f"{code}_missing", f"no {label} recorded", pl.Int8(), kind="flag",
                         source_events=("measurement",)),
         ]  # fmt: skip
-    months = features.polypharmacy_months
-    specs += [
+    return specs
+
+
+def _practice_specs(months: int) -> list[FeatureSpec]:
+    """Polypharmacy, then the GP practice's context (list size, prevalences, admission rate)."""
+    return [
         FeatureSpec(f"n_bnf_sections_{months}m",
                     f"different BNF medicine sections prescribed in the last {months} months",
                     pl.Int16(), kind="count", source_events=("prescription",),
                     window_months=months),
         FeatureSpec("practice_list_size", "registered patients at the GP practice", pl.Int32(),
-                    kind="numeric", source_table=people, unit="patients"),
-    ]  # fmt: skip
-    specs.extend(
-        FeatureSpec(f"practice_prevalence_{condition}",
-                    f"share of the GP practice's patients with {CONDITION_LABELS[condition]} "
-                    "recorded", pl.Float64(), kind="share", source_events=("diagnosis",),
-                    source_table="people+events")
-        for condition in contract.CONDITIONS
-    )  # fmt: skip
-    specs.append(
+                    kind="numeric", source_table="people", unit="patients"),
+        *[
+            FeatureSpec(f"practice_prevalence_{condition}",
+                        f"share of the GP practice's patients with {CONDITION_LABELS[condition]} "
+                        "recorded", pl.Float64(), kind="share", source_events=("diagnosis",),
+                        source_table="people+events")
+            for condition in contract.CONDITIONS
+        ],
         FeatureSpec(f"practice_emergency_admission_rate_{months}m",
                     "emergency admissions per registered patient at the GP practice in the last "
                     f"{months} months", pl.Float64(), kind="rate",
                     source_events=("emergency_admission",), source_table="people+events",
-                    window_months=months)
-    )  # fmt: skip
-    return specs
+                    window_months=months),
+    ]  # fmt: skip
+
+
+def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
+    """The feature catalogue for these params, in column order.
+
+    Parameters
+    ----------
+    features
+        The ``features`` section of the params (windows, measurements, input switches).
+
+    Returns
+    -------
+    list[FeatureSpec]
+        Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
+    """
+    return [
+        *_person_specs(features),
+        *_count_specs(features.windows_months),
+        *_recency_specs(),
+        *_condition_specs(),
+        *_measurement_specs(features.measurements),
+        *_practice_specs(features.polypharmacy_months),
+    ]
 
 
 def window_starts(index_date: dt.date, months: Sequence[int]) -> dict[int, dt.date]:
