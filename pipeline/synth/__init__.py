@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,29 @@ def truth_people_frame(
     ).select(pl.col(name).cast(dtype) for name, dtype in TRUTH_PEOPLE_SCHEMA.items())
 
 
+def _draw_health(
+    geo: Geography,
+    index: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    calibration: Calibration,
+    population: PopulationParams,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Demographics, conditions and yearly care-use counts of the people ``index``."""
+    bias = population.bias
+    people = draw_people(geo, index, rng, not_recorded_share=bias.ethnicity_not_recorded)
+    cond = draw_conditions(
+        people, rng, offsets=calibration.offsets, under_recording=bias.under_recording
+    )
+    frailty = rng.gamma(3.0, 1.0 / 3.0, len(index))
+    counts = draw_counts(
+        care_rates(people, cond, frailty, access=bias.access),
+        rng,
+        history_years=population.history_years,
+    )
+    return people, cond, counts
+
+
 def generate_chunk(
     geo: Geography,
     calibration: Calibration,
@@ -176,19 +201,12 @@ def generate_chunk(
         ``people``, ``events``, ``outcomes``, ``truth_people``, ``oracle`` (Polars frames, each in
         its write order) and ``arrays`` (people and conditions, for the calibration tally).
     """
-    bias = population.bias
+    access = population.bias.access
     # The draws below share one stream: their order is part of the output.
     rng = seeds.rng("synthesize", "chunk", chunk, root=seed)
     index = np.arange(start, stop)
-    people = draw_people(geo, index, rng, not_recorded_share=bias.ethnicity_not_recorded)
-    cond = draw_conditions(
-        people, rng, offsets=calibration.offsets, under_recording=bias.under_recording
-    )
-    frailty = rng.gamma(3.0, 1.0 / 3.0, len(index))
-    counts = draw_counts(
-        care_rates(people, cond, frailty, access=bias.access),
-        rng,
-        history_years=population.history_years,
+    people, cond, counts = _draw_health(
+        geo, index, rng, calibration=calibration, population=population
     )
     ids = person_ids(index)
     outcomes, oracle = _outcome_frames(
@@ -197,10 +215,10 @@ def generate_chunk(
         (people, cond, history_summary(counts)),
         ids,
         rng,
-        access=bias.access,
+        access=access,
     )
     events = expand_events(
-        people, cond, counts, rng, history_years=population.history_years, access=bias.access
+        people, cond, counts, rng, history_years=population.history_years, access=access
     )
     return {
         "people": people_frame(people, ids),
@@ -236,6 +254,39 @@ def _write_geography(geo: Geography, population_dir: Path, truth_dir: Path) -> N
     practice_quality_frame(geo).write_parquet(truth_dir / "practices.parquet", compression="zstd")
 
 
+def _write_chunks(
+    make_chunk: Callable[..., dict[str, Any]],
+    bounds: list[tuple[int, int]],
+    population_dir: Path,
+    truth_dir: Path,
+) -> Tally:
+    """Generate and append each chunk ``(start, stop)``; return the calibration tally."""
+    (population_dir / "events").mkdir()
+    writers = {
+        "people": _Appender(population_dir / "people.parquet"),
+        "outcomes": _Appender(population_dir / "outcomes.parquet"),
+        "truth_people": _Appender(truth_dir / "people.parquet"),
+        "oracle": _Appender(truth_dir / "oracle.parquet"),
+    }
+    tally = Tally()
+    try:
+        with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task("synthesize", total=len(bounds))
+            for chunk, (start, stop) in enumerate(bounds):
+                frames = make_chunk(start, stop, chunk=chunk)
+                for name, writer in writers.items():
+                    writer.write(frames[name])
+                frames["events"].write_parquet(
+                    population_dir / "events" / f"part-{chunk:05d}.parquet", compression="zstd"
+                )
+                tally.add(*frames["arrays"])
+                progress.advance(task)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return tally
+
+
 def synthesize(
     population_dir: Path,
     truth_dir: Path,
@@ -261,41 +312,18 @@ def synthesize(
         rng=seeds.rng("synthesize", "geography", root=seed),
     )
     _write_geography(geo, population_dir, truth_dir)
-    (population_dir / "events").mkdir()
-    writers = {
-        "people": _Appender(population_dir / "people.parquet"),
-        "outcomes": _Appender(population_dir / "outcomes.parquet"),
-        "truth_people": _Appender(truth_dir / "people.parquet"),
-        "oracle": _Appender(truth_dir / "oracle.parquet"),
-    }
-    tally = Tally()
-    n_people, chunk_size = population.n_people, population.chunk_size
-    starts = list(range(0, n_people, chunk_size))
-    try:
-        with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("synthesize", total=len(starts))
-            for chunk, start in enumerate(starts):
-                frames = generate_chunk(
-                    geo,
-                    calibration,
-                    start,
-                    min(start + chunk_size, n_people),
-                    population=population,
-                    targets=targets,
-                    chunk=chunk,
-                    seed=seed,
-                    index_date=index_date,
-                )
-                for name, writer in writers.items():
-                    writer.write(frames[name])
-                frames["events"].write_parquet(
-                    population_dir / "events" / f"part-{chunk:05d}.parquet", compression="zstd"
-                )
-                tally.add(*frames["arrays"])
-                progress.advance(task)
-    finally:
-        for writer in writers.values():
-            writer.close()
+    make_chunk = partial(
+        generate_chunk,
+        geo,
+        calibration,
+        population=population,
+        targets=targets,
+        seed=seed,
+        index_date=index_date,
+    )
+    starts = range(0, population.n_people, population.chunk_size)
+    bounds = [(start, min(start + population.chunk_size, population.n_people)) for start in starts]
+    tally = _write_chunks(make_chunk, bounds, population_dir, truth_dir)
     return calibration_report(tally, bias=population.bias.model_dump())
 
 
@@ -322,36 +350,46 @@ def copy_extract(extract_dir: Path, population_dir: Path) -> None:
             )
 
 
+@contextmanager
+def _output_dirs(paths: Paths) -> Iterator[tuple[Path, Path]]:
+    """Fresh population and truth folders, swapped in atomically when the block succeeds."""
+    with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
+        for folder in (population_dir, truth_dir):
+            folder.chmod(0o755)  # mkdtemp makes 0700; the data folders are shared
+        yield population_dir, truth_dir
+
+
+def _import_extract(
+    extract_dir: Path, paths: Paths, *, target_names: tuple[str, ...], index_date: dt.date
+) -> dict[str, Any]:
+    """Validate and copy a real extract (no truth); return its calibration-report stub."""
+    from pipeline.contract import validate_population
+
+    validate_population(extract_dir, target_names=target_names, index_date=index_date)
+    with _output_dirs(paths) as (population_dir, _):
+        copy_extract(extract_dir, population_dir)
+    return {"source": "extract", "note": "real extract: no synthetic calibration, no truth"}
+
+
 def run(params: Params, paths: Paths) -> None:
     """Generate (or import) the population, its truth and the calibration report."""
     pop = params.population
     if pop.source == "extract":
-        from pipeline.contract import validate_population
-
         extract_dir = Path(pop.extract_dir or "")
-        if not extract_dir.is_absolute():
-            extract_dir = paths.root / extract_dir
-        validate_population(
-            extract_dir, target_names=tuple(params.targets), index_date=params.index_date
-        )
-        with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
-            for folder in (population_dir, truth_dir):
-                folder.chmod(0o755)
-            copy_extract(extract_dir, population_dir)
-        write_json(
-            {"source": "extract", "note": "real extract: no synthetic calibration, no truth"},
-            paths.reports / "synthetic_calibration.json",
-        )
-        return
-    with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
-        for folder in (population_dir, truth_dir):
-            folder.chmod(0o755)  # mkdtemp makes 0700; the data folders are shared
-        report = synthesize(
-            population_dir,
-            truth_dir,
-            population=pop,
-            targets=params.targets,
-            seed=params.seed,
+        report = _import_extract(
+            extract_dir if extract_dir.is_absolute() else paths.root / extract_dir,
+            paths,
+            target_names=tuple(params.targets),
             index_date=params.index_date,
         )
+    else:
+        with _output_dirs(paths) as (population_dir, truth_dir):
+            report = synthesize(
+                population_dir,
+                truth_dir,
+                population=pop,
+                targets=params.targets,
+                seed=params.seed,
+                index_date=params.index_date,
+            )
     write_json(report, paths.reports / "synthetic_calibration.json")
