@@ -607,6 +607,28 @@ def derived_features(features: FeatureParams, *, index_date: dt.date) -> dict[st
     }
 
 
+def output_columns(features: FeatureParams, *, index_date: dt.date) -> list[pl.Expr]:
+    """The output columns in order: key, split, sensitive columns, then every feature (derived
+    ones computed here), each cast to its manifest dtype."""
+    derived = derived_features(features, index_date=index_date)
+    sensitive = list(contract.SENSITIVE_SCHEMA)
+    return [
+        pl.col("person_id").cast(pl.String),
+        split_expr(
+            pl.col("_split_u"),
+            pl.col("icb_code"),
+            fractions=features.split_fractions,
+            holdout_icb=features.holdout_icb,
+        ),
+        *[pl.col(name).cast(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()],
+        *[
+            derived.get(spec.name, pl.col(spec.name)).cast(spec.dtype).alias(spec.name)
+            for spec in feature_specs(features)
+            if spec.name not in sensitive
+        ],
+    ]
+
+
 def build_features(
     people: pl.LazyFrame,
     areas: pl.LazyFrame,
@@ -656,23 +678,7 @@ def build_features(
     )
     split_seed = seeds.derive("features", "split", root=seed, bits=64)
     persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
-    derived = derived_features(features, index_date=index_date)
-    sensitive = list(contract.SENSITIVE_SCHEMA)
-    return persons.select(
-        pl.col("person_id").cast(pl.String),
-        split_expr(
-            pl.col("_split_u"),
-            pl.col("icb_code"),
-            fractions=features.split_fractions,
-            holdout_icb=features.holdout_icb,
-        ),
-        *[pl.col(name).cast(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()],
-        *[
-            derived.get(spec.name, pl.col(spec.name)).cast(spec.dtype).alias(spec.name)
-            for spec in feature_specs(features)
-            if spec.name not in sensitive
-        ],
-    )
+    return persons.select(output_columns(features, index_date=index_date))
 
 
 def output_schema(features: FeatureParams) -> dict[str, Any]:
