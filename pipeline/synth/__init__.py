@@ -303,7 +303,7 @@ def synthesize(
         practice_size=population.practice_size,
         history_years=population.history_years,
         not_recorded_share=population.bias.ethnicity_not_recorded,
-        targets=dict(targets),
+        targets=targets,
     )
     geo = build_geography(
         population.n_people,
