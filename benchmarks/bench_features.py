@@ -198,7 +198,9 @@ def ensure_population(args: argparse.Namespace, params: Params) -> Path:
 def run_polars(folder: Path, out: Path, params: Params) -> dict:
     """The stage's own writer (validation excluded: the peer does not validate either)."""
     started = time.perf_counter()
-    chunks = write_features(folder, out, params=params)
+    chunks = write_features(
+        folder, out, features=params.features, index_date=params.index_date, seed=params.seed
+    )
     return {"seconds": time.perf_counter() - started, "chunks": chunks}
 
 

@@ -468,62 +468,84 @@ def _violation(file: str, column: str, rule: str, rows: int) -> dict[str, Any]:
     return {"file": file, "column": column, "rule": rule, "rows": rows}
 
 
+def _area_rules() -> dict[str, tuple[str, pl.Expr]]:
+    return {
+        "region": (
+            f"unknown region (expected one of {len(REGIONS)} NHS regions)",
+            ~pl.col("region").is_in(REGIONS),
+        ),
+        "imd_decile": ("imd_decile out of range 1-10", ~pl.col("imd_decile").is_between(1, 10)),
+        "rural_urban": (
+            "unknown rural_urban (expected urban/rural)",
+            ~pl.col("rural_urban").is_in(RURAL_URBAN),
+        ),
+    }
+
+
+def _people_rules() -> dict[str, tuple[str, pl.Expr]]:
+    return {
+        "sex": ("unknown sex (expected F/M/U)", ~pl.col("sex").is_in(SEXES)),
+        "age": (
+            f"age out of range {AGE_RANGE[0]}-{AGE_RANGE[1]}",
+            ~pl.col("age").is_between(*AGE_RANGE),
+        ),
+        "ethnicity": (
+            "unknown ethnic category code",
+            pl.col("ethnicity").is_not_null() & ~pl.col("ethnicity").is_in(tuple(ETHNICITY_GROUPS)),
+        ),
+    }
+
+
+def _event_rules(index_date: dt.date) -> dict[str, tuple[str, pl.Expr]]:
+    return {
+        "event_type": ("unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES)),
+        "date": (
+            f"date out of range {EARLIEST_EVENT_DATE} to index date {index_date}",
+            ~pl.col("date").is_between(dt.date.fromisoformat(EARLIEST_EVENT_DATE), index_date),
+        ),
+    }
+
+
+def _outcome_rules(target_names: tuple[str, ...]) -> dict[str, tuple[str, pl.Expr]]:
+    return {
+        "target": (
+            f"unknown target (params targets: {', '.join(target_names)})",
+            ~pl.col("target").is_in(target_names),
+        ),
+        "value": ("value not 0/1", ~pl.col("value").is_in((0, 1))),
+    }
+
+
 def _check_values(
     table: str,
-    frame: pl.LazyFrame,
     columns: set[str],
     *,
     target_names: tuple[str, ...],
     index_date: dt.date,
 ) -> dict[tuple[str, str], pl.Expr]:
-    """Row-level rules of one table: (column, rule) -> boolean 'row breaks the rule'."""
-    rules: dict[tuple[str, str], pl.Expr] = {}
-    for column in REQUIRED_NON_NULL[table]:
-        if column in columns:
-            rules[(column, "null value")] = pl.col(column).is_null()
+    """Row-level rules of one table: (column, rule) -> boolean 'row breaks the rule'.
 
-    def add(column: str, rule: str, expr: pl.Expr) -> None:
+    Only rules on usable ``columns`` (present, of the right type) are kept; null rules first.
+    """
+    match table:
+        case "areas":
+            table_rules = _area_rules()
+        case "people":
+            table_rules = _people_rules()
+        case "events":
+            table_rules = _event_rules(index_date)
+        case "outcomes":
+            table_rules = _outcome_rules(target_names)
+        case _:
+            table_rules = {}
+    rules: dict[tuple[str, str], pl.Expr] = {
+        (column, "null value"): pl.col(column).is_null()
+        for column in REQUIRED_NON_NULL[table]
+        if column in columns
+    }
+    for column, (rule, expr) in table_rules.items():
         if column in columns:
             rules[(column, rule)] = expr.fill_null(False)
-
-    if table == "areas":
-        add(
-            "region",
-            f"unknown region (expected one of {len(REGIONS)} NHS regions)",
-            ~pl.col("region").is_in(REGIONS),
-        )
-        add("imd_decile", "imd_decile out of range 1-10", ~pl.col("imd_decile").is_between(1, 10))
-        add(
-            "rural_urban",
-            "unknown rural_urban (expected urban/rural)",
-            ~pl.col("rural_urban").is_in(RURAL_URBAN),
-        )
-    elif table == "people":
-        add("sex", "unknown sex (expected F/M/U)", ~pl.col("sex").is_in(SEXES))
-        add(
-            "age",
-            f"age out of range {AGE_RANGE[0]}-{AGE_RANGE[1]}",
-            ~pl.col("age").is_between(*AGE_RANGE),
-        )
-        add(
-            "ethnicity",
-            "unknown ethnic category code",
-            pl.col("ethnicity").is_not_null() & ~pl.col("ethnicity").is_in(tuple(ETHNICITY_GROUPS)),
-        )
-    elif table == "events":
-        add("event_type", "unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES))
-        add(
-            "date",
-            f"date out of range {EARLIEST_EVENT_DATE} to index date {index_date}",
-            ~pl.col("date").is_between(dt.date.fromisoformat(EARLIEST_EVENT_DATE), index_date),
-        )
-    elif table == "outcomes":
-        add(
-            "target",
-            f"unknown target (params targets: {', '.join(target_names)})",
-            ~pl.col("target").is_in(target_names),
-        )
-        add("value", "value not 0/1", ~pl.col("value").is_in((0, 1)))
     return rules
 
 
@@ -565,6 +587,149 @@ def _event_code_violations(frame: pl.LazyFrame, columns: set[str]) -> dict[tuple
     return found
 
 
+class _Scanned:
+    """A readable input table: its scan (usable columns only) and where it was found."""
+
+    def __init__(self, frame: pl.LazyFrame, columns: set[str], location: str) -> None:
+        self.frame = frame
+        self.columns = columns
+        self.location = location
+
+
+def _scan_checked(
+    folder: Path, table: str, schema: dict[str, Any], violations: list[dict[str, Any]]
+) -> _Scanned | None:
+    """Scan one table and check its columns against the schema (appending to ``violations``).
+
+    Returns None when the table is missing or unreadable; otherwise the scan restricted to the
+    columns present with an acceptable type.
+    """
+    try:
+        frame = scan_table(folder, table)
+        actual = frame.collect_schema()
+    except FileNotFoundError:
+        violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
+        return None
+    except (pl.exceptions.PolarsError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
+        return None
+    location = _table_location(folder, table)
+    good: set[str] = set()
+    for column, dtype in schema.items():
+        if column not in actual:
+            violations.append(_violation(location, column, "missing column", 0))
+        elif not _accepts(dtype, actual[column]):
+            rule = f"wrong type: expected {dtype}, got {actual[column]}"
+            violations.append(_violation(location, column, rule, 0))
+        else:
+            good.add(column)
+    return _Scanned(frame.select([c for c in schema if c in good]), good, location)
+
+
+def _table_facts(
+    table: str,
+    scanned: _Scanned,
+    violations: list[dict[str, Any]],
+    *,
+    target_names: tuple[str, ...],
+    index_date: dt.date,
+) -> tuple[int, dict[str, int]]:
+    """Check one table's values and unique key (appending to ``violations``).
+
+    Returns its row count and null count per usable column, from one streaming pass.
+    """
+    frame, columns, location = scanned.frame, scanned.columns, scanned.location
+    rules = _check_values(table, columns, target_names=target_names, index_date=index_date)
+    exprs = {f"rule{i}": expr for i, expr in enumerate(rules.values())}
+    exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
+    for column in columns:
+        exprs[f"null:{column}"] = pl.col(column).is_null()
+    counts = _count(frame, exprs)
+    for i, (column, rule) in enumerate(rules):
+        if counts[f"rule{i}"]:
+            violations.append(_violation(location, column, rule, counts[f"rule{i}"]))
+    if table == "events":
+        for (column, rule), rows in _event_code_violations(frame, columns).items():
+            violations.append(_violation(location, column, rule, rows))
+    key = UNIQUE_KEYS.get(table)
+    if key and set(key) <= columns:
+        distinct = frame.select(key).unique().select(pl.len()).collect().item()
+        duplicates = counts["__rows"] - int(distinct)
+        if duplicates:
+            violations.append(_violation(location, "+".join(key), "duplicate id", duplicates))
+    return counts["__rows"], {column: counts[f"null:{column}"] for column in sorted(columns)}
+
+
+_REFERENCES: Final = (
+    ("people", "area_id", "areas", "area_id", "unknown area_id"),
+    ("people", "practice_id", "practices", "practice_id", "unknown practice_id"),
+    ("practices", "icb_code", "areas", "icb_code", "unknown icb_code"),
+    ("events", "person_id", "people", "person_id", "events for unknown people"),
+    ("outcomes", "person_id", "people", "person_id", "outcomes for unknown people"),
+)
+"""Foreign keys: (child table, column, parent table, parent column, rule)."""
+
+
+def _reference_violations(scanned: dict[str, _Scanned]) -> list[dict[str, Any]]:
+    """Rows whose foreign key has no match in the parent table (nulls are the null rule's)."""
+    violations = []
+    for child, column, parent, parent_column, rule in _REFERENCES:
+        if child not in scanned or parent not in scanned:
+            continue
+        if column not in scanned[child].columns or parent_column not in scanned[parent].columns:
+            continue
+        keys = scanned[parent].frame.select(pl.col(parent_column).alias(column)).unique()
+        orphans = (
+            scanned[child]
+            .frame.select(column)
+            .drop_nulls()
+            .join(keys, on=column, how="anti")
+            .select(pl.len())
+            .collect()
+            .item()
+        )
+        if orphans:
+            violations.append(_violation(scanned[child].location, column, rule, orphans))
+    return violations
+
+
+def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractError:
+    lines = [
+        f"  {v['file']} / {v['column']}: {v['rule']}"
+        + (f" ({v['rows']} rows)" if v["rows"] else "")
+        for v in violations
+    ]
+    return ContractError(
+        f"{folder}: {len(violations)} data contract violation(s):\n" + "\n".join(lines)
+    )
+
+
+def _population_facts(
+    people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date
+) -> dict[str, Any]:
+    """People with a recorded ethnicity, events in the last year by type, and the date span."""
+    last_year = (
+        events.filter(pl.col("date") > pl.lit(index_date) - pl.duration(days=365))
+        .group_by("event_type")
+        .agg(pl.len().alias("n"))
+        .collect()
+    )
+    span = events.select(
+        pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")
+    ).collect()
+    return {
+        "ethnicity_recorded": (
+            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
+            .collect()
+            .item()
+        ),
+        "events_last_year": dict(zip(last_year["event_type"], last_year["n"], strict=True)),
+        "date_min": span["lo"][0],
+        "date_max": span["hi"][0],
+    }
+
+
 def validate_population(
     folder: str | Path, *, target_names: tuple[str, ...] | list[str], index_date: dt.date
 ) -> dict[str, Any]:
@@ -597,113 +762,22 @@ def validate_population(
     if not folder.is_dir():
         raise ContractError(f"{folder}: population folder not found")
     violations: list[dict[str, Any]] = []
-    frames: dict[str, pl.LazyFrame] = {}
-    usable: dict[str, set[str]] = {}
-    locations: dict[str, str] = {}
+    scanned: dict[str, _Scanned] = {}
     for table, schema in INPUT_TABLES.items():
-        try:
-            frame = scan_table(folder, table)
-            actual = frame.collect_schema()
-        except FileNotFoundError:
-            violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
-            continue
-        except (pl.exceptions.PolarsError, OSError) as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
-            continue
-        location = locations[table] = _table_location(folder, table)
-        good: set[str] = set()
-        for column, dtype in schema.items():
-            if column not in actual:
-                violations.append(_violation(location, column, "missing column", 0))
-            elif not _accepts(dtype, actual[column]):
-                violations.append(
-                    _violation(
-                        location, column, f"wrong type: expected {dtype}, got {actual[column]}", 0
-                    )
-                )
-            else:
-                good.add(column)
-        frames[table] = frame.select([column for column in schema if column in good])
-        usable[table] = good
-
+        if (found := _scan_checked(folder, table, schema, violations)) is not None:
+            scanned[table] = found
     facts: dict[str, Any] = {"rows": {}, "nulls": {}}
-    for table, frame in frames.items():
-        location = locations[table]
-        columns = usable[table]
-        rules = _check_values(
-            table, frame, columns, target_names=target_names, index_date=index_date
+    for table, table_scan in scanned.items():
+        facts["rows"][table], facts["nulls"][table] = _table_facts(
+            table, table_scan, violations, target_names=target_names, index_date=index_date
         )
-        exprs = {f"rule{i}": expr for i, expr in enumerate(rules.values())}
-        exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
-        for column in columns:
-            exprs[f"null:{column}"] = pl.col(column).is_null()
-        counts = _count(frame, exprs)
-        for i, (column, rule) in enumerate(rules):
-            if counts[f"rule{i}"]:
-                violations.append(_violation(location, column, rule, counts[f"rule{i}"]))
-        if table == "events":
-            for (column, rule), rows in _event_code_violations(frame, columns).items():
-                violations.append(_violation(location, column, rule, rows))
-        facts["rows"][table] = counts["__rows"]
-        facts["nulls"][table] = {column: counts[f"null:{column}"] for column in sorted(columns)}
-        key = UNIQUE_KEYS.get(table)
-        if key and set(key) <= columns:
-            distinct = frame.select(key).unique().select(pl.len()).collect().item()
-            duplicates = counts["__rows"] - int(distinct)
-            if duplicates:
-                violations.append(_violation(location, "+".join(key), "duplicate id", duplicates))
-
-    references = (
-        ("people", "area_id", "areas", "area_id", "unknown area_id"),
-        ("people", "practice_id", "practices", "practice_id", "unknown practice_id"),
-        ("practices", "icb_code", "areas", "icb_code", "unknown icb_code"),
-        ("events", "person_id", "people", "person_id", "events for unknown people"),
-        ("outcomes", "person_id", "people", "person_id", "outcomes for unknown people"),
-    )
-    for child, column, parent, parent_column, rule in references:
-        if column in usable.get(child, set()) and parent_column in usable.get(parent, set()):
-            keys = frames[parent].select(pl.col(parent_column).alias(column)).unique()
-            orphans = (
-                frames[child]
-                .select(column)
-                .drop_nulls()
-                .join(keys, on=column, how="anti")
-                .select(pl.len())
-                .collect()
-                .item()
-            )
-            if orphans:
-                violations.append(_violation(locations[child], column, rule, orphans))
-
+    violations += _reference_violations(scanned)
     if violations:
-        lines = [
-            f"  {v['file']} / {v['column']}: {v['rule']}"
-            + (f" ({v['rows']} rows)" if v["rows"] else "")
-            for v in violations
-        ]
-        raise ContractError(
-            f"{folder}: {len(violations)} data contract violation(s):\n" + "\n".join(lines)
-        )
-
-    people, events = frames["people"], frames["events"]
+        raise _contract_error(folder, violations)
     facts["n_people"] = facts["rows"]["people"]
-    facts["ethnicity_recorded"] = (
-        people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
-        .collect()
-        .item()
+    facts |= _population_facts(
+        scanned["people"].frame, scanned["events"].frame, index_date=index_date
     )
-    last_year = (
-        events.filter(pl.col("date") > pl.lit(index_date) - pl.duration(days=365))
-        .group_by("event_type")
-        .agg(pl.len().alias("n"))
-        .collect()
-    )
-    facts["events_last_year"] = dict(zip(last_year["event_type"], last_year["n"], strict=True))
-    span = events.select(
-        pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")
-    ).collect()
-    facts["date_min"], facts["date_max"] = span["lo"][0], span["hi"][0]
     return facts
 
 

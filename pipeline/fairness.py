@@ -51,6 +51,54 @@ def _snap_to_quantiles(risk_score: np.ndarray, score_bins: int) -> np.ndarray:
     return edges[np.clip(np.searchsorted(edges, risk_score), 0, edges.size - 1)]
 
 
+def _checked_sample(
+    risk_score: np.ndarray, outcome: np.ndarray, group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """People with a known group, in a canonical order; refuses samples the rule cannot fit."""
+    risk_score = np.asarray(risk_score, dtype=np.float64)
+    outcome = np.asarray(outcome).astype(np.int64)
+    labels = np.asarray(group).astype(str)
+    known = ~np.isin(labels, ["None", "nan"])
+    risk_score, outcome, labels = risk_score[known], outcome[known], labels[known]
+    if outcome.size == 0 or outcome.min() == outcome.max():
+        raise StageError("equal_opportunity needs people with and without the outcome")
+    groups_with_events = set(np.unique(labels[outcome == 1]))
+    lacking = sorted(set(np.unique(labels)) - groups_with_events)
+    if lacking:
+        raise StageError(
+            f"equal_opportunity needs outcome events in every group; none in {lacking}"
+        )
+    # A canonical order makes the seeded subsample independent of how the rows arrived.
+    order = np.lexsort((labels, outcome, risk_score))
+    return risk_score[order], outcome[order], labels[order]
+
+
+def _negatives_kept(
+    outcome: np.ndarray, *, cut_score: float | None, rng: np.random.Generator | None
+) -> np.ndarray:
+    """Mask keeping every positive and negatives at rate ``cut / (1 - cut)`` (all without a
+    usable cut), which moves the accuracy optimum to the capacity cut."""
+    if cut_score is None or not 0.0 < cut_score < 0.5:
+        return np.ones(outcome.size, dtype=bool)
+    keep_rate = cut_score / (1.0 - cut_score)
+    generator = rng if rng is not None else np.random.default_rng(0)
+    return (outcome == 1) | (generator.random(outcome.size) < keep_rate)
+
+
+def _deterministic_threshold(rule: Mapping[str, Any]) -> float:
+    """Probability-weighted mean of fairlearn's two randomised thresholds (the finite one when
+    the other is infinite; 1.0 when neither is)."""
+    pairs = [
+        (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
+        for i in (0, 1)
+        if float(rule[f"p{i}"]) > 0
+    ]
+    finite = [(p, t) for p, t in pairs if math.isfinite(t)]
+    if finite and len(finite) == len(pairs):
+        return sum(p * t for p, t in finite) / sum(p for p, _ in finite)
+    return finite[0][1] if finite else 1.0
+
+
 def equal_opportunity_thresholds(
     risk_score: np.ndarray,
     outcome: np.ndarray,
@@ -93,27 +141,9 @@ def equal_opportunity_thresholds(
     """
     from fairlearn.postprocessing import ThresholdOptimizer
 
-    risk_score = np.asarray(risk_score, dtype=np.float64)
-    outcome = np.asarray(outcome).astype(np.int64)
-    labels = np.asarray(group).astype(str)
-    known = ~np.isin(labels, ["None", "nan"])
-    risk_score, outcome, labels = risk_score[known], outcome[known], labels[known]
-    if outcome.size == 0 or outcome.min() == outcome.max():
-        raise StageError("equal_opportunity needs people with and without the outcome")
-    groups_with_events = set(np.unique(labels[outcome == 1]))
-    lacking = sorted(set(np.unique(labels)) - groups_with_events)
-    if lacking:
-        raise StageError(
-            f"equal_opportunity needs outcome events in every group; none in {lacking}"
-        )
-    # A canonical order makes the seeded subsample independent of how the rows arrived.
-    order = np.lexsort((labels, outcome, risk_score))
-    risk_score, outcome, labels = risk_score[order], outcome[order], labels[order]
-    if cut_score is not None and 0.0 < cut_score < 0.5:
-        keep_rate = cut_score / (1.0 - cut_score)
-        generator = rng if rng is not None else np.random.default_rng(0)
-        keep = (outcome == 1) | (generator.random(outcome.size) < keep_rate)
-        risk_score, outcome, labels = risk_score[keep], outcome[keep], labels[keep]
+    risk_score, outcome, labels = _checked_sample(risk_score, outcome, group)
+    keep = _negatives_kept(outcome, cut_score=cut_score, rng=rng)
+    risk_score, outcome, labels = risk_score[keep], outcome[keep], labels[keep]
     optimiser = ThresholdOptimizer(
         estimator=ScoreAsProbability().fit(None),
         constraints="true_positive_rate_parity",
@@ -124,20 +154,10 @@ def equal_opportunity_thresholds(
     optimiser.fit(
         _snap_to_quantiles(risk_score, score_bins)[:, None], outcome, sensitive_features=labels
     )
-    thresholds: dict[str, float] = {}
-    for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items():
-        pairs = [
-            (float(rule[f"p{i}"]), float(rule[f"operation{i}"].threshold))
-            for i in (0, 1)
-            if float(rule[f"p{i}"]) > 0
-        ]
-        finite = [(p, t) for p, t in pairs if math.isfinite(t)]
-        if finite and len(finite) == len(pairs):
-            threshold = sum(p * t for p, t in finite) / sum(p for p, _ in finite)
-        else:
-            threshold = finite[0][1] if finite else 1.0
-        thresholds[str(value)] = threshold
-    return thresholds
+    return {
+        str(value): _deterministic_threshold(rule)
+        for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items()
+    }
 
 
 def equal_opportunity_priority(

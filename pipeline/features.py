@@ -24,6 +24,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -129,22 +130,11 @@ def count_column(event_type: str, months: int) -> str:
     return f"n_{event_type}_{months}m"
 
 
-def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
-    """The feature catalogue for these params, in column order.
-
-    Parameters
-    ----------
-    features
-        The ``features`` section of the params (windows, measurements, input switches).
-
-    Returns
-    -------
-    list[FeatureSpec]
-        Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
-    """
+def _person_specs(features: FeatureParams) -> list[FeatureSpec]:
+    """Demographics and place (from ``people`` and the home area)."""
     people: contract.FeatureSource = "people"
     areas: contract.FeatureSource = "areas"
-    specs = [
+    return [
         FeatureSpec("age", "age in years at the index date", pl.Int16(), kind="age",
                     source_table=people, unit="years"),
         FeatureSpec("sex_female", "recorded sex is female", pl.Int8(), kind="flag",
@@ -160,18 +150,27 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
                     kind="category", source_table=areas, model_input=features.region_as_input,
                     categorical=True, categories=contract.REGIONS),
     ]  # fmt: skip
-    for event_type in contract.EVENT_TYPES:
-        specs.extend(
-            FeatureSpec(
-                count_column(event_type, months),
-                f"{EVENT_NOUNS[event_type]} in the last {months} months",
-                pl.Int32(),
-                kind="count",
-                source_events=(event_type,),
-                window_months=months,
-            )
-            for months in features.windows_months
+
+
+def _count_specs(windows_months: Sequence[int]) -> list[FeatureSpec]:
+    """Events of each type in each look-back window."""
+    return [
+        FeatureSpec(
+            count_column(event_type, months),
+            f"{EVENT_NOUNS[event_type]} in the last {months} months",
+            pl.Int32(),
+            kind="count",
+            source_events=(event_type,),
+            window_months=months,
         )
+        for event_type in contract.EVENT_TYPES
+        for months in windows_months
+    ]
+
+
+def _recency_specs() -> list[FeatureSpec]:
+    """Days since the last A&E attendance / emergency admission, and whether there was one."""
+    specs = []
     for event_type in RECENCY_EVENTS:
         noun = EVENT_SINGULAR[event_type]
         specs += [
@@ -181,19 +180,29 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
             FeatureSpec(f"no_prior_{event_type}", f"no {noun} recorded before the index date",
                         pl.Int8(), kind="flag", source_events=(event_type,)),
         ]  # fmt: skip
-    specs.extend(
-        FeatureSpec(f"has_{condition}", f"{CONDITION_LABELS[condition]} recorded", pl.Int8(),
-                    kind="flag", source_events=("diagnosis",))
-        for condition in contract.CONDITIONS
-    )  # fmt: skip
-    specs += [
+    return specs
+
+
+def _condition_specs() -> list[FeatureSpec]:
+    """Recorded long-term conditions, their number, and recorded smoking."""
+    return [
+        *[
+            FeatureSpec(f"has_{condition}", f"{CONDITION_LABELS[condition]} recorded", pl.Int8(),
+                        kind="flag", source_events=("diagnosis",))
+            for condition in contract.CONDITIONS
+        ],
         FeatureSpec(contract.RECORDED_MULTIMORBIDITY,
                     f"long-term conditions recorded (of {len(contract.CONDITIONS)})", pl.Int8(),
                     kind="count", source_events=("diagnosis",)),
         FeatureSpec(SMOKING_FEATURE, "current smoking recorded", pl.Int8(), kind="flag",
                     source_events=("diagnosis",)),
     ]  # fmt: skip
-    for code in features.measurements:
+
+
+def _measurement_specs(measurements: Sequence[str]) -> list[FeatureSpec]:
+    """Latest value, days since it and a missing flag per measurement."""
+    specs = []
+    for code in measurements:
         label = MEASUREMENT_LABELS[code]
         unit = contract.MEASUREMENT_CODES[code][0]
         specs += [
@@ -205,30 +214,54 @@ def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
             FeatureSpec(f"{code}_missing", f"no {label} recorded", pl.Int8(), kind="flag",
                         source_events=("measurement",)),
         ]  # fmt: skip
-    months = features.polypharmacy_months
-    specs += [
+    return specs
+
+
+def _practice_specs(months: int) -> list[FeatureSpec]:
+    """Polypharmacy, then the GP practice's context (list size, prevalences, admission rate)."""
+    return [
         FeatureSpec(f"n_bnf_sections_{months}m",
                     f"different BNF medicine sections prescribed in the last {months} months",
                     pl.Int16(), kind="count", source_events=("prescription",),
                     window_months=months),
         FeatureSpec("practice_list_size", "registered patients at the GP practice", pl.Int32(),
-                    kind="numeric", source_table=people, unit="patients"),
-    ]  # fmt: skip
-    specs.extend(
-        FeatureSpec(f"practice_prevalence_{condition}",
-                    f"share of the GP practice's patients with {CONDITION_LABELS[condition]} "
-                    "recorded", pl.Float64(), kind="share", source_events=("diagnosis",),
-                    source_table="people+events")
-        for condition in contract.CONDITIONS
-    )  # fmt: skip
-    specs.append(
+                    kind="numeric", source_table="people", unit="patients"),
+        *[
+            FeatureSpec(f"practice_prevalence_{condition}",
+                        f"share of the GP practice's patients with {CONDITION_LABELS[condition]} "
+                        "recorded", pl.Float64(), kind="share", source_events=("diagnosis",),
+                        source_table="people+events")
+            for condition in contract.CONDITIONS
+        ],
         FeatureSpec(f"practice_emergency_admission_rate_{months}m",
                     "emergency admissions per registered patient at the GP practice in the last "
                     f"{months} months", pl.Float64(), kind="rate",
                     source_events=("emergency_admission",), source_table="people+events",
-                    window_months=months)
-    )  # fmt: skip
-    return specs
+                    window_months=months),
+    ]  # fmt: skip
+
+
+def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
+    """The feature catalogue for these params, in column order.
+
+    Parameters
+    ----------
+    features
+        The ``features`` section of the params (windows, measurements, input switches).
+
+    Returns
+    -------
+    list[FeatureSpec]
+        Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
+    """
+    return [
+        *_person_specs(features),
+        *_count_specs(features.windows_months),
+        *_recency_specs(),
+        *_condition_specs(),
+        *_measurement_specs(features.measurements),
+        *_practice_specs(features.polypharmacy_months),
+    ]
 
 
 def window_starts(index_date: dt.date, months: Sequence[int]) -> dict[int, dt.date]:
@@ -508,16 +541,15 @@ def practice_context(
 
 
 def practice_context_query(
-    people: pl.LazyFrame, events: pl.LazyFrame, *, params: Params
+    people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date, polypharmacy_months: int
 ) -> pl.LazyFrame:
     """:func:`practice_context` straight from the contract tables."""
-    months = params.features.polypharmacy_months
-    recorded = recorded_events(events, index_date=params.index_date)
+    recorded = recorded_events(events, index_date=index_date)
     return practice_context(
         people,
         recorded_conditions(recorded),
-        recent_emergency_admissions(recorded, index_date=params.index_date, months=months),
-        polypharmacy_months=months,
+        recent_emergency_admissions(recorded, index_date=index_date, months=polypharmacy_months),
+        polypharmacy_months=polypharmacy_months,
     )
 
 
@@ -526,12 +558,85 @@ def days_before(index_date: dt.date, date: pl.Expr) -> pl.Expr:
     return (pl.lit(index_date) - date).dt.total_days().cast(pl.Int32)
 
 
+def person_aggregates(
+    people: pl.LazyFrame,
+    areas: pl.LazyFrame,
+    recorded: pl.LazyFrame,
+    practices: pl.LazyFrame,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+) -> pl.LazyFrame:
+    """Person attributes joined to every event-level branch and the practice context.
+
+    People without events of a branch get 0 for its counts and flags (dates and measurements
+    stay null).
+    """
+    months = features.polypharmacy_months
+    flags = [f"has_{condition}" for condition in contract.CONDITIONS]
+    counts = [count_column(t, m) for t in contract.EVENT_TYPES for m in features.windows_months]
+    branches = [
+        event_counts(recorded, index_date=index_date, windows_months=features.windows_months),
+        recorded_conditions(recorded),
+        latest_measurements(recorded, measurements=features.measurements),
+        polypharmacy(recorded, index_date=index_date, months=months),
+    ]
+    persons = person_attributes(people, areas)
+    for branch in branches:
+        persons = persons.join(branch, on="person_id", how="left")
+    return persons.join(practices, on="practice_id", how="left").with_columns(
+        pl.col([*counts, *flags, SMOKING_FEATURE, f"n_bnf_sections_{months}m"]).fill_null(0)
+    )
+
+
+def derived_features(features: FeatureParams, *, index_date: dt.date) -> dict[str, pl.Expr]:
+    """Features computed from the aggregates: multimorbidity, recency and measurement flags."""
+    flags = [f"has_{condition}" for condition in contract.CONDITIONS]
+    return {
+        contract.RECORDED_MULTIMORBIDITY: pl.sum_horizontal(flags),
+        **{
+            f"days_since_last_{t}": days_before(index_date, pl.col(f"_last_{t}"))
+            for t in RECENCY_EVENTS
+        },
+        **{f"no_prior_{t}": pl.col(f"_last_{t}").is_null() for t in RECENCY_EVENTS},
+        **{
+            f"days_since_{c}": days_before(index_date, pl.col(f"_date_{c}"))
+            for c in features.measurements
+        },
+        **{f"{c}_missing": pl.col(f"latest_{c}").is_null() for c in features.measurements},
+    }
+
+
+def output_columns(features: FeatureParams, *, index_date: dt.date) -> list[pl.Expr]:
+    """The output columns in order: key, split, sensitive columns, then every feature (derived
+    ones computed here), each cast to its manifest dtype."""
+    derived = derived_features(features, index_date=index_date)
+    sensitive = list(contract.SENSITIVE_SCHEMA)
+    return [
+        pl.col("person_id").cast(pl.String),
+        split_expr(
+            pl.col("_split_u"),
+            pl.col("icb_code"),
+            fractions=features.split_fractions,
+            holdout_icb=features.holdout_icb,
+        ),
+        *[pl.col(name).cast(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()],
+        *[
+            derived.get(spec.name, pl.col(spec.name)).cast(spec.dtype).alias(spec.name)
+            for spec in feature_specs(features)
+            if spec.name not in sensitive
+        ],
+    ]
+
+
 def build_features(
     people: pl.LazyFrame,
     areas: pl.LazyFrame,
     events: pl.LazyFrame,
     *,
-    params: Params,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
     id_bytes: int,
     practices: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
@@ -541,8 +646,12 @@ def build_features(
     ----------
     people, areas, events
         Contract tables (lazy); events may include dates after the index date (dropped here).
-    params
-        Pipeline params (``seed``, ``index_date``, ``features``).
+    features
+        The ``features`` section of the params.
+    index_date
+        Only events on or before it count; windows end on it.
+    seed
+        The root seed (``params.seed``); the split hash uses a stream derived from it.
     id_bytes
         Longest ``person_id`` in bytes, for the split hash.
     practices
@@ -555,64 +664,21 @@ def build_features(
         ``person_id``, ``split``, the sensitive columns, then every feature of
         :func:`feature_specs`, each cast to its manifest dtype.
     """
-    fp = params.features
-    index_date = params.index_date
-    months = fp.polypharmacy_months
-    recorded = recorded_events(events, index_date=index_date)
     if practices is None:
-        practices = practice_context_query(people, events, params=params)
-    flags = [f"has_{condition}" for condition in contract.CONDITIONS]
-    counts = [count_column(t, m) for t in contract.EVENT_TYPES for m in fp.windows_months]
-    persons = (
-        person_attributes(people, areas)
-        .join(
-            event_counts(recorded, index_date=index_date, windows_months=fp.windows_months),
-            on="person_id",
-            how="left",
+        practices = practice_context_query(
+            people, events, index_date=index_date, polypharmacy_months=features.polypharmacy_months
         )
-        .join(recorded_conditions(recorded), on="person_id", how="left")
-        .join(
-            latest_measurements(recorded, measurements=fp.measurements), on="person_id", how="left"
-        )
-        .join(
-            polypharmacy(recorded, index_date=index_date, months=months), on="person_id", how="left"
-        )
-        .join(practices, on="practice_id", how="left")
-        .with_columns(
-            pl.col([*counts, *flags, SMOKING_FEATURE, f"n_bnf_sections_{months}m"]).fill_null(0)
-        )
+    persons = person_aggregates(
+        people,
+        areas,
+        recorded_events(events, index_date=index_date),
+        practices,
+        features=features,
+        index_date=index_date,
     )
-    split_seed = seeds.derive("features", "split", root=params.seed, bits=64)
+    split_seed = seeds.derive("features", "split", root=seed, bits=64)
     persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
-    derived = {
-        contract.RECORDED_MULTIMORBIDITY: pl.sum_horizontal(flags),
-        **{
-            f"days_since_last_{t}": days_before(index_date, pl.col(f"_last_{t}"))
-            for t in RECENCY_EVENTS
-        },
-        **{f"no_prior_{t}": pl.col(f"_last_{t}").is_null() for t in RECENCY_EVENTS},
-        **{
-            f"days_since_{c}": days_before(index_date, pl.col(f"_date_{c}"))
-            for c in fp.measurements
-        },
-        **{f"{c}_missing": pl.col(f"latest_{c}").is_null() for c in fp.measurements},
-    }
-    sensitive = list(contract.SENSITIVE_SCHEMA)
-    return persons.select(
-        pl.col("person_id").cast(pl.String),
-        split_expr(
-            pl.col("_split_u"),
-            pl.col("icb_code"),
-            fractions=fp.split_fractions,
-            holdout_icb=fp.holdout_icb,
-        ),
-        *[pl.col(name).cast(dtype) for name, dtype in contract.SENSITIVE_SCHEMA.items()],
-        *[
-            derived.get(spec.name, pl.col(spec.name)).cast(spec.dtype).alias(spec.name)
-            for spec in feature_specs(fp)
-            if spec.name not in sensitive
-        ],
-    )
+    return persons.select(output_columns(features, index_date=index_date))
 
 
 def output_schema(features: FeatureParams) -> dict[str, Any]:
@@ -623,23 +689,32 @@ def output_schema(features: FeatureParams) -> dict[str, Any]:
     return schema
 
 
-def build_manifest(params: Params) -> contract.FeatureManifest:
-    """``features/manifest.json``: index date, windows, split, sensitive columns and features."""
-    fp = params.features
-    specs = feature_specs(fp)
+def build_manifest(
+    features: FeatureParams, *, index_date: dt.date, seed: int
+) -> contract.FeatureManifest:
+    """``features/manifest.json``: index date, windows, split, sensitive columns and features.
+
+    Parameters
+    ----------
+    features
+        The ``features`` section of the params.
+    index_date, seed
+        ``params.index_date`` and the root seed (recorded with the split).
+    """
+    specs = feature_specs(features)
     return contract.FeatureManifest.model_validate(
         {
-            "index_date": params.index_date.isoformat(),
-            "windows_months": list(fp.windows_months),
-            "polypharmacy_months": fp.polypharmacy_months,
-            "measurements": list(fp.measurements),
+            "index_date": index_date.isoformat(),
+            "windows_months": list(features.windows_months),
+            "polypharmacy_months": features.polypharmacy_months,
+            "measurements": list(features.measurements),
             "key": "person_id",
             "split": {
                 "column": "split",
-                "values": [*contract.SPLITS, *([EXTERNAL_SPLIT] if fp.holdout_icb else [])],
-                "fractions": dict(zip(contract.SPLITS, fp.split_fractions, strict=True)),
-                "holdout_icb": fp.holdout_icb,
-                "seed": params.seed,
+                "values": [*contract.SPLITS, *([EXTERNAL_SPLIT] if features.holdout_icb else [])],
+                "fractions": dict(zip(contract.SPLITS, features.split_fractions, strict=True)),
+                "holdout_icb": features.holdout_icb,
+                "seed": seed,
                 "method": "seeded FNV-1a 64 of the UTF-8 bytes of person_id + splitmix64 finaliser "
                 "-> u in [0, 1); train if u < f_train, validation if u < f_train + f_validation, "
                 "else test; people whose home-area ICB is holdout_icb get 'external'",
@@ -650,7 +725,7 @@ def build_manifest(params: Params) -> contract.FeatureManifest:
             },
             "features": [spec.manifest_entry() for spec in specs],
             "model_inputs": [spec.name for spec in specs if spec.model_input],
-            "columns": list(output_schema(fp)),
+            "columns": list(output_schema(features)),
         }
     )
 
@@ -658,20 +733,12 @@ def build_manifest(params: Params) -> contract.FeatureManifest:
 # --- IO ----------------------------------------------------------------------------------------
 
 
-def _validate_input(folder: Path, params: Params) -> None:
-    """Stop with the contract validator's message when the population breaks the contract."""
-    contract.validate_population(
-        folder, target_names=tuple(params.targets), index_date=params.index_date
-    )
-
-
-def check_params_against_data(params: Params, icb_codes: Sequence[str]) -> None:
-    """Params that name data (the held-out ICB) must match the data, before any work."""
-    holdout = params.features.holdout_icb
+def check_params_against_data(holdout_icb: str | None, icb_codes: Sequence[str]) -> None:
+    """Params that name data (``features.holdout_icb``) must match the data, before any work."""
     known = set(icb_codes)
-    if holdout is not None and holdout not in known:
+    if holdout_icb is not None and holdout_icb not in known:
         raise ParamsError(
-            f"features.holdout_icb: {holdout!r} is not an ICB in the population's areas "
+            f"features.holdout_icb: {holdout_icb!r} is not an ICB in the population's areas "
             f"({len(known)} ICBs, e.g. {', '.join(sorted(icb_codes)[:5])})"
         )
 
@@ -704,21 +771,38 @@ def _sink_sorted(query: pl.LazyFrame, target: Path) -> None:
     )
 
 
+def _concat_sorted_parts(parts: Path, target: Path) -> None:
+    # parts are sorted and in person_id order: a streaming concatenation keeps the order
+    pl.scan_parquet(parts / "part-*.parquet").sink_parquet(
+        target,
+        compression="zstd",
+        statistics=True,
+        row_group_size=ROW_GROUP_SIZE,
+        maintain_order=True,
+    )
+
+
 def write_features(
-    folder: Path, target: Path, *, params: Params, chunk_people: int | None = None
+    folder: Path,
+    target: Path,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    chunk_people: int | None = None,
 ) -> int:
     """Compute the features of the population in ``folder`` into ``target`` (parquet).
 
-    One lazy query from the scans to the sink; above ``chunk_people`` people it runs once per
-    ``person_id`` range (practice context computed once, over everybody) and concatenates the
-    sorted parts, so memory stays flat with population size.
+    One lazy query from the scans to the sink; above ``chunk_people`` people (default
+    ``features.chunk_people``) it runs once per ``person_id`` range (practice context computed
+    once, over everybody) and concatenates the sorted parts, so memory stays flat with
+    population size.
 
     Returns
     -------
     int
         The number of chunks used.
     """
-    chunk_people = chunk_people or params.features.chunk_people
     people = io.scan_table(folder, "people")
     areas = io.scan_table(folder, "areas")
     events = io.scan_table(folder, "events")
@@ -726,13 +810,17 @@ def write_features(
     id_bytes = person_ids.str.len_bytes().max()
     if not isinstance(id_bytes, int):
         raise ContractError(f"{folder}/people: no people")
-    chunks = person_chunks(person_ids, chunk_people)
+    chunks = person_chunks(person_ids, chunk_people or features.chunk_people)
     del person_ids
+    query_of = partial(
+        build_features, features=features, index_date=index_date, seed=seed, id_bytes=id_bytes
+    )
     if len(chunks) == 1:
-        query = build_features(people, areas, events, params=params, id_bytes=int(id_bytes))
-        _sink_sorted(query, target)
+        _sink_sorted(query_of(people, areas, events), target)
         return 1
-    practices = practice_context_query(people, events, params=params).collect().lazy()
+    practices = practice_context_query(
+        people, events, index_date=index_date, polypharmacy_months=features.polypharmacy_months
+    ).collect()
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
@@ -740,27 +828,24 @@ def write_features(
             task = progress.add_task("features", total=len(chunks))
             for number, (low, high) in enumerate(chunks):
                 keep = in_chunk(low, high)
-                query = build_features(
-                    people.filter(keep),
-                    areas,
-                    events.filter(keep),
-                    params=params,
-                    id_bytes=int(id_bytes),
-                    practices=practices,
+                query = query_of(
+                    people.filter(keep), areas, events.filter(keep), practices=practices.lazy()
                 )
                 _sink_sorted(query, parts / f"part-{number:05d}.parquet")
                 progress.advance(task)
-        # parts are sorted and in person_id order: a streaming concatenation keeps the order
-        pl.scan_parquet(parts / "part-*.parquet").sink_parquet(
-            target,
-            compression="zstd",
-            statistics=True,
-            row_group_size=ROW_GROUP_SIZE,
-            maintain_order=True,
-        )
+        _concat_sorted_parts(parts, target)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return len(chunks)
+
+
+def _icb_codes(folder: Path) -> list[str] | None:
+    """ICB codes of the population's areas; None when unreadable (the validator reports it)."""
+    try:
+        icbs = io.scan_table(folder, "areas").select(pl.col("icb_code").unique()).collect()
+    except (FileNotFoundError, pl.exceptions.PolarsError):
+        return None
+    return icbs["icb_code"].drop_nulls().to_list()
 
 
 def run(params: Params, paths: io.Paths) -> Path:
@@ -774,15 +859,13 @@ def run(params: Params, paths: io.Paths) -> Path:
     folder = paths.population
     if not folder.is_dir():
         raise StageError(f"{folder}: population folder not found (run the synthesize stage)")
-    try:  # params that name data are checked first; an unreadable table is the validator's
-        icbs = io.scan_table(folder, "areas").select(pl.col("icb_code").unique()).collect()
-    except (FileNotFoundError, pl.exceptions.PolarsError):
-        icbs = None
-    if icbs is not None:
-        check_params_against_data(params, icbs["icb_code"].drop_nulls().to_list())
-    _validate_input(folder, params)
-    manifest = build_manifest(params)
+    fp, index_date, seed = params.features, params.index_date, params.seed
+    icb_codes = _icb_codes(folder)  # params that name data are checked first
+    if icb_codes is not None:
+        check_params_against_data(fp.holdout_icb, icb_codes)
+    contract.validate_population(folder, target_names=tuple(params.targets), index_date=index_date)
+    manifest = build_manifest(fp, index_date=index_date, seed=seed)
     with io.atomic_dir(paths.features) as tmp:
-        write_features(folder, tmp / FEATURES_FILE, params=params)
+        write_features(folder, tmp / FEATURES_FILE, features=fp, index_date=index_date, seed=seed)
         io.write_json(manifest.document(), tmp / MANIFEST_FILE)
     return paths.features

@@ -27,7 +27,9 @@ def write_manifest(
     params = parse_params(
         {"targets": {"t": {"outcome": "emergency_admission", "follow_up_months": 12}}}
     )
-    document = features.build_manifest(params).document()
+    document = features.build_manifest(
+        params.features, index_date=params.index_date, seed=params.seed
+    ).document()
     known = {entry["name"]: entry for entry in document["features"]}
     keys = {"person_id", "split", *contract.SENSITIVE_SCHEMA}
     entries = []

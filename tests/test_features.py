@@ -97,9 +97,14 @@ EVENTS = pl.DataFrame(
 )
 
 
+def stage_options(params: Params) -> dict:
+    """What the stage's functions take from the params."""
+    return {"features": params.features, "index_date": params.index_date, "seed": params.seed}
+
+
 def compute(params: Params) -> pl.DataFrame:
     query = features.build_features(
-        PEOPLE.lazy(), AREAS.lazy(), EVENTS.lazy(), params=params, id_bytes=2
+        PEOPLE.lazy(), AREAS.lazy(), EVENTS.lazy(), **stage_options(params), id_bytes=2
     )
     return query.collect().sort("person_id")
 
@@ -258,7 +263,7 @@ def test_holdout_icb_is_external(raw_params: dict) -> None:
 
 
 def test_manifest_describes_every_feature(params: Params, table: pl.DataFrame) -> None:
-    manifest = features.build_manifest(params).document()
+    manifest = features.build_manifest(**stage_options(params)).document()
     assert manifest["index_date"] == "2025-04-01"
     assert manifest["windows_months"] == [3, 6, 12, 24]
     assert manifest["sensitive_columns"] == list(contract.SENSITIVE_SCHEMA)
@@ -291,7 +296,7 @@ def test_input_switches(raw_params: dict) -> None:
     params = with_features(
         raw_params, ethnicity_as_input=True, region_as_input=True, deprivation_as_input=False
     )
-    inputs = features.build_manifest(params).model_inputs
+    inputs = features.build_manifest(**stage_options(params)).model_inputs
     assert {"ethnicity_code", "region_code"} <= set(inputs) and "imd_decile" not in inputs
 
 
@@ -389,8 +394,9 @@ def test_chunked_run_equals_single_pass(tmp_path: Path, params: Params) -> None:
     write_population(folder)
     assert features.person_chunks(PEOPLE["person_id"], 3) == [("P1", "P4"), ("P4", None)]
     single, chunked = tmp_path / "single.parquet", tmp_path / "chunked.parquet"
-    assert features.write_features(folder, single, params=params) == 1
-    assert features.write_features(folder, chunked, params=params, chunk_people=2) == 2
+    options = stage_options(params)
+    assert features.write_features(folder, single, **options) == 1
+    assert features.write_features(folder, chunked, **options, chunk_people=2) == 2
     assert pl.read_parquet(chunked).equals(pl.read_parquet(single))
     assert chunked.read_bytes() == single.read_bytes()
     assert pl.read_parquet(single)["person_id"].to_list() == ["P1", "P2", "P3", "P4"]
@@ -399,7 +405,7 @@ def test_chunked_run_equals_single_pass(tmp_path: Path, params: Params) -> None:
 
 def test_no_events_at_all(params: Params) -> None:
     query = features.build_features(
-        PEOPLE.lazy(), AREAS.lazy(), EVENTS.clear().lazy(), params=params, id_bytes=2
+        PEOPLE.lazy(), AREAS.lazy(), EVENTS.clear().lazy(), **stage_options(params), id_bytes=2
     )
     table = query.collect()
     assert dict(table.schema) == features.output_schema(params.features)
@@ -409,7 +415,7 @@ def test_no_events_at_all(params: Params) -> None:
 
 
 def test_manifest_round_trips_through_the_contract_model(params: Params, tmp_path: Path) -> None:
-    manifest = features.build_manifest(params)
+    manifest = features.build_manifest(**stage_options(params))
     target = tmp_path / "manifest.json"
     io.write_json(manifest.document(), target)
     assert contract.read_manifest(target) == manifest
@@ -424,7 +430,7 @@ def test_manifest_round_trips_through_the_contract_model(params: Params, tmp_pat
 def test_a_manifest_that_does_not_fit_is_refused_naming_the_field(
     params: Params, tmp_path: Path
 ) -> None:
-    raw = features.build_manifest(params).document()
+    raw = features.build_manifest(**stage_options(params)).document()
     raw["model_inputs"] = raw["model_inputs"][1:]
     target = tmp_path / "manifest.json"
     io.write_json(raw, target)

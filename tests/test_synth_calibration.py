@@ -77,7 +77,17 @@ def world() -> dict[str, Any]:
         practice_size=pop.practice_size,
         rng=np.random.default_rng(5),
     )
-    frames = generate_chunk(params, geo, calibration, 0, N, chunk=0)
+    frames = generate_chunk(
+        geo,
+        calibration,
+        0,
+        N,
+        population=pop,
+        targets=params.targets,
+        chunk=0,
+        seed=params.seed,
+        index_date=params.index_date,
+    )
     people, cond = frames["arrays"]
     return {"people": people, "cond": cond, "frames": frames}
 

@@ -86,7 +86,10 @@ def _population(root: Path, *, truth: bool, external: bool = False) -> None:
     # the real manifest of these params, cut down to this table's columns and input flags
     inputs = {"age", "imd_decile", "n_emergency_admission_12m", "has_diabetes", "latest_bmi"}
     inputs |= {"ethnicity_code"}
-    document = feature_stage.build_manifest(_params()).document()
+    params = _params()
+    document = feature_stage.build_manifest(
+        params.features, index_date=params.index_date, seed=params.seed
+    ).document()
     document["features"] = [
         {**entry, "model_input": entry["name"] in inputs}
         for entry in document["features"]

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from pipeline import seeds
-from pipeline.config import Params
+from pipeline.config import Params, PopulationParams, TargetParams
 from pipeline.contract import (
     INPUT_TABLES,
     OUTCOMES_SCHEMA,
@@ -58,68 +61,62 @@ def person_ids(index: np.ndarray) -> pl.Series:
     )
 
 
-def generate_chunk(
-    params: Params,
-    geo: Geography,
-    calibration: Calibration,
-    start: int,
-    stop: int,
+def _target_outcomes(
+    name: str,
+    target: TargetParams,
+    arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]],
+    ids: pl.Series,
+    rng: np.random.Generator,
     *,
-    chunk: int,
-) -> dict[str, Any]:
-    """Generate people ``start..stop-1``: all their tables, as frames, plus raw arrays.
+    intercept: float,
+    access: float,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One target's recorded outcome and oracle risk for the members of its cohort.
 
-    Returns
-    -------
-    dict
-        ``people``, ``events``, ``outcomes``, ``truth_people``, ``oracle`` (Polars frames, each in
-        its write order) and ``arrays`` (people and conditions, for the calibration tally).
+    ``arrays`` are the chunk's people, conditions and history summary.
     """
-    pop = params.population
-    rng = seeds.rng("synthesize", "chunk", chunk, root=params.seed)
-    index = np.arange(start, stop)
-    people = draw_people(geo, index, rng, not_recorded_share=pop.bias.ethnicity_not_recorded)
-    cond = draw_conditions(
-        people, rng, offsets=calibration.offsets, under_recording=pop.bias.under_recording
+    people, cond, history = arrays
+    cohort, eta = cohort_and_logit(
+        target, people, cond, history, rng.standard_normal(len(ids)), access=access
     )
-    frailty = rng.gamma(3.0, 1.0 / 3.0, len(index))
-    counts = draw_counts(
-        care_rates(people, cond, frailty, access=pop.bias.access),
-        rng,
-        history_years=pop.history_years,
+    risk = oracle_risk(intercept, eta, follow_up_months=target.follow_up_months)
+    value = rng.random(len(ids)) < risk
+    members = np.flatnonzero(cohort)
+    outcomes = pl.DataFrame(
+        {"person_id": ids.gather(members), "target": name, "value": value[members]},
+        schema=OUTCOMES_SCHEMA,
     )
-    history = history_summary(counts)
-    ids = person_ids(index)
+    oracle = pl.DataFrame(
+        {"person_id": ids.gather(members), "target": name, "oracle_risk": risk[members]},
+        schema=TRUTH_ORACLE_SCHEMA,
+    )
+    return outcomes, oracle
 
-    outcome_frames, oracle_frames = [], []
-    for name in sorted(params.targets):
-        target = params.targets[name]
-        cohort, eta = cohort_and_logit(
-            target, people, cond, history, rng.standard_normal(len(index)), access=pop.bias.access
-        )
-        risk = oracle_risk(
-            calibration.intercepts[name], eta, follow_up_months=target.follow_up_months
-        )
-        value = rng.random(len(index)) < risk
-        members = np.flatnonzero(cohort)
-        outcome_frames.append(
-            pl.DataFrame(
-                {"person_id": ids.gather(members), "target": name, "value": value[members]},
-                schema=OUTCOMES_SCHEMA,
-            )
-        )
-        oracle_frames.append(
-            pl.DataFrame(
-                {"person_id": ids.gather(members), "target": name, "oracle_risk": risk[members]},
-                schema=TRUTH_ORACLE_SCHEMA,
-            )
-        )
 
-    events = expand_events(
-        people, cond, counts, rng, history_years=pop.history_years, access=pop.bias.access
-    )
-    index_day = (params.index_date - EPOCH).days
-    people_frame = pl.DataFrame(
+def _outcome_frames(
+    targets: Mapping[str, TargetParams],
+    intercepts: Mapping[str, float],
+    arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]],
+    ids: pl.Series,
+    rng: np.random.Generator,
+    *,
+    access: float,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``outcomes`` and truth ``oracle`` of every target (drawn in target-name order)."""
+    frames = [
+        _target_outcomes(
+            name, targets[name], arrays, ids, rng, intercept=intercepts[name], access=access
+        )
+        for name in sorted(targets)
+    ]
+    outcomes = pl.concat([outcome for outcome, _ in frames]).sort("person_id", "target")
+    oracle = pl.concat([oracle for _, oracle in frames]).sort("person_id", "target")
+    return outcomes, oracle
+
+
+def people_frame(people: dict[str, np.ndarray], ids: pl.Series) -> pl.DataFrame:
+    """The contract's ``people`` table of a chunk."""
+    return pl.DataFrame(
         {
             "person_id": ids,
             "sex": np.asarray(SEX_CODES)[people["sex"]],
@@ -130,9 +127,15 @@ def generate_chunk(
         },
         schema=PEOPLE_SCHEMA,
     )
+
+
+def truth_people_frame(
+    people: dict[str, np.ndarray], cond: dict[str, np.ndarray], ids: pl.Series
+) -> pl.DataFrame:
+    """Truth: risk factors, true conditions and true need of each person of a chunk."""
     true_columns = {f"true_{c}": cond[f"true_{c}"] for c in CONDITION_ORDER}
     n_true = np.sum([cond[f"true_{c}"] for c in CONDITION_ORDER], axis=0).astype(np.int8)
-    truth_people = pl.DataFrame(
+    return pl.DataFrame(
         {
             "person_id": ids,
             "smoker": cond["smoker"],
@@ -144,12 +147,85 @@ def generate_chunk(
             "true_need": true_need(people, cond),
         },
     ).select(pl.col(name).cast(dtype) for name, dtype in TRUTH_PEOPLE_SCHEMA.items())
+
+
+def _draw_health(
+    geo: Geography,
+    index: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    calibration: Calibration,
+    population: PopulationParams,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Demographics, conditions and yearly care-use counts of the people ``index``."""
+    bias = population.bias
+    people = draw_people(geo, index, rng, not_recorded_share=bias.ethnicity_not_recorded)
+    cond = draw_conditions(
+        people, rng, offsets=calibration.offsets, under_recording=bias.under_recording
+    )
+    frailty = rng.gamma(3.0, 1.0 / 3.0, len(index))
+    counts = draw_counts(
+        care_rates(people, cond, frailty, access=bias.access),
+        rng,
+        history_years=population.history_years,
+    )
+    return people, cond, counts
+
+
+def generate_chunk(
+    geo: Geography,
+    calibration: Calibration,
+    start: int,
+    stop: int,
+    *,
+    population: PopulationParams,
+    targets: Mapping[str, TargetParams],
+    chunk: int,
+    seed: int,
+    index_date: dt.date,
+) -> dict[str, Any]:
+    """Generate people ``start..stop-1``: all their tables, as frames, plus raw arrays.
+
+    Parameters
+    ----------
+    population, targets
+        The ``population`` and ``targets`` sections of the params.
+    chunk, seed
+        The chunk number and root seed: together they seed the chunk's own stream.
+    index_date
+        Events are dated back from it.
+
+    Returns
+    -------
+    dict
+        ``people``, ``events``, ``outcomes``, ``truth_people``, ``oracle`` (Polars frames, each in
+        its write order) and ``arrays`` (people and conditions, for the calibration tally).
+    """
+    access = population.bias.access
+    # The draws below share one stream: their order is part of the output.
+    rng = seeds.rng("synthesize", "chunk", chunk, root=seed)
+    index = np.arange(start, stop)
+    people, cond, counts = _draw_health(
+        geo, index, rng, calibration=calibration, population=population
+    )
+    ids = person_ids(index)
+    outcomes, oracle = _outcome_frames(
+        targets,
+        calibration.intercepts,
+        (people, cond, history_summary(counts)),
+        ids,
+        rng,
+        access=access,
+    )
+    events = expand_events(
+        people, cond, counts, rng, history_years=population.history_years, access=access
+    )
     return {
-        "people": people_frame,
-        "events": events_frame(events, ids, index_day=index_day),
-        "outcomes": pl.concat(outcome_frames).sort("person_id", "target"),
-        "oracle": pl.concat(oracle_frames).sort("person_id", "target"),
-        "truth_people": truth_people,
+        "people": people_frame(people, ids),
+        "events": events_frame(events, ids, index_day=(index_date - EPOCH).days),
+        "outcomes": outcomes,
+        "oracle": oracle,
+        "truth_people": truth_people_frame(people, cond, ids),
         "arrays": (people, cond),
     }
 
@@ -172,26 +248,19 @@ class _Appender:
             self.writer.close()
 
 
-def synthesize(params: Params, population_dir: Path, truth_dir: Path) -> dict[str, Any]:
-    """Write every table into the given (temporary) folders; return the calibration report."""
-    pop = params.population
-    calibration = fit_calibration(
-        seed=params.seed,
-        area_size=pop.area_size,
-        practice_size=pop.practice_size,
-        history_years=pop.history_years,
-        not_recorded_share=pop.bias.ethnicity_not_recorded,
-        targets=dict(params.targets),
-    )
-    geo = build_geography(
-        pop.n_people,
-        area_size=pop.area_size,
-        practice_size=pop.practice_size,
-        rng=seeds.rng("synthesize", "geography", root=params.seed),
-    )
+def _write_geography(geo: Geography, population_dir: Path, truth_dir: Path) -> None:
     areas_frame(geo).write_parquet(population_dir / "areas.parquet", compression="zstd")
     practices_frame(geo).write_parquet(population_dir / "practices.parquet", compression="zstd")
     practice_quality_frame(geo).write_parquet(truth_dir / "practices.parquet", compression="zstd")
+
+
+def _write_chunks(
+    make_chunk: Callable[..., dict[str, Any]],
+    bounds: list[tuple[int, int]],
+    population_dir: Path,
+    truth_dir: Path,
+) -> Tally:
+    """Generate and append each chunk ``(start, stop)``; return the calibration tally."""
     (population_dir / "events").mkdir()
     writers = {
         "people": _Appender(population_dir / "people.parquet"),
@@ -200,13 +269,11 @@ def synthesize(params: Params, population_dir: Path, truth_dir: Path) -> dict[st
         "oracle": _Appender(truth_dir / "oracle.parquet"),
     }
     tally = Tally()
-    starts = list(range(0, pop.n_people, pop.chunk_size))
     try:
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("synthesize", total=len(starts))
-            for chunk, start in enumerate(starts):
-                stop = min(start + pop.chunk_size, pop.n_people)
-                frames = generate_chunk(params, geo, calibration, start, stop, chunk=chunk)
+            task = progress.add_task("synthesize", total=len(bounds))
+            for chunk, (start, stop) in enumerate(bounds):
+                frames = make_chunk(start, stop, chunk=chunk)
                 for name, writer in writers.items():
                     writer.write(frames[name])
                 frames["events"].write_parquet(
@@ -217,7 +284,47 @@ def synthesize(params: Params, population_dir: Path, truth_dir: Path) -> dict[st
     finally:
         for writer in writers.values():
             writer.close()
-    return calibration_report(tally, bias=pop.bias.model_dump())
+    return tally
+
+
+def synthesize(
+    population_dir: Path,
+    truth_dir: Path,
+    *,
+    population: PopulationParams,
+    targets: Mapping[str, TargetParams],
+    seed: int,
+    index_date: dt.date,
+) -> dict[str, Any]:
+    """Write every table into the given (temporary) folders; return the calibration report."""
+    calibration = fit_calibration(
+        seed=seed,
+        area_size=population.area_size,
+        practice_size=population.practice_size,
+        history_years=population.history_years,
+        not_recorded_share=population.bias.ethnicity_not_recorded,
+        targets=targets,
+    )
+    geo = build_geography(
+        population.n_people,
+        area_size=population.area_size,
+        practice_size=population.practice_size,
+        rng=seeds.rng("synthesize", "geography", root=seed),
+    )
+    _write_geography(geo, population_dir, truth_dir)
+    make_chunk = partial(
+        generate_chunk,
+        geo,
+        calibration,
+        population=population,
+        targets=targets,
+        seed=seed,
+        index_date=index_date,
+    )
+    starts = range(0, population.n_people, population.chunk_size)
+    bounds = [(start, min(start + population.chunk_size, population.n_people)) for start in starts]
+    tally = _write_chunks(make_chunk, bounds, population_dir, truth_dir)
+    return calibration_report(tally, bias=population.bias.model_dump())
 
 
 def copy_extract(extract_dir: Path, population_dir: Path) -> None:
@@ -243,29 +350,46 @@ def copy_extract(extract_dir: Path, population_dir: Path) -> None:
             )
 
 
+@contextmanager
+def _output_dirs(paths: Paths) -> Iterator[tuple[Path, Path]]:
+    """Fresh population and truth folders, swapped in atomically when the block succeeds."""
+    with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
+        for folder in (population_dir, truth_dir):
+            folder.chmod(0o755)  # mkdtemp makes 0700; the data folders are shared
+        yield population_dir, truth_dir
+
+
+def _import_extract(
+    extract_dir: Path, paths: Paths, *, target_names: tuple[str, ...], index_date: dt.date
+) -> dict[str, Any]:
+    """Validate and copy a real extract (no truth); return its calibration-report stub."""
+    from pipeline.contract import validate_population
+
+    validate_population(extract_dir, target_names=target_names, index_date=index_date)
+    with _output_dirs(paths) as (population_dir, _):
+        copy_extract(extract_dir, population_dir)
+    return {"source": "extract", "note": "real extract: no synthetic calibration, no truth"}
+
+
 def run(params: Params, paths: Paths) -> None:
     """Generate (or import) the population, its truth and the calibration report."""
     pop = params.population
     if pop.source == "extract":
-        from pipeline.contract import validate_population
-
         extract_dir = Path(pop.extract_dir or "")
-        if not extract_dir.is_absolute():
-            extract_dir = paths.root / extract_dir
-        validate_population(
-            extract_dir, target_names=tuple(params.targets), index_date=params.index_date
+        report = _import_extract(
+            extract_dir if extract_dir.is_absolute() else paths.root / extract_dir,
+            paths,
+            target_names=tuple(params.targets),
+            index_date=params.index_date,
         )
-        with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
-            for folder in (population_dir, truth_dir):
-                folder.chmod(0o755)
-            copy_extract(extract_dir, population_dir)
-        write_json(
-            {"source": "extract", "note": "real extract: no synthetic calibration, no truth"},
-            paths.reports / "synthetic_calibration.json",
-        )
-        return
-    with atomic_dir(paths.population) as population_dir, atomic_dir(paths.truth) as truth_dir:
-        for folder in (population_dir, truth_dir):
-            folder.chmod(0o755)  # mkdtemp makes 0700; the data folders are shared
-        report = synthesize(params, population_dir, truth_dir)
+    else:
+        with _output_dirs(paths) as (population_dir, truth_dir):
+            report = synthesize(
+                population_dir,
+                truth_dir,
+                population=pop,
+                targets=params.targets,
+                seed=params.seed,
+                index_date=params.index_date,
+            )
     write_json(report, paths.reports / "synthetic_calibration.json")

@@ -10,8 +10,9 @@ same seed gives the same world at any scale.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from pipeline.synth.events import care_rates, draw_counts
 from pipeline.synth.geography import RECORDING_QUALITY_SHARES, build_geography
 from pipeline.synth.outcomes import ANNUAL_RATE, cohort_and_logit, history_summary
 from pipeline.synth.people import draw_people
+
+if TYPE_CHECKING:
+    from pipeline.config import TargetParams
 
 PILOT_PEOPLE: Final = 120_000
 RAKING_ROUNDS: Final = 12
@@ -72,31 +76,13 @@ def _rake(
     return u_dec, u_reg
 
 
-def fit_calibration(
-    *,
-    seed: int,
-    area_size: int,
-    practice_size: int,
-    history_years: int,
-    not_recorded_share: float,
-    targets: dict[str, Any],
-) -> Calibration:
-    """Fit condition offsets and outcome intercepts on a seeded pilot population.
+def _recording_share_mixture(people: dict[str, np.ndarray]) -> list[tuple[float, np.ndarray]]:
+    """(share, under-recording shift) per practice quality level at the reference bias.
 
-    Parameters
-    ----------
-    seed
-        ``params.seed``; the pilot uses its own sub-stream.
-    targets
-        ``params.targets`` (each needs outcome, follow_up_months, min_age, max_age,
-        exclude_prior).
+    Practice quality is averaged out (a few practices per region would otherwise steer the
+    regional offsets): each person's recording share is the mixture over quality levels.
     """
-    rng = seeds.rng("synthesize", "calibration_pilot", root=seed)
-    geo = build_geography(PILOT_PEOPLE, area_size=area_size, practice_size=practice_size, rng=rng)
-    people = draw_people(geo, np.arange(PILOT_PEOPLE), rng, not_recorded_share=not_recorded_share)
-    # Practice quality is averaged out (a few practices per region would otherwise steer the
-    # regional offsets): each person's recording share is the mixture over quality levels.
-    shifts = [
+    return [
         (
             share,
             recording_logit_shift(
@@ -105,6 +91,14 @@ def fit_calibration(
         )
         for q, share in enumerate(RECORDING_QUALITY_SHARES)
     ]
+
+
+def _fit_condition_offsets(
+    people: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rake each condition's decile and region offsets in generation order (later conditions
+    depend on the earlier ones drawn with their fitted offsets)."""
+    shifts = _recording_share_mixture(people)
     state: dict[str, np.ndarray] = {"smoker": draw_smoking(people, rng)}
     offsets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for condition in CONDITION_ORDER:
@@ -121,12 +115,33 @@ def fit_calibration(
             register=register,
         )
         offsets[condition] = (u_dec, u_reg)
-        state[condition] = rng.random(PILOT_PEOPLE) < expit(
+        state[condition] = rng.random(len(eta)) < expit(
             eta + u_dec[people["decile"] - 1] + u_reg[people["region"]]
         )
+    return offsets
 
+
+def _intercept_for_rate(eta: np.ndarray, rate: float) -> float:
+    """The intercept whose mean annual risk ``expit(intercept + eta)`` equals ``rate``."""
+    low, high = -15.0, 5.0
+    for _ in range(60):  # bisection
+        mid = (low + high) / 2
+        low, high = (mid, high) if expit(mid + eta).mean() < rate else (low, mid)
+    return (low + high) / 2
+
+
+def _fit_intercepts(
+    people: dict[str, np.ndarray],
+    offsets: dict[str, tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    *,
+    history_years: int,
+    targets: Mapping[str, TargetParams],
+) -> dict[str, float]:
+    """Outcome intercepts: each target's mean annual risk in its cohort = the reference rate."""
+    n = len(people["age"])
     cond = draw_conditions(people, rng, offsets=offsets, under_recording=REFERENCE_BIAS)
-    frailty = rng.gamma(3.0, 1.0 / 3.0, PILOT_PEOPLE)
+    frailty = rng.gamma(3.0, 1.0 / 3.0, n)
     counts = draw_counts(
         care_rates(people, cond, frailty, access=REFERENCE_BIAS), rng, history_years=history_years
     )
@@ -134,16 +149,37 @@ def fit_calibration(
     intercepts: dict[str, float] = {}
     for name, target in targets.items():
         cohort, eta = cohort_and_logit(
-            target, people, cond, history, rng.standard_normal(PILOT_PEOPLE), access=REFERENCE_BIAS
+            target, people, cond, history, rng.standard_normal(n), access=REFERENCE_BIAS
         )
-        eta = eta[cohort]
-        low, high = -15.0, 5.0
-        for _ in range(60):  # bisection: mean annual risk in the cohort = the reference rate
-            mid = (low + high) / 2
-            low, high = (
-                (mid, high) if expit(mid + eta).mean() < ANNUAL_RATE[target.outcome] else (low, mid)
-            )
-        intercepts[name] = (low + high) / 2
+        intercepts[name] = _intercept_for_rate(eta[cohort], ANNUAL_RATE[target.outcome])
+    return intercepts
+
+
+def fit_calibration(
+    *,
+    seed: int,
+    area_size: int,
+    practice_size: int,
+    history_years: int,
+    not_recorded_share: float,
+    targets: Mapping[str, TargetParams],
+) -> Calibration:
+    """Fit condition offsets and outcome intercepts on a seeded pilot population.
+
+    Parameters
+    ----------
+    seed
+        ``params.seed``; the pilot uses its own sub-stream.
+    area_size, practice_size, history_years, not_recorded_share
+        From ``params.population``.
+    targets
+        ``params.targets``.
+    """
+    rng = seeds.rng("synthesize", "calibration_pilot", root=seed)
+    geo = build_geography(PILOT_PEOPLE, area_size=area_size, practice_size=practice_size, rng=rng)
+    people = draw_people(geo, np.arange(PILOT_PEOPLE), rng, not_recorded_share=not_recorded_share)
+    offsets = _fit_condition_offsets(people, rng)
+    intercepts = _fit_intercepts(people, offsets, rng, history_years=history_years, targets=targets)
     return Calibration(offsets=offsets, intercepts=intercepts)
 
 
@@ -194,50 +230,53 @@ def _share(numerator: float, denominator: float) -> float | str | None:
     return publish_rate(int(numerator), int(denominator), None if rate is None else round(rate, 5))
 
 
-def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any]:
-    """Synthetic vs QOF prevalence by decile and region, ethnicity and age mix by region."""
-    conditions: dict[str, Any] = {}
-    for k, register in enumerate(ref.QOF_REGISTERS):
-        condition = next(c for c, r in ref.CONDITION_REGISTER.items() if r == register)
-        by_decile = []
-        for d in range(10):
-            n, rec, true = tally.by_decile[k, :, d]
-            by_decile.append(
-                {
-                    "imd_decile": d + 1,
-                    "n": round_count(int(n)),
-                    "recorded_prevalence": _share(rec, n),
-                    "true_prevalence": _share(true, n),
-                    "reference_prevalence": ref.QOF_PREVALENCE_BY_DECILE[register][d],
-                }
+def _prevalence_row(
+    counts: np.ndarray, reference: float, **key: int | str
+) -> dict[str, int | str | float | None]:
+    """One breakdown row from the (denominator, recorded, true) counts of a cell."""
+    n, rec, true = counts
+    return {
+        **key,
+        "n": round_count(int(n)),
+        "recorded_prevalence": _share(rec, n),
+        "true_prevalence": _share(true, n),
+        "reference_prevalence": reference,
+    }
+
+
+def _condition_summary(tally: Tally, k: int, register: str) -> dict[str, Any]:
+    """Recorded and true prevalence of QOF register ``k`` overall, by decile and by region."""
+    n, rec, true = tally.by_decile[k].sum(axis=1)
+    return {
+        "qof_register": register,
+        "min_age": ref.QOF_MIN_AGE[register],
+        "recorded_prevalence": _share(rec, n),
+        "true_prevalence": _share(true, n),
+        "reference_prevalence": ref.QOF_PREVALENCE_ENGLAND[register],
+        "by_imd_decile": [
+            _prevalence_row(
+                tally.by_decile[k, :, d],
+                ref.QOF_PREVALENCE_BY_DECILE[register][d],
+                imd_decile=d + 1,
             )
-        by_region = []
-        for r, region in enumerate(REGIONS):
-            n, rec, true = tally.by_region[k, :, r]
-            by_region.append(
-                {
-                    "region": region,
-                    "n": round_count(int(n)),
-                    "recorded_prevalence": _share(rec, n),
-                    "true_prevalence": _share(true, n),
-                    "reference_prevalence": ref.QOF_PREVALENCE_BY_REGION[register][r],
-                }
+            for d in range(10)
+        ],
+        "by_region": [
+            _prevalence_row(
+                tally.by_region[k, :, r], ref.QOF_PREVALENCE_BY_REGION[register][r], region=region
             )
-        n, rec, true = tally.by_decile[k].sum(axis=1)
-        conditions[condition] = {
-            "qof_register": register,
-            "min_age": ref.QOF_MIN_AGE[register],
-            "recorded_prevalence": _share(rec, n),
-            "true_prevalence": _share(true, n),
-            "reference_prevalence": ref.QOF_PREVALENCE_ENGLAND[register],
-            "by_imd_decile": by_decile,
-            "by_region": by_region,
-        }
+            for r, region in enumerate(REGIONS)
+        ],
+    }
+
+
+def _ethnicity_by_region(tally: Tally) -> list[dict[str, Any]]:
+    """Recorded (incl. not recorded) and true broad ethnic mix per region vs Census 2021."""
     groups = (*ref.ETHNIC_GROUPS, "Not recorded")
-    ethnicity = []
+    rows = []
     for r, region in enumerate(REGIONS):
         total = tally.ethnicity[r].sum()
-        ethnicity.append(
+        rows.append(
             {
                 "region": region,
                 "n": round_count(int(total)),
@@ -254,10 +293,15 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
                 },
             }
         )
-    ages = []
+    return rows
+
+
+def _age_by_region(tally: Tally) -> list[dict[str, Any]]:
+    """Age-band shares per region, with the Census 65+ share beside them."""
+    rows = []
     for r, region in enumerate(REGIONS):
         total = tally.ages[r, 3]
-        ages.append(
+        rows.append(
             {
                 "region": region,
                 "n": round_count(int(total)),
@@ -267,10 +311,25 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
                 "reference_share_65_plus": ref.AGE_65_PLUS_BY_REGION[region] / 100,
             }
         )
+    return rows
+
+
+def _diabetes_ratio(tally: Tally) -> dict[str, float | None]:
+    """True diabetes prevalence (adults 17+) of each broad group relative to the White group."""
     dm = tally.diabetes_by_group
-    diabetes_ratio = {
+    return {
         g: (round(float(dm[1, i] / dm[0, i]) / float(dm[1, 0] / dm[0, 0]), 3) if dm[0, i] else None)
         for i, g in enumerate(ref.ETHNIC_GROUPS)
+    }
+
+
+def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any]:
+    """Synthetic vs QOF prevalence by decile and region, ethnicity and age mix by region."""
+    conditions = {
+        next(c for c, r in ref.CONDITION_REGISTER.items() if r == register): _condition_summary(
+            tally, k, register
+        )
+        for k, register in enumerate(ref.QOF_REGISTERS)
     }
     report = {
         "source": "synthetic",
@@ -278,9 +337,9 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
         "reference": "QOF 2019/20 via House of Commons Library (Open Parliament Licence v3.0); "
         "Census 2021 (ONS)",
         "conditions": conditions,
-        "ethnicity_by_region": ethnicity,
-        "age_by_region": ages,
-        "true_diabetes_ratio_to_white_17_plus": diabetes_ratio,
+        "ethnicity_by_region": _ethnicity_by_region(tally),
+        "age_by_region": _age_by_region(tally),
+        "true_diabetes_ratio_to_white_17_plus": _diabetes_ratio(tally),
     }
     # checked against the contract model the report reads it through
     checked = SyntheticCalibration.model_validate(report)

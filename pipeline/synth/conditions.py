@@ -174,40 +174,30 @@ def recording_probability(condition: str, shift: np.ndarray) -> np.ndarray:
     return expit(logit(BASE_RECORDING[condition]) - shift)
 
 
-def draw_conditions(
+def _draw_true_conditions(
     people: dict[str, np.ndarray],
     rng: np.random.Generator,
     *,
     offsets: dict[str, tuple[np.ndarray, np.ndarray]],
-    under_recording: float,
 ) -> dict[str, np.ndarray]:
-    """Risk factors, true conditions and recorded conditions for a chunk of people.
-
-    Parameters
-    ----------
-    people
-        Output of :func:`pipeline.synth.people.draw_people`.
-    offsets
-        Condition -> (offset by IMD decile [10], offset by region [7]) from calibration.
-    under_recording
-        Strength of the planted under-recording bias (0 = only the base incompleteness).
-
-    Returns
-    -------
-    dict
-        ``smoker``, ``bmi``, ``sbp``, ``hba1c``, ``cholesterol``, ``true_<c>`` and ``rec_<c>``
-        for every condition, ``rec_smoker``.
-    """
+    """Smoking, then each true condition in generation order (later ones depend on earlier)."""
     n = len(people["age"])
-    age = people["age"].astype(np.float64)
-    male = people["sex"] == 1
     state: dict[str, np.ndarray] = {"smoker": draw_smoking(people, rng)}
     for condition in CONDITION_ORDER:
         dec_offset, reg_offset = offsets[condition]
         eta = condition_logit(condition, people, state)
         eta = eta + dec_offset[people["decile"] - 1] + reg_offset[people["region"]]
         state[condition] = rng.random(n) < expit(eta)
+    return state
 
+
+def _draw_risk_factors(
+    people: dict[str, np.ndarray], state: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """True BMI, systolic blood pressure, HbA1c and cholesterol, clipped to plausible ranges."""
+    n = len(people["age"])
+    age = people["age"].astype(np.float64)
+    male = people["sex"] == 1
     adult = age >= 18
     obese = state["obesity"]
     bmi_adult = np.where(
@@ -233,15 +223,43 @@ def draw_conditions(
         34.0 + 0.06 * np.maximum(age - 18, 0) + 0.15 * (bmi - 26) + rng.normal(0.0, 3.0, n),
     )
     cholesterol = 4.4 + 0.018 * np.clip(age - 18, 0, 50) + rng.normal(0.0, 0.9, n)
-
-    shift = recording_logit_shift(people, under_recording)
-    out: dict[str, np.ndarray] = {
-        "smoker": state["smoker"],
+    return {
         "bmi": np.clip(bmi, 12.0, 75.0),
         "sbp": np.clip(sbp, 80.0, 240.0),
         "hba1c": np.clip(hba1c, 20.0, 180.0),
         "cholesterol": np.clip(cholesterol, 2.0, 12.0),
     }
+
+
+def draw_conditions(
+    people: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    offsets: dict[str, tuple[np.ndarray, np.ndarray]],
+    under_recording: float,
+) -> dict[str, np.ndarray]:
+    """Risk factors, true conditions and recorded conditions for a chunk of people.
+
+    Parameters
+    ----------
+    people
+        Output of :func:`pipeline.synth.people.draw_people`.
+    offsets
+        Condition -> (offset by IMD decile [10], offset by region [7]) from calibration.
+    under_recording
+        Strength of the planted under-recording bias (0 = only the base incompleteness).
+
+    Returns
+    -------
+    dict
+        ``smoker``, ``bmi``, ``sbp``, ``hba1c``, ``cholesterol``, ``true_<c>`` and ``rec_<c>``
+        for every condition, ``rec_smoker``.
+    """
+    n = len(people["age"])
+    state = _draw_true_conditions(people, rng, offsets=offsets)
+    risk_factors = _draw_risk_factors(people, state, rng)
+    shift = recording_logit_shift(people, under_recording)
+    out: dict[str, np.ndarray] = {"smoker": state["smoker"], **risk_factors}
     for condition in CONDITION_ORDER:
         true = state[condition]
         out[f"true_{condition}"] = true

@@ -6,7 +6,7 @@ history a model will see), then expanded to dated events with ``np.repeat``: no 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -274,27 +274,37 @@ def _year_dates(year: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return start + 1 + np.floor(rng.random(len(year)) * (end - start)).astype(np.int32)
 
 
-def expand_events(
-    people: dict[str, np.ndarray],
-    cond: dict[str, np.ndarray],
+class _Part(NamedTuple):
+    """One batch of events as parallel arrays (``value`` None: no value recorded)."""
+
+    person: np.ndarray
+    days: np.ndarray
+    type: int
+    code: np.ndarray
+    value: np.ndarray | None = None
+
+
+def _fixed_code(size: int, code: str) -> np.ndarray:
+    return np.full(size, _CODE_INDEX[code], np.int32)
+
+
+def _main_condition(cond: dict[str, np.ndarray]) -> np.ndarray:
+    """Each person's heaviest true condition (index into CONDITION_ORDER; -1 when none)."""
+    weights = np.stack([CONDITION_BURDEN[c] * cond[f"true_{c}"] for c in CONDITION_ORDER], axis=1)
+    return np.where(weights.max(axis=1) > 0, weights.argmax(axis=1), -1)
+
+
+def _care_events(
     counts: dict[str, np.ndarray],
+    age: np.ndarray,
+    main: np.ndarray,
     rng: np.random.Generator,
     *,
     history_years: int,
-    access: float,
-) -> dict[str, np.ndarray]:
-    """All events of a chunk as parallel arrays (person, days_before, type, code, value)."""
-    n = len(people["age"])
-    age = people["age"].astype(np.float64)
-    window = int(np.floor(365.25 * history_years))
-    penalty = access * access_penalty(people)
-    parts: list[tuple[np.ndarray, np.ndarray, int | np.ndarray, np.ndarray, np.ndarray | None]] = []
-
-    # Main condition per person: the heaviest true condition (-1 when none).
-    weights = np.stack([CONDITION_BURDEN[c] * cond[f"true_{c}"] for c in CONDITION_ORDER], axis=1)
-    main = np.where(weights.max(axis=1) > 0, weights.argmax(axis=1), -1)
+) -> list[_Part]:
+    """Dated contacts of the counted care types; episodes often carry the main condition's code."""
     main_codes = np.asarray([_CODE_INDEX[CONDITION_EPISODE_CODE[c]] for c in CONDITION_ORDER])
-
+    parts = []
     for kind, per_year in counts.items():
         flat = np.repeat(np.arange(per_year.size), per_year.ravel())
         person = flat // history_years
@@ -307,68 +317,100 @@ def expand_events(
             codes = _choice(GENERAL_CODES[kind], len(person), rng)
             own = (main[person] >= 0) & (rng.random(len(person)) < EPISODE_CONDITION_SHARE[kind])
             codes = np.where(own, main_codes[np.maximum(main[person], 0)], codes)
-        parts.append((person, days, _TYPE_INDEX[kind], codes.astype(np.int32), None))
+        parts.append(_Part(person, days, _TYPE_INDEX[kind], codes.astype(np.int32)))
+    return parts
 
-    # Diagnoses (one per recorded condition, often long before the history window) and drugs.
+
+def _repeat_prescriptions(
+    person: np.ndarray,
+    since: np.ndarray,
+    rx_rate: np.ndarray,
+    drugs: tuple[tuple[str, float], ...],
+    rng: np.random.Generator,
+    *,
+    window: int,
+) -> list[_Part]:
+    """Issues of each drug for a condition, from diagnosis (or the window start) to the index."""
+    parts = []
+    for drug, share in drugs:
+        on_drug = rng.random(len(person)) < share
+        who, span = person[on_drug], since[on_drug]
+        issues = rng.poisson(rx_rate[who] * span / window)
+        rx_person = np.repeat(who, issues)
+        rx_days = 1 + np.floor(rng.random(len(rx_person)) * np.repeat(span, issues)).astype(
+            np.int32
+        )
+        parts.append(
+            _Part(
+                rx_person, rx_days, _TYPE_INDEX["prescription"], _fixed_code(len(rx_person), drug)
+            )
+        )
+    return parts
+
+
+def _diagnosis_events(
+    cond: dict[str, np.ndarray],
+    age: np.ndarray,
+    penalty: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    history_years: int,
+    window: int,
+) -> list[_Part]:
+    """One diagnosis per recorded condition (often long before the window), and its drugs."""
     max_days = np.maximum(np.minimum(age * 365.25, 20 * 365.25), 30.0)
     rx_rate = ISSUES_PER_YEAR * history_years * np.exp(-penalty * ACCESS_BY_TYPE["prescription"])
+    parts = []
     for condition in CONDITION_ORDER:
         person = np.flatnonzero(cond[f"rec_{condition}"])
         if len(person) == 0:
             continue
         days = 1 + np.floor(rng.random(len(person)) * max_days[person]).astype(np.int32)
         codes = _choice(DIAGNOSIS_CODES[condition], len(person), rng)
-        parts.append((person, days, _TYPE_INDEX["diagnosis"], codes, None))
+        parts.append(_Part(person, days, _TYPE_INDEX["diagnosis"], codes))
         since = np.minimum(days, window)  # prescriptions start at diagnosis or the window start
-        for drug, share in DRUGS.get(condition, ()):
-            on_drug = rng.random(len(person)) < share
-            who, span = person[on_drug], since[on_drug]
-            issues = rng.poisson(rx_rate[who] * span / window)
-            rx_person = np.repeat(who, issues)
-            rx_days = 1 + np.floor(rng.random(len(rx_person)) * np.repeat(span, issues)).astype(
-                np.int32
-            )
-            parts.append(
-                (
-                    rx_person,
-                    rx_days,
-                    _TYPE_INDEX["prescription"],
-                    np.full(len(rx_person), _CODE_INDEX[drug], np.int32),
-                    None,
-                )
-            )
-    smokers = np.flatnonzero(cond["rec_smoker"])
-    parts.append(
-        (
-            smokers,
-            1 + np.floor(rng.random(len(smokers)) * window).astype(np.int32),
-            _TYPE_INDEX["diagnosis"],
-            np.full(len(smokers), _CODE_INDEX[SMOKING_CODE], np.int32),
-            None,
+        parts += _repeat_prescriptions(
+            person, since, rx_rate, DRUGS.get(condition, ()), rng, window=window
         )
-    )
+    return parts
+
+
+def _smoking_events(
+    cond: dict[str, np.ndarray], rng: np.random.Generator, *, window: int
+) -> list[_Part]:
+    """The smoking code, once inside the window, for every recorded current smoker."""
+    smokers = np.flatnonzero(cond["rec_smoker"])
+    days = 1 + np.floor(rng.random(len(smokers)) * window).astype(np.int32)
+    return [_Part(smokers, days, _TYPE_INDEX["diagnosis"], _fixed_code(len(smokers), SMOKING_CODE))]
+
+
+def _other_prescription_events(
+    age: np.ndarray, rng: np.random.Generator, *, history_years: int, window: int
+) -> list[_Part]:
+    """Prescriptions unrelated to the modelled conditions (more common with age, adults only)."""
+    parts = []
     for drug, base in (("0407", 0.12), ("0101", 0.08)):
         uptake = np.clip(base * np.exp(0.02 * (age - 50)), 0, 0.6) * (age >= 16)
-        who = np.flatnonzero(rng.random(n) < uptake)
+        who = np.flatnonzero(rng.random(len(age)) < uptake)
         issues = rng.poisson(2.0 * history_years, len(who))
         rx_person = np.repeat(who, issues)
+        days = 1 + np.floor(rng.random(len(rx_person)) * window).astype(np.int32)
         parts.append(
-            (
-                rx_person,
-                1 + np.floor(rng.random(len(rx_person)) * window).astype(np.int32),
-                _TYPE_INDEX["prescription"],
-                np.full(len(rx_person), _CODE_INDEX[drug], np.int32),
-                None,
-            )
+            _Part(rx_person, days, _TYPE_INDEX["prescription"], _fixed_code(len(rx_person), drug))
         )
+    return parts
 
-    # Measurements: more often with age and with recorded long-term conditions.
+
+def _measurement_rates(
+    cond: dict[str, np.ndarray], age: np.ndarray, penalty: np.ndarray, *, history_years: int
+) -> dict[str, np.ndarray]:
+    """Expected readings per person in the history: more with age and recorded conditions."""
     adult = age >= 18
     over40 = age >= 40
     reviewed = cond["rec_hypertension"] | cond["rec_diabetes"] | cond["rec_chd"] | cond["rec_ckd"]
     reviewed = reviewed | cond["rec_stroke"] | cond["rec_heart_failure"]
     measured = np.exp(-penalty * ACCESS_BY_TYPE["measurement"]) * history_years
-    rates = {
+    return {
         "sbp": (0.25 * adult + 0.35 * over40 + 1.2 * reviewed) * measured,
         "bmi": (0.1 * adult + 0.6 * cond["rec_diabetes"] + 0.3 * cond["rec_obesity"]) * measured,
         "hba1c": (0.08 * over40 + 2.0 * cond["rec_diabetes"]) * measured,
@@ -377,44 +419,44 @@ def expand_events(
         )
         * measured,
     }
+
+
+def _measurement_events(
+    cond: dict[str, np.ndarray],
+    rates: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    window: int,
+) -> list[_Part]:
+    """Noisy readings of the true values (with a diastolic reading beside each systolic one)."""
+    measurement = _TYPE_INDEX["measurement"]
+    parts = []
     for code, rate in rates.items():
         k = rng.poisson(rate)
-        person = np.repeat(np.arange(n), k)
+        person = np.repeat(np.arange(len(rate)), k)
         days = 1 + np.floor(rng.random(len(person)) * window).astype(np.int32)
         truth = cond[code][person]
         low, high = MEASUREMENT_CODES[code][1:]
         value = np.round(
             np.clip(truth + rng.normal(0.0, MEASUREMENT_NOISE[code], len(person)), low, high), 1
         )
-        parts.append(
-            (
-                person,
-                days,
-                _TYPE_INDEX["measurement"],
-                np.full(len(person), _CODE_INDEX[code], np.int32),
-                value,
-            )
-        )
+        parts.append(_Part(person, days, measurement, _fixed_code(len(person), code), value))
         if code == "sbp":  # diastolic taken at the same reading
             dbp = np.round(
                 np.clip(0.5 * value + 12 + rng.normal(0.0, 6.0, len(person)), 40, 140), 1
             )
-            parts.append(
-                (
-                    person,
-                    days,
-                    _TYPE_INDEX["measurement"],
-                    np.full(len(person), _CODE_INDEX["dbp"], np.int32),
-                    dbp,
-                )
-            )
+            parts.append(_Part(person, days, measurement, _fixed_code(len(person), "dbp"), dbp))
+    return parts
 
-    person = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    days = np.concatenate([p[1] for p in parts]).astype(np.int32)
-    types = np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in parts])
-    codes = np.concatenate([p[3] for p in parts]).astype(np.int32)
+
+def _sorted_events(parts: list[_Part]) -> dict[str, np.ndarray]:
+    """Concatenate the batches and sort by person, date (ascending), type and code."""
+    person = np.concatenate([p.person for p in parts]).astype(np.int64)
+    days = np.concatenate([p.days for p in parts]).astype(np.int32)
+    types = np.concatenate([np.full(len(p.person), p.type, np.int8) for p in parts])
+    codes = np.concatenate([p.code for p in parts]).astype(np.int32)
     values = np.concatenate(
-        [p[4] if p[4] is not None else np.full(len(p[0]), np.nan) for p in parts]
+        [p.value if p.value is not None else np.full(len(p.person), np.nan) for p in parts]
     )
     # Sort by person, date (ascending = days before index descending), type, code via one packed
     # int64 key (np.lexsort on five keys is ~20x slower); stable, so ties keep generation order.
@@ -432,6 +474,32 @@ def expand_events(
         "code": codes[order],
         "value": values[order],
     }
+
+
+def expand_events(
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    counts: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    history_years: int,
+    access: float,
+) -> dict[str, np.ndarray]:
+    """All events of a chunk as parallel arrays (person, days_before, type, code, value).
+
+    The batches are drawn in a fixed order from one stream (care contacts, diagnoses with their
+    drugs, smoking, other prescriptions, measurements), so the same seed gives the same events.
+    """
+    age = people["age"].astype(np.float64)
+    window = int(np.floor(365.25 * history_years))
+    penalty = access * access_penalty(people)
+    parts = _care_events(counts, age, _main_condition(cond), rng, history_years=history_years)
+    parts += _diagnosis_events(cond, age, penalty, rng, history_years=history_years, window=window)
+    parts += _smoking_events(cond, rng, window=window)
+    parts += _other_prescription_events(age, rng, history_years=history_years, window=window)
+    rates = _measurement_rates(cond, age, penalty, history_years=history_years)
+    parts += _measurement_events(cond, rates, rng, window=window)
+    return _sorted_events(parts)
 
 
 def events_frame(

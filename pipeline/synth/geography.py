@@ -54,6 +54,95 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
+@dataclass(frozen=True)
+class _Icbs:
+    codes: tuple[str, ...]
+    names: tuple[str, ...]
+    region: np.ndarray  # region index (contract.REGIONS order)
+    weight: np.ndarray  # share of England's people
+
+
+def _icb_table() -> _Icbs:
+    """The 42 ICBs: region shares follow LSOAs per region, ICB shares approximate populations."""
+    codes: list[str] = []
+    names: list[str] = []
+    region: list[int] = []
+    weight: list[float] = []
+    for region_index, region_name in enumerate(REGIONS):
+        region_share = sum(ref.LSOAS_BY_REGION_DECILE[region_name])
+        icbs = ref.ICBS[region_name]
+        total = sum(pop for _, _, pop in icbs)
+        for code, name, pop in icbs:
+            codes.append(code)
+            names.append(name)
+            region.append(region_index)
+            weight.append(region_share * pop / total)
+    return _Icbs(tuple(codes), tuple(names), np.asarray(region, dtype=np.int64), np.asarray(weight))
+
+
+def _area_sizes(icb_people: np.ndarray, area_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split each ICB into areas of ~``area_size`` people (at least one per ICB).
+
+    Returns the ICB index and the number of residents of each area.
+    """
+    icb_areas = np.maximum(1, np.rint(icb_people / area_size).astype(np.int64))
+    area_icb = np.repeat(np.arange(len(icb_people)), icb_areas)
+    sizes = np.concatenate(
+        [
+            _largest_remainder(int(n), np.ones(int(k)))
+            for n, k in zip(icb_people, icb_areas, strict=True)
+        ]
+    )
+    return area_icb, sizes
+
+
+def _area_deciles(area_region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """IMD deciles: exact regional quotas (largest remainder), randomly placed within the region."""
+    area_decile = np.zeros(len(area_region), dtype=np.int8)
+    for region_index, region in enumerate(REGIONS):
+        members = np.flatnonzero(area_region == region_index)
+        quota = _largest_remainder(
+            len(members), np.asarray(ref.LSOAS_BY_REGION_DECILE[region], float)
+        )
+        deciles = np.repeat(np.arange(1, 11, dtype=np.int8), quota)
+        area_decile[members] = rng.permutation(deciles)
+    return area_decile
+
+
+def _area_rural(
+    area_region: np.ndarray, area_decile: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Rural areas: the regional share, tilted towards less deprived deciles."""
+    tilt = 0.4 + 0.13 * (area_decile - 1)
+    rural_share = np.asarray([ref.RURAL_SHARE[r] for r in REGIONS])[area_region]
+    region_tilt = np.bincount(area_region, weights=tilt, minlength=len(REGIONS)) / np.maximum(
+        np.bincount(area_region, minlength=len(REGIONS)), 1
+    )
+    p_rural = np.clip(rural_share * tilt / region_tilt[area_region], 0.0, 0.9)
+    return rng.random(len(area_region)) < p_rural
+
+
+def _practice_quality(
+    icb_region: np.ndarray, icb_practices: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Recording quality per practice: national shares met within every region (quotas, randomly
+    placed), so a region's recorded prevalence is not steered by a handful of practices at small
+    sizes."""
+    practice_region = np.repeat(icb_region, icb_practices)
+    practice_quality = np.zeros(len(practice_region), dtype=np.int8)
+    for region_index in range(len(REGIONS)):
+        members = np.flatnonzero(practice_region == region_index)
+        quota = _largest_remainder(len(members), np.asarray(RECORDING_QUALITY_SHARES))
+        levels = np.repeat(np.arange(len(RECORDING_QUALITY_LEVELS), dtype=np.int8), quota)
+        practice_quality[members] = rng.permutation(levels)
+    return practice_quality
+
+
+def _starts(sizes: np.ndarray) -> np.ndarray:
+    """First index of each run of ``sizes`` consecutive items."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+
 def build_geography(
     n_people: int, *, area_size: int, practice_size: int, rng: np.random.Generator
 ) -> Geography:
@@ -71,81 +160,29 @@ def build_geography(
     rng
         Seeded generator.
     """
-    icb_codes: list[str] = []
-    icb_names: list[str] = []
-    icb_region: list[int] = []
-    icb_weight: list[float] = []
-    for region_index, region in enumerate(REGIONS):
-        region_share = sum(ref.LSOAS_BY_REGION_DECILE[region])
-        icbs = ref.ICBS[region]
-        total = sum(pop for _, _, pop in icbs)
-        for code, name, pop in icbs:
-            icb_codes.append(code)
-            icb_names.append(name)
-            icb_region.append(region_index)
-            icb_weight.append(region_share * pop / total)
-    icb_people = _largest_remainder(n_people, np.asarray(icb_weight))
+    icbs = _icb_table()
+    icb_people = _largest_remainder(n_people, icbs.weight)
     if (icb_people < 1).any():
         raise ValueError("population too small to place at least one person in every ICB")
-    icb_start = np.concatenate([[0], np.cumsum(icb_people)[:-1]])
-    icb_region_arr = np.asarray(icb_region, dtype=np.int64)
-
-    # Areas: split each ICB into areas of ~area_size people (at least one per ICB).
-    icb_areas = np.maximum(1, np.rint(icb_people / area_size).astype(np.int64))
-    area_icb = np.repeat(np.arange(len(icb_codes)), icb_areas)
-    sizes = np.concatenate(
-        [
-            _largest_remainder(int(n), np.ones(int(k)))
-            for n, k in zip(icb_people, icb_areas, strict=True)
-        ]
-    )
-    area_end = np.cumsum(sizes)
-    area_region = icb_region_arr[area_icb]
-
-    # IMD deciles: exact regional quotas (largest remainder), randomly placed within the region.
-    area_decile = np.zeros(len(area_icb), dtype=np.int8)
-    for region_index, region in enumerate(REGIONS):
-        members = np.flatnonzero(area_region == region_index)
-        quota = _largest_remainder(
-            len(members), np.asarray(ref.LSOAS_BY_REGION_DECILE[region], float)
-        )
-        deciles = np.repeat(np.arange(1, 11, dtype=np.int8), quota)
-        area_decile[members] = rng.permutation(deciles)
-
-    # Rural areas: the regional share, tilted towards less deprived deciles.
-    tilt = 0.4 + 0.13 * (area_decile - 1)
-    rural_share = np.asarray([ref.RURAL_SHARE[r] for r in REGIONS])[area_region]
-    region_tilt = np.bincount(area_region, weights=tilt, minlength=len(REGIONS)) / np.maximum(
-        np.bincount(area_region, minlength=len(REGIONS)), 1
-    )
-    p_rural = np.clip(rural_share * tilt / region_tilt[area_region], 0.0, 0.9)
-    area_rural = rng.random(len(area_icb)) < p_rural
-
+    area_icb, area_people = _area_sizes(icb_people, area_size)
+    area_region = icbs.region[area_icb]
+    area_decile = _area_deciles(area_region, rng)
+    area_rural = _area_rural(area_region, area_decile, rng)
     icb_practices = np.maximum(1, np.rint(icb_people / practice_size).astype(np.int64))
-    icb_practice_offset = np.concatenate([[0], np.cumsum(icb_practices)[:-1]])
-    # Recording quality: national shares met within every region (quotas, randomly placed), so
-    # a region's recorded prevalence is not steered by a handful of practices at small sizes.
-    practice_region = np.repeat(icb_region_arr, icb_practices)
-    practice_quality = np.zeros(len(practice_region), dtype=np.int8)
-    for region_index in range(len(REGIONS)):
-        members = np.flatnonzero(practice_region == region_index)
-        quota = _largest_remainder(len(members), np.asarray(RECORDING_QUALITY_SHARES))
-        levels = np.repeat(np.arange(len(RECORDING_QUALITY_LEVELS), dtype=np.int8), quota)
-        practice_quality[members] = rng.permutation(levels)
     return Geography(
-        area_end=area_end,
+        area_end=np.cumsum(area_people),
         area_region=area_region,
         area_icb=area_icb,
         area_decile=area_decile,
         area_rural=area_rural,
-        icb_start=icb_start,
+        icb_start=_starts(icb_people),
         icb_people=icb_people,
-        icb_practice_offset=icb_practice_offset,
+        icb_practice_offset=_starts(icb_practices),
         icb_practices=icb_practices,
-        practice_quality=practice_quality,
-        icb_codes=tuple(icb_codes),
-        icb_names=tuple(icb_names),
-        icb_region=icb_region_arr,
+        practice_quality=_practice_quality(icbs.region, icb_practices, rng),
+        icb_codes=icbs.codes,
+        icb_names=icbs.names,
+        icb_region=icbs.region,
     )
 
 

@@ -58,6 +58,81 @@ def history_summary(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def _utilisation_logit(
+    outcome: str,
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    history: dict[str, np.ndarray],
+    *,
+    hidden: np.ndarray,
+    recorded: np.ndarray,
+) -> np.ndarray:
+    """Emergency admission / A&E attendance: burden, deprivation and prior use drive them."""
+    age = people["age"].astype(np.float64)
+    male = (people["sex"] == 1).astype(np.float64)
+    d = deprivation_score(people["decile"])
+    eta = (
+        0.03 * (age - 40)
+        + 0.1 * male
+        + 0.9 * recorded
+        + 0.9 * UNRECORDED_WEIGHT * hidden
+        + 0.45 * d
+        + 0.15 * cond["rec_smoker"]
+        + 0.05 * cond["smoker"]
+        + 0.45 * np.minimum(history["ea_12m"], 3)
+        + 0.3 * np.minimum(history["ea_13_24m"], 3)
+        + 0.2 * np.minimum(history["ae_12m"], 4)
+        + 0.25 * np.log1p(history["gp_12m"])
+    )
+    if outcome == "ae_attendance":
+        eta = eta - 0.02 * (age - 40) + 0.25 * np.minimum(history["ae_12m"], 4)
+    return eta
+
+
+def _cvd_logit(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:
+    """First MI or stroke: QRISK-like risk factors, recorded conditions and ethnicity."""
+    age = people["age"].astype(np.float64)
+    male = (people["sex"] == 1).astype(np.float64)
+    d = deprivation_score(people["decile"])
+    south_asian = np.isin(people["ethnic_code"], ("H", "J", "K", "L"))
+    ethnic = (
+        SOUTH_ASIAN_CVD * south_asian
+        - 0.15 * (people["group"] == 3)
+        - 0.3 * (people["ethnic_code"] == "R")
+    )
+    return (
+        0.07 * (age - 55)
+        + 0.5 * male
+        + 0.018 * (cond["sbp"] - 130)
+        + 0.18 * (cond["cholesterol"] - 5.2)
+        + 0.45 * cond["rec_smoker"]
+        + 0.1 * cond["smoker"]
+        + 0.5 * cond["rec_diabetes"]
+        + 0.15 * cond["true_diabetes"]
+        + 0.35 * cond["rec_ckd"]
+        + 0.5 * cond["rec_atrial_fibrillation"]
+        + 0.25 * cond["rec_hypertension"]
+        + 0.3 * cond["rec_severe_mental_illness"]
+        + 0.2 * d
+        + ethnic
+    )
+
+
+def _diabetes_onset_logit(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:
+    """New type 2 diabetes: BMI, HbA1c, South Asian and Black groups, deprivation."""
+    age = people["age"].astype(np.float64)
+    male = (people["sex"] == 1).astype(np.float64)
+    return (
+        0.025 * (age - 50)
+        + 0.2 * male
+        + 0.12 * (cond["bmi"] - 27)
+        + 0.15 * (cond["hba1c"] - 38)
+        + 0.6 * np.isin(people["group"], (2, 3))
+        + 0.3 * deprivation_score(people["decile"])
+        + 0.3 * cond["rec_hypertension"]
+    )
+
+
 def outcome_logit(
     outcome: str,
     people: dict[str, np.ndarray],
@@ -68,62 +143,16 @@ def outcome_logit(
     access: float,
 ) -> np.ndarray:
     """Annual log-odds of an outcome, before the calibrated intercept."""
-    age = people["age"].astype(np.float64)
-    male = (people["sex"] == 1).astype(np.float64)
-    d = deprivation_score(people["decile"])
-    recorded = burden(cond, "rec")
-    hidden = burden(cond, "true") - recorded
     penalty = access * access_penalty(people) * ACCESS_ON_OUTCOME[outcome]
     latent = LATENT_SD[outcome] * latent
     if outcome in ("emergency_admission", "ae_attendance"):
-        eta = (
-            0.03 * (age - 40)
-            + 0.1 * male
-            + 0.9 * recorded
-            + 0.9 * UNRECORDED_WEIGHT * hidden
-            + 0.45 * d
-            + 0.15 * cond["rec_smoker"]
-            + 0.05 * cond["smoker"]
-            + 0.45 * np.minimum(history["ea_12m"], 3)
-            + 0.3 * np.minimum(history["ea_13_24m"], 3)
-            + 0.2 * np.minimum(history["ae_12m"], 4)
-            + 0.25 * np.log1p(history["gp_12m"])
-        )
-        if outcome == "ae_attendance":
-            eta = eta - 0.02 * (age - 40) + 0.25 * np.minimum(history["ae_12m"], 4)
+        recorded = burden(cond, "rec")
+        hidden = burden(cond, "true") - recorded
+        eta = _utilisation_logit(outcome, people, cond, history, hidden=hidden, recorded=recorded)
     elif outcome == "cvd_event":
-        south_asian = np.isin(people["ethnic_code"], ("H", "J", "K", "L"))
-        ethnic = (
-            SOUTH_ASIAN_CVD * south_asian
-            - 0.15 * (people["group"] == 3)
-            - 0.3 * (people["ethnic_code"] == "R")
-        )
-        eta = (
-            0.07 * (age - 55)
-            + 0.5 * male
-            + 0.018 * (cond["sbp"] - 130)
-            + 0.18 * (cond["cholesterol"] - 5.2)
-            + 0.45 * cond["rec_smoker"]
-            + 0.1 * cond["smoker"]
-            + 0.5 * cond["rec_diabetes"]
-            + 0.15 * cond["true_diabetes"]
-            + 0.35 * cond["rec_ckd"]
-            + 0.5 * cond["rec_atrial_fibrillation"]
-            + 0.25 * cond["rec_hypertension"]
-            + 0.3 * cond["rec_severe_mental_illness"]
-            + 0.2 * d
-            + ethnic
-        )
+        eta = _cvd_logit(people, cond)
     else:  # diabetes_onset
-        eta = (
-            0.025 * (age - 50)
-            + 0.2 * male
-            + 0.12 * (cond["bmi"] - 27)
-            + 0.15 * (cond["hba1c"] - 38)
-            + 0.6 * np.isin(people["group"], (2, 3))
-            + 0.3 * d
-            + 0.3 * cond["rec_hypertension"]
-        )
+        eta = _diabetes_onset_logit(people, cond)
     return eta + latent - penalty
 
 

@@ -84,6 +84,57 @@ def _draw_categorical(cumulative: np.ndarray, rng: np.random.Generator) -> np.nd
     return np.minimum((u > cumulative).sum(axis=1), cumulative.shape[1] - 1)
 
 
+def _draw_age(cell: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Age in years: a band from the (region, decile) cell's mix, then a year within it."""
+    bands = _draw_categorical(np.cumsum(age_band_table().reshape(-1, len(_BAND_MID)), 1)[cell], rng)
+    starts = np.asarray(ref.AGE_BAND_STARTS)[bands]
+    width = np.where(starts >= 90, 15, 5)
+    return (
+        starts + np.floor(rng.random(len(cell)) ** np.where(starts >= 90, 1.8, 1.0) * width)
+    ).astype(np.int16)
+
+
+@cache
+def _ethnic_code_table() -> tuple[np.ndarray, np.ndarray]:
+    """P(NHS ethnic code | broad group) and the codes, one row per broad group."""
+    code_table = np.zeros((5, 5))
+    code_names = np.full((5, 5), "", dtype="<U2")
+    for g, name in enumerate(ref.ETHNIC_GROUPS):
+        for k, (code, share) in enumerate(ref.ETHNIC_CODES[name]):
+            code_table[g, k] = share
+            code_names[g, k] = code
+    code_table /= code_table.sum(axis=1, keepdims=True)
+    return code_table, code_names
+
+
+def _draw_ethnic_code(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The true NHS ethnic category code within each person's broad group."""
+    code_table, code_names = _ethnic_code_table()
+    sub = _draw_categorical(np.cumsum(code_table, 1)[group], rng)
+    return code_names[group, sub]
+
+
+def _draw_not_recorded(
+    group: np.ndarray,
+    quality: np.ndarray,
+    age: np.ndarray,
+    sex: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    not_recorded_share: float,
+) -> np.ndarray:
+    """Whether a person's ethnicity is missing from the record (patchier in some groups)."""
+    relative = (
+        np.asarray(NOT_RECORDED_BY_GROUP)[group]
+        * np.asarray(NOT_RECORDED_BY_QUALITY)[quality]
+        * np.select([age < 18, age < 40, age < 65], [1.3, 1.25, 0.95], 0.7)
+        * np.where(sex == 1, 1.15, 1.0)
+    )
+    # The relative chances above average ~1.0 over England (checked: 13.6-15.3% at share 0.15).
+    mean_relative = 1.0
+    return rng.random(len(group)) < np.clip(not_recorded_share * relative / mean_relative, 0, 0.95)
+
+
 def draw_people(
     geo: Geography,
     person_index: np.ndarray,
@@ -105,36 +156,15 @@ def draw_people(
     region = geo.area_region[area]
     decile = geo.area_decile[area].astype(np.int64)
     cell = region * 10 + (decile - 1)
+    quality = geo.practice_quality[practice]
 
     sex = rng.choice(len(SEX_CODES), size=n, p=SEX_SHARES).astype(np.int8)
-    bands = _draw_categorical(np.cumsum(age_band_table().reshape(-1, len(_BAND_MID)), 1)[cell], rng)
-    starts = np.asarray(ref.AGE_BAND_STARTS)[bands]
-    width = np.where(starts >= 90, 15, 5)
-    age = (starts + np.floor(rng.random(n) ** np.where(starts >= 90, 1.8, 1.0) * width)).astype(
-        np.int16
-    )
-
+    age = _draw_age(cell, rng)
     group = _draw_categorical(np.cumsum(ethnicity_table().reshape(-1, 5), 1)[cell], rng)
-    code_table = np.zeros((5, 5))
-    code_names = np.full((5, 5), "", dtype="<U2")
-    for g, name in enumerate(ref.ETHNIC_GROUPS):
-        for k, (code, share) in enumerate(ref.ETHNIC_CODES[name]):
-            code_table[g, k] = share
-            code_names[g, k] = code
-    code_table /= code_table.sum(axis=1, keepdims=True)
-    sub = _draw_categorical(np.cumsum(code_table, 1)[group], rng)
-    ethnic_code = code_names[group, sub]
-
-    quality = geo.practice_quality[practice]
-    relative = (
-        np.asarray(NOT_RECORDED_BY_GROUP)[group]
-        * np.asarray(NOT_RECORDED_BY_QUALITY)[quality]
-        * np.select([age < 18, age < 40, age < 65], [1.3, 1.25, 0.95], 0.7)
-        * np.where(sex == 1, 1.15, 1.0)
+    ethnic_code = _draw_ethnic_code(group, rng)
+    not_recorded = _draw_not_recorded(
+        group, quality, age, sex, rng, not_recorded_share=not_recorded_share
     )
-    # The relative chances above average ~1.0 over England (checked: 13.6-15.3% at share 0.15).
-    mean_relative = 1.0
-    not_recorded = rng.random(n) < np.clip(not_recorded_share * relative / mean_relative, 0, 0.95)
     which = rng.choice(3, size=n, p=NOT_RECORDED_CODE_SHARES)
     recorded = ethnic_code.copy()
     # Fixed-width strings, never object arrays ("" stands for null until the frame is built).
