@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,8 +24,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Strength = Annotated[float, Field(ge=0.0, le=3.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+Strength = Annotated[float, Field(ge=0.0, le=3.0, strict=True)]
 
 
 class BiasParams(_Frozen):
@@ -47,11 +47,11 @@ class PopulationParams(_Frozen):
     source: Literal["synthetic", "extract"] = "synthetic"
     """``extract``: copy a real extract from ``extract_dir`` (validated) instead of simulating."""
     extract_dir: str | None = None
-    n_people: Annotated[int, Field(ge=1_000, le=100_000_000)] = 200_000
-    area_size: Annotated[int, Field(ge=200, le=5_000)] = 1_600
-    practice_size: Annotated[int, Field(ge=500, le=50_000)] = 8_000
-    history_years: Annotated[int, Field(ge=2, le=10)] = 3
-    chunk_size: Annotated[int, Field(ge=1_000, le=5_000_000)] = 250_000
+    n_people: Annotated[int, Field(ge=1_000, le=100_000_000, strict=True)] = 200_000
+    area_size: Annotated[int, Field(ge=200, le=5_000, strict=True)] = 1_600
+    practice_size: Annotated[int, Field(ge=500, le=50_000, strict=True)] = 8_000
+    history_years: Annotated[int, Field(ge=2, le=10, strict=True)] = 3
+    chunk_size: Annotated[int, Field(ge=1_000, le=5_000_000, strict=True)] = 250_000
     bias: BiasParams = BiasParams()
 
     @model_validator(mode="after")
@@ -65,9 +65,9 @@ class TargetParams(_Frozen):
     """One prevention target: an outcome, a follow-up window and an eligible cohort."""
 
     outcome: Literal["emergency_admission", "cvd_event", "ae_attendance", "diabetes_onset"]
-    follow_up_months: Annotated[int, Field(ge=1, le=120)]
-    min_age: Annotated[int, Field(ge=0, le=110)] = 18
-    max_age: Annotated[int, Field(ge=0, le=110)] = 110
+    follow_up_months: Annotated[int, Field(ge=1, le=120, strict=True)]
+    min_age: Annotated[int, Field(ge=0, le=110, strict=True)] = 18
+    max_age: Annotated[int, Field(ge=0, le=110, strict=True)] = 110
     exclude_prior: tuple[Literal["cvd", "diabetes"], ...] = ()
     description: str = ""
 
@@ -130,20 +130,20 @@ class FeatureParams(_Frozen):
 class TrainParams(_Frozen):
     """LightGBM training (stage ``train``)."""
 
-    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    num_leaves: Annotated[int, Field(ge=2, le=4096)] = 31
-    max_depth: Annotated[int, Field(ge=-1, le=64)] = -1
-    min_child_samples: Annotated[int, Field(ge=1)] = 100
-    n_estimators: Annotated[int, Field(ge=1, le=20_000)] = 1_000
-    early_stopping_rounds: Annotated[int, Field(ge=1)] = 50
-    feature_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
-    bagging_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
-    lambda_l2: Annotated[float, Field(ge=0.0)] = 1.0
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0, strict=True)] = 0.05
+    num_leaves: Annotated[int, Field(ge=2, le=4096, strict=True)] = 31
+    max_depth: Annotated[int, Field(ge=-1, le=64, strict=True)] = -1
+    min_child_samples: Annotated[int, Field(ge=1, strict=True)] = 100
+    n_estimators: Annotated[int, Field(ge=1, le=20_000, strict=True)] = 1_000
+    early_stopping_rounds: Annotated[int, Field(ge=1, strict=True)] = 50
+    feature_fraction: Annotated[float, Field(gt=0.0, le=1.0, strict=True)] = 0.8
+    bagging_fraction: Annotated[float, Field(gt=0.0, le=1.0, strict=True)] = 0.8
+    lambda_l2: Annotated[float, Field(ge=0.0, strict=True)] = 1.0
     class_weighting: Literal["none", "balanced"] = "none"
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
-    max_train_rows: Annotated[int, Field(ge=1_000)] = 2_000_000
-    n_bootstrap: Annotated[int, Field(ge=0, le=10_000)] = 200
-    num_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    n_bootstrap: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
+    num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
 
 
 AuditDimension = Literal[
@@ -176,37 +176,37 @@ class AuditParams(_Frozen):
         "age_band",
         "ethnicity_group_x_imd_quintile",
     )
-    n_bootstrap: Annotated[int, Field(ge=0, le=10_000)] = 1_000
-    n_monte_carlo: Annotated[int, Field(ge=100, le=100_000)] = 2_000
-    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
-    fair_ratio_low: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
-    fair_ratio_high: Annotated[float, Field(gt=1.0)] = 1.25
-    min_group_size: Annotated[int, Field(ge=1)] = 100
-    min_group_events: Annotated[int, Field(ge=1)] = 10
+    n_bootstrap: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 1_000
+    n_monte_carlo: Annotated[int, Field(ge=100, le=100_000, strict=True)] = 2_000
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0, strict=True)] = 0.95
+    fair_ratio_low: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = 0.8
+    fair_ratio_high: Annotated[float, Field(gt=1.0, strict=True)] = 1.25
+    min_group_size: Annotated[int, Field(ge=1, strict=True)] = 100
+    min_group_events: Annotated[int, Field(ge=1, strict=True)] = 10
     split: Literal["all", "test", "validation"] = "test"
     """People whose metrics are audited (selection is always made on the whole cohort)."""
-    score_bins: Annotated[int, Field(ge=10, le=100_000)] = 1_000
+    score_bins: Annotated[int, Field(ge=10, le=100_000, strict=True)] = 1_000
     """Cells keep each distinct score when there are at most this many, else quantile bins."""
-    bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000)] = 100
+    bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000, strict=True)] = 100
     reference_groups: dict[AuditDimension, str] = Field(default_factory=_DEFAULT_REFERENCES.copy)
     """Reference group per dimension; dimensions not listed use their largest group."""
     label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
-    label_choice_bins: Annotated[int, Field(ge=5, le=1_000)] = 50
-    need_case_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    need_ratio_material: Annotated[float, Field(ge=1.0, le=2.0)] = 1.05
+    label_choice_bins: Annotated[int, Field(ge=5, le=1_000, strict=True)] = 50
+    need_case_share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = 0.2
+    need_ratio_material: Annotated[float, Field(ge=1.0, le=2.0, strict=True)] = 1.05
     """A group is named disadvantaged when its true need at the same score is significantly above
     the reference's AND at least this ratio (5% more need by default)."""
     """With truth: a true-need case is in the top share of the cohort by true need."""
-    need_model_rounds: Annotated[int, Field(ge=1, le=5_000)] = 200
-    need_model_max_rows: Annotated[int, Field(ge=1_000)] = 500_000
-    num_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    need_model_rounds: Annotated[int, Field(ge=1, le=5_000, strict=True)] = 200
+    need_model_max_rows: Annotated[int, Field(ge=1_000, strict=True)] = 500_000
+    num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
 
 
 class _Capacity(_Frozen):
     """How many people a list holds: a share of the eligible cohort, or a count per unit."""
 
     capacity_mode: Literal["share", "per_icb", "per_practice"] = "share"
-    capacity: Annotated[float, Field(gt=0.0)] = 0.05
+    capacity: Annotated[float, Field(gt=0.0, strict=True)] = 0.05
     """A share of the eligible cohort (mode ``share``, 0-1) or a number of people per ICB or per
     practice (modes ``per_icb`` / ``per_practice``)."""
 
@@ -227,18 +227,22 @@ class OperatingPointParams(_Capacity):
     """
 
 
+EthnicGroup = Literal["White", "Mixed", "Asian", "Black", "Other", "Not recorded"]
+"""The broad ethnic groups (``contract.BROAD_ETHNIC_GROUPS``; a test keeps the two equal)."""
+
+
 class OutreachParams(_Capacity):
     """Outreach lists (stage ``outreach``)."""
 
     policy: Literal["risk", "core20plus5", "equal_opportunity", "need_adjusted"] = "risk"
-    core20_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
-    plus_groups: tuple[str, ...] = ("Black", "Asian", "Mixed", "Other")
-    plus_uplift: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
+    core20_uplift: Annotated[float, Field(ge=1.0, le=10.0, strict=True)] = 1.5
+    plus_groups: tuple[EthnicGroup, ...] = ("Black", "Asian", "Mixed", "Other")
+    plus_uplift: Annotated[float, Field(ge=1.0, le=10.0, strict=True)] = 1.25
     secret_env: str = "PHM_PSEUDONYM_KEY"
     secret_file: str = "~/.config/phm/pseudonym.key"
     targets: tuple[str, ...] | None = None
     """Targets to build lists for (default: every target in ``targets``)."""
-    min_group_size: Annotated[int, Field(ge=1)] = 100
+    min_group_size: Annotated[int, Field(ge=1, strict=True)] = 100
     """Summary groups with fewer selected people are marked ``"stable": false``."""
 
 
@@ -246,14 +250,14 @@ class ReportParams(_Frozen):
     """Equity report (stage ``report``)."""
 
     title: str = "Risk stratification for prevention: equity report"
-    suppress_below: Annotated[int, Field(ge=1)] = 8
-    round_to: Annotated[int, Field(ge=1)] = 5
+    suppress_below: Annotated[int, Field(ge=1, strict=True)] = 8
+    round_to: Annotated[int, Field(ge=1, strict=True)] = 5
 
 
 class Params(_Frozen):
     """All pipeline parameters; one section per stage."""
 
-    seed: Annotated[int, Field(ge=0)] = 20_261_123
+    seed: Annotated[int, Field(ge=0, strict=True)] = 20_261_123
     index_date: dt.date = dt.date(2025, 4, 1)
     population: PopulationParams = PopulationParams()
     targets: dict[str, TargetParams]
@@ -263,6 +267,14 @@ class Params(_Frozen):
     audit: AuditParams = AuditParams()
     outreach: OutreachParams = OutreachParams()
     report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _outreach_targets_known(self) -> Params:
+        unknown = sorted(set(self.outreach.targets or ()) - set(self.targets))
+        if unknown:
+            known = ", ".join(sorted(self.targets))
+            raise ValueError(f"outreach.targets: unknown target {unknown[0]!r} (targets: {known})")
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -277,6 +289,13 @@ class Params(_Frozen):
 
 def _key_of(location: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in location) or "<root>"
+
+
+def _problem(problem: Any) -> str:
+    if not problem["loc"]:  # a rule across sections names its keys itself
+        return f"  {problem['msg'].removeprefix('Value error, ')}"
+    message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+    return f"  {_key_of(problem['loc'])}: {message}"
 
 
 def parse_params(raw: object, *, source: str = PARAMS_FILE) -> Params:
@@ -304,12 +323,24 @@ def parse_params(raw: object, *, source: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = [
-            f"  {_key_of(problem['loc'])}: "
-            + ("unknown key" if problem["type"] == "extra_forbidden" else problem["msg"])
-            for problem in error.errors()
-        ]
+        problems = [_problem(problem) for problem in error.errors()]
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(problems)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last
+    silently, so a duplicated section would override the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -318,7 +349,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: parameters file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     return parse_params(raw, source=str(path))

@@ -100,3 +100,48 @@ def test_params_schema_defaults_match_yaml(default_raw: dict) -> None:
     params = parse_params(default_raw)
     for section in ("population", "features", "train", "audit", "outreach", "report"):
         assert getattr(params, section) == getattr(Params(targets=params.targets), section)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        (("seed",), True, "seed: Input should be a valid integer"),
+        (("seed",), "20261123", "seed: Input should be a valid integer"),
+        (("population", "n_people"), "200000", "population.n_people"),
+        (("train", "learning_rate"), True, "train.learning_rate"),
+        (("outreach", "plus_groups"), ["Martian"], "outreach.plus_groups.0"),
+        (
+            ("outreach", "targets"),
+            ["no_such_target"],
+            "outreach.targets: unknown target 'no_such_target'",
+        ),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_not_coerced(
+    default_raw: dict, path: tuple[str, ...], value: object, key: str
+) -> None:
+    raw = copy.deepcopy(default_raw)
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert key in str(error.value)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text()
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(text + "\nseed: 1\n")
+    with pytest.raises(ParamsError, match="duplicate key 'seed'"):
+        load_params(params_file)
+
+
+def test_plus_groups_are_the_contracts_broad_groups() -> None:
+    from typing import get_args
+
+    from pipeline import contract
+    from pipeline.config import EthnicGroup
+
+    assert get_args(EthnicGroup) == contract.BROAD_ETHNIC_GROUPS
