@@ -8,9 +8,10 @@ scores than ``score_bins``, scores are replaced by their quantile bin's mean and
 and calibration move by at most the within-bin spread (``score_resolution`` says which case
 applied).
 
-The bootstrap draws Poisson counts per cell (see :mod:`pipeline.audit.intervals`) and computes
-the same metrics with vectorised numpy (:func:`cell_metrics`), which a test checks against
-MetricFrame.
+The bootstrap draws Poisson counts per cell (:func:`pipeline.metrics.poisson_bootstrap`; a cell
+of ``n`` people drawn as one Poisson(``n``) number is the row-level Poisson bootstrap) and
+computes the same metrics with vectorised numpy (:func:`cell_metrics`, on the shared
+:mod:`pipeline.metrics`), which a test checks against MetricFrame.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import polars as pl
-from fairlearn.metrics import (
-    MetricFrame,
-    false_negative_rate,
-    false_positive_rate,
-    selection_rate,
-    true_positive_rate,
-)
-from sklearn.metrics import brier_score_loss, precision_score, roc_auc_score
+from fairlearn.metrics import MetricFrame
+
+from pipeline import metrics
+from pipeline.metrics import percentile_interval, wilson_interval
 
 PROPORTIONS: Final = {
     # metric: (numerator, denominator) in cell_metrics' count names
@@ -56,7 +53,6 @@ COUNTS: Final = (
     "n_false_positives",
     "n_false_negatives",
 )
-EPS: Final = 1e-6
 
 
 @dataclass(frozen=True)
@@ -209,49 +205,6 @@ def _starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
 
 
-def _logit(score: np.ndarray) -> np.ndarray:
-    clipped = np.clip(score, EPS, 1.0 - EPS)
-    return np.log(clipped / (1.0 - clipped))
-
-
-def _calibration_slope(
-    units_x: np.ndarray,
-    units_pos: np.ndarray,
-    units_total: np.ndarray,
-    unit_group: np.ndarray,
-    group_starts: np.ndarray,
-    *,
-    start: tuple[np.ndarray, np.ndarray] | None = None,
-    iterations: int = 25,
-) -> np.ndarray:
-    """Weighted logistic regression ``logit P(y) = a + b logit(score)`` per group; returns b.
-
-    Newton-Raphson on all groups and resamples at once (arrays ``(B, units)``).
-    """
-    n_rows, n_groups = units_pos.shape[0], len(group_starts)
-    intercept = np.zeros((n_rows, n_groups)) if start is None else start[0].copy()
-    slope = np.ones((n_rows, n_groups)) if start is None else start[1].copy()
-    for _ in range(iterations):
-        eta = intercept[:, unit_group] + slope[:, unit_group] * units_x
-        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
-        resid = units_pos - units_total * prob
-        curv = units_total * prob * (1.0 - prob)
-        g0 = np.add.reduceat(resid, group_starts, axis=1)
-        g1 = np.add.reduceat(resid * units_x, group_starts, axis=1)
-        h00 = np.add.reduceat(curv, group_starts, axis=1)
-        h01 = np.add.reduceat(curv * units_x, group_starts, axis=1)
-        h11 = np.add.reduceat(curv * units_x**2, group_starts, axis=1)
-        det = h00 * h11 - h01**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
-            step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
-        intercept = intercept + step0
-        slope = slope + step1
-        if np.nanmax(np.abs(np.r_[step0.ravel(), step1.ravel(), 0.0])) < 1e-10:
-            break
-    return np.stack([intercept, slope])
-
-
 def cell_metrics(
     cells: Cells,
     weights: np.ndarray | None = None,
@@ -302,25 +255,17 @@ def cell_metrics(
         out["brier"] = per_group(w * (score - y) ** 2) / out["n"]
         out["oe_ratio"] = out["n_events"] / per_group(w * score)
 
-        # AUROC (Mann-Whitney, ties count one half) on units = (group, score bin)
-        unit_key = cells.group.astype(np.int64) * (len(cells.bin_score) + 1) + cells.score_bin
-        unit_starts = _starts(unit_key)
-        pos = np.add.reduceat(w * y, unit_starts, axis=1)
-        neg = np.add.reduceat(w * (1.0 - y), unit_starts, axis=1)
-        unit_group = cells.group[unit_starts]
-        unit_group_starts = _starts(unit_group)
-        below = np.cumsum(neg, axis=1) - neg  # negatives in earlier units (all groups)
-        below = below - below[:, unit_group_starts][:, unit_group]  # ... of the same group
-        concordant = np.add.reduceat(pos * (below + 0.5 * neg), unit_group_starts, axis=1)
-        out["auroc"] = concordant / (out["n_events"] * out["n_non_events"])
-
+        # AUROC and the calibration fit on units = (group, distinct score): pipeline.metrics
+        index = metrics.rank_index(score, group=cells.group)
+        out["auroc"] = metrics.ranking_metrics(w, y, index)[0]
+        events, non_events = metrics.unit_sums(w, y, index)
         start = None if slope_start is None else (slope_start[0], slope_start[1])
-        fitted = _calibration_slope(
-            _logit(cells.bin_score[cells.score_bin[unit_starts]]),
-            pos,
-            pos + neg,
-            unit_group,
-            unit_group_starts,
+        fitted = metrics.logistic_recalibration(
+            events,
+            events + non_events,
+            metrics.logit(score[index.order][index.unit_starts]),
+            unit_group=index.unit_group,
+            group_starts=index.group_starts,
             start=start,
             iterations=slope_iterations,
         )
@@ -333,12 +278,12 @@ def cell_metrics(
 
 # --- fairlearn MetricFrame on cells -------------------------------------------------------------
 #
-# Two sets of metric functions with the same meaning. ``PEER_METRICS`` are fairlearn's and
-# sklearn's own (what a row-level MetricFrame would use). ``CELL_METRICS`` are short numpy
-# versions with ``sample_weight``: sklearn validates its arguments on every call (~ms), which
-# dominates once there are only a few thousand cells per dimension. ``y_pred`` is the score;
-# the selection flag travels as a per-row sample parameter (MetricFrame splits sample params by
-# group just like ``y_true``), so one MetricFrame holds every metric.
+# ``CELL_METRICS`` are metric functions with ``sample_weight`` (sklearn validates its arguments on
+# every call, ~ms, which dominates once there are only a few thousand cells per dimension); the
+# score metrics are pipeline.metrics, as in the bootstrap. ``y_pred`` is the score; the selection
+# flag travels as a per-row sample parameter (MetricFrame splits sample params by group just like
+# ``y_true``), so one MetricFrame holds every metric. tests/ prove them equal to fairlearn's and
+# sklearn's own functions on a row-level MetricFrame (benchmarks/peer_metrics.py).
 
 
 def _weights(y_true, sample_weight) -> np.ndarray:
@@ -375,18 +320,11 @@ def _cell_rate(which: str):
     return rate
 
 
-def _cell_auroc(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
-    w = _weights(y_true, sample_weight)
-    y = np.asarray(y_true, dtype=np.float64)
-    score = np.asarray(y_pred, dtype=np.float64)
-    unique, inverse = np.unique(score, return_inverse=True)
-    pos = np.bincount(inverse, weights=w * y, minlength=len(unique))
-    neg = np.bincount(inverse, weights=w * (1 - y), minlength=len(unique))
-    total_pos, total_neg = pos.sum(), neg.sum()
-    if total_pos == 0 or total_neg == 0:
-        return float("nan")
-    below = np.cumsum(neg) - neg
-    return float(np.sum(pos * (below + 0.5 * neg)) / (total_pos * total_neg))
+def cell_auroc(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Weighted AUROC of one group's rows (:func:`pipeline.metrics.ranking_metrics`)."""
+    w = _weights(y_true, sample_weight)[None, :]
+    index = metrics.rank_index(np.asarray(y_pred, dtype=np.float64))
+    return float(metrics.ranking_metrics(w, np.asarray(y_true), index)[0][0, 0])
 
 
 def _cell_brier(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
@@ -395,105 +333,37 @@ def _cell_brier(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
     return float(np.sum(w * error) / np.sum(w))
 
 
-def _oe_ratio(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+def oe_ratio(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Observed / expected events of one group's rows."""
     w = _weights(y_true, sample_weight)
     return float(np.sum(w * np.asarray(y_true)) / np.sum(w * np.asarray(y_pred)))
 
 
-def _calibration_slope_metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+def calibration_slope(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Calibration slope of one group's rows (:func:`pipeline.metrics.logistic_recalibration`)."""
     y = np.asarray(y_true, dtype=np.float64)
     w = _weights(y, sample_weight)
     if y.min() == y.max():
         return float("nan")
-    fitted = _calibration_slope(
-        _logit(np.asarray(y_pred, dtype=np.float64)),
+    _, slope = metrics.logistic_recalibration(
         (w * y)[None, :],
         w[None, :],
-        np.zeros(len(y), dtype=np.int64),
-        np.array([0]),
+        metrics.logit(np.asarray(y_pred, dtype=np.float64)),
+        unit_group=np.zeros(len(y), dtype=np.int64),
+        group_starts=np.array([0]),
     )
-    return float(fitted[1][0, 0])
+    return float(slope[0, 0])
 
 
 CELL_METRICS: Final = {
     "n": _cell_count,
     "base_rate": _cell_base_rate,
     **{name: _cell_rate(name) for name in ("selection_rate", "tpr", "fpr", "fnr", "ppv")},
-    "auroc": _cell_auroc,
+    "auroc": cell_auroc,
     "brier": _cell_brier,
-    "oe_ratio": _oe_ratio,
-    "calibration_slope": _calibration_slope_metric,
+    "oe_ratio": oe_ratio,
+    "calibration_slope": calibration_slope,
 }
-
-
-def _peer(function, *, on_selection: bool):
-    """Adapt a standard ``(y_true, y_pred)`` metric to the score + ``selected`` convention."""
-
-    def metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
-        prediction = np.asarray(selected, dtype=np.int64) if on_selection else y_pred
-        return float(function(np.asarray(y_true, dtype=np.int64), prediction))
-
-    return metric
-
-
-def _sk_auroc(y_true, y_pred) -> float:
-    return roc_auc_score(y_true, y_pred) if len(np.unique(y_true)) == 2 else float("nan")
-
-
-PEER_METRICS: Final = {
-    "n": _cell_count,
-    "base_rate": _cell_base_rate,
-    "selection_rate": _peer(lambda y, p: selection_rate(y, p, pos_label=1), on_selection=True),
-    "tpr": _peer(true_positive_rate, on_selection=True),
-    "fpr": _peer(false_positive_rate, on_selection=True),
-    "fnr": _peer(false_negative_rate, on_selection=True),
-    "ppv": _peer(lambda y, p: precision_score(y, p, zero_division=np.nan), on_selection=True),
-    "auroc": _peer(_sk_auroc, on_selection=False),
-    "brier": _peer(brier_score_loss, on_selection=False),
-    "oe_ratio": _oe_ratio,
-    "calibration_slope": _calibration_slope_metric,
-}
-"""fairlearn's and sklearn's own metric functions, for the row-level MetricFrame peer (the
-calibration measures have no library version; they are the same code in both sets)."""
-
-
-def metric_frame(
-    y_true: np.ndarray,
-    selected: np.ndarray,
-    score: np.ndarray,
-    groups: np.ndarray,
-    *,
-    sample_weight: np.ndarray | None = None,
-    peer: bool = False,
-    metrics: tuple[str, ...] = METRICS,
-) -> pd.DataFrame:
-    """Group metrics by one fairlearn MetricFrame: a row per group, a column per metric.
-
-    Parameters
-    ----------
-    y_true, selected, score, groups
-        Outcome (0/1), selection flag, risk score and group label per row (person or cell).
-    sample_weight
-        Cell counts when the rows are cells; None for people.
-    peer
-        Use fairlearn's / sklearn's own metric functions (:data:`PEER_METRICS`, row level,
-        unweighted) instead of :data:`CELL_METRICS`.
-    metrics
-        Which metrics (``n`` is always included).
-    """
-    table = PEER_METRICS if peer else CELL_METRICS
-    functions = {name: table[name] for name in ("n", *metrics) if name in table}
-    per_row: dict[str, np.ndarray] = {"selected": np.asarray(selected, dtype=np.int64)}
-    if sample_weight is not None:
-        per_row["sample_weight"] = np.asarray(sample_weight, dtype=np.float64)
-    frame = MetricFrame(
-        metrics=functions,
-        y_true=np.asarray(y_true, dtype=np.int64),
-        y_pred=np.asarray(score, dtype=np.float64),
-        sensitive_features=pd.Series(np.asarray(groups), name="group"),
-        sample_params={name: per_row for name in functions},
-    )
-    return frame.by_group.astype(float)
 
 
 def _merge(cells: Cells, keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -598,24 +468,25 @@ def bootstrap_metrics(
     rng: np.random.Generator,
     chunk: int = 100,
 ) -> dict[str, np.ndarray]:
-    """Poisson-bootstrap draws ``(n_bootstrap, G)`` of every metric, resampling cell counts."""
+    """Poisson-bootstrap draws ``(n_bootstrap, G)`` of every metric, resampling cell counts
+    (:func:`pipeline.metrics.poisson_bootstrap`)."""
     point = cell_metrics(cells)
     start = np.stack([point["calibration_intercept"], point["calibration_slope"]])
     start = np.nan_to_num(start, nan=0.0)
-    draws: dict[str, list[np.ndarray]] = {}
-    for first in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - first)
-        weights = rng.poisson(cells.count, size=(size, len(cells.count))).astype(np.float64)
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
         # Newton from the point estimate: a few steps reach machine precision on a resample
-        metrics = cell_metrics(
+        resampled = cell_metrics(
             cells,
             weights,
-            slope_start=np.repeat(start, size, axis=1),
+            slope_start=np.repeat(start, weights.shape[0], axis=1),
             slope_iterations=2,
         )
-        for name in METRICS:
-            draws.setdefault(name, []).append(metrics[name])
-    return {name: np.concatenate(parts) for name, parts in draws.items()}
+        return {name: resampled[name] for name in METRICS}
+
+    return metrics.poisson_bootstrap(
+        statistic, cells.count, n_resamples=n_bootstrap, rng=rng, chunk=chunk
+    )
 
 
 def audit_dimension(
@@ -646,8 +517,6 @@ def audit_dimension(
     polars.DataFrame
         Long format, raw (not yet disclosure-controlled): one row per group and metric.
     """
-    from pipeline.audit.intervals import percentile_interval, wilson_interval
-
     frame = cells_metric_frame(cells) if point is None else point
     counts = cell_metrics(cells)
     sizes = counts["n"][0]
