@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline import contract, io, tracking
+from pipeline import contract, io, need, tracking
 from pipeline.audit import run, simulate
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, ParamsError
@@ -39,6 +39,7 @@ def _write_world(root: Path, *, truth: bool = True) -> None:
     if truth:
         io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
         io.write_parquet(world["oracle"], root / "data/truth/oracle.parquet", sort_by="person_id")
+    need.run(_params(), io.Paths.at(root), target=TARGET)  # the upstream need stage
 
 
 @pytest.fixture(scope="module")
