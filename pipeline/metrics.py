@@ -181,6 +181,7 @@ class RankIndex:
     unit_group: np.ndarray  # position of each unit's group among the groups present
     group_starts: np.ndarray  # first unit of each group
     unit_of_row: np.ndarray  # unit of each position of ``order``
+    unit_score: np.ndarray  # the score of each unit
 
 
 def rank_index(score: np.ndarray, *, group: np.ndarray | None = None) -> RankIndex:
@@ -197,8 +198,12 @@ def rank_index(score: np.ndarray, *, group: np.ndarray | None = None) -> RankInd
     code = sorted_group[unit_starts]
     new_group = np.r_[True, code[1:] != code[:-1]]
     return RankIndex(
-        order, unit_starts, np.cumsum(new_group) - 1, np.flatnonzero(new_group),
-        np.cumsum(change) - 1,
+        order=order,
+        unit_starts=unit_starts,
+        unit_group=np.cumsum(new_group) - 1,
+        group_starts=np.flatnonzero(new_group),
+        unit_of_row=np.cumsum(change) - 1,
+        unit_score=sorted_score[unit_starts],
     )
 
 

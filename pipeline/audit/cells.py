@@ -263,7 +263,7 @@ def cell_metrics(
         fitted = metrics.logistic_recalibration(
             events,
             events + non_events,
-            metrics.logit(score[index.order][index.unit_starts]),
+            metrics.logit(index.unit_score),
             unit_group=index.unit_group,
             group_starts=index.group_starts,
             start=start,
