@@ -254,26 +254,40 @@ def cell_metrics(
             out[metric] = out[numerator] / out[denominator]
         out["brier"] = per_group(w * (score - y) ** 2) / out["n"]
         out["oe_ratio"] = out["n_events"] / per_group(w * score)
+    auroc, intercept, slope = _ranking_and_calibration(
+        cells, w, slope_start=slope_start, slope_iterations=slope_iterations
+    )
+    has_both = (out["n_events"] > 0) & (out["n_non_events"] > 0)
+    out["auroc"] = np.where(has_both, auroc, np.nan)
+    out["calibration_intercept"] = np.where(has_both, intercept, np.nan)
+    out["calibration_slope"] = np.where(has_both, slope, np.nan)
+    return out
 
-        # AUROC and the calibration fit on units = (group, distinct score): pipeline.metrics
-        index = metrics.rank_index(score, group=cells.group)
-        out["auroc"] = metrics.ranking_metrics(w, y, index)[0]
-        events, non_events = metrics.unit_sums(w, y, index)
-        start = None if slope_start is None else (slope_start[0], slope_start[1])
-        fitted = metrics.logistic_recalibration(
+
+def _ranking_and_calibration(
+    cells: Cells,
+    weights: np.ndarray,
+    *,
+    slope_start: np.ndarray | None,
+    slope_iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUROC and the logistic recalibration (intercept, slope) per group, ``(B, G)`` each, on
+    units = (group, distinct score) (:mod:`pipeline.metrics`)."""
+    y = cells.outcome.astype(np.float64)
+    index = metrics.rank_index(cells.score, group=cells.group)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = metrics.ranking_metrics(weights, y, index)[0]
+        events, non_events = metrics.unit_sums(weights, y, index)
+        intercept, slope = metrics.logistic_recalibration(
             events,
             events + non_events,
             metrics.logit(index.unit_score),
             unit_group=index.unit_group,
             group_starts=index.group_starts,
-            start=start,
+            start=None if slope_start is None else (slope_start[0], slope_start[1]),
             iterations=slope_iterations,
         )
-    has_both = (out["n_events"] > 0) & (out["n_non_events"] > 0)
-    out["auroc"] = np.where(has_both, out["auroc"], np.nan)
-    out["calibration_intercept"] = np.where(has_both, fitted[0], np.nan)
-    out["calibration_slope"] = np.where(has_both, fitted[1], np.nan)
-    return out
+    return auroc, intercept, slope
 
 
 # --- fairlearn MetricFrame on cells -------------------------------------------------------------
@@ -489,6 +503,58 @@ def bootstrap_metrics(
     )
 
 
+def _estimate_interval(
+    metric: str,
+    value: np.ndarray,
+    counts: dict[str, np.ndarray],
+    *,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray, np.ndarray]:
+    """CI of one metric per group: Wilson for proportions, else bootstrap percentiles re-centred
+    on ``value``; plus the method and the numerator / denominator counts behind it."""
+    if metric in PROPORTIONS:
+        numerator, denominator = (counts[name][0] for name in PROPORTIONS[metric])
+        low, high = wilson_interval(numerator, denominator, confidence=confidence)
+        return low, high, "wilson", numerator, denominator
+    numerator, denominator = (counts[name][0] for name in SCORE_METRICS[metric])
+    if draws is None:
+        low = high = np.full(len(value), np.nan)
+    else:
+        low, high = percentile_interval(draws, confidence=confidence, shift=value - coarse_value)
+    return low, high, "bootstrap", numerator, denominator
+
+
+def _reference_comparison(
+    value: np.ndarray,
+    *,
+    ref: int,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+) -> tuple[np.ndarray, ...]:
+    """Difference and ratio of each group to the reference group ``ref``, with bootstrap
+    percentile CIs re-centred on them: (difference, ratio, d_low, d_high, r_low, r_high)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        difference = value - value[ref]
+        ratio = value / value[ref]
+        if draws is None:
+            nan = np.full(len(value), np.nan)
+            return difference, ratio, nan, nan, nan, nan
+        d_low, d_high = percentile_interval(
+            draws - draws[:, [ref]],
+            confidence=confidence,
+            shift=difference - (coarse_value - coarse_value[ref]),
+        )
+        r_low, r_high = percentile_interval(
+            draws / draws[:, [ref]],
+            confidence=confidence,
+            shift=ratio - coarse_value / coarse_value[ref],
+        )
+    return difference, ratio, d_low, d_high, r_low, r_high
+
+
 def audit_dimension(
     cells: Cells,
     *,
@@ -526,44 +592,19 @@ def audit_dimension(
     coarse_point = cell_metrics(coarse)
     draws = bootstrap_metrics(coarse, n_bootstrap=n_bootstrap, rng=rng) if n_bootstrap > 0 else None
     stable = (counts["n"][0] >= min_group_size) & (counts["n_events"][0] >= min_group_events)
+    # long only for the table literal below: group_metrics' columns, in order
     rows: list[pl.DataFrame] = []
     n_groups = len(cells.groups)
     for metric in METRICS:
         value = frame[metric].to_numpy()
-        shift = value - coarse_point[metric][0]
-        if metric in PROPORTIONS:
-            numerator, denominator = PROPORTIONS[metric]
-            low, high = wilson_interval(
-                counts[numerator][0], counts[denominator][0], confidence=confidence
-            )
-            method = "wilson"
-            num_count, den_count = counts[numerator][0], counts[denominator][0]
-        else:
-            first, second = SCORE_METRICS[metric]
-            num_count, den_count = counts[first][0], counts[second][0]
-            method = "bootstrap"
-            if draws is None:
-                low = high = np.full(n_groups, np.nan)
-            else:
-                low, high = percentile_interval(draws[metric], confidence=confidence, shift=shift)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            difference = value - value[ref]
-            ratio = value / value[ref]
-            if draws is None:
-                nan = np.full(n_groups, np.nan)
-                d_low, d_high, r_low, r_high = nan, nan, nan, nan
-            else:
-                sample = draws[metric]
-                d_low, d_high = percentile_interval(
-                    sample - sample[:, [ref]],
-                    confidence=confidence,
-                    shift=difference - (coarse_point[metric][0] - coarse_point[metric][0][ref]),
-                )
-                r_low, r_high = percentile_interval(
-                    sample / sample[:, [ref]],
-                    confidence=confidence,
-                    shift=ratio - coarse_point[metric][0] / coarse_point[metric][0][ref],
-                )
+        sample = None if draws is None else draws[metric]
+        coarse_value = coarse_point[metric][0]
+        low, high, method, num_count, den_count = _estimate_interval(
+            metric, value, counts, coarse_value=coarse_value, draws=sample, confidence=confidence
+        )
+        difference, ratio, d_low, d_high, r_low, r_high = _reference_comparison(
+            value, ref=ref, coarse_value=coarse_value, draws=sample, confidence=confidence
+        )
         is_ref = np.arange(n_groups) == ref
         outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
         significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))

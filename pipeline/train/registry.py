@@ -76,6 +76,31 @@ def input_tags(files: Sequence[Path], *, root: Path) -> dict[str, str]:
     }
 
 
+def run_tags(
+    *, root: Path, target: str, model_file: Path, inputs: Sequence[Path]
+) -> dict[str, str]:
+    """Tags of a training run: target, git commit, model digest, input sha256s, DVC experiment."""
+    tags = {
+        "target": target,
+        "stage": "train",
+        "git_commit": git_commit(root),
+        tracking.MODEL_DIGEST_TAG: tracking.model_digest(model_file),
+        **input_tags(inputs, root=root),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def calibration_summary(calibration: Mapping[str, Any]) -> str:
+    """``calibration.json`` without the isotonic thresholds, for MLflow.
+
+    The thresholds are individual people's raw scores: MLflow gets the method, the sigmoid
+    coefficients and the Brier scores only (calibration.json stays under models/).
+    """
+    return io.dumps_json({k: v for k, v in calibration.items() if k not in {"x", "y"}})
+
+
 def _import_mlflow() -> None:
     with warnings.catch_warnings():
         # MLflow's pyfunc module warns about its own type hints when first imported: noise
@@ -126,15 +151,7 @@ def log_to_mlflow(
     from mlflow.models import infer_signature
 
     tracking.configure(root)
-    tags = {
-        "target": target,
-        "stage": "train",
-        "git_commit": git_commit(root),
-        tracking.MODEL_DIGEST_TAG: tracking.model_digest(model_dir / "model.txt"),
-        **input_tags(inputs, root=root),
-    }
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags = run_tags(root=root, target=target, model_file=model_dir / "model.txt", inputs=inputs)
     # object-dtype column labels: MLflow 3.17 compares labels with a range, which pandas 3
     # deprecates for its default string dtype
     example_frame = pd.DataFrame(
@@ -160,11 +177,8 @@ def log_to_mlflow(
         )
         for artifact in ("metrics.json", "feature_importance.json", "model_card.md"):
             mlflow.log_artifact(str(model_dir / artifact))
-        # isotonic thresholds are individual people's raw scores: MLflow gets the method, the
-        # sigmoid coefficients and the Brier scores only (calibration.json stays under models/)
-        calibration = io.read_json(model_dir / "calibration.json")
         mlflow.log_text(
-            io.dumps_json({k: v for k, v in calibration.items() if k not in {"x", "y"}}),
+            calibration_summary(io.read_json(model_dir / "calibration.json")),
             "calibration_summary.json",
         )
         version = str(info.registered_model_version)
