@@ -555,6 +555,64 @@ def _reference_comparison(
     return difference, ratio, d_low, d_high, r_low, r_high
 
 
+def _metric_table(
+    cells: Cells,
+    metric: str,
+    *,
+    value: np.ndarray,
+    counts: dict[str, np.ndarray],
+    ref: int,
+    stable: np.ndarray,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+    fair_ratio_low: float,
+    fair_ratio_high: float,
+) -> pl.DataFrame:
+    """One metric's rows of :func:`audit_dimension` (one per group)."""
+    low, high, method, num_count, den_count = _estimate_interval(
+        metric, value, counts, coarse_value=coarse_value, draws=draws, confidence=confidence
+    )
+    difference, ratio, d_low, d_high, r_low, r_high = _reference_comparison(
+        value, ref=ref, coarse_value=coarse_value, draws=draws, confidence=confidence
+    )
+    is_ref = np.arange(len(cells.groups)) == ref
+    outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
+    significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
+    flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
+    return pl.DataFrame(
+        {
+            "dimension": cells.dimension,
+            "group": list(cells.groups),
+            "reference_group": cells.groups[ref],
+            "is_reference": is_ref,
+            "metric": metric,
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "ci_method": method,
+            "numerator_raw": num_count,
+            "denominator_raw": den_count,
+            # a proportion also reveals its complement (e.g. FNR = 1 - TPR)
+            "complement_raw": den_count - num_count
+            if metric in PROPORTIONS
+            else np.zeros(len(cells.groups)),
+            "group_n_raw": counts["n"][0],
+            "difference": np.where(is_ref, 0.0, difference),
+            "difference_ci_low": np.where(is_ref, np.nan, d_low),
+            "difference_ci_high": np.where(is_ref, np.nan, d_high),
+            "ratio": np.where(is_ref, 1.0, ratio),
+            "ratio_ci_low": np.where(is_ref, np.nan, r_low),
+            "ratio_ci_high": np.where(is_ref, np.nan, r_high),
+            "outside_fair_range": outside,
+            "significant": significant,
+            "flag": flagged,
+            "stable": stable,
+        },
+        strict=False,
+    )
+
+
 def audit_dimension(
     cells: Cells,
     *,
@@ -586,62 +644,27 @@ def audit_dimension(
     frame = cells_metric_frame(cells) if point is None else point
     counts = cell_metrics(cells)
     sizes = counts["n"][0]
-    reference = reference_group(cells.groups, sizes, preferred_reference)
-    ref = cells.groups.index(reference)
+    ref = cells.groups.index(reference_group(cells.groups, sizes, preferred_reference))
     coarse = coarsen(cells, n_bins=bootstrap_bins)
     coarse_point = cell_metrics(coarse)
     draws = bootstrap_metrics(coarse, n_bootstrap=n_bootstrap, rng=rng) if n_bootstrap > 0 else None
     stable = (counts["n"][0] >= min_group_size) & (counts["n_events"][0] >= min_group_events)
-    # long only for the table literal below: group_metrics' columns, in order
-    rows: list[pl.DataFrame] = []
-    n_groups = len(cells.groups)
-    for metric in METRICS:
-        value = frame[metric].to_numpy()
-        sample = None if draws is None else draws[metric]
-        coarse_value = coarse_point[metric][0]
-        low, high, method, num_count, den_count = _estimate_interval(
-            metric, value, counts, coarse_value=coarse_value, draws=sample, confidence=confidence
+    rows = [
+        _metric_table(
+            cells,
+            metric,
+            value=frame[metric].to_numpy(),
+            counts=counts,
+            ref=ref,
+            stable=stable,
+            coarse_value=coarse_point[metric][0],
+            draws=None if draws is None else draws[metric],
+            confidence=confidence,
+            fair_ratio_low=fair_ratio_low,
+            fair_ratio_high=fair_ratio_high,
         )
-        difference, ratio, d_low, d_high, r_low, r_high = _reference_comparison(
-            value, ref=ref, coarse_value=coarse_value, draws=sample, confidence=confidence
-        )
-        is_ref = np.arange(n_groups) == ref
-        outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
-        significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
-        flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
-        rows.append(
-            pl.DataFrame(
-                {
-                    "dimension": cells.dimension,
-                    "group": list(cells.groups),
-                    "reference_group": reference,
-                    "is_reference": is_ref,
-                    "metric": metric,
-                    "value": value,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "ci_method": method,
-                    "numerator_raw": num_count,
-                    "denominator_raw": den_count,
-                    # a proportion also reveals its complement (e.g. FNR = 1 - TPR)
-                    "complement_raw": den_count - num_count
-                    if metric in PROPORTIONS
-                    else np.zeros(n_groups),
-                    "group_n_raw": counts["n"][0],
-                    "difference": np.where(is_ref, 0.0, difference),
-                    "difference_ci_low": np.where(is_ref, np.nan, d_low),
-                    "difference_ci_high": np.where(is_ref, np.nan, d_high),
-                    "ratio": np.where(is_ref, 1.0, ratio),
-                    "ratio_ci_low": np.where(is_ref, np.nan, r_low),
-                    "ratio_ci_high": np.where(is_ref, np.nan, r_high),
-                    "outside_fair_range": outside,
-                    "significant": significant,
-                    "flag": flagged,
-                    "stable": stable,
-                },
-                strict=False,
-            )
-        )
+        for metric in METRICS
+    ]
     return pl.concat(rows).with_columns(pl.col(c).fill_nan(None) for c in METRIC_VALUE_COLUMNS)
 
 
