@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 
 from pipeline.audit import audit_tables
-from pipeline.audit import cells as cells_mod
 from pipeline.audit.cohort import build_cohort
 from pipeline.config import Params, parse_params
 
@@ -89,6 +88,7 @@ def main() -> None:
 
     # peer: fairlearn row-level MetricFrame on a subset, extrapolated
     from fairlearn.metrics import MetricFrame
+    from peer_metrics import PEER_METRICS, metric_frame
 
     sample = cohort.head(args.peer_rows)
     y = sample["outcome"].to_numpy()
@@ -96,15 +96,15 @@ def main() -> None:
     score = sample["risk_score"].to_numpy()
     peer_started = time.perf_counter()
     for dimension in params.audit.dimensions:
-        cells_mod.metric_frame(y, sel, score, sample[dimension].to_numpy(), peer=True)
+        metric_frame(y, sel, score, sample[dimension].to_numpy())
     peer_point = (time.perf_counter() - peer_started) * args.people / sample.height
     boot_started = time.perf_counter()
     MetricFrame(
-        metrics=cells_mod.PEER_METRICS,
+        metrics=PEER_METRICS,
         y_true=y,
         y_pred=score,
         sensitive_features=sample["imd_quintile"].to_numpy(),
-        sample_params={name: {"selected": sel} for name in cells_mod.PEER_METRICS},
+        sample_params={name: {"selected": sel} for name in PEER_METRICS},
         n_boot=args.peer_boot,
         ci_quantiles=[0.025, 0.975],
         random_state=0,

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import contract, train
+from pipeline import contract
 from pipeline.config import Params, load_params
 from pipeline.io import Paths, scan_table
+from pipeline.train import calibration as calibration_mod
+from pipeline.train import cohort as cohort_mod
+from pipeline.train import evaluation, fit
 
 SCRATCH = Path(tempfile.gettempdir()) / "phm_bench_train"
 TARGET = "emergency_admission_12m"
@@ -33,7 +36,7 @@ TARGET = "emergency_admission_12m"
 
 def pipeline_features(
     params: Params, n_people: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, train.FeatureSpec]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, cohort_mod.FeatureSpec]:
     """(features, outcome, split labels, spec) of the emergency-admission cohort of a population
     built by the project's own synthesize and features stages (cached in a scratch folder)."""
     from pipeline import features as features_stage
@@ -49,15 +52,15 @@ def pipeline_features(
         synth.run(scaled, paths)
         features_stage.run(scaled, paths)
         print(f"built the population and its features in {time.perf_counter() - started:.0f} s")
-    spec = train.feature_spec(contract.read_manifest(paths.features / "manifest.json"))
-    cohort = train.cohort_frame(
+    spec = cohort_mod.feature_spec(contract.read_manifest(paths.features / "manifest.json"))
+    cohort = cohort_mod.cohort_frame(
         pl.scan_parquet(paths.features / "features.parquet"),
         scan_table(paths.population, "outcomes"),
         target=TARGET,
         columns=list(spec.names),
     ).collect()
     return (
-        train.feature_matrix(cohort, spec),
+        cohort_mod.feature_matrix(cohort, spec),
         cohort["outcome"].to_numpy().astype(np.float64),
         cohort["split"].to_numpy(),
         spec,
@@ -66,7 +69,7 @@ def pipeline_features(
 
 def synthetic_features(
     n_people: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray, train.FeatureSpec]:
+) -> tuple[np.ndarray, np.ndarray, cohort_mod.FeatureSpec]:
     """(features float32 with NaN, outcome 0/1, spec) for ``n_people``."""
     rng = np.random.default_rng(seed)
     age = rng.integers(18, 100, n_people)
@@ -99,7 +102,7 @@ def synthetic_features(
         + [f"practice_{i}" for i in range(6)]
         + ["ethnicity_code"]
     )
-    return x, y, train.FeatureSpec(tuple(names), ("ethnicity_code",))
+    return x, y, cohort_mod.FeatureSpec(tuple(names), ("ethnicity_code",))
 
 
 def main() -> None:
@@ -129,13 +132,13 @@ def main() -> None:
     )
 
     start, cpu = time.perf_counter(), time.process_time()
-    booster = train.fit_booster(
+    booster = fit.fit_booster(
         x[tr],
         y[tr],
         x[va],
         y[va],
         spec=spec,
-        params=train.lightgbm_params(tp, seed=1),
+        params=fit.lightgbm_params(tp, seed=1),
         n_estimators=tp.n_estimators,
         early_stopping_rounds=tp.early_stopping_rounds,
     )
@@ -154,12 +157,14 @@ def main() -> None:
     )
 
     start = time.perf_counter()
-    raw = train.predict_raw(booster, x)
-    calibration = train.fit_calibration(raw[va], y[va], mode=tp.calibration, seed=2)
-    risk = train.apply_calibration(calibration, raw)
+    raw = fit.predict_raw(booster, x)
+    calibration = calibration_mod.fit_calibration(raw[va], y[va], mode=tp.calibration, seed=2)
+    risk = calibration_mod.apply_calibration(calibration, raw)
     selected = np.zeros(risk.size, dtype=bool)
     selected[np.argsort(-risk, kind="stable")[: int(0.05 * risk.size)]] = True
-    train.evaluate(y[te], risk[te], selected[te], oracle=None, n_bootstrap=tp.n_bootstrap, seed=3)
+    evaluation.evaluate(
+        y[te], risk[te], selected[te], oracle=None, n_bootstrap=tp.n_bootstrap, seed=3
+    )
     print(
         f"rest of the stage compute (score everyone, calibration={calibration['method']}, "
         f"test metrics with {tp.n_bootstrap} bootstrap resamples): "

@@ -79,6 +79,16 @@ def train(target: TargetOption, root: RootOption = Path(".")) -> None:
 
 
 @app.command()
+def need(target: TargetOption, root: RootOption = Path(".")) -> None:
+    """Train the need-based model for one target and score its eligible cohort."""
+    params = _params(root)
+    checked_target = _checked_target(params, target)
+    from pipeline.need import run
+
+    run(params, Paths.at(root), target=checked_target)
+
+
+@app.command()
 def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Audit one target's scores for equity across deprivation, geography and ethnicity."""
     params = _params(root)

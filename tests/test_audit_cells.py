@@ -8,8 +8,9 @@ import pytest
 import statsmodels.api as sm
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.peer_metrics import metric_frame
 from pipeline.audit import cells as cells_mod
-from pipeline.audit.intervals import percentile_interval, wilson_interval
+from pipeline.metrics import percentile_interval, wilson_interval
 
 
 def _people(n: int, *, decimals: int | None, seed: int = 1) -> pl.DataFrame:
@@ -40,12 +41,11 @@ def test_cells_metric_frame_equals_fairlearn_row_level_metric_frame() -> None:
     assert resolution == "exact"
     assert len(cells.count) < people.height / 2  # really collapsed
     on_cells = cells_mod.cells_metric_frame(cells)
-    on_rows = cells_mod.metric_frame(
+    on_rows = metric_frame(  # fairlearn's / sklearn's own metric functions, one row per person
         people["outcome"].to_numpy(),
         people["selected"].to_numpy(),
         people["risk_score"].to_numpy(),
         people["dim"].to_numpy(),
-        peer=True,  # fairlearn's / sklearn's own metric functions, one row per person
     )
     assert list(on_cells.index) == ["a", "b", "c", "d"]
     for metric in ("n", *cells_mod.METRICS):

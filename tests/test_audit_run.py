@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline import contract, io, tracking
+from pipeline import contract, io, need, tracking
 from pipeline.audit import run
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, ParamsError
@@ -33,6 +33,7 @@ def _write_world(root: Path, *, truth: bool = True) -> None:
     simworld.write_world(root, simworld.simulate_world(6_000, seed=21), targets=(TARGET,))
     if not truth:
         shutil.rmtree(root / "data/truth")
+    need.run(_params(), io.Paths.at(root), target=TARGET)  # the upstream need stage
 
 
 @pytest.fixture(scope="module")

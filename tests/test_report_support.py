@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline import audit, contract
+from pipeline import audit, contract, need
 from pipeline.config import load_params, parse_params
 from pipeline.disclosure import SUPPRESSED, round_count
 from pipeline.io import Paths, write_json
@@ -52,6 +52,7 @@ def audited_world() -> Path:
     world = simworld.simulate_world(WORLD_PEOPLE, seed=21, targets=targets)
     simworld.write_world(root, world, targets=targets)
     for target in targets:
+        need.run(params, Paths.at(root), target=target)  # the audit reads the need stage's scores
         audit.run(params, Paths.at(root), target=target)
     return root
 

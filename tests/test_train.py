@@ -3,6 +3,7 @@ MLflow sqlite store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract, io, tracking, train
+from pipeline import contract, io, metrics, tracking, train
 from pipeline import features as feature_stage
 from pipeline.config import parse_params
 from pipeline.errors import ContractError
+from pipeline.train import calibration, cohort, evaluation, fit, registry, scoring
 
 TARGET = "emergency_admission_12m"
 N_PEOPLE = 1_500
@@ -131,10 +133,6 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     import mlflow
 
     _population(project, truth=True, external=True)
-    io.write_text(
-        "stages:\n  features:\n    outs:\n    - path: features\n      md5: abc.dir\n",
-        project / "dvc.lock",
-    )
     train.run(_params(), io.Paths.at(project), target=TARGET)
 
     model_dir = project / "models" / TARGET
@@ -165,7 +163,7 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     assert scores["risk_score"].is_between(0, 1).all()
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    for name in (*train.METRIC_NAMES, "oracle_auroc", "oracle_gap"):
+    for name in (*evaluation.METRIC_NAMES, "oracle_auroc", "oracle_gap"):
         assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= metrics.keys()
     assert 0.6 < metrics["auroc"] <= 1.0
     assert metrics["auroc_ci_low"] <= metrics["auroc"] <= metrics["auroc_ci_high"]
@@ -183,7 +181,11 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     assert run is not None
     assert run.info.run_name == TARGET
     assert run.data.tags["target"] == TARGET
-    assert run.data.tags["dvc.input.features"] == "abc.dir"
+    features_file = project / "features" / "features.parquet"
+    assert run.data.tags["input.sha256.features/features.parquet"] == (
+        hashlib.sha256(features_file.read_bytes()).hexdigest()
+    )
+    assert "input.sha256.data/truth/oracle.parquet" in run.data.tags
     assert "git_commit" in run.data.tags
     assert run.data.metrics["auroc"] == pytest.approx(metrics["auroc"])
     assert run.data.params["train.learning_rate"] == "0.1"
@@ -261,7 +263,7 @@ def test_rank_scores_breaks_ties_by_person_id_and_cuts_deciles_and_tiers() -> No
             "risk_score": [0.5] * 2 + [float(i) / 100 for i in range(n - 2)],
         }
     )
-    ranked = train.rank_scores(frame).sort("risk_rank")
+    ranked = scoring.rank_scores(frame).sort("risk_rank")
     assert ranked["person_id"][:2].to_list() == ["P38", "P39"]  # tie at 0.5: lower id first
     assert ranked["risk_decile"].value_counts()["count"].to_list() == [4] * 10
     tiers = ranked["risk_tier"].to_list()
@@ -277,7 +279,8 @@ def test_metrics_match_sklearn_and_statsmodels() -> None:
     p = np.round(rng.beta(1, 8, 3_000), 3)  # rounded: plenty of ties
     y = (rng.random(p.size) < np.clip(p * 1.2, 0, 1)).astype(float)
     selected = p >= np.quantile(p, 0.9)
-    point = {k: v[0] for k, v in train.metric_sets(np.ones((1, p.size)), y, p, selected).items()}
+    sets = evaluation.metric_sets(np.ones((1, p.size)), y, p, selected)
+    point = {name: values[0] for name, values in sets.items()}
     assert point["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert point["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
     assert point["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
@@ -291,24 +294,27 @@ def test_metrics_match_sklearn_and_statsmodels() -> None:
     assert point["calibration_intercept"] == pytest.approx(intercept.params[0], rel=1e-6)
 
 
-def test_bootstrap_counts_are_resamples_and_weights_reproduce_a_resample() -> None:
+def test_weights_reproduce_a_resample_and_the_bootstrap_is_poisson_and_seeded() -> None:
     rng = np.random.default_rng(5)
-    counts = train.bootstrap_counts(50, 7, rng=rng)
-    assert counts.shape == (7, 50) and (counts.sum(axis=1) == 50).all()
+    counts = metrics.poisson_weights(np.ones(50), n_resamples=400, rng=rng)
+    assert counts.shape == (400, 50) and abs(counts.mean() - 1.0) < 0.05
     p = np.linspace(0.01, 0.9, 50)
     y = (np.arange(50) % 3 == 0).astype(float)
     selected = p > 0.7
-    weighted = train.metric_sets(counts[:1], y, p, selected)
+    weighted = evaluation.metric_sets(counts[:1], y, p, selected)
     index = np.repeat(np.arange(50), counts[0].astype(int))
-    explicit = train.metric_sets(
+    explicit = evaluation.metric_sets(
         np.ones((1, index.size)),
         y[index],
         p[index],
         selected[index],
-        ece_edges=train.ece_bin_edges(p),
+        ece_edges=metrics.ece_bin_edges(p),
     )
     for name in ("auroc", "auprc", "brier", "calibration_slope", "sensitivity_at_capacity"):
         assert weighted[name][0] == pytest.approx(explicit[name][0]), name
+    first = evaluation.evaluate(y, p, selected, oracle=None, n_bootstrap=50, seed=3)
+    assert first == evaluation.evaluate(y, p, selected, oracle=None, n_bootstrap=50, seed=3)
+    assert first["auroc"]["ci_low"] < first["auroc"]["value"] < first["auroc"]["ci_high"]
 
 
 def test_calibration_json_reproduces_sklearn_and_is_skipped_when_it_does_not_help() -> None:
@@ -317,31 +323,32 @@ def test_calibration_json_reproduces_sklearn_and_is_skipped_when_it_does_not_hel
     rng = np.random.default_rng(9)
     raw = rng.random(4_000) * 0.5
     y = (rng.random(raw.size) < raw**2 * 3).astype(float)  # miscalibrated raw scores
-    fitted = train.fit_calibration(raw, y, mode="auto", seed=1)
+    fitted = calibration.fit_calibration(raw, y, mode="auto", seed=1)
     assert fitted["method"] in {"isotonic", "sigmoid"}
     assert (
         fitted["validation_brier_cross_fitted"][fitted["method"]] < fitted["validation_brier_raw"]
     )
     json.dumps(fitted)  # JSON, not pickle
-    iso = train.fit_calibration(raw, y, mode="isotonic", seed=1)
+    iso = calibration.fit_calibration(raw, y, mode="isotonic", seed=1)
     reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, y)
     grid = np.linspace(-0.1, 0.7, 333)
-    np.testing.assert_allclose(train.apply_calibration(iso, grid), reference.predict(grid))
+    np.testing.assert_allclose(calibration.apply_calibration(iso, grid), reference.predict(grid))
 
     calibrated = np.clip(rng.random(4_000) * 0.3, 0.01, 1)
     y_cal = (rng.random(calibrated.size) < calibrated).astype(float)
-    assert train.fit_calibration(calibrated, y_cal, mode="sigmoid", seed=1)["method"] == "none"
-    assert train.fit_calibration(raw, y, mode="none", seed=1)["method"] == "none"
+    kept = calibration.fit_calibration(calibrated, y_cal, mode="sigmoid", seed=1)
+    assert kept["method"] == "none"
+    assert calibration.fit_calibration(raw, y, mode="none", seed=1)["method"] == "none"
 
 
 def test_booster_is_deterministic_and_uses_categoricals() -> None:
     rng = np.random.default_rng(2)
     x = np.column_stack([rng.normal(size=2_000), rng.integers(0, 5, 2_000)]).astype(np.float32)
     y = (rng.random(2_000) < 1 / (1 + np.exp(-(x[:, 0] + (x[:, 1] == 3))))).astype(float)
-    spec = train.FeatureSpec(("a", "code"), ("code",))
-    lgb_params = train.lightgbm_params(_params().train, seed=4)
+    spec = cohort.FeatureSpec(("a", "code"), ("code",))
+    lgb_params = fit.lightgbm_params(_params().train, seed=4)
     models = [
-        train.fit_booster(
+        fit.fit_booster(
             x[:1500],
             y[:1500],
             x[1500:],
@@ -357,17 +364,17 @@ def test_booster_is_deterministic_and_uses_categoricals() -> None:
     assert "categorical_feature=1" in models[0] or "[categorical_feature: 1]" in models[0]
 
 
-def test_class_weight_and_dvc_hashes() -> None:
+def test_class_weight_and_input_hashes(tmp_path: Path) -> None:
     y = np.array([1, 0, 0, 0], dtype=float)
-    assert train.class_weight(y, mode="none") == 1.0
-    assert train.class_weight(y, mode="balanced") == 3.0
-    lock = {
-        "stages": {
-            "synthesize": {"outs": [{"path": "data/population", "md5": "p.dir"}]},
-            "features": {"outs": [{"path": "features", "md5": "f.dir"}]},
-        }
+    assert fit.class_weight(y, mode="none") == 1.0
+    assert fit.class_weight(y, mode="balanced") == 3.0
+    first, second = tmp_path / "a.bin", tmp_path / "sub" / "b.bin"
+    second.parent.mkdir()
+    first.write_bytes(b"abc")
+    second.write_bytes(b"")
+    tags = registry.input_tags([first, second], root=tmp_path)
+    assert tags == {
+        "input.sha256.a.bin": hashlib.sha256(b"abc").hexdigest(),
+        "input.sha256.sub/b.bin": hashlib.sha256(b"").hexdigest(),
     }
-    found = train.dvc_input_hashes(lock, ["features", "data/population/outcomes.parquet", "x"])
-    assert found == {"features": "f.dir", "data/population/outcomes.parquet": "p.dir"}
-    added = [{"outs": [{"path": "data/truth", "md5": "t.dir"}]}]  # a `dvc add`-ed folder
-    assert train.dvc_input_hashes({}, ["data/truth"], tracked=added) == {"data/truth": "t.dir"}
+    assert registry.dataset_digest([first, second]) != registry.dataset_digest([second, first])

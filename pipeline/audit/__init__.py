@@ -3,9 +3,9 @@
 Reads ``data/scores/<target>.parquet``, ``features/features.parquet`` (sensitive attributes and
 recorded multimorbidity) and, when present, ``data/truth/``; writes aggregate,
 disclosure-controlled tables and the ``audit.json`` summary to ``reports/audit/<target>/``
-(typed in :mod:`pipeline.contract`, documented in docs/audit_tables.md), headline figures to
-``reports/metrics/audit_<target>.json`` (and the target's MLflow run), and the need-based
-model's per-person scores to ``data/scores/need/<target>.parquet`` (row-level, so under data/).
+(typed in :mod:`pipeline.contract`, documented in docs/audit_tables.md) and headline figures to
+``reports/metrics/audit_<target>.json`` (and the target's MLflow run). The need-based policy
+reads ``data/scores/need/<target>.parquet`` from the ``need`` stage (:mod:`pipeline.need`).
 
 Modules: :mod:`~pipeline.audit.cohort` (join, operating point), :mod:`~pipeline.audit.cells`
 (MetricFrame on weighted cells, bootstrap of cell counts), :mod:`~pipeline.audit.gradients`
@@ -484,52 +484,6 @@ def _check_columns(frame: pl.LazyFrame, required: dict[str, Any] | list[str], so
         raise ContractError(f"{source}: missing column(s) {missing}")
 
 
-def _need_scores(
-    params: Params,
-    paths: io.Paths,
-    cohort: pl.DataFrame,
-    *,
-    target: str,
-    has_truth: bool,
-) -> pl.DataFrame:
-    """Train the need-based model and score the whole cohort (person_id, need_score)."""
-    manifest = contract.read_manifest(paths.features / "manifest.json")
-    features, categorical = mitigation.need_model_features(manifest)
-    matrix = (
-        pl.scan_parquet(paths.features / "features.parquet")
-        .select("person_id", *[f for f in features if f not in ("person_id",)])
-        .join(
-            cohort.lazy().select("person_id", "split", "true_need", "recorded_need")
-            if has_truth
-            else cohort.lazy().select("person_id", "split", "recorded_need"),
-            on="person_id",
-            how="inner",
-        )
-        .sort("person_id")
-        .collect()
-    )
-    label = "true_need" if has_truth else "recorded_need"
-    training = matrix.filter(pl.col("split") == "train")
-    if training.height == 0:
-        training = matrix
-    if training.height > params.audit.need_model_max_rows:
-        training = training.sample(
-            params.audit.need_model_max_rows,
-            seed=int(_seed(params, target, "need").generate_state(1)[0]),
-        )
-    booster = mitigation.train_need_model(
-        training,
-        label=label,
-        features=features,
-        categorical=categorical,
-        rounds=params.audit.need_model_rounds,
-        seed=seeds.derive("need_model", target, "lightgbm", root=params.seed),
-        num_threads=params.audit.num_threads,
-    )
-    scores = booster.predict(matrix.select(features).to_numpy().astype(np.float64))
-    return pl.DataFrame({"person_id": matrix["person_id"], "need_score": scores})
-
-
 def run(params: Params, paths: io.Paths, *, target: str) -> None:
     """Audit one target: read scores, groups and truth; write reports/audit/<target>/."""
     _check_params(params)
@@ -567,9 +521,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         oracle=oracle,
         need_case_share=audit.need_case_share,
     )
-    has_truth = truth is not None
-    need = _need_scores(params, paths, full, target=target, has_truth=has_truth)
-    need_path = paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet"
+    need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
+    need = pl.read_parquet(need_path, columns=["person_id", "need_score"])
     full = full.join(need, on="person_id", how="left", maintain_order="left")
     audited = full if audit.split == "all" else full.filter(pl.col("split") == audit.split)
     if audited.height == 0:
@@ -588,8 +541,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     )
     headline = contract.AuditHeadline(headline_metrics(tables, params))
 
-    # write: row-level need scores under data/, aggregates under reports/ (folder swapped whole)
-    io.write_parquet(need, need_path, sort_by="person_id")
+    # write: aggregates under reports/ (folder swapped whole)
     with io.atomic_dir(paths.reports / "audit" / target) as folder:
         contract.write_summary(summary, folder / contract.AUDIT_SUMMARY_FILE)
         for name, frame in published.items():

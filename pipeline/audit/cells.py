@@ -8,9 +8,10 @@ scores than ``score_bins``, scores are replaced by their quantile bin's mean and
 and calibration move by at most the within-bin spread (``score_resolution`` says which case
 applied).
 
-The bootstrap draws Poisson counts per cell (see :mod:`pipeline.audit.intervals`) and computes
-the same metrics with vectorised numpy (:func:`cell_metrics`), which a test checks against
-MetricFrame.
+The bootstrap draws Poisson counts per cell (:func:`pipeline.metrics.poisson_bootstrap`; a cell
+of ``n`` people drawn as one Poisson(``n``) number is the row-level Poisson bootstrap) and
+computes the same metrics with vectorised numpy (:func:`cell_metrics`, on the shared
+:mod:`pipeline.metrics`), which a test checks against MetricFrame.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import polars as pl
-from fairlearn.metrics import (
-    MetricFrame,
-    false_negative_rate,
-    false_positive_rate,
-    selection_rate,
-    true_positive_rate,
-)
-from sklearn.metrics import brier_score_loss, precision_score, roc_auc_score
+from fairlearn.metrics import MetricFrame
+
+from pipeline import metrics
+from pipeline.metrics import percentile_interval, wilson_interval
 
 PROPORTIONS: Final = {
     # metric: (numerator, denominator) in cell_metrics' count names
@@ -56,7 +53,6 @@ COUNTS: Final = (
     "n_false_positives",
     "n_false_negatives",
 )
-EPS: Final = 1e-6
 
 
 @dataclass(frozen=True)
@@ -209,49 +205,6 @@ def _starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
 
 
-def _logit(score: np.ndarray) -> np.ndarray:
-    clipped = np.clip(score, EPS, 1.0 - EPS)
-    return np.log(clipped / (1.0 - clipped))
-
-
-def _calibration_slope(
-    units_x: np.ndarray,
-    units_pos: np.ndarray,
-    units_total: np.ndarray,
-    unit_group: np.ndarray,
-    group_starts: np.ndarray,
-    *,
-    start: tuple[np.ndarray, np.ndarray] | None = None,
-    iterations: int = 25,
-) -> np.ndarray:
-    """Weighted logistic regression ``logit P(y) = a + b logit(score)`` per group; returns b.
-
-    Newton-Raphson on all groups and resamples at once (arrays ``(B, units)``).
-    """
-    n_rows, n_groups = units_pos.shape[0], len(group_starts)
-    intercept = np.zeros((n_rows, n_groups)) if start is None else start[0].copy()
-    slope = np.ones((n_rows, n_groups)) if start is None else start[1].copy()
-    for _ in range(iterations):
-        eta = intercept[:, unit_group] + slope[:, unit_group] * units_x
-        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
-        resid = units_pos - units_total * prob
-        curv = units_total * prob * (1.0 - prob)
-        g0 = np.add.reduceat(resid, group_starts, axis=1)
-        g1 = np.add.reduceat(resid * units_x, group_starts, axis=1)
-        h00 = np.add.reduceat(curv, group_starts, axis=1)
-        h01 = np.add.reduceat(curv * units_x, group_starts, axis=1)
-        h11 = np.add.reduceat(curv * units_x**2, group_starts, axis=1)
-        det = h00 * h11 - h01**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
-            step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
-        intercept = intercept + step0
-        slope = slope + step1
-        if np.nanmax(np.abs(np.r_[step0.ravel(), step1.ravel(), 0.0])) < 1e-10:
-            break
-    return np.stack([intercept, slope])
-
-
 def cell_metrics(
     cells: Cells,
     weights: np.ndarray | None = None,
@@ -301,44 +254,50 @@ def cell_metrics(
             out[metric] = out[numerator] / out[denominator]
         out["brier"] = per_group(w * (score - y) ** 2) / out["n"]
         out["oe_ratio"] = out["n_events"] / per_group(w * score)
+    auroc, intercept, slope = _ranking_and_calibration(
+        cells, w, slope_start=slope_start, slope_iterations=slope_iterations
+    )
+    has_both = (out["n_events"] > 0) & (out["n_non_events"] > 0)
+    out["auroc"] = np.where(has_both, auroc, np.nan)
+    out["calibration_intercept"] = np.where(has_both, intercept, np.nan)
+    out["calibration_slope"] = np.where(has_both, slope, np.nan)
+    return out
 
-        # AUROC (Mann-Whitney, ties count one half) on units = (group, score bin)
-        unit_key = cells.group.astype(np.int64) * (len(cells.bin_score) + 1) + cells.score_bin
-        unit_starts = _starts(unit_key)
-        pos = np.add.reduceat(w * y, unit_starts, axis=1)
-        neg = np.add.reduceat(w * (1.0 - y), unit_starts, axis=1)
-        unit_group = cells.group[unit_starts]
-        unit_group_starts = _starts(unit_group)
-        below = np.cumsum(neg, axis=1) - neg  # negatives in earlier units (all groups)
-        below = below - below[:, unit_group_starts][:, unit_group]  # ... of the same group
-        concordant = np.add.reduceat(pos * (below + 0.5 * neg), unit_group_starts, axis=1)
-        out["auroc"] = concordant / (out["n_events"] * out["n_non_events"])
 
-        start = None if slope_start is None else (slope_start[0], slope_start[1])
-        fitted = _calibration_slope(
-            _logit(cells.bin_score[cells.score_bin[unit_starts]]),
-            pos,
-            pos + neg,
-            unit_group,
-            unit_group_starts,
-            start=start,
+def _ranking_and_calibration(
+    cells: Cells,
+    weights: np.ndarray,
+    *,
+    slope_start: np.ndarray | None,
+    slope_iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUROC and the logistic recalibration (intercept, slope) per group, ``(B, G)`` each, on
+    units = (group, distinct score) (:mod:`pipeline.metrics`)."""
+    y = cells.outcome.astype(np.float64)
+    index = metrics.rank_index(cells.score, group=cells.group)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = metrics.ranking_metrics(weights, y, index)[0]
+        events, non_events = metrics.unit_sums(weights, y, index)
+        intercept, slope = metrics.logistic_recalibration(
+            events,
+            events + non_events,
+            metrics.logit(index.unit_score),
+            unit_group=index.unit_group,
+            group_starts=index.group_starts,
+            start=None if slope_start is None else (slope_start[0], slope_start[1]),
             iterations=slope_iterations,
         )
-    has_both = (out["n_events"] > 0) & (out["n_non_events"] > 0)
-    out["auroc"] = np.where(has_both, out["auroc"], np.nan)
-    out["calibration_intercept"] = np.where(has_both, fitted[0], np.nan)
-    out["calibration_slope"] = np.where(has_both, fitted[1], np.nan)
-    return out
+    return auroc, intercept, slope
 
 
 # --- fairlearn MetricFrame on cells -------------------------------------------------------------
 #
-# Two sets of metric functions with the same meaning. ``PEER_METRICS`` are fairlearn's and
-# sklearn's own (what a row-level MetricFrame would use). ``CELL_METRICS`` are short numpy
-# versions with ``sample_weight``: sklearn validates its arguments on every call (~ms), which
-# dominates once there are only a few thousand cells per dimension. ``y_pred`` is the score;
-# the selection flag travels as a per-row sample parameter (MetricFrame splits sample params by
-# group just like ``y_true``), so one MetricFrame holds every metric.
+# ``CELL_METRICS`` are metric functions with ``sample_weight`` (sklearn validates its arguments on
+# every call, ~ms, which dominates once there are only a few thousand cells per dimension); the
+# score metrics are pipeline.metrics, as in the bootstrap. ``y_pred`` is the score; the selection
+# flag travels as a per-row sample parameter (MetricFrame splits sample params by group just like
+# ``y_true``), so one MetricFrame holds every metric. tests/ prove them equal to fairlearn's and
+# sklearn's own functions on a row-level MetricFrame (benchmarks/peer_metrics.py).
 
 
 def _weights(y_true, sample_weight) -> np.ndarray:
@@ -375,18 +334,11 @@ def _cell_rate(which: str):
     return rate
 
 
-def _cell_auroc(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
-    w = _weights(y_true, sample_weight)
-    y = np.asarray(y_true, dtype=np.float64)
-    score = np.asarray(y_pred, dtype=np.float64)
-    unique, inverse = np.unique(score, return_inverse=True)
-    pos = np.bincount(inverse, weights=w * y, minlength=len(unique))
-    neg = np.bincount(inverse, weights=w * (1 - y), minlength=len(unique))
-    total_pos, total_neg = pos.sum(), neg.sum()
-    if total_pos == 0 or total_neg == 0:
-        return float("nan")
-    below = np.cumsum(neg) - neg
-    return float(np.sum(pos * (below + 0.5 * neg)) / (total_pos * total_neg))
+def cell_auroc(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Weighted AUROC of one group's rows (:func:`pipeline.metrics.ranking_metrics`)."""
+    w = _weights(y_true, sample_weight)[None, :]
+    index = metrics.rank_index(np.asarray(y_pred, dtype=np.float64))
+    return float(metrics.ranking_metrics(w, np.asarray(y_true), index)[0][0, 0])
 
 
 def _cell_brier(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
@@ -395,105 +347,37 @@ def _cell_brier(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
     return float(np.sum(w * error) / np.sum(w))
 
 
-def _oe_ratio(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+def oe_ratio(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Observed / expected events of one group's rows."""
     w = _weights(y_true, sample_weight)
     return float(np.sum(w * np.asarray(y_true)) / np.sum(w * np.asarray(y_pred)))
 
 
-def _calibration_slope_metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+def calibration_slope(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
+    """Calibration slope of one group's rows (:func:`pipeline.metrics.logistic_recalibration`)."""
     y = np.asarray(y_true, dtype=np.float64)
     w = _weights(y, sample_weight)
     if y.min() == y.max():
         return float("nan")
-    fitted = _calibration_slope(
-        _logit(np.asarray(y_pred, dtype=np.float64)),
+    _, slope = metrics.logistic_recalibration(
         (w * y)[None, :],
         w[None, :],
-        np.zeros(len(y), dtype=np.int64),
-        np.array([0]),
+        metrics.logit(np.asarray(y_pred, dtype=np.float64)),
+        unit_group=np.zeros(len(y), dtype=np.int64),
+        group_starts=np.array([0]),
     )
-    return float(fitted[1][0, 0])
+    return float(slope[0, 0])
 
 
 CELL_METRICS: Final = {
     "n": _cell_count,
     "base_rate": _cell_base_rate,
     **{name: _cell_rate(name) for name in ("selection_rate", "tpr", "fpr", "fnr", "ppv")},
-    "auroc": _cell_auroc,
+    "auroc": cell_auroc,
     "brier": _cell_brier,
-    "oe_ratio": _oe_ratio,
-    "calibration_slope": _calibration_slope_metric,
+    "oe_ratio": oe_ratio,
+    "calibration_slope": calibration_slope,
 }
-
-
-def _peer(function, *, on_selection: bool):
-    """Adapt a standard ``(y_true, y_pred)`` metric to the score + ``selected`` convention."""
-
-    def metric(y_true, y_pred, *, sample_weight=None, selected=None) -> float:
-        prediction = np.asarray(selected, dtype=np.int64) if on_selection else y_pred
-        return float(function(np.asarray(y_true, dtype=np.int64), prediction))
-
-    return metric
-
-
-def _sk_auroc(y_true, y_pred) -> float:
-    return roc_auc_score(y_true, y_pred) if len(np.unique(y_true)) == 2 else float("nan")
-
-
-PEER_METRICS: Final = {
-    "n": _cell_count,
-    "base_rate": _cell_base_rate,
-    "selection_rate": _peer(lambda y, p: selection_rate(y, p, pos_label=1), on_selection=True),
-    "tpr": _peer(true_positive_rate, on_selection=True),
-    "fpr": _peer(false_positive_rate, on_selection=True),
-    "fnr": _peer(false_negative_rate, on_selection=True),
-    "ppv": _peer(lambda y, p: precision_score(y, p, zero_division=np.nan), on_selection=True),
-    "auroc": _peer(_sk_auroc, on_selection=False),
-    "brier": _peer(brier_score_loss, on_selection=False),
-    "oe_ratio": _oe_ratio,
-    "calibration_slope": _calibration_slope_metric,
-}
-"""fairlearn's and sklearn's own metric functions, for the row-level MetricFrame peer (the
-calibration measures have no library version; they are the same code in both sets)."""
-
-
-def metric_frame(
-    y_true: np.ndarray,
-    selected: np.ndarray,
-    score: np.ndarray,
-    groups: np.ndarray,
-    *,
-    sample_weight: np.ndarray | None = None,
-    peer: bool = False,
-    metrics: tuple[str, ...] = METRICS,
-) -> pd.DataFrame:
-    """Group metrics by one fairlearn MetricFrame: a row per group, a column per metric.
-
-    Parameters
-    ----------
-    y_true, selected, score, groups
-        Outcome (0/1), selection flag, risk score and group label per row (person or cell).
-    sample_weight
-        Cell counts when the rows are cells; None for people.
-    peer
-        Use fairlearn's / sklearn's own metric functions (:data:`PEER_METRICS`, row level,
-        unweighted) instead of :data:`CELL_METRICS`.
-    metrics
-        Which metrics (``n`` is always included).
-    """
-    table = PEER_METRICS if peer else CELL_METRICS
-    functions = {name: table[name] for name in ("n", *metrics) if name in table}
-    per_row: dict[str, np.ndarray] = {"selected": np.asarray(selected, dtype=np.int64)}
-    if sample_weight is not None:
-        per_row["sample_weight"] = np.asarray(sample_weight, dtype=np.float64)
-    frame = MetricFrame(
-        metrics=functions,
-        y_true=np.asarray(y_true, dtype=np.int64),
-        y_pred=np.asarray(score, dtype=np.float64),
-        sensitive_features=pd.Series(np.asarray(groups), name="group"),
-        sample_params={name: per_row for name in functions},
-    )
-    return frame.by_group.astype(float)
 
 
 def _merge(cells: Cells, keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -598,24 +482,135 @@ def bootstrap_metrics(
     rng: np.random.Generator,
     chunk: int = 100,
 ) -> dict[str, np.ndarray]:
-    """Poisson-bootstrap draws ``(n_bootstrap, G)`` of every metric, resampling cell counts."""
+    """Poisson-bootstrap draws ``(n_bootstrap, G)`` of every metric, resampling cell counts
+    (:func:`pipeline.metrics.poisson_bootstrap`)."""
     point = cell_metrics(cells)
     start = np.stack([point["calibration_intercept"], point["calibration_slope"]])
     start = np.nan_to_num(start, nan=0.0)
-    draws: dict[str, list[np.ndarray]] = {}
-    for first in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - first)
-        weights = rng.poisson(cells.count, size=(size, len(cells.count))).astype(np.float64)
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
         # Newton from the point estimate: a few steps reach machine precision on a resample
-        metrics = cell_metrics(
+        resampled = cell_metrics(
             cells,
             weights,
-            slope_start=np.repeat(start, size, axis=1),
+            slope_start=np.repeat(start, weights.shape[0], axis=1),
             slope_iterations=2,
         )
-        for name in METRICS:
-            draws.setdefault(name, []).append(metrics[name])
-    return {name: np.concatenate(parts) for name, parts in draws.items()}
+        return {name: resampled[name] for name in METRICS}
+
+    return metrics.poisson_bootstrap(
+        statistic, cells.count, n_resamples=n_bootstrap, rng=rng, chunk=chunk
+    )
+
+
+def _estimate_interval(
+    metric: str,
+    value: np.ndarray,
+    counts: dict[str, np.ndarray],
+    *,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray, np.ndarray]:
+    """CI of one metric per group: Wilson for proportions, else bootstrap percentiles re-centred
+    on ``value``; plus the method and the numerator / denominator counts behind it."""
+    if metric in PROPORTIONS:
+        numerator, denominator = (counts[name][0] for name in PROPORTIONS[metric])
+        low, high = wilson_interval(numerator, denominator, confidence=confidence)
+        return low, high, "wilson", numerator, denominator
+    numerator, denominator = (counts[name][0] for name in SCORE_METRICS[metric])
+    if draws is None:
+        low = high = np.full(len(value), np.nan)
+    else:
+        low, high = percentile_interval(draws, confidence=confidence, shift=value - coarse_value)
+    return low, high, "bootstrap", numerator, denominator
+
+
+def _reference_comparison(
+    value: np.ndarray,
+    *,
+    ref: int,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+) -> tuple[np.ndarray, ...]:
+    """Difference and ratio of each group to the reference group ``ref``, with bootstrap
+    percentile CIs re-centred on them: (difference, ratio, d_low, d_high, r_low, r_high)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        difference = value - value[ref]
+        ratio = value / value[ref]
+        if draws is None:
+            nan = np.full(len(value), np.nan)
+            return difference, ratio, nan, nan, nan, nan
+        d_low, d_high = percentile_interval(
+            draws - draws[:, [ref]],
+            confidence=confidence,
+            shift=difference - (coarse_value - coarse_value[ref]),
+        )
+        r_low, r_high = percentile_interval(
+            draws / draws[:, [ref]],
+            confidence=confidence,
+            shift=ratio - coarse_value / coarse_value[ref],
+        )
+    return difference, ratio, d_low, d_high, r_low, r_high
+
+
+def _metric_table(
+    cells: Cells,
+    metric: str,
+    *,
+    value: np.ndarray,
+    counts: dict[str, np.ndarray],
+    ref: int,
+    stable: np.ndarray,
+    coarse_value: np.ndarray,
+    draws: np.ndarray | None,
+    confidence: float,
+    fair_ratio_low: float,
+    fair_ratio_high: float,
+) -> pl.DataFrame:
+    """One metric's rows of :func:`audit_dimension` (one per group)."""
+    low, high, method, num_count, den_count = _estimate_interval(
+        metric, value, counts, coarse_value=coarse_value, draws=draws, confidence=confidence
+    )
+    difference, ratio, d_low, d_high, r_low, r_high = _reference_comparison(
+        value, ref=ref, coarse_value=coarse_value, draws=draws, confidence=confidence
+    )
+    is_ref = np.arange(len(cells.groups)) == ref
+    outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
+    significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
+    flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
+    return pl.DataFrame(
+        {
+            "dimension": cells.dimension,
+            "group": list(cells.groups),
+            "reference_group": cells.groups[ref],
+            "is_reference": is_ref,
+            "metric": metric,
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "ci_method": method,
+            "numerator_raw": num_count,
+            "denominator_raw": den_count,
+            # a proportion also reveals its complement (e.g. FNR = 1 - TPR)
+            "complement_raw": den_count - num_count
+            if metric in PROPORTIONS
+            else np.zeros(len(cells.groups)),
+            "group_n_raw": counts["n"][0],
+            "difference": np.where(is_ref, 0.0, difference),
+            "difference_ci_low": np.where(is_ref, np.nan, d_low),
+            "difference_ci_high": np.where(is_ref, np.nan, d_high),
+            "ratio": np.where(is_ref, 1.0, ratio),
+            "ratio_ci_low": np.where(is_ref, np.nan, r_low),
+            "ratio_ci_high": np.where(is_ref, np.nan, r_high),
+            "outside_fair_range": outside,
+            "significant": significant,
+            "flag": flagged,
+            "stable": stable,
+        },
+        strict=False,
+    )
 
 
 def audit_dimension(
@@ -646,92 +641,30 @@ def audit_dimension(
     polars.DataFrame
         Long format, raw (not yet disclosure-controlled): one row per group and metric.
     """
-    from pipeline.audit.intervals import percentile_interval, wilson_interval
-
     frame = cells_metric_frame(cells) if point is None else point
     counts = cell_metrics(cells)
     sizes = counts["n"][0]
-    reference = reference_group(cells.groups, sizes, preferred_reference)
-    ref = cells.groups.index(reference)
+    ref = cells.groups.index(reference_group(cells.groups, sizes, preferred_reference))
     coarse = coarsen(cells, n_bins=bootstrap_bins)
     coarse_point = cell_metrics(coarse)
     draws = bootstrap_metrics(coarse, n_bootstrap=n_bootstrap, rng=rng) if n_bootstrap > 0 else None
     stable = (counts["n"][0] >= min_group_size) & (counts["n_events"][0] >= min_group_events)
-    rows: list[pl.DataFrame] = []
-    n_groups = len(cells.groups)
-    for metric in METRICS:
-        value = frame[metric].to_numpy()
-        shift = value - coarse_point[metric][0]
-        if metric in PROPORTIONS:
-            numerator, denominator = PROPORTIONS[metric]
-            low, high = wilson_interval(
-                counts[numerator][0], counts[denominator][0], confidence=confidence
-            )
-            method = "wilson"
-            num_count, den_count = counts[numerator][0], counts[denominator][0]
-        else:
-            first, second = SCORE_METRICS[metric]
-            num_count, den_count = counts[first][0], counts[second][0]
-            method = "bootstrap"
-            if draws is None:
-                low = high = np.full(n_groups, np.nan)
-            else:
-                low, high = percentile_interval(draws[metric], confidence=confidence, shift=shift)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            difference = value - value[ref]
-            ratio = value / value[ref]
-            if draws is None:
-                nan = np.full(n_groups, np.nan)
-                d_low, d_high, r_low, r_high = nan, nan, nan, nan
-            else:
-                sample = draws[metric]
-                d_low, d_high = percentile_interval(
-                    sample - sample[:, [ref]],
-                    confidence=confidence,
-                    shift=difference - (coarse_point[metric][0] - coarse_point[metric][0][ref]),
-                )
-                r_low, r_high = percentile_interval(
-                    sample / sample[:, [ref]],
-                    confidence=confidence,
-                    shift=ratio - coarse_point[metric][0] / coarse_point[metric][0][ref],
-                )
-        is_ref = np.arange(n_groups) == ref
-        outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
-        significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
-        flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
-        rows.append(
-            pl.DataFrame(
-                {
-                    "dimension": cells.dimension,
-                    "group": list(cells.groups),
-                    "reference_group": reference,
-                    "is_reference": is_ref,
-                    "metric": metric,
-                    "value": value,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "ci_method": method,
-                    "numerator_raw": num_count,
-                    "denominator_raw": den_count,
-                    # a proportion also reveals its complement (e.g. FNR = 1 - TPR)
-                    "complement_raw": den_count - num_count
-                    if metric in PROPORTIONS
-                    else np.zeros(n_groups),
-                    "group_n_raw": counts["n"][0],
-                    "difference": np.where(is_ref, 0.0, difference),
-                    "difference_ci_low": np.where(is_ref, np.nan, d_low),
-                    "difference_ci_high": np.where(is_ref, np.nan, d_high),
-                    "ratio": np.where(is_ref, 1.0, ratio),
-                    "ratio_ci_low": np.where(is_ref, np.nan, r_low),
-                    "ratio_ci_high": np.where(is_ref, np.nan, r_high),
-                    "outside_fair_range": outside,
-                    "significant": significant,
-                    "flag": flagged,
-                    "stable": stable,
-                },
-                strict=False,
-            )
+    rows = [
+        _metric_table(
+            cells,
+            metric,
+            value=frame[metric].to_numpy(),
+            counts=counts,
+            ref=ref,
+            stable=stable,
+            coarse_value=coarse_point[metric][0],
+            draws=None if draws is None else draws[metric],
+            confidence=confidence,
+            fair_ratio_low=fair_ratio_low,
+            fair_ratio_high=fair_ratio_high,
         )
+        for metric in METRICS
+    ]
     return pl.concat(rows).with_columns(pl.col(c).fill_nan(None) for c in METRIC_VALUE_COLUMNS)
 
 

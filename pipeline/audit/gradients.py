@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.intervals import percentile_interval
+from pipeline.metrics import percentile_interval
 
 Direction = Literal["favourable", "adverse"]
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from pipeline import selection
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.intervals import z_value
+from pipeline.metrics import z_value
 
 NEED_MEASURES: Final = {"recorded_need": "recorded multimorbidity", "true_need": "true need"}
 

@@ -15,9 +15,8 @@ per ICB / practice, so "more reached" always means "better use of the same capac
 ``core20plus5``
     Score x ``core20_uplift`` in IMD quintile 1 and x ``plus_uplift`` in the PLUS ethnic groups.
 ``need_based``
-    A LightGBM regression trained on a need label (``true_need`` when truth exists, else the
-    recorded multimorbidity count) from the recorded features; its scores are written to
-    ``data/scores/need/<target>.parquet`` for the outreach policy ``need_adjusted``.
+    The need stage's ranking (:mod:`pipeline.need`: a LightGBM regression of a need label on the
+    recorded features), read from ``data/scores/need/<target>.parquet`` as ``need_score``.
 """
 
 from __future__ import annotations
@@ -25,11 +24,10 @@ from __future__ import annotations
 import math
 from typing import Final
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import contract, fairness, selection
+from pipeline import fairness, selection
 from pipeline.errors import StageError
 
 POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
@@ -53,50 +51,6 @@ def equal_opportunity_thresholds(
         cut_score=cut_score,
         rng=rng,
     )
-
-
-def need_model_features(manifest: contract.FeatureManifest) -> tuple[list[str], list[str]]:
-    """Model inputs for the need model and the categorical ones; the recorded multimorbidity
-    count itself is left out (it may be the label)."""
-    inputs, categorical = manifest.inputs(exclude=(contract.RECORDED_MULTIMORBIDITY,))
-    return list(inputs), list(categorical)
-
-
-def train_need_model(
-    training: pl.DataFrame,
-    *,
-    label: str,
-    features: list[str],
-    categorical: list[str],
-    rounds: int,
-    seed: int,
-    num_threads: int,
-) -> lgb.Booster:
-    """LightGBM regression of the need label on recorded features (deterministic)."""
-    if training.height == 0:
-        raise StageError("audit: no training rows for the need model")
-    data = lgb.Dataset(
-        training.select(features).to_numpy().astype(np.float64),
-        label=training[label].cast(pl.Float64).fill_null(0.0).to_numpy(),
-        feature_name=features,
-        categorical_feature=categorical or "auto",
-        free_raw_data=True,
-    )
-    params = {
-        "objective": "regression",
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_data_in_leaf": 100,
-        "feature_fraction": 0.8,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": num_threads,
-        "verbosity": -1,
-    }
-    return lgb.train(params, data, num_boost_round=rounds)
 
 
 def policy_selections(

@@ -1,0 +1,394 @@
+"""Metrics and intervals shared by train and the audit (see ``docs/metrics.md``).
+
+One definition of each:
+
+- **Resampling**: the Poisson bootstrap. Every row (a person, or a cell of identical people
+  with a count) gets a Poisson(weight) resampling weight; a cell of ``n`` people drawn as one
+  Poisson(``n``) number is exactly the row-level Poisson bootstrap, so the same engine serves
+  people (train: weight 1 each) and aggregated cells (the audit).
+- **Intervals**: percentiles of the draws (:func:`percentile_interval`); Wilson for a binomial
+  proportion (statsmodels' ``proportion_confint``).
+- **Ranking**: weighted AUROC (ties count one half) and average precision (sklearn's step
+  definition), per group, for any number of weight vectors at once (:func:`ranking_metrics`).
+- **Calibration**: the logistic recalibration pair of Van Calster et al. - slope ``b`` of
+  ``logit P(y) = a + b lp`` and calibration-in-the-large ``a`` of ``logit P(y) = a + lp`` -
+  by batched Newton steps (:func:`logistic_recalibration`, :func:`calibration_in_the_large`);
+  ECE on equal-frequency bins (:func:`expected_calibration_error`).
+
+Every function takes ``weights`` of shape ``(sets, rows)``: one row of ones (people) or of cell
+counts gives the point estimate, Poisson draws give bootstrap resamples.
+
+Examples
+--------
+>>> import numpy as np
+>>> y = np.array([0, 0, 1, 1]); score = np.array([0.1, 0.4, 0.35, 0.8])
+>>> auroc, ap = ranking_metrics(np.ones((1, 4)), y, rank_index(score))
+>>> float(auroc[0, 0]), round(float(ap[0, 0]), 4)
+(0.75, 0.8333)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from scipy import stats
+from scipy.special import logit as _logit
+from statsmodels.stats.proportion import proportion_confint
+
+__all__ = [
+    "RankIndex",
+    "calibration_in_the_large",
+    "ece_bin_edges",
+    "expected_calibration_error",
+    "logistic_recalibration",
+    "logit",
+    "percentile_interval",
+    "poisson_bootstrap",
+    "poisson_weights",
+    "rank_index",
+    "ranking_metrics",
+    "score_bin",
+    "unit_sums",
+    "wilson_interval",
+    "z_value",
+]
+
+PROBABILITY_FLOOR: Final = 1e-6
+"""Scores are clipped to [floor, 1 - floor] before the logit (a score of 0 or 1 has none)."""
+ECE_BINS: Final = 10
+
+
+# --- resampling and intervals ---------------------------------------------------------------------
+
+
+def poisson_weights(base: np.ndarray, *, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Poisson-bootstrap weights ``(n_resamples, rows)``: Poisson(``base``) per row.
+
+    ``base`` is 1 per person or the count of a cell of identical people.
+    """
+    base = np.asarray(base, dtype=np.float64)
+    return rng.poisson(base, size=(n_resamples, base.size)).astype(np.float64)
+
+
+def poisson_bootstrap(
+    statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    base: np.ndarray,
+    *,
+    n_resamples: int,
+    rng: np.random.Generator,
+    chunk: int,
+) -> dict[str, np.ndarray]:
+    """Draws of ``statistic`` over Poisson-bootstrap resamples, ``chunk`` resamples at a time.
+
+    Parameters
+    ----------
+    statistic
+        Maps weights ``(sets, rows)`` to named arrays whose first axis is ``sets``.
+    base
+        The observed weight of every row (1 per person, or cell counts).
+    n_resamples
+        Number of resamples.
+    rng
+        The random stream (draws depend only on it, ``base`` and ``chunk``).
+    chunk
+        Resamples per batch (memory is ``chunk x rows``).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        Each statistic's draws stacked on axis 0 (``n_resamples`` rows).
+    """
+    draws: dict[str, list[np.ndarray]] = {}
+    for first in range(0, n_resamples, chunk):
+        weights = poisson_weights(base, n_resamples=min(chunk, n_resamples - first), rng=rng)
+        for name, values in statistic(weights).items():
+            draws.setdefault(name, []).append(values)
+    return {name: np.concatenate(parts) for name, parts in draws.items()}
+
+
+def z_value(confidence: float) -> float:
+    """Two-sided normal quantile for ``confidence`` (1.96 at 0.95)."""
+    return float(stats.norm.ppf(0.5 + confidence / 2.0))
+
+
+def percentile_interval(
+    draws: np.ndarray, *, confidence: float = 0.95, shift: np.ndarray | float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0 of bootstrap (or Monte Carlo) draws, NaN draws ignored.
+
+    A column needs at least ``max(10, half the draws)`` finite draws, else its bounds are NaN
+    (an interval from a handful of defined resamples would look precise and is not). ``shift``
+    moves the interval: the audit re-centres CIs computed on coarser score bins on the point
+    estimate.
+    """
+    alpha = (1.0 - confidence) / 2.0
+    draws = np.asarray(draws, dtype=np.float64)
+    finite = np.isfinite(draws)
+    enough = finite.sum(axis=0) >= max(10, int(0.5 * draws.shape[0]))
+    if draws.size == 0 or not enough.any():
+        nan = np.full(draws.shape[1:], np.nan)
+        return nan, nan.copy()
+    # all-NaN columns would warn in nanquantile: fill them, then blank their bounds
+    filled = np.where(finite, draws, np.nan)
+    filled = np.where(enough[None, ...], filled, 0.0)
+    low, high = np.nanquantile(filled, [alpha, 1.0 - alpha], axis=0)
+    return np.where(enough, low + shift, np.nan), np.where(enough, high + shift, np.nan)
+
+
+def wilson_interval(
+    successes: np.ndarray, trials: np.ndarray, *, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of binomial proportions, vectorised; ``trials == 0`` gives NaN.
+
+    Examples
+    --------
+    >>> low, high = wilson_interval(np.array([0, 5]), np.array([10, 0]))
+    >>> round(float(low[0]), 4), round(float(high[0]), 4), bool(np.isnan(high[1]))
+    (0.0, 0.2775, True)
+    """
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.asarray(trials, dtype=np.float64)
+    has_trials = trials > 0
+    low, high = proportion_confint(
+        np.where(has_trials, successes, 0.0),
+        np.where(has_trials, trials, 1.0),  # placeholder: no division by zero, blanked below
+        alpha=1.0 - confidence,
+        method="wilson",
+    )
+    return (
+        np.where(has_trials, np.clip(low, 0.0, 1.0), np.nan),
+        np.where(has_trials, np.clip(high, 0.0, 1.0), np.nan),
+    )
+
+
+# --- ranking ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankIndex:
+    """Rows sorted by (group, score) and cut into units of one group and one distinct score.
+
+    Built once per score vector and reused by every resample.
+    """
+
+    order: np.ndarray  # row indices by group, then ascending score (stable)
+    unit_starts: np.ndarray  # start of each unit in ``order``
+    unit_group: np.ndarray  # position of each unit's group among the groups present
+    group_starts: np.ndarray  # first unit of each group
+    unit_of_row: np.ndarray  # unit of each position of ``order``
+    unit_score: np.ndarray  # the score of each unit
+
+
+def rank_index(score: np.ndarray, *, group: np.ndarray | None = None) -> RankIndex:
+    """The :class:`RankIndex` of ``score`` within groups ``0..G-1`` (default: one group).
+
+    Groups must be integer codes; a group without rows has no unit (and no metric).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    group = np.zeros(score.size, dtype=np.int64) if group is None else np.asarray(group)
+    order = np.lexsort((score, group))
+    sorted_score, sorted_group = score[order], group[order]
+    change = np.r_[True, (sorted_score[1:] != sorted_score[:-1]) | (np.diff(sorted_group) != 0)]
+    unit_starts = np.flatnonzero(change)
+    code = sorted_group[unit_starts]
+    new_group = np.r_[True, code[1:] != code[:-1]]
+    return RankIndex(
+        order=order,
+        unit_starts=unit_starts,
+        unit_group=np.cumsum(new_group) - 1,
+        group_starts=np.flatnonzero(new_group),
+        unit_of_row=np.cumsum(change) - 1,
+        unit_score=sorted_score[unit_starts],
+    )
+
+
+def unit_sums(
+    weights: np.ndarray, y: np.ndarray, index: RankIndex
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted events and non-events per unit of ``index``, each ``(sets, units)``."""
+    w = np.asarray(weights, dtype=np.float64)[:, index.order]
+    y_sorted = np.asarray(y, dtype=np.float64)[index.order]
+    return _per_unit(w * y_sorted, index), _per_unit(w * (1.0 - y_sorted), index)
+
+
+def _per_unit(values: np.ndarray, index: RankIndex) -> np.ndarray:
+    return np.add.reduceat(values, index.unit_starts, axis=1)
+
+
+def _within_group_below(per_unit: np.ndarray, index: RankIndex) -> np.ndarray:
+    """Sum over the units of the same group with a strictly lower score."""
+    below = np.cumsum(per_unit, axis=1) - per_unit
+    return below - below[:, index.group_starts][:, index.unit_group]
+
+
+def ranking_metrics(
+    weights: np.ndarray, y: np.ndarray, index: RankIndex
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC (Mann-Whitney, ties count one half) and average precision per group.
+
+    Parameters
+    ----------
+    weights
+        ``(sets, rows)`` weights (ones, cell counts or bootstrap draws).
+    y
+        Outcome 0/1 per row.
+    index
+        :func:`rank_index` of the rows' scores (and groups).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        AUROC and AP, each ``(sets, groups)``; NaN where a group lacks events or non-events.
+        AP is sklearn's: the precision at each event's score (all rows scored at or above it),
+        averaged over events.
+    """
+    w = np.asarray(weights, dtype=np.float64)[:, index.order]
+    y_sorted = np.asarray(y, dtype=np.float64)[index.order]
+    pos, neg = unit_sums(weights, y, index)
+    n_pos = np.add.reduceat(pos, index.group_starts, axis=1)
+    n_neg = np.add.reduceat(neg, index.group_starts, axis=1)
+    below = _within_group_below(neg, index)
+    # events and non-events scored at or above each unit's score: its precision
+    tp = n_pos[:, index.unit_group] - _within_group_below(pos, index)
+    fp = n_neg[:, index.unit_group] - below
+    events = np.flatnonzero(y_sorted == 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        concordant = np.add.reduceat(pos * (below + 0.5 * neg), index.group_starts, axis=1)
+        auroc = concordant / (n_pos * n_neg)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        # summed event by event (not unit by unit): the precision is weighted per person
+        contribution = w[:, events] * precision[:, index.unit_of_row[events]]
+        if index.group_starts.size == 1:
+            precision_sum = contribution.sum(axis=1, keepdims=True)
+        else:
+            event_group = index.unit_group[index.unit_of_row[events]]
+            starts = np.flatnonzero(np.r_[True, event_group[1:] != event_group[:-1]])
+            precision_sum = np.zeros_like(n_pos)
+            precision_sum[:, event_group[starts]] = np.add.reduceat(contribution, starts, axis=1)
+        average_precision = precision_sum / n_pos
+    defined = (n_pos > 0) & (n_neg > 0)
+    return np.where(defined, auroc, np.nan), np.where(n_pos > 0, average_precision, np.nan)
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def logit(score: np.ndarray) -> np.ndarray:
+    """Log-odds of scores clipped to ``[PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR]``."""
+    clipped = np.clip(np.asarray(score, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return _logit(clipped)
+
+
+def logistic_recalibration(
+    events: np.ndarray,
+    total: np.ndarray,
+    lp: np.ndarray,
+    *,
+    unit_group: np.ndarray,
+    group_starts: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+    iterations: int = 25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted logistic fit ``logit P(y) = a + b lp`` per group, by batched Newton steps.
+
+    Parameters
+    ----------
+    events, total
+        ``(sets, units)`` weighted events and people per unit (a unit shares one ``lp``).
+    lp
+        Linear predictor (logit of the score) per unit.
+    unit_group, group_starts
+        Each unit's group (0..G-1) and the first unit of each group (units sorted by group),
+        e.g. from :func:`rank_index`.
+    start
+        ``(a, b)`` starting values ``(sets, groups)``, e.g. the point estimate for resamples
+        (a few steps then reach machine precision); default ``a = 0, b = 1``.
+    iterations
+        At most this many Newton steps (stops once every step is below 1e-10).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Intercept ``a`` and calibration slope ``b``, each ``(sets, groups)``; a singular
+        Hessian (no events, separation) leaves the start value rather than diverging.
+    """
+    n_sets, n_groups = events.shape[0], len(group_starts)
+    intercept = np.zeros((n_sets, n_groups)) if start is None else start[0].copy()
+    slope = np.ones((n_sets, n_groups)) if start is None else start[1].copy()
+    for _ in range(iterations):
+        eta = intercept[:, unit_group] + slope[:, unit_group] * lp
+        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
+        resid = events - total * prob
+        curv = total * prob * (1.0 - prob)
+        g0 = np.add.reduceat(resid, group_starts, axis=1)
+        g1 = np.add.reduceat(resid * lp, group_starts, axis=1)
+        h00 = np.add.reduceat(curv, group_starts, axis=1)
+        h01 = np.add.reduceat(curv * lp, group_starts, axis=1)
+        h11 = np.add.reduceat(curv * lp**2, group_starts, axis=1)
+        det = h00 * h11 - h01**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
+            step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
+        intercept = intercept + step0
+        slope = slope + step1
+        if np.nanmax(np.abs(np.r_[step0.ravel(), step1.ravel(), 0.0])) < 1e-10:
+            break
+    return intercept, slope
+
+
+def calibration_in_the_large(
+    events: np.ndarray,
+    total: np.ndarray,
+    lp: np.ndarray,
+    *,
+    group_starts: np.ndarray,
+    unit_group: np.ndarray,
+    start: np.ndarray | None = None,
+    iterations: int = 50,
+) -> np.ndarray:
+    """Intercept ``a`` of ``logit P(y) = a + lp`` (slope fixed at 1) per group, by Newton steps.
+
+    Arguments as :func:`logistic_recalibration`; returns ``(sets, groups)``, NaN where the fit
+    is undefined (no events or no non-events).
+    """
+    n_sets, n_groups = events.shape[0], len(group_starts)
+    intercept = np.zeros((n_sets, n_groups)) if start is None else start.copy()
+    with np.errstate(all="ignore"):  # degenerate resamples end as NaN, not as a warning
+        for _ in range(iterations):
+            prob = 1.0 / (1.0 + np.exp(-np.clip(intercept[:, unit_group] + lp, -30.0, 30.0)))
+            gradient = np.add.reduceat(events - total * prob, group_starts, axis=1)
+            curvature = np.add.reduceat(total * prob * (1.0 - prob), group_starts, axis=1)
+            step = gradient / curvature
+            intercept = intercept + step
+            if np.nanmax(np.abs(step), initial=0.0) < 1e-10:
+                break
+    return np.where(np.isfinite(intercept), intercept, np.nan)
+
+
+def ece_bin_edges(score: np.ndarray, *, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Equal-frequency bin edges of the scores (outer edges open to 0 and 1)."""
+    edges = np.unique(np.quantile(score, np.linspace(0.0, 1.0, n_bins + 1)))
+    edges[0], edges[-1] = 0.0, np.nextafter(1.0, 2.0)
+    return edges
+
+
+def score_bin(score: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Index of each score's bin between ``edges`` (see :func:`ece_bin_edges`)."""
+    return np.clip(np.searchsorted(edges, score, side="right") - 1, 0, len(edges) - 2)
+
+
+def expected_calibration_error(
+    weights: np.ndarray, y: np.ndarray, score: np.ndarray, *, edges: np.ndarray
+) -> np.ndarray:
+    """ECE per weight set: sum over bins of |observed - expected events| / people.
+
+    Fixed ``edges`` (the point estimate's) keep resamples on the same bins.
+    """
+    bins = score_bin(score, edges)
+    onehot = np.zeros((score.size, len(edges) - 1))
+    onehot[np.arange(score.size), bins] = 1.0
+    gap = np.abs(weights @ (onehot * y[:, None]) - weights @ (onehot * score[:, None]))
+    return gap.sum(axis=1) / weights.sum(axis=1)

@@ -1,0 +1,185 @@
+"""Stage ``need``: a need-based ranking of one target's eligible cohort (one DVC stage per target).
+
+A LightGBM regression of a need label - ``true_need`` when ``data/truth/people.parquet`` exists
+(synthetic data), else the recorded multimorbidity count - on the recorded features, trained on
+the train split and scored on the whole cohort. Writes ``data/scores/need/<target>.parquet``
+(person_id, need_score; row-level, so under ``data/``), which the audit reads for its
+``need_based`` mitigation policy and outreach for its ``need_adjusted`` policy.
+
+Parameters: ``audit.need_model_rounds``, ``audit.need_model_max_rows``, ``audit.num_threads``
+and ``seed``. Seeds (unchanged from when the audit trained this model, so the scores are too):
+``seeds.derive("need_model", target, "lightgbm")`` for LightGBM and
+``seeds.sequence("audit", target, "need")`` for the training sample.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from pipeline import contract, io, seeds
+from pipeline.config import AuditParams, Params
+from pipeline.errors import ContractError, StageError
+
+LIGHTGBM_PARAMS: Final = {
+    "objective": "regression",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "deterministic": True,
+    "force_row_wise": True,  # fixed histogram layout: the same model on every run
+    "verbosity": -1,
+}
+
+
+def need_model_features(manifest: contract.FeatureManifest) -> tuple[list[str], list[str]]:
+    """Model inputs for the need model and the categorical ones; the recorded multimorbidity
+    count itself is left out (it may be the label)."""
+    inputs, categorical = manifest.inputs(exclude=(contract.RECORDED_MULTIMORBIDITY,))
+    return list(inputs), list(categorical)
+
+
+def need_frame(
+    cohort: pl.LazyFrame,
+    features: pl.LazyFrame,
+    *,
+    inputs: list[str],
+    truth: pl.LazyFrame | None,
+) -> pl.DataFrame:
+    """One row per cohort member: person_id, ``inputs``, split, the need labels.
+
+    Parameters
+    ----------
+    cohort
+        person_id and split of the eligible cohort (``data/scores/<target>.parquet``).
+    features
+        ``features/features.parquet``.
+    inputs
+        Feature columns of the model.
+    truth
+        ``data/truth/people.parquet`` (person_id, true_need) or None.
+
+    Returns
+    -------
+    polars.DataFrame
+        Sorted by person_id; ``recorded_need`` (Float64) always, ``true_need`` with truth.
+    """
+    labels = cohort.select("person_id", "split")
+    if truth is not None:
+        true_need = truth.select("person_id", "true_need")
+        labels = labels.join(true_need, on="person_id", how="left", maintain_order="left")
+    labelled = features.select(
+        "person_id",
+        *inputs,
+        pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
+    )
+    return labelled.join(labels, on="person_id", how="inner").sort("person_id").collect()
+
+
+def training_rows(frame: pl.DataFrame, *, max_rows: int, seed: int) -> pl.DataFrame:
+    """The train split (or everyone when it is empty), a seeded sample above ``max_rows``."""
+    training = frame.filter(pl.col("split") == "train")
+    if training.height == 0:
+        training = frame
+    if training.height > max_rows:
+        training = training.sample(max_rows, seed=seed)
+    return training
+
+
+def train_need_model(
+    training: pl.DataFrame,
+    *,
+    label: str,
+    features: list[str],
+    categorical: list[str],
+    rounds: int,
+    seed: int,
+    num_threads: int,
+) -> lgb.Booster:
+    """LightGBM regression of the need label on recorded features (deterministic)."""
+    if training.height == 0:
+        raise StageError("need: no training rows for the need model")
+    data = lgb.Dataset(
+        training.select(features).to_numpy().astype(np.float64),
+        label=training[label].cast(pl.Float64).fill_null(0.0).to_numpy(),
+        feature_name=features,
+        categorical_feature=categorical or "auto",
+        free_raw_data=True,
+    )
+    params = {**LIGHTGBM_PARAMS, "seed": seed, "num_threads": num_threads}
+    return lgb.train(params, data, num_boost_round=rounds)
+
+
+def need_scores(
+    frame: pl.DataFrame,
+    *,
+    features: list[str],
+    categorical: list[str],
+    audit: AuditParams,
+    root_seed: int,
+    target: str,
+) -> pl.DataFrame:
+    """Train the need model on ``frame`` (:func:`need_frame`) and score every row.
+
+    Returns
+    -------
+    polars.DataFrame
+        person_id, need_score (higher = more need), in the order of ``frame``.
+    """
+    label = "true_need" if "true_need" in frame.columns else "recorded_need"
+    sample_seed = seeds.sequence("audit", target, "need", root=root_seed).generate_state(1)[0]
+    training = training_rows(frame, max_rows=audit.need_model_max_rows, seed=int(sample_seed))
+    booster = train_need_model(
+        training,
+        label=label,
+        features=features,
+        categorical=categorical,
+        rounds=audit.need_model_rounds,
+        seed=seeds.derive("need_model", target, "lightgbm", root=root_seed),
+        num_threads=audit.num_threads,
+    )
+    scores = booster.predict(frame.select(features).to_numpy().astype(np.float64))
+    return pl.DataFrame({"person_id": frame["person_id"], "need_score": scores})
+
+
+def _existing(path, what: str):
+    if not path.exists():
+        raise StageError(f"need: {what} not found at {path} (run the upstream stage first)")
+    return path
+
+
+def run(params: Params, paths: io.Paths, *, target: str) -> None:
+    """Train the need model of one target and write ``data/scores/need/<target>.parquet``."""
+    if target not in params.targets:
+        raise StageError(f"need: unknown target {target!r}")
+    scores_path = _existing(paths.scores / f"{target}.parquet", "scores")
+    features_path = _existing(paths.features / "features.parquet", "features")
+    manifest = contract.read_manifest(_existing(paths.features / "manifest.json", "manifest"))
+    features, categorical = need_model_features(manifest)
+    people_path = paths.truth / "people.parquet"
+    truth = pl.scan_parquet(people_path) if people_path.exists() else None
+    frame = need_frame(
+        pl.scan_parquet(scores_path),
+        pl.scan_parquet(features_path),
+        inputs=features,
+        truth=truth,
+    )
+    if frame.height == 0:
+        raise ContractError(f"{features_path}: no feature rows for the people in {scores_path}")
+    scores = need_scores(
+        frame,
+        features=features,
+        categorical=categorical,
+        audit=params.audit,
+        root_seed=params.seed,
+        target=target,
+    )
+    io.write_parquet(
+        scores, paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", sort_by="person_id"
+    )

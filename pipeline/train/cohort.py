@@ -1,0 +1,176 @@
+"""The eligible cohort of a target, its model matrix and its splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline import contract
+from pipeline.errors import ContractError, StageError
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The model's inputs, in order, and which of them are integer categoricals."""
+
+    names: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+
+def feature_spec(manifest: contract.FeatureManifest) -> FeatureSpec:
+    """Model inputs in manifest order and their categorical subset."""
+    names, categorical = manifest.inputs()
+    return FeatureSpec(names, categorical)
+
+
+def cohort_frame(
+    features: pl.LazyFrame,
+    outcomes: pl.LazyFrame,
+    *,
+    target: str,
+    columns: Sequence[str],
+) -> pl.LazyFrame:
+    """The eligible cohort of ``target``: its outcome rows joined to their feature rows.
+
+    Parameters
+    ----------
+    features
+        ``features/features.parquet`` (person_id, split, sensitive attributes, features).
+    outcomes
+        ``outcomes`` (person_id, target, value): one row per eligible person per target.
+    target
+        The target name.
+    columns
+        Feature-table columns to keep besides person_id and split.
+
+    Returns
+    -------
+    pl.LazyFrame
+        person_id, split, outcome (Int8), ``columns``, sorted by person_id; a left join, so a
+        cohort member without features shows as a null split (see :func:`check_cohort`).
+    """
+    cohort = outcomes.filter(pl.col("target") == target).select(
+        "person_id", pl.col("value").cast(pl.Int8).alias("outcome")
+    )
+    keep = features.select("person_id", "split", *columns)
+    return cohort.join(keep, on="person_id", how="left").sort("person_id")
+
+
+def check_cohort(cohort: pl.DataFrame, *, target: str, source: str) -> None:
+    """Raise ContractError when the cohort cannot be trained on, naming the rule and row count."""
+    if cohort.height == 0:
+        raise ContractError(f"{source}: no outcome rows for target {target!r}")
+    missing = cohort.filter(pl.col("split").is_null()).height
+    if missing:
+        raise ContractError(
+            f"features/features.parquet: {missing} people of the {target!r} cohort have no "
+            "feature row"
+        )
+    bad_outcome = cohort.filter(
+        ~pl.col("outcome").is_in([0, 1]) | pl.col("outcome").is_null()
+    ).height
+    if bad_outcome:
+        raise ContractError(
+            f"{source}: column value must be 0/1 ({bad_outcome} rows of {target!r})"
+        )
+    duplicated = cohort.height - cohort.get_column("person_id").n_unique()
+    if duplicated:
+        raise ContractError(f"{source}: {duplicated} duplicated person_id rows for {target!r}")
+    for split in ("train", "validation"):
+        events = cohort.filter(pl.col("split") == split).get_column("outcome")
+        if events.len() == 0 or events.sum() == 0 or events.sum() == events.len():
+            raise StageError(
+                f"{target}: the {split} split needs both outcomes (rows={events.len()}, "
+                f"events={events.sum()})"
+            )
+
+
+def feature_matrix(frame: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """The model's input matrix (float32, nulls as NaN) in ``spec`` order.
+
+    Raises
+    ------
+    ContractError
+        When a model input is not numeric or boolean, or a categorical is not integer.
+    """
+    for name in spec.names:
+        dtype = frame.schema[name]
+        if name in spec.categorical and not dtype.is_integer():
+            raise ContractError(
+                f"features/features.parquet: categorical model input {name!r} must be an "
+                f"integer code, found {dtype}"
+            )
+        if not (dtype.is_numeric() or dtype == pl.Boolean):
+            raise ContractError(
+                f"features/features.parquet: model input {name!r} must be numeric, found {dtype}"
+            )
+    return frame.select(pl.col(name).cast(pl.Float32) for name in spec.names).to_numpy()
+
+
+def sample_rows(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted row indices: all rows, or a seeded sample of ``max_rows`` without replacement."""
+    if n_rows <= max_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices of the cohort per split (``train`` possibly a seeded sample)."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    external: np.ndarray
+
+
+def split_rows(split: np.ndarray, *, max_train_rows: int, sample_seed: int, target: str) -> Splits:
+    """The cohort's rows per split; the train split sampled down to ``max_train_rows``.
+
+    Raises
+    ------
+    StageError
+        When the test split is empty.
+    """
+    train = np.flatnonzero(split == "train")
+    train = train[sample_rows(train.size, max_rows=max_train_rows, seed=sample_seed)]
+    test = np.flatnonzero(split == "test")
+    if test.size == 0:
+        raise StageError(f"{target}: the test split is empty")
+    return Splits(
+        train=train,
+        validation=np.flatnonzero(split == "validation"),
+        test=test,
+        external=np.flatnonzero(split == "external"),
+    )
+
+
+def oracle_risk(person_ids: pl.Series, oracle: pl.LazyFrame, *, target: str) -> np.ndarray:
+    """The true risk (synthetic data) of each of ``person_ids``, in their order.
+
+    Raises
+    ------
+    ContractError
+        When a person has no oracle risk.
+    """
+    risk = (
+        person_ids.to_frame("person_id")
+        .join(
+            oracle.filter(pl.col("target") == target).select("person_id", "oracle_risk").collect(),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
+        .get_column("oracle_risk")
+        .to_numpy()
+    )
+    if np.isnan(risk).any():
+        raise ContractError(
+            f"data/truth/oracle.parquet: {int(np.isnan(risk).sum())} test-split people of "
+            f"{target!r} have no oracle_risk"
+        )
+    return risk

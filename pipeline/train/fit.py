@@ -1,0 +1,101 @@
+"""The LightGBM risk model: parameters, class weighting, early-stopped fit, batched prediction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import lightgbm as lgb
+import numpy as np
+from rich.progress import Progress
+
+from pipeline.train.cohort import FeatureSpec
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainParams
+
+SCORE_BATCH_ROWS: Final = 500_000
+
+
+def lightgbm_params(
+    train: TrainParams, *, seed: int, scale_pos_weight: float = 1.0
+) -> dict[str, Any]:
+    """LightGBM booster parameters from ``params.train`` (deterministic, seeded)."""
+    return {
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": train.learning_rate,
+        "num_leaves": train.num_leaves,
+        "max_depth": train.max_depth,
+        "min_data_in_leaf": train.min_child_samples,
+        "feature_fraction": train.feature_fraction,
+        "bagging_fraction": train.bagging_fraction,
+        # bagging is only active with a positive frequency
+        "bagging_freq": 1 if train.bagging_fraction < 1.0 else 0,
+        "lambda_l2": train.lambda_l2,
+        "scale_pos_weight": scale_pos_weight,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,  # fixed histogram layout: same model text on every run
+        "num_threads": train.num_threads,
+        "verbosity": -1,
+    }
+
+
+def class_weight(y: np.ndarray, *, mode: Literal["none", "balanced"]) -> float:
+    """``scale_pos_weight``: 1 (calibrated probabilities) or negatives/positives (balanced)."""
+    if mode == "none":
+        return 1.0
+    positives = float(y.sum())
+    return (y.size - positives) / positives
+
+
+def fit_booster(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    *,
+    spec: FeatureSpec,
+    params: Mapping[str, Any],
+    n_estimators: int,
+    early_stopping_rounds: int,
+) -> lgb.Booster:
+    """Train with early stopping on the validation split; return a booster of the best trees only.
+
+    The returned booster is rebuilt from its own text, so it is exactly what ``model.txt`` holds.
+    """
+    train_set = lgb.Dataset(
+        x_train,
+        label=y_train,
+        feature_name=list(spec.names),
+        categorical_feature=list(spec.categorical),
+        free_raw_data=True,
+    )
+    valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set)
+    booster = lgb.train(
+        dict(params),
+        train_set,
+        num_boost_round=n_estimators,
+        valid_sets=[valid_set],
+        valid_names=["validation"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def predict_raw(
+    booster: lgb.Booster, x: np.ndarray, *, batch_rows: int = SCORE_BATCH_ROWS
+) -> np.ndarray:
+    """Uncalibrated probabilities, predicted in batches (memory stays flat with cohort size)."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    starts = range(0, x.shape[0], batch_rows)
+    with Progress(disable=not os.isatty(2), transient=True) as progress:
+        task = progress.add_task("scoring", total=len(starts))
+        for start in starts:
+            stop = min(start + batch_rows, x.shape[0])
+            out[start:stop] = booster.predict(x[start:stop])
+            progress.advance(task)
+    return out

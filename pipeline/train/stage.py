@@ -1,0 +1,324 @@
+"""The train stage for one target: the pure steps in order, and ``run`` (IO only)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from pipeline import contract, disclosure, io, seeds, selection
+from pipeline.errors import ContractError, StageError
+from pipeline.train import calibration as calibration_mod
+from pipeline.train import card, evaluation, fit, importance, plots, registry, scoring
+from pipeline.train.cohort import (
+    FeatureSpec,
+    Splits,
+    check_cohort,
+    cohort_frame,
+    feature_matrix,
+    feature_spec,
+    oracle_risk,
+    sample_rows,
+    split_rows,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import OperatingPointParams, Params, TargetParams, TrainParams
+
+SHAP_ROWS: Final = 20_000
+"""Test-split people (a seeded sample) whose SHAP values give the mean |SHAP| importance."""
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """The parameters one target's training uses (sections of ``Params``, not all of it)."""
+
+    train: TrainParams
+    operating_point: OperatingPointParams
+    target_params: TargetParams
+    index_date: dt.date
+    seed: int
+    unit: list[str]  # the capacity unit column (icb_code / practice_id), if any
+
+    @classmethod
+    def of(cls, params: Params, target: str) -> TargetRun:
+        """The sections of ``params`` for ``target``."""
+        unit = selection.unit_column(params.operating_point.capacity_mode)
+        return cls(
+            train=params.train,
+            operating_point=params.operating_point,
+            target_params=params.targets[target],
+            index_date=params.index_date,
+            seed=params.seed,
+            unit=[] if unit is None else [unit],
+        )
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fitted model, its calibration and the calibrated risk of every cohort member."""
+
+    booster: lgb.Booster
+    calibration: dict[str, Any]
+    risk: np.ndarray
+
+
+def fit_model(
+    x: np.ndarray,
+    y: np.ndarray,
+    rows: Splits,
+    *,
+    spec: FeatureSpec,
+    train: TrainParams,
+    target: str,
+    root_seed: int,
+) -> Fitted:
+    """Fit LightGBM on the train rows (early stopping on validation), then the calibration."""
+    booster = fit.fit_booster(
+        x[rows.train],
+        y[rows.train],
+        x[rows.validation],
+        y[rows.validation],
+        spec=spec,
+        params=fit.lightgbm_params(
+            train,
+            seed=seeds.derive("train", target, "lightgbm", root=root_seed),
+            scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
+        ),
+        n_estimators=train.n_estimators,
+        early_stopping_rounds=train.early_stopping_rounds,
+    )
+    raw = fit.predict_raw(booster, x)
+    calibration = calibration_mod.fit_calibration(
+        raw[rows.validation],
+        y[rows.validation],
+        mode=train.calibration,
+        seed=seeds.derive("train", target, "calibration_folds", root=root_seed),
+    )
+    return Fitted(booster, calibration, calibration_mod.apply_calibration(calibration, raw))
+
+
+def model_metrics(
+    y: np.ndarray,
+    fitted: Fitted,
+    selected: np.ndarray,
+    rows: Splits,
+    *,
+    oracle: np.ndarray | None,
+    train: TrainParams,
+    operating_point: OperatingPointParams,
+    target: str,
+    root_seed: int,
+    n_cohort: int,
+) -> dict[str, Any]:
+    """``metrics.json``: test-split metrics with CIs (and the held-out ICB's, if any)."""
+    test = rows.test
+    metrics = evaluation.split_metrics(
+        y[test],
+        fitted.risk[test],
+        selected[test],
+        oracle=oracle,
+        n_bootstrap=train.n_bootstrap,
+        seed=seeds.derive("train", target, "bootstrap", root=root_seed),
+        target=target,
+        extra={
+            "best_iteration": fitted.booster.current_iteration(),
+            "calibration_method": fitted.calibration["method"],
+            "class_weighting": train.class_weighting,
+            "capacity_mode": operating_point.capacity_mode,
+            "capacity": operating_point.capacity,
+            "n_cohort": disclosure.round_count(n_cohort),
+            "n_train_rows": disclosure.round_count(int(rows.train.size)),
+        },
+    )
+    if rows.external.size:
+        metrics |= evaluation.external_metrics(
+            y[rows.external],
+            fitted.risk[rows.external],
+            selected[rows.external],
+            n_bootstrap=train.n_bootstrap,
+            seed=seeds.derive("train", target, "external_bootstrap", root=root_seed),
+        )
+    return metrics
+
+
+def training_example(x_train: np.ndarray) -> np.ndarray:
+    """A synthetic input row (training medians, 0 for an all-missing column) for MLflow."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no median
+        example = np.nanmedian(x_train, axis=0)
+    return np.where(np.isnan(example), 0.0, example)
+
+
+def read_cohort(
+    paths: io.Paths, *, target: str, extra_columns: list[str]
+) -> tuple[pl.DataFrame, FeatureSpec]:
+    """The checked cohort of ``target`` (features + outcome + ``extra_columns``) and its spec."""
+    features_file = paths.features / "features.parquet"
+    manifest_file = paths.features / "manifest.json"
+    for needed in (features_file, manifest_file):
+        if not needed.exists():
+            raise StageError(f"{needed}: missing - run the features stage first")
+    spec = feature_spec(contract.read_manifest(manifest_file))
+    try:
+        outcomes = io.scan_table(paths.population, "outcomes")
+    except FileNotFoundError as error:
+        raise StageError(str(error)) from None
+    features = pl.scan_parquet(features_file)
+    present = features.collect_schema()
+    needed_columns = ("person_id", "split", *spec.names, *extra_columns)
+    missing = [c for c in needed_columns if c not in present]
+    if missing:
+        raise ContractError(f"{features_file}: missing columns {missing}")
+    columns = [*spec.names, *extra_columns]
+    cohort = cohort_frame(features, outcomes, target=target, columns=columns).collect()
+    check_cohort(cohort, target=target, source=str(paths.population / "outcomes"))
+    return cohort, spec
+
+
+def input_files(paths: io.Paths) -> list[Path]:
+    """The files the stage reads (tagged with their sha256 in MLflow)."""
+    files = [paths.features / "features.parquet", paths.features / "manifest.json"]
+    files += sorted(paths.population.glob("outcomes*.parquet"))
+    return files + [file for file in (paths.truth / "oracle.parquet",) if file.exists()]
+
+
+def score_cohort(
+    cohort: pl.DataFrame,
+    risk: np.ndarray,
+    *,
+    unit: list[str],
+    operating_point: OperatingPointParams,
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """The scores table of the whole cohort and who the operating point selects (ranked on the
+    whole cohort, per ``unit`` in the per-ICB / per-practice modes)."""
+    scores = scoring.rank_scores(
+        cohort.select("person_id", "split", "outcome").with_columns(risk_score=risk)
+    )
+    selected = scoring.selected_at_capacity(
+        scores.hstack(cohort.select(unit)),
+        capacity_mode=operating_point.capacity_mode,
+        capacity=operating_point.capacity,
+    )
+    return scores, selected.to_numpy()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Everything the stage writes for one target."""
+
+    fitted: Fitted
+    scores: pl.DataFrame
+    metrics: dict[str, Any]
+    importance: dict[str, Any]
+    card: str
+    curves: dict[str, pl.DataFrame]
+    example: np.ndarray
+
+
+def train_target(
+    cohort: pl.DataFrame,
+    spec: FeatureSpec,
+    *,
+    target: str,
+    params: TargetRun,
+    oracle: pl.LazyFrame | None,
+) -> Trained:
+    """Fit, calibrate, score, evaluate and explain the model of one target (no files written)."""
+    train, point, seed = params.train, params.operating_point, params.seed
+    x, y = feature_matrix(cohort, spec), cohort["outcome"].to_numpy().astype(np.float64)
+    rows = split_rows(
+        cohort["split"].to_numpy(),
+        max_train_rows=train.max_train_rows,
+        sample_seed=seeds.derive("train", target, "train_sample", root=seed),
+        target=target,
+    )
+    fitted = fit_model(x, y, rows, spec=spec, train=train, target=target, root_seed=seed)
+    scores, selected = score_cohort(cohort, fitted.risk, unit=params.unit, operating_point=point)
+    test_oracle = None
+    if oracle is not None:
+        test_oracle = oracle_risk(cohort["person_id"][rows.test], oracle, target=target)
+    metrics = model_metrics(
+        y,
+        fitted,
+        selected,
+        rows,
+        oracle=test_oracle,
+        train=train,
+        operating_point=point,
+        target=target,
+        root_seed=seed,
+        n_cohort=cohort.height,
+    )
+    shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
+    shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
+    ranked = importance.feature_importance(fitted.booster, x[shap_rows], spec)
+    model_card = card.model_card(
+        target=target,
+        target_params=params.target_params,
+        train=train,
+        operating_point=point,
+        index_date=params.index_date,
+        metrics=metrics,
+        calibration_method=fitted.calibration["method"],
+        importance=ranked,
+        n_cohort=cohort.height,
+        n_train_rows=int(rows.train.size),
+    )
+    importance_doc = {
+        "target": target,
+        "n_shap_rows": disclosure.round_count(int(shap_rows.size)),
+        "features": ranked,
+    }
+    curves = plots.curve_frames(y[rows.test], fitted.risk[rows.test])
+    example = training_example(x[rows.train])
+    return Trained(fitted, scores, metrics, importance_doc, model_card, curves, example)
+
+
+def write_outputs(trained: Trained, paths: io.Paths, *, target: str) -> Path:
+    """Write every output of one target (each file atomically); returns the model folder."""
+    model_dir = paths.models / target
+    io.write_text(trained.fitted.booster.model_to_string(), model_dir / "model.txt")
+    io.write_json(trained.fitted.calibration, model_dir / "calibration.json")
+    io.write_json(trained.metrics, model_dir / "metrics.json")
+    io.write_json(trained.importance, model_dir / "feature_importance.json")
+    io.write_text(trained.card, model_dir / "model_card.md")
+    for name, frame in trained.curves.items():
+        io.write_text(frame.write_csv(float_precision=6), model_dir / "plots" / f"{name}.csv")
+    io.write_parquet(trained.scores, paths.scores / f"{target}.parquet", sort_by="person_id")
+    return model_dir
+
+
+def run(params: Params, paths: io.Paths, *, target: str) -> None:
+    """Train, calibrate, evaluate, score and register the model for one target."""
+    if target not in params.targets:
+        raise StageError(f"unknown target {target!r}")
+    run_params = TargetRun.of(params, target)
+    cohort, spec = read_cohort(paths, target=target, extra_columns=run_params.unit)
+    oracle_file = paths.truth / "oracle.parquet"
+    oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
+    trained = train_target(cohort, spec, target=target, params=run_params, oracle=oracle)
+    model_dir = write_outputs(trained, paths, target=target)
+    registry.log_to_mlflow(
+        root=paths.root,
+        target=target,
+        params=registry.flat_params(
+            train=run_params.train,
+            target_params=run_params.target_params,
+            seed=run_params.seed,
+            index_date=run_params.index_date,
+            operating_point=run_params.operating_point,
+        ),
+        spec=spec,
+        booster=trained.fitted.booster,
+        example=trained.example,
+        metrics=trained.metrics,
+        model_dir=model_dir,
+        inputs=input_files(paths),
+    )

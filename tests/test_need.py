@@ -1,0 +1,91 @@
+"""The need stage: a need-based ranking of the cohort, written for the audit and outreach."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import contract, io, need
+from pipeline.audit import run as run_audit
+from pipeline.config import Params, parse_params
+from pipeline.errors import StageError
+from tests import simworld as simulate
+from tests.manifests import write_manifest
+
+TARGET = "sim_target"
+
+
+def _params() -> Params:
+    return parse_params(
+        {
+            "targets": {TARGET: {"outcome": "emergency_admission", "follow_up_months": 12}},
+            "audit": {"n_bootstrap": 20, "n_monte_carlo": 100, "need_model_rounds": 20},
+        }
+    )
+
+
+def _write_world(root: Path, *, truth: bool) -> pl.DataFrame:
+    world = simulate.simulate_world(3_000, seed=5)
+    io.write_parquet(
+        world["scores"], root / "data/scores" / f"{TARGET}.parquet", sort_by="person_id"
+    )
+    io.write_parquet(world["features"], root / "features/features.parquet", sort_by="person_id")
+    inputs = ["age", "imd_decile", "recorded_measure", contract.RECORDED_MULTIMORBIDITY]
+    write_manifest(world["features"], root / "features/manifest.json", inputs=inputs)
+    if truth:
+        io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
+    return world["truth"]
+
+
+def _need_file(root: Path) -> Path:
+    return root / "data/scores" / contract.NEED_SCORES_DIR / f"{TARGET}.parquet"
+
+
+def test_scores_every_cohort_member_deterministically_and_tracks_true_need(
+    tmp_path: Path,
+) -> None:
+    truth = _write_world(tmp_path, truth=True)
+    need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
+    first = _need_file(tmp_path).read_bytes()
+    need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
+    assert _need_file(tmp_path).read_bytes() == first
+    scores = pl.read_parquet(_need_file(tmp_path))
+    cohort = pl.read_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet")
+    assert scores.columns == ["person_id", "need_score"]
+    assert scores["person_id"].to_list() == sorted(cohort["person_id"].to_list())
+    joined = scores.join(truth, on="person_id")
+    assert np.corrcoef(joined["need_score"], joined["true_need"])[0, 1] > 0.3
+
+
+def test_without_truth_the_label_is_the_recorded_need(tmp_path: Path) -> None:
+    _write_world(tmp_path, truth=False)
+    frame = need.need_frame(
+        pl.scan_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet"),
+        pl.scan_parquet(tmp_path / "features/features.parquet"),
+        inputs=["age"],
+        truth=None,
+    )
+    assert "true_need" not in frame.columns and frame["recorded_need"].dtype == pl.Float64
+    need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
+    assert pl.read_parquet(_need_file(tmp_path))["need_score"].null_count() == 0
+
+
+def test_training_rows_prefer_the_train_split_and_sample_with_the_seed() -> None:
+    frame = pl.DataFrame(
+        {"person_id": [f"P{i:04d}" for i in range(3_000)], "split": ["train", "test"] * 1_500}
+    )
+    sample = need.training_rows(frame, max_rows=1_000, seed=3)
+    assert sample.height == 1_000 and set(sample["split"]) == {"train"}
+    assert sample.equals(need.training_rows(frame, max_rows=1_000, seed=3))
+    only_test = frame.filter(pl.col("split") == "test")
+    assert need.training_rows(only_test, max_rows=5_000, seed=3).height == only_test.height
+
+
+def test_the_audit_reads_the_need_scores_and_refuses_to_run_without_them(tmp_path: Path) -> None:
+    _write_world(tmp_path, truth=True)
+    with pytest.raises(StageError, match="need"):
+        run_audit(_params(), io.Paths.at(tmp_path), target=TARGET)
+    assert not (tmp_path / "reports").exists()
