@@ -146,7 +146,6 @@ def world() -> dict[str, Any]:
     return {"population": population, "booster": booster, "scores": _scores(population, booster)}
 
 
-
 def _params(tmp_path: Path, **outreach: Any) -> Params:
     raw = {
         "targets": {
@@ -551,7 +550,11 @@ def test_a_wider_list_reuses_the_explanations(tmp_path: Path, world, monkeypatch
     run(_params(tmp_path, capacity=0.1), paths)
     wide = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
     words = ["pseudonym", "reason_1", "reason_2", "reason_3", "suggested_action"]
-    assert narrow.select(words).join(wide.select(words), on=words, how="anti", nulls_equal=True).is_empty()
+    assert (
+        narrow.select(words)
+        .join(wide.select(words), on=words, how="anti", nulls_equal=True)
+        .is_empty()
+    )
 
 
 def test_stage_needs_explanations_and_a_valid_manifest(tmp_path: Path, world, monkeypatch):
