@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.outreach import (
     equal_opportunity_thresholds,
     feature_glossary,
     policy_priority,
+    reasons,
     run,
     select_outreach,
 )
@@ -616,3 +618,7 @@ def test_equal_opportunity_stage_reports_its_thresholds(tmp_path, world, monkeyp
     summary = json.loads((paths.reports / "outreach_summary.json").read_text())
     detail = summary["targets"][TARGET]["policy_detail"]
     assert sorted(detail["imd_quintile_thresholds"]) == ["1", "2", "3", "4", "5"]
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(reasons).failed == 0

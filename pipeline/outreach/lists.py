@@ -93,9 +93,11 @@ def select_outreach(
 
 def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
     """The cohort with a boolean ``selected`` (for the summary)."""
-    return cohort.join(
-        selected.select("person_id", pl.lit(True).alias("selected")), on="person_id", how="left"
-    ).with_columns(pl.col("selected").fill_null(False))
+    flags = selected.select("person_id", pl.lit(True).alias("selected"))
+    # Cohort order kept: the summary's float sums then add up in the same order on every run.
+    return cohort.join(flags, on="person_id", how="left", maintain_order="left").with_columns(
+        pl.col("selected").fill_null(False)
+    )
 
 
 def list_rows(explained: pl.DataFrame) -> pl.DataFrame:

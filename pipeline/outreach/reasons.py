@@ -25,6 +25,7 @@ __all__ = [
     "attach_reasons",
     "default_action",
     "feature_glossary",
+    "feature_values",
     "reason_text",
     "word_reasons",
 ]

@@ -22,7 +22,13 @@ from pipeline.io import write_json
 from pipeline.outreach.lists import OUTREACH_COLUMNS
 from pipeline.selection import CapacityMode
 
-__all__ = ["MAKE_UP_DIMENSIONS", "SUMMARY_FILE", "summarise_target", "write_summary"]
+__all__ = [
+    "MAKE_UP_DIMENSIONS",
+    "SUMMARY_FILE",
+    "summarise_target",
+    "with_need_list",
+    "write_summary",
+]
 
 MAKE_UP_DIMENSIONS: Final = ("imd_quintile", "ethnicity_group", "region")
 SUMMARY_FILE: Final = "outreach_summary.json"
@@ -53,9 +59,14 @@ def with_need_list(
     """Add ``true_need`` and ``need_list``: the same-size list of the people in most true need
     per capacity unit (ties by person_id), to compare the policy's lists with."""
     return (
-        cohort.join(truth_need.select("person_id", "true_need"), on="person_id", how="left")
+        cohort.join(
+            truth_need.select("person_id", "true_need"),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
         .with_columns(selection.unit_expr(capacity_mode))
-        .join(capacity.select("unit", "list_size"), on="unit", how="left")
+        .join(capacity.select("unit", "list_size"), on="unit", how="left", maintain_order="left")
         .with_columns(
             (
                 pl.struct(pl.col("true_need").fill_null(-math.inf), pl.col("person_id"))
