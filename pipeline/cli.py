@@ -99,6 +99,16 @@ def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
 
 
 @app.command()
+def explain(target: TargetOption, root: RootOption = Path(".")) -> None:
+    """Compute each eligible person's largest feature contributions (for outreach reasons)."""
+    params = _params(root)
+    checked_target = _checked_target(params, target)
+    from pipeline.explain import run
+
+    run(Paths.at(root), target=checked_target)
+
+
+@app.command()
 def outreach(root: RootOption = Path(".")) -> None:
     """Export capacity-limited, pseudonymised outreach lists per ICB, with reasons."""
     params = _params(root)

@@ -31,7 +31,8 @@ def write_manifest(
         params.features, index_date=params.index_date, seed=params.seed
     ).document()
     known = {entry["name"]: entry for entry in document["features"]}
-    keys = {"person_id", "split", *contract.SENSITIVE_SCHEMA}
+    # sensitive columns are not features, except those that are both (age, imd_decile)
+    keys = {"person_id", "split", *contract.SENSITIVE_SCHEMA} - set(known)
     entries = []
     for name in frame.columns:
         if name in keys:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
+import doctest
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +13,23 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract, selection
+from pipeline import contract, explain, selection
+from pipeline import features as feature_stage
 from pipeline.config import OutreachParams, Params, parse_params
-from pipeline.errors import ParamsError, StageError
-from pipeline.io import Paths, write_json, write_parquet
+from pipeline.errors import ContractError, ParamsError, StageError
+from pipeline.io import Paths, write_parquet
 from pipeline.outreach import (
     OUTREACH_COLUMNS,
-    attach_reasons,
     equal_opportunity_thresholds,
-    explain_selected,
     feature_glossary,
-    hmac_sha256_hex,
     policy_priority,
-    read_secret,
+    reasons,
     run,
     select_outreach,
 )
+from pipeline.outreach.reasons import attach_reasons, feature_values, word_reasons
+from pipeline.pseudonyms import pseudonymise
+from tests.manifests import write_manifest
 
 KEY = b"test-secret-not-for-real-use"
 ICBS = {"QHM": "North East and Yorkshire", "QMJ": "London", "QT6": "South West"}
@@ -43,18 +45,6 @@ FEATURES = [
     "practice_prevalence_diabetes",
     "ethnicity_code",
 ]
-DESCRIPTIONS = {
-    "age": "age in years at the index date",
-    "imd_decile": "IMD 2019 decile of the home area (1 = most deprived)",
-    "n_emergency_admission_12m": "emergency admissions in the last 12 months",
-    "has_diabetes": "diabetes recorded",
-    "latest_hba1c": "latest HbA1c (mmol/mol)",
-    "hba1c_missing": "no HbA1c recorded",
-    "has_copd": "COPD recorded",
-    "latest_sbp": "latest systolic blood pressure (mmHg)",
-    "practice_prevalence_diabetes": "share of the GP practice's patients with diabetes recorded",
-    "ethnicity_code": "broad ethnic group (coded)",
-}
 TARGET = "emergency_admission_12m"
 
 
@@ -169,27 +159,31 @@ def _params(tmp_path: Path, **outreach: Any) -> Params:
     return parse_params(raw)
 
 
+def _real_entries() -> dict[str, contract.FeatureEntry]:
+    """The default params' manifest entries (the wording the real lists use)."""
+    params = _params(Path("."))
+    manifest = feature_stage.build_manifest(
+        params.features, index_date=params.index_date, seed=params.seed
+    )
+    return manifest.entries
+
+
 def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Paths:
+    """Features, manifest, scores, model (and truth) of the world, and its explanations."""
     paths = Paths.at(tmp_path)
     population: pl.DataFrame = world["population"]
-    write_parquet(
-        population.select(
-            "person_id",
-            "split",
-            "practice_id",
-            "icb_code",
-            "imd_quintile",
-            "ethnicity_group",
-            "region",
-            *[name for name in FEATURES if name not in {"imd_quintile"}],
-        ),
-        paths.features / "features.parquet",
-        sort_by="person_id",
+    table = population.select(
+        "person_id",
+        "split",
+        "practice_id",
+        "icb_code",
+        "imd_quintile",
+        "ethnicity_group",
+        "region",
+        *FEATURES,
     )
-    write_json(
-        {"features": [{"name": n, "description": d} for n, d in DESCRIPTIONS.items()]},
-        paths.features / "manifest.json",
-    )
+    write_parquet(table, paths.features / "features.parquet", sort_by="person_id")
+    write_manifest(table, paths.features / "manifest.json", inputs=FEATURES)
     write_parquet(world["scores"], paths.scores / f"{TARGET}.parquet", sort_by="person_id")
     (paths.models / TARGET).mkdir(parents=True)
     world["booster"].save_model(str(paths.models / TARGET / "model.txt"))
@@ -201,6 +195,7 @@ def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Pa
             .alias("true_need"),
         )
         write_parquet(need, paths.truth / "people.parquet", sort_by="person_id")
+    explain.run(paths, target=TARGET)
     return paths
 
 
@@ -215,30 +210,6 @@ def _cohort(world: dict[str, Any]) -> pl.LazyFrame:
         )
         .lazy()
     )
-
-
-# --- Pseudonyms and the secret ---
-
-
-def test_vectorised_hmac_matches_the_standard_library() -> None:
-    ids = ["P00001", "", "x" * 55, "y" * 56, "é" * 40, "z" * 300, "P00001"]
-    for key in (KEY, b"k" * 100):
-        got = hmac_sha256_hex(pl.Series("person_id", ids), key).to_list()
-        want = [hmac.new(key, value.encode(), "sha256").hexdigest() for value in ids]
-        assert got == want
-    other = hmac_sha256_hex(pl.Series(ids[:1]), b"another key").item()
-    assert other != hmac.new(KEY, b"P00001", "sha256").hexdigest()
-
-
-def test_secret_from_env_then_file_else_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / ".config" / "phm").mkdir(parents=True)
-    (tmp_path / ".config" / "phm" / "pseudonym.key").write_text("from-file\n")
-    options = {"secret_env": "PHM_TEST_KEY", "secret_file": "~/.config/phm/pseudonym.key"}
-    assert read_secret(**options, environ={"PHM_TEST_KEY": " from-env "}) == b"from-env"
-    assert read_secret(**options, environ={}) == b"from-file"
-    with pytest.raises(StageError, match=r"PHM_TEST_KEY.*make run"):
-        read_secret(secret_env="PHM_TEST_KEY", secret_file=str(tmp_path / "nope"), environ={})
 
 
 # --- Capacity and params ---
@@ -325,7 +296,7 @@ def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
         cohort, capacity_mode="share", capacity=0.25, key="outreach.capacity"
     )
     chosen = select_outreach(cohort, capacity, capacity_mode="share", key=KEY)
-    everyone = hmac_sha256_hex(pl.Series([f"P{i:03d}" for i in range(n)]), KEY).sort()
+    everyone = pseudonymise(pl.Series([f"P{i:03d}" for i in range(n)]), KEY).sort()
     assert sorted(chosen["pseudonym"].to_list()) == everyone.head(10).to_list()
     for _, group in chosen.group_by("icb_code"):
         assert group.sort("rank")["rank"].to_list() == list(range(1, group.height + 1))
@@ -407,84 +378,97 @@ def test_equal_opportunity_needs_events_in_every_quintile() -> None:
 # --- Reasons ---
 
 
+def _explanations(rows: list[tuple[str, int, str, float]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=contract.EXPLANATIONS_SCHEMA, orient="row")
+
+
+def test_glossary_words_come_from_the_manifest_kind_and_unit() -> None:
+    real = _real_entries()
+    names = ["latest_hba1c", "days_since_hba1c", "n_diagnosis_12m", "rural", "practice_list_size"]
+    glossary = feature_glossary([real[name] for name in names])
+    assert glossary.rows() == [
+        ("latest_hba1c", "measurement", "latest HbA1c (mmol/mol)", "latest HbA1c (mmol/mol)",
+         "HbA1c", "mmol/mol", "latest HbA1c (mmol/mol): no", "diabetes review"),
+        ("days_since_hba1c", "days", "days since the latest HbA1c reading",
+         "days since the latest HbA1c reading", "HbA1c reading", "days",
+         "days since the latest HbA1c reading: no", "diabetes review"),
+        ("n_diagnosis_12m", "count", "diagnoses recorded in the last 12 months",
+         "diagnosis recorded in the last 12 months", "diagnoses recorded in the last 12 months",
+         None, "diagnoses recorded in the last 12 months: no", None),
+        ("rural", "flag", "lives in a rural area", "lives in a rural area",
+         "lives in a rural area", None, "lives in an urban area", None),
+        ("practice_list_size", "numeric", "registered patients at the GP practice",
+         "registered patients at the GP practice", "registered patients at the GP practice",
+         "patients", "registered patients at the GP practice: no", None),
+    ]  # fmt: skip
+    # A unit the manifest gives is used as given (no guessing from the name or description).
+    entry = real["latest_sbp"].model_copy(update={"unit": "kPa"})
+    assert feature_glossary([entry])["unit"].to_list() == ["kPa"]
+
+
 def test_reasons_in_plain_words_and_actions() -> None:
-    names = ["n_emergency_admission_12m", "has_diabetes", "latest_hba1c", "ethnicity_code"]
-    glossary = feature_glossary(
-        {"features": [{"name": n, "description": DESCRIPTIONS[n]} for n in names]}, names
-    )
-    features = pl.DataFrame(
+    names = ["n_emergency_admission_12m", "has_diabetes", "latest_hba1c", "practice_list_size"]
+    glossary = feature_glossary([_real_entries()[name] for name in names])
+    people = pl.DataFrame(
         {
-            "person_id": ["a", "b"],
-            "n_emergency_admission_12m": [2, 1],
-            "has_diabetes": [1, 0],
-            "latest_hba1c": [64.0, None],
-            "ethnicity_code": [3, 3],
+            "person_id": ["a", "b", "c"],
+            "n_emergency_admission_12m": [2, 1, 0],
+            "has_diabetes": [1, 0, 0],
+            "latest_hba1c": [64.0, None, 40.0],
+            "practice_list_size": [8000, 8000, 6500],
         }
     )
-    contributions = np.array(
-        [[0.9, 0.5, 0.3, 2.0, -1.0], [0.1, -0.1, 0.4, 5.0, -1.0]]
-    )  # last column: bias
-    explained = explain_selected(features, contributions, glossary, default_action="default")
-    first, second = explained.row(0, named=True), explained.row(1, named=True)
-    assert [first["reason_1"], first["reason_2"], first["reason_3"]] == [
-        "2 emergency admissions in the last 12 months",
-        "diabetes recorded",
-        "HbA1c 64 mmol/mol",
+    explanations = _explanations(
+        [
+            ("a", 1, "n_emergency_admission_12m", 0.9),
+            ("a", 2, "has_diabetes", 0.5),
+            ("a", 3, "latest_hba1c", 0.3),
+            ("b", 1, "latest_hba1c", 0.4),
+            ("b", 2, "n_emergency_admission_12m", 0.1),
+            ("b", 3, "has_diabetes", -0.1),
+            ("c", 1, "practice_list_size", 0.2),
+            ("c", 2, "has_diabetes", 0.0),
+            ("c", 3, "latest_hba1c", -0.3),
+        ]
+    )
+    worded = word_reasons(explanations, feature_values(people, names), glossary).sort("person_id")
+    assert worded.rows() == [
+        ("a", "2 emergency admissions in the last 12 months", "diabetes recorded",
+         "HbA1c 64 mmol/mol", "proactive care review (multidisciplinary case management)"),
+        # Only positive contributions are reasons.
+        ("b", "no HbA1c recorded", "1 emergency admission in the last 12 months", None,
+         "diabetes review"),
+        ("c", "6500 registered patients at the GP practice", None, None, None),
+    ]  # fmt: skip
+
+
+def test_attach_reasons_keeps_order_and_falls_back_to_the_default_action(tmp_path) -> None:
+    names = ["has_diabetes", "practice_list_size"]
+    glossary = feature_glossary([_real_entries()[name] for name in names])
+    people = pl.DataFrame(
+        {"person_id": ["a", "b"], "has_diabetes": [1, 0], "practice_list_size": [100, 200]}
+    )
+    explanations = _explanations(
+        [("a", 1, "has_diabetes", 0.2), ("b", 1, "practice_list_size", 0.1)]
+    )
+    selected = pl.DataFrame({"person_id": ["b", "a"], "rank": [1, 2]})
+    got = attach_reasons(
+        selected, explanations.lazy(), people.lazy(), glossary, action="the default"
+    )
+    assert got.select("person_id", "rank", "reason_1", "suggested_action").rows() == [
+        ("b", 1, "200 registered patients at the GP practice", "the default"),
+        ("a", 2, "diabetes recorded", "diabetes review"),
     ]
-    assert first["suggested_action"].startswith("proactive care review")
-    # Only positive contributions count; ethnicity is never named even when it contributes most.
-    assert [second["reason_1"], second["reason_2"], second["reason_3"]] == [
-        "no HbA1c recorded",
-        "1 emergency admission in the last 12 months",
-        None,
-    ]
-    assert second["suggested_action"] == "diabetes review"
-
-
-class _CountingBooster:
-    """The real booster, recording how many rows pred_contrib was asked about."""
-
-    def __init__(self, booster: lgb.Booster) -> None:
-        self.booster = booster
-        self.rows: list[int] = []
-        self.pandas_categorical = booster.pandas_categorical
-
-    def predict(self, data: Any, **options: Any) -> np.ndarray:
-        self.rows.append(len(data))
-        return self.booster.predict(data, **options)
-
-
-def test_contributions_are_computed_for_the_selected_only(world) -> None:
-    prioritised = policy_priority(_cohort(world), policy="risk", outreach=OutreachParams())
-    capacity = selection.list_sizes(
-        prioritised, capacity_mode="share", capacity=0.05, key="outreach.capacity"
-    )
-    chosen = select_outreach(prioritised, capacity, capacity_mode="share", key=KEY)
-    booster = _CountingBooster(world["booster"])
-    glossary = feature_glossary({}, world["booster"].feature_name())
-    explained, top = attach_reasons(
-        chosen, world["population"].lazy(), booster, glossary, default_action="x"
-    )
-    assert booster.rows == [75]
-    assert explained["reason_1"].null_count() == 0
-    assert explained["person_id"].to_list() == chosen["person_id"].to_list()
-    # A wider list reuses the known contributions and explains only the people new to it.
-    wider = select_outreach(
-        prioritised,
-        selection.list_sizes(
-            prioritised, capacity_mode="share", capacity=0.1, key="outreach.capacity"
-        ),
-        capacity_mode="share",
-        key=KEY,
-    )
-    again, _ = attach_reasons(
-        wider, world["population"].lazy(), booster, glossary, default_action="x", cached=top
-    )
-    assert booster.rows == [75, 75]
-    fresh, _ = attach_reasons(
-        wider, world["population"].lazy(), world["booster"], glossary, default_action="x"
-    )
-    assert again.equals(fresh)
+    with pytest.raises(ContractError, match="1 of 3 selected people have no explanations"):
+        attach_reasons(
+            pl.DataFrame({"person_id": ["a", "b", "z"]}),
+            explanations.lazy(),
+            people.lazy(),
+            glossary,
+            action="x",
+        )
+    with pytest.raises(ContractError, match="no entry for explained feature 'has_diabetes'"):
+        attach_reasons(selected, explanations.lazy(), people.lazy(), glossary.tail(1), action="x")
 
 
 # --- The stage end to end ---
@@ -518,13 +502,15 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
         *[f"{TARGET}/{code}.csv" for code in ICBS],
     }
     first = {p: p.read_bytes() for p in [*files, paths.reports / "outreach_summary.json"]}
-    assert len(list((tmp_path / "data" / ".cache" / "outreach").glob("*.parquet"))) == 1
-    run(params, paths)  # second run explains from the cache: still byte-identical
+    shutil.rmtree(paths.models)  # outreach words the explain stage's output: no model needed
+    run(params, paths)
     assert {p: p.read_bytes() for p in first} == first
+    assert not (tmp_path / "data" / ".cache").exists()
 
     table = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
     assert tuple(table.columns) == OUTREACH_COLUMNS
     assert table.height == 150
+    assert table["reason_1"].null_count() == 0
     csv = pl.read_csv(paths.outreach / TARGET / "QMJ.csv")
     assert tuple(csv.columns) == OUTREACH_COLUMNS
     assert csv["rank"].to_list() == list(range(1, csv.height + 1))
@@ -532,9 +518,9 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
     rows = "".join(p.read_text() for p in first if p.suffix == ".csv") + table.write_csv()
     summary_text = (paths.reports / "outreach_summary.json").read_text()
     assert "P00" not in rows + summary_text  # no raw person_id anywhere
-    for group in contract.BROAD_ETHNIC_GROUPS:
-        assert group not in rows  # no ethnicity on the lists
-    pseudonyms = hmac_sha256_hex(world["population"]["person_id"], KEY)
+    for word in [*contract.BROAD_ETHNIC_GROUPS, "ethnic"]:
+        assert word not in rows  # no ethnicity on the lists
+    pseudonyms = pseudonymise(world["population"]["person_id"], KEY)
     assert set(table["pseudonym"]).issubset(set(pseudonyms))
 
     summary = json.loads((paths.reports / "outreach_summary.json").read_text())
@@ -547,6 +533,35 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
     assert isinstance(block["expected_events"]["n_expected_events_reached"], int)
     assert "n_events_reached" in block["test_split"]
     assert summary["truth_available"] is True
+
+
+def test_a_wider_list_reuses_the_explanations(tmp_path: Path, world, monkeypatch) -> None:
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world)
+    run(_params(tmp_path, capacity=0.05), paths)
+    narrow = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
+    run(_params(tmp_path, capacity=0.1), paths)
+    wide = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
+    words = ["pseudonym", "reason_1", "reason_2", "reason_3", "suggested_action"]
+    assert (
+        narrow.select(words)
+        .join(wide.select(words), on=words, how="anti", nulls_equal=True)
+        .is_empty()
+    )
+
+
+def test_stage_needs_explanations_and_a_valid_manifest(tmp_path: Path, world, monkeypatch):
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world)
+    manifest = paths.features / "manifest.json"
+    valid = manifest.read_text()
+    manifest.write_text(json.dumps({"features": [{"name": "age", "description": "age"}]}))
+    with pytest.raises(ContractError, match="not a valid feature manifest"):
+        run(_params(tmp_path), paths)
+    manifest.write_text(valid)
+    (tmp_path / contract.EXPLANATIONS_DIR / f"{TARGET}.parquet").unlink()
+    with pytest.raises(StageError, match="explanations of emergency_admission_12m not found"):
+        run(_params(tmp_path), paths)
 
 
 def test_stage_without_truth_and_with_another_policy(tmp_path: Path, world, monkeypatch):
@@ -583,13 +598,18 @@ def test_need_adjusted_reads_the_audit_need_scores(tmp_path, world, monkeypatch)
     run(_params(tmp_path, policy="need_adjusted", capacity=0.02), paths)
     listed = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
     neediest = need.sort("need_score", descending=True).head(30)
-    want = set(hmac_sha256_hex(neediest["person_id"], KEY))
+    want = set(pseudonymise(neediest["person_id"], KEY))
     assert set(listed["pseudonym"]) == want
 
 
-def test_feature_names_are_read_from_the_model_text(tmp_path, world) -> None:
-    from pipeline.outreach import _LazyBooster
+def test_equal_opportunity_stage_reports_its_thresholds(tmp_path, world, monkeypatch) -> None:
+    monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    paths = _project(tmp_path, world, truth=False)
+    run(_params(tmp_path, policy="equal_opportunity", capacity=0.1), paths)
+    summary = json.loads((paths.reports / "outreach_summary.json").read_text())
+    detail = summary["targets"][TARGET]["policy_detail"]
+    assert sorted(detail["imd_quintile_thresholds"]) == ["1", "2", "3", "4", "5"]
 
-    path = tmp_path / "model.txt"
-    world["booster"].save_model(str(path))
-    assert _LazyBooster(path).feature_names() == world["booster"].feature_name()
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(reasons).failed == 0

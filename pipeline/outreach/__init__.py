@@ -1,0 +1,28 @@
+"""Stage ``outreach``: capacity-limited, pseudonymised outreach lists per ICB, with reasons.
+
+For every target the eligible cohort is ranked by a policy (:mod:`.policies`), cut at the
+outreach capacity and pseudonymised (:mod:`.lists`), given the top three reasons in plain words
+and a Core20PLUS5 action from the ``explain`` stage's contributions (:mod:`.reasons`), and
+described in aggregate (:mod:`.summary`); :mod:`.stage` does the IO. Design and file layouts:
+``docs/outreach.md``.
+"""
+
+from __future__ import annotations
+
+from pipeline.outreach.lists import OUTREACH_COLUMNS, select_outreach
+from pipeline.outreach.policies import Policy, equal_opportunity_thresholds, policy_priority
+from pipeline.outreach.reasons import attach_reasons, feature_glossary
+from pipeline.outreach.stage import run
+from pipeline.outreach.summary import summarise_target
+
+__all__ = [
+    "OUTREACH_COLUMNS",
+    "Policy",
+    "attach_reasons",
+    "equal_opportunity_thresholds",
+    "feature_glossary",
+    "policy_priority",
+    "run",
+    "select_outreach",
+    "summarise_target",
+]

@@ -1,0 +1,122 @@
+"""Outreach lists: who is contacted, under which pseudonym, in which order.
+
+Each capacity unit (``pipeline.selection``: the whole cohort, an ICB or a practice) contributes
+its top ``list_size`` people by priority; ties are broken by pseudonym, so the same inputs and
+secret give byte-identical lists. Ranks count from 1 within each ICB's list.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import polars as pl
+
+from pipeline import selection
+from pipeline.errors import ContractError
+from pipeline.pseudonyms import pseudonymise
+from pipeline.selection import CapacityMode
+
+__all__ = [
+    "OUTREACH_COLUMNS",
+    "RISK_SCORE_DECIMALS",
+    "check_file_names",
+    "flag_selected",
+    "list_rows",
+    "select_outreach",
+]
+
+OUTREACH_COLUMNS: Final = (
+    "pseudonym",
+    "practice_id",
+    "icb_code",
+    "rank",
+    "risk_score",
+    "risk_tier",
+    "reason_1",
+    "reason_2",
+    "reason_3",
+    "suggested_action",
+)
+"""The columns of every outreach CSV and parquet, in order. Nothing else leaves the stage."""
+
+RISK_SCORE_DECIMALS: Final = 4
+_SAFE_FILE_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def select_outreach(
+    cohort: pl.LazyFrame,
+    capacity: pl.DataFrame,
+    *,
+    capacity_mode: CapacityMode,
+    key: bytes,
+) -> pl.DataFrame:
+    """The people to contact: the top of each capacity unit by priority, ties by pseudonym.
+
+    Only people who can make the cut (priority rank, ties counted at their lowest rank, within
+    the unit's capacity) are pseudonymised: the HMAC runs on about ``capacity`` rows, not the
+    cohort.
+
+    Parameters
+    ----------
+    cohort
+        With ``person_id``, ``priority``, ``icb_code``, ``practice_id`` and the scores.
+    capacity
+        From :func:`pipeline.selection.list_sizes`.
+    capacity_mode
+        Which unit the capacity applies to.
+    key
+        The pseudonymisation secret.
+
+    Returns
+    -------
+    pl.DataFrame
+        The selected rows with ``pseudonym`` and ``rank`` (1 = contact first within the ICB list),
+        sorted by ``icb_code``, ``rank``.
+    """
+    candidates = (
+        cohort.with_columns(selection.unit_expr(capacity_mode))
+        .join(capacity.lazy().select("unit", "list_size"), on="unit", how="left")
+        .filter(pl.col("priority").rank("min", descending=True).over("unit") <= pl.col("list_size"))
+        .collect()
+    )
+    candidates = candidates.with_columns(pseudonymise(candidates["person_id"], key))
+    # Eager from here: sorts and cumulative counts rely on row order.
+    return (
+        candidates.sort(["unit", "priority", "pseudonym"], descending=[False, True, False])
+        .filter(pl.int_range(pl.len()).over("unit") < pl.col("list_size"))
+        .sort(["icb_code", "priority", "pseudonym"], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
+        .drop("unit", "list_size")
+    )
+
+
+def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
+    """The cohort with a boolean ``selected`` (for the summary)."""
+    flags = selected.select("person_id", pl.lit(True).alias("selected"))
+    # Cohort order kept: the summary's float sums then add up in the same order on every run.
+    return cohort.join(flags, on="person_id", how="left", maintain_order="left").with_columns(
+        pl.col("selected").fill_null(False)
+    )
+
+
+def list_rows(explained: pl.DataFrame) -> pl.DataFrame:
+    """The published columns (``OUTREACH_COLUMNS``) of selected people with their reasons."""
+    return explained.with_columns(pl.col("risk_score").round(RISK_SCORE_DECIMALS)).select(
+        OUTREACH_COLUMNS
+    )
+
+
+def check_file_names(icb_codes: list[str], *, target: str) -> None:
+    """Every ICB code must be safe as a file name (it names that ICB's CSV).
+
+    Raises
+    ------
+    ContractError
+        Naming the first code that is not.
+    """
+    bad = [code for code in icb_codes if not _SAFE_FILE_NAME.match(code)]
+    if bad:
+        raise ContractError(
+            f"features/features.parquet: icb_code {bad[0]!r} cannot name a file ({target})"
+        )

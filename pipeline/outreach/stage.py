@@ -1,0 +1,221 @@
+"""The ``outreach`` stage's IO: read the inputs, build each target's list, write the outputs.
+
+Reads ``data/scores/<target>.parquet`` (the eligible cohort), ``features/features.parquet``
+(units and sensitive attributes, and the values the reasons quote), ``features/manifest.json``,
+``data/explanations/<target>.parquet`` (stage ``explain``), the audit's need scores for
+``need_adjusted`` and, when present, ``data/truth/people.parquet``. Writes
+``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv`` and
+``reports/outreach_summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+
+from pipeline import contract, seeds, selection
+from pipeline.config import OutreachParams, Params
+from pipeline.errors import ContractError, ParamsError, StageError
+from pipeline.io import Paths, atomic_dir, write_parquet
+from pipeline.outreach import lists, policies, reasons, summary
+from pipeline.pseudonyms import read_secret
+
+__all__ = ["COHORT_COLUMNS", "build_target", "outreach_targets", "run"]
+
+COHORT_COLUMNS: Final = ("practice_id", "icb_code", "imd_quintile", "ethnicity_group", "region")
+"""Sensitive attributes read from ``features/features.parquet`` (for units, policies, summary)."""
+
+
+@dataclass(frozen=True)
+class _TargetFiles:
+    scores: Path
+    explanations: Path
+    need: Path | None
+
+
+def outreach_targets(chosen: Sequence[str] | None, *, known: Sequence[str]) -> tuple[str, ...]:
+    """The targets to build lists for: ``outreach.targets``, or every target when it is null."""
+    if chosen is None:
+        return tuple(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        names = ", ".join(sorted(known))
+        raise ParamsError(
+            f"outreach.targets: unknown target {unknown[0]!r} (params.yaml targets: {names})"
+        )
+    if not chosen:
+        raise ParamsError("outreach.targets: name at least one target (or leave it null for all)")
+    return tuple(chosen)
+
+
+def build_target(
+    cohort: pl.DataFrame,
+    *,
+    capacity: pl.DataFrame,
+    explanations: pl.LazyFrame,
+    features: pl.LazyFrame,
+    glossary: pl.DataFrame,
+    need: pl.LazyFrame | None,
+    truth_need: pl.DataFrame | None,
+    outreach: OutreachParams,
+    key: bytes,
+    rng: np.random.Generator,
+    action: str,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """One target's list (``lists.OUTREACH_COLUMNS``) and its summary block.
+
+    ``rng`` is the ``("equal_opportunity", target)`` stream; ``action`` the target's default
+    action; the other arguments are described where they are made (:func:`run`).
+    """
+    prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
+    selected = lists.select_outreach(
+        prioritised, capacity, capacity_mode=outreach.capacity_mode, key=key
+    )
+    explained = reasons.attach_reasons(selected, explanations, features, glossary, action=action)
+    block = summary.summarise_target(
+        lists.flag_selected(cohort, selected),
+        capacity=capacity,
+        truth_need=truth_need,
+        capacity_mode=outreach.capacity_mode,
+        min_group_size=outreach.min_group_size,
+    )
+    block["policy_detail"] = policies.policy_detail(outreach, thresholds)
+    return lists.list_rows(explained), block
+
+
+def run(params: Params, paths: Paths) -> None:
+    """Build every target's outreach lists and the summary (all IO lives here).
+
+    Params, secret and inputs are checked first, then capacities against each cohort; lists are
+    built in memory, then written (lists folder swapped in atomically, then the summary).
+    """
+    outreach = params.outreach
+    targets = outreach_targets(outreach.targets, known=tuple(params.targets))
+    key = read_secret(secret_env=outreach.secret_env, secret_file=outreach.secret_file)
+    manifest = contract.read_manifest(paths.features / "manifest.json")
+    features_path = _require(paths.features / "features.parquet", "features table")
+    files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
+    cohorts = {name: _read_cohort(files[name].scores, features_path, name) for name in targets}
+    capacities = {
+        name: selection.list_sizes(
+            cohort,
+            capacity_mode=outreach.capacity_mode,
+            capacity=outreach.capacity,
+            key="outreach.capacity",
+        )
+        for name, cohort in cohorts.items()
+    }
+    truth_need = _read_truth_need(paths.truth / "people.parquet")
+    glossary = reasons.feature_glossary(manifest.features)
+    built = {
+        name: build_target(
+            cohorts[name],
+            capacity=capacities[name],
+            explanations=pl.scan_parquet(files[name].explanations),
+            features=pl.scan_parquet(features_path),
+            glossary=glossary,
+            need=_scan_need(files[name].need, cohorts[name], name),
+            truth_need=truth_need,
+            outreach=outreach,
+            key=key,
+            rng=seeds.rng("equal_opportunity", name, root=params.seed),
+            action=reasons.default_action(params.targets[name].outcome),
+        )
+        for name in targets
+    }
+    icbs = {name: cohort["icb_code"].unique().sort().to_list() for name, cohort in cohorts.items()}
+    _write_lists(paths.outreach, {name: rows for name, (rows, _) in built.items()}, icbs)
+    summary.write_summary(
+        paths.reports / summary.SUMMARY_FILE,
+        outreach=outreach,
+        summaries={name: block for name, (_, block) in built.items()},
+        truth_available=truth_need is not None,
+    )
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise StageError(f"outreach: {what} not found at {path}; run the upstream stage first")
+    return path
+
+
+def _target_files(paths: Paths, target: str, *, policy: policies.Policy) -> _TargetFiles:
+    need = paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet"
+    return _TargetFiles(
+        scores=_require(paths.scores / f"{target}.parquet", f"scores of {target}"),
+        explanations=_require(
+            paths.root / contract.EXPLANATIONS_DIR / f"{target}.parquet",
+            f"explanations of {target}",
+        ),
+        need=_require(need, f"need scores of {target}") if policy == "need_adjusted" else None,
+    )
+
+
+def _check_columns(frame: pl.LazyFrame, columns: Sequence[str], source: Path) -> None:
+    present = frame.collect_schema().names()
+    missing = [column for column in columns if column not in present]
+    if missing:
+        raise ContractError(f"{source}: missing column(s) {', '.join(missing)}")
+
+
+def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:
+    """The eligible cohort: scores with the sensitive attributes (read once per target)."""
+    scores = pl.scan_parquet(scores_path)
+    _check_columns(scores, list(contract.SCORES_SCHEMA), scores_path)
+    sensitive = pl.scan_parquet(features_path)
+    _check_columns(sensitive, ["person_id", *COHORT_COLUMNS], features_path)
+    cohort = (
+        scores.select(list(contract.SCORES_SCHEMA))
+        .join(sensitive.select("person_id", *COHORT_COLUMNS), on="person_id", how="left")
+        .collect()
+    )
+    unmatched = cohort["icb_code"].null_count()
+    if unmatched:
+        raise ContractError(
+            f"{features_path}: {unmatched} scored people of {target} have no row "
+            "(or no icb_code) in the features table"
+        )
+    return cohort
+
+
+def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyFrame | None:
+    """The audit's need scores (``need_adjusted`` only), one per eligible person."""
+    if path is None:
+        return None
+    need = pl.scan_parquet(path)
+    _check_columns(need, ["person_id", "need_score"], path)
+    lacking = cohort.lazy().join(need, on="person_id", how="anti").select(pl.len()).collect()
+    if lacking.item():
+        raise ContractError(
+            f"{path}: no need_score for {lacking.item()} eligible people of {target} "
+            "(column person_id, rule: one row per scored person)"
+        )
+    return need
+
+
+def _read_truth_need(path: Path) -> pl.DataFrame | None:
+    """``person_id``, ``true_need`` of the synthetic world, or None for real data."""
+    return pl.read_parquet(path, columns=["person_id", "true_need"]) if path.exists() else None
+
+
+def _write_lists(
+    folder: Path, rows: Mapping[str, pl.DataFrame], icbs: Mapping[str, list[str]]
+) -> None:
+    """One parquet per target and one CSV per ICB (every eligible ICB, even an empty list)."""
+    for target, codes in icbs.items():
+        lists.check_file_names(codes, target=target)
+    with atomic_dir(folder) as staging:
+        for target, frame in rows.items():
+            write_parquet(frame, staging / f"{target}.parquet", sort_by=["icb_code", "rank"])
+            (staging / target).mkdir()
+            for code in icbs[target]:
+                frame.filter(pl.col("icb_code") == code).sort("rank").write_csv(
+                    staging / target / f"{code}.csv",
+                    float_precision=lists.RISK_SCORE_DECIMALS,
+                    null_value="",
+                )

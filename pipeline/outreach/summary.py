@@ -1,0 +1,254 @@
+"""``reports/outreach_summary.json``: the lists in aggregate, disclosure-controlled numbers only.
+
+Per target: eligible and selected counts, the ICB lists' sizes, expected events reached, the test
+split's observed events, the make-up of the lists by IMD quintile, ethnic group and region, and
+(synthetic data only) how the lists compare with a same-size list of the people in most true
+need. Counts follow ``pipeline.disclosure`` (1-7 -> ``"*"``, others rounded to the nearest 5);
+rates of suppressed counts are suppressed too. Layout: ``docs/outreach.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from pipeline import contract, disclosure, selection
+from pipeline.config import OutreachParams
+from pipeline.outreach.lists import OUTREACH_COLUMNS
+from pipeline.selection import CapacityMode
+
+__all__ = [
+    "MAKE_UP_DIMENSIONS",
+    "SUMMARY_FILE",
+    "summarise_target",
+    "with_need_list",
+    "write_summary",
+]
+
+MAKE_UP_DIMENSIONS: Final = ("imd_quintile", "ethnicity_group", "region")
+SUMMARY_FILE: Final = "outreach_summary.json"
+
+
+def _count(value: float | int | None) -> int | str | None:
+    return disclosure.round_count(None if value is None else round(value))
+
+
+def _share(numerator: int, denominator: int, value: float | None = None) -> float | str | None:
+    rate = (numerator / denominator if denominator else None) if value is None else value
+    return disclosure.publish_rate(numerator, denominator, None if rate is None else round(rate, 4))
+
+
+def _rounded_mean(value: float | None, count: int) -> float | str | None:
+    if value is None:
+        return None
+    return disclosure.publish_rate(count, count, round(float(value), 4))
+
+
+def with_need_list(
+    cohort: pl.DataFrame,
+    truth_need: pl.DataFrame,
+    *,
+    capacity: pl.DataFrame,
+    capacity_mode: CapacityMode,
+) -> pl.DataFrame:
+    """Add ``true_need`` and ``need_list``: the same-size list of the people in most true need
+    per capacity unit (ties by person_id), to compare the policy's lists with."""
+    return (
+        cohort.join(
+            truth_need.select("person_id", "true_need"),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(selection.unit_expr(capacity_mode))
+        .join(capacity.select("unit", "list_size"), on="unit", how="left", maintain_order="left")
+        .with_columns(
+            (
+                pl.struct(pl.col("true_need").fill_null(-math.inf), pl.col("person_id"))
+                .rank("ordinal", descending=True)
+                .over("unit")
+                <= pl.col("list_size")
+            ).alias("need_list")
+        )
+    )
+
+
+def _aggregates(*, has_truth: bool) -> list[pl.Expr]:
+    """The sums every level of the summary (overall, per group) is built from."""
+    test, event, chosen = pl.col("split") == "test", pl.col("outcome") == 1, pl.col("selected")
+    aggregates = [
+        pl.len().alias("n_eligible"),
+        chosen.sum().alias("n_selected"),
+        pl.col("risk_score").filter(chosen).sum().alias("expected_selected"),
+        pl.col("risk_score").sum().alias("expected_eligible"),
+        (test & chosen).sum().alias("test_selected"),
+        (test & event).sum().alias("test_events"),
+        (test & event & chosen).sum().alias("test_events_reached"),
+        pl.col("risk_score").filter(test & chosen).sum().alias("test_expected_reached"),
+    ]
+    if has_truth:
+        aggregates += [
+            pl.col("need_list").sum().alias("n_need_list"),
+            (pl.col("need_list") & chosen).sum().alias("n_overlap"),
+            pl.col("true_need").sum().alias("true_need_total"),
+            pl.col("true_need").filter(chosen).mean().alias("mean_need_selected"),
+            pl.col("true_need").mean().alias("mean_need_eligible"),
+        ]
+    return aggregates
+
+
+def _test_block(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "n_selected": _count(row["test_selected"]),
+        "n_events": _count(row["test_events"]),
+        "n_events_reached": _count(row["test_events_reached"]),
+        "n_expected_events_reached": _count(row["test_expected_reached"]),
+        "event_capture_rate": _share(int(row["test_events_reached"]), int(row["test_events"])),
+        "precision": _share(int(row["test_events_reached"]), int(row["test_selected"])),
+    }
+
+
+def _expected_events_block(overall: Mapping[str, Any]) -> dict[str, Any]:
+    reached, eligible = overall["expected_selected"], overall["expected_eligible"]
+    return {
+        "n_expected_events_reached": _count(reached),
+        "n_expected_events_eligible": _count(eligible),
+        "share_of_expected_events_reached": _share(
+            round(reached), round(eligible), reached / eligible if eligible else None
+        ),
+    }
+
+
+def _true_need_block(overall: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "n_need_list": _count(overall["n_need_list"]),
+        "n_overlap": _count(overall["n_overlap"]),
+        "overlap_share": _share(int(overall["n_overlap"]), int(overall["n_need_list"])),
+        "mean_true_need_selected": _rounded_mean(
+            overall["mean_need_selected"], int(overall["n_selected"])
+        ),
+        "mean_true_need_eligible": _rounded_mean(
+            overall["mean_need_eligible"], int(overall["n_eligible"])
+        ),
+    }
+
+
+def _group_block(
+    row: Mapping[str, Any], overall: Mapping[str, Any], *, has_truth: bool, min_group_size: int
+) -> dict[str, Any]:
+    n_eligible, n_selected = int(row["n_eligible"]), int(row["n_selected"])
+    block: dict[str, Any] = {
+        "group": row["group"],
+        "n_eligible": _count(n_eligible),
+        "n_selected": _count(n_selected),
+        "share_of_eligible": _share(n_eligible, int(overall["n_eligible"])),
+        "share_of_selected": _share(n_selected, int(overall["n_selected"])),
+        "selection_rate": _share(n_selected, n_eligible),
+        "test_split": _test_block(row),
+        "stable": n_selected >= min_group_size,
+    }
+    if not block["stable"]:
+        block["note"] = "small group"
+    if has_truth:
+        need_total = float(overall["true_need_total"] or 0.0)
+        block["n_need_list"] = _count(row["n_need_list"])
+        block["share_of_need_list"] = _share(int(row["n_need_list"]), int(overall["n_need_list"]))
+        block["share_of_true_need"] = _share(
+            n_eligible,
+            n_eligible,
+            float(row["true_need_total"] or 0.0) / need_total if need_total else None,
+        )
+    return block
+
+
+def _make_up(
+    frame: pl.DataFrame, overall: Mapping[str, Any], *, has_truth: bool, min_group_size: int
+) -> dict[str, list[dict[str, Any]]]:
+    """One block per group of each make-up dimension (missing values as ``"missing"``)."""
+    make_up = {}
+    for dimension in MAKE_UP_DIMENSIONS:
+        rows = (
+            frame.group_by(pl.col(dimension).cast(pl.String).fill_null("missing").alias("group"))
+            .agg(_aggregates(has_truth=has_truth))
+            .sort("group")
+        )
+        make_up[dimension] = [
+            _group_block(row, overall, has_truth=has_truth, min_group_size=min_group_size)
+            for row in rows.iter_rows(named=True)
+        ]
+    return make_up
+
+
+def summarise_target(
+    cohort: pl.DataFrame,
+    *,
+    capacity: pl.DataFrame,
+    truth_need: pl.DataFrame | None,
+    capacity_mode: CapacityMode,
+    min_group_size: int,
+) -> dict[str, Any]:
+    """Aggregate, disclosure-controlled description of one target's outreach lists.
+
+    Parameters
+    ----------
+    cohort
+        Every eligible person with ``selected`` (bool), ``risk_score``, ``split``, ``outcome``,
+        ``icb_code``, ``practice_id`` and the make-up dimensions.
+    capacity
+        From :func:`pipeline.selection.list_sizes`.
+    truth_need
+        ``person_id``, ``true_need`` (synthetic data only) or None.
+    capacity_mode
+        To build the same-size "need list" (top true need per capacity unit) for comparison.
+    min_group_size
+        Groups with fewer selected people are marked ``"stable": false``.
+
+    Returns
+    -------
+    dict
+        The target's block of the summary (``docs/outreach.md``).
+    """
+    has_truth = truth_need is not None
+    frame = cohort
+    if truth_need is not None:
+        frame = with_need_list(cohort, truth_need, capacity=capacity, capacity_mode=capacity_mode)
+    overall = frame.select(_aggregates(has_truth=has_truth)).row(0, named=True)
+    n_eligible, n_selected = int(overall["n_eligible"]), int(overall["n_selected"])
+    lists = frame.group_by("icb_code").agg(pl.col("selected").sum().alias("n")).sort("icb_code")
+    whole_units = capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
+    return {
+        "n_eligible": _count(n_eligible),
+        "n_selected": _count(n_selected),
+        "share_selected": _share(n_selected, n_eligible),
+        "units_whole_cohort_selected": whole_units if capacity_mode != "share" else 0,
+        "lists": {row["icb_code"]: {"n": _count(row["n"])} for row in lists.iter_rows(named=True)},
+        "expected_events": _expected_events_block(overall),
+        "test_split": _test_block(overall),
+        "make_up": _make_up(frame, overall, has_truth=has_truth, min_group_size=min_group_size),
+        "true_need": _true_need_block(overall) if has_truth else None,
+    }
+
+
+def write_summary(
+    target: Path,
+    *,
+    outreach: OutreachParams,
+    summaries: Mapping[str, Mapping[str, Any]],
+    truth_available: bool,
+) -> None:
+    """Write ``reports/outreach_summary.json`` (the whole document is assembled here only)."""
+    summary = contract.OutreachSummary.model_validate(
+        {
+            "policy": outreach.policy,
+            "capacity_mode": outreach.capacity_mode,
+            "capacity": outreach.capacity,
+            "columns": list(OUTREACH_COLUMNS),
+            "truth_available": truth_available,
+            "targets": dict(summaries),
+        }
+    )
+    contract.write_summary(summary, target)
