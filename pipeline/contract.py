@@ -9,15 +9,19 @@ real extract that follows the contract can replace the synthetic population;
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from pipeline.errors import ContractError
 from pipeline.io import scan_table, write_json
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 __all__ = ["ContractError"]
 
@@ -818,6 +822,10 @@ ORACLE_METRICS: Final = ("oracle_auroc", "oracle_gap")
 # them: docs/audit_tables.md). Tables are tidy parquet, already disclosure-controlled when
 # written; small JSON summaries are pydantic models, written and read through the same model.
 
+TableSchema: TypeAlias = "Mapping[str, PolarsDataType]"
+"""Columns in order with their dtypes: a dtype class (``pl.String``) or instance
+(``pl.Datetime("us")``), as polars itself accepts them (its ``SchemaDict``)."""
+
 PUBLISHED_COUNT: Final = pl.String
 """dtype of a published count column: ``"*"`` (1-7) or the rounded count as digits."""
 
@@ -894,7 +902,7 @@ class PublishedTable:
     """
 
     file: str
-    schema: dict[str, pl.DataType]
+    schema: TableSchema
     sort_by: tuple[str, ...]
     counts: tuple[str, ...] = ()
 
@@ -918,7 +926,7 @@ _GROUP_COUNTS: Final = (
     "n_false_positives",
     "n_false_negatives",
 )
-GROUP_COUNTS_SCHEMA: Final = {
+GROUP_COUNTS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     **dict.fromkeys(_GROUP_COUNTS, PUBLISHED_COUNT),
@@ -927,7 +935,7 @@ GROUP_COUNTS_SCHEMA: Final = {
 }
 """``groups.parquet``: one row per dimension x group (``dimension = "overall"``: everyone)."""
 
-GROUP_METRICS_SCHEMA: Final = {
+GROUP_METRICS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     "reference_group": pl.String,
@@ -961,7 +969,7 @@ GROUP_METRICS_SCHEMA: Final = {
 difference, ratio and flags null (the group's or the reference's counts); ``flagged``: the
 comparison is shown and flagged (``flag`` true), never null."""
 
-GRADIENTS_SCHEMA: Final = {
+GRADIENTS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,  # imd_decile or imd_quintile
     "indicator": pl.String,  # outcome_rate, mean_predicted_risk, selection_rate, need_reached
     "measure": pl.String,  # sii, rii
@@ -973,7 +981,7 @@ GRADIENTS_SCHEMA: Final = {
 """``gradients.parquet``: SII = least minus most deprived end (Fingertips); RII = least / most
 deprived end."""
 
-HEAT_SCHEMA: Final = {
+HEAT_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "indicator": pl.String,
     "measure": pl.String,
@@ -985,7 +993,7 @@ HEAT_SCHEMA: Final = {
 }
 """``heat.parquet``: WHO HEAT summaries of each unordered dimension."""
 
-NEED_BY_SCORE_SCHEMA: Final = {
+NEED_BY_SCORE_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "need_measure": pl.String,  # recorded_need, true_need
     "group": pl.String,
@@ -997,7 +1005,7 @@ NEED_BY_SCORE_SCHEMA: Final = {
 }
 """``need_by_score.parquet``: mean need per group and risk-score percentile band."""
 
-NEED_GAPS_SCHEMA: Final = {
+NEED_GAPS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "need_measure": pl.String,
     "group": pl.String,
@@ -1025,7 +1033,7 @@ NEED_GAPS_SCHEMA: Final = {
 """``need_gaps.parquet``: label choice (Obermeyer), one row per dimension x need x group."""
 
 SELECTION_RANKINGS: Final = ("risk_score", "true_need", "oracle_risk")
-SELECTION_SHARES_SCHEMA: Final = {
+SELECTION_SHARES_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     **{f"n_selected_by_{ranking}": PUBLISHED_COUNT for ranking in SELECTION_RANKINGS},
@@ -1035,7 +1043,7 @@ SELECTION_SHARES_SCHEMA: Final = {
 """``selection_shares.parquet``: each group's share of the list when the same number of people
 is ranked by risk score, by true need and by oracle risk (null without truth / oracle)."""
 
-POLICY_TRADEOFFS_SCHEMA: Final = {
+POLICY_TRADEOFFS_SCHEMA: Final[TableSchema] = {
     "policy": pl.String,  # risk, equal_opportunity, core20plus5, need_based
     "n_selected": PUBLISHED_COUNT,
     "n_events": PUBLISHED_COUNT,
@@ -1054,7 +1062,7 @@ POLICY_TRADEOFFS_SCHEMA: Final = {
 """``mitigation.parquet``: one row per selection policy; shares are null where a count behind
 them is 1-7."""
 
-POLICY_GROUPS_SCHEMA: Final = {
+POLICY_GROUPS_SCHEMA: Final[TableSchema] = {
     "policy": pl.String,
     "dimension": pl.String,
     "group": pl.String,
@@ -1073,7 +1081,7 @@ POLICY_GROUPS_SCHEMA: Final = {
 any of its counts (or events / cases missed) is 1-7."""
 
 
-def _table(file: str, schema: dict[str, pl.DataType], *sort_by: str) -> PublishedTable:
+def _table(file: str, schema: TableSchema, *sort_by: str) -> PublishedTable:
     counts = tuple(name for name, dtype in schema.items() if is_count_name(name))
     assert all(schema[name] == PUBLISHED_COUNT for name in counts), file
     return PublishedTable(file, schema, sort_by, counts)

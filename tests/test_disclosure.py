@@ -6,12 +6,18 @@ import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.audit.publish import json_count
 from pipeline.disclosure import publish_rate, round_count, round_count_expr
 
 
 def test_round_count_rules() -> None:
     assert [round_count(n) for n in (0, 1, 7, 8, 12, 13, 100)] == [0, "*", "*", 10, 10, 15, 100]
     assert round_count(None) is None
+
+
+def test_json_counts_are_rounded_or_the_suppression_mark() -> None:
+    published = [json_count(n) for n in (None, 0, 3, 7.0, 8, 12.4, 13)]
+    assert published == [None, 0, "*", "*", 10, 10, 15]
 
 
 def test_rates_follow_their_counts() -> None:

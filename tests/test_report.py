@@ -22,7 +22,7 @@ from pipeline.report.context import capacity, labels
 from pipeline.report.context.blocks import Section
 from pipeline.report.context.groups import group_table
 from pipeline.report.findings import certainty, headline_findings
-from pipeline.report.fmt import Disclosure, count_text, rate_cell
+from pipeline.report.fmt import Disclosure, count_text, rate_cell, to_float
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
 from pipeline.report.scan import scan_html, scan_json, scan_reports
@@ -260,6 +260,16 @@ def test_counts_and_rates_are_disclosure_controlled() -> None:
     assert rate_cell(0.25, of=("*",)).text == "*"
     assert rate_cell(0.25, 0.2, 0.3).text == "25.0%"
     assert rate_cell(0.25, suppressed=True).text == "*"
+
+
+def test_numeric_polars_scalars_become_floats_and_nothing_else_does() -> None:
+    assert to_float(pl.Series([1, 3]).max()) == 3.0
+    assert isinstance(to_float(pl.Series([1, 3]).max()), float)
+    assert to_float(pl.Series([0.25, None]).mean()) == 0.25
+    with pytest.raises(TypeError):
+        to_float(pl.Series([None], dtype=pl.Float64).max())  # an all-null column: no number
+    with pytest.raises(TypeError):
+        to_float(pl.Series(["7"]).max())
 
 
 # --- the scanner, on planted violations --------------------------------------------------------

@@ -16,7 +16,7 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import polars as pl
@@ -105,6 +105,7 @@ def audit_tables(
     cohort = cohort.with_columns(pl.lit("All").alias("overall"))
 
     dims = ("overall", *audit.dimensions)
+    references: dict[str, str] = dict(audit.reference_groups.items())  # "overall" has none
     group_frames, metric_frames = [], []
     streams = _seed(params, target, "bootstrap").spawn(len(dims))
     all_cells = [cells_mod.build_cells(cohort, d, bin_score=bin_score) for d in dims]
@@ -120,7 +121,7 @@ def audit_tables(
         metric_frames.append(
             cells_mod.audit_dimension(
                 cells,
-                preferred_reference=audit.reference_groups.get(cells.dimension),
+                preferred_reference=references.get(cells.dimension),
                 n_bootstrap=audit.n_bootstrap,
                 bootstrap_bins=audit.bootstrap_score_bins,
                 rng=np.random.default_rng(seed),
@@ -236,7 +237,8 @@ def audit_tables(
     position = np.clip(np.searchsorted(ordered, fit["risk_score"].to_numpy()), 0, len(ordered) - 1)
     fit = fit.with_columns(pl.Series("risk_score", ordered[position]))
     try:
-        cut = cohort.filter(pl.col("selected"))["risk_score"].min()
+        # risk_score is Float64: its min is a float, or None when nobody is selected
+        cut = cast(float | None, cohort.filter(pl.col("selected"))["risk_score"].min())
         thresholds = mitigation.equal_opportunity_thresholds(
             fit,
             group="imd_quintile",

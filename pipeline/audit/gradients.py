@@ -23,11 +23,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.audit.aggregate import grouped_moments
+from pipeline.contract import TableSchema
 from pipeline.metrics import percentile_interval
 
 Direction = Literal["favourable", "adverse"]
+IndicatorKind = Literal["proportion", "mean"]
 
-INDICATORS: Final = {
+INDICATORS: Final[dict[str, tuple[IndicatorKind, str, str, Direction]]] = {
     # indicator: (kind, numerator or mean column, denominator or sd column, direction)
     "outcome_rate": ("proportion", "n_events", "n", "adverse"),
     "mean_predicted_risk": ("mean", "mean_risk", "sd_risk", "adverse"),
@@ -172,7 +174,7 @@ def deprivation_gradients(
     return pl.DataFrame(rows, schema=_GRADIENT_SCHEMA)
 
 
-_GRADIENT_SCHEMA: Final = {
+_GRADIENT_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "indicator": pl.String,
     "measure": pl.String,
@@ -244,7 +246,7 @@ def unordered_summaries(
     return pl.DataFrame(rows, schema=HEAT_SCHEMA)
 
 
-HEAT_SCHEMA: Final = {
+HEAT_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "indicator": pl.String,
     "measure": pl.String,

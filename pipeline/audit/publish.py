@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.contract import is_count_name
+from pipeline.contract import PublishedCountValue, is_count_name
 from pipeline.disclosure import (
     SUPPRESSED,
     is_suppressed,
@@ -204,11 +204,12 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def json_count(count: int | float | None) -> int | str | None:
+def json_count(count: int | float | None) -> PublishedCountValue:
     """A count for JSON: disclosure-rounded."""
     if count is None:
         return None
-    return round_count(round(float(count)))
+    published = round_count(round(float(count)))
+    return SUPPRESSED if isinstance(published, str) else published  # the only string is "*"
 
 
 def json_rate(value: Any, *counts: int | float | None) -> Any:

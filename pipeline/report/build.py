@@ -127,7 +127,7 @@ def _log_to_mlflow(view: ReportView, report: Path, paths: Paths) -> list[str]:
     """Attach the report to each target's training run; returns the targets logged."""
     from pipeline import tracking
 
-    logged = []
+    logged: list[str] = []
     for target in view.targets:
         model = paths.models / target.target / "model.txt"
         if not model.exists():
@@ -173,18 +173,26 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
     settings = params.report
     sdc = Disclosure(suppress_below=settings.suppress_below, round_to=settings.round_to)
     target = paths.reports / REPORT_FILE
-    options = {"suppress_below": sdc.suppress_below, "round_to": sdc.round_to}
     # Upstream files first (cheap): a violation there stops the stage before any work.
     _refuse_if_any(
         [
             finding
-            for finding in scan_reports(paths.reports, **options)
+            for finding in scan_reports(
+                paths.reports, suppress_below=sdc.suppress_below, round_to=sdc.round_to
+            )
             if not finding.source.endswith(REPORT_FILE)  # the old report is about to be replaced
         ]
     )
     view = load_view(params, paths)
     html = render_report(view, sdc=sdc)
-    _refuse_if_any(scan_html(html, source=str(target.relative_to(paths.root)), **options))
+    _refuse_if_any(
+        scan_html(
+            html,
+            source=str(target.relative_to(paths.root)),
+            suppress_below=sdc.suppress_below,
+            round_to=sdc.round_to,
+        )
+    )
     write_text(html, target)
     target.chmod(0o644)  # a report to share: mkstemp's 0600 would hide it from colleagues
     if log_mlflow:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, TypeAlias
 
 import altair as alt
 import polars as pl
 import vl_convert as vlc
 from markupsafe import Markup
+
+from pipeline.report.fmt import to_float
 
 OKABE_ITO: Final = (
     "#0072B2",  # blue
@@ -29,6 +32,10 @@ OKABE_ITO: Final = (
     "#000000",  # black
 )
 DIVERGING: Final = ("#0072B2", "#f7f7f7", "#D55E00")  # below / at / above the reference
+
+LayeredChart: TypeAlias = alt.LayerChart | alt.FacetChart
+"""What ``alt.layer`` returns: a FacetChart only when every layer has the same facet encoding
+(no chart here has one, so these are LayerCharts at run time)."""
 
 _CONFIG: Final = {
     "font": "Helvetica, Arial, sans-serif",
@@ -95,7 +102,7 @@ def _group_sort(frame: pl.DataFrame, column: str = "group") -> list[str]:
 
 def gradient_panel(
     points: pl.DataFrame, line: pl.DataFrame | None, *, title: str, percent: bool
-) -> alt.LayerChart:
+) -> LayeredChart:
     """One indicator across deprivation: each group at the midpoint of its population rank
     (0 = most deprived end) with its CI, and the SII line (Fingertips regression) when known.
 
@@ -133,7 +140,7 @@ def gradient_panel(
     return alt.layer(*layers).properties(width=250, height=170, title=title)
 
 
-def grid(charts: list[alt.TopLevelMixin], *, columns: int = 2) -> alt.VConcatChart:
+def grid(charts: Sequence[alt.Chart | LayeredChart], *, columns: int = 2) -> alt.VConcatChart:
     """Small multiples laid out ``columns`` to a row."""
     rows = [alt.hconcat(*charts[i : i + columns]) for i in range(0, len(charts), columns)]
     return alt.vconcat(*rows)
@@ -154,7 +161,7 @@ def _forest_data(frame: pl.DataFrame) -> pl.DataFrame:
 
 def ratio_chart(
     frame: pl.DataFrame, *, title: str, fair_low: float, fair_high: float, metric_label: str
-) -> alt.LayerChart:
+) -> LayeredChart:
     """Forest plot: each group's ratio to the reference group with its CI on a log scale.
 
     ``frame``: group, ratio, ratio_ci_low, ratio_ci_high, flagged (rows with no ratio are
@@ -212,7 +219,7 @@ def ratio_chart(
 
 def need_by_percentile_chart(
     frame: pl.DataFrame, *, need_label: str, cutoff: float | None
-) -> alt.LayerChart:
+) -> LayeredChart:
     """Label-choice chart: mean need against risk-score percentile, one line per group.
 
     ``frame``: group, percentile (0-100), mean_need. At equal scores, a group whose line sits
@@ -266,13 +273,16 @@ def share_vs_need_chart(frame: pl.DataFrame, *, title: str) -> alt.Chart:
     )
 
 
-def calibration_chart(frame: pl.DataFrame, *, title: str) -> alt.LayerChart:
+def calibration_chart(frame: pl.DataFrame, *, title: str) -> LayeredChart:
     """Observed event rate against mean predicted risk, one line per group, with the diagonal.
 
     ``frame``: group, mean_predicted, observed_rate.
     """
     order = _group_sort(frame)
-    top = float(max(frame["mean_predicted"].max() or 0.0, frame["observed_rate"].max() or 0.0))
+    top = max(
+        to_float(frame["mean_predicted"].max() or 0.0),
+        to_float(frame["observed_rate"].max() or 0.0),
+    )
     diagonal = (
         alt.Chart(pl.DataFrame({"x": [0.0, top], "y": [0.0, top]}))
         .mark_line(color="#888", strokeDash=[4, 4])
@@ -296,9 +306,7 @@ def calibration_chart(frame: pl.DataFrame, *, title: str) -> alt.LayerChart:
     return alt.layer(diagonal, lines).properties(width=320, height=260, title=title)
 
 
-def estimate_chart(
-    frame: pl.DataFrame, *, title: str, x_title: str, percent: bool
-) -> alt.LayerChart:
+def estimate_chart(frame: pl.DataFrame, *, title: str, x_title: str, percent: bool) -> LayeredChart:
     """Dot-and-whisker of one metric per group (e.g. O/E or TPR) with its CI.
 
     ``frame``: group, value, ci_low, ci_high; suppressed rows are left out.
@@ -334,7 +342,7 @@ def heat_grid_chart(
     value_label: str,
     reference: float,
     percent: bool,
-) -> alt.LayerChart:
+) -> LayeredChart:
     """Heat grid (e.g. ethnicity x IMD quintile) on a diverging blue-orange scale around
     ``reference``; each cell also prints its value (``'*'`` where suppressed), so no colour has
     to be read.
@@ -344,7 +352,7 @@ def heat_grid_chart(
     data = frame
     values = data["value"].drop_nulls()
     spread = (
-        max(abs(float(values.max()) - reference), abs(reference - float(values.min())), 1e-9)
+        max(abs(to_float(values.max()) - reference), abs(reference - to_float(values.min())), 1e-9)
         if len(values)
         else 1.0
     )
@@ -382,10 +390,10 @@ def curve_chart(
     title: str,
     diagonal: bool,
     percent: bool,
-) -> alt.LayerChart:
+) -> LayeredChart:
     """A model-level curve from the train stage's plot data (ROC, calibration, gain)."""
     axis = alt.Axis(format="%") if percent else alt.Axis()
-    top = float(max(frame[x].max() or 0.0, frame[y].max() or 0.0)) if diagonal else 1.0
+    top = max(to_float(frame[x].max() or 0.0), to_float(frame[y].max() or 0.0)) if diagonal else 1.0
     layers = []
     if diagonal:
         layers.append(

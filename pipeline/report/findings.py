@@ -10,7 +10,7 @@ entirely outside the 0.8-1.25 range -> "clear"; excluding 1 but reaching into th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import polars as pl
 
@@ -66,7 +66,7 @@ def _row(view: TargetView, dimension: str, group: str | None, metric: str) -> di
     return frame.row(0, named=True) if frame.height else None
 
 
-def _usable(row: dict | None, metric: str) -> bool:
+def _usable(row: dict | None, metric: str) -> TypeGuard[dict[str, Any]]:
     if row is None or row["suppressed"] or not is_number(row["value"]):
         return False
     return not hidden_by_counts(row, metric)
@@ -256,7 +256,7 @@ def mitigation_finding(view: TargetView) -> Finding | None:
     base = frame.row(0, named=True)
     best = frame.sort("tpr_gap").row(0, named=True)
     if best["strategy"] == base["strategy"]:
-        facts = {"gap": f"{base['tpr_gap'] * 100:.1f}"}
+        facts: dict[str, Any] = {"gap": f"{base['tpr_gap'] * 100:.1f}"}
         return Finding("info", "no_better_strategy", view.target, facts)
     has_cost = is_number(best["share_of_events_reached"]) and is_number(
         base["share_of_events_reached"]

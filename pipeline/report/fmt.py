@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 from pipeline.disclosure import SUPPRESSED, republish_count
 
@@ -46,9 +46,22 @@ class Cell:
     that a rate beside a '*' count is '*')."""
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def to_float(value: object) -> float:
+    """A numeric Polars scalar (``Series.max()``, ``.mean()`` ...) as a float.
+
+    Polars types those as any Python literal or None; a numeric column gives an int or float.
+
+    >>> to_float(3)
+    3.0
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
 
 
 def count_text(value: Any, sdc: Disclosure) -> str:

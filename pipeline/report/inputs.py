@@ -30,6 +30,7 @@ from pipeline import contract
 from pipeline.disclosure import SUPPRESSED
 from pipeline.errors import StageError
 from pipeline.io import Paths, read_json, scan_table
+from pipeline.report.fmt import to_float
 from pipeline.report.model import (
     CALIBRATION_SCHEMA,
     GRADIENT_POINTS_SCHEMA,
@@ -229,7 +230,9 @@ def label_curves(frame: pl.DataFrame) -> pl.DataFrame:
     )
     return conform(
         curves.with_columns(
-            (pl.col("score_percentile").cast(pl.Float64) * 100.0 / float(bins)).alias("percentile"),
+            (pl.col("score_percentile").cast(pl.Float64) * 100.0 / to_float(bins)).alias(
+                "percentile"
+            ),
             group_order_expr(),
         ),
         LABEL_CHOICE_SCHEMA,

@@ -15,9 +15,10 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline import contract
+from pipeline.contract import TableSchema
 
 _METRICS: Final = contract.GROUP_METRICS_SCHEMA
-GROUPS_SCHEMA: Final = {
+GROUPS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     "group_order": pl.Int32,
@@ -44,9 +45,9 @@ GROUPS_SCHEMA: Final = {
 """Long: one row per (dimension, group, metric), from ``group_metrics.parquet`` (the
 reference group's own ratio is null). ``suppressed``: value and CI withheld (a count is 1-7)."""
 
-GRADIENTS_SCHEMA: Final = contract.GRADIENTS_SCHEMA
+GRADIENTS_SCHEMA: Final[TableSchema] = contract.GRADIENTS_SCHEMA
 """``gradients.parquet`` as written, one dimension at a time."""
-GRADIENT_POINTS_SCHEMA: Final = {
+GRADIENT_POINTS_SCHEMA: Final[TableSchema] = {
     "indicator": pl.String,
     "group": pl.String,  # IMD decile or quintile label, 1 = most deprived
     "rank_mid": pl.Float64,  # midpoint of the group's cumulative population rank, 0-1
@@ -54,9 +55,9 @@ GRADIENT_POINTS_SCHEMA: Final = {
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
 }
-HEAT_SCHEMA: Final = contract.HEAT_SCHEMA
+HEAT_SCHEMA: Final[TableSchema] = contract.HEAT_SCHEMA
 """``heat.parquet`` as written."""
-LABEL_CHOICE_SCHEMA: Final = {
+LABEL_CHOICE_SCHEMA: Final[TableSchema] = {
     "need_measure": pl.String,
     "dimension": pl.String,
     "group": pl.String,
@@ -64,7 +65,7 @@ LABEL_CHOICE_SCHEMA: Final = {
     "percentile": pl.Float64,
     "mean_need": pl.Float64,
 }
-LABEL_SUMMARY_SCHEMA: Final = {
+LABEL_SUMMARY_SCHEMA: Final[TableSchema] = {
     "need_measure": pl.String,  # recorded_need, true_need
     "dimension": pl.String,
     "group": pl.String,
@@ -85,7 +86,7 @@ LABEL_SUMMARY_SCHEMA: Final = {
     "share_selected_by_oracle": pl.Float64,
 }
 """``need_gaps.parquet`` with each group's ``selection_shares.parquet`` shares beside it."""
-MITIGATION_SCHEMA: Final = {
+MITIGATION_SCHEMA: Final[TableSchema] = {
     "strategy": pl.String,
     "label": pl.String,
     "events_reached": pl.String,  # published count
@@ -95,20 +96,20 @@ MITIGATION_SCHEMA: Final = {
     "group": pl.String,  # a selection-share column per group, long
     "selection_share": pl.Float64,
 }
-CALIBRATION_SCHEMA: Final = {
+CALIBRATION_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     "group_order": pl.Int32,
     "mean_predicted": pl.Float64,
     "observed_rate": pl.Float64,
 }
-PERFORMANCE_SCHEMA: Final = {
+PERFORMANCE_SCHEMA: Final[TableSchema] = {
     "metric": pl.String,
     "value": pl.Float64,
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
 }
-OUTREACH_SCHEMA: Final = {
+OUTREACH_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
     "group_order": pl.Int32,
@@ -117,7 +118,7 @@ OUTREACH_SCHEMA: Final = {
     "share_list": pl.Float64,
     "share_need": pl.Float64,
 }
-POPULATION_SCHEMA: Final = {
+POPULATION_SCHEMA: Final[TableSchema] = {
     "target": pl.String,
     "dimension": pl.String,
     "group": pl.String,
@@ -126,12 +127,12 @@ POPULATION_SCHEMA: Final = {
 }
 
 
-def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def empty(schema: TableSchema) -> pl.DataFrame:
     """An empty frame with ``schema``."""
     return pl.DataFrame(schema=schema)
 
 
-def conform(frame: pl.DataFrame, schema: dict[str, Any]) -> pl.DataFrame:
+def conform(frame: pl.DataFrame, schema: TableSchema) -> pl.DataFrame:
     """Select and cast ``frame`` to ``schema``; missing columns become nulls."""
     return frame.select(
         [

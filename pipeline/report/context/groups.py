@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from pipeline.contract import TableSchema
 from pipeline.disclosure import SUPPRESSED
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Table
@@ -47,7 +48,7 @@ GROUP_COLUMNS: Final = [
     ("Observed / expected", "calibration: 1 = as many events as the model predicted"),
     ("Note", "reference group, small group, or outside the 0.8-1.25 range"),
 ]
-RATIO_SCHEMA: Final = {
+RATIO_SCHEMA: Final[TableSchema] = {
     "group": pl.String,
     "group_order": pl.Int32,
     "ratio": pl.Float64,
@@ -55,7 +56,7 @@ RATIO_SCHEMA: Final = {
     "ratio_ci_high": pl.Float64,
     "flagged": pl.Boolean,
 }
-ESTIMATE_SCHEMA: Final = {
+ESTIMATE_SCHEMA: Final[TableSchema] = {
     "group": pl.String,
     "group_order": pl.Int32,
     "value": pl.Float64,

@@ -7,17 +7,18 @@ from typing import Any, Final
 import altair as alt
 import polars as pl
 
+from pipeline.contract import TableSchema
 from pipeline.disclosure import SUPPRESSED
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, heading
 from pipeline.report.context.groups import Group, group_table, suppressed, wide_groups
 from pipeline.report.context.labels import METRIC_LABELS
-from pipeline.report.fmt import Disclosure, is_number, pct_text
+from pipeline.report.fmt import Disclosure, is_number, pct_text, to_float
 from pipeline.report.model import ReportView, TargetView
 
 INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
 GRID_METRICS: Final = ("tpr", "selection_rate")
-GRID_SCHEMA: Final = {
+GRID_SCHEMA: Final[TableSchema] = {
     "ethnicity": pl.String,
     "imd": pl.String,
     "value": pl.Float64,
@@ -39,13 +40,13 @@ def grid_cell(group: Group, metric: str) -> dict[str, Any]:
     }
 
 
-def grid_chart(view: TargetView, groups: list[Group], metric: str) -> alt.Chart:
+def grid_chart(view: TargetView, groups: list[Group], metric: str) -> charts.LayeredChart:
     """A heat grid of ``metric``, coloured against the overall value (else the cells' mean)."""
     frame = pl.DataFrame([grid_cell(group, metric) for group in groups], schema=GRID_SCHEMA)
     overall = view.audit_headline.get(f"overall_{metric}")
     known = frame["value"].drop_nulls()
     reference = (
-        float(overall) if is_number(overall) else (float(known.mean()) if len(known) else 0.0)
+        float(overall) if is_number(overall) else (to_float(known.mean()) if len(known) else 0.0)
     )
     return charts.heat_grid_chart(
         frame,

@@ -48,8 +48,8 @@ def need_figure(frame: pl.DataFrame, dimension: str, *, target: str, cutoff: Any
         )
         panels.append(chart.properties(title=need_label, width=340))
     title = f"Need by risk-score percentile, by {dimension_label(dimension).lower()}"
-    chart = alt.hconcat(*panels).properties(title=title)
-    return Figure(charts.to_svg(chart, description=f"{target}: {title}"), title)
+    figure = alt.hconcat(*panels).properties(title=title)
+    return Figure(charts.to_svg(figure, description=f"{target}: {title}"), title)
 
 
 def _note(row: dict[str, Any]) -> str:
