@@ -6,7 +6,8 @@ extract would hold), ``data/truth/`` (people, oracle, practices: what only a sim
 a real extract instead and leaves ``data/truth/`` empty.
 
 People are generated in chunks of ``population.chunk_size`` so memory stays flat with size; each
-chunk has its own seeded stream, so the same params give byte-identical files.
+chunk has its own seeded stream, so the same params give byte-identical files. How the world is
+built, the planted biases and the sources of every embedded figure: docs/synthetic_world.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ population. Condition offsets by IMD decile and by region are raked (iterative p
 fitting on the log scale) so that the expected *recorded* prevalence at the reference bias
 strength matches QOF 2019/20; outcome intercepts are set so each target's mean annual risk in
 its cohort matches ``outcomes.ANNUAL_RATE``. The pilot never depends on ``n_people``, so the
-same seed gives the same world at any scale.
+same seed gives the same world at any scale. What the report compares:
+docs/synthetic_world.md#calibration.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each true condition is a logistic model of age, sex, ethnicity, risk factors and earlier
 conditions, plus a deprivation-decile and a region offset fitted by raking (calibration.py) so
-that the *recorded* prevalence matches QOF 2019/20 by IMD decile and by region.
+that the *recorded* prevalence matches QOF 2019/20 by IMD decile and by region
+(docs/synthetic_world.md#conditions).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ SMOKING_RECORDING: Final = 0.90
 SMOKING_CODE: Final = "F17"
 """ICD-10 F17 (tobacco use) recorded as a diagnosis event for recorded current smokers."""
 
-# Planted under-recording: log-odds of recording fall by strength x (sum of these terms).
+# Planted under-recording: log-odds of recording fall by strength x (sum of these terms)
+# (docs/synthetic_world.md#under-recording).
 UNDER_RECORDING_DEPRIVATION: Final = 0.6  # x (10 - imd_decile) / 9: 0.6 in decile 1, 0 in 10
 UNDER_RECORDING_ETHNIC: Final = (0.0, 0.3, 0.5, 0.6, 0.5)  # White, Mixed, Asian, Black, Other
 UNDER_RECORDING_PRACTICE: Final = 0.5  # x Q: practice quality high 0, medium 0.5, low 1

@@ -31,7 +31,7 @@ CONDITION_BURDEN: Final = {
 """Log rate-ratio of care use (and log-odds of need) per true condition."""
 
 # Planted access bias: care use falls by exp(-strength x A x k_type) for the same need, with
-# A = 0.5 x deprivation + ethnic term + 0.4 x practice gap (see synth_outputs.md).
+# A = 0.5 x deprivation + ethnic term + 0.4 x practice gap (docs/synthetic_world.md#access).
 ACCESS_DEPRIVATION: Final = 0.5
 ACCESS_ETHNIC: Final = (0.0, 0.25, 0.35, 0.45, 0.35)  # White, Mixed, Asian, Black, Other
 ACCESS_PRACTICE: Final = 0.4

@@ -1,7 +1,8 @@
 """Areas (LSOA-like), ICBs and GP practices, and the layout of people across them.
 
 People are laid out in geographic order: person ``i`` lives in the area whose cumulative size
-first exceeds ``i``, so a chunk of people is just an index range and needs no global table.
+first exceeds ``i``, so a chunk of people is just an index range and needs no global table
+(docs/synthetic_world.md#geography).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Each outcome has an annual log-odds built mostly from what the record shows (rec
 conditions, prior admissions / A&E / GP contacts in the history, age, sex, deprivation,
 measured risk factors), plus a small latent part (unrecorded true conditions, a person-level
 noise term, and the access bias in groups a model does not see). ``oracle_risk`` is exactly the
-probability used to draw the recorded outcome: ``1 - (1 - expit(alpha + eta)) ** (months / 12)``.
+probability used to draw the recorded outcome: ``1 - (1 - expit(alpha + eta)) ** (months / 12)``
+(docs/synthetic_world.md#outcomes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Demographics: sex, age (mix by region and deprivation) and ethnicity (true and recorded)."""
+"""Demographics: sex, age (mix by region and deprivation) and ethnicity (true and recorded).
+
+See docs/synthetic_world.md#people.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Sources and attribution
 -----------------------
+Each figure's source and licence is listed in docs/synthetic_world.md#sources.
+
 * ``LSOAS_BY_REGION_DECILE``, ``QOF_PREVALENCE_BY_DECILE``, ``QOF_PREVALENCE_BY_REGION`` and
   ``QOF_PREVALENCE_ENGLAND`` are derived from the House of Commons Library, "Local health
   conditions prevalence estimates based on QOF" (QOF 2019/20 practice registers apportioned to
@@ -13,11 +15,12 @@ Sources and attribution
   dropped. Denominators follow QOF: DM 17+, CKD/DEP/OB 18+, the others all ages.
 * ICB codes and names: NHS England (42 ICBs since 1 July 2022). ICB populations are rounded
   approximations (millions of registered patients) used only as sampling weights.
-* Ethnicity and age mixes: Census 2021 (ONS), rounded; London and North East as quoted in the
-  project's DOMAIN.md, other regions approximate (ONS TS021 / TS007A, rounded to 0.1 point).
+* Ethnicity and age mixes: Census 2021 (ONS), rounded; England, London and the published 65+
+  shares (England, London, South West) as published, other regions approximate (ONS TS021 /
+  TS007A, rounded to 0.1 point).
 * Smoking 23.8% in the most deprived decile vs 6.8% in the least (ONS APS 2021); A&E attendances
   ~1.9x most vs least deprived decile (NHS Digital HES 2019/20); type 2 diabetes ~2x in South
-  Asian and Black groups (DOMAIN.md).
+  Asian and Black groups (no primary publication named; docs/synthetic_world.md#sources).
 
 The QOF-derived literals were computed once with Polars from the three CSV files (decile rows
 as given; regions = sum of register / sum of list over the grouped ONS regions; LSOAs counted
