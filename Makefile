@@ -1,4 +1,5 @@
 # The two set-up commands (README): `make run` and `make test`. Both need only python3.
+# `make test` runs the same lint as the pre-commit hooks (.pre-commit-config.yaml), then pytest.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -29,6 +30,8 @@ run: install $(SECRET_FILE)
 
 test: install
 	ruff check .
+	ruff format --check .
+	mypy
 	pytest
 
 bench: install

@@ -82,7 +82,7 @@ def fit_calibration(
         ("isotonic", "sigmoid") if mode == "auto" else (mode,)
     )
     folds = np.random.default_rng(seed).permutation(raw.size) % n_folds
-    scores: dict[str, float] = {}
+    scores: dict[CalibrationMethod, float] = {}
     for method in candidates:
         cross_fitted = np.empty_like(raw)
         for fold in range(n_folds):

@@ -15,7 +15,7 @@ def feature_importance(
 ) -> list[dict[str, Any]]:
     """Gain importance and mean |SHAP| (LightGBM ``pred_contrib``, log-odds scale) per feature."""
     gain = booster.feature_importance(importance_type="gain")
-    contrib = booster.predict(x_sample, pred_contrib=True)[:, : len(spec.names)]
+    contrib = np.asarray(booster.predict(x_sample, pred_contrib=True))[:, : len(spec.names)]
     mean_abs = np.abs(contrib).mean(axis=0) if x_sample.shape[0] else np.zeros(len(spec.names))
     rows = [
         {

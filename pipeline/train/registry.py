@@ -112,17 +112,21 @@ def _dataset(spec: FeatureSpec, *, source: Path, name: str, digest: str) -> Any:
     """An MLflow dataset of schema and digest only (nothing row-level)."""
     from mlflow.data.dataset_source_registry import get_registered_sources
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    schema = Schema(
-        [ColSpec("double", name) for name in spec.names] + [ColSpec("integer", "outcome")]
-    )
+    columns: list[ColSpec | TensorSpec] = [ColSpec("double", name) for name in spec.names]
+    schema = Schema([*columns, ColSpec("integer", "outcome")])
     # MLflow registers the local source class twice; pick it directly (resolving it warns).
     local_source = next(
         found for found in get_registered_sources() if found._get_source_type() == "local"
     )
-    return MetaDataset(
-        source=local_source(str(source)), name=name, digest=digest[:20], schema=schema
+    # MLflow's annotations call the registered source an instance and MetaDataset abstract;
+    # both are concrete classes at run time.
+    return MetaDataset(  # type: ignore[abstract]
+        source=local_source(str(source)),  # type: ignore[operator]
+        name=name,
+        digest=digest[:20],
+        schema=schema,
     )
 
 
@@ -163,7 +167,7 @@ def log_to_mlflow(
     )
     name = f"phm-{target}"
     with mlflow.start_run(run_name=target) as run:
-        mlflow.log_params(params)
+        mlflow.log_params(dict(params))
         mlflow.set_tags(tags)
         mlflow.log_input(dataset, context="training")
         tracking.log_flat_metrics({k: v for k, v in metrics.items() if k != "target"})
