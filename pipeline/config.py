@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.disclosure import Rule
 from pipeline.errors import ParamsError
 
 __all__ = ["Params", "ParamsError", "load_params", "parse_params"]
@@ -250,8 +251,6 @@ class ReportParams(_Frozen):
     """Equity report (stage ``report``)."""
 
     title: str = "Risk stratification for prevention: equity report"
-    suppress_below: Annotated[int, Field(ge=1, strict=True)] = 8
-    round_to: Annotated[int, Field(ge=1, strict=True)] = 5
 
 
 class Params(_Frozen):
@@ -267,6 +266,9 @@ class Params(_Frozen):
     audit: AuditParams = AuditParams()
     outreach: OutreachParams = OutreachParams()
     report: ReportParams = ReportParams()
+    disclosure: Rule = Rule()
+    """Statistical disclosure control of every published count, in every stage and the report's
+    scanner (``pipeline.disclosure.Rule``)."""
 
     @model_validator(mode="after")
     def _outreach_targets_known(self) -> Params:

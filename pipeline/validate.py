@@ -14,41 +14,41 @@ from typing import Any
 
 from pipeline.config import Params
 from pipeline.contract import DataQuality, validate_population, write_summary
-from pipeline.disclosure import publish_rate, round_count
+from pipeline.disclosure import Rule
 from pipeline.io import Paths
 
 __all__ = ["data_quality_report", "run"]
 
 
-def _rate(numerator: int, denominator: int, *, digits: int = 4) -> float | str | None:
-    value = round(numerator / denominator, digits) if denominator else None
-    return publish_rate(numerator, denominator, value)
-
-
 def data_quality_report(
-    facts: dict[str, Any], *, folder: str, index_date: dt.date
+    facts: dict[str, Any], *, folder: str, index_date: dt.date, rule: Rule
 ) -> dict[str, Any]:
     """Turn :func:`pipeline.contract.validate_population` facts into a publishable summary.
 
-    Counts are rounded / suppressed with :mod:`pipeline.disclosure`; shares whose numerator or
-    denominator is suppressed are ``"*"``.
+    Counts are rounded / suppressed by ``rule``; shares whose numerator or denominator is
+    suppressed are ``"*"``.
     """
     rows = facts["rows"]
     n_people = facts["n_people"]
+
+    def _rate(numerator: int, denominator: int) -> float | str | None:
+        value = round(numerator / denominator, 4) if denominator else None
+        return rule.rate(numerator, denominator, value)
+
     return {
         "folder": folder,
         "index_date": index_date,
         "valid": True,
         "tables": {
             table: {
-                "n_rows": round_count(count),
+                "n_rows": rule.count(count),
                 "null_share": {
                     column: _rate(nulls, count) for column, nulls in facts["nulls"][table].items()
                 },
             }
             for table, count in rows.items()
         },
-        "n_people": round_count(n_people),
+        "n_people": rule.count(n_people),
         "ethnicity_recorded_share": _rate(facts["ethnicity_recorded"], n_people),
         "events_per_person_year_last_12_months": {
             event_type: _rate(count, n_people)
@@ -68,5 +68,7 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     shown = folder.resolve()
     if shown.is_relative_to(paths.root):
         shown = shown.relative_to(paths.root)
-    report = data_quality_report(facts, folder=shown.as_posix(), index_date=params.index_date)
+    report = data_quality_report(
+        facts, folder=shown.as_posix(), index_date=params.index_date, rule=params.disclosure
+    )
     write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.audit.publish import json_count
-from pipeline.disclosure import publish_rate, round_count, round_count_expr
+from pipeline.disclosure import Rule, publish_rate, round_count, round_count_expr
 
 
 def test_round_count_rules() -> None:
@@ -32,3 +32,37 @@ def test_expression_matches_scalar(counts: list[int]) -> None:
     assert published == [str(round_count(n)) for n in counts]
     for value in published:
         assert value == "*" or int(value) % 5 == 0
+
+
+def test_the_rule_in_force_comes_from_params_and_reaches_every_published_count() -> None:
+    from pipeline.config import parse_params
+    from pipeline.validate import data_quality_report
+
+    target = {"t": {"outcome": "emergency_admission", "follow_up_months": 12}}
+    rule = parse_params({"targets": target, "disclosure": {"suppress_below": 11, "round_to": 10}})
+    assert rule.disclosure == Rule(suppress_below=11, round_to=10)
+    assert [rule.disclosure.count(n) for n in (0, 10, 11, 14, 15)] == [0, "*", 10, 10, 20]
+    facts = {
+        "rows": {"people": 1234},
+        "nulls": {"people": {"ethnicity": 9}},
+        "n_people": 1234,
+        "ethnicity_recorded": 1225,
+        "events_last_year": {},
+        "date_min": None,
+        "date_max": None,
+    }
+    report = data_quality_report(facts, folder="x", index_date=None, rule=rule.disclosure)
+    assert report["tables"]["people"]["n_rows"] == 1230
+    assert report["tables"]["people"]["null_share"]["ethnicity"] == "*"  # 9 < 11
+    assert report["n_people"] == 1230
+
+
+def test_rule_methods_agree_with_each_other() -> None:
+    rule = Rule(suppress_below=6, round_to=3)
+    counts = pl.Series("n", [None, 0, 1, 5, 6, 7, 8, 100])
+    as_expr = pl.DataFrame({"n": counts}).select(rule.count_expr(pl.col("n")))["n"].to_list()
+    scalar = [rule.count(n) for n in counts.to_list()]
+    assert as_expr == [None if v is None else str(v) for v in scalar]
+    assert all(rule.is_published(v) for v in scalar)
+    assert [rule.republish(v) for v in scalar] == scalar  # idempotent
+    assert not rule.is_published(7)

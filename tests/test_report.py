@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
+from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import read_json, write_json
 from pipeline.report import render_report, run
@@ -22,7 +23,7 @@ from pipeline.report.context import capacity, labels
 from pipeline.report.context.blocks import Section
 from pipeline.report.context.groups import group_table
 from pipeline.report.findings import certainty, headline_findings
-from pipeline.report.fmt import Disclosure, count_text, rate_cell, to_float
+from pipeline.report.fmt import count_text, rate_cell, to_float
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
 from pipeline.report.scan import scan_html, scan_json, scan_reports
@@ -185,7 +186,7 @@ def test_context_is_plain_values_and_templates_escape_them(view: ReportView) -> 
     )
     target = dataclasses.replace(first, groups=groups, description=planted)
     hostile = dataclasses.replace(view, targets=(target,))
-    html = render_report(hostile, sdc=Disclosure())
+    html = render_report(hostile, sdc=Rule())
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
 
@@ -202,7 +203,7 @@ def test_group_table_hides_rates_of_suppressed_counts(view: ReportView) -> None:
         .alias("n")
     )
     target = dataclasses.replace(target, groups=planted)
-    table = group_table(target, view, dimension, Disclosure())
+    table = group_table(target, view, dimension, Rule())
     assert table is not None
     assert [label for label, _ in table.columns][:2] == ["Group", "People"]
     rows = {row[0].text: row for row in table.rows}
@@ -215,7 +216,7 @@ def test_group_table_hides_rates_of_suppressed_counts(view: ReportView) -> None:
 def test_every_section_names_a_template_that_exists(view: ReportView) -> None:
     from pipeline.report.build import TEMPLATES, build_sections
 
-    sections = build_sections(view, Disclosure())
+    sections = build_sections(view, Rule())
     assert [s.id for s in sections][-1] == "limitations"
     for section in sections:
         assert isinstance(section, Section)
@@ -245,7 +246,7 @@ def test_label_and_capacity_doctests() -> None:
 
 
 def test_counts_and_rates_are_disclosure_controlled() -> None:
-    sdc = Disclosure()
+    sdc = Rule()
     assert [count_text(v, sdc) for v in (0, 3, 7, 8, 12, 13, 1234, "*", None)] == [
         "0",
         "*",

@@ -23,7 +23,7 @@ import polars as pl
 
 from pipeline import audit, contract, need
 from pipeline.config import load_params, parse_params
-from pipeline.disclosure import SUPPRESSED, round_count
+from pipeline.disclosure import SUPPRESSED, Rule, round_count
 from pipeline.io import Paths, write_json
 from pipeline.validate import data_quality_report
 from tests import simworld
@@ -184,7 +184,9 @@ def data_quality() -> contract.DataQuality:
         "date_min": dt.date(2005, 4, 1),
         "date_max": dt.date(2025, 3, 31),
     }
-    report = data_quality_report(facts, folder="data/population", index_date=dt.date(2025, 4, 1))
+    report = data_quality_report(
+        facts, folder="data/population", index_date=dt.date(2025, 4, 1), rule=Rule()
+    )
     return contract.DataQuality.model_validate(report)
 
 

@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline import contract, seeds, selection
 from pipeline.config import OutreachParams, Params
+from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, write_parquet
 from pipeline.outreach import lists, policies, reasons, summary
@@ -66,11 +67,13 @@ def build_target(
     key: bytes,
     rng: np.random.Generator,
     action: str,
+    rule: Rule,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One target's list (``lists.OUTREACH_COLUMNS``) and its summary block.
 
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``action`` the target's default
-    action; the other arguments are described where they are made (:func:`run`).
+    action; ``rule`` publishes the summary's counts; the other arguments are described where
+    they are made (:func:`run`).
     """
     prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
     selected = lists.select_outreach(
@@ -83,6 +86,7 @@ def build_target(
         truth_need=truth_need,
         capacity_mode=outreach.capacity_mode,
         min_group_size=outreach.min_group_size,
+        rule=rule,
     )
     block["policy_detail"] = policies.policy_detail(outreach, thresholds)
     return lists.list_rows(explained), block
@@ -125,6 +129,7 @@ def run(params: Params, paths: Paths) -> None:
             key=key,
             rng=seeds.rng("equal_opportunity", name, root=params.seed),
             action=reasons.default_action(params.targets[name].outcome),
+            rule=params.disclosure,
         )
         for name in targets
     }

@@ -16,8 +16,9 @@ from typing import Any, Final
 
 import polars as pl
 
-from pipeline import contract, disclosure, selection
+from pipeline import contract, selection
 from pipeline.config import OutreachParams
+from pipeline.disclosure import Rule
 from pipeline.outreach.lists import OUTREACH_COLUMNS
 from pipeline.selection import CapacityMode
 
@@ -33,19 +34,21 @@ MAKE_UP_DIMENSIONS: Final = ("imd_quintile", "ethnicity_group", "region")
 SUMMARY_FILE: Final = "outreach_summary.json"
 
 
-def _count(value: float | int | None) -> int | str | None:
-    return disclosure.round_count(None if value is None else round(value))
+def _count(rule: Rule, value: float | int | None) -> int | str | None:
+    return rule.count(None if value is None else round(value))
 
 
-def _share(numerator: int, denominator: int, value: float | None = None) -> float | str | None:
+def _share(
+    rule: Rule, numerator: int, denominator: int, value: float | None = None
+) -> float | str | None:
     rate = (numerator / denominator if denominator else None) if value is None else value
-    return disclosure.publish_rate(numerator, denominator, None if rate is None else round(rate, 4))
+    return rule.rate(numerator, denominator, None if rate is None else round(rate, 4))
 
 
-def _rounded_mean(value: float | None, count: int) -> float | str | None:
+def _rounded_mean(rule: Rule, value: float | None, count: int) -> float | str | None:
     if value is None:
         return None
-    return disclosure.publish_rate(count, count, round(float(value), 4))
+    return rule.rate(count, count, round(float(value), 4))
 
 
 def with_need_list(
@@ -101,63 +104,73 @@ def _aggregates(*, has_truth: bool) -> list[pl.Expr]:
     return aggregates
 
 
-def _test_block(row: Mapping[str, Any]) -> dict[str, Any]:
+def _test_block(rule: Rule, row: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "n_selected": _count(row["test_selected"]),
-        "n_events": _count(row["test_events"]),
-        "n_events_reached": _count(row["test_events_reached"]),
-        "n_expected_events_reached": _count(row["test_expected_reached"]),
-        "event_capture_rate": _share(int(row["test_events_reached"]), int(row["test_events"])),
-        "precision": _share(int(row["test_events_reached"]), int(row["test_selected"])),
+        "n_selected": _count(rule, row["test_selected"]),
+        "n_events": _count(rule, row["test_events"]),
+        "n_events_reached": _count(rule, row["test_events_reached"]),
+        "n_expected_events_reached": _count(rule, row["test_expected_reached"]),
+        "event_capture_rate": _share(
+            rule, int(row["test_events_reached"]), int(row["test_events"])
+        ),
+        "precision": _share(rule, int(row["test_events_reached"]), int(row["test_selected"])),
     }
 
 
-def _expected_events_block(overall: Mapping[str, Any]) -> dict[str, Any]:
+def _expected_events_block(rule: Rule, overall: Mapping[str, Any]) -> dict[str, Any]:
     reached, eligible = overall["expected_selected"], overall["expected_eligible"]
     return {
-        "n_expected_events_reached": _count(reached),
-        "n_expected_events_eligible": _count(eligible),
+        "n_expected_events_reached": _count(rule, reached),
+        "n_expected_events_eligible": _count(rule, eligible),
         "share_of_expected_events_reached": _share(
-            round(reached), round(eligible), reached / eligible if eligible else None
+            rule, round(reached), round(eligible), reached / eligible if eligible else None
         ),
     }
 
 
-def _true_need_block(overall: Mapping[str, Any]) -> dict[str, Any]:
+def _true_need_block(rule: Rule, overall: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "n_need_list": _count(overall["n_need_list"]),
-        "n_overlap": _count(overall["n_overlap"]),
-        "overlap_share": _share(int(overall["n_overlap"]), int(overall["n_need_list"])),
+        "n_need_list": _count(rule, overall["n_need_list"]),
+        "n_overlap": _count(rule, overall["n_overlap"]),
+        "overlap_share": _share(rule, int(overall["n_overlap"]), int(overall["n_need_list"])),
         "mean_true_need_selected": _rounded_mean(
-            overall["mean_need_selected"], int(overall["n_selected"])
+            rule, overall["mean_need_selected"], int(overall["n_selected"])
         ),
         "mean_true_need_eligible": _rounded_mean(
-            overall["mean_need_eligible"], int(overall["n_eligible"])
+            rule, overall["mean_need_eligible"], int(overall["n_eligible"])
         ),
     }
 
 
 def _group_block(
-    row: Mapping[str, Any], overall: Mapping[str, Any], *, has_truth: bool, min_group_size: int
+    rule: Rule,
+    row: Mapping[str, Any],
+    overall: Mapping[str, Any],
+    *,
+    has_truth: bool,
+    min_group_size: int,
 ) -> dict[str, Any]:
     n_eligible, n_selected = int(row["n_eligible"]), int(row["n_selected"])
     block: dict[str, Any] = {
         "group": row["group"],
-        "n_eligible": _count(n_eligible),
-        "n_selected": _count(n_selected),
-        "share_of_eligible": _share(n_eligible, int(overall["n_eligible"])),
-        "share_of_selected": _share(n_selected, int(overall["n_selected"])),
-        "selection_rate": _share(n_selected, n_eligible),
-        "test_split": _test_block(row),
+        "n_eligible": _count(rule, n_eligible),
+        "n_selected": _count(rule, n_selected),
+        "share_of_eligible": _share(rule, n_eligible, int(overall["n_eligible"])),
+        "share_of_selected": _share(rule, n_selected, int(overall["n_selected"])),
+        "selection_rate": _share(rule, n_selected, n_eligible),
+        "test_split": _test_block(rule, row),
         "stable": n_selected >= min_group_size,
     }
     if not block["stable"]:
         block["note"] = "small group"
     if has_truth:
         need_total = float(overall["true_need_total"] or 0.0)
-        block["n_need_list"] = _count(row["n_need_list"])
-        block["share_of_need_list"] = _share(int(row["n_need_list"]), int(overall["n_need_list"]))
+        block["n_need_list"] = _count(rule, row["n_need_list"])
+        block["share_of_need_list"] = _share(
+            rule, int(row["n_need_list"]), int(overall["n_need_list"])
+        )
         block["share_of_true_need"] = _share(
+            rule,
             n_eligible,
             n_eligible,
             float(row["true_need_total"] or 0.0) / need_total if need_total else None,
@@ -166,7 +179,12 @@ def _group_block(
 
 
 def _make_up(
-    frame: pl.DataFrame, overall: Mapping[str, Any], *, has_truth: bool, min_group_size: int
+    rule: Rule,
+    frame: pl.DataFrame,
+    overall: Mapping[str, Any],
+    *,
+    has_truth: bool,
+    min_group_size: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """One block per group of each make-up dimension (missing values as ``"missing"``)."""
     make_up = {}
@@ -177,7 +195,7 @@ def _make_up(
             .sort("group")
         )
         make_up[dimension] = [
-            _group_block(row, overall, has_truth=has_truth, min_group_size=min_group_size)
+            _group_block(rule, row, overall, has_truth=has_truth, min_group_size=min_group_size)
             for row in rows.iter_rows(named=True)
         ]
     return make_up
@@ -190,6 +208,7 @@ def summarise_target(
     truth_need: pl.DataFrame | None,
     capacity_mode: CapacityMode,
     min_group_size: int,
+    rule: Rule,
 ) -> dict[str, Any]:
     """Aggregate, disclosure-controlled description of one target's outreach lists.
 
@@ -206,6 +225,8 @@ def summarise_target(
         To build the same-size "need list" (top true need per capacity unit) for comparison.
     min_group_size
         Groups with fewer selected people are marked ``"stable": false``.
+    rule
+        The disclosure rule every count and share is published by.
 
     Returns
     -------
@@ -221,15 +242,19 @@ def summarise_target(
     lists = frame.group_by("icb_code").agg(pl.col("selected").sum().alias("n")).sort("icb_code")
     whole_units = capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
     return {
-        "n_eligible": _count(n_eligible),
-        "n_selected": _count(n_selected),
-        "share_selected": _share(n_selected, n_eligible),
+        "n_eligible": _count(rule, n_eligible),
+        "n_selected": _count(rule, n_selected),
+        "share_selected": _share(rule, n_selected, n_eligible),
         "units_whole_cohort_selected": whole_units if capacity_mode != "share" else 0,
-        "lists": {row["icb_code"]: {"n": _count(row["n"])} for row in lists.iter_rows(named=True)},
-        "expected_events": _expected_events_block(overall),
-        "test_split": _test_block(overall),
-        "make_up": _make_up(frame, overall, has_truth=has_truth, min_group_size=min_group_size),
-        "true_need": _true_need_block(overall) if has_truth else None,
+        "lists": {
+            row["icb_code"]: {"n": _count(rule, row["n"])} for row in lists.iter_rows(named=True)
+        },
+        "expected_events": _expected_events_block(rule, overall),
+        "test_split": _test_block(rule, overall),
+        "make_up": _make_up(
+            rule, frame, overall, has_truth=has_truth, min_group_size=min_group_size
+        ),
+        "true_need": _true_need_block(rule, overall) if has_truth else None,
     }
 
 

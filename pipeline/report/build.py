@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import jinja2
 
+from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import Paths, write_text
 from pipeline.report import checklist
@@ -35,7 +36,6 @@ from pipeline.report.context.outreach import outreach_section
 from pipeline.report.context.performance import performance_section
 from pipeline.report.context.population import population_section
 from pipeline.report.findings import findings_context
-from pipeline.report.fmt import Disclosure
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
 from pipeline.report.scan import Violation, scan_html, scan_reports
@@ -64,7 +64,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-SECTION_BUILDERS: Final[tuple[Callable[[ReportView, Disclosure], Section], ...]] = (
+SECTION_BUILDERS: Final[tuple[Callable[[ReportView, Rule], Section], ...]] = (
     population_section,
     performance_section,
     deprivation_section,
@@ -78,7 +78,7 @@ SECTION_BUILDERS: Final[tuple[Callable[[ReportView, Disclosure], Section], ...]]
 """The sections in report order (limitations, which draws nothing, comes last)."""
 
 
-def build_sections(view: ReportView, sdc: Disclosure) -> list[Section]:
+def build_sections(view: ReportView, sdc: Rule) -> list[Section]:
     """Every section's context, in report order."""
     # vl-convert renders outside the GIL: two sections at a time keep both cores busy.
     # Results come back in order, so the output does not depend on scheduling.
@@ -87,7 +87,7 @@ def build_sections(view: ReportView, sdc: Disclosure) -> list[Section]:
     return [*built, limitations_section(view)]
 
 
-def render_report(view: ReportView, *, sdc: Disclosure) -> str:
+def render_report(view: ReportView, *, sdc: Rule) -> str:
     """The report HTML for ``view`` (pure: no file is read or written).
 
     Parameters
@@ -170,8 +170,7 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
         ``reports/`` (nothing is written), or when no audit output exists at all.
     """
     started = time.perf_counter()
-    settings = params.report
-    sdc = Disclosure(suppress_below=settings.suppress_below, round_to=settings.round_to)
+    sdc = params.disclosure
     target = paths.reports / REPORT_FILE
     # Upstream files first (cheap): a violation there stops the stage before any work.
     _refuse_if_any(

@@ -11,25 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeGuard
 
-from pipeline.disclosure import SUPPRESSED, republish_count
+from pipeline.disclosure import SUPPRESSED, Rule
 
 MISSING: Final = "–"
 
 CellKind = Literal["t", "n", "r"]
-
-
-@dataclass(frozen=True)
-class Disclosure:
-    """The disclosure rule in force (params ``report.suppress_below`` / ``round_to``)."""
-
-    suppress_below: int = 8
-    round_to: int = 5
-
-    def count(self, value: Any) -> int | str | None:
-        """The publishable form of a count (raw or already published)."""
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        return republish_count(value, suppress_below=self.suppress_below, round_to=self.round_to)
 
 
 @dataclass(frozen=True)
@@ -64,9 +50,9 @@ def to_float(value: object) -> float:
     raise TypeError(f"not a number: {value!r}")
 
 
-def count_text(value: Any, sdc: Disclosure) -> str:
+def count_text(value: Any, sdc: Rule) -> str:
     """``'*'``, ``'–'`` (not available) or the rounded count with thousands separators."""
-    published = sdc.count(value)
+    published = sdc.republish(value)
     if published is None:
         return MISSING
     if published == SUPPRESSED:
@@ -107,7 +93,7 @@ def ci_text(low: Any, high: Any, *, percent: bool, digits: int = 1) -> str:
     return f"{a}–{b}{unit}"
 
 
-def count_cell(value: Any, sdc: Disclosure) -> Cell:
+def count_cell(value: Any, sdc: Rule) -> Cell:
     """A count cell, disclosure-controlled."""
     text = count_text(value, sdc)
     sort = text.replace(",", "") if text not in {SUPPRESSED, MISSING} else "-1"

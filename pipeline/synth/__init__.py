@@ -34,6 +34,7 @@ from pipeline.contract import (
     TRUTH_ORACLE_SCHEMA,
     TRUTH_PEOPLE_SCHEMA,
 )
+from pipeline.disclosure import Rule
 from pipeline.io import ROW_GROUP_SIZE, Paths, atomic_dir, write_json
 from pipeline.synth.calibration import Calibration, Tally, calibration_report, fit_calibration
 from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions
@@ -296,8 +297,10 @@ def synthesize(
     targets: Mapping[str, TargetParams],
     seed: int,
     index_date: dt.date,
+    rule: Rule,
 ) -> dict[str, Any]:
-    """Write every table into the given (temporary) folders; return the calibration report."""
+    """Write every table into the given (temporary) folders; return the calibration report
+    (counts published by ``rule``)."""
     calibration = fit_calibration(
         seed=seed,
         area_size=population.area_size,
@@ -325,7 +328,7 @@ def synthesize(
     starts = range(0, population.n_people, population.chunk_size)
     bounds = [(start, min(start + population.chunk_size, population.n_people)) for start in starts]
     tally = _write_chunks(make_chunk, bounds, population_dir, truth_dir)
-    return calibration_report(tally, bias=population.bias.model_dump())
+    return calibration_report(tally, bias=population.bias.model_dump(), rule=rule)
 
 
 def copy_extract(extract_dir: Path, population_dir: Path) -> None:
@@ -392,5 +395,6 @@ def run(params: Params, paths: Paths) -> None:
                 targets=params.targets,
                 seed=params.seed,
                 index_date=params.index_date,
+                rule=params.disclosure,
             )
     write_json(report, paths.reports / "synthetic_calibration.json")

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline import seeds
 from pipeline.contract import REGIONS, SyntheticCalibration
-from pipeline.disclosure import publish_rate, round_count
+from pipeline.disclosure import Rule
 from pipeline.synth import reference as ref
 from pipeline.synth.conditions import (
     CONDITION_ORDER,
@@ -226,52 +226,56 @@ class Tally:
         np.add.at(self.diabetes_by_group, (1, people["group"][adult]), cond["true_diabetes"][adult])  # type: ignore[arg-type]
 
 
-def _share(numerator: float, denominator: float) -> float | str | None:
+def _share(numerator: float, denominator: float, rule: Rule) -> float | str | None:
     rate = numerator / denominator if denominator else None
-    return publish_rate(int(numerator), int(denominator), None if rate is None else round(rate, 5))
+    return rule.rate(int(numerator), int(denominator), None if rate is None else round(rate, 5))
 
 
 def _prevalence_row(
-    counts: np.ndarray, reference: float, **key: int | str
+    counts: np.ndarray, reference: float, rule: Rule, **key: int | str
 ) -> dict[str, int | str | float | None]:
     """One breakdown row from the (denominator, recorded, true) counts of a cell."""
     n, rec, true = counts
     return {
         **key,
-        "n": round_count(int(n)),
-        "recorded_prevalence": _share(rec, n),
-        "true_prevalence": _share(true, n),
+        "n": rule.count(int(n)),
+        "recorded_prevalence": _share(rec, n, rule),
+        "true_prevalence": _share(true, n, rule),
         "reference_prevalence": reference,
     }
 
 
-def _condition_summary(tally: Tally, k: int, register: str) -> dict[str, Any]:
+def _condition_summary(tally: Tally, k: int, register: str, rule: Rule) -> dict[str, Any]:
     """Recorded and true prevalence of QOF register ``k`` overall, by decile and by region."""
     n, rec, true = tally.by_decile[k].sum(axis=1)
     return {
         "qof_register": register,
         "min_age": ref.QOF_MIN_AGE[register],
-        "recorded_prevalence": _share(rec, n),
-        "true_prevalence": _share(true, n),
+        "recorded_prevalence": _share(rec, n, rule),
+        "true_prevalence": _share(true, n, rule),
         "reference_prevalence": ref.QOF_PREVALENCE_ENGLAND[register],
         "by_imd_decile": [
             _prevalence_row(
                 tally.by_decile[k, :, d],
                 ref.QOF_PREVALENCE_BY_DECILE[register][d],
+                rule,
                 imd_decile=d + 1,
             )
             for d in range(10)
         ],
         "by_region": [
             _prevalence_row(
-                tally.by_region[k, :, r], ref.QOF_PREVALENCE_BY_REGION[register][r], region=region
+                tally.by_region[k, :, r],
+                ref.QOF_PREVALENCE_BY_REGION[register][r],
+                rule,
+                region=region,
             )
             for r, region in enumerate(REGIONS)
         ],
     }
 
 
-def _ethnicity_by_region(tally: Tally) -> list[dict[str, Any]]:
+def _ethnicity_by_region(tally: Tally, rule: Rule) -> list[dict[str, Any]]:
     """Recorded (incl. not recorded) and true broad ethnic mix per region vs Census 2021."""
     groups = (*ref.ETHNIC_GROUPS, "Not recorded")
     rows = []
@@ -280,12 +284,12 @@ def _ethnicity_by_region(tally: Tally) -> list[dict[str, Any]]:
         rows.append(
             {
                 "region": region,
-                "n": round_count(int(total)),
+                "n": rule.count(int(total)),
                 "recorded_share": {
-                    g: _share(tally.ethnicity[r, i], total) for i, g in enumerate(groups)
+                    g: _share(tally.ethnicity[r, i], total, rule) for i, g in enumerate(groups)
                 },
                 "true_share": {
-                    g: _share(tally.true_ethnicity[r, i], total)
+                    g: _share(tally.true_ethnicity[r, i], total, rule)
                     for i, g in enumerate(ref.ETHNIC_GROUPS)
                 },
                 "reference_share": {
@@ -297,7 +301,7 @@ def _ethnicity_by_region(tally: Tally) -> list[dict[str, Any]]:
     return rows
 
 
-def _age_by_region(tally: Tally) -> list[dict[str, Any]]:
+def _age_by_region(tally: Tally, rule: Rule) -> list[dict[str, Any]]:
     """Age-band shares per region, with the Census 65+ share beside them."""
     rows = []
     for r, region in enumerate(REGIONS):
@@ -305,10 +309,10 @@ def _age_by_region(tally: Tally) -> list[dict[str, Any]]:
         rows.append(
             {
                 "region": region,
-                "n": round_count(int(total)),
-                "share_0_14": _share(tally.ages[r, 0], total),
-                "share_15_64": _share(tally.ages[r, 1], total),
-                "share_65_plus": _share(tally.ages[r, 2], total),
+                "n": rule.count(int(total)),
+                "share_0_14": _share(tally.ages[r, 0], total, rule),
+                "share_15_64": _share(tally.ages[r, 1], total, rule),
+                "share_65_plus": _share(tally.ages[r, 2], total, rule),
                 "reference_share_65_plus": ref.AGE_65_PLUS_BY_REGION[region] / 100,
             }
         )
@@ -324,11 +328,11 @@ def _diabetes_ratio(tally: Tally) -> dict[str, float | None]:
     }
 
 
-def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any]:
+def calibration_report(tally: Tally, *, bias: dict[str, float], rule: Rule) -> dict[str, Any]:
     """Synthetic vs QOF prevalence by decile and region, ethnicity and age mix by region."""
     conditions = {
         next(c for c, r in ref.CONDITION_REGISTER.items() if r == register): _condition_summary(
-            tally, k, register
+            tally, k, register, rule
         )
         for k, register in enumerate(ref.QOF_REGISTERS)
     }
@@ -338,8 +342,8 @@ def calibration_report(tally: Tally, *, bias: dict[str, float]) -> dict[str, Any
         "reference": "QOF 2019/20 via House of Commons Library (Open Parliament Licence v3.0); "
         "Census 2021 (ONS)",
         "conditions": conditions,
-        "ethnicity_by_region": _ethnicity_by_region(tally),
-        "age_by_region": _age_by_region(tally),
+        "ethnicity_by_region": _ethnicity_by_region(tally, rule),
+        "age_by_region": _age_by_region(tally, rule),
         "true_diabetes_ratio_to_white_17_plus": _diabetes_ratio(tally),
     }
     # checked against the contract model the report reads it through

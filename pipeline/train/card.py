@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import jinja2
 
-from pipeline import contract, disclosure, selection
+from pipeline import contract, selection
+from pipeline.disclosure import Rule
 from pipeline.train.evaluation import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def model_card(
     importance: Sequence[Mapping[str, Any]],
     n_cohort: int,
     n_train_rows: int,
+    rule: Rule,
 ) -> str:
     """Markdown model card of one target's model (TRIPOD+AI items listed in the template)."""
     capacity_text = selection.capacity_text(
@@ -66,8 +68,8 @@ def model_card(
         "ages": f"{target_params.min_age}-{target_params.max_age}",
         "exclusions": ", ".join(target_params.exclude_prior) or "none",
         "index_date": index_date.isoformat(),
-        "n_people": disclosure.round_count(n_cohort),
-        "n_train": disclosure.round_count(n_train_rows),
+        "n_people": rule.count(n_cohort),
+        "n_train": rule.count(n_train_rows),
         "max_train_rows": f"{train.max_train_rows:,}",
         "learning_rate": train.learning_rate,
         "num_leaves": train.num_leaves,

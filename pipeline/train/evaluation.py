@@ -13,7 +13,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from pipeline import contract, disclosure, metrics
+from pipeline import contract, metrics
+from pipeline.disclosure import Rule
 
 METRIC_NAMES: Final = contract.MODEL_METRICS
 """Test-split metrics, each published with ``<name>_ci_low`` / ``<name>_ci_high``."""
@@ -162,19 +163,20 @@ def metrics_document(
     n_selected: int,
     n_selected_events: int,
     extra: Mapping[str, Any],
+    rule: Rule,
 ) -> dict[str, Any]:
     """Flat, disclosure-controlled ``metrics.json``: ``<metric>``, ``<metric>_ci_low/high``.
 
-    Counts are rounded/suppressed (pipeline.disclosure); a metric whose numerator or denominator
-    count is suppressed is published as ``"*"`` along with its CI.
+    Counts are rounded/suppressed by ``rule``; a metric whose numerator or denominator count is
+    suppressed is published as ``"*"`` along with its CI.
     """
     doc: dict[str, Any] = {
         "target": target,
         "split": "test",
-        "n_test": disclosure.round_count(n_test),
-        "n_test_events": disclosure.round_count(n_test_events),
-        "n_selected_at_capacity": disclosure.round_count(n_selected),
-        "n_selected_events_at_capacity": disclosure.round_count(n_selected_events),
+        "n_test": rule.count(n_test),
+        "n_test_events": rule.count(n_test_events),
+        "n_selected_at_capacity": rule.count(n_selected),
+        "n_selected_events_at_capacity": rule.count(n_selected_events),
         **extra,
     }
     capacity_counts = {
@@ -184,7 +186,7 @@ def metrics_document(
     for name, estimate in estimates.items():
         numerator, denominator = capacity_counts.get(name, (n_test_events, n_test))
         for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
-            doc[f"{name}{suffix}"] = disclosure.publish_rate(numerator, denominator, estimate[key])
+            doc[f"{name}{suffix}"] = rule.rate(numerator, denominator, estimate[key])
     return doc
 
 
@@ -198,6 +200,7 @@ def split_metrics(
     seed: int,
     target: str,
     extra: Mapping[str, Any],
+    rule: Rule,
 ) -> dict[str, Any]:
     """:func:`evaluate` then :func:`metrics_document` for the people of one split."""
     estimates = evaluate(y, p, selected, oracle=oracle, n_bootstrap=n_bootstrap, seed=seed)
@@ -209,18 +212,33 @@ def split_metrics(
         n_selected=int(selected.sum()),
         n_selected_events=int((selected * y).sum()),
         extra=extra,
+        rule=rule,
     )
 
 
 def external_metrics(
-    y: np.ndarray, p: np.ndarray, selected: np.ndarray, *, n_bootstrap: int, seed: int
+    y: np.ndarray,
+    p: np.ndarray,
+    selected: np.ndarray,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    rule: Rule,
 ) -> dict[str, Any]:
     """The test metrics on the held-out ICB (split "external"), keys prefixed ``external_``.
 
     Counts are ``n_external``, ``n_external_events``, ... (disclosure-controlled like the rest).
     """
     doc = split_metrics(
-        y, p, selected, oracle=None, n_bootstrap=n_bootstrap, seed=seed, target="", extra={}
+        y,
+        p,
+        selected,
+        oracle=None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        target="",
+        extra={},
+        rule=rule,
     )
     renamed = {
         "n_test": "n_external",

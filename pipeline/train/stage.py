@@ -12,7 +12,8 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import contract, disclosure, io, seeds, selection
+from pipeline import contract, io, seeds, selection
+from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, StageError
 from pipeline.train import calibration as calibration_mod
 from pipeline.train import card, evaluation, fit, importance, plots, registry, scoring
@@ -45,6 +46,7 @@ class TargetRun:
     index_date: dt.date
     seed: int
     unit: list[str]  # the capacity unit column (icb_code / practice_id), if any
+    disclosure: Rule
 
     @classmethod
     def of(cls, params: Params, target: str) -> TargetRun:
@@ -57,6 +59,7 @@ class TargetRun:
             index_date=params.index_date,
             seed=params.seed,
             unit=[] if unit is None else [unit],
+            disclosure=params.disclosure,
         )
 
 
@@ -116,6 +119,7 @@ def model_metrics(
     target: str,
     root_seed: int,
     n_cohort: int,
+    rule: Rule,
 ) -> dict[str, Any]:
     """``metrics.json``: test-split metrics with CIs (and the held-out ICB's, if any)."""
     test = rows.test
@@ -133,9 +137,10 @@ def model_metrics(
             "class_weighting": train.class_weighting,
             "capacity_mode": operating_point.capacity_mode,
             "capacity": operating_point.capacity,
-            "n_cohort": disclosure.round_count(n_cohort),
-            "n_train_rows": disclosure.round_count(int(rows.train.size)),
+            "n_cohort": rule.count(n_cohort),
+            "n_train_rows": rule.count(int(rows.train.size)),
         },
+        rule=rule,
     )
     if rows.external.size:
         metrics |= evaluation.external_metrics(
@@ -144,6 +149,7 @@ def model_metrics(
             selected[rows.external],
             n_bootstrap=train.n_bootstrap,
             seed=seeds.derive("train", target, "external_bootstrap", root=root_seed),
+            rule=rule,
         )
     return metrics
 
@@ -255,6 +261,7 @@ def train_target(
         target=target,
         root_seed=seed,
         n_cohort=cohort.height,
+        rule=params.disclosure,
     )
     shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
     shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
@@ -270,10 +277,11 @@ def train_target(
         importance=ranked,
         n_cohort=cohort.height,
         n_train_rows=int(rows.train.size),
+        rule=params.disclosure,
     )
     importance_doc = {
         "target": target,
-        "n_shap_rows": disclosure.round_count(int(shap_rows.size)),
+        "n_shap_rows": params.disclosure.count(int(shap_rows.size)),
         "features": ranked,
     }
     curves = plots.curve_frames(y[rows.test], fitted.risk[rows.test])

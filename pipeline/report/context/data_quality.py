@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from pipeline.disclosure import Rule
 from pipeline.report.context.blocks import Table
 from pipeline.report.context.labels import EVENT_LABELS
-from pipeline.report.fmt import Cell, Disclosure, count_cell, is_number, rate_cell, text_cell
+from pipeline.report.fmt import Cell, count_cell, is_number, rate_cell, text_cell
 
 QUALITY_TABLES: Final = ("people", "events", "areas", "practices", "outcomes")
 FALLBACK_ROWS: Final = 40
@@ -30,7 +31,7 @@ def _summary_checks(quality: dict[str, Any]) -> list[list[Cell]]:
     return checks
 
 
-def _table_checks(tables: dict[str, Any], sdc: Disclosure) -> list[list[Cell]]:
+def _table_checks(tables: dict[str, Any], sdc: Rule) -> list[list[Cell]]:
     checks = []
     for name in QUALITY_TABLES:
         table = tables.get(name) or {}
@@ -76,7 +77,7 @@ def fallback_table(quality: dict[str, Any]) -> Table:
     return Table([("Item", ""), ("Value", "")], rows[:FALLBACK_ROWS], compact=True)
 
 
-def quality_context(quality: dict[str, Any], sdc: Disclosure) -> dict[str, Any] | None:
+def quality_context(quality: dict[str, Any], sdc: Rule) -> dict[str, Any] | None:
     """The data-quality tables (``None`` when the summary is missing); ``fallback`` only when
     the summary has none of the known parts."""
     if not quality:

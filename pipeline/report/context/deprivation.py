@@ -6,11 +6,12 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.disclosure import Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, Table, heading
 from pipeline.report.context.groups import dimension_blocks
 from pipeline.report.context.labels import INDICATOR_LABELS
-from pipeline.report.fmt import Cell, Disclosure, is_number, rate_cell, text_cell
+from pipeline.report.fmt import Cell, is_number, rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
 GRADIENT_COLUMNS = [
@@ -98,7 +99,7 @@ def gradient_figure(view: TargetView) -> Figure | None:
     return Figure(charts.to_svg(charts.grid(panels), description=description), description)
 
 
-def deprivation_target(view: TargetView, report: ReportView, sdc: Disclosure) -> dict[str, Any]:
+def deprivation_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[str, Any]:
     """One target's part: the gradients (``None`` without them) and the IMD quintile table."""
     has_gradients = not view.gradients.is_empty()
     return {
@@ -109,7 +110,7 @@ def deprivation_target(view: TargetView, report: ReportView, sdc: Disclosure) ->
     }
 
 
-def deprivation_section(report: ReportView, sdc: Disclosure) -> Section:
+def deprivation_section(report: ReportView, sdc: Rule) -> Section:
     """Equity by deprivation: SII/RII gradients, charts and the IMD quintile table."""
     targets = [deprivation_target(view, report, sdc) for view in report.targets]
     context = {"targets": targets}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.disclosure import Rule
 from pipeline.report.context.blocks import Section, heading
 from pipeline.report.context.groups import dimension_blocks
 from pipeline.report.context.heat import heat_table
-from pipeline.report.fmt import Disclosure
 from pipeline.report.model import ReportView, TargetView
 
 
-def ethnicity_target(view: TargetView, report: ReportView, sdc: Disclosure) -> dict[str, Any]:
+def ethnicity_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[str, Any]:
     """One target's part: the ethnic-group table and plot, HEAT by ethnic group."""
     return {
         "heading": heading(view),
@@ -20,7 +20,7 @@ def ethnicity_target(view: TargetView, report: ReportView, sdc: Disclosure) -> d
     }
 
 
-def ethnicity_section(report: ReportView, sdc: Disclosure) -> Section:
+def ethnicity_section(report: ReportView, sdc: Rule) -> Section:
     """Equity by ethnic group (5 broad groups and not recorded)."""
     targets = [ethnicity_target(view, report, sdc) for view in report.targets]
     context = {"targets": targets}

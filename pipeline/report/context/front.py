@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.disclosure import Rule
 from pipeline.report.context.blocks import heading
 from pipeline.report.context.capacity import capacity_context
-from pipeline.report.fmt import Disclosure
 from pipeline.report.model import ReportView
 
 
@@ -29,7 +29,7 @@ def intro_context(view: ReportView) -> dict[str, Any]:
     }
 
 
-def methods_context(view: ReportView, sdc: Disclosure) -> dict[str, Any]:
+def methods_context(view: ReportView, sdc: Rule) -> dict[str, Any]:
     """The confidence level, the fair band and the disclosure rule in force."""
     return {
         "level": f"{round(view.confidence * 100)}%",

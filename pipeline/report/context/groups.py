@@ -12,7 +12,7 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline.contract import TableSchema
-from pipeline.disclosure import SUPPRESSED
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Table
 from pipeline.report.context.labels import (
@@ -23,7 +23,6 @@ from pipeline.report.context.labels import (
 )
 from pipeline.report.fmt import (
     Cell,
-    Disclosure,
     count_cell,
     is_number,
     rate_cell,
@@ -162,7 +161,7 @@ def _group_name_cell(group: Group, dimension: str, icb_names: dict[str, str]) ->
     return text_cell(label, sort=order)
 
 
-def group_row(group: Group, dimension: str, report: ReportView, sdc: Disclosure) -> list[Cell]:
+def group_row(group: Group, dimension: str, report: ReportView, sdc: Rule) -> list[Cell]:
     """One row of the standard group table (columns: :data:`GROUP_COLUMNS`)."""
     bounds = {"fair_low": report.fair_low, "fair_high": report.fair_high}
     return [
@@ -181,7 +180,7 @@ def group_row(group: Group, dimension: str, report: ReportView, sdc: Disclosure)
 
 
 def group_table(
-    view: TargetView, report: ReportView, dimension: str, sdc: Disclosure, *, sortable: bool = False
+    view: TargetView, report: ReportView, dimension: str, sdc: Rule, *, sortable: bool = False
 ) -> Table | None:
     """The standard per-group table of one dimension (``None`` when the audit has none)."""
     groups = wide_groups(view, dimension)
@@ -257,7 +256,7 @@ def estimate_frame(view: TargetView, dimension: str, metric: str) -> pl.DataFram
 
 
 def dimension_blocks(
-    view: TargetView, report: ReportView, dimension: str, sdc: Disclosure
+    view: TargetView, report: ReportView, dimension: str, sdc: Rule
 ) -> dict[str, Any]:
     """A dimension's group table and the forest plot of its cases-reached ratios (either may be
     ``None``: the template says the table is not available and leaves the plot out)."""

@@ -8,12 +8,12 @@ import altair as alt
 import polars as pl
 
 from pipeline.contract import TableSchema
-from pipeline.disclosure import SUPPRESSED
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, heading
 from pipeline.report.context.groups import Group, group_table, suppressed, wide_groups
 from pipeline.report.context.labels import METRIC_LABELS
-from pipeline.report.fmt import Disclosure, is_number, pct_text, to_float
+from pipeline.report.fmt import is_number, pct_text, to_float
 from pipeline.report.model import ReportView, TargetView
 
 INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
@@ -68,7 +68,7 @@ def grids_figure(view: TargetView, groups: list[Group]) -> Figure:
     return Figure(charts.to_svg(chart, description=description), description)
 
 
-def intersection_target(view: TargetView, report: ReportView, sdc: Disclosure) -> dict[str, Any]:
+def intersection_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[str, Any]:
     """One target's part: the grids and the (collapsed) table behind them, or ``None`` parts
     when the audit has no intersection."""
     groups = wide_groups(view, INTERSECTION)
@@ -79,7 +79,7 @@ def intersection_target(view: TargetView, report: ReportView, sdc: Disclosure) -
     }
 
 
-def intersection_section(report: ReportView, sdc: Disclosure) -> Section:
+def intersection_section(report: ReportView, sdc: Rule) -> Section:
     """Ethnicity x deprivation: heat grids of cases reached and selection."""
     targets = [intersection_target(view, report, sdc) for view in report.targets]
     return Section(

@@ -8,6 +8,7 @@ from typing import Any, Final
 import altair as alt
 import polars as pl
 
+from pipeline.disclosure import Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, Table, heading
 from pipeline.report.context.labels import (
@@ -17,7 +18,7 @@ from pipeline.report.context.labels import (
     group_label,
     relabel,
 )
-from pipeline.report.fmt import Cell, Disclosure, count_cell, is_number, rate_cell, text_cell
+from pipeline.report.fmt import Cell, count_cell, is_number, rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
 SUMMARY_HELP: Final = [
@@ -65,7 +66,7 @@ def _note(row: dict[str, Any]) -> str:
     return note
 
 
-def summary_row(row: dict[str, Any], dimension: str, sdc: Disclosure) -> list[Cell]:
+def summary_row(row: dict[str, Any], dimension: str, sdc: Rule) -> list[Cell]:
     """One group's need gap and ratio at the same score, and its share of the list."""
     return [
         text_cell(group_label(dimension, row["group"])),
@@ -81,7 +82,7 @@ def summary_row(row: dict[str, Any], dimension: str, sdc: Disclosure) -> list[Ce
     ]
 
 
-def summary_tables(summary: pl.DataFrame, *, target: str, sdc: Disclosure) -> list[Table]:
+def summary_tables(summary: pl.DataFrame, *, target: str, sdc: Rule) -> list[Table]:
     """One table per (need measure, dimension) of the label-choice summary."""
     tables = []
     ordered = summary.sort("need_measure", "dimension", "group_order", "group")
@@ -98,7 +99,7 @@ def summary_tables(summary: pl.DataFrame, *, target: str, sdc: Disclosure) -> li
     return tables
 
 
-def label_choice_target(view: TargetView, sdc: Disclosure) -> dict[str, Any] | None:
+def label_choice_target(view: TargetView, sdc: Rule) -> dict[str, Any] | None:
     """One target's part: a figure per dimension and the summary tables (``None`` when the
     audit has no label-choice curves)."""
     frame = view.label_choice
@@ -112,7 +113,7 @@ def label_choice_target(view: TargetView, sdc: Disclosure) -> dict[str, Any] | N
     }
 
 
-def label_choice_section(report: ReportView, sdc: Disclosure) -> Section:
+def label_choice_section(report: ReportView, sdc: Rule) -> Section:
     """Obermeyer's label-choice audit: need by score percentile per group."""
     targets = [
         {"heading": heading(view), "audit": label_choice_target(view, sdc)}

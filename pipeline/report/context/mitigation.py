@@ -6,10 +6,10 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.disclosure import SUPPRESSED
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.report.context.blocks import Section, Table, heading
 from pipeline.report.context.labels import STRATEGY_LABELS, group_label
-from pipeline.report.fmt import Cell, Disclosure, count_cell, rate_cell, text_cell
+from pipeline.report.fmt import Cell, count_cell, rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
 
@@ -47,7 +47,7 @@ def mitigation_columns(view: TargetView, share_groups: list[str]) -> list[tuple[
 
 
 def strategy_row(
-    part: pl.DataFrame, *, gap_keys: tuple[str, ...], share_groups: list[str], sdc: Disclosure
+    part: pl.DataFrame, *, gap_keys: tuple[str, ...], share_groups: list[str], sdc: Rule
 ) -> list[Cell]:
     """One strategy's row (``part``: its rows, one per group share)."""
     first = part.row(0, named=True)
@@ -67,7 +67,7 @@ def strategy_row(
     ]
 
 
-def mitigation_table(view: TargetView, sdc: Disclosure) -> Table | None:
+def mitigation_table(view: TargetView, sdc: Rule) -> Table | None:
     """The trade-off table (``None`` when the audit has no mitigation results)."""
     frame = view.mitigation
     if frame.is_empty():
@@ -90,7 +90,7 @@ def mitigation_table(view: TargetView, sdc: Disclosure) -> Table | None:
     return Table(columns, rows, caption=f"{view.target}: mitigation trade-off")
 
 
-def mitigation_section(report: ReportView, sdc: Disclosure) -> Section:
+def mitigation_section(report: ReportView, sdc: Rule) -> Section:
     """The mitigation trade-off table: events reached against the TPR gap and group shares."""
     targets: list[dict[str, Any]] = [
         {"heading": heading(view), "table": mitigation_table(view, sdc)} for view in report.targets

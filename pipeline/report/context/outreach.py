@@ -6,14 +6,13 @@ from typing import Any, Final
 
 import polars as pl
 
-from pipeline.disclosure import SUPPRESSED
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, Table, heading
 from pipeline.report.context.capacity import capacity_context
 from pipeline.report.context.labels import dimension_label, group_label, relabel
 from pipeline.report.fmt import (
     Cell,
-    Disclosure,
     count_cell,
     is_number,
     rate_cell,
@@ -54,9 +53,7 @@ def share_figure(
     return Figure(charts.to_svg(chart, description=f"{target}: {title}"), title)
 
 
-def make_up_row(
-    row: dict[str, Any], dimension: str, report: ReportView, sdc: Disclosure
-) -> list[Cell]:
+def make_up_row(row: dict[str, Any], dimension: str, report: ReportView, sdc: Rule) -> list[Cell]:
     """A group's list count, its three shares and list share / need share."""
     share_list, share_need = row["share_list"], row["share_need"]
     ratio = (
@@ -83,7 +80,7 @@ def make_up_table(
     need_label: str,
     target: str,
     report: ReportView,
-    sdc: Disclosure,
+    sdc: Rule,
 ) -> Table:
     """The list make-up of one dimension's groups."""
     columns = [
@@ -99,7 +96,7 @@ def make_up_table(
     return Table(columns, rows, caption=caption, compact=True)
 
 
-def outreach_target(view: TargetView, report: ReportView, sdc: Disclosure) -> list[dict[str, Any]]:
+def outreach_target(view: TargetView, report: ReportView, sdc: Rule) -> list[dict[str, Any]]:
     """One target's figure and table per dimension (dimensions without shares left out)."""
     need_label = "Share of true need" if report.has_truth else "Share of events (test split)"
     parts = []
@@ -117,7 +114,7 @@ def outreach_target(view: TargetView, report: ReportView, sdc: Disclosure) -> li
     return parts
 
 
-def outreach_section(report: ReportView, sdc: Disclosure) -> Section:
+def outreach_section(report: ReportView, sdc: Rule) -> Section:
     """Who the outreach lists reach, against who is eligible and who is in need."""
     meta = report.outreach_meta
     targets = [

@@ -7,11 +7,12 @@ from typing import Any, Final
 import altair as alt
 import polars as pl
 
+from pipeline.disclosure import Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, Table, heading
 from pipeline.report.context.groups import estimate_frame
 from pipeline.report.context.labels import PERFORMANCE_LABELS, dimension_label, relabel
-from pipeline.report.fmt import Disclosure, rate_cell, text_cell
+from pipeline.report.fmt import rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
 CALIBRATION_DIMENSIONS: Final = ("imd_quintile", "ethnicity_group")
@@ -109,7 +110,7 @@ def performance_target(view: TargetView) -> dict[str, Any]:
     }
 
 
-def performance_section(report: ReportView, sdc: Disclosure) -> Section:
+def performance_section(report: ReportView, sdc: Rule) -> Section:
     """Model performance on the test split, with CIs, and calibration by group."""
     targets = [performance_target(view) for view in report.targets]
     context = {"targets": targets}

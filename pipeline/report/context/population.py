@@ -6,10 +6,11 @@ from typing import Final
 
 import polars as pl
 
+from pipeline.disclosure import Rule
 from pipeline.report.context import data_quality, recording
 from pipeline.report.context.blocks import Section, Table
 from pipeline.report.context.labels import dimension_label, group_label
-from pipeline.report.fmt import Cell, Disclosure, count_cell, count_text, rate_cell, text_cell
+from pipeline.report.fmt import Cell, count_cell, count_text, rate_cell, text_cell
 from pipeline.report.model import ReportView
 
 MIX_DIMENSIONS: Final = ("imd_quintile", "region", "ethnicity_group", "age_band", "sex")
@@ -23,7 +24,7 @@ COHORT_COLUMNS: Final = [
 ]
 
 
-def cohort_table(report: ReportView, sdc: Disclosure) -> Table:
+def cohort_table(report: ReportView, sdc: Rule) -> Table:
     """Each target's eligible, audited, event and selected counts."""
     rows = [
         [
@@ -49,7 +50,7 @@ def with_shares(part: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def mix_table(part: pl.DataFrame, dimension: str, targets: list[str], sdc: Disclosure) -> Table:
+def mix_table(part: pl.DataFrame, dimension: str, targets: list[str], sdc: Rule) -> Table:
     """Audited people by the groups of one dimension: a count and a share per target."""
     shared = with_shares(part)
     cells = {
@@ -70,7 +71,7 @@ def mix_table(part: pl.DataFrame, dimension: str, targets: list[str], sdc: Discl
     return Table(columns, rows, caption=caption, compact=True)
 
 
-def mix_tables(mix: pl.DataFrame, sdc: Disclosure) -> list[Table]:
+def mix_tables(mix: pl.DataFrame, sdc: Rule) -> list[Table]:
     """One :func:`mix_table` per dimension present in ``mix``, in the report's order."""
     targets = mix["target"].unique(maintain_order=True).to_list()
     return [
@@ -80,7 +81,7 @@ def mix_tables(mix: pl.DataFrame, sdc: Disclosure) -> list[Table]:
     ]
 
 
-def population_section(report: ReportView, sdc: Disclosure) -> Section:
+def population_section(report: ReportView, sdc: Rule) -> Section:
     """Size and mix of the population and of each target's eligible cohort; data quality."""
     total = report.population_total
     return Section(
