@@ -379,8 +379,10 @@ RECORDED_MULTIMORBIDITY: Final = "n_recorded_conditions"
 """Feature column: number of distinct recorded conditions (the audit's recorded-need measure)."""
 
 NEED_SCORES_DIR: Final = "need"
-"""``data/scores/need/<target>.parquet``: the audit's need-based ranking (person_id, need_score),
-read by the outreach policy ``need_adjusted``."""
+"""``data/scores/need/<target>.parquet`` (:data:`NEED_SCORES_SCHEMA`), written by the ``need``
+stage, read by the audit and the outreach policy ``need_adjusted``."""
+NEED_SCORES_SCHEMA: Final = {"person_id": pl.String, "need_score": pl.Float64}
+"""A need-based ranking of the whole eligible cohort: higher ``need_score`` = more need."""
 
 
 # --- Validation of a population folder (synthetic or a real extract) ----------------------------

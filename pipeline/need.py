@@ -145,7 +145,9 @@ def need_scores(
         num_threads=audit.num_threads,
     )
     scores = booster.predict(frame.select(features).to_numpy().astype(np.float64))
-    return pl.DataFrame({"person_id": frame["person_id"], "need_score": scores})
+    return pl.DataFrame(
+        {"person_id": frame["person_id"], "need_score": scores}, schema=contract.NEED_SCORES_SCHEMA
+    )
 
 
 def _existing(path, what: str):

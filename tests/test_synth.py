@@ -141,7 +141,7 @@ def test_under_recording_strength_zero_removes_the_gap() -> None:
     white, black = people["group"] == 0, people["group"] == 3
     high = people["quality"] == 0  # best-recording practices: no practice term
     deprived, affluent = people["decile"] == 1, people["decile"] == 10
-    # Documented in synth_outputs.md: 0.6 from decile 10 to 1, 0.6 for Black vs White people.
+    # docs/synthetic_world.md#under-recording: 0.6 from decile 10 to 1, 0.6 Black vs White.
     assert shift[white & high & deprived] == pytest.approx(0.6)
     assert shift[white & high & affluent] == pytest.approx(0.0)
     assert shift[black & high & affluent] == pytest.approx(0.6)

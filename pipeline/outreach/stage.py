@@ -193,7 +193,7 @@ def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyF
     if path is None:
         return None
     need = pl.scan_parquet(path)
-    _check_columns(need, ["person_id", "need_score"], path)
+    _check_columns(need, list(contract.NEED_SCORES_SCHEMA), path)
     lacking = cohort.lazy().join(need, on="person_id", how="anti").select(pl.len()).collect()
     if lacking.item():
         raise ContractError(
