@@ -69,7 +69,13 @@ def main() -> None:
     )
     joined = time.perf_counter()
     tables = audit_tables(
-        cohort, params, target="sim_target", fit_rows=cohort.filter(pl.col("split") == "validation")
+        cohort,
+        audit=params.audit,
+        operating_point=params.operating_point,
+        outreach=params.outreach,
+        seed=params.seed,
+        target="sim_target",
+        fit_rows=cohort.filter(pl.col("split") == "validation"),
     )
     finished = time.perf_counter()
     cpu = time.process_time() - cpu_started

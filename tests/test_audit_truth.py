@@ -49,11 +49,19 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         truth=world["truth"].lazy(),
         oracle=world["oracle"].lazy(),
     )
-    tables = audit_tables(cohort, params, target="sim_target")
+    tables = audit_tables(
+        cohort,
+        audit=params.audit,
+        operating_point=params.operating_point,
+        outreach=params.outreach,
+        seed=params.seed,
+        target="sim_target",
+    )
     published = published_tables(tables, min_group_size=params.audit.min_group_size)
     summary = audit_summary(
         tables,
-        params,
+        audit=params.audit,
+        operating_point=params.operating_point,
         target="sim_target",
         n_people=cohort.height,
         group_metrics=published["group_metrics"],

@@ -16,7 +16,7 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import polars as pl
@@ -27,15 +27,26 @@ from pipeline.audit import cells as cells_mod
 from pipeline.audit import gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.audit.cohort import build_cohort
-from pipeline.config import Params
+from pipeline.config import AuditParams, OperatingPointParams, OutreachParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
 __all__ = [
     "audit_summary",
     "audit_tables",
+    "dimension_tables",
+    "flag_need_gaps",
+    "gradient_table",
     "headline_metrics",
+    "heat_table",
+    "label_choice_tables",
+    "mitigation_tables",
+    "need_gap_rows",
+    "planted_bias_check",
     "published_tables",
     "run",
+    "snap_to_bins",
+    "truth_available",
+    "with_score_bins",
 ]
 
 _console = Console(stderr=True)
@@ -52,18 +63,9 @@ ORDERED_DIMENSIONS: Final = ("imd_quintile", "imd_decile", "age_band")
 HEADLINE_RATIO_METRICS: Final = ("selection_rate", "tpr", "ppv", "oe_ratio")
 
 
-def _check_params(params: Params) -> None:
-    audit = params.audit
+def _check_params(audit: AuditParams) -> None:
     if audit.bootstrap_score_bins > audit.score_bins:
         raise ParamsError("audit.bootstrap_score_bins must not exceed audit.score_bins")
-
-
-def _seed(params: Params, target: str, purpose: str) -> np.random.SeedSequence:
-    return seeds.sequence("audit", target, purpose, root=params.seed)
-
-
-def _rng(params: Params, target: str, purpose: str) -> np.random.Generator:
-    return seeds.rng("audit", target, purpose, root=params.seed)
 
 
 # --- pure computation -----------------------------------------------------------------------------
@@ -71,8 +73,11 @@ def _rng(params: Params, target: str, purpose: str) -> np.random.Generator:
 
 def audit_tables(
     cohort: pl.DataFrame,
-    params: Params,
     *,
+    audit: AuditParams,
+    operating_point: OperatingPointParams,
+    outreach: OutreachParams,
+    seed: int,
     target: str,
     fit_rows: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
@@ -83,73 +88,134 @@ def audit_tables(
     cohort
         Audited people from :func:`~pipeline.audit.cohort.build_cohort` (one split), with
         ``need_score`` when the need-based model ran.
-    params
-        Pipeline parameters (``audit`` and ``outreach`` sections are used).
-    target
-        Target name (seeds).
+    audit, operating_point, outreach
+        The params sections used (``outreach``: the Core20PLUS5 policy's uplifts); every random
+        stream derives from the root ``seed``, the ``target`` and a purpose name.
     fit_rows
         People to fit the equal-opportunity thresholds on (validation split); default: cohort.
 
     Returns
     -------
     dict
-        Polars frames: ``groups``, ``group_metrics``, ``overall``, ``gradients``, ``heat``,
-        ``need_curves``, ``need_gaps``, ``selection_shares``, ``mitigation``,
-        ``mitigation_by_group``, ``tpr_gaps``; plus ``score_resolution`` and ``has_truth``.
+        Frames ``groups``, ``group_metrics``, ``gradients``, ``heat``, ``need_curves``,
+        ``need_gaps``, ``selection_shares``, ``mitigation``, ``mitigation_by_group``; and
+        ``equal_opportunity_thresholds``, ``score_resolution``, ``has_truth``, ``has_oracle``.
     """
-    audit = params.audit
+    has_truth, has_oracle = truth_available(cohort)
+    cohort, bin_score, resolution = with_score_bins(cohort, score_bins=audit.score_bins)
+    groups, metrics = dimension_tables(cohort, bin_score, audit=audit, seed=seed, target=target)
+    case = "true_case" if has_truth else "outcome_case"
+    tables: dict[str, Any] = {
+        "score_resolution": resolution,
+        "has_truth": has_truth,
+        "has_oracle": has_oracle,
+        "groups": groups,
+        "group_metrics": metrics,
+        "gradients": gradient_table(cohort, case=case, audit=audit, seed=seed, target=target),
+        "heat": heat_table(cohort, case=case, audit=audit, seed=seed, target=target),
+    }
+    cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
+    unit = selection.unit_column(operating_point.capacity_mode)
+    tables |= label_choice_tables(
+        cohort, metrics, audit=audit, unit=unit, has_truth=has_truth, has_oracle=has_oracle
+    )
+    tables |= mitigation_tables(
+        cohort,
+        bin_score,
+        fit_rows=fit_rows,
+        outreach=outreach,
+        unit=unit,
+        has_truth=has_truth,
+        min_group_events=audit.min_group_events,
+        rng=seeds.rng("equal_opportunity", target, root=seed),
+    )
+    return tables
+
+
+def with_score_bins(
+    cohort: pl.DataFrame, *, score_bins: int
+) -> tuple[pl.DataFrame, np.ndarray, str]:
+    """The cohort with ``score_bin`` (:func:`pipeline.audit.cells.add_score_bins`), the
+    ``overall`` dimension of one group and ``outcome_case``; each bin's score; the resolution."""
+    cohort, resolution = cells_mod.add_score_bins(cohort, score_bins=score_bins)
+    bin_score = cells_mod.bin_scores(cohort)
+    cohort = cohort.with_columns(
+        pl.lit("All").alias("overall"), (pl.col("outcome") == 1).alias("outcome_case")
+    )
+    return cohort, bin_score, resolution
+
+
+def truth_available(cohort: pl.DataFrame) -> tuple[bool, bool]:
+    """Whether the cohort carries true need (for anyone) and oracle risk (for everyone)."""
     has_truth = "true_need" in cohort.columns and cohort["true_need"].null_count() < cohort.height
     has_oracle = "oracle_risk" in cohort.columns and cohort["oracle_risk"].null_count() == 0
-    cohort, resolution = cells_mod.add_score_bins(cohort, score_bins=audit.score_bins)
-    bin_score = cells_mod.bin_scores(cohort)
-    cohort = cohort.with_columns(pl.lit("All").alias("overall"))
+    return has_truth, has_oracle
 
+
+def dimension_tables(
+    cohort: pl.DataFrame,
+    bin_score: np.ndarray,
+    *,
+    audit: AuditParams,
+    seed: int,
+    target: str,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Group counts and group metrics (with bootstrap CIs) of ``overall`` and every audited
+    dimension, each dimension on its own child of the target's ``bootstrap`` seed sequence."""
     dims = ("overall", *audit.dimensions)
     references: dict[str, str] = dict(audit.reference_groups.items())  # "overall" has none
-    group_frames, metric_frames = [], []
-    streams = _seed(params, target, "bootstrap").spawn(len(dims))
+    streams = seeds.sequence("audit", target, "bootstrap", root=seed).spawn(len(dims))
     all_cells = [cells_mod.build_cells(cohort, d, bin_score=bin_score) for d in dims]
     points = cells_mod.cells_metric_frames(all_cells)
-    for cells, point, seed in zip(all_cells, points, streams, strict=True):
-        group_frames.append(
-            cells_mod.group_counts(
-                cells,
-                min_group_size=audit.min_group_size,
-                min_group_events=audit.min_group_events,
-            )
+    group_frames = [
+        cells_mod.group_counts(
+            cells, min_group_size=audit.min_group_size, min_group_events=audit.min_group_events
         )
-        metric_frames.append(
-            cells_mod.audit_dimension(
-                cells,
-                preferred_reference=references.get(cells.dimension),
-                n_bootstrap=audit.n_bootstrap,
-                bootstrap_bins=audit.bootstrap_score_bins,
-                rng=np.random.default_rng(seed),
-                confidence=audit.confidence,
-                fair_ratio_low=audit.fair_ratio_low,
-                fair_ratio_high=audit.fair_ratio_high,
-                min_group_size=audit.min_group_size,
-                min_group_events=audit.min_group_events,
-                point=point,
-            )
-        )
-    groups = pl.concat(group_frames)
-    metrics = pl.concat(metric_frames)
-
-    case = "true_case" if has_truth else "outcome_case"
-    cohort = cohort.with_columns((pl.col("outcome") == 1).alias("outcome_case"))
-    gradient_rows = [
-        gradients.deprivation_gradients(
-            cohort,
-            case=case,
-            n_monte_carlo=audit.n_monte_carlo,
-            rng=_rng(params, target, f"sii:{dimension}"),
-            confidence=audit.confidence,
-            dimension=dimension,
-        )
-        for dimension in ("imd_decile", "imd_quintile")
+        for cells in all_cells
     ]
-    heat = pl.concat(
+    metric_frames = [
+        cells_mod.audit_dimension(
+            cells,
+            preferred_reference=references.get(cells.dimension),
+            n_bootstrap=audit.n_bootstrap,
+            bootstrap_bins=audit.bootstrap_score_bins,
+            rng=np.random.default_rng(stream),
+            confidence=audit.confidence,
+            fair_ratio_low=audit.fair_ratio_low,
+            fair_ratio_high=audit.fair_ratio_high,
+            min_group_size=audit.min_group_size,
+            min_group_events=audit.min_group_events,
+            point=point,
+        )
+        for cells, point, stream in zip(all_cells, points, streams, strict=True)
+    ]
+    return pl.concat(group_frames), pl.concat(metric_frames)
+
+
+def gradient_table(
+    cohort: pl.DataFrame, *, case: str, audit: AuditParams, seed: int, target: str
+) -> pl.DataFrame:
+    """SII/RII of ``case`` across IMD deciles and quintiles."""
+    return pl.concat(
+        [
+            gradients.deprivation_gradients(
+                cohort,
+                case=case,
+                n_monte_carlo=audit.n_monte_carlo,
+                rng=seeds.rng("audit", target, f"sii:{dimension}", root=seed),
+                confidence=audit.confidence,
+                dimension=dimension,
+            )
+            for dimension in ("imd_decile", "imd_quintile")
+        ]
+    )
+
+
+def heat_table(
+    cohort: pl.DataFrame, *, case: str, audit: AuditParams, seed: int, target: str
+) -> pl.DataFrame:
+    """WHO HEAT summaries of ``case`` for every audited dimension without an order."""
+    return pl.concat(
         [
             pl.DataFrame(schema=gradients.HEAT_SCHEMA),  # typed even with no unordered dimension
             *(
@@ -158,7 +224,7 @@ def audit_tables(
                     dimension,
                     case=case,
                     n_monte_carlo=audit.n_monte_carlo,
-                    rng=_rng(params, target, f"heat:{dimension}"),
+                    rng=seeds.rng("audit", target, f"heat:{dimension}", root=seed),
                     confidence=audit.confidence,
                     min_group_size=audit.min_group_size,
                 )
@@ -168,41 +234,35 @@ def audit_tables(
         ]
     )
 
-    # label choice
-    cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
+
+# --- label choice ---------------------------------------------------------------------------------
+
+
+def label_choice_tables(
+    cohort: pl.DataFrame,
+    metrics: pl.DataFrame,
+    *,
+    audit: AuditParams,
+    unit: str | None,
+    has_truth: bool,
+    has_oracle: bool,
+) -> dict[str, pl.DataFrame]:
+    """``need_curves``, ``need_gaps`` (flagged) and ``selection_shares`` of every label-choice
+    dimension.
+
+    ``cohort`` has ``score_percentile`` (:func:`pipeline.audit.label_choice.
+    add_score_percentile`); ``metrics`` names each dimension's reference group.
+    """
     needs = ["recorded_need"] + (["true_need"] if has_truth else [])
-    unit = selection.unit_column(params.operating_point.capacity_mode)
+    rankings = _rankings(has_truth=has_truth, has_oracle=has_oracle)
     curves, gaps, shares = [], [], []
-    rankings = {"risk_score": "risk_score"}
-    if has_truth:
-        rankings["true_need"] = "true_need"
-    if has_oracle:
-        rankings["oracle_risk"] = "oracle_risk"
     for dimension in audit.label_choice_dimensions:
         reference = _reference_of(metrics, dimension, cohort)
         for need in needs:
             curves.append(label_choice.need_by_percentile(cohort, dimension, need))
-            same_score = label_choice.need_gap_same_score(
-                # compared within the audit's fine score cells, so the spread of scores inside
-                # a percentile band cannot masquerade as a need gap
-                label_choice.need_by_percentile(cohort, dimension, need, by="score_bin"),
-                reference=reference,
-                confidence=audit.confidence,
-            )
-            at_cutoff = label_choice.need_gap_at_cutoff(
-                cohort, dimension, need, reference=reference, confidence=audit.confidence
-            )
-            sizes = grouped_moments(cohort, [dimension], [need]).select(
-                dimension, pl.col("n").cast(pl.UInt32), pl.col(f"{need}_mean").alias("mean_need")
-            )
             gaps.append(
-                same_score.join(at_cutoff, on="group", how="full", coalesce=True)
-                .join(sizes.rename({dimension: "group"}), on="group", how="left")
-                .with_columns(
-                    pl.lit(dimension).alias("dimension"),
-                    pl.lit(need).alias("need_measure"),
-                    pl.lit(reference).alias("reference_group"),
-                    (pl.col("group") == reference).alias("is_reference"),
+                need_gap_rows(
+                    cohort, dimension, need, reference=reference, confidence=audit.confidence
                 )
             )
         shares.append(
@@ -210,74 +270,74 @@ def audit_tables(
                 cohort, dimension, rankings=rankings, unit=unit
             ).with_columns(pl.lit(dimension).alias("dimension"))
         )
-    need_gaps = pl.concat(gaps, how="diagonal_relaxed").with_columns(
+    need_gaps = flag_need_gaps(
+        pl.concat(gaps, how="diagonal_relaxed"),
+        min_group_size=audit.min_group_size,
+        need_ratio_material=audit.need_ratio_material,
+    )
+    return {
+        "need_curves": pl.concat(curves),
+        "need_gaps": need_gaps,
+        "selection_shares": pl.concat(shares, how="diagonal_relaxed"),
+    }
+
+
+def _rankings(*, has_truth: bool, has_oracle: bool) -> dict[str, str]:
+    rankings = {"risk_score": "risk_score"}
+    if has_truth:
+        rankings["true_need"] = "true_need"
+    if has_oracle:
+        rankings["oracle_risk"] = "oracle_risk"
+    return rankings
+
+
+def need_gap_rows(
+    cohort: pl.DataFrame, dimension: str, need: str, *, reference: str, confidence: float
+) -> pl.DataFrame:
+    """Each group's need gap to ``reference`` at the same score and at the cut-off, with its
+    size and mean need (one row per group)."""
+    same_score = label_choice.need_gap_same_score(
+        # compared within the audit's fine score cells, so the spread of scores inside
+        # a percentile band cannot masquerade as a need gap
+        label_choice.need_by_percentile(cohort, dimension, need, by="score_bin"),
+        reference=reference,
+        confidence=confidence,
+    )
+    at_cutoff = label_choice.need_gap_at_cutoff(
+        cohort, dimension, need, reference=reference, confidence=confidence
+    )
+    sizes = grouped_moments(cohort, [dimension], [need]).select(
+        dimension, pl.col("n").cast(pl.UInt32), pl.col(f"{need}_mean").alias("mean_need")
+    )
+    return (
+        same_score.join(at_cutoff, on="group", how="full", coalesce=True)
+        .join(sizes.rename({dimension: "group"}), on="group", how="left")
+        .with_columns(
+            pl.lit(dimension).alias("dimension"),
+            pl.lit(need).alias("need_measure"),
+            pl.lit(reference).alias("reference_group"),
+            (pl.col("group") == reference).alias("is_reference"),
+        )
+    )
+
+
+def flag_need_gaps(
+    gaps: pl.DataFrame, *, min_group_size: int, need_ratio_material: float
+) -> pl.DataFrame:
+    """Add ``disadvantaged`` (need-ratio CI above 1 and the ratio material) and
+    ``significant`` (CI excludes 1), for non-reference groups of at least ``min_group_size``."""
+    compared = ~pl.col("is_reference") & (pl.col("n") >= min_group_size)
+    return gaps.with_columns(
         (
-            ~pl.col("is_reference")
-            & (pl.col("n") >= audit.min_group_size)
+            compared
             & (pl.col("need_ratio_ci_low") > 1.0)
-            & (pl.col("need_ratio") >= audit.need_ratio_material)
+            & (pl.col("need_ratio") >= need_ratio_material)
         )
         .fill_null(False)
         .alias("disadvantaged"),
-        (
-            ~pl.col("is_reference")
-            & (pl.col("n") >= audit.min_group_size)
-            & ((pl.col("need_ratio_ci_low") > 1.0) | (pl.col("need_ratio_ci_high") < 1.0))
-        )
+        (compared & ((pl.col("need_ratio_ci_low") > 1.0) | (pl.col("need_ratio_ci_high") < 1.0)))
         .fill_null(False)
         .alias("significant"),
-    )
-
-    # mitigation
-    if "need_score" not in cohort.columns:
-        cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
-    fit = cohort if fit_rows is None else fit_rows
-    # ThresholdOptimizer walks every distinct score in Python: give it the audit's score bins
-    ordered = np.sort(bin_score[np.isfinite(bin_score)])
-    position = np.clip(np.searchsorted(ordered, fit["risk_score"].to_numpy()), 0, len(ordered) - 1)
-    fit = fit.with_columns(pl.Series("risk_score", ordered[position]))
-    try:
-        # risk_score is Float64: its min is a float, or None when nobody is selected
-        cut = cast(float | None, cohort.filter(pl.col("selected"))["risk_score"].min())
-        thresholds = mitigation.equal_opportunity_thresholds(
-            fit,
-            group="imd_quintile",
-            cut_score=None if cut is None else float(cut),
-            rng=seeds.rng("equal_opportunity", target, root=params.seed),
-        )
-    except StageError as error:
-        _warn(f"audit: equal_opportunity skipped: {error}")
-        thresholds = None
-    chosen = mitigation.policy_selections(
-        cohort,
-        thresholds=thresholds,
-        core20_uplift=params.outreach.core20_uplift,
-        plus_uplift=params.outreach.plus_uplift,
-        plus_groups=params.outreach.plus_groups,
-        unit=unit,
-    )
-    summary, by_group = mitigation.tradeoff_table(
-        chosen,
-        dimensions=tuple(d for d in ("imd_quintile", "ethnicity_group") if d in chosen.columns),
-        has_truth=has_truth,
-    )
-    gaps_imd = mitigation.tpr_gaps(
-        by_group, dimension="imd_quintile", min_group_events=audit.min_group_events
-    )
-    return dict(
-        groups=groups,
-        group_metrics=metrics,
-        gradients=pl.concat(gradient_rows),
-        heat=heat,
-        need_curves=pl.concat(curves),
-        need_gaps=need_gaps,
-        selection_shares=pl.concat(shares, how="diagonal_relaxed"),
-        mitigation=summary.join(gaps_imd, on="policy", how="left"),
-        mitigation_by_group=by_group,
-        equal_opportunity_thresholds=thresholds,
-        score_resolution=resolution,
-        has_truth=has_truth,
-        has_oracle=has_oracle,
     )
 
 
@@ -289,6 +349,75 @@ def _reference_of(metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame) -
         cohort.group_by(dimension).agg(pl.len()).sort("len", dimension, descending=[True, False])
     )
     return str(sizes[dimension][0])
+
+
+# --- mitigation -----------------------------------------------------------------------------------
+
+
+def mitigation_tables(
+    cohort: pl.DataFrame,
+    bin_score: np.ndarray,
+    *,
+    fit_rows: pl.DataFrame | None,
+    outreach: OutreachParams,
+    unit: str | None,
+    has_truth: bool,
+    min_group_events: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """The policy trade-off with IMD-quintile TPR gaps (``mitigation``), its per-group table
+    (``mitigation_by_group``) and the ``equal_opportunity_thresholds`` (None when they could
+    not be fitted)."""
+    if "need_score" not in cohort.columns:
+        cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
+    fit = snap_to_bins(cohort if fit_rows is None else fit_rows, bin_score)
+    thresholds = _equal_opportunity(cohort, fit, rng=rng)
+    chosen = mitigation.policy_selections(
+        cohort,
+        thresholds=thresholds,
+        core20_uplift=outreach.core20_uplift,
+        plus_uplift=outreach.plus_uplift,
+        plus_groups=outreach.plus_groups,
+        unit=unit,
+    )
+    summary, by_group = mitigation.tradeoff_table(
+        chosen,
+        dimensions=tuple(d for d in ("imd_quintile", "ethnicity_group") if d in chosen.columns),
+        has_truth=has_truth,
+    )
+    gaps_imd = mitigation.tpr_gaps(
+        by_group, dimension="imd_quintile", min_group_events=min_group_events
+    )
+    return {
+        "mitigation": summary.join(gaps_imd, on="policy", how="left"),
+        "mitigation_by_group": by_group,
+        "equal_opportunity_thresholds": thresholds,
+    }
+
+
+def snap_to_bins(rows: pl.DataFrame, bin_score: np.ndarray) -> pl.DataFrame:
+    """``risk_score`` replaced by the nearest audit score bin at or above it (the last bin
+    beyond): ThresholdOptimizer walks every distinct score in Python."""
+    ordered = np.sort(bin_score[np.isfinite(bin_score)])
+    position = np.clip(np.searchsorted(ordered, rows["risk_score"].to_numpy()), 0, len(ordered) - 1)
+    return rows.with_columns(pl.Series("risk_score", ordered[position]))
+
+
+def _equal_opportunity(
+    cohort: pl.DataFrame, fit: pl.DataFrame, *, rng: np.random.Generator
+) -> dict[str, float] | None:
+    try:
+        # risk_score is Float64: its min is a float, or None when nobody is selected
+        cut = cast(float | None, cohort.filter(pl.col("selected"))["risk_score"].min())
+        return mitigation.equal_opportunity_thresholds(
+            fit,
+            group="imd_quintile",
+            cut_score=None if cut is None else float(cut),
+            rng=rng,
+        )
+    except StageError as error:
+        _warn(f"audit: equal_opportunity skipped: {error}")
+        return None
 
 
 # --- publishing (layouts: docs/audit_tables.md) ---------------------------------------------------
@@ -311,26 +440,24 @@ def published_tables(tables: dict[str, Any], *, min_group_size: int) -> dict[str
     return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
 
 
-def _selection_text(params: Params) -> str:
-    point = params.operating_point
-    if point.capacity_mode == "share":
+def _selection_text(operating_point: OperatingPointParams) -> str:
+    if operating_point.capacity_mode == "share":
         return "top of the whole eligible cohort by risk_rank"
-    unit = "ICB" if point.capacity_mode == "per_icb" else "practice"
-    return f"top {int(point.capacity)} by risk_rank per {unit}"
+    unit = "ICB" if operating_point.capacity_mode == "per_icb" else "practice"
+    return f"top {int(operating_point.capacity)} by risk_rank per {unit}"
 
 
 def audit_summary(
     tables: dict[str, Any],
-    params: Params,
     *,
+    audit: AuditParams,
+    operating_point: OperatingPointParams,
     target: str,
     n_people: int,
     group_metrics: pl.DataFrame,
 ) -> contract.AuditSummary:
     """What was audited and how: ``audit.json`` (the numbers are in the published tables;
     ``group_metrics`` is the published one, whose shown flags are counted)."""
-    audit = params.audit
-    thresholds = tables.get("equal_opportunity_thresholds")
     return contract.AuditSummary(
         target=target,
         split=audit.split,
@@ -338,42 +465,57 @@ def audit_summary(
         truth_available=tables["has_truth"],
         score_resolution=tables["score_resolution"],
         operating_point=contract.OperatingPointSummary(
-            capacity_mode=params.operating_point.capacity_mode,
-            capacity=params.operating_point.capacity,
-            selection=_selection_text(params),
+            capacity_mode=operating_point.capacity_mode,
+            capacity=operating_point.capacity,
+            selection=_selection_text(operating_point),
         ),
-        settings=contract.AuditSettings(
-            confidence=audit.confidence,
-            fair_ratio_low=audit.fair_ratio_low,
-            fair_ratio_high=audit.fair_ratio_high,
-            n_bootstrap=audit.n_bootstrap,
-            n_monte_carlo=audit.n_monte_carlo,
-            min_group_size=audit.min_group_size,
-            min_group_events=audit.min_group_events,
-            score_bins=audit.score_bins,
-            bootstrap_score_bins=audit.bootstrap_score_bins,
-            need_case_share=audit.need_case_share,
-            need_case_definition=(
-                f"top {audit.need_case_share:.0%} of the cohort by true need"
-                if tables["has_truth"]
-                else "recorded outcome (no truth available)"
-            ),
-        ),
+        settings=_settings(audit, has_truth=tables["has_truth"]),
         flagged_comparisons=int(group_metrics["flagged"].sum()),
-        planted_bias_check=planted_bias_check(tables, params),
-        mitigation=contract.MitigationSummary(
-            case_definition="true-need case" if tables["has_truth"] else "recorded outcome",
-            true_events_source="expected events from data/truth oracle risk"
-            if tables["has_oracle"]
-            else "recorded outcome only (no oracle)",
-            equal_opportunity_thresholds=None
-            if thresholds is None
-            else {str(k): float(v) for k, v in sorted(thresholds.items())},
+        planted_bias_check=planted_bias_check(
+            tables,
+            min_group_size=audit.min_group_size,
+            need_ratio_material=audit.need_ratio_material,
+        ),
+        mitigation=_mitigation_summary(tables),
+    )
+
+
+def _settings(audit: AuditParams, *, has_truth: bool) -> contract.AuditSettings:
+    return contract.AuditSettings(
+        confidence=audit.confidence,
+        fair_ratio_low=audit.fair_ratio_low,
+        fair_ratio_high=audit.fair_ratio_high,
+        n_bootstrap=audit.n_bootstrap,
+        n_monte_carlo=audit.n_monte_carlo,
+        min_group_size=audit.min_group_size,
+        min_group_events=audit.min_group_events,
+        score_bins=audit.score_bins,
+        bootstrap_score_bins=audit.bootstrap_score_bins,
+        need_case_share=audit.need_case_share,
+        need_case_definition=(
+            f"top {audit.need_case_share:.0%} of the cohort by true need"
+            if has_truth
+            else "recorded outcome (no truth available)"
         ),
     )
 
 
-def planted_bias_check(tables: dict[str, Any], params: Params) -> contract.PlantedBiasCheck:
+def _mitigation_summary(tables: dict[str, Any]) -> contract.MitigationSummary:
+    thresholds = tables.get("equal_opportunity_thresholds")
+    return contract.MitigationSummary(
+        case_definition="true-need case" if tables["has_truth"] else "recorded outcome",
+        true_events_source="expected events from data/truth oracle risk"
+        if tables["has_oracle"]
+        else "recorded outcome only (no oracle)",
+        equal_opportunity_thresholds=None
+        if thresholds is None
+        else {str(k): float(v) for k, v in sorted(thresholds.items())},
+    )
+
+
+def planted_bias_check(
+    tables: dict[str, Any], *, min_group_size: int, need_ratio_material: float
+) -> contract.PlantedBiasCheck:
     """Groups the audit names as disadvantaged: more true need than the reference group at the
     same score (need-ratio CI above 1). Needs truth; comparisons counted for the null check."""
     if not tables["has_truth"]:
@@ -381,13 +523,13 @@ def planted_bias_check(tables: dict[str, Any], params: Params) -> contract.Plant
     gaps = tables["need_gaps"].filter(
         (pl.col("need_measure") == "true_need")
         & ~pl.col("is_reference")
-        & (pl.col("n") >= params.audit.min_group_size)
+        & (pl.col("n") >= min_group_size)
     )
     named = gaps.filter(pl.col("disadvantaged")).sort("dimension", "group")
     return contract.PlantedBiasCheck(
         available=True,
         measure="true need at the same score, ratio to the reference group",
-        rule=f"need ratio CI above 1 and ratio >= {params.audit.need_ratio_material}",
+        rule=f"need ratio CI above 1 and ratio >= {need_ratio_material}",
         comparisons=gaps.height,
         significant_comparisons=int(gaps["significant"].sum()),
         disadvantaged_groups=[
@@ -407,45 +549,78 @@ def planted_bias_check(tables: dict[str, Any], params: Params) -> contract.Plant
     )
 
 
-def headline_metrics(tables: dict[str, Any], params: Params) -> dict[str, Any]:
-    """Headline figures (flat, numeric) for DVC metrics and the MLflow run."""
+# --- headline metrics -----------------------------------------------------------------------------
+
+
+def headline_metrics(tables: dict[str, Any], *, dimensions: tuple[str, ...]) -> dict[str, Any]:
+    """Headline figures (flat, numeric, sorted by name) for DVC metrics and the MLflow run;
+    suppressed or undefined figures are left out."""
     metrics = tables["group_metrics"]
-    out: dict[str, Any] = {}
-    overall = metrics.filter(pl.col("dimension") == "overall")
-    for row in overall.iter_rows(named=True):
-        out[f"overall_{row['metric']}"] = publish.json_rate(
+    out = {
+        **_overall_headlines(metrics),
+        **_imd_ratio_headlines(metrics),
+        **_flag_headlines(metrics, dimensions=dimensions),
+        **_gradient_headlines(tables["gradients"]),
+        **_mitigation_headlines(tables["mitigation"]),
+    }
+    if tables["has_truth"]:
+        out |= _true_need_headlines(tables["need_gaps"])
+    return {k: v for k, v in sorted(out.items()) if v is not None and v != "*"}
+
+
+def _overall_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
+    return {
+        f"overall_{row['metric']}": publish.json_rate(
             row["value"], row["numerator_raw"], row["denominator_raw"], row["complement_raw"]
         )
+        for row in metrics.filter(pl.col("dimension") == "overall").iter_rows(named=True)
+    }
+
+
+def _imd_ratio_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
+    """IMD quintile 1 (Core20) against the reference quintile, for the headline ratios."""
     imd = metrics.filter(pl.col("dimension") == "imd_quintile")
     ref = imd.filter(pl.col("is_reference"))
     core20 = imd.filter(pl.col("group") == "1")
-    if core20.height and ref.height:
-        ref_label = ref["group"][0]
-        for row in core20.filter(pl.col("metric").is_in(HEADLINE_RATIO_METRICS)).iter_rows(
-            named=True
-        ):
-            ref_row = ref.filter(pl.col("metric") == row["metric"]).row(0, named=True)
-            counts = (
-                row["numerator_raw"],
-                row["denominator_raw"],
-                row["complement_raw"],
-                ref_row["numerator_raw"],
-                ref_row["denominator_raw"],
-                ref_row["complement_raw"],
-            )
-            out[f"imd_q1_vs_q{ref_label}_{row['metric']}_ratio"] = publish.json_rate(
-                row["ratio"], *counts
-            )
-    out["flagged_comparisons"] = int(metrics["flag"].fill_null(False).sum())
-    for dimension in params.audit.dimensions:
+    if not (core20.height and ref.height):
+        return {}
+    ref_label = ref["group"][0]
+    out: dict[str, Any] = {}
+    for row in core20.filter(pl.col("metric").is_in(HEADLINE_RATIO_METRICS)).iter_rows(named=True):
+        ref_row = ref.filter(pl.col("metric") == row["metric"]).row(0, named=True)
+        counts = (
+            row["numerator_raw"],
+            row["denominator_raw"],
+            row["complement_raw"],
+            ref_row["numerator_raw"],
+            ref_row["denominator_raw"],
+            ref_row["complement_raw"],
+        )
+        out[f"imd_q1_vs_q{ref_label}_{row['metric']}_ratio"] = publish.json_rate(
+            row["ratio"], *counts
+        )
+    return out
+
+
+def _flag_headlines(metrics: pl.DataFrame, *, dimensions: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"flagged_comparisons": int(metrics["flag"].fill_null(False).sum())}
+    for dimension in dimensions:
         out[f"flagged_comparisons_{dimension}"] = int(
             metrics.filter(pl.col("dimension") == dimension)["flag"].fill_null(False).sum()
         )
-    for row in (
-        tables["gradients"].filter(pl.col("dimension") == "imd_decile").iter_rows(named=True)
-    ):
-        out[f"{row['measure']}_{row['indicator']}"] = publish.json_value(row["value"])
-    for row in tables["mitigation"].iter_rows(named=True):
+    return out
+
+
+def _gradient_headlines(gradient_rows: pl.DataFrame) -> dict[str, Any]:
+    return {
+        f"{row['measure']}_{row['indicator']}": publish.json_value(row["value"])
+        for row in gradient_rows.filter(pl.col("dimension") == "imd_decile").iter_rows(named=True)
+    }
+
+
+def _mitigation_headlines(tradeoffs: pl.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for row in tradeoffs.iter_rows(named=True):
         if row["n_events"]:
             out[f"mitigation_{row['policy']}_share_of_events_reached"] = publish.json_rate(
                 row["n_events_reached"] / row["n_events"], row["n_events_reached"], row["n_events"]
@@ -457,17 +632,16 @@ def headline_metrics(tables: dict[str, Any], params: Params) -> dict[str, Any]:
         out[f"mitigation_{row['policy']}_tpr_gap_imd_quintile"] = publish.json_value(
             row.get("tpr_gap")
         )
-    if tables["has_truth"]:
-        check = tables["need_gaps"].filter(
-            (pl.col("need_measure") == "true_need") & (pl.col("dimension") == "imd_quintile")
-        )
-        q1 = check.filter(pl.col("group") == "1")
-        if q1.height:
-            out["imd_q1_true_need_ratio_same_score"] = publish.json_value(q1["need_ratio"][0])
-        out["disadvantaged_groups_named"] = int(
-            tables["need_gaps"].filter(pl.col("need_measure") == "true_need")["disadvantaged"].sum()
-        )
-    return {k: v for k, v in sorted(out.items()) if v is not None and v != "*"}
+    return out
+
+
+def _true_need_headlines(need_gaps: pl.DataFrame) -> dict[str, Any]:
+    true_need = need_gaps.filter(pl.col("need_measure") == "true_need")
+    q1 = true_need.filter((pl.col("dimension") == "imd_quintile") & (pl.col("group") == "1"))
+    out: dict[str, Any] = {"disadvantaged_groups_named": int(true_need["disadvantaged"].sum())}
+    if q1.height:
+        out["imd_q1_true_need_ratio_same_score"] = publish.json_value(q1["need_ratio"][0])
+    return out
 
 
 # --- IO -------------------------------------------------------------------------------------------
@@ -486,19 +660,8 @@ def _check_columns(frame: pl.LazyFrame, required: dict[str, Any] | list[str], so
         raise ContractError(f"{source}: missing column(s) {missing}")
 
 
-def run(params: Params, paths: io.Paths, *, target: str) -> None:
-    """Audit one target: read scores, groups and truth; write reports/audit/<target>/."""
-    _check_params(params)
-    if target not in params.targets:
-        raise ParamsError(f"audit: unknown target {target!r}")
-    audit = params.audit
-    scores_path = _require(paths.scores / f"{target}.parquet", "scores")
-    features_path = _require(paths.features / "features.parquet", "features")
-    scores = pl.scan_parquet(scores_path)
-    _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
-    sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
-    features = pl.scan_parquet(features_path)
-    _check_columns(features, ["person_id", *sensitive_cols], features_path)
+def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.LazyFrame | None]:
+    """``data/truth`` people and this target's oracle risks, each None when absent (real data)."""
     truth = oracle = None
     people_path = paths.truth / "people.parquet"
     if people_path.exists():
@@ -511,37 +674,78 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         oracle = oracle_all.filter(pl.col("target") == target)
         if oracle.select(pl.len()).collect().item() == 0:
             oracle = None
+    return truth, oracle
 
+
+def _read_cohort(params: Params, paths: io.Paths, *, target: str) -> pl.DataFrame:
+    """The whole eligible cohort (every split) with groups, truth and need scores."""
+    scores_path = _require(paths.scores / f"{target}.parquet", "scores")
+    features_path = _require(paths.features / "features.parquet", "features")
+    scores = pl.scan_parquet(scores_path)
+    _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
+    sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
+    features = pl.scan_parquet(features_path)
+    _check_columns(features, ["person_id", *sensitive_cols], features_path)
+    truth, oracle = _read_truth(paths, target)
     full = build_cohort(
         scores.select(*contract.SCORES_SCHEMA),
         features.select("person_id", *sensitive_cols),
-        dimensions=tuple(audit.dimensions) + tuple(audit.label_choice_dimensions),
+        dimensions=tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions),
         capacity_mode=params.operating_point.capacity_mode,
         capacity=params.operating_point.capacity,
         split="all",
         truth=truth,
         oracle=oracle,
-        need_case_share=audit.need_case_share,
+        need_case_share=params.audit.need_case_share,
     )
     need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
     need = pl.read_parquet(need_path, columns=["person_id", "need_score"])
-    full = full.join(need, on="person_id", how="left", maintain_order="left")
-    audited = full if audit.split == "all" else full.filter(pl.col("split") == audit.split)
+    return full.join(need, on="person_id", how="left", maintain_order="left")
+
+
+def _split_rows(
+    full: pl.DataFrame, *, split: Literal["all", "test", "validation"], source: Path
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The audited people (``split``) and the people to fit thresholds on (the validation
+    split, None when it is the audited split or empty)."""
+    audited = full if split == "all" else full.filter(pl.col("split") == split)
     if audited.height == 0:
-        raise ContractError(f"{scores_path}: no rows in split {audit.split!r} to audit")
-    fit_rows = full.filter(pl.col("split") == "validation") if audit.split != "validation" else None
+        raise ContractError(f"{source}: no rows in split {split!r} to audit")
+    fit_rows = full.filter(pl.col("split") == "validation") if split != "validation" else None
     if fit_rows is not None and fit_rows.height == 0:
         fit_rows = None
-    tables = audit_tables(audited, params, target=target, fit_rows=fit_rows)
+    return audited, fit_rows
+
+
+def run(params: Params, paths: io.Paths, *, target: str) -> None:
+    """Audit one target: read scores, groups and truth; write reports/audit/<target>/."""
+    _check_params(params.audit)
+    if target not in params.targets:
+        raise ParamsError(f"audit: unknown target {target!r}")
+    audit, operating_point = params.audit, params.operating_point
+    full = _read_cohort(params, paths, target=target)
+    audited, fit_rows = _split_rows(
+        full, split=audit.split, source=paths.scores / f"{target}.parquet"
+    )
+    tables = audit_tables(
+        audited,
+        audit=audit,
+        operating_point=operating_point,
+        outreach=params.outreach,
+        seed=params.seed,
+        target=target,
+        fit_rows=fit_rows,
+    )
     published = published_tables(tables, min_group_size=audit.min_group_size)
     summary = audit_summary(
         tables,
-        params,
+        audit=audit,
+        operating_point=operating_point,
         target=target,
         n_people=audited.height,
         group_metrics=published["group_metrics"],
     )
-    headline = contract.AuditHeadline(headline_metrics(tables, params))
+    headline = contract.AuditHeadline(headline_metrics(tables, dimensions=audit.dimensions))
 
     # write: aggregates under reports/ (folder swapped whole)
     with io.atomic_dir(paths.reports / "audit" / target) as folder:

@@ -75,16 +75,7 @@ def build_cohort(
     # joins keep the scores' row order (no sort of the wide frame needed for determinism)
     joined = scores.join(sensitive, on="person_id", how="left", maintain_order="left")
     if truth is not None:
-        joined = joined.join(
-            truth.select("person_id", "true_need", "n_true_conditions"),
-            on="person_id",
-            how="left",
-            maintain_order="left",
-        ).with_columns(
-            (pl.col("true_need") >= pl.col("true_need").quantile(1.0 - need_case_share))
-            .fill_null(False)
-            .alias("true_case")
-        )
+        joined = join_truth(joined, truth, need_case_share=need_case_share)
     if oracle is not None:
         joined = joined.join(
             oracle.select("person_id", "oracle_risk"),
@@ -97,19 +88,46 @@ def build_cohort(
     )
     if split != "all":
         joined = joined.filter(pl.col("split") == split)
+    cohort = with_group_labels(joined, dimensions).collect()
+    _check_cohort(cohort, split=split, has_truth=truth is not None)
+    return cohort
+
+
+def join_truth(
+    joined: pl.LazyFrame, truth: pl.LazyFrame, *, need_case_share: float
+) -> pl.LazyFrame:
+    """Add ``true_need``, ``n_true_conditions`` and ``true_case`` (in the top
+    ``need_case_share`` of the whole frame by true need)."""
+    return joined.join(
+        truth.select("person_id", "true_need", "n_true_conditions"),
+        on="person_id",
+        how="left",
+        maintain_order="left",
+    ).with_columns(
+        (pl.col("true_need") >= pl.col("true_need").quantile(1.0 - need_case_share))
+        .fill_null(False)
+        .alias("true_case")
+    )
+
+
+def with_group_labels(people: pl.LazyFrame, dimensions: tuple[str, ...]) -> pl.LazyFrame:
+    """Group labels of ``dimensions`` (:func:`dimension_expr`), ``recorded_need`` (Float64) and
+    ``outcome`` as Int8."""
     # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy even when they
     # are not audited dimensions
     needed = set(dimensions) | {"imd_quintile", "imd_decile", "ethnicity_group"}
-    cohort = joined.with_columns(
+    return people.with_columns(
         *(dimension_expr(dimension) for dimension in sorted(needed)),
         pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
         pl.col("outcome").cast(pl.Int8),
-    ).collect()
+    )
+
+
+def _check_cohort(cohort: pl.DataFrame, *, split: str, has_truth: bool) -> None:
     if cohort.height == 0:
         raise ContractError(f"scores: no rows in split {split!r} to audit")
     missing = cohort.filter(pl.col("risk_score").is_null() | pl.col("outcome").is_null()).height
     if missing:
         raise ContractError(f"scores: {missing} rows with a null risk_score or outcome")
-    if truth is not None and cohort["true_need"].null_count() == cohort.height:
+    if has_truth and cohort["true_need"].null_count() == cohort.height:
         raise ContractError("data/truth/people.parquet: no person of the cohort has a true_need")
-    return cohort

@@ -100,66 +100,23 @@ def tradeoff_table(
         n_cases_reached).
     """
     case = "true_case" if has_truth else "outcome"
-    with_oracle = has_truth and "oracle_risk" in cohort.columns
     policies = [p for p in POLICIES if f"selected_{p}" in cohort.columns]
-
-    def aggregations(policy: str) -> list[pl.Expr]:
-        chosen = pl.col(f"selected_{policy}")
-        return [
-            chosen.sum().cast(pl.Int64).alias(f"{policy}|n_selected"),
-            (chosen & (pl.col("outcome") == 1))
-            .sum()
-            .cast(pl.Int64)
-            .alias(f"{policy}|n_events_reached"),
-            (chosen & pl.col(case).cast(pl.Boolean))
-            .sum()
-            .cast(pl.Int64)
-            .alias(f"{policy}|n_cases_reached"),
-        ]
-
-    shared = [
-        pl.len().alias("n"),
-        pl.col("outcome").cast(pl.Int64).sum().alias("n_events"),
-        pl.col(case).cast(pl.Int64).sum().alias("n_cases"),
+    aggregations = [
+        *_shared_counts(case),
+        *(e for policy in policies for e in _policy_counts(policy, case)),
     ]
-
-    def long(wide: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-        # one pass over the people for all policies, then one row per policy
-        parts = []
-        for policy in policies:
-            own = [c for c in wide.columns if c.startswith(f"{policy}|")]
-            parts.append(
-                wide.select(
-                    *keys,
-                    *(c for c in wide.columns if "|" not in c and c not in keys),
-                    *(pl.col(c).alias(c.split("|", 1)[1]) for c in own),
-                ).with_columns(pl.lit(policy).alias("policy"))
-            )
-        return pl.concat(parts, how="diagonal_relaxed")
-
-    summary_wide = cohort.select(*shared, *(e for p in policies for e in aggregations(p)))
-    if with_oracle:
-        # expected true events: float sums in numpy (row order), so identical on every run
-        oracle = cohort["oracle_risk"].to_numpy()
-        summary_wide = summary_wide.with_columns(
-            pl.lit(float(np.sum(oracle))).alias("expected_true_events"),
-            *(
-                pl.lit(float(np.sum(oracle[cohort[f"selected_{p}"].to_numpy()]))).alias(
-                    f"{p}|expected_true_events_reached"
-                )
-                for p in policies
-            ),
-        )
+    summary_wide = cohort.select(aggregations)
+    if has_truth and "oracle_risk" in cohort.columns:
+        summary_wide = summary_wide.with_columns(_expected_true_events(cohort, policies))
     by_group = [
-        long(
-            cohort.group_by(dimension)
-            .agg(*shared, *(e for p in policies for e in aggregations(p)))
-            .rename({dimension: "group"}),
+        _long(
+            cohort.group_by(dimension).agg(aggregations).rename({dimension: "group"}),
             ["group"],
+            policies=policies,
         ).with_columns(pl.lit(dimension).alias("dimension"))
         for dimension in dimensions
     ]
-    summary = long(summary_wide, []).drop("n")
+    summary = _long(summary_wide, [], policies=policies).drop("n")
     groups = pl.concat(by_group, how="diagonal_relaxed").with_columns(
         (pl.col("n_selected") / pl.col("n_selected").sum().over("policy", "dimension")).alias(
             "selection_share"
@@ -168,6 +125,65 @@ def tradeoff_table(
         (pl.col("n_cases_reached") / pl.col("n_cases")).alias("case_tpr"),
     )
     return summary, groups
+
+
+def _shared_counts(case: str) -> list[pl.Expr]:
+    """Counts that do not depend on the policy: people, events and cases."""
+    return [
+        pl.len().alias("n"),
+        pl.col("outcome").cast(pl.Int64).sum().alias("n_events"),
+        pl.col(case).cast(pl.Int64).sum().alias("n_cases"),
+    ]
+
+
+def _policy_counts(policy: str, case: str) -> list[pl.Expr]:
+    """One policy's selected, events reached and cases reached, named ``<policy>|<count>``."""
+    chosen = pl.col(f"selected_{policy}")
+    return [
+        chosen.sum().cast(pl.Int64).alias(f"{policy}|n_selected"),
+        (chosen & (pl.col("outcome") == 1))
+        .sum()
+        .cast(pl.Int64)
+        .alias(f"{policy}|n_events_reached"),
+        (chosen & pl.col(case).cast(pl.Boolean))
+        .sum()
+        .cast(pl.Int64)
+        .alias(f"{policy}|n_cases_reached"),
+    ]
+
+
+def _expected_true_events(cohort: pl.DataFrame, policies: list[str]) -> list[pl.Expr]:
+    """Expected true events, overall and reached by each policy (sums of oracle risk)."""
+    # float sums in numpy (row order), so identical on every run
+    oracle = cohort["oracle_risk"].to_numpy()
+    return [
+        pl.lit(float(np.sum(oracle))).alias("expected_true_events"),
+        *(
+            pl.lit(float(np.sum(oracle[cohort[f"selected_{p}"].to_numpy()]))).alias(
+                f"{p}|expected_true_events_reached"
+            )
+            for p in policies
+        ),
+    ]
+
+
+def _long(wide: pl.DataFrame, keys: list[str], *, policies: list[str]) -> pl.DataFrame:
+    """One row per policy (and key) from one wide row of ``<policy>|<count>`` columns: one
+    pass over the people for all policies."""
+    shared = [c for c in wide.columns if "|" not in c and c not in keys]
+    parts = [
+        wide.select(
+            *keys,
+            *shared,
+            *(
+                pl.col(c).alias(c.split("|", 1)[1])
+                for c in wide.columns
+                if c.startswith(f"{policy}|")
+            ),
+        ).with_columns(pl.lit(policy).alias("policy"))
+        for policy in policies
+    ]
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def tpr_gaps(by_group: pl.DataFrame, *, dimension: str, min_group_events: int) -> pl.DataFrame:

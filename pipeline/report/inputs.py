@@ -48,7 +48,7 @@ from pipeline.report.model import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.config import Params, TargetParams
 
 PERFORMANCE_METRICS: Final = (*contract.MODEL_METRICS, *contract.ORACLE_METRICS)
 CURVES: Final = ("roc", "precision_recall", "calibration", "cumulative_gain")
@@ -408,11 +408,12 @@ def _audit_summary(path: Path, target: str) -> contract.AuditSummary:
 
 def _target_view(
     name: str,
-    params: Params,
+    target: TargetParams,
     paths: Paths,
     outreach: contract.OutreachSummary | None,
     has_truth: bool,
 ) -> tuple[TargetView, pl.DataFrame]:
+    """One target's view and its groups' sizes, from its audit folder, headline and model."""
     notes: list[str] = []
     folder = paths.reports / "audit" / name
     summary = _audit_summary(folder / contract.AUDIT_SUMMARY_FILE, name)
@@ -427,19 +428,11 @@ def _target_view(
         "The audit headline",
     )
     metrics = _read_optional(paths.models / name / "metrics.json", notes, "Model metrics") or {}
-    plots = {}
-    for curve in CURVES:
-        path = paths.models / name / "plots" / f"{curve}.csv"
-        if path.exists():
-            plots[curve] = pl.read_csv(path)
-    overall = groups.filter(pl.col("dimension") == "overall")
-    first = overall.row(0, named=True) if overall.height else {}
-    outreach_block = outreach.targets.get(name) if outreach is not None else None
     gradients = tables["gradients"]
     view = TargetView(
         target=name,
-        description=params.targets[name].description,
-        outcome=params.targets[name].outcome.replace("_", " "),
+        description=target.description,
+        outcome=target.outcome.replace("_", " "),
         groups=groups.filter(pl.col("dimension") != "overall"),
         gradients=gradients.filter(pl.col("dimension") == "imd_decile"),
         gradient_points=gradient_points(groups, tables["mitigation_by_group"]),
@@ -450,24 +443,49 @@ def _target_view(
         mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),
         calibration=empty(CALIBRATION_SCHEMA),
         performance=performance_from_metrics(metrics),
-        curves=plots,
+        curves=_model_curves(paths.models / name / "plots"),
         outreach=outreach_from_summary(outreach, name, has_truth=has_truth),
         operating_point=_operating_point(summary),
         audit_headline={} if headline is None else dict(headline.root),
-        counts={
-            "n_eligible": outreach_block.n_eligible
-            if outreach_block is not None
-            else metrics.get("n_cohort"),
-            "n_audited": first.get("n", summary.n),
-            "n_events": first.get("n_events"),
-            "n_selected": first.get("n_selected"),
-        },
+        counts=_headline_counts(
+            groups,
+            summary,
+            outreach=outreach.targets.get(name) if outreach is not None else None,
+            metrics=metrics,
+        ),
         notes=tuple(notes),
         split=summary.split,
         case_definition=summary.settings.need_case_definition,
         truth_events=tables["mitigation"]["n_expected_true_events_reached"].is_not_null().any(),
     )
     return view, population_from_audit(name, groups)
+
+
+def _model_curves(folder: Path) -> dict[str, pl.DataFrame]:
+    """The train stage's test-split curves (``plots/<curve>.csv``) that exist."""
+    return {
+        curve: pl.read_csv(folder / f"{curve}.csv")
+        for curve in CURVES
+        if (folder / f"{curve}.csv").exists()
+    }
+
+
+def _headline_counts(
+    groups: pl.DataFrame,
+    summary: contract.AuditSummary,
+    *,
+    outreach: contract.OutreachTarget | None,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Eligible (outreach, else the model's cohort), audited, events and selected (overall)."""
+    overall = groups.filter(pl.col("dimension") == "overall")
+    first = overall.row(0, named=True) if overall.height else {}
+    return {
+        "n_eligible": outreach.n_eligible if outreach is not None else metrics.get("n_cohort"),
+        "n_audited": first.get("n", summary.n),
+        "n_events": first.get("n_events"),
+        "n_selected": first.get("n_selected"),
+    }
 
 
 def icb_names(paths: Paths) -> dict[str, str]:
@@ -500,40 +518,22 @@ def load_view(params: Params, paths: Paths) -> ReportView:
     quality = _read_summary(
         contract.DataQuality, paths.reports / "data_quality.json", notes, "The data quality summary"
     )
-    calibration_file = paths.reports / "synthetic_calibration.json"
-    synthetic = (
-        contract.read_summary(contract.SyntheticCalibration, calibration_file)
-        if calibration_file.exists()
-        else None
-    )
+    synthetic = _read_synthetic(paths.reports / "synthetic_calibration.json")
     has_truth = (outreach is not None and outreach.truth_available) or (
         paths.truth / "people.parquet"
     ).exists()
-    views, populations = [], []
-    for name in params.targets:
-        view, population = _target_view(name, params, paths, outreach, has_truth)
-        views.append(view)
-        populations.append(population)
+    built = [
+        _target_view(name, target, paths, outreach, has_truth)
+        for name, target in params.targets.items()
+    ]
+    views = [view for view, _ in built]
+    populations = [population for _, population in built]
     has_truth = has_truth or any(
         v.label_summary.filter(pl.col("need_measure") == "true_need").height for v in views
     )
-    source = "synthetic" if params.population.source == "synthetic" else "extract"
-    used = [
-        str(p.relative_to(paths.root))
-        for p in (
-            paths.population / "areas.parquet",
-            paths.reports / "audit",
-            paths.reports / "metrics",
-            paths.reports / "outreach_summary.json",
-            paths.reports / "data_quality.json",
-            calibration_file,
-            paths.models,
-        )
-        if p.exists()
-    ]
     return ReportView(
         title=params.report.title,
-        source=source,
+        source="synthetic" if params.population.source == "synthetic" else "extract",
         targets=tuple(views),
         population=pl.concat(populations) if populations else empty(POPULATION_SCHEMA),
         population_total=None if quality is None else quality.n_people,
@@ -544,7 +544,26 @@ def load_view(params: Params, paths: Paths) -> ReportView:
         fair_high=params.audit.fair_ratio_high,
         confidence=params.audit.confidence,
         has_truth=has_truth,
-        inputs_used=tuple(used),
+        inputs_used=_inputs_used(paths),
         notes=tuple(notes),
         icb_names=icb_names(paths),
     )
+
+
+def _read_synthetic(path: Path) -> contract.SyntheticCalibration | None:
+    """The synthesiser's calibration summary; None for a real extract (no such file)."""
+    return contract.read_summary(contract.SyntheticCalibration, path) if path.exists() else None
+
+
+def _inputs_used(paths: Paths) -> tuple[str, ...]:
+    """The upstream files and folders the report read that exist, relative to the root."""
+    candidates = (
+        paths.population / "areas.parquet",
+        paths.reports / "audit",
+        paths.reports / "metrics",
+        paths.reports / "outreach_summary.json",
+        paths.reports / "data_quality.json",
+        paths.reports / "synthetic_calibration.json",
+        paths.models,
+    )
+    return tuple(str(p.relative_to(paths.root)) for p in candidates if p.exists())

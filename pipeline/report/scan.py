@@ -168,52 +168,75 @@ def scan_json(
     list[Violation]
         Every breach found, in document order; empty when the document is clean.
     """
-    found: list[Violation] = []
+    rules = _JsonRules(source=source, suppress_below=suppress_below, round_to=round_to)
+    return list(_walk(payload, "", rules))
 
-    def check_count(value: Any, where: str) -> None:
-        if isinstance(value, list | tuple):
-            for index, item in enumerate(value):
-                check_count(item, f"{where}[{index}]")
-            return
-        if isinstance(value, dict):
-            for key, item in value.items():
-                check_count(item, f"{where}.{key}")
-            return
-        if not is_published_count(value, suppress_below=suppress_below, round_to=round_to):
-            found.append(Violation(source, where, "count not disclosure-controlled", _shown(value)))
 
-    def walk(node: Any, where: str) -> None:
-        if isinstance(node, dict):
-            suppressed_rates: set[str] = set()
-            if node.get("n") == SUPPRESSED:
-                suppressed_rates = {key for key in node if is_rate_key(str(key))}
-            hidden = {key for key, value in node.items() if value == SUPPRESSED}
-            for metric, counts in METRIC_COUNTS.items():
-                if hidden.intersection(counts):
-                    # wide records (``tpr``, ``tpr_ci_low``) ...
-                    suppressed_rates |= {key for key in node if str(key).startswith(metric)}
-                    # ... and long ones (``metric: tpr``, ``value``, ``ci_low``)
-                    if node.get("metric") == metric:
-                        suppressed_rates |= {key for key in node if is_rate_key(str(key))}
-            for key, value in node.items():
-                name = str(key)
-                here = f"{where}.{name}" if where else name
-                # an id value (not e.g. a column's null share keyed by the column name)
-                if name.lower() in ROW_LEVEL_KEYS and _holds_ids(value):
-                    found.append(Violation(source, here, "row-level identifier key", name))
-                if is_count_key(name):
-                    check_count(value, here)
-                elif name in suppressed_rates and _numbers_in(value):
-                    found.append(
-                        Violation(source, here, "rate shown for a suppressed count", _shown(value))
-                    )
-                walk(value, here)
-        elif isinstance(node, list | tuple):
-            for index, item in enumerate(node):
-                walk(item, f"{where}[{index}]")
+@dataclass(frozen=True)
+class _JsonRules:
+    """What the JSON walk needs to name and judge a finding."""
 
-    walk(payload, "")
-    return found
+    source: str
+    suppress_below: int
+    round_to: int
+
+
+def _walk(node: Any, where: str, rules: _JsonRules) -> Iterator[Violation]:
+    """Findings in ``node`` and everything under it, in document order."""
+    if isinstance(node, dict):
+        suppressed_rates = _suppressed_rate_keys(node)
+        for key, value in node.items():
+            name = str(key)
+            here = f"{where}.{name}" if where else name
+            yield from _key_findings(name, value, here, suppressed_rates, rules)
+            yield from _walk(value, here, rules)
+    elif isinstance(node, list | tuple):
+        for index, item in enumerate(node):
+            yield from _walk(item, f"{where}[{index}]", rules)
+
+
+def _suppressed_rate_keys(node: dict[Any, Any]) -> set[str]:
+    """Keys of ``node`` holding rates whose counts are suppressed (so must show no number)."""
+    suppressed_rates: set[str] = set()
+    if node.get("n") == SUPPRESSED:
+        suppressed_rates = {key for key in node if is_rate_key(str(key))}
+    hidden = {key for key, value in node.items() if value == SUPPRESSED}
+    for metric, counts in METRIC_COUNTS.items():
+        if not hidden.intersection(counts):
+            continue
+        # wide records (``tpr``, ``tpr_ci_low``) ...
+        suppressed_rates |= {key for key in node if str(key).startswith(metric)}
+        # ... and long ones (``metric: tpr``, ``value``, ``ci_low``)
+        if node.get("metric") == metric:
+            suppressed_rates |= {key for key in node if is_rate_key(str(key))}
+    return suppressed_rates
+
+
+def _key_findings(
+    name: str, value: Any, here: str, suppressed_rates: set[str], rules: _JsonRules
+) -> Iterator[Violation]:
+    """Findings about one key of a record (not about what is nested under it)."""
+    # an id value (not e.g. a column's null share keyed by the column name)
+    if name.lower() in ROW_LEVEL_KEYS and _holds_ids(value):
+        yield Violation(rules.source, here, "row-level identifier key", name)
+    if is_count_key(name):
+        yield from _count_findings(value, here, rules)
+    elif name in suppressed_rates and _numbers_in(value):
+        yield Violation(rules.source, here, "rate shown for a suppressed count", _shown(value))
+
+
+def _count_findings(value: Any, where: str, rules: _JsonRules) -> Iterator[Violation]:
+    """Every number under a count key that is not a published count."""
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _count_findings(item, f"{where}[{index}]", rules)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _count_findings(item, f"{where}.{key}", rules)
+    elif not is_published_count(
+        value, suppress_below=rules.suppress_below, round_to=rules.round_to
+    ):
+        yield Violation(rules.source, where, "count not disclosure-controlled", _shown(value))
 
 
 # --- parquet --------------------------------------------------------------------------------
@@ -229,59 +252,67 @@ def scan_parquet(
     """Check an aggregate parquet table: count columns, rates of suppressed cells, no ids."""
     source = source or str(path)
     frame = pl.read_parquet(path)
-    found: list[Violation] = []
-    for column in frame.columns:
-        if column.lower() in ROW_LEVEL_KEYS:
-            found.append(Violation(source, column, "row-level identifier column", column))
+    found = [
+        Violation(source, column, "row-level identifier column", column)
+        for column in frame.columns
+        if column.lower() in ROW_LEVEL_KEYS
+    ]
     # a contract table's declared counts, and any other column named like a count
     declared = _TABLE_COUNTS.get(Path(path).name, ()) if "audit" in Path(path).parts else ()
-    counts = [c for c in frame.columns if c in declared or is_count_key(c)]
-    for column in counts:
+    for column in [c for c in frame.columns if c in declared or is_count_key(c)]:
         series = frame[column]
-        if series.dtype == pl.String:
-            text = series.str.replace_all(",", "")
-            bad = ~(
-                text.is_null()
-                | (text == SUPPRESSED)
-                | (
-                    text.str.contains(r"^\d+$")
-                    & (text.cast(pl.Int64, strict=False) % round_to == 0)
-                )
-            )
-        elif series.dtype.is_numeric():
-            bad = ~(series.is_null() | ((series >= 0) & (series % round_to == 0)))
-        else:
-            bad = pl.Series([True] * frame.height)
+        bad = _unpublished_counts(series, round_to=round_to)
         if bad.any():
-            example = series.filter(bad)[0]
             found.append(
                 Violation(
                     source,
                     f"column {column} ({int(bad.sum())} rows)",
                     "count not disclosure-controlled",
-                    _shown(example),
+                    _shown(series.filter(bad)[0]),
                 )
             )
     if "n" in frame.columns and frame["n"].dtype == pl.String:
-        suppressed = frame["n"] == SUPPRESSED
-        for column in [c for c in frame.columns if is_rate_key(c)]:
-            series = frame[column]
-            # a String column leaks only numbers (a label such as ci_method does not)
-            shown = (
-                series.str.contains(r"^-?[\d.,]+(e-?\d+)?$")
-                if series.dtype == pl.String
-                else series.is_not_null()
-            )
-            leaked = (suppressed & shown).fill_null(False)
-            if leaked.any():
-                found.append(
-                    Violation(
-                        source,
-                        f"column {column} ({int(leaked.sum())} rows)",
-                        "rate shown for a suppressed count",
-                        _shown(series.filter(leaked)[0]),
-                    )
+        found += _suppressed_rate_columns(frame, source)
+    return found
+
+
+def _unpublished_counts(series: pl.Series, *, round_to: int) -> pl.Series:
+    """True where a count column's value is neither null, ``'*'`` nor a non-negative multiple
+    of ``round_to`` (every row of a column that is neither text nor numeric)."""
+    if series.dtype == pl.String:
+        text = series.str.replace_all(",", "")
+        return ~(
+            text.is_null()
+            | (text == SUPPRESSED)
+            | (text.str.contains(r"^\d+$") & (text.cast(pl.Int64, strict=False) % round_to == 0))
+        )
+    if series.dtype.is_numeric():
+        return ~(series.is_null() | ((series >= 0) & (series % round_to == 0)))
+    return pl.Series([True] * series.len())
+
+
+def _suppressed_rate_columns(frame: pl.DataFrame, source: str) -> list[Violation]:
+    """Rate columns that show a number in a row whose (String) ``n`` is ``'*'``."""
+    suppressed = frame["n"] == SUPPRESSED
+    found = []
+    for column in [c for c in frame.columns if is_rate_key(c)]:
+        series = frame[column]
+        # a String column leaks only numbers (a label such as ci_method does not)
+        shown = (
+            series.str.contains(r"^-?[\d.,]+(e-?\d+)?$")
+            if series.dtype == pl.String
+            else series.is_not_null()
+        )
+        leaked = (suppressed & shown).fill_null(False)
+        if leaked.any():
+            found.append(
+                Violation(
+                    source,
+                    f"column {column} ({int(leaked.sum())} rows)",
+                    "rate shown for a suppressed count",
+                    _shown(series.filter(leaked)[0]),
                 )
+            )
     return found
 
 
@@ -370,53 +401,81 @@ def scan_html(
     parser = _ReportParser()
     parser.feed(text)
     parser.close()
-    found: list[Violation] = []
+    options = {"suppress_below": suppress_below, "round_to": round_to}
+    return [
+        *_cell_findings(parser.cells, source, **options),
+        *_row_findings(parser.rows, source),
+        *_prose_findings(parser.prose, source, **options),
+        *_fetch_findings(parser.external, text, source),
+    ]
 
-    def count_ok(shown: str) -> bool:
-        value = shown.replace(",", "").strip()
-        if value in {"", "-", "–", "—", "n/a"}:
-            return True
-        return is_published_count(value, suppress_below=suppress_below, round_to=round_to)
 
-    hidden = {SUPPRESSED, "", "-", "–", "—"}
-    for kind, shown, line, of in parser.cells:
-        if kind == "n" and not count_ok(shown):
-            found.append(
-                Violation(source, f"line {line}", "count not disclosure-controlled", shown)
-            )
-        if kind == "r" and of is not None and SUPPRESSED in of.split() and shown not in hidden:
-            found.append(
-                Violation(source, f"line {line}", "rate shown for a suppressed count", shown)
-            )
-    for row in parser.rows:
+_HIDDEN: Final = frozenset({SUPPRESSED, "", "-", "–", "—"})
+"""What a rate beside a suppressed count may show."""
+_Cell = tuple[str, str, int, str | None]
+
+
+def _count_shown_ok(shown: str, *, suppress_below: int, round_to: int) -> bool:
+    value = shown.replace(",", "").strip()
+    if value in {"", "-", "–", "—", "n/a"}:
+        return True
+    return is_published_count(value, suppress_below=suppress_below, round_to=round_to)
+
+
+def _cell_findings(
+    cells: list[_Cell], source: str, *, suppress_below: int, round_to: int
+) -> Iterator[Violation]:
+    """Counts not disclosure-controlled, and rates shown although a count they name
+    (``data-of``) is suppressed."""
+    for kind, shown, line, of in cells:
+        if kind == "n" and not _count_shown_ok(
+            shown, suppress_below=suppress_below, round_to=round_to
+        ):
+            yield Violation(source, f"line {line}", "count not disclosure-controlled", shown)
+        if kind == "r" and of is not None and SUPPRESSED in of.split() and shown not in _HIDDEN:
+            yield Violation(source, f"line {line}", "rate shown for a suppressed count", shown)
+
+
+def _row_findings(rows: list[list[_Cell]], source: str) -> Iterator[Violation]:
+    """Rates shown in a table row whose first count is suppressed."""
+    for row in rows:
         counts = [cell for cell in row if cell[0] == "n"]
         if not counts or counts[0][1] != SUPPRESSED:
             continue
         for kind, shown, line, of in row:
-            # a rate that names its own counts (data-of) was checked above
-            if kind == "r" and of is None and shown not in hidden:
-                found.append(
-                    Violation(source, f"line {line}", "rate shown for a suppressed count", shown)
-                )
-    for data, line in parser.prose:
+            # a rate that names its own counts (data-of) was checked with the cells
+            if kind == "r" and of is None and shown not in _HIDDEN:
+                yield Violation(source, f"line {line}", "rate shown for a suppressed count", shown)
+
+
+def _prose_findings(
+    prose: list[tuple[str, int]], source: str, *, suppress_below: int, round_to: int
+) -> Iterator[Violation]:
+    """Numbers of people written in prose that are not published counts."""
+    for data, line in prose:
         for match in _PROSE_COUNT.finditer(data):
-            if not count_ok(match.group(1)):
-                found.append(
-                    Violation(
-                        source,
-                        f"line {line}",
-                        "count in prose not disclosure-controlled",
-                        match.group(0),
-                    )
+            if not _count_shown_ok(
+                match.group(1), suppress_below=suppress_below, round_to=round_to
+            ):
+                yield Violation(
+                    source,
+                    f"line {line}",
+                    "count in prose not disclosure-controlled",
+                    match.group(0),
                 )
-    for tag, reference, line in parser.external:
-        found.append(Violation(source, f"line {line} <{tag}>", "fetches a resource", reference))
+
+
+def _fetch_findings(
+    external: list[tuple[str, str, int]], text: str, source: str
+) -> Iterator[Violation]:
+    """Anything the page would fetch: attributes, ``@import``/``@font-face``, style ``url()``."""
+    for tag, reference, line in external:
+        yield Violation(source, f"line {line} <{tag}>", "fetches a resource", reference)
     for match in re.finditer(r"@import|@font-face", text):
         line = text.count("\n", 0, match.start()) + 1
-        found.append(Violation(source, f"line {line}", "fetches a resource", match.group(0)))
+        yield Violation(source, f"line {line}", "fetches a resource", match.group(0))
     for match in _EXTERNAL_URL.finditer(_style_blocks(text)):
-        found.append(Violation(source, "<style>", "fetches a resource", f"url({match.group(1)})"))
-    return found
+        yield Violation(source, "<style>", "fetches a resource", f"url({match.group(1)})")
 
 
 def _style_blocks(text: str) -> str:
