@@ -1,8 +1,9 @@
-"""NHS statistical disclosure control for published aggregates.
+"""NHS statistical disclosure control for published aggregates: one :class:`Rule`.
 
-Counts of 1-7 are shown as ``'*'``; every other count is rounded to the nearest 5 (0 stays 0).
-A rate whose numerator or denominator is suppressed is suppressed too. Everything under
-``reports/`` and everything logged to MLflow goes through these functions.
+By default counts of 1-7 are shown as ``'*'`` and every other count is rounded to the nearest 5
+(0 stays 0); a rate whose numerator or denominator is suppressed is suppressed too. The rule in
+force is the ``disclosure`` section of ``params.yaml`` (``params.disclosure``), passed to every
+function that publishes (under ``reports/``, in metrics and in MLflow) and to the report's scanner.
 """
 
 from __future__ import annotations
@@ -104,107 +105,3 @@ class Rule(BaseModel):
         if not isinstance(value, int):
             raise TypeError(f"not a count: {value!r}")
         return self.count(value)
-
-
-def is_suppressed(count: int | None, *, suppress_below: int = SUPPRESS_BELOW) -> bool:
-    """True when a count of people must not be published (1 to ``suppress_below - 1``)."""
-    return count is not None and 0 < count < suppress_below
-
-
-def round_count(
-    count: int | None, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
-) -> int | str | None:
-    """A publishable count: ``'*'`` for 1-7, else rounded to the nearest 5 (halves round up)."""
-    if count is None:
-        return None
-    if is_suppressed(count, suppress_below=suppress_below):
-        return SUPPRESSED
-    return int(math.floor(count / round_to + 0.5) * round_to)
-
-
-def publish_rate(
-    numerator: int | None,
-    denominator: int | None,
-    rate: float | None,
-    *,
-    suppress_below: int = SUPPRESS_BELOW,
-) -> float | str | None:
-    """A rate is published only when neither its numerator nor its denominator is suppressed."""
-    if is_suppressed(numerator, suppress_below=suppress_below) or is_suppressed(
-        denominator, suppress_below=suppress_below
-    ):
-        return SUPPRESSED
-    return rate
-
-
-def round_count_expr(
-    count: pl.Expr, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
-) -> pl.Expr:
-    """Vectorised :func:`round_count`: returns a String column ('*' or the rounded count)."""
-    rounded = ((count.cast(pl.Float64) / round_to + 0.5).floor() * round_to).cast(pl.Int64)
-    return (
-        pl.when(count.is_null())
-        .then(pl.lit(None, dtype=pl.String))
-        .when((count > 0) & (count < suppress_below))
-        .then(pl.lit(SUPPRESSED))
-        .otherwise(rounded.cast(pl.String))
-        .alias(count.meta.output_name(raise_if_undetermined=False) or "count")
-    )
-
-
-def suppressed_mask_expr(count: pl.Expr, *, suppress_below: int = SUPPRESS_BELOW) -> pl.Expr:
-    """True where a count would be suppressed."""
-    return (count > 0) & (count < suppress_below)
-
-
-def is_published_count(
-    value: object, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
-) -> bool:
-    """True when ``value`` is a publishable count: None, 0, ``'*'`` or a multiple of ``round_to``.
-
-    Accepts the forms stages publish: ints, integral floats and numeric strings (the String
-    column that :func:`round_count_expr` returns). ``suppress_below`` is accepted for symmetry:
-    any multiple of ``round_to`` is a valid rounded count.
-    """
-    del suppress_below  # a rounded count of a suppressed cell never appears: it is '*'
-    if value is None or value == SUPPRESSED:
-        return True
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, str):
-        text = value.replace(",", "").strip()
-        if not text.isdigit():
-            return False
-        value = int(text)
-    if isinstance(value, float):
-        if not value.is_integer():
-            return False
-        value = int(value)
-    return isinstance(value, int) and value >= 0 and value % round_to == 0
-
-
-def republish_count(
-    value: object, *, suppress_below: int = SUPPRESS_BELOW, round_to: int = ROUND_TO
-) -> int | str | None:
-    """A count that may already be published (``'*'``, a rounded int or numeric string) or raw
-    -> its published form. Idempotent: publishing a published count changes nothing."""
-    if value is None:
-        return None
-    if value == SUPPRESSED:
-        return SUPPRESSED
-    if isinstance(value, str):
-        value = float(value.replace(",", ""))
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        value = round(value)
-    if not isinstance(value, int):
-        raise TypeError(f"not a count: {value!r}")
-    return round_count(value, suppress_below=suppress_below, round_to=round_to)
-
-
-def publish_rate_given(rate: float | str | None, *counts: object) -> float | str | None:
-    """A rate next to already-published counts: ``'*'`` when any of them is ``'*'``."""
-    if rate == SUPPRESSED or any(count == SUPPRESSED for count in counts):
-        return SUPPRESSED
-    return rate

@@ -14,6 +14,7 @@ import pytest
 from pipeline import contract, io, need, tracking
 from pipeline.audit import run
 from pipeline.config import Params, parse_params
+from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError
 from tests import simworld
 
@@ -141,7 +142,24 @@ def test_reports_follow_the_disclosure_convention(audited: Path) -> None:
     )
     assert suppressed.height > 0 and suppressed["value"].null_count() == suppressed.height
     scan = pytest.importorskip("pipeline.report.scan")
-    assert scan.scan_reports(reports) == []
+    assert scan.scan_reports(reports, rule=Rule()) == []
+
+
+def test_the_disclosure_params_reach_the_audit_and_the_scanner(
+    audited: Path, tmp_path: Path
+) -> None:
+    from pipeline.report import scan
+
+    stricter = Rule(suppress_below=11, round_to=10)
+    params = _params().model_copy(update={"disclosure": stricter})
+    _write_world(tmp_path)
+    run(params, io.Paths.at(tmp_path), target=TARGET)
+    reports = tmp_path / "reports"
+    counts = pl.read_parquet(reports / "audit" / TARGET / "groups.parquet")["n"].drop_nulls()
+    assert all(v == "*" or int(v) % 10 == 0 for v in counts.to_list())
+    assert scan.scan_reports(reports, rule=stricter) == []
+    # the default run's counts (multiples of 5) break the stricter rule: the scanner says so
+    assert scan.scan_reports(audited / "reports", rule=stricter)
 
 
 def test_same_inputs_give_byte_identical_outputs(audited: Path, tmp_path: Path) -> None:

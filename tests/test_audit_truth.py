@@ -57,7 +57,9 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         seed=params.seed,
         target="sim_target",
     )
-    published = published_tables(tables, min_group_size=params.audit.min_group_size)
+    published = published_tables(
+        tables, min_group_size=params.audit.min_group_size, rule=params.disclosure
+    )
     summary = audit_summary(
         tables,
         audit=params.audit,
@@ -65,6 +67,7 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         target="sim_target",
         n_people=cohort.height,
         group_metrics=published["group_metrics"],
+        rule=params.disclosure,
     )
     return tables, summary.model_dump()
 

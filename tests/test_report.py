@@ -41,7 +41,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_is_self_contained_and_passes_its_own_scan(built: Path) -> None:
     html = built.read_text(encoding="utf-8")
-    assert scan_html(html) == []
+    assert scan_html(html, rule=Rule()) == []
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
     assert "<link" not in html and "@import" not in html and "url(http" not in html
     assert "<script src" not in html
@@ -291,7 +291,7 @@ CLEAN_JSON = {
 
 
 def test_scanner_passes_clean_json() -> None:
-    assert scan_json(CLEAN_JSON) == []
+    assert scan_json(CLEAN_JSON, rule=Rule()) == []
 
 
 @pytest.mark.parametrize(
@@ -314,7 +314,7 @@ def test_scanner_passes_clean_json() -> None:
     ],
 )
 def test_scanner_finds_planted_json_violations(planted: dict, rule: str) -> None:
-    found = scan_json({"ok": CLEAN_JSON, "bad": planted}, source="x.json")
+    found = scan_json({"ok": CLEAN_JSON, "bad": planted}, source="x.json", rule=Rule())
     assert [v.rule for v in found] == [rule], found
     assert found[0].location.startswith("bad")
 
@@ -325,13 +325,13 @@ def test_scanner_on_a_reports_folder(tmp_path: Path) -> None:
     pl.DataFrame(
         {"group": ["a", "b"], "n": ["*", "15"], "value": [None, 0.2], "suppressed": [True, False]}
     ).write_parquet(reports / "audit" / "t" / "g.parquet")
-    assert scan_reports(reports) == []
+    assert scan_reports(reports, rule=Rule()) == []
     write_json({"n_selected": 21}, reports / "outreach_summary.json")
     pl.DataFrame({"group": ["a"], "n": ["*"], "value": [0.2]}).write_parquet(
         reports / "audit" / "t" / "bad.parquet"
     )
     pl.DataFrame({"person_id": ["P1"], "n": [4]}).write_parquet(reports / "rows.parquet")
-    found = {(v.source, v.rule) for v in scan_reports(reports)}
+    found = {(v.source, v.rule) for v in scan_reports(reports, rule=Rule())}
     assert found == {
         ("reports/outreach_summary.json", "count not disclosure-controlled"),
         ("reports/audit/t/bad.parquet", "rate shown for a suppressed count"),
@@ -350,7 +350,7 @@ CLEAN_HTML = """<!DOCTYPE html><html><head><style>td{color:red}</style></head><b
 
 
 def test_scanner_passes_clean_html() -> None:
-    assert scan_html(CLEAN_HTML) == []
+    assert scan_html(CLEAN_HTML, rule=Rule()) == []
 
 
 @pytest.mark.parametrize(
@@ -376,7 +376,7 @@ def test_scanner_passes_clean_html() -> None:
 )
 def test_scanner_finds_planted_html_violations(planted: str, rule: str) -> None:
     html = CLEAN_HTML.replace("</body>", planted + "</body>")
-    found = scan_html(html)
+    found = scan_html(html, rule=Rule())
     assert rule in {v.rule for v in found}, found
 
 
@@ -384,11 +384,11 @@ def test_scanner_checks_the_real_report_jsons_too(built: Path, tmp_path: Path) -
     """The fixture's reports/ (audit.json, outreach summary, ...) pass; one planted change fails."""
     reports = tmp_path / "reports"
     shutil.copytree(built.parent, reports)
-    assert scan_reports(reports) == []
+    assert scan_reports(reports, rule=Rule()) == []
     audit = next(reports.glob("audit/*/audit.json"))
     payload = json.loads(audit.read_text())
     payload["n"] = 1234
     audit.write_text(json.dumps(payload))
-    found = scan_reports(reports)
+    found = scan_reports(reports, rule=Rule())
     assert [v.rule for v in found] == ["count not disclosure-controlled"]
     assert found[0].location == "n"

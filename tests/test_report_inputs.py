@@ -12,6 +12,7 @@ import pytest
 from pipeline import contract
 from pipeline.audit import cells
 from pipeline.config import load_params
+from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.report import model
 from pipeline.report.inputs import group_order_expr, load_view, read_audit_tables
@@ -67,12 +68,12 @@ def test_a_table_that_drifts_from_the_contract_is_refused(tmp_path: Path) -> Non
 
 def test_the_scanner_checks_a_tables_declared_counts(tmp_path: Path) -> None:
     source = next((audited_world() / "reports/audit").iterdir()) / "group_metrics.parquet"
-    assert scan_parquet(source) == []
+    assert scan_parquet(source, rule=Rule()) == []
     planted = tmp_path / "audit" / "group_metrics.parquet"
     planted.parent.mkdir()
     frame = pl.read_parquet(source)
     frame.with_columns(pl.lit("13").alias("n_numerator")).write_parquet(planted)
-    found = scan_parquet(planted)
+    found = scan_parquet(planted, rule=Rule())
     assert [v.rule for v in found] == ["count not disclosure-controlled"]
     assert "n_numerator" in found[0].location
 

@@ -23,7 +23,7 @@ import polars as pl
 
 from pipeline import audit, contract, need
 from pipeline.config import load_params, parse_params
-from pipeline.disclosure import SUPPRESSED, Rule, round_count
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.io import Paths, write_json
 from pipeline.validate import data_quality_report
 from tests import simworld
@@ -89,21 +89,21 @@ def outreach_summary(targets: list[str], rng: np.random.Generator) -> dict[str, 
                 rows.append(
                     {
                         "group": group,
-                        "n_eligible": round_count(int(w * 100000)),
-                        "n_selected": round_count(int(w * 5000 * shortfall)),
+                        "n_eligible": Rule().count(int(w * 100000)),
+                        "n_selected": Rule().count(int(w * 5000 * shortfall)),
                         "share_of_eligible": round(float(w), 4),
                         "share_of_selected": round(float(w) * shortfall, 4),
                         "selection_rate": 0.05,
                         "test_split": {
-                            "n_selected": round_count(int(w * 1000)),
-                            "n_events": round_count(int(w * 2400)),
-                            "n_events_reached": round_count(int(w * 700)),
+                            "n_selected": Rule().count(int(w * 1000)),
+                            "n_events": Rule().count(int(w * 2400)),
+                            "n_events_reached": Rule().count(int(w * 700)),
                             "n_expected_events_reached": 100,
                             "event_capture_rate": 0.3,
                             "precision": 0.3,
                         },
                         "stable": True,
-                        "n_need_list": round_count(int(w * 5000)),
+                        "n_need_list": Rule().count(int(w * 5000)),
                         "share_of_need_list": round(float(w), 4),
                         "share_of_true_need": round(
                             float(w) * (1.25 if shortfall < 1 else 0.97), 4

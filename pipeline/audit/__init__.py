@@ -28,6 +28,7 @@ from pipeline.audit import gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, OperatingPointParams, OutreachParams, Params
+from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 
 __all__ = [
@@ -423,28 +424,30 @@ def _equal_opportunity(
 # --- publishing (layouts: docs/audit_tables.md) ---------------------------------------------------
 
 
-def published_tables(tables: dict[str, Any], *, min_group_size: int) -> dict[str, pl.DataFrame]:
+def published_tables(
+    tables: dict[str, Any], *, min_group_size: int, rule: Rule
+) -> dict[str, pl.DataFrame]:
     """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
-    (counts rounded, values of suppressed counts null, columns exactly the contract's)."""
+    (counts published by ``rule``, values of suppressed counts null, columns exactly the
+    contract's)."""
     published = {
-        "groups": publish.group_counts_table(tables["groups"]),
-        "group_metrics": publish.group_metrics_table(tables["group_metrics"], tables["groups"]),
+        "groups": publish.group_counts_table(tables["groups"], rule=rule),
+        "group_metrics": publish.group_metrics_table(
+            tables["group_metrics"], tables["groups"], rule=rule
+        ),
         "gradients": tables["gradients"],
         "heat": tables["heat"],
-        "need_by_score": publish.need_curves_table(tables["need_curves"]),
-        "need_gaps": publish.need_gaps_table(tables["need_gaps"], min_group_size=min_group_size),
-        "selection_shares": publish.selection_shares_table(tables["selection_shares"]),
-        "mitigation": publish.policy_tradeoffs_table(tables["mitigation"]),
-        "mitigation_by_group": publish.policy_groups_table(tables["mitigation_by_group"]),
+        "need_by_score": publish.need_curves_table(tables["need_curves"], rule=rule),
+        "need_gaps": publish.need_gaps_table(
+            tables["need_gaps"], min_group_size=min_group_size, rule=rule
+        ),
+        "selection_shares": publish.selection_shares_table(tables["selection_shares"], rule=rule),
+        "mitigation": publish.policy_tradeoffs_table(tables["mitigation"], rule=rule),
+        "mitigation_by_group": publish.policy_groups_table(
+            tables["mitigation_by_group"], rule=rule
+        ),
     }
     return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
-
-
-def _selection_text(operating_point: OperatingPointParams) -> str:
-    if operating_point.capacity_mode == "share":
-        return "top of the whole eligible cohort by risk_rank"
-    unit = "ICB" if operating_point.capacity_mode == "per_icb" else "practice"
-    return f"top {int(operating_point.capacity)} by risk_rank per {unit}"
 
 
 def audit_summary(
@@ -455,19 +458,22 @@ def audit_summary(
     target: str,
     n_people: int,
     group_metrics: pl.DataFrame,
+    rule: Rule,
 ) -> contract.AuditSummary:
     """What was audited and how: ``audit.json`` (the numbers are in the published tables;
     ``group_metrics`` is the published one, whose shown flags are counted)."""
     return contract.AuditSummary(
         target=target,
         split=audit.split,
-        n=publish.json_count(n_people),
+        n=publish.json_count(n_people, rule=rule),
         truth_available=tables["has_truth"],
         score_resolution=tables["score_resolution"],
         operating_point=contract.OperatingPointSummary(
             capacity_mode=operating_point.capacity_mode,
             capacity=operating_point.capacity,
-            selection=_selection_text(operating_point),
+            selection=selection.capacity_text(
+                capacity_mode=operating_point.capacity_mode, capacity=operating_point.capacity
+            ),
         ),
         settings=_settings(audit, has_truth=tables["has_truth"]),
         flagged_comparisons=int(group_metrics["flagged"].sum()),
@@ -552,32 +558,38 @@ def planted_bias_check(
 # --- headline metrics -----------------------------------------------------------------------------
 
 
-def headline_metrics(tables: dict[str, Any], *, dimensions: tuple[str, ...]) -> dict[str, Any]:
+def headline_metrics(
+    tables: dict[str, Any], *, dimensions: tuple[str, ...], rule: Rule
+) -> dict[str, Any]:
     """Headline figures (flat, numeric, sorted by name) for DVC metrics and the MLflow run;
     suppressed or undefined figures are left out."""
     metrics = tables["group_metrics"]
     out = {
-        **_overall_headlines(metrics),
-        **_imd_ratio_headlines(metrics),
+        **_overall_headlines(metrics, rule=rule),
+        **_imd_ratio_headlines(metrics, rule=rule),
         **_flag_headlines(metrics, dimensions=dimensions),
         **_gradient_headlines(tables["gradients"]),
-        **_mitigation_headlines(tables["mitigation"]),
+        **_mitigation_headlines(tables["mitigation"], rule=rule),
     }
     if tables["has_truth"]:
         out |= _true_need_headlines(tables["need_gaps"])
     return {k: v for k, v in sorted(out.items()) if v is not None and v != "*"}
 
 
-def _overall_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
+def _overall_headlines(metrics: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
     return {
         f"overall_{row['metric']}": publish.json_rate(
-            row["value"], row["numerator_raw"], row["denominator_raw"], row["complement_raw"]
+            row["value"],
+            row["numerator_raw"],
+            row["denominator_raw"],
+            row["complement_raw"],
+            rule=rule,
         )
         for row in metrics.filter(pl.col("dimension") == "overall").iter_rows(named=True)
     }
 
 
-def _imd_ratio_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
+def _imd_ratio_headlines(metrics: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
     """IMD quintile 1 (Core20) against the reference quintile, for the headline ratios."""
     imd = metrics.filter(pl.col("dimension") == "imd_quintile")
     ref = imd.filter(pl.col("is_reference"))
@@ -597,7 +609,7 @@ def _imd_ratio_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
             ref_row["complement_raw"],
         )
         out[f"imd_q1_vs_q{ref_label}_{row['metric']}_ratio"] = publish.json_rate(
-            row["ratio"], *counts
+            row["ratio"], *counts, rule=rule
         )
     return out
 
@@ -618,12 +630,15 @@ def _gradient_headlines(gradient_rows: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def _mitigation_headlines(tradeoffs: pl.DataFrame) -> dict[str, Any]:
+def _mitigation_headlines(tradeoffs: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for row in tradeoffs.iter_rows(named=True):
         if row["n_events"]:
             out[f"mitigation_{row['policy']}_share_of_events_reached"] = publish.json_rate(
-                row["n_events_reached"] / row["n_events"], row["n_events_reached"], row["n_events"]
+                row["n_events_reached"] / row["n_events"],
+                row["n_events_reached"],
+                row["n_events"],
+                rule=rule,
             )
         if row.get("expected_true_events"):
             out[f"mitigation_{row['policy']}_share_of_true_events_reached"] = publish.json_value(
@@ -736,7 +751,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         target=target,
         fit_rows=fit_rows,
     )
-    published = published_tables(tables, min_group_size=audit.min_group_size)
+    rule = params.disclosure
+    published = published_tables(tables, min_group_size=audit.min_group_size, rule=rule)
     summary = audit_summary(
         tables,
         audit=audit,
@@ -744,8 +760,11 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         target=target,
         n_people=audited.height,
         group_metrics=published["group_metrics"],
+        rule=rule,
     )
-    headline = contract.AuditHeadline(headline_metrics(tables, dimensions=audit.dimensions))
+    headline = contract.AuditHeadline(
+        headline_metrics(tables, dimensions=audit.dimensions, rule=rule)
+    )
 
     # write: aggregates under reports/ (folder swapped whole)
     with io.atomic_dir(paths.reports / "audit" / target) as folder:

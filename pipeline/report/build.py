@@ -176,9 +176,7 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
     _refuse_if_any(
         [
             finding
-            for finding in scan_reports(
-                paths.reports, suppress_below=sdc.suppress_below, round_to=sdc.round_to
-            )
+            for finding in scan_reports(paths.reports, rule=sdc)
             if not finding.source.endswith(REPORT_FILE)  # the old report is about to be replaced
         ]
     )
@@ -188,8 +186,7 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
         scan_html(
             html,
             source=str(target.relative_to(paths.root)),
-            suppress_below=sdc.suppress_below,
-            round_to=sdc.round_to,
+            rule=sdc,
         )
     )
     write_text(html, target)

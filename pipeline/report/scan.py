@@ -30,7 +30,7 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline import contract
-from pipeline.disclosure import ROUND_TO, SUPPRESS_BELOW, SUPPRESSED, is_published_count
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.io import read_json
 
 __all__ = [
@@ -149,8 +149,7 @@ def scan_json(
     payload: Any,
     *,
     source: str = "<json>",
-    suppress_below: int = SUPPRESS_BELOW,
-    round_to: int = ROUND_TO,
+    rule: Rule,
 ) -> list[Violation]:
     """Check a parsed JSON document against the convention.
 
@@ -160,15 +159,15 @@ def scan_json(
         The parsed document.
     source
         Name used in the findings (usually the file path).
-    suppress_below, round_to
-        The disclosure parameters (params ``report``).
+    rule
+        The disclosure rule in force (params ``disclosure``).
 
     Returns
     -------
     list[Violation]
         Every breach found, in document order; empty when the document is clean.
     """
-    rules = _JsonRules(source=source, suppress_below=suppress_below, round_to=round_to)
+    rules = _JsonRules(source=source, rule=rule)
     return list(_walk(payload, "", rules))
 
 
@@ -177,8 +176,7 @@ class _JsonRules:
     """What the JSON walk needs to name and judge a finding."""
 
     source: str
-    suppress_below: int
-    round_to: int
+    rule: Rule
 
 
 def _walk(node: Any, where: str, rules: _JsonRules) -> Iterator[Violation]:
@@ -233,9 +231,7 @@ def _count_findings(value: Any, where: str, rules: _JsonRules) -> Iterator[Viola
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _count_findings(item, f"{where}.{key}", rules)
-    elif not is_published_count(
-        value, suppress_below=rules.suppress_below, round_to=rules.round_to
-    ):
+    elif not rules.rule.is_published(value):
         yield Violation(rules.source, where, "count not disclosure-controlled", _shown(value))
 
 
@@ -246,8 +242,7 @@ def scan_parquet(
     path: str | Path,
     *,
     source: str | None = None,
-    suppress_below: int = SUPPRESS_BELOW,
-    round_to: int = ROUND_TO,
+    rule: Rule,
 ) -> list[Violation]:
     """Check an aggregate parquet table: count columns, rates of suppressed cells, no ids."""
     source = source or str(path)
@@ -261,7 +256,7 @@ def scan_parquet(
     declared = _TABLE_COUNTS.get(Path(path).name, ()) if "audit" in Path(path).parts else ()
     for column in [c for c in frame.columns if c in declared or is_count_key(c)]:
         series = frame[column]
-        bad = _unpublished_counts(series, round_to=round_to)
+        bad = _unpublished_counts(series, round_to=rule.round_to)
         if bad.any():
             found.append(
                 Violation(
@@ -394,18 +389,16 @@ def scan_html(
     text: str,
     *,
     source: str = "<html>",
-    suppress_below: int = SUPPRESS_BELOW,
-    round_to: int = ROUND_TO,
+    rule: Rule,
 ) -> list[Violation]:
     """Check the report HTML: marked counts, rates beside suppressed counts, prose, fetches."""
     parser = _ReportParser()
     parser.feed(text)
     parser.close()
-    options = {"suppress_below": suppress_below, "round_to": round_to}
     return [
-        *_cell_findings(parser.cells, source, **options),
+        *_cell_findings(parser.cells, source, rule=rule),
         *_row_findings(parser.rows, source),
-        *_prose_findings(parser.prose, source, **options),
+        *_prose_findings(parser.prose, source, rule=rule),
         *_fetch_findings(parser.external, text, source),
     ]
 
@@ -415,22 +408,18 @@ _HIDDEN: Final = frozenset({SUPPRESSED, "", "-", "–", "—"})
 _Cell = tuple[str, str, int, str | None]
 
 
-def _count_shown_ok(shown: str, *, suppress_below: int, round_to: int) -> bool:
+def _count_shown_ok(shown: str, *, rule: Rule) -> bool:
     value = shown.replace(",", "").strip()
     if value in {"", "-", "–", "—", "n/a"}:
         return True
-    return is_published_count(value, suppress_below=suppress_below, round_to=round_to)
+    return rule.is_published(value)
 
 
-def _cell_findings(
-    cells: list[_Cell], source: str, *, suppress_below: int, round_to: int
-) -> Iterator[Violation]:
+def _cell_findings(cells: list[_Cell], source: str, *, rule: Rule) -> Iterator[Violation]:
     """Counts not disclosure-controlled, and rates shown although a count they name
     (``data-of``) is suppressed."""
     for kind, shown, line, of in cells:
-        if kind == "n" and not _count_shown_ok(
-            shown, suppress_below=suppress_below, round_to=round_to
-        ):
+        if kind == "n" and not _count_shown_ok(shown, rule=rule):
             yield Violation(source, f"line {line}", "count not disclosure-controlled", shown)
         if kind == "r" and of is not None and SUPPRESSED in of.split() and shown not in _HIDDEN:
             yield Violation(source, f"line {line}", "rate shown for a suppressed count", shown)
@@ -449,14 +438,12 @@ def _row_findings(rows: list[list[_Cell]], source: str) -> Iterator[Violation]:
 
 
 def _prose_findings(
-    prose: list[tuple[str, int]], source: str, *, suppress_below: int, round_to: int
+    prose: list[tuple[str, int]], source: str, *, rule: Rule
 ) -> Iterator[Violation]:
     """Numbers of people written in prose that are not published counts."""
     for data, line in prose:
         for match in _PROSE_COUNT.finditer(data):
-            if not _count_shown_ok(
-                match.group(1), suppress_below=suppress_below, round_to=round_to
-            ):
+            if not _count_shown_ok(match.group(1), rule=rule):
                 yield Violation(
                     source,
                     f"line {line}",
@@ -494,8 +481,7 @@ def _files(reports: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
 def scan_reports(
     reports: str | Path,
     *,
-    suppress_below: int = SUPPRESS_BELOW,
-    round_to: int = ROUND_TO,
+    rule: Rule,
     include_parquet: bool = True,
 ) -> list[Violation]:
     """Scan every JSON (and parquet) file and every HTML report under ``reports``.
@@ -506,15 +492,14 @@ def scan_reports(
         All findings across the folder, with the file each came from.
     """
     reports = Path(reports)
-    options = {"suppress_below": suppress_below, "round_to": round_to}
     found: list[Violation] = []
     suffixes = (".json", ".html", ".parquet") if include_parquet else (".json", ".html")
     for path in _files(reports, suffixes):
         source = str(path.relative_to(reports.parent))
         if path.suffix == ".json":
-            found += scan_json(read_json(path), source=source, **options)
+            found += scan_json(read_json(path), source=source, rule=rule)
         elif path.suffix == ".html":
-            found += scan_html(path.read_text(encoding="utf-8"), source=source, **options)
+            found += scan_html(path.read_text(encoding="utf-8"), source=source, rule=rule)
         else:
-            found += scan_parquet(path, source=source, **options)
+            found += scan_parquet(path, source=source, rule=rule)
     return found
