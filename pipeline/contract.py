@@ -919,7 +919,7 @@ class PublishedTable:
         )
 
 
-_GROUP_COUNTS: Final = (
+GROUP_COUNTS: Final = (  # the audit's raw counts per group (audit/cells.py computes them)
     "n",
     "n_events",
     "n_non_events",
@@ -931,7 +931,7 @@ _GROUP_COUNTS: Final = (
 GROUP_COUNTS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,
     "group": pl.String,
-    **dict.fromkeys(_GROUP_COUNTS, PUBLISHED_COUNT),
+    **dict.fromkeys(GROUP_COUNTS, PUBLISHED_COUNT),
     "stable": pl.Boolean,
     "note": pl.String,
 }

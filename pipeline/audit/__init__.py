@@ -218,7 +218,7 @@ def heat_table(
     """WHO HEAT summaries of ``case`` for every audited dimension without an order."""
     return pl.concat(
         [
-            pl.DataFrame(schema=gradients.HEAT_SCHEMA),  # typed even with no unordered dimension
+            pl.DataFrame(schema=contract.HEAT_SCHEMA),  # typed even with no unordered dimension
             *(
                 gradients.unordered_summaries(
                     cohort,

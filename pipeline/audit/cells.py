@@ -24,35 +24,21 @@ import pandas as pd
 import polars as pl
 from fairlearn.metrics import MetricFrame
 
-from pipeline import metrics
+from pipeline import contract, metrics
 from pipeline.metrics import percentile_interval, wilson_interval
 
 PROPORTIONS: Final = {
-    # metric: (numerator, denominator) in cell_metrics' count names
-    "base_rate": ("n_events", "n"),
-    "selection_rate": ("n_selected", "n"),
-    "tpr": ("n_true_positives", "n_events"),
-    "fnr": ("n_false_negatives", "n_events"),
-    "fpr": ("n_false_positives", "n_non_events"),
-    "ppv": ("n_true_positives", "n_selected"),
+    # metric: (numerator, denominator) in cell_metrics' count names (the contract's definitions)
+    name: contract.METRIC_COUNTS[name]
+    for name in ("base_rate", "selection_rate", "tpr", "fnr", "fpr", "ppv")
 }
 SCORE_METRICS: Final = {
     # metric: the counts whose suppression suppresses it
-    "auroc": ("n_events", "n_non_events"),
-    "brier": ("n_events", "n"),
-    "oe_ratio": ("n_events", "n"),
-    "calibration_slope": ("n_events", "n_non_events"),
+    name: contract.METRIC_COUNTS[name]
+    for name in ("auroc", "brier", "oe_ratio", "calibration_slope")
 }
 METRICS: Final = (*PROPORTIONS, *SCORE_METRICS)
-COUNTS: Final = (
-    "n",
-    "n_events",
-    "n_non_events",
-    "n_selected",
-    "n_true_positives",
-    "n_false_positives",
-    "n_false_negatives",
-)
+COUNTS: Final = contract.GROUP_COUNTS
 
 
 @dataclass(frozen=True)

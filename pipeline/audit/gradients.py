@@ -22,8 +22,8 @@ from typing import Final, Literal
 import numpy as np
 import polars as pl
 
+from pipeline import contract
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.contract import TableSchema
 from pipeline.metrics import percentile_interval
 
 Direction = Literal["favourable", "adverse"]
@@ -171,18 +171,7 @@ def deprivation_gradients(
                     "n_groups": int(usable.sum()),
                 }
             )
-    return pl.DataFrame(rows, schema=_GRADIENT_SCHEMA)
-
-
-_GRADIENT_SCHEMA: Final[TableSchema] = {
-    "dimension": pl.String,
-    "indicator": pl.String,
-    "measure": pl.String,
-    "value": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "n_groups": pl.Int64,
-}
+    return pl.DataFrame(rows, schema=contract.GRADIENTS_SCHEMA)
 
 
 def unordered_summaries(
@@ -243,16 +232,4 @@ def unordered_summaries(
                     "direction": direction,
                 }
             )
-    return pl.DataFrame(rows, schema=HEAT_SCHEMA)
-
-
-HEAT_SCHEMA: Final[TableSchema] = {
-    "dimension": pl.String,
-    "indicator": pl.String,
-    "measure": pl.String,
-    "value": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "best_group": pl.String,
-    "direction": pl.String,
-}
+    return pl.DataFrame(rows, schema=contract.HEAT_SCHEMA)

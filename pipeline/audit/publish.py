@@ -15,20 +15,11 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.audit.cells import COMPARISON_COLUMNS
 from pipeline.contract import PublishedCountValue, is_count_name
 from pipeline.disclosure import SUPPRESSED, Rule
 
-COMPARISON_VALUES = (
-    "difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "ratio",
-    "ratio_ci_low",
-    "ratio_ci_high",
-    "outside_fair_range",
-    "significant",
-    "flag",
-)
+COMPARISON_VALUES = (*COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag")
 """Group-metric columns that compare a group with its reference group."""
 _RAW_COUNTS = ("numerator_raw", "denominator_raw", "complement_raw", "group_n_raw")
 NEED_VALUES = (
