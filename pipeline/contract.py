@@ -817,6 +817,14 @@ MODEL_METRICS: Final = (
 """``models/<target>/metrics.json``: test-split metrics, each with ``<name>_ci_low`` /
 ``<name>_ci_high``; with truth also ``oracle_auroc`` and ``oracle_gap`` (ORACLE_METRICS)."""
 ORACLE_METRICS: Final = ("oracle_auroc", "oracle_gap")
+MODEL_CURVES: Final[dict[str, TableSchema]] = {
+    "roc": {"fpr": pl.Float64, "tpr": pl.Float64},
+    "precision_recall": {"recall": pl.Float64, "precision": pl.Float64},
+    "calibration": {"mean_predicted": pl.Float64, "observed_rate": pl.Float64},
+    "cumulative_gain": {"share_selected": pl.Float64, "share_of_events": pl.Float64},
+}
+"""``models/<target>/plots/<curve>.csv`` (test split, aggregate): written by train, read by the
+report and ``dvc plots``."""
 
 
 # === Stage outputs: audit -> report ==============================================================

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from pipeline.config import Params, TargetParams
 
 PERFORMANCE_METRICS: Final = (*contract.MODEL_METRICS, *contract.ORACLE_METRICS)
-CURVES: Final = ("roc", "precision_recall", "calibration", "cumulative_gain")
 POLICY_LABELS: Final = {
     "risk": "Rank by predicted risk (as now)",
     "equal_opportunity": "Equal opportunity across IMD quintiles (fairlearn ThresholdOptimizer)",
@@ -464,8 +463,8 @@ def _target_view(
 def _model_curves(folder: Path) -> dict[str, pl.DataFrame]:
     """The train stage's test-split curves (``plots/<curve>.csv``) that exist."""
     return {
-        curve: pl.read_csv(folder / f"{curve}.csv")
-        for curve in CURVES
+        curve: pl.read_csv(folder / f"{curve}.csv", schema=schema)
+        for curve, schema in contract.MODEL_CURVES.items()
         if (folder / f"{curve}.csv").exists()
     }
 

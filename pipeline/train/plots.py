@@ -7,7 +7,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from pipeline import metrics
+from pipeline import contract, metrics
 
 PLOT_POINTS: Final = 200
 CALIBRATION_BINS: Final = 20
@@ -44,9 +44,13 @@ def curve_frames(
     gain = pl.DataFrame(
         {"share_selected": shares, "share_of_events": np.r_[0.0, np.cumsum(y_desc)][cut] / n_events}
     )
-    return {
+    curves = {
         "roc": roc,
         "precision_recall": pr,
         "calibration": calibration,
         "cumulative_gain": gain,
+    }
+    return {
+        name: curves[name].select(pl.col(column).cast(dtype) for column, dtype in schema.items())
+        for name, schema in contract.MODEL_CURVES.items()
     }
