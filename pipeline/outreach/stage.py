@@ -219,8 +219,7 @@ def _write_lists(
             write_parquet(frame, staging / f"{target}.parquet", sort_by=["icb_code", "rank"])
             (staging / target).mkdir()
             for code in icbs[target]:
-                frame.filter(pl.col("icb_code") == code).sort("rank").write_csv(
+                lists.write_people_csv(
+                    frame.filter(pl.col("icb_code") == code).sort("rank"),
                     staging / target / f"{code}.csv",
-                    float_precision=lists.RISK_SCORE_DECIMALS,
-                    null_value="",
                 )
