@@ -134,6 +134,18 @@ def explain(target: TargetOption, root: RootOption = Path(".")) -> None:
 
 
 @app.command()
+def keyfp(root: RootOption = Path(".")) -> None:
+    """Record the pseudonymisation key's fingerprint (a keyed hash, never the key) for DVC."""
+    params = _params(root)
+    _begin(root, "keyfp")
+    from pipeline.pseudonyms import read_secret, write_key_fingerprint
+
+    outreach = params.outreach
+    key = read_secret(secret_env=outreach.secret_env, secret_file=outreach.secret_file)
+    write_key_fingerprint(key, Paths.at(root).key_fingerprint)
+
+
+@app.command()
 def outreach(root: RootOption = Path(".")) -> None:
     """Export capacity-limited, pseudonymised outreach lists per ICB, with reasons."""
     params = _params(root)

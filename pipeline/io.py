@@ -54,6 +54,11 @@ class Paths:
         return self.root / "data" / "outreach"
 
     @property
+    def key_fingerprint(self) -> Path:
+        """The pseudonymisation key's fingerprint (stage ``keyfp``; a dependency of outreach)."""
+        return self.root / "data" / "keys" / "pseudonym_key.fingerprint"
+
+    @property
     def features(self) -> Path:
         return self.root / "features"
 
