@@ -241,16 +241,17 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.replace(staged, target)
 
 
-def _legacy_temporary(name: str) -> bool:
+def _legacy_temporary(name: str, *, prefix: str = ".") -> bool:
     """Temporaries of earlier versions: ``.<name>.<random>.tmp`` beside the output."""
-    return name.startswith(".") and name.endswith(".tmp") and name != TEMP_DIR
+    return name.startswith(prefix) and name.endswith(".tmp") and name != TEMP_DIR
 
 
 def sweep_project(root: str | Path) -> list[Path]:
     """Remove stale temporaries anywhere in the project's output folders (run at stage start).
 
     Sweeps every ``.tmp/`` folder under ``data/``, ``features/``, ``models/``, ``reports/`` and
-    the root (live writers' entries are kept), and the earlier versions' ``.<name>.*.tmp``.
+    the root (live writers' entries are kept), and the earlier versions' ``.<name>.*.tmp`` in
+    those folders (at the root, only ``.features.*.tmp``).
 
     Returns
     -------
@@ -259,7 +260,11 @@ def sweep_project(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     removed = sweep_area(root / TEMP_DIR)
-    removed += [_removed(root / name) for name in os.listdir(root) if _legacy_temporary(name)]
+    removed += [
+        _removed(root / name)
+        for name in os.listdir(root)
+        if _legacy_temporary(name, prefix=".features.")  # nothing else of the root's
+    ]
     for top in ("data", "features", "models", "reports"):
         for folder, dirs, files in os.walk(root / top):
             here = Path(folder)
