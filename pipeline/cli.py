@@ -42,7 +42,10 @@ def _begin(root: Path, stage: str, target: str | None = None) -> None:
     ``PHM_STAGE_LOCK_WAIT`` seconds, then stops with a message naming the first.
     """
     name = stage if target is None else f"{stage}-{target}"
-    wait = float(os.environ.get(LOCK_WAIT_ENV) or 5)
+    try:
+        wait = float(os.environ.get(LOCK_WAIT_ENV) or 5)
+    except ValueError:
+        raise ParamsError(f"{LOCK_WAIT_ENV}: expected a number of seconds") from None
     _held_locks.append(hold_stage_lock(Paths.at(root).root, name, wait=wait))
     sweep_project(Paths.at(root).root)
 

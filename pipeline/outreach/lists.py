@@ -146,14 +146,13 @@ def spreadsheet_safe(frame: pl.DataFrame) -> pl.DataFrame:
         for name, dtype in frame.schema.items()
         if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
     ]
-    return frame.with_columns(
-        pl.when(cell.str.contains(FORMULA_START))
-        .then(pl.lit("'") + cell)
-        .otherwise(cell)
-        .alias(name)
-        for name in text
-        for cell in [pl.col(name).cast(pl.String)]
-    )
+    return frame.with_columns(_neutralised(name) for name in text)
+
+
+def _neutralised(name: str) -> pl.Expr:
+    cell = pl.col(name).cast(pl.String)
+    quoted = pl.lit("'") + cell
+    return pl.when(cell.str.contains(FORMULA_START)).then(quoted).otherwise(cell).alias(name)
 
 
 def write_people_csv(frame: pl.DataFrame, target: Path) -> Path:
