@@ -25,7 +25,9 @@ $(SECRET_FILE):
 	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $@ && chmod 600 $@
 	@echo "created a local pseudonymisation key at $@ (keep it outside git; set PHM_PSEUDONYM_KEY to use another)"
 
+# keyfp first: DVC cannot see the key, only its fingerprint (a dependency of outreach).
 run: install $(SECRET_FILE)
+	python -m pipeline keyfp
 	dvc repro
 
 test: install

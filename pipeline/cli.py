@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,7 @@ from rich.console import Console
 
 from pipeline.config import load_params
 from pipeline.errors import ParamsError, PipelineError
-from pipeline.io import Paths
+from pipeline.io import Paths, hold_stage_lock, sweep_project
 
 app = typer.Typer(
     help="Risk stratification for prevention, with an equity audit in the same run.",
@@ -29,6 +30,26 @@ def _params(root: Path):
     return load_params(Paths.at(root).params)
 
 
+LOCK_WAIT_ENV = "PHM_STAGE_LOCK_WAIT"
+"""Seconds a direct run waits for another run of the same stage (default 5)."""
+_held_locks: list[int] = []
+
+
+def _begin(root: Path, stage: str, target: str | None = None) -> None:
+    """Take the stage's lock (held until the process ends), then sweep a killed run's temporaries.
+
+    Two runs of the same stage (and target) never overlap: the second waits
+    ``PHM_STAGE_LOCK_WAIT`` seconds, then stops with a message naming the first.
+    """
+    name = stage if target is None else f"{stage}-{target}"
+    try:
+        wait = float(os.environ.get(LOCK_WAIT_ENV) or 5)
+    except ValueError:
+        raise ParamsError(f"{LOCK_WAIT_ENV}: expected a number of seconds") from None
+    _held_locks.append(hold_stage_lock(Paths.at(root).root, name, wait=wait))
+    sweep_project(Paths.at(root).root)
+
+
 def _checked_target(params, target: str) -> str:
     if target not in params.targets:
         known = ", ".join(sorted(params.targets))
@@ -40,6 +61,7 @@ def _checked_target(params, target: str) -> str:
 def synthesize(root: RootOption = Path(".")) -> None:
     """Generate the synthetic population, its event history, outcomes and ground truth."""
     params = _params(root)
+    _begin(root, "synthesize")
     from pipeline.synth import run
 
     run(params, Paths.at(root))
@@ -54,6 +76,7 @@ def validate(
 ) -> None:
     """Check a population folder (synthetic or a real extract) against the data contract."""
     params = _params(root)
+    _begin(root, "validate")
     from pipeline.validate import run
 
     run(params, Paths.at(root), extract=extract)
@@ -63,6 +86,7 @@ def validate(
 def features(root: RootOption = Path(".")) -> None:
     """Engineer one row of features per person at the index date from the event records."""
     params = _params(root)
+    _begin(root, "features")
     from pipeline.features import run
 
     run(params, Paths.at(root))
@@ -73,6 +97,7 @@ def train(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Train, calibrate, score and register the LightGBM risk model for one target."""
     params = _params(root)
     checked_target = _checked_target(params, target)
+    _begin(root, "train", checked_target)
     from pipeline.train import run
 
     run(params, Paths.at(root), target=checked_target)
@@ -83,6 +108,7 @@ def need(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Train the need-based model for one target and score its eligible cohort."""
     params = _params(root)
     checked_target = _checked_target(params, target)
+    _begin(root, "need", checked_target)
     from pipeline.need import run
 
     run(params, Paths.at(root), target=checked_target)
@@ -93,6 +119,7 @@ def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Audit one target's scores for equity across deprivation, geography and ethnicity."""
     params = _params(root)
     checked_target = _checked_target(params, target)
+    _begin(root, "audit", checked_target)
     from pipeline.audit import run
 
     run(params, Paths.at(root), target=checked_target)
@@ -103,15 +130,29 @@ def explain(target: TargetOption, root: RootOption = Path(".")) -> None:
     """Compute each eligible person's largest feature contributions (for outreach reasons)."""
     params = _params(root)
     checked_target = _checked_target(params, target)
+    _begin(root, "explain", checked_target)
     from pipeline.explain import run
 
     run(Paths.at(root), target=checked_target)
 
 
 @app.command()
+def keyfp(root: RootOption = Path(".")) -> None:
+    """Record the pseudonymisation key's fingerprint (a keyed hash, never the key) for DVC."""
+    params = _params(root)
+    _begin(root, "keyfp")
+    from pipeline.pseudonyms import read_secret, write_key_fingerprint
+
+    outreach = params.outreach
+    key = read_secret(secret_env=outreach.secret_env, secret_file=outreach.secret_file)
+    write_key_fingerprint(key, Paths.at(root).key_fingerprint)
+
+
+@app.command()
 def outreach(root: RootOption = Path(".")) -> None:
     """Export capacity-limited, pseudonymised outreach lists per ICB, with reasons."""
     params = _params(root)
+    _begin(root, "outreach")
     from pipeline.outreach import run
 
     run(params, Paths.at(root))
@@ -121,6 +162,7 @@ def outreach(root: RootOption = Path(".")) -> None:
 def report(root: RootOption = Path(".")) -> None:
     """Build the self-contained, disclosure-controlled equity report (HTML)."""
     params = _params(root)
+    _begin(root, "report")
     from pipeline.report import run
 
     run(params, Paths.at(root))

@@ -400,6 +400,28 @@ ICD10_EVENT_TYPES: Final = (
 ICD10_PATTERN: Final = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?$"
 EARLIEST_EVENT_DATE: Final = "1900-01-01"
 
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Identifiers (``person_id``, ``practice_id``, ``area_id``): 1-64 ASCII letters, digits, ``.``,
+``_`` or ``-``, starting with a letter or digit. Nothing a spreadsheet reads as a formula
+(``= + - @``), no spaces, quotes or control characters."""
+ICB_CODE_PATTERN: Final = r"^[A-Z0-9]{3}$"
+"""ICB codes: the 3-character ODS code (e.g. ``QHM``), as params ``features.holdout_icb``."""
+IDENTIFIER_RULES: Final = {
+    "person_id": (f"identifier outside {ID_PATTERN}", ID_PATTERN),
+    "practice_id": (f"identifier outside {ID_PATTERN}", ID_PATTERN),
+    "area_id": (f"identifier outside {ID_PATTERN}", ID_PATTERN),
+    "icb_code": (f"ICB code outside {ICB_CODE_PATTERN}", ICB_CODE_PATTERN),
+}
+"""Column -> (rule, pattern)."""
+IDENTIFIER_COLUMNS: Final = {
+    "areas": ("area_id", "icb_code"),
+    "practices": ("practice_id", "icb_code"),
+    "people": ("person_id",),
+}
+"""Where each identifier is defined; elsewhere it must match a defined one (``_REFERENCES``), so
+the rule is checked once per id, not once per event."""
+EXAMPLES_SHOWN: Final = 3
+
 REQUIRED_NON_NULL: Final = {
     "areas": tuple(AREAS_SCHEMA),
     "practices": tuple(PRACTICES_SCHEMA),
@@ -486,8 +508,32 @@ def _count(frame: pl.LazyFrame, exprs: dict[str, pl.Expr]) -> dict[str, int]:
     return {name: int(row[name][0] or 0) for name in exprs}
 
 
-def _violation(file: str, column: str, rule: str, rows: int) -> dict[str, Any]:
-    return {"file": file, "column": column, "rule": rule, "rows": rows}
+def _violation(
+    file: str, column: str, rule: str, rows: int, examples: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    return {"file": file, "column": column, "rule": rule, "rows": rows, "examples": examples}
+
+
+def _identifier_rules(table: str, columns: set[str]) -> dict[tuple[str, str], pl.Expr]:
+    """(column, rule) -> 'row breaks the identifier rule', for the ids ``table`` defines."""
+    return {
+        (column, IDENTIFIER_RULES[column][0]): ~pl.col(column).str.contains(
+            IDENTIFIER_RULES[column][1]
+        )
+        for column in IDENTIFIER_COLUMNS.get(table, ())
+        if column in columns
+    }
+
+
+def _examples(frame: pl.LazyFrame, column: str, breaks: pl.Expr) -> tuple[str, ...]:
+    """A few distinct offending values (sorted, shown with repr so control characters show)."""
+    values = (
+        frame.filter(breaks)
+        .select(pl.col(column).cast(pl.String).unique().sort().head(EXAMPLES_SHOWN))
+        .collect()
+        .to_series()
+    )
+    return tuple(repr(value)[:80] for value in values.to_list())
 
 
 def _area_rules() -> dict[str, tuple[str, pl.Expr]]:
@@ -568,6 +614,8 @@ def _check_values(
     for column, (rule, expr) in table_rules.items():
         if column in columns:
             rules[(column, rule)] = expr.fill_null(False)
+    for key, expr in _identifier_rules(table, columns).items():
+        rules[key] = expr.fill_null(False)
     return rules
 
 
@@ -668,9 +716,11 @@ def _table_facts(
     for column in columns:
         exprs[f"null:{column}"] = pl.col(column).is_null()
     counts = _count(frame, exprs)
-    for i, (column, rule) in enumerate(rules):
+    for i, ((column, rule), breaks) in enumerate(rules.items()):
         if counts[f"rule{i}"]:
-            violations.append(_violation(location, column, rule, counts[f"rule{i}"]))
+            is_id_rule = rule == IDENTIFIER_RULES.get(column, ("",))[0]
+            shown = _examples(frame, column, breaks) if is_id_rule else ()
+            violations.append(_violation(location, column, rule, counts[f"rule{i}"], shown))
     if table == "events":
         for (column, rule), rows in _event_code_violations(frame, columns).items():
             violations.append(_violation(location, column, rule, rows))
@@ -720,6 +770,7 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
     lines = [
         f"  {v['file']} / {v['column']}: {v['rule']}"
         + (f" ({v['rows']} rows)" if v["rows"] else "")
+        + (f", e.g. {', '.join(v['examples'])}" if v.get("examples") else "")
         for v in violations
     ]
     return ContractError(

@@ -1,24 +1,30 @@
 """Paths and atomic, deterministic writers shared by every stage.
 
-Writes go to a temporary file beside the target and are renamed into place, so a failed stage
-never leaves a half-written output. Parquet is always sorted on a key first: the Polars 2
-streaming engine does not keep row order through joins and group-bys.
+Writes go to a private temporary (``.tmp/`` beside the target, mode 0700, ignored by git and
+DVC) and are renamed into place, so a failed stage never leaves a half-written output; a killed
+one leaves only temporaries that the next stage start sweeps (``sweep_project``).
+Parquet is always sorted on a key first: the Polars 2 streaming engine does not keep row order
+through joins and group-bys.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
+
+from pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,11 @@ class Paths:
         return self.root / "data" / "outreach"
 
     @property
+    def key_fingerprint(self) -> Path:
+        """The pseudonymisation key's fingerprint (stage ``keyfp``; a dependency of outreach)."""
+        return self.root / "data" / "keys" / "pseudonym_key.fingerprint"
+
+    @property
     def features(self) -> Path:
         return self.root / "features"
 
@@ -70,39 +81,254 @@ def _current_umask() -> int:
     return mask
 
 
+# --- Temporaries: private, locked, swept after a crash --------------------------------------------
+
+TEMP_DIR: Final = ".tmp"
+"""Every temporary lives in a ``.tmp/`` folder (mode 0700) beside its target: same filesystem, so
+the final rename is atomic; ignored by git and DVC (``.gitignore``, ``.dvcignore``)."""
+LOCK_SUFFIX: Final = ".lock"
+STAGE_LOCKS: Final = "stage-locks"
+"""Sub-folder of the project's ``.tmp/`` holding the per-stage locks (never swept)."""
+_ATTEMPTS: Final = 20
+_STAGING: set[str] = set()
+"""Staging folders of this process: a write inside one is already temporary, so it goes direct."""
+
+
+def _inside_staging(target: Path) -> bool:
+    return any(os.path.abspath(parent) in _STAGING for parent in target.parents)
+
+
+def _private_area(parent: Path) -> Path:
+    area = parent / TEMP_DIR
+    area.mkdir(parents=True, exist_ok=True)
+    area.chmod(0o700)  # mkdir's mode is masked by the umask, and the folder may predate us
+    return area
+
+
+def _owner_alive(lock: Path) -> bool:
+    """True while another process holds ``lock``; False (and the lock removed) when nobody does."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        lock.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_area(area: Path) -> list[Path]:
+    """Remove the temporaries of dead writers from one ``.tmp/`` folder.
+
+    An entry is live while its writer holds ``<entry>.lock`` (``fcntl.flock``, released by the
+    kernel when the process dies, even by SIGKILL); anything else is stale.
+
+    Returns
+    -------
+    list of Path
+        The entries removed.
+    """
+    try:
+        names = sorted(os.listdir(area))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        if name == STAGE_LOCKS or name.endswith(LOCK_SUFFIX):
+            continue
+        if not _owner_alive(area / f"{name}{LOCK_SUFFIX}"):
+            _remove(area / name)
+            removed.append(area / name)
+    for name in names:  # locks whose entry was never made or is already gone
+        if name.endswith(LOCK_SUFFIX) and not (area / name.removesuffix(LOCK_SUFFIX)).exists():
+            _owner_alive(area / name)
+    return removed
+
+
+def _try_lock_new(lock: Path) -> int | None:
+    """A new lock file, created and held; None when the name is taken or was swept meanwhile."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except (FileExistsError, FileNotFoundError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == lock.stat().st_ino:  # not swept between create and flock
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    os.close(fd)
+    return None
+
+
+@contextmanager
+def _claimed_entry(parent: Path, name: str) -> Iterator[Path]:
+    """A private (0700) folder in ``parent/.tmp/``, locked while the block runs, then removed."""
+    for _ in range(_ATTEMPTS):
+        area = _private_area(parent)
+        sweep_area(area)
+        entry = area / f"{name}.{secrets.token_hex(8)}"
+        lock = area / f"{entry.name}{LOCK_SUFFIX}"
+        if (fd := _try_lock_new(lock)) is not None:
+            break
+    else:
+        raise OSError(f"{parent / TEMP_DIR}: could not claim a temporary entry")
+    try:
+        entry.mkdir(mode=0o700)
+        yield entry
+    finally:
+        _remove(entry)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        with suppress(OSError):
+            area.rmdir()  # only when empty
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it into place only on success."""
+    """Yield a private temporary path for ``target``; rename it into place only on success.
+
+    The temporary is ``.tmp/<name>.<random>/<name>`` beside ``target`` (folder 0700, file 0600);
+    it is removed on failure, and by the next run's sweep if the process is killed. Inside a
+    folder being staged by :func:`atomic_dir` the write goes straight to ``target``.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+    if _inside_staging(target):
+        yield target
+        return
+    with _claimed_entry(target.parent, target.name) as entry:
+        tmp = entry / target.name
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield tmp
-        # mkstemp creates 0600; published files get the usual umask-based mode instead.
+        # published files get the usual umask-based mode, not the temporary's 0600
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; swap it into place only on success."""
+    """Yield a private staging folder for ``target``; swap it into place only on success.
+
+    The previous ``target`` is first moved into the same private entry and removed after the
+    swap, so a concurrent or killed run never meets a half-deleted folder.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_current_umask())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with _claimed_entry(target.parent, target.name) as entry:
+        staged = entry / target.name
+        staged.mkdir(mode=0o700)
+        _STAGING.add(os.path.abspath(staged))
+        try:
+            yield staged
+        finally:
+            _STAGING.discard(os.path.abspath(staged))
+        os.chmod(staged, 0o777 & ~_current_umask())
+        with suppress(FileNotFoundError):
+            os.replace(target, entry / "previous")
+        os.replace(staged, target)
+
+
+def _legacy_temporary(name: str, *, prefix: str = ".") -> bool:
+    """Temporaries of earlier versions: ``.<name>.<random>.tmp`` beside the output."""
+    return name.startswith(prefix) and name.endswith(".tmp") and name != TEMP_DIR
+
+
+def sweep_project(root: str | Path) -> list[Path]:
+    """Remove stale temporaries anywhere in the project's output folders (run at stage start).
+
+    Sweeps every ``.tmp/`` folder under ``data/``, ``features/``, ``models/``, ``reports/`` and
+    the root (live writers' entries are kept), and the earlier versions' ``.<name>.*.tmp`` in
+    those folders (at the root, only ``.features.*.tmp``).
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    root = Path(root)
+    removed = sweep_area(root / TEMP_DIR)
+    removed += [
+        _removed(root / name)
+        for name in os.listdir(root)
+        if _legacy_temporary(name, prefix=".features.")  # nothing else of the root's
+    ]
+    for top in ("data", "features", "models", "reports"):
+        for folder, dirs, files in os.walk(root / top):
+            here = Path(folder)
+            if TEMP_DIR in dirs:
+                removed += sweep_area(here / TEMP_DIR)
+                with suppress(OSError):
+                    (here / TEMP_DIR).rmdir()
+            removed += [_removed(here / name) for name in dirs + files if _legacy_temporary(name)]
+            dirs[:] = [name for name in dirs if name != TEMP_DIR and not _legacy_temporary(name)]
+    return removed
+
+
+def _removed(path: Path) -> Path:
+    _remove(path)
+    return path
+
+
+class StageBusyError(PipelineError):
+    """Another run of the same stage holds its lock."""
+
+
+def hold_stage_lock(root: str | Path, name: str, *, wait: float) -> int:
+    """Take the per-stage lock ``.tmp/stage-locks/<name>.lock`` for the rest of the process.
+
+    Parameters
+    ----------
+    root
+        Project root.
+    name
+        Stage name, with its target for per-target stages (e.g. ``train-emergency_admission``).
+    wait
+        Seconds to wait for another run to finish before giving up.
+
+    Returns
+    -------
+    int
+        The lock's file descriptor (closing it, or the process ending, releases the lock).
+
+    Raises
+    ------
+    StageBusyError
+        When another run still holds the lock after ``wait`` seconds, naming its process id.
+    """
+    folder = _private_area(Path(root)) / STAGE_LOCKS
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{name}{LOCK_SUFFIX}"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise StageBusyError(
+                    f"stage {name} is already running in {root} (process {holder}; lock "
+                    f"{path}); waited {wait:g} s. Let it finish (or stop it), then run again."
+                ) from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 ROW_GROUP_SIZE = 250_000

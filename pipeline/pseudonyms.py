@@ -5,6 +5,12 @@ selected for a list are pseudonymised, so a comprehension over their ids is fast
 secret comes from an environment variable or else a key file kept outside git; the same secret
 gives the same pseudonyms across runs and clones. See ``docs/outreach.md``.
 
+DVC cannot see the key, so its fingerprint stands in for it: ``HMAC-SHA256(key, label)`` of a
+fixed label (never the key, nor a plain hash of it), written by the ``keyfp`` stage to
+``data/keys/pseudonym_key.fingerprint``, a dependency of ``outreach``. Lists made under one key
+are then never restored (run-cache) or kept (``dvc status``) under another, and outreach refuses
+to run with a key other than the recorded one.
+
 Examples
 --------
 >>> import polars as pl
@@ -19,12 +25,24 @@ import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
 from pipeline.errors import ContractError, StageError
+from pipeline.io import write_text
 
-__all__ = ["pseudonymise", "read_secret"]
+__all__ = [
+    "check_key_fingerprint",
+    "key_fingerprint",
+    "pseudonymise",
+    "read_secret",
+    "write_key_fingerprint",
+]
+
+FINGERPRINT_LABEL: Final = b"phm-equity-pipeline pseudonym key fingerprint v1"
+"""The fixed message whose HMAC under the key is the key's fingerprint."""
+SHOWN_DIGITS: Final = 12
 
 
 def pseudonymise(person_ids: pl.Series, key: bytes) -> pl.Series:
@@ -98,3 +116,43 @@ def read_secret(
         f"{path} outside git (`make run` creates it; keep it private: chmod 600). "
         "The same secret gives the same pseudonyms."
     )
+
+
+def key_fingerprint(key: bytes) -> str:
+    """The key's fingerprint: ``HMAC-SHA256(key, FINGERPRINT_LABEL)`` as 64 hex characters.
+
+    Identifies a key without revealing it (unlike a plain hash, it cannot be checked against
+    guessed keys without the HMAC construction, and it is never a pseudonym of any id).
+
+    Examples
+    --------
+    >>> key_fingerprint(b"a") == key_fingerprint(b"a") != key_fingerprint(b"b")
+    True
+    """
+    return hmac.new(key, FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
+def write_key_fingerprint(key: bytes, target: Path) -> Path:
+    """Write the key's fingerprint (one line) atomically to ``target``."""
+    return write_text(key_fingerprint(key) + "\n", target)
+
+
+def check_key_fingerprint(key: bytes, recorded: Path) -> None:
+    """Refuse a key other than the one whose fingerprint ``recorded`` holds (when it exists).
+
+    Raises
+    ------
+    StageError
+        When the fingerprints differ, saying how to record the new key.
+    """
+    if not recorded.exists():
+        return
+    expected = recorded.read_text(encoding="utf-8").strip()
+    actual = key_fingerprint(key)
+    if expected != actual:
+        raise StageError(
+            f"outreach: the pseudonymisation key (fingerprint {actual[:SHOWN_DIGITS]}...) is not "
+            f"the one recorded in {recorded} ({expected[:SHOWN_DIGITS]}...), which DVC tracks "
+            "for the outreach lists. After changing the key, record it with "
+            "`python -m pipeline keyfp` (`make run` does), then run `dvc repro`."
+        )

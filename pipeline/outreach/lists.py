@@ -8,12 +8,14 @@ secret give byte-identical lists. Ranks count from 1 within each ICB's list.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Final
 
 import polars as pl
 
 from pipeline import selection
 from pipeline.errors import ContractError
+from pipeline.io import atomic_path
 from pipeline.pseudonyms import pseudonymise
 from pipeline.selection import CapacityMode
 
@@ -24,6 +26,8 @@ __all__ = [
     "flag_selected",
     "list_rows",
     "select_outreach",
+    "spreadsheet_safe",
+    "write_people_csv",
 ]
 
 OUTREACH_COLUMNS: Final = (
@@ -41,6 +45,9 @@ OUTREACH_COLUMNS: Final = (
 """The columns of every outreach CSV and parquet, in order. Nothing else leaves the stage."""
 
 RISK_SCORE_DECIMALS: Final = 4
+FORMULA_START: Final = r"^[=+\-@\t\r]"
+"""A text cell starting with one of ``= + - @``, tab or carriage return is run as a formula by
+spreadsheets (OWASP, "CSV Injection"); such cells get a leading single quote."""
 _SAFE_FILE_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -120,3 +127,40 @@ def check_file_names(icb_codes: list[str], *, target: str) -> None:
         raise ContractError(
             f"features/features.parquet: icb_code {bad[0]!r} cannot name a file ({target})"
         )
+
+
+def spreadsheet_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """Neutralise text cells a spreadsheet would run as a formula (OWASP CSV injection advice).
+
+    A second line of defence behind the contract's identifier rules: every text cell starting
+    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'``, so
+    Excel and LibreOffice show it as text. Other cells and non-text columns are unchanged.
+
+    Examples
+    --------
+    >>> spreadsheet_safe(pl.DataFrame({"a": ["=1+1", "Y1", None]}))["a"].to_list()
+    ["'=1+1", 'Y1', None]
+    """
+    text = [
+        name
+        for name, dtype in frame.schema.items()
+        if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
+    ]
+    return frame.with_columns(_neutralised(name) for name in text)
+
+
+def _neutralised(name: str) -> pl.Expr:
+    cell = pl.col(name).cast(pl.String)
+    quoted = pl.lit("'") + cell
+    return pl.when(cell.str.contains(FORMULA_START)).then(quoted).otherwise(cell).alias(name)
+
+
+def write_people_csv(frame: pl.DataFrame, target: Path) -> Path:
+    """Write a list of people as a spreadsheet-safe CSV (:func:`spreadsheet_safe`), atomically.
+
+    The one writer of CSVs about people: risk scores to ``RISK_SCORE_DECIMALS`` decimals,
+    nulls as empty cells.
+    """
+    with atomic_path(target) as tmp:
+        spreadsheet_safe(frame).write_csv(tmp, float_precision=RISK_SCORE_DECIMALS, null_value="")
+    return target

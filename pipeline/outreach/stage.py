@@ -24,7 +24,7 @@ from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, write_parquet
 from pipeline.outreach import lists, policies, reasons, summary
-from pipeline.pseudonyms import read_secret
+from pipeline.pseudonyms import check_key_fingerprint, read_secret
 
 __all__ = ["COHORT_COLUMNS", "build_target", "outreach_targets", "run"]
 
@@ -101,6 +101,7 @@ def run(params: Params, paths: Paths) -> None:
     outreach = params.outreach
     targets = outreach_targets(outreach.targets, known=tuple(params.targets))
     key = read_secret(secret_env=outreach.secret_env, secret_file=outreach.secret_file)
+    check_key_fingerprint(key, paths.key_fingerprint)
     manifest = contract.read_manifest(paths.features / "manifest.json")
     features_path = _require(paths.features / "features.parquet", "features table")
     files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
@@ -219,8 +220,7 @@ def _write_lists(
             write_parquet(frame, staging / f"{target}.parquet", sort_by=["icb_code", "rank"])
             (staging / target).mkdir()
             for code in icbs[target]:
-                frame.filter(pl.col("icb_code") == code).sort("rank").write_csv(
+                lists.write_people_csv(
+                    frame.filter(pl.col("icb_code") == code).sort("rank"),
                     staging / target / f"{code}.csv",
-                    float_precision=lists.RISK_SCORE_DECIMALS,
-                    null_value="",
                 )
