@@ -71,12 +71,17 @@ class Rule(BaseModel):
         >>> Rule().share(61, 1240), Rule().share(6, 1240), Rule().share(0, 2)
         (0.04838709677419355, '*', None)
         """
-        num, den = self.count(numerator), self.count(denominator)
-        if SUPPRESSED in (num, den):
+        return self.share_of_published(self.count(numerator), self.count(denominator))
+
+    @staticmethod
+    def share_of_published(numerator: object, denominator: object) -> float | str | None:
+        """:meth:`share` of two counts already published (``'*'``, a rounded int or None), e.g.
+        after complementary suppression hid one of them."""
+        if SUPPRESSED in (numerator, denominator):
             return SUPPRESSED
-        if not isinstance(num, int) or not isinstance(den, int) or den == 0:
+        if not isinstance(numerator, int) or not isinstance(denominator, int) or denominator == 0:
             return None
-        return num / den
+        return numerator / denominator
 
     def rounded_expr(self, count: pl.Expr) -> pl.Expr:
         """Vectorised :meth:`count` as Int64: the rounded count, null where suppressed."""
