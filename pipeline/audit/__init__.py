@@ -425,12 +425,14 @@ def _equal_opportunity(
 
 
 def published_tables(
-    tables: dict[str, Any], *, min_group_size: int, rule: Rule
+    tables: dict[str, Any], *, min_group_size: int, min_group_events: int, rule: Rule
 ) -> dict[str, pl.DataFrame]:
     """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
-    (counts published by ``rule``, values of suppressed counts null, columns exactly the
-    contract's)."""
+    (counts published by ``rule``, rates of the published counts, values of suppressed counts
+    null, columns exactly the contract's; the policies' TPR gaps from the published rates,
+    groups gated by ``min_group_events``)."""
     groups = publish.group_counts_table(tables["groups"], rule=rule)
+    by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
     published = {
         "groups": groups,
         "group_metrics": publish.group_metrics_table(tables["group_metrics"], groups, rule=rule),
@@ -441,10 +443,12 @@ def published_tables(
             tables["need_gaps"], min_group_size=min_group_size, rule=rule
         ),
         "selection_shares": publish.selection_shares_table(tables["selection_shares"], rule=rule),
-        "mitigation": publish.policy_tradeoffs_table(tables["mitigation"], rule=rule),
-        "mitigation_by_group": publish.policy_groups_table(
-            tables["mitigation_by_group"], rule=rule
+        "mitigation": publish.published_gaps(
+            publish.policy_tradeoffs_table(tables["mitigation"], rule=rule),
+            by_group,
+            min_group_events=min_group_events,
         ),
+        "mitigation_by_group": by_group,
     }
     return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
 
@@ -733,7 +737,12 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         fit_rows=fit_rows,
     )
     rule = params.disclosure
-    published = published_tables(tables, min_group_size=audit.min_group_size, rule=rule)
+    published = published_tables(
+        tables,
+        min_group_size=audit.min_group_size,
+        min_group_events=audit.min_group_events,
+        rule=rule,
+    )
     summary = audit_summary(
         tables,
         audit=audit,

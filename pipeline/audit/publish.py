@@ -4,7 +4,10 @@ Each ``*_table`` function turns one raw table of :func:`pipeline.audit.audit_tab
 published table of :data:`pipeline.contract.AUDIT_TABLES` (layouts: docs/audit_tables.md).
 Counts (named by :func:`pipeline.contract.is_count_name`) carry the disclosure rule's published
 values as strings (``"*"`` when suppressed, :meth:`pipeline.disclosure.Rule.count_expr`); a value
-computed from a suppressed count is null with a boolean ``suppressed`` flag beside it.
+computed from a suppressed count is null with a boolean ``suppressed`` flag beside it. Rates and
+shares are of the published counts, and a breakdown whose total is published gets complementary
+suppression (:meth:`~pipeline.disclosure.Rule.secondary_expr`), so nothing can be differenced
+back (docs/audit_tables.md, *Disclosure that survives differencing*).
 """
 
 from __future__ import annotations
@@ -36,24 +39,6 @@ NEED_VALUES = (
 """Label-choice values computed from a group's and its reference's ``n``."""
 CUTOFF_VALUES = ("cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected")
 """Label-choice values computed from a group's and its reference's ``n_selected``."""
-
-
-def suppress_columns(
-    frame: pl.DataFrame,
-    *,
-    values: Sequence[str],
-    counts: Sequence[str],
-    rule: Rule,
-    flag: str = "suppressed",
-) -> pl.DataFrame:
-    """Null ``values`` on rows where any raw count in ``counts`` is 1-7 and record that in the
-    boolean column ``flag``. The raw ``counts`` columns are left for the caller to round or
-    drop."""
-    mask = pl.any_horizontal(rule.suppressed_expr(pl.col(c)).fill_null(False) for c in counts)
-    return frame.with_columns(
-        *(pl.when(mask).then(None).otherwise(pl.col(v)).alias(v) for v in values),
-        mask.alias(flag),
-    )
 
 
 def round_counts(
@@ -270,6 +255,26 @@ def policy_tradeoffs_table(summary: pl.DataFrame, *, rule: Rule) -> pl.DataFrame
     return round_counts(whole.with_columns(shares).drop(expected), rule=rule)
 
 
+def published_gaps(
+    tradeoffs: pl.DataFrame, by_group: pl.DataFrame, *, min_group_events: int
+) -> pl.DataFrame:
+    """``tpr_gap`` and ``case_tpr_gap`` of the published ``mitigation.parquet`` recomputed from
+    the published rates of ``mitigation_by_group.parquet``: largest minus smallest across the
+    groups of ``gap_dimension`` whose published events reach ``min_group_events``."""
+    shown = by_group.filter(published_number("n_events") >= min_group_events)
+    gaps = shown.group_by("policy", pl.col("dimension").alias("gap_dimension")).agg(
+        (pl.col("tpr").max() - pl.col("tpr").min()).alias("_tpr_gap"),
+        (pl.col("case_tpr").max() - pl.col("case_tpr").min()).alias("_case_tpr_gap"),
+    )
+    return (
+        tradeoffs.join(gaps, on=["policy", "gap_dimension"], how="left", maintain_order="left")
+        .with_columns(
+            pl.col("_tpr_gap").alias("tpr_gap"), pl.col("_case_tpr_gap").alias("case_tpr_gap")
+        )
+        .drop("_tpr_gap", "_case_tpr_gap")
+    )
+
+
 def policy_groups_table(by_group: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
     """Raw policy x group reach -> ``mitigation_by_group.parquet``: rates of the published
     counts; complementary suppression within each policy x dimension."""
@@ -308,10 +313,3 @@ def json_count(count: int | float | None, *, rule: Rule) -> PublishedCountValue:
         return None
     published = rule.count(round(float(count)))
     return SUPPRESSED if isinstance(published, str) else published  # the only string is "*"
-
-
-def json_rate(value: Any, *counts: int | float | None, rule: Rule) -> Any:
-    """A value for JSON: ``"*"`` when any of ``counts`` is suppressed."""
-    if any(c is not None and rule.is_suppressed(round(float(c))) for c in counts):
-        return SUPPRESSED
-    return json_value(value)
