@@ -395,6 +395,9 @@ def test_no_count_recoverable_from_the_outreach_summary() -> None:
     assert any(
         row["n_selected"] == SUPPRESSED for rows in block["make_up"].values() for row in rows
     )
+    shown = block["make_up"]["imd_quintile"][0]
+    assert isinstance(shown["share_of_true_need"], float)
+    assert shown["selection_rate"] == shown["n_selected"] / shown["n_eligible"]
     attacker = Attacker(RULE)
     read_outreach(attacker, block)
     attacker.solve()

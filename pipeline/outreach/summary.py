@@ -204,9 +204,8 @@ def _group_block(
         # true need is a score, not a count: its share is published to 4 decimals, and not
         # where the group's size is hidden
         share = float(row["true_need_total"] or 0.0) / need_total if need_total else None
-        block["share_of_true_need"] = rule.share_of_published(
-            n_eligible, n_eligible if share is None else round(share, 4)
-        )
+        hidden = n_eligible == SUPPRESSED
+        block["share_of_true_need"] = SUPPRESSED if hidden else share and round(share, 4)
     return block
 
 
