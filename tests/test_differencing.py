@@ -435,7 +435,7 @@ def test_no_count_recoverable_from_model_metrics() -> None:
     rng = np.random.default_rng(3)
     y = (rng.random(1243) < 0.05).astype(np.int8)
     p = np.clip(0.05 + 0.3 * y + rng.normal(0, 0.05, y.size), 0.001, 0.999)
-    selected = np.argsort(-p, kind="stable") < 62
+    selected = np.argsort(np.argsort(-p, kind="stable")) < 62  # the top 62 by score
     doc = split_metrics(
         y, p, selected, oracle=None, n_bootstrap=20, seed=1, target="t", extra={}, rule=RULE
     )
