@@ -61,6 +61,7 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         tables,
         min_group_size=params.audit.min_group_size,
         min_group_events=params.audit.min_group_events,
+        confidence=params.audit.confidence,
         rule=params.disclosure,
     )
     summary = audit_summary(

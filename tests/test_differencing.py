@@ -31,6 +31,7 @@ from pipeline.audit.cells import PROPORTIONS
 from pipeline.config import load_params, parse_params
 from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.io import Paths
+from pipeline.metrics import wilson_interval
 from pipeline.outreach.summary import MAKE_UP_DIMENSIONS, summarise_target
 from pipeline.train.evaluation import split_metrics
 from pipeline.validate import data_quality_report
@@ -52,6 +53,7 @@ class Attacker:
         self.published: dict[Key, object] = {}
         self.sums: list[tuple[Key, list[Key]]] = []
         self.ratios: list[tuple[Key, Key, float, float]] = []
+        self.intervals: list[tuple[Key, Key, float, float, float]] = []
 
     def count(self, key: Key, value: object) -> None:
         """A published count (``"*"``, a rounded number, or null)."""
@@ -86,6 +88,37 @@ class Attacker:
         self.unknown(numerator)
         self.unknown(denominator)
         self.ratios.append((numerator, denominator, float(value), _tolerance(value)))
+
+    def wilson(
+        self, numerator: Key, denominator: Key, low: object, high: object, confidence: float
+    ) -> None:
+        """A Wilson interval is a function of its two counts: it pins them unless it is the
+        interval of their published values."""
+        if not isinstance(low, float) or not isinstance(high, float) or math.isnan(low):
+            return
+        num, den = _as_int(self.published.get(numerator)), _as_int(self.published.get(denominator))
+        if isinstance(num, int) and isinstance(den, int) and den > 0:
+            shown = wilson_interval(np.array([num]), np.array([den]), confidence=confidence)
+            if np.allclose([shown[0][0], shown[1][0]], [low, high], rtol=1e-9, atol=1e-12):
+                return
+        self.intervals.append((numerator, denominator, low, high, confidence))
+
+    def _propagate_wilson(
+        self, numerator: Key, denominator: Key, low: float, high: float, confidence: float
+    ) -> bool:
+        nums, dens = self.candidates.get(numerator), self.candidates.get(denominator)
+        if not nums or not dens:
+            return False
+        pairs = [(a, b) for a in sorted(nums) for b in sorted(dens) if 0 <= a <= b and b > 0]
+        if not pairs:
+            return False
+        bounds = wilson_interval(*map(np.array, zip(*pairs, strict=True)), confidence=confidence)
+        fits = np.isclose(bounds[0], low, rtol=1e-9, atol=1e-12) & np.isclose(
+            bounds[1], high, rtol=1e-9, atol=1e-12
+        )
+        kept = [pair for pair, fit in zip(pairs, fits, strict=True) if fit]
+        changed = self._narrow(numerator, {a for a, _ in kept})
+        return self._narrow(denominator, {b for _, b in kept}) or changed
 
     def _of_published(
         self, numerator: Key, num: object, denominator: Key, den: object, value: float
@@ -165,6 +198,8 @@ class Attacker:
                 changed |= self._propagate_sum(total, parts)
             for ratio in self.ratios:
                 changed |= self._propagate_ratio(*ratio)
+            for interval in self.intervals:
+                changed |= self._propagate_wilson(*interval)
             if not changed:
                 return
 
@@ -242,8 +277,9 @@ def read_groups(attacker: Attacker, groups: pl.DataFrame) -> None:
             attacker.total((*key, total), [(*key, p) for p in parts])
 
 
-def read_group_metrics(attacker: Attacker, metrics: pl.DataFrame) -> None:
-    """``group_metrics.parquet``: each proportion is its numerator over its denominator."""
+def read_group_metrics(attacker: Attacker, metrics: pl.DataFrame, *, confidence: float) -> None:
+    """``group_metrics.parquet``: each proportion is its numerator over its denominator, and its
+    Wilson interval a function of both."""
     for row in metrics.iter_rows(named=True):
         key = (row["dimension"], row["group"])
         for column in ("n", "n_events", "n_selected"):
@@ -251,6 +287,8 @@ def read_group_metrics(attacker: Attacker, metrics: pl.DataFrame) -> None:
         if row["metric"] in PROPORTIONS:
             num, den = contract.METRIC_COUNTS[row["metric"]]
             attacker.rate((*key, num), (*key, den), row["value"])
+            if row["ci_method"] == "wilson":
+                attacker.wilson((*key, num), (*key, den), row["ci_low"], row["ci_high"], confidence)
 
 
 def read_selection_shares(attacker: Attacker, shares: pl.DataFrame) -> None:
@@ -300,7 +338,8 @@ def read_mitigation(attacker: Attacker, tradeoffs: pl.DataFrame, by_group: pl.Da
 def read_audit(attacker: Attacker, folder: Path) -> None:
     tables = {name: pl.read_parquet(folder / t.file) for name, t in contract.AUDIT_TABLES.items()}
     read_groups(attacker, tables["groups"])
-    read_group_metrics(attacker, tables["group_metrics"])
+    settings = contract.read_summary(contract.AuditSummary, folder / contract.AUDIT_SUMMARY_FILE)
+    read_group_metrics(attacker, tables["group_metrics"], confidence=settings.settings.confidence)
     read_selection_shares(attacker, tables["selection_shares"])
     read_mitigation(attacker, tables["mitigation"], tables["mitigation_by_group"])
 

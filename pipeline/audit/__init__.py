@@ -425,17 +425,26 @@ def _equal_opportunity(
 
 
 def published_tables(
-    tables: dict[str, Any], *, min_group_size: int, min_group_events: int, rule: Rule
+    tables: dict[str, Any],
+    *,
+    min_group_size: int,
+    min_group_events: int,
+    confidence: float,
+    rule: Rule,
 ) -> dict[str, pl.DataFrame]:
     """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
     (counts published by ``rule``, rates of the published counts, values of suppressed counts
-    null, columns exactly the contract's; the policies' TPR gaps from the published rates,
-    groups gated by ``min_group_events``)."""
+    null, columns exactly the contract's; Wilson intervals at ``confidence`` of the published
+    counts; the policies' TPR gaps from the published rates, groups gated by
+    ``min_group_events``)."""
     groups = publish.group_counts_table(tables["groups"], rule=rule)
+    metrics = publish.group_metrics_table(
+        tables["group_metrics"], groups, confidence=confidence, rule=rule
+    )
     by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
     published = {
         "groups": groups,
-        "group_metrics": publish.group_metrics_table(tables["group_metrics"], groups, rule=rule),
+        "group_metrics": metrics,
         "gradients": tables["gradients"],
         "heat": tables["heat"],
         "need_by_score": publish.need_curves_table(tables["need_curves"], rule=rule),
@@ -741,6 +750,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         tables,
         min_group_size=audit.min_group_size,
         min_group_events=audit.min_group_events,
+        confidence=audit.confidence,
         rule=rule,
     )
     summary = audit_summary(

@@ -22,6 +22,7 @@ from pipeline import contract
 from pipeline.audit.cells import COMPARISON_COLUMNS, PROPORTIONS
 from pipeline.contract import GROUP_COUNTS, METRIC_COUNTS, PublishedCountValue, is_count_name
 from pipeline.disclosure import SUPPRESSED, Rule
+from pipeline.metrics import wilson_interval
 
 COMPARISON_VALUES = (*COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag")
 """Group-metric columns that compare a group with its reference group."""
@@ -116,12 +117,28 @@ def _pick(names: pl.Expr) -> pl.Expr:
     return pl.coalesce(pl.when(names == c).then(pl.col(c)) for c in GROUP_COUNTS)
 
 
-def group_metrics_table(metrics: pl.DataFrame, groups: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
+def _published_wilson(frame: pl.DataFrame, *, confidence: float) -> pl.DataFrame:
+    """Wilson intervals of the rows' published ``n_numerator`` / ``n_denominator`` (an
+    interval of the exact counts would give them back: it is a function of both)."""
+    num = frame["n_numerator"].cast(pl.Int64, strict=False).fill_null(0).to_numpy()
+    den = frame["n_denominator"].cast(pl.Int64, strict=False).fill_null(0).to_numpy()
+    low, high = wilson_interval(num, den, confidence=confidence)
+    wilson = pl.col("ci_method") == "wilson"
+    return frame.with_columns(
+        pl.when(wilson).then(pl.Series(low)).otherwise("ci_low").fill_nan(None).alias("ci_low"),
+        pl.when(wilson).then(pl.Series(high)).otherwise("ci_high").fill_nan(None).alias("ci_high"),
+    )
+
+
+def group_metrics_table(
+    metrics: pl.DataFrame, groups: pl.DataFrame, *, confidence: float, rule: Rule
+) -> pl.DataFrame:
     """Raw group metrics + published group counts (``groups.parquet``) ->
     ``group_metrics.parquet``.
 
     The metric's counts are the published ones; a proportion's value is the share of its
-    published counts, and its difference and ratio to the reference are of those values. The
+    published counts, its Wilson interval (at ``confidence``) is of those counts, and its
+    difference and ratio to the reference are of those values. The
     value and CI are suppressed where the group's n or a count behind the metric is hidden (or
     its complement is 1-7); comparisons also by the reference group's. Raw counts are dropped.
     """
@@ -142,7 +159,10 @@ def group_metrics_table(metrics: pl.DataFrame, groups: pl.DataFrame, *, rule: Ru
     ).fill_null(False)
     share = published_share(published_number("n_numerator"), published_number("n_denominator"))
     valued = _hide(
-        joined.with_columns(pl.when(proportion).then(share).otherwise("value").alias("value")),
+        _published_wilson(
+            joined.with_columns(pl.when(proportion).then(share).otherwise("value").alias("value")),
+            confidence=confidence,
+        ),
         ["value", "ci_low", "ci_high"],
         hidden,
         "suppressed",
