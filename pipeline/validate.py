@@ -25,15 +25,12 @@ def data_quality_report(
 ) -> dict[str, Any]:
     """Turn :func:`pipeline.contract.validate_population` facts into a publishable summary.
 
-    Counts are rounded / suppressed by ``rule``; shares whose numerator or denominator is
-    suppressed are ``"*"``.
+    Counts are rounded / suppressed by ``rule``; shares and rates are of the published counts
+    (:meth:`pipeline.disclosure.Rule.share`), ``"*"`` when either is suppressed.
     """
     rows = facts["rows"]
     n_people = facts["n_people"]
-
-    def _rate(numerator: int, denominator: int) -> float | str | None:
-        value = round(numerator / denominator, 4) if denominator else None
-        return rule.rate(numerator, denominator, value)
+    _rate = rule.share
 
     return {
         "folder": folder,

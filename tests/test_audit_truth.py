@@ -58,7 +58,11 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         target="sim_target",
     )
     published = published_tables(
-        tables, min_group_size=params.audit.min_group_size, rule=params.disclosure
+        tables,
+        min_group_size=params.audit.min_group_size,
+        min_group_events=params.audit.min_group_events,
+        confidence=params.audit.confidence,
+        rule=params.disclosure,
     )
     summary = audit_summary(
         tables,

@@ -68,3 +68,42 @@ def test_rule_methods_agree_with_each_other() -> None:
     assert all(rule.is_published(v) for v in scalar)
     assert [rule.republish(v) for v in scalar] == scalar  # idempotent
     assert not rule.is_published(7)
+
+
+def test_a_share_is_of_the_published_counts() -> None:
+    # 61 / 1240 = 0.0492 would give back 61 where 60 is published
+    assert RULE.share(61, 1240) == 60 / 1240
+    assert RULE.share(6, 1240) == "*"
+    assert RULE.share(40, 0) is None
+    assert RULE.share_of_published("*", 10) == "*"
+    frame = pl.DataFrame({"a": [61, 6, 40], "b": [1240, 1240, 0]})
+    shares = frame.select(RULE.share_expr(pl.col("a"), pl.col("b")).alias("s"))["s"].to_list()
+    assert shares == [60 / 1240, None, None]
+
+
+@given(st.integers(0, 5_000), st.integers(1, 5_000))
+def test_a_share_times_the_published_denominator_is_the_published_numerator(
+    numerator: int, denominator: int
+) -> None:
+    share, den = RULE.share(numerator, denominator), RULE.count(denominator)
+    if isinstance(share, float) and isinstance(den, int):
+        assert round(share * den) == RULE.count(numerator)
+
+
+def test_a_lone_suppressed_row_takes_the_next_smallest_with_it() -> None:
+    assert RULE.secondary([120, 6, 40, 0, 55]) == [False, True, True, False, False]
+    assert RULE.secondary([120, 6, 3, 55]) == [False, True, True, False]  # two already
+    assert RULE.secondary([120, 40]) == [False, False]
+    assert RULE.secondary([6, 0]) == [True, False]  # nothing else to hide
+
+
+def test_secondary_expr_matches_secondary_per_dimension() -> None:
+    frame = pl.DataFrame(
+        {
+            "dimension": ["a"] * 5 + ["b"] * 3,
+            "group": ["v", "w", "x", "y", "z", "v", "w", "x"],
+            "n": [120, 6, 40, 0, 40, 3, 9, 100],
+        }
+    )
+    hidden = frame.select(RULE.secondary_expr(pl.col("n"), over="dimension"))["n"].to_list()
+    assert hidden == [False, True, True, False, False, True, True, False]

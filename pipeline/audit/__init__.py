@@ -425,16 +425,26 @@ def _equal_opportunity(
 
 
 def published_tables(
-    tables: dict[str, Any], *, min_group_size: int, rule: Rule
+    tables: dict[str, Any],
+    *,
+    min_group_size: int,
+    min_group_events: int,
+    confidence: float,
+    rule: Rule,
 ) -> dict[str, pl.DataFrame]:
     """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
-    (counts published by ``rule``, values of suppressed counts null, columns exactly the
-    contract's)."""
+    (counts published by ``rule``, rates of the published counts, values of suppressed counts
+    null, columns exactly the contract's; Wilson intervals at ``confidence`` of the published
+    counts; the policies' TPR gaps from the published rates, groups gated by
+    ``min_group_events``)."""
+    groups = publish.group_counts_table(tables["groups"], rule=rule)
+    metrics = publish.group_metrics_table(
+        tables["group_metrics"], groups, confidence=confidence, rule=rule
+    )
+    by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
     published = {
-        "groups": publish.group_counts_table(tables["groups"], rule=rule),
-        "group_metrics": publish.group_metrics_table(
-            tables["group_metrics"], tables["groups"], rule=rule
-        ),
+        "groups": groups,
+        "group_metrics": metrics,
         "gradients": tables["gradients"],
         "heat": tables["heat"],
         "need_by_score": publish.need_curves_table(tables["need_curves"], rule=rule),
@@ -442,10 +452,12 @@ def published_tables(
             tables["need_gaps"], min_group_size=min_group_size, rule=rule
         ),
         "selection_shares": publish.selection_shares_table(tables["selection_shares"], rule=rule),
-        "mitigation": publish.policy_tradeoffs_table(tables["mitigation"], rule=rule),
-        "mitigation_by_group": publish.policy_groups_table(
-            tables["mitigation_by_group"], rule=rule
+        "mitigation": publish.published_gaps(
+            publish.policy_tradeoffs_table(tables["mitigation"], rule=rule),
+            by_group,
+            min_group_events=min_group_events,
         ),
+        "mitigation_by_group": by_group,
     }
     return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
 
@@ -559,66 +571,52 @@ def planted_bias_check(
 
 
 def headline_metrics(
-    tables: dict[str, Any], *, dimensions: tuple[str, ...], rule: Rule
+    published: dict[str, pl.DataFrame], *, dimensions: tuple[str, ...], has_truth: bool
 ) -> dict[str, Any]:
-    """Headline figures (flat, numeric, sorted by name) for DVC metrics and the MLflow run;
-    suppressed or undefined figures are left out."""
-    metrics = tables["group_metrics"]
+    """Headline figures (flat, numeric, sorted by name) for DVC metrics and the MLflow run,
+    read from the ``published`` tables (so every figure is one the tables show); suppressed or
+    undefined figures are left out."""
+    metrics = published["group_metrics"]
     out = {
-        **_overall_headlines(metrics, rule=rule),
-        **_imd_ratio_headlines(metrics, rule=rule),
+        **_overall_headlines(metrics),
+        **_imd_ratio_headlines(metrics),
         **_flag_headlines(metrics, dimensions=dimensions),
-        **_gradient_headlines(tables["gradients"]),
-        **_mitigation_headlines(tables["mitigation"], rule=rule),
+        **_gradient_headlines(published["gradients"]),
+        **_mitigation_headlines(published["mitigation"]),
     }
-    if tables["has_truth"]:
-        out |= _true_need_headlines(tables["need_gaps"])
+    if has_truth:
+        out |= _true_need_headlines(published["need_gaps"])
     return {k: v for k, v in sorted(out.items()) if v is not None and v != "*"}
 
 
-def _overall_headlines(metrics: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
+def _overall_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
     return {
-        f"overall_{row['metric']}": publish.json_rate(
-            row["value"],
-            row["numerator_raw"],
-            row["denominator_raw"],
-            row["complement_raw"],
-            rule=rule,
-        )
+        f"overall_{row['metric']}": publish.json_value(row["value"])
         for row in metrics.filter(pl.col("dimension") == "overall").iter_rows(named=True)
     }
 
 
-def _imd_ratio_headlines(metrics: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
+def _imd_ratio_headlines(metrics: pl.DataFrame) -> dict[str, Any]:
     """IMD quintile 1 (Core20) against the reference quintile, for the headline ratios."""
-    imd = metrics.filter(pl.col("dimension") == "imd_quintile")
-    ref = imd.filter(pl.col("is_reference"))
-    core20 = imd.filter(pl.col("group") == "1")
-    if not (core20.height and ref.height):
-        return {}
-    ref_label = ref["group"][0]
-    out: dict[str, Any] = {}
-    for row in core20.filter(pl.col("metric").is_in(HEADLINE_RATIO_METRICS)).iter_rows(named=True):
-        ref_row = ref.filter(pl.col("metric") == row["metric"]).row(0, named=True)
-        counts = (
-            row["numerator_raw"],
-            row["denominator_raw"],
-            row["complement_raw"],
-            ref_row["numerator_raw"],
-            ref_row["denominator_raw"],
-            ref_row["complement_raw"],
+    core20 = metrics.filter(
+        (pl.col("dimension") == "imd_quintile")
+        & (pl.col("group") == "1")
+        & ~pl.col("is_reference")
+        & pl.col("metric").is_in(HEADLINE_RATIO_METRICS)
+    )
+    return {
+        f"imd_q1_vs_q{row['reference_group']}_{row['metric']}_ratio": publish.json_value(
+            row["ratio"]
         )
-        out[f"imd_q1_vs_q{ref_label}_{row['metric']}_ratio"] = publish.json_rate(
-            row["ratio"], *counts, rule=rule
-        )
-    return out
+        for row in core20.iter_rows(named=True)
+    }
 
 
 def _flag_headlines(metrics: pl.DataFrame, *, dimensions: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {"flagged_comparisons": int(metrics["flag"].fill_null(False).sum())}
+    out: dict[str, Any] = {"flagged_comparisons": int(metrics["flagged"].sum())}
     for dimension in dimensions:
         out[f"flagged_comparisons_{dimension}"] = int(
-            metrics.filter(pl.col("dimension") == dimension)["flag"].fill_null(False).sum()
+            metrics.filter(pl.col("dimension") == dimension)["flagged"].sum()
         )
     return out
 
@@ -630,30 +628,26 @@ def _gradient_headlines(gradient_rows: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def _mitigation_headlines(tradeoffs: pl.DataFrame, *, rule: Rule) -> dict[str, Any]:
+def _mitigation_headlines(tradeoffs: pl.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for row in tradeoffs.iter_rows(named=True):
-        if row["n_events"]:
-            out[f"mitigation_{row['policy']}_share_of_events_reached"] = publish.json_rate(
-                row["n_events_reached"] / row["n_events"],
-                row["n_events_reached"],
-                row["n_events"],
-                rule=rule,
-            )
-        if row.get("expected_true_events"):
-            out[f"mitigation_{row['policy']}_share_of_true_events_reached"] = publish.json_value(
-                row["expected_true_events_reached"] / row["expected_true_events"]
-            )
-        out[f"mitigation_{row['policy']}_tpr_gap_imd_quintile"] = publish.json_value(
-            row.get("tpr_gap")
+        policy = row["policy"]
+        out[f"mitigation_{policy}_share_of_events_reached"] = publish.json_value(
+            row["share_of_events_reached"]
         )
+        out[f"mitigation_{policy}_share_of_true_events_reached"] = publish.json_value(
+            row["share_of_true_events_reached"]
+        )
+        out[f"mitigation_{policy}_tpr_gap_imd_quintile"] = publish.json_value(row["tpr_gap"])
     return out
 
 
 def _true_need_headlines(need_gaps: pl.DataFrame) -> dict[str, Any]:
     true_need = need_gaps.filter(pl.col("need_measure") == "true_need")
     q1 = true_need.filter((pl.col("dimension") == "imd_quintile") & (pl.col("group") == "1"))
-    out: dict[str, Any] = {"disadvantaged_groups_named": int(true_need["disadvantaged"].sum())}
+    out: dict[str, Any] = {
+        "disadvantaged_groups_named": int(true_need["disadvantaged"].fill_null(False).sum())
+    }
     if q1.height:
         out["imd_q1_true_need_ratio_same_score"] = publish.json_value(q1["need_ratio"][0])
     return out
@@ -752,7 +746,13 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         fit_rows=fit_rows,
     )
     rule = params.disclosure
-    published = published_tables(tables, min_group_size=audit.min_group_size, rule=rule)
+    published = published_tables(
+        tables,
+        min_group_size=audit.min_group_size,
+        min_group_events=audit.min_group_events,
+        confidence=audit.confidence,
+        rule=rule,
+    )
     summary = audit_summary(
         tables,
         audit=audit,
@@ -763,7 +763,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         rule=rule,
     )
     headline = contract.AuditHeadline(
-        headline_metrics(tables, dimensions=audit.dimensions, rule=rule)
+        headline_metrics(published, dimensions=audit.dimensions, has_truth=tables["has_truth"])
     )
 
     # write: aggregates under reports/ (folder swapped whole)

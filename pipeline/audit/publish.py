@@ -4,7 +4,10 @@ Each ``*_table`` function turns one raw table of :func:`pipeline.audit.audit_tab
 published table of :data:`pipeline.contract.AUDIT_TABLES` (layouts: docs/audit_tables.md).
 Counts (named by :func:`pipeline.contract.is_count_name`) carry the disclosure rule's published
 values as strings (``"*"`` when suppressed, :meth:`pipeline.disclosure.Rule.count_expr`); a value
-computed from a suppressed count is null with a boolean ``suppressed`` flag beside it.
+computed from a suppressed count is null with a boolean ``suppressed`` flag beside it. Rates and
+shares are of the published counts, and a breakdown whose total is published gets complementary
+suppression (:meth:`~pipeline.disclosure.Rule.secondary_expr`), so nothing can be differenced
+back (docs/audit_tables.md, *Disclosure that survives differencing*).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.audit.cells import COMPARISON_COLUMNS
-from pipeline.contract import PublishedCountValue, is_count_name
+from pipeline import contract
+from pipeline.audit.cells import COMPARISON_COLUMNS, PROPORTIONS
+from pipeline.contract import GROUP_COUNTS, METRIC_COUNTS, PublishedCountValue, is_count_name
 from pipeline.disclosure import SUPPRESSED, Rule
+from pipeline.metrics import wilson_interval
 
 COMPARISON_VALUES = (*COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag")
 """Group-metric columns that compare a group with its reference group."""
-_RAW_COUNTS = ("numerator_raw", "denominator_raw", "complement_raw", "group_n_raw")
 NEED_VALUES = (
     "need_gap",
     "need_gap_ci_low",
@@ -38,29 +42,16 @@ CUTOFF_VALUES = ("cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_
 """Label-choice values computed from a group's and its reference's ``n_selected``."""
 
 
-def suppress_columns(
-    frame: pl.DataFrame,
-    *,
-    values: Sequence[str],
-    counts: Sequence[str],
-    rule: Rule,
-    flag: str = "suppressed",
-) -> pl.DataFrame:
-    """Null ``values`` on rows where any raw count in ``counts`` is 1-7 and record that in the
-    boolean column ``flag``. The raw ``counts`` columns are left for the caller to round or
-    drop."""
-    mask = pl.any_horizontal(rule.suppressed_expr(pl.col(c)).fill_null(False) for c in counts)
-    return frame.with_columns(
-        *(pl.when(mask).then(None).otherwise(pl.col(v)).alias(v) for v in values),
-        mask.alias(flag),
-    )
-
-
 def round_counts(
     frame: pl.DataFrame, *, rule: Rule, columns: Iterable[str] | None = None
 ) -> pl.DataFrame:
-    """Disclosure-round every count column (String: ``"*"`` or the rounded number)."""
-    names = [c for c in (columns or frame.columns) if is_count_name(c)]
+    """Disclosure-round every count column not yet published (String: ``"*"`` or the rounded
+    number)."""
+    names = [
+        c
+        for c in (columns or frame.columns)
+        if is_count_name(c) and frame.schema[c] != contract.PUBLISHED_COUNT
+    ]
     return frame.with_columns(rule.count_expr(pl.col(c)).alias(c) for c in names)
 
 
@@ -75,124 +66,256 @@ def _with_reference(
     return frame.join(reference, on=list(keys), how="left", maintain_order="left")
 
 
-def group_counts_table(groups: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw group counts -> ``groups.parquet``."""
-    note = pl.when(pl.col("stable")).then(None).otherwise(pl.lit("small group")).alias("note")
-    return round_counts(groups.with_columns(note), rule=rule)
-
-
-def group_metrics_table(metrics: pl.DataFrame, groups: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw group metrics (+ raw group counts) -> ``group_metrics.parquet``.
-
-    The value and CI are suppressed by the metric's own counts; comparisons also by the
-    reference group's. Raw counts are dropped (only rounded ones are published).
-    """
-    refs = [f"ref_{c}" for c in _RAW_COUNTS]
-    compared = suppress_columns(
-        suppress_columns(
-            _with_reference(metrics, ["dimension", "metric"], _RAW_COUNTS),
-            values=["value", "ci_low", "ci_high"],
-            counts=_RAW_COUNTS,
-            rule=rule,
-        ),
-        values=COMPARISON_VALUES,
-        counts=[*_RAW_COUNTS, *refs],
-        rule=rule,
-        flag="comparison_suppressed",
+def hide_counts(
+    frame: pl.DataFrame, *, counts: Sequence[str], over: Sequence[str], rule: Rule
+) -> tuple[pl.DataFrame, pl.Expr]:
+    """Publish ``counts`` with complementary suppression within each ``over`` group (whose total
+    is published or implied: :meth:`pipeline.disclosure.Rule.secondary_expr`); also the mask
+    of rows where any of them is hidden (over the published strings)."""
+    published = frame.with_columns(
+        rule.hidden_count_expr(pl.col(c), rule.secondary_expr(pl.col(c), over=list(over)))
+        for c in counts
     )
-    sizes = groups.select("dimension", "group", "n", "n_events", "n_selected")
+    return published, hidden_expr(counts)
+
+
+def hidden_expr(counts: Iterable[str]) -> pl.Expr:
+    """True where any of the published count columns ``counts`` is ``'*'``."""
+    return pl.any_horizontal((pl.col(c) == SUPPRESSED).fill_null(False) for c in counts)
+
+
+def published_number(count: str) -> pl.Expr:
+    """A published count column (String) as a number (null where ``'*'``)."""
+    return pl.col(count).cast(pl.Int64, strict=False)
+
+
+def published_share(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+    """A share of two published counts (null for a zero or hidden denominator)."""
+    return pl.when(denominator > 0).then(numerator / denominator)
+
+
+def _hide(frame: pl.DataFrame, values: Sequence[str], mask: pl.Expr, flag: str) -> pl.DataFrame:
+    return frame.with_columns(
+        *(pl.when(mask).then(None).otherwise(pl.col(v)).alias(v) for v in values),
+        mask.alias(flag),
+    )
+
+
+def group_counts_table(groups: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
+    """Raw group counts -> ``groups.parquet`` (complementary suppression within a dimension,
+    whose total is the ``overall`` row)."""
+    note = pl.when(pl.col("stable")).then(None).otherwise(pl.lit("small group")).alias("note")
+    counts = [c for c in GROUP_COUNTS if c in groups.columns]
+    published, _ = hide_counts(
+        groups.with_columns(note), counts=counts, over=["dimension"], rule=rule
+    )
+    return round_counts(published, rule=rule)
+
+
+def _pick(names: pl.Expr) -> pl.Expr:
+    """The published group count named by ``names`` on each row."""
+    return pl.coalesce(pl.when(names == c).then(pl.col(c)) for c in GROUP_COUNTS)
+
+
+def _published_wilson(frame: pl.DataFrame, *, confidence: float) -> pl.DataFrame:
+    """Wilson intervals of the rows' published ``n_numerator`` / ``n_denominator`` (an
+    interval of the exact counts would give them back: it is a function of both)."""
+    num = frame["n_numerator"].cast(pl.Int64, strict=False).fill_null(0).to_numpy()
+    den = frame["n_denominator"].cast(pl.Int64, strict=False).fill_null(0).to_numpy()
+    low, high = wilson_interval(num, den, confidence=confidence)
+    wilson = pl.col("ci_method") == "wilson"
+    return frame.with_columns(
+        pl.when(wilson).then(pl.Series(low)).otherwise("ci_low").fill_nan(None).alias("ci_low"),
+        pl.when(wilson).then(pl.Series(high)).otherwise("ci_high").fill_nan(None).alias("ci_high"),
+    )
+
+
+def group_metrics_table(
+    metrics: pl.DataFrame, groups: pl.DataFrame, *, confidence: float, rule: Rule
+) -> pl.DataFrame:
+    """Raw group metrics + published group counts (``groups.parquet``) ->
+    ``group_metrics.parquet``.
+
+    The metric's counts are the published ones; a proportion's value is the share of its
+    published counts, its Wilson interval (at ``confidence``) is of those counts, and its
+    difference and ratio to the reference are of those values. The
+    value and CI are suppressed where the group's n or a count behind the metric is hidden (or
+    its complement is 1-7); comparisons also by the reference group's. Raw counts are dropped.
+    """
+    numerator = {m: c[0] for m, c in METRIC_COUNTS.items()}
+    denominator = {m: c[1] for m, c in METRIC_COUNTS.items()}
+    proportion = pl.col("metric").is_in(list(PROPORTIONS))
+    joined = metrics.join(
+        groups.select("dimension", "group", *GROUP_COUNTS),
+        on=["dimension", "group"],
+        how="left",
+        maintain_order="left",
+    ).with_columns(
+        _pick(pl.col("metric").replace_strict(numerator, default=None)).alias("n_numerator"),
+        _pick(pl.col("metric").replace_strict(denominator, default=None)).alias("n_denominator"),
+    )
+    hidden = hidden_expr(["n", "n_numerator", "n_denominator"]) | rule.suppressed_expr(
+        pl.col("complement_raw")
+    ).fill_null(False)
+    share = published_share(published_number("n_numerator"), published_number("n_denominator"))
+    valued = _hide(
+        _published_wilson(
+            joined.with_columns(pl.when(proportion).then(share).otherwise("value").alias("value")),
+            confidence=confidence,
+        ),
+        ["value", "ci_low", "ci_high"],
+        hidden,
+        "suppressed",
+    )
+    reference = valued.filter(pl.col("is_reference")).select(
+        "dimension", "metric", pl.col("value").alias("_ref"), pl.col("suppressed").alias("_ref_h")
+    )
+    compared = valued.join(
+        reference, on=["dimension", "metric"], how="left", maintain_order="left"
+    ).with_columns(
+        pl.when(proportion & ~pl.col("is_reference"))
+        .then(pl.col("value") - pl.col("_ref"))
+        .otherwise("difference")
+        .alias("difference"),
+        pl.when(proportion & ~pl.col("is_reference"))
+        .then(published_share(pl.col("value"), pl.col("_ref")))
+        .otherwise("ratio")
+        .alias("ratio"),
+    )
+    masked = _hide(
+        compared,
+        COMPARISON_VALUES,
+        pl.col("suppressed") | pl.col("_ref_h").fill_null(True),
+        "comparison_suppressed",
+    )
     flagged = ~pl.col("is_reference") & pl.coalesce("flag", "outside_fair_range")
-    return round_counts(
-        compared.join(sizes, on=["dimension", "group"], how="left", maintain_order="left")
-        .rename({"numerator_raw": "n_numerator", "denominator_raw": "n_denominator"})
-        .with_columns(flagged.fill_null(False).alias("flagged"))
-        .drop("complement_raw", "group_n_raw", *refs),
-        rule=rule,
+    return masked.with_columns(flagged.fill_null(False).alias("flagged")).drop(
+        "numerator_raw",
+        "denominator_raw",
+        "complement_raw",
+        "group_n_raw",
+        "_ref",
+        "_ref_h",
+        *[c for c in GROUP_COUNTS if c not in ("n", "n_events", "n_selected")],
     )
 
 
 def need_gaps_table(gaps: pl.DataFrame, *, min_group_size: int, rule: Rule) -> pl.DataFrame:
     """Raw need gaps -> ``need_gaps.parquet``: need values suppressed by the group's and the
-    reference's ``n``, cut-off values by their ``n_selected``."""
-    keyed = _with_reference(gaps, ["dimension", "need_measure"], ["n", "n_selected"])
+    reference's ``n``, cut-off values by their ``n_selected`` (complementary suppression within
+    a dimension, as in ``groups.parquet``)."""
+    stable = (pl.col("n").fill_null(0) >= min_group_size).alias("stable")
+    published, _ = hide_counts(
+        gaps.with_columns(stable),
+        counts=["n", "n_selected"],
+        over=["dimension", "need_measure"],
+        rule=rule,
+    )
+    keyed = _with_reference(published, ["dimension", "need_measure"], ["n", "n_selected"])
+    need_hidden = hidden_expr(["n"]) | (pl.col("ref_n") == SUPPRESSED).fill_null(True)
+    cut_hidden = hidden_expr(["n_selected"]) | (pl.col("ref_n_selected") == SUPPRESSED).fill_null(
+        True
+    )
     return round_counts(
-        suppress_columns(
-            suppress_columns(keyed, values=NEED_VALUES, counts=["n", "ref_n"], rule=rule),
-            values=CUTOFF_VALUES,
-            counts=["n_selected", "ref_n_selected"],
-            rule=rule,
-            flag="cutoff_suppressed",
-        )
-        .with_columns((pl.col("n").fill_null(0) >= min_group_size).alias("stable"))
-        .drop("ref_n", "ref_n_selected"),
+        _hide(
+            _hide(keyed, NEED_VALUES, need_hidden, "suppressed"),
+            CUTOFF_VALUES,
+            cut_hidden,
+            "cutoff_suppressed",
+        ).drop("ref_n", "ref_n_selected"),
         rule=rule,
     )
 
 
 def need_curves_table(curves: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw need-by-score curves -> ``need_by_score.parquet``."""
-    hidden = suppress_columns(curves, values=["mean_need", "sd_need"], counts=["n"], rule=rule)
-    return round_counts(hidden, rule=rule)
+    """Raw need-by-score curves -> ``need_by_score.parquet`` (a group's bands add up to its
+    published size: complementary suppression within each group)."""
+    published, hidden = hide_counts(
+        curves, counts=["n"], over=["dimension", "need_measure", "group"], rule=rule
+    )
+    return _hide(published, ["mean_need", "sd_need"], hidden, "suppressed")
 
 
 def selection_shares_table(shares: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw selection shares -> ``selection_shares.parquet`` (a row's shares are null when any of
-    its counts is 1-7)."""
-    values = [c for c in shares.columns if c.startswith("share_by_")]
+    """Raw selection shares -> ``selection_shares.parquet``: each share is the group's published
+    count over the published total selected; a row's shares are null when any of its counts is
+    hidden (complementary suppression within a dimension)."""
     counts = [c for c in shares.columns if c.startswith("n_selected_by_")]
-    return round_counts(
-        suppress_columns(shares, values=values, counts=counts, rule=rule), rule=rule
+    with_shares = shares.with_columns(
+        published_share(
+            rule.rounded_expr(pl.col(c)), rule.rounded_expr(pl.col(c).sum().over("dimension"))
+        ).alias(c.replace("n_selected_by_", "share_by_"))
+        for c in counts
     )
-
-
-def _share(
-    reached: str, total: str, *, rule: Rule, shown: tuple[str, str] | None = None
-) -> pl.Expr:
-    """``reached / total`` (null for a zero total), null when either count (or the whole-people
-    counts ``shown`` beside them) is 1-7."""
-    masked = shown or (reached, total)
-    hidden = pl.any_horizontal(rule.suppressed_expr(pl.col(c)).fill_null(False) for c in masked)
-    share = pl.when(pl.col(total) > 0).then(pl.col(reached) / pl.col(total))
-    return pl.when(hidden).then(None).otherwise(share)
+    published, hidden = hide_counts(with_shares, counts=counts, over=["dimension"], rule=rule)
+    values = [c.replace("n_selected_by_", "share_by_") for c in counts]
+    return _hide(published, values, hidden, "suppressed")
 
 
 def policy_tradeoffs_table(summary: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw per-policy totals -> ``mitigation.parquet`` (shares from the raw counts)."""
+    """Raw per-policy totals -> ``mitigation.parquet`` (shares of the published counts;
+    expected true events, float sums, are published as whole people)."""
     expected = [c for c in summary.columns if c.startswith("expected_")]
-    # expected events are float sums: published as whole people, shares from the exact sums
     whole = summary.with_columns(
         pl.col(c).round(0).cast(pl.Int64).alias(f"n_{c}") for c in expected
     )
-    shares = [
-        _share("n_events_reached", "n_events", rule=rule).alias("share_of_events_reached"),
-        _share("n_cases_reached", "n_cases", rule=rule).alias("share_of_cases_reached"),
-    ]
+    pairs = {
+        "share_of_events_reached": ("n_events_reached", "n_events"),
+        "share_of_cases_reached": ("n_cases_reached", "n_cases"),
+    }
     if expected:
-        shown = ("n_expected_true_events_reached", "n_expected_true_events")
-        shares.append(
-            _share(
-                "expected_true_events_reached", "expected_true_events", rule=rule, shown=shown
-            ).alias("share_of_true_events_reached")
+        pairs["share_of_true_events_reached"] = (
+            "n_expected_true_events_reached",
+            "n_expected_true_events",
         )
+    shares = [
+        rule.share_expr(pl.col(reached), pl.col(total)).alias(name)
+        for name, (reached, total) in pairs.items()
+    ]
     return round_counts(whole.with_columns(shares).drop(expected), rule=rule)
 
 
-def policy_groups_table(by_group: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
-    """Raw policy x group reach -> ``mitigation_by_group.parquet``."""
-    missed = [
-        (pl.col("n_events") - pl.col("n_events_reached")).alias("_missed"),
-        (pl.col("n_cases") - pl.col("n_cases_reached")).alias("_cases_missed"),
-    ]
-    counts = ["n", "n_selected", "n_events", "n_events_reached", "n_cases", "n_cases_reached"]
-    return round_counts(
-        suppress_columns(
-            by_group.with_columns(missed),
-            values=["selection_share", "tpr", "case_tpr"],
-            counts=[*counts, "_missed", "_cases_missed"],
-            rule=rule,
-        ).drop("_missed", "_cases_missed"),
-        rule=rule,
+def published_gaps(
+    tradeoffs: pl.DataFrame, by_group: pl.DataFrame, *, min_group_events: int
+) -> pl.DataFrame:
+    """``tpr_gap`` and ``case_tpr_gap`` of the published ``mitigation.parquet`` recomputed from
+    the published rates of ``mitigation_by_group.parquet``: largest minus smallest across the
+    groups of ``gap_dimension`` whose published events reach ``min_group_events``."""
+    shown = by_group.filter(published_number("n_events") >= min_group_events)
+    gaps = shown.group_by("policy", pl.col("dimension").alias("gap_dimension")).agg(
+        (pl.col("tpr").max() - pl.col("tpr").min()).alias("_tpr_gap"),
+        (pl.col("case_tpr").max() - pl.col("case_tpr").min()).alias("_case_tpr_gap"),
     )
+    return (
+        tradeoffs.join(gaps, on=["policy", "gap_dimension"], how="left", maintain_order="left")
+        .with_columns(
+            pl.col("_tpr_gap").alias("tpr_gap"), pl.col("_case_tpr_gap").alias("case_tpr_gap")
+        )
+        .drop("_tpr_gap", "_case_tpr_gap")
+    )
+
+
+def policy_groups_table(by_group: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
+    """Raw policy x group reach -> ``mitigation_by_group.parquet``: rates of the published
+    counts; complementary suppression within each policy x dimension."""
+    counts = ["n", "n_selected", "n_events", "n_events_reached", "n_cases", "n_cases_reached"]
+    missed = pl.any_horizontal(
+        rule.suppressed_expr(pl.col(a) - pl.col(b)).fill_null(False)
+        for a, b in (("n_events", "n_events_reached"), ("n_cases", "n_cases_reached"))
+    )
+    rates = by_group.with_columns(
+        published_share(
+            rule.rounded_expr(pl.col("n_selected")),
+            rule.rounded_expr(pl.col("n_selected").sum().over("policy", "dimension")),
+        ).alias("selection_share"),
+        rule.share_expr(pl.col("n_events_reached"), pl.col("n_events")).alias("tpr"),
+        rule.share_expr(pl.col("n_cases_reached"), pl.col("n_cases")).alias("case_tpr"),
+        missed.alias("_missed"),
+    )
+    published, hidden = hide_counts(rates, counts=counts, over=["policy", "dimension"], rule=rule)
+    return _hide(
+        published, ["selection_share", "tpr", "case_tpr"], hidden | pl.col("_missed"), "suppressed"
+    ).drop("_missed")
 
 
 def json_value(value: Any) -> Any:
@@ -210,10 +333,3 @@ def json_count(count: int | float | None, *, rule: Rule) -> PublishedCountValue:
         return None
     published = rule.count(round(float(count)))
     return SUPPRESSED if isinstance(published, str) else published  # the only string is "*"
-
-
-def json_rate(value: Any, *counts: int | float | None, rule: Rule) -> Any:
-    """A value for JSON: ``"*"`` when any of ``counts`` is suppressed."""
-    if any(c is not None and rule.is_suppressed(round(float(c))) for c in counts):
-        return SUPPRESSED
-    return json_value(value)

@@ -18,7 +18,7 @@ import polars as pl
 
 from pipeline import contract, selection
 from pipeline.config import OutreachParams
-from pipeline.disclosure import Rule
+from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.outreach.lists import OUTREACH_COLUMNS
 from pipeline.selection import CapacityMode
 
@@ -34,15 +34,43 @@ MAKE_UP_DIMENSIONS: Final = ("imd_quintile", "ethnicity_group", "region")
 SUMMARY_FILE: Final = "outreach_summary.json"
 
 
+HIDDEN: Final = "_hidden_"
+"""Prefix of a make-up row's flags: the count was hidden by complementary suppression."""
+SECONDARY_COUNTS: Final = (
+    "n_eligible",
+    "n_selected",
+    "test_selected",
+    "test_events",
+    "test_events_reached",
+    "n_need_list",
+)
+"""Make-up counts whose groups add up to a published total (complementary suppression)."""
+
+
 def _count(rule: Rule, value: float | int | None) -> int | str | None:
     return rule.count(None if value is None else round(value))
 
 
-def _share(
-    rule: Rule, numerator: int, denominator: int, value: float | None = None
-) -> float | str | None:
-    rate = (numerator / denominator if denominator else None) if value is None else value
-    return rule.rate(numerator, denominator, None if rate is None else round(rate, 4))
+def _published(rule: Rule, row: Mapping[str, Any], column: str) -> int | str | None:
+    """A row's count as published: ``'*'`` when complementary suppression hid it."""
+    if row.get(HIDDEN + column):
+        return SUPPRESSED
+    return _count(rule, row[column])
+
+
+def _share(rule: Rule, row: Mapping[str, Any], numerator: str, denominator: str) -> Any:
+    """The share of two of a row's published counts (:meth:`Rule.share_of_published`)."""
+    return rule.share_of_published(
+        _published(rule, row, numerator), _published(rule, row, denominator)
+    )
+
+
+def _hide_secondary(rows: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
+    """Flag the counts of one dimension's groups hidden by complementary suppression."""
+    present = [c for c in SECONDARY_COUNTS if c in rows.columns]
+    return rows.with_columns(pl.lit(0).alias("_all")).with_columns(
+        rule.secondary_expr(pl.col(c), over="_all").alias(HIDDEN + c) for c in present
+    )
 
 
 def _rounded_mean(rule: Rule, value: float | None, count: int) -> float | str | None:
@@ -106,24 +134,21 @@ def _aggregates(*, has_truth: bool) -> list[pl.Expr]:
 
 def _test_block(rule: Rule, row: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "n_selected": _count(rule, row["test_selected"]),
-        "n_events": _count(rule, row["test_events"]),
-        "n_events_reached": _count(rule, row["test_events_reached"]),
+        "n_selected": _published(rule, row, "test_selected"),
+        "n_events": _published(rule, row, "test_events"),
+        "n_events_reached": _published(rule, row, "test_events_reached"),
         "n_expected_events_reached": _count(rule, row["test_expected_reached"]),
-        "event_capture_rate": _share(
-            rule, int(row["test_events_reached"]), int(row["test_events"])
-        ),
-        "precision": _share(rule, int(row["test_events_reached"]), int(row["test_selected"])),
+        "event_capture_rate": _share(rule, row, "test_events_reached", "test_events"),
+        "precision": _share(rule, row, "test_events_reached", "test_selected"),
     }
 
 
 def _expected_events_block(rule: Rule, overall: Mapping[str, Any]) -> dict[str, Any]:
-    reached, eligible = overall["expected_selected"], overall["expected_eligible"]
     return {
-        "n_expected_events_reached": _count(rule, reached),
-        "n_expected_events_eligible": _count(rule, eligible),
+        "n_expected_events_reached": _count(rule, overall["expected_selected"]),
+        "n_expected_events_eligible": _count(rule, overall["expected_eligible"]),
         "share_of_expected_events_reached": _share(
-            rule, round(reached), round(eligible), reached / eligible if eligible else None
+            rule, overall, "expected_selected", "expected_eligible"
         ),
     }
 
@@ -132,7 +157,7 @@ def _true_need_block(rule: Rule, overall: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "n_need_list": _count(rule, overall["n_need_list"]),
         "n_overlap": _count(rule, overall["n_overlap"]),
-        "overlap_share": _share(rule, int(overall["n_overlap"]), int(overall["n_need_list"])),
+        "overlap_share": _share(rule, overall, "n_overlap", "n_need_list"),
         "mean_true_need_selected": _rounded_mean(
             rule, overall["mean_need_selected"], int(overall["n_selected"])
         ),
@@ -150,31 +175,37 @@ def _group_block(
     has_truth: bool,
     min_group_size: int,
 ) -> dict[str, Any]:
-    n_eligible, n_selected = int(row["n_eligible"]), int(row["n_selected"])
+    n_eligible, n_selected = (
+        _published(rule, row, "n_eligible"),
+        _published(rule, row, "n_selected"),
+    )
     block: dict[str, Any] = {
         "group": row["group"],
-        "n_eligible": _count(rule, n_eligible),
-        "n_selected": _count(rule, n_selected),
-        "share_of_eligible": _share(rule, n_eligible, int(overall["n_eligible"])),
-        "share_of_selected": _share(rule, n_selected, int(overall["n_selected"])),
-        "selection_rate": _share(rule, n_selected, n_eligible),
+        "n_eligible": n_eligible,
+        "n_selected": n_selected,
+        "share_of_eligible": rule.share_of_published(
+            n_eligible, _count(rule, overall["n_eligible"])
+        ),
+        "share_of_selected": rule.share_of_published(
+            n_selected, _count(rule, overall["n_selected"])
+        ),
+        "selection_rate": rule.share_of_published(n_selected, n_eligible),
         "test_split": _test_block(rule, row),
-        "stable": n_selected >= min_group_size,
+        "stable": row["n_selected"] >= min_group_size,
     }
     if not block["stable"]:
         block["note"] = "small group"
     if has_truth:
         need_total = float(overall["true_need_total"] or 0.0)
-        block["n_need_list"] = _count(rule, row["n_need_list"])
-        block["share_of_need_list"] = _share(
-            rule, int(row["n_need_list"]), int(overall["n_need_list"])
+        block["n_need_list"] = _published(rule, row, "n_need_list")
+        block["share_of_need_list"] = rule.share_of_published(
+            block["n_need_list"], _count(rule, overall["n_need_list"])
         )
-        block["share_of_true_need"] = _share(
-            rule,
-            n_eligible,
-            n_eligible,
-            float(row["true_need_total"] or 0.0) / need_total if need_total else None,
-        )
+        # true need is a score, not a count: its share is published to 4 decimals, and not
+        # where the group's size is hidden
+        share = float(row["true_need_total"] or 0.0) / need_total if need_total else None
+        hidden = n_eligible == SUPPRESSED
+        block["share_of_true_need"] = SUPPRESSED if hidden else share and round(share, 4)
     return block
 
 
@@ -193,6 +224,7 @@ def _make_up(
             frame.group_by(pl.col(dimension).cast(pl.String).fill_null("missing").alias("group"))
             .agg(_aggregates(has_truth=has_truth))
             .sort("group")
+            .pipe(_hide_secondary, rule=rule)
         )
         make_up[dimension] = [
             _group_block(rule, row, overall, has_truth=has_truth, min_group_size=min_group_size)
@@ -239,15 +271,21 @@ def summarise_target(
         frame = with_need_list(cohort, truth_need, capacity=capacity, capacity_mode=capacity_mode)
     overall = frame.select(_aggregates(has_truth=has_truth)).row(0, named=True)
     n_eligible, n_selected = int(overall["n_eligible"]), int(overall["n_selected"])
-    lists = frame.group_by("icb_code").agg(pl.col("selected").sum().alias("n")).sort("icb_code")
+    lists = (
+        frame.group_by("icb_code")
+        .agg(pl.col("selected").sum().alias("n"), pl.lit(0).alias("_all"))
+        .sort("icb_code")
+        .with_columns(rule.secondary_expr(pl.col("n"), over="_all", tie="icb_code").alias("hidden"))
+    )
     whole_units = capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
     return {
         "n_eligible": _count(rule, n_eligible),
         "n_selected": _count(rule, n_selected),
-        "share_selected": _share(rule, n_selected, n_eligible),
+        "share_selected": rule.share(n_selected, n_eligible),
         "units_whole_cohort_selected": whole_units if capacity_mode != "share" else 0,
         "lists": {
-            row["icb_code"]: {"n": _count(rule, row["n"])} for row in lists.iter_rows(named=True)
+            row["icb_code"]: {"n": "*" if row["hidden"] else _count(rule, row["n"])}
+            for row in lists.iter_rows(named=True)
         },
         "expected_events": _expected_events_block(rule, overall),
         "test_split": _test_block(rule, overall),

@@ -227,8 +227,8 @@ class Tally:
 
 
 def _share(numerator: float, denominator: float, rule: Rule) -> float | str | None:
-    rate = numerator / denominator if denominator else None
-    return rule.rate(int(numerator), int(denominator), None if rate is None else round(rate, 5))
+    """A share published beside its counts: of their published (rounded) values."""
+    return rule.share(int(numerator), int(denominator))
 
 
 def _prevalence_row(

@@ -168,7 +168,9 @@ def metrics_document(
     """Flat, disclosure-controlled ``metrics.json``: ``<metric>``, ``<metric>_ci_low/high``.
 
     Counts are rounded/suppressed by ``rule``; a metric whose numerator or denominator count is
-    suppressed is published as ``"*"`` along with its CI.
+    suppressed is published as ``"*"`` along with its CI. The metrics that are shares of the
+    published counts (sensitivity and PPV at capacity) are those shares
+    (:meth:`pipeline.disclosure.Rule.share`), so they cannot undo the rounding.
     """
     doc: dict[str, Any] = {
         "target": target,
@@ -187,6 +189,8 @@ def metrics_document(
         numerator, denominator = capacity_counts.get(name, (n_test_events, n_test))
         for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
             doc[f"{name}{suffix}"] = rule.rate(numerator, denominator, estimate[key])
+        if name in capacity_counts:
+            doc[name] = rule.share(numerator, denominator)
     return doc
 
 
