@@ -102,16 +102,191 @@ def test_embedded_store_is_absolute_sqlite_at_the_root(
     assert tracking.artifact_location(temp_workspace) == expected_artifacts
 
 
-def test_model_run_found_by_model_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_run_found_by_the_registered_version_of_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model_file = tmp_path / "model.txt"
+    model_file = tmp_path / "models" / "t" / "model.txt"
+    model_file.parent.mkdir(parents=True)
     model_file.write_text("tree\n")
+    digest = tracking.model_digest(model_file)
     tracking.configure(tmp_path)
     with mlflow.start_run() as run:
-        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, tracking.model_digest(model_file))
-    found = tracking.find_model_run(model_file, root=tmp_path)
-    assert found is not None and found.info.run_id == run.info.run_id
+        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, digest)
+    assert tracking.find_model_run(model_file, root=tmp_path) is None  # a run, no version
+    client = mlflow.MlflowClient()
+    client.create_registered_model("phm-t")
+    version = client.create_model_version("phm-t", tmp_path.as_uri(), run_id=run.info.run_id)
+    client.set_model_version_tag("phm-t", version.version, tracking.MODEL_DIGEST_TAG, digest)
+    found = tracking.find_model_version(model_file, root=tmp_path)
+    assert found is not None
+    assert found[0].version == version.version and found[1].info.run_id == run.info.run_id
     model_file.write_text("another tree\n")
     assert tracking.find_model_run(model_file, root=tmp_path) is None
+
+
+# --- failing fast ---------------------------------------------------------------------------------
+
+DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens
+
+
+def _project_params(root: Path):
+    """A small project: the train test's params written as root/params.yaml."""
+    import yaml
+
+    from tests.test_train import _params
+
+    params = _params()
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return params
+
+
+def test_stages_fail_fast_naming_an_unreachable_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import audit, io, report, train
+    from pipeline.errors import StageError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", DEAD_SERVER)
+    monkeypatch.setenv(tracking.TIMEOUT_ENV, "2")
+    params, paths = _project_params(tmp_path), io.Paths.at(tmp_path)
+    target = next(iter(params.targets))
+    stages = {
+        "train": lambda: train.run(params, paths, target=target),
+        "audit": lambda: audit.run(params, paths, target=target),
+        "report": lambda: report.run(params, paths),
+    }
+    for name, stage in stages.items():
+        started = time.monotonic()
+        with pytest.raises(StageError) as raised:
+            stage()
+        assert time.monotonic() - started < 30, name
+        message = str(raised.value)
+        assert DEAD_SERVER in message and "unset MLFLOW_TRACKING_URI" in message, name
+    assert not (tmp_path / "models").exists()  # nothing written before the check
+    for name, value in tracking.HTTP_DEFAULTS.items():  # MLflow's own retries shortened
+        assert os.environ[name] == value
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    params = _project_params(tmp_path)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": DEAD_SERVER, tracking.TIMEOUT_ENV: "2"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "audit", "--target", next(iter(params.targets))],
+        check=False,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert DEAD_SERVER in done.stderr and tracking.TIMEOUT_ENV in done.stderr
+
+
+def test_a_locked_sqlite_store_is_retried_then_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import threading
+
+    from pipeline.errors import StageError
+
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    holder = sqlite3.connect(database, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv(tracking.TIMEOUT_ENV, "1")
+    started = time.monotonic()
+    with pytest.raises(StageError, match="database is locked after 1 s") as raised:
+        tracking.preflight(tmp_path)
+    assert time.monotonic() - started < 10
+    assert uri in str(raised.value)
+    # a lock released within the timeout is waited for
+    monkeypatch.setenv(tracking.TIMEOUT_ENV, "10")
+    threading.Timer(0.5, holder.rollback).start()
+    assert tracking.preflight(tmp_path) == uri
+    holder.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_timeout_must_be_a_positive_number(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import StageError
+
+    monkeypatch.setenv(tracking.TIMEOUT_ENV, value)
+    with pytest.raises(StageError, match=tracking.TIMEOUT_ENV):
+        tracking.preflight_timeout()
+
+
+# --- orphaned runs --------------------------------------------------------------------------------
+
+ORPHAN_SCRIPT = """
+import os, signal, sys
+import mlflow
+from pipeline import tracking
+
+root, digest = sys.argv[1], sys.argv[2]
+tracking.configure(root)
+run = mlflow.start_run()
+mlflow.set_tags({"target": "t", "stage": "train", tracking.MODEL_DIGEST_TAG: digest,
+                 **tracking.process_tags()})
+client = mlflow.MlflowClient()
+version = client.create_model_version("phm-t", "file://" + root, run_id=run.info.run_id)
+client.set_model_version_tag("phm-t", version.version, tracking.MODEL_DIGEST_TAG, digest)
+os.kill(os.getpid(), signal.SIGKILL)  # killed mid-logging: the run stays RUNNING
+"""
+
+
+def test_an_orphaned_run_is_marked_failed_and_never_picked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from pipeline.train import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model_file = tmp_path / "models" / "t" / "model.txt"
+    model_file.parent.mkdir(parents=True)
+    model_file.write_text("tree\n")
+    digest = tracking.model_digest(model_file)
+    tracking.configure(tmp_path)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("phm-t")
+    with mlflow.start_run() as finished:
+        mlflow.set_tags({"target": "t", "stage": "train", tracking.MODEL_DIGEST_TAG: digest})
+    source = tmp_path.as_uri()
+    version = client.create_model_version("phm-t", source, run_id=finished.info.run_id)
+    client.set_model_version_tag("phm-t", version.version, tracking.MODEL_DIGEST_TAG, digest)
+
+    killed = subprocess.run(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(tmp_path), digest],
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    (orphan,) = client.search_runs([tracking.configure(tmp_path)], "attributes.status = 'RUNNING'")
+    assert orphan.data.tags[tracking.MODEL_DIGEST_TAG] == digest
+    # the newest run and the newest version are the orphan's; neither is picked
+    found = tracking.find_model_run(model_file, root=tmp_path)
+    assert found is not None and found.info.run_id == finished.info.run_id
+    by_tag = tracking.find_run_by_tag(tracking.MODEL_DIGEST_TAG, digest, root=tmp_path)
+    assert by_tag is not None and by_tag.info.run_id == finished.info.run_id
+
+    # a run of a live process (this one) is left alone; the orphan is marked FAILED
+    with mlflow.start_run() as live:
+        mlflow.set_tags({"target": "t", "stage": "train", **tracking.process_tags()})
+        assert registry.prepare(root=tmp_path, target="t") == [orphan.info.run_id]
+        assert client.get_run(live.info.run_id).info.status == "RUNNING"
+    marked = client.get_run(orphan.info.run_id)
+    assert marked.info.status == "FAILED" and "phm.orphaned" in marked.data.tags
+    assert client.get_run(finished.info.run_id).info.status == "FINISHED"
+    assert registry.prepare(root=tmp_path, target="t") == []
