@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import tracking
@@ -290,3 +292,98 @@ def test_an_orphaned_run_is_marked_failed_and_never_picked(
     assert marked.info.status == "FAILED" and "phm.orphaned" in marked.data.tags
     assert client.get_run(finished.info.run_id).info.status == "FINISHED"
     assert registry.prepare(root=tmp_path, target="t") == []
+
+
+# --- the registry: what the pipeline uses ---------------------------------------------------------
+
+
+def test_registry_predicts_the_pipelines_scores_and_experiments_keep_the_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from pipeline import io, train
+    from pipeline.cli import app
+    from tests.test_train import TARGET, _population
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    params = _project_params(tmp_path)
+    _population(tmp_path, truth=False)
+    paths = io.Paths.at(tmp_path)
+    train.run(params, paths, target=TARGET)
+
+    name = f"phm-{TARGET}"
+    client = mlflow.MlflowClient()
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    features = pl.read_parquet(tmp_path / "features" / "features.parquet")
+    scores = pl.read_parquet(tmp_path / "data" / "scores" / f"{TARGET}.parquet")
+    sample = scores.sample(200, seed=1).join(features, on="person_id", how="left")
+    inputs = model.metadata.get_input_schema().input_names()
+    predicted = model.predict(sample.select(inputs).to_pandas().astype("float64"))
+    np.testing.assert_allclose(np.asarray(predicted), sample["risk_score"].to_numpy(), rtol=1e-9)
+    assert model.metadata.get_output_schema() is not None
+
+    run = client.get_run(candidate.run_id)
+    assert run.info.run_name.split(" ")[0] == TARGET and len(run.info.run_name.split(" ")) == 3
+    charts = {item.path for item in client.list_artifacts(run.info.run_id, "charts")}
+    assert charts == {"charts/roc.png", "charts/calibration.png"}
+    png = client.download_artifacts(run.info.run_id, "charts/roc.png", str(tmp_path))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tmp_path / "models" / TARGET / "metrics.json").read_text())
+    assert float(candidate.tags["auroc"]) == pytest.approx(metrics["auroc"], rel=1e-3)
+    assert {"oe_ratio", "git_commit", "data_digest", tracking.MODEL_DIGEST_TAG} <= set(
+        candidate.tags
+    )
+    assert candidate.tags["phm.experiment"] == "false" and "risk_score" in candidate.description
+
+    # under `dvc exp run`: a new version, tagged as an experiment; candidate does not move
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    monkeypatch.setenv("DVC_EXP_NAME", "wiry-moth")
+    train.run(params, paths, target=TARGET)
+    latest = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert latest.version != candidate.version and latest.tags["phm.experiment"] == "true"
+    assert client.get_model_version_by_alias(name, "candidate").version == candidate.version
+    assert client.get_run(latest.run_id).data.tags["dvc_exp_name"] == "wiry-moth"
+
+    # promote: champion moves to the candidate by default, or to a named version
+    runner = CliRunner()
+    done = runner.invoke(app, ["promote", "--target", TARGET, "--root", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert client.get_model_version_by_alias(name, "champion").version == candidate.version
+    argv = ["promote", "--target", TARGET, "--version", latest.version, "--root", str(tmp_path)]
+    assert runner.invoke(app, argv).exit_code == 0
+    assert client.get_model_version_by_alias(name, "champion").version == latest.version
+
+
+def test_promote_names_a_missing_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import StageError
+    from pipeline.train import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(StageError, match="phm-t has no alias 'candidate'"):
+        registry.promote(root=tmp_path, target="t")
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"method": "none"},
+        {"method": "isotonic", "x": [0.01, 0.2, 0.5], "y": [0.0, 0.1, 0.6]},
+        {"method": "sigmoid", "intercept": -0.3, "slope": 1.2},
+    ],
+)
+def test_the_registered_model_calibrates_as_the_pipeline(calibration: dict) -> None:
+    from pipeline.train import calibration as pipeline_calibration
+    from pipeline.train import pyfunc_model
+
+    raw = np.r_[0.0, 1e-9, np.linspace(0.001, 0.999, 50), 1.0]
+    np.testing.assert_array_equal(
+        pyfunc_model.calibrate(calibration, raw),
+        pipeline_calibration.apply_calibration(calibration, raw),
+    )
