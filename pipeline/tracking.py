@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import mlflow
 
 EXPERIMENT_NAME = "phm-risk-stratification"
+EXPERIMENT_TAGS: Final = {"mlflow.experimentKind": "custom_model_development"}
+"""The UI opens the experiment on its model-training view (runs, models), not GenAI traces."""
 
 TIMEOUT_ENV: Final = "PHM_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT: Final = 5.0
@@ -212,11 +214,14 @@ def configure(root: str | Path = ".", *, experiment: str = EXPERIMENT_NAME) -> s
         if found is not None:
             experiment_id = found.experiment_id
         elif team_server:
-            experiment_id = mlflow.create_experiment(experiment)
+            experiment_id = mlflow.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         else:
             experiment_id = mlflow.create_experiment(
-                experiment, artifact_location=artifact_location(root)
+                experiment, artifact_location=artifact_location(root), tags=EXPERIMENT_TAGS
             )
+        if found is not None and not EXPERIMENT_TAGS.items() <= found.tags.items():
+            for key, value in EXPERIMENT_TAGS.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
         mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

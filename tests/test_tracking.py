@@ -341,6 +341,8 @@ def test_registry_predicts_the_pipelines_scores_and_experiments_keep_the_alias(
         candidate.tags
     )
     assert candidate.tags["phm.experiment"] == "false" and "risk_score" in candidate.description
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # under `dvc exp run`: a new version, tagged as an experiment; candidate does not move
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
