@@ -100,7 +100,7 @@ def check_http(uri: str, *, timeout: float) -> None:
             return
         reason = f"it answered HTTP {error.code}"
     except (OSError, ValueError) as error:
-        reason = f"no answer within {timeout:g} s ({getattr(error, 'reason', error)})"
+        reason = f"not reachable ({getattr(error, 'reason', error)}; waited up to {timeout:g} s)"
     raise StageError(f"MLflow tracking server {uri}: {reason}. To fix: {_fix_hint(uri)}")
 
 
@@ -167,7 +167,7 @@ def store_errors(action: str, *, root: str | Path = ".") -> Iterator[None]:
         yield
     except PipelineError:
         raise
-    except (MlflowException, RequestException, SQLAlchemyError, sqlite3.Error, OSError) as error:
+    except (MlflowException, RequestException, SQLAlchemyError, sqlite3.Error) as error:
         uri = tracking_uri(root)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise StageError(

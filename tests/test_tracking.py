@@ -172,6 +172,24 @@ def test_stages_fail_fast_naming_an_unreachable_server(
         assert os.environ[name] == value
 
 
+def test_a_server_that_never_answers_is_given_up_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import StageError
+
+    with socket.socket() as silent:  # the kernel accepts connections; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv(tracking.TIMEOUT_ENV, "1.5")
+        started = time.monotonic()
+        with pytest.raises(StageError, match=r"waited up to 1\.5 s") as raised:
+            tracking.preflight(tmp_path)
+        assert 1.4 < time.monotonic() - started < 10
+    assert uri in str(raised.value)
+
+
 def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     params = _project_params(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": DEAD_SERVER, tracking.TIMEOUT_ENV: "2"}

@@ -143,6 +143,7 @@ def prepare(*, root: Path, target: str) -> list[str]:
     StageError
         When the store does not answer within ``PHM_TRACKING_TIMEOUT`` seconds.
     """
+    tracking.preflight(root)  # before importing MLflow (seconds): fail first if the store is down
     _import_mlflow()
     return tracking.fail_orphaned_runs({"target": target, "stage": "train"}, root=root)
 
