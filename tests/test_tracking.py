@@ -407,3 +407,27 @@ def test_the_registered_model_calibrates_as_the_pipeline(calibration: dict) -> N
         pyfunc_model.calibrate(calibration, raw),
         pipeline_calibration.apply_calibration(calibration, raw),
     )
+
+
+def test_the_input_example_is_internally_consistent() -> None:
+    from pipeline.train import registry
+    from pipeline.train.cohort import FeatureSpec
+
+    spec = FeatureSpec(
+        names=(
+            "latest_bmi",
+            "bmi_missing",
+            "days_since_last_ae_attendance",
+            "no_prior_ae_attendance",
+            "has_diabetes",
+            "has_copd",
+            "n_recorded_conditions",
+            "ethnicity_code",
+        ),
+        categorical=("ethnicity_code",),
+    )
+    medians = np.array([27.9, 1.0, 377.0, 1.0, 1.0, 1.0, 0.0, 3.5])
+    example = dict(zip(spec.names, registry.consistent_example(medians, spec), strict=True))
+    assert example["bmi_missing"] == 0 and example["no_prior_ae_attendance"] == 0
+    assert example["n_recorded_conditions"] == 2 and example["ethnicity_code"] == 3
+    assert example["latest_bmi"] == 27.9

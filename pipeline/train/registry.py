@@ -170,6 +170,27 @@ def _dataset(spec: FeatureSpec, *, source: Path, name: str, digest: str) -> Any:
     )
 
 
+def consistent_example(example: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The input example (training medians) made internally consistent, by the features' naming
+    (``features/manifest.json``): a measurement with a value is not ``<m>_missing``, an event
+    with ``days_since_last_<e>`` is not ``no_prior_<e>``, ``n_recorded_conditions`` counts the
+    ``has_*`` flags, and categorical codes are whole numbers. Still a synthetic row, no person's.
+    """
+    row = dict(zip(spec.names, example.astype(np.float64).tolist(), strict=True))
+    for name in spec.names:
+        if name.endswith("_missing") and np.isfinite(row.get(f"latest_{name[:-8]}", np.nan)):
+            row[name] = 0.0
+        if name.startswith("no_prior_") and np.isfinite(
+            row.get(f"days_since_last_{name[9:]}", np.nan)
+        ):
+            row[name] = 0.0
+    if "n_recorded_conditions" in row:
+        row["n_recorded_conditions"] = sum(v for k, v in row.items() if k.startswith("has_"))
+    for name in spec.categorical:
+        row[name] = float(np.floor(row[name]))
+    return np.array([row[name] for name in spec.names], dtype=np.float64)
+
+
 def version_tags(metrics: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, str]:
     """Tags of the model version: headline metrics, data and code version, model digest."""
     found = {
@@ -264,8 +285,9 @@ def log_to_mlflow(
     the ``candidate`` alias of ``phm-<target>`` to it; returns the run id.
 
     Nothing row-level is logged: the dataset input is schema + digest only, the input example
-    is a synthetic row of training medians and the charts are aggregate curves. ``inputs``: the
-    files the stage read (tagged with their sha256; the first is the dataset's source).
+    is a synthetic row of training medians (made consistent) and the charts are aggregate
+    curves. ``inputs``: the files the stage read (tagged with their sha256; the first is the
+    dataset's source).
     """
     _import_mlflow()
     import mlflow
@@ -275,7 +297,8 @@ def log_to_mlflow(
     # object-dtype column labels: MLflow 3.17 compares labels with a range, which pandas 3
     # deprecates for its default string dtype
     example_frame = pd.DataFrame(
-        example.reshape(1, -1).astype(np.float64), columns=pd.Index(spec.names, dtype=object)
+        consistent_example(example, spec).reshape(1, -1),
+        columns=pd.Index(spec.names, dtype=object),
     )
     dataset = _dataset(spec, source=inputs[0], name=f"{target}-train", digest=tags["data_digest"])
     name = tracking.registered_name(target)
