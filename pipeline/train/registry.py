@@ -306,10 +306,10 @@ def log_to_mlflow(
     with (
         tracking.store_errors(f"train {target}: logging to MLflow", root=root),
         mlflow.start_run(
-            run_name=run_name(target, commit=tags["git_commit"], data_digest=tags["data_digest"])
+            run_name=run_name(target, commit=tags["git_commit"], data_digest=tags["data_digest"]),
+            tags=tags,  # with the run: its process tags tell an orphan if we are killed
         ) as run,
     ):
-        mlflow.set_tags(tags)  # first: the process tags tell an orphan if we are killed
         mlflow.log_params(dict(params))
         mlflow.log_input(dataset, context="training")
         tracking.log_flat_metrics({k: v for k, v in metrics.items() if k != "target"})
