@@ -431,3 +431,20 @@ def test_the_input_example_is_internally_consistent() -> None:
     assert example["bmi_missing"] == 0 and example["no_prior_ae_attendance"] == 0
     assert example["n_recorded_conditions"] == 2 and example["ethnicity_code"] == 3
     assert example["latest_bmi"] == 27.9
+
+
+def test_the_calibration_chart_keeps_its_diagonal_inside_the_axes() -> None:
+    import polars as pl
+
+    from pipeline.train import images
+
+    bins = pl.DataFrame({"mean_predicted": [0.01, 0.1, 0.2], "observed_rate": [0.02, 0.09, 0.18]})
+    spec = images.calibration_chart(bins, target="t").to_dict()
+    domain = spec["layer"][1]["encoding"]["x"]["scale"]["domain"]
+    diagonal = spec["datasets"][spec["layer"][0]["data"]["name"]]
+    assert domain == [0, pytest.approx(0.21)]
+    assert max(point["mean_predicted"] for point in diagonal) == domain[1]
+    png = images.to_png(
+        images.roc_chart(pl.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}), target="t")
+    )
+    assert png.startswith(b"\x89PNG")

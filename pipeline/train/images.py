@@ -14,12 +14,12 @@ import polars as pl
 import vl_convert as vlc
 
 SIZE: Final = 360
-DIAGONAL: Final = pl.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0]})
 
 
-def _diagonal(x: str, y: str) -> alt.Chart:
+def _diagonal(x: str, y: str, *, end: float = 1.0) -> alt.Chart:
+    """The dashed reference line from (0, 0) to (``end``, ``end``)."""
     return (
-        alt.Chart(DIAGONAL.rename({"a": x, "b": y}))
+        alt.Chart(pl.DataFrame({x: [0.0, end], y: [0.0, end]}))
         .mark_line(color="#999999", strokeDash=[4, 4])
         .encode(x=f"{x}:Q", y=f"{y}:Q")
     )
@@ -46,7 +46,8 @@ def roc_chart(roc: pl.DataFrame, *, target: str) -> alt.LayerChart:
 def calibration_chart(bins: pl.DataFrame, *, target: str) -> alt.LayerChart:
     """Observed against mean predicted risk per bin, with the perfect-calibration diagonal."""
     top = bins.select(pl.max_horizontal(pl.col("mean_predicted", "observed_rate").max())).item()
-    scale = alt.Scale(domain=[0, min(1.0, float(top or 1.0) * 1.05)])
+    end = min(1.0, float(top or 1.0) * 1.05)
+    scale = alt.Scale(domain=[0, end], nice=False)
     points = (
         alt.Chart(bins)
         .mark_line(point=True, color="#1f5fa6")
@@ -56,7 +57,7 @@ def calibration_chart(bins: pl.DataFrame, *, target: str) -> alt.LayerChart:
         )
     )
     return alt.LayerChart(
-        layer=[_diagonal("mean_predicted", "observed_rate"), points],
+        layer=[_diagonal("mean_predicted", "observed_rate", end=end), points],
         title=f"Calibration, test split - {target}",
         width=SIZE,
         height=SIZE,
