@@ -321,16 +321,26 @@ def log_to_mlflow(
         )
         _log_charts(model_dir, target=target)
         info = _log_model(model_dir=model_dir, example_frame=example_frame, name=name)
-        version = str(info.registered_model_version)
-        client = mlflow.MlflowClient()
-        for key, value in version_tags(metrics, tags).items():
-            client.set_model_version_tag(name, version, key, value)
-        client.update_model_version(
-            name, version, description=version_description(target, metrics, tags)
+        _describe_version(
+            name, str(info.registered_model_version), target=target, metrics=metrics, tags=tags
         )
-        if not is_experiment():
-            client.set_registered_model_alias(name, REGISTERED_ALIAS, version)
         return run.info.run_id
+
+
+def _describe_version(
+    name: str, version: str, *, target: str, metrics: Mapping[str, Any], tags: Mapping[str, str]
+) -> None:
+    """Tag and describe a new version; outside DVC experiments, point ``candidate`` at it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in version_tags(metrics, tags).items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name, version, description=version_description(target, metrics, tags)
+    )
+    if not is_experiment():
+        client.set_registered_model_alias(name, REGISTERED_ALIAS, version)
 
 
 def promote(*, root: Path, target: str, version: str | None = None) -> str:
