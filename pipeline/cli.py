@@ -168,6 +168,24 @@ def report(root: RootOption = Path(".")) -> None:
     run(params, Paths.at(root))
 
 
+@app.command()
+def promote(
+    target: TargetOption,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Model version to promote (default: the candidate)."),
+    ] = None,
+    root: RootOption = Path("."),
+) -> None:
+    """After review: move the MLflow alias ``champion`` of phm-<target> to a version."""
+    params = _params(root)
+    checked_target = _checked_target(params, target)
+    from pipeline.train.registry import promote as promote_version
+
+    promoted = promote_version(root=Paths.at(root).root, target=checked_target, version=version)
+    console.print(f"phm-{checked_target}: alias champion -> version {promoted}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning user-fixable errors into a clear message and exit 2."""
     try:

@@ -201,13 +201,24 @@ def test_headline_metrics_land_on_the_models_mlflow_run(
     model.parent.mkdir(parents=True)
     model.write_text("tree\n")
     tracking.configure(tmp_path)
+    digest = tracking.model_digest(model)
     with mlflow.start_run() as started:
-        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, tracking.model_digest(model))
+        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, digest)
+    # the run is found through the registered version of the model (a finished run)
+    client = mlflow.MlflowClient()
+    name = tracking.registered_name(TARGET)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, tmp_path.as_uri(), run_id=started.info.run_id)
+    client.set_model_version_tag(name, version.version, tracking.MODEL_DIGEST_TAG, digest)
     run(_params(), io.Paths.at(tmp_path), target=TARGET)
-    logged = mlflow.get_run(started.info.run_id).data.metrics
+    finished = mlflow.get_run(started.info.run_id)
+    logged = finished.data.metrics
     headline = io.read_json(tmp_path / "reports/metrics" / f"audit_{TARGET}.json")
     assert logged["audit.overall_auroc"] == pytest.approx(headline["overall_auroc"])
     assert logged["audit.flagged_comparisons"] == headline["flagged_comparisons"]
+    assert finished.info.status == "FINISHED"  # logged to, not reopened
+    tags = client.get_model_version(name, version.version).tags
+    assert tags["audit_flags"] == str(headline["flagged_comparisons"])
 
 
 def test_bad_audit_params_fail_before_any_work(tmp_path: Path) -> None:

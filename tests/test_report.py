@@ -153,12 +153,20 @@ def test_report_logged_to_the_model_run(tmp_path: Path) -> None:
     target = view.targets[0].target
     model = paths.models / target / "model.txt"
     tracking.configure(paths.root)
+    digest = tracking.model_digest(model)
     with mlflow.start_run(run_name=target) as active:
-        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, tracking.model_digest(model))
-    report = paths.reports / "equity_report.html"
-    report.write_text("<!DOCTYPE html><title>equity report</title>")
-    assert _log_to_mlflow(view, report, paths) == [target]
+        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, digest)
+    # found through the model's registered version (a finished run, never simply the newest)
     client = mlflow.MlflowClient()
+    name = tracking.registered_name(target)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, tmp_path.as_uri(), run_id=active.info.run_id)
+    client.set_model_version_tag(name, version.version, tracking.MODEL_DIGEST_TAG, digest)
+    with mlflow.start_run(run_name=target):  # newer, same model, left running: never picked
+        mlflow.set_tag(tracking.MODEL_DIGEST_TAG, digest)
+        report = paths.reports / "equity_report.html"
+        report.write_text("<!DOCTYPE html><title>equity report</title>")
+        assert _log_to_mlflow(view, report, paths) == [target]
     logged = [a.path for a in client.list_artifacts(active.info.run_id, "report")]
     assert logged == ["report/equity_report.html"]
     assert client.get_run(active.info.run_id).data.tags["equity_report"].endswith(".html")

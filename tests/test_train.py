@@ -179,7 +179,7 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
 
     run = tracking.find_model_run(model_dir / "model.txt", root=project)
     assert run is not None
-    assert run.info.run_name == TARGET
+    assert run.info.run_name.startswith(f"{TARGET} ")  # <target> <git sha> <data hash>
     assert run.data.tags["target"] == TARGET
     features_file = project / "features" / "features.parquet"
     assert run.data.tags["input.sha256.features/features.parquet"] == (

@@ -731,6 +731,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     _check_params(params.audit)
     if target not in params.targets:
         raise ParamsError(f"audit: unknown target {target!r}")
+    tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     audit, operating_point = params.audit, params.operating_point
     full = _read_cohort(params, paths, target=target)
     audited, fit_rows = _split_rows(
@@ -777,15 +778,23 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
 
 
 def _log_to_mlflow(headline: dict[str, Any], paths: io.Paths, *, target: str) -> None:
+    """Log the headline as ``audit.*`` metrics of the registered version's (finished) training
+    run, without reopening it, and tag that version with the count of flagged comparisons."""
     model_file = paths.models / target / "model.txt"
     if not model_file.exists():
         _warn(f"audit: {model_file} not found; metrics not logged to MLflow")
         return
-    found = tracking.find_model_run(model_file, root=paths.root)
+    found = tracking.find_model_version(model_file, root=paths.root)
     if found is None:
-        _warn(f"audit: no MLflow run trained {model_file}; metrics not logged")
+        _warn(f"audit: no registered MLflow model version holds {model_file}; metrics not logged")
         return
+    version, run = found
     import mlflow
 
-    with mlflow.start_run(run_id=found.info.run_id):
-        tracking.log_flat_metrics(headline, prefix="audit")
+    with tracking.store_errors(f"audit {target}: logging to MLflow", root=paths.root):
+        tracking.log_flat_metrics(headline, prefix="audit", run_id=run.info.run_id)
+        flags = headline.get("flagged_comparisons")
+        if isinstance(flags, int):
+            mlflow.MlflowClient().set_model_version_tag(
+                version.name, version.version, "audit_flags", str(flags)
+            )

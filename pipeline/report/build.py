@@ -124,7 +124,14 @@ def render_report(view: ReportView, *, sdc: Rule) -> str:
 
 
 def _log_to_mlflow(view: ReportView, report: Path, paths: Paths) -> list[str]:
-    """Attach the report to each target's training run; returns the targets logged."""
+    """Attach the report to the training run of each target's registered version (a FINISHED
+    run, never simply the newest); returns the targets logged.
+
+    Raises
+    ------
+    StageError
+        When the MLflow store fails (naming its URI and the fix).
+    """
     from pipeline import tracking
 
     logged: list[str] = []
@@ -133,19 +140,16 @@ def _log_to_mlflow(view: ReportView, report: Path, paths: Paths) -> list[str]:
         if not model.exists():
             log.warning("report: %s has no model file; not logged to MLflow", target.target)
             continue
-        try:
-            run = tracking.find_model_run(model, root=paths.root)
-        except Exception as error:  # the store is optional for the report; say why and go on
-            log.warning("report: MLflow store not usable (%s); report not logged", error)
-            return logged
+        run = tracking.find_model_run(model, root=paths.root)
         if run is None:
-            log.warning("report: no MLflow run holds %s; report not logged for it", model)
+            log.warning("report: no registered MLflow version holds %s; not logged for it", model)
             continue
         import mlflow
 
-        client = mlflow.MlflowClient()
-        client.log_artifact(run.info.run_id, str(report), artifact_path=ARTIFACT_DIR)
-        client.set_tag(run.info.run_id, "equity_report", f"{ARTIFACT_DIR}/{REPORT_FILE}")
+        with tracking.store_errors("report: logging to MLflow", root=paths.root):
+            client = mlflow.MlflowClient()
+            client.log_artifact(run.info.run_id, str(report), artifact_path=ARTIFACT_DIR)
+            client.set_tag(run.info.run_id, "equity_report", f"{ARTIFACT_DIR}/{REPORT_FILE}")
         logged.append(target.target)
     return logged
 
@@ -170,6 +174,10 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
         ``reports/`` (nothing is written), or when no audit output exists at all.
     """
     started = time.perf_counter()
+    if log_mlflow:
+        from pipeline import tracking
+
+        tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     sdc = params.disclosure
     target = paths.reports / REPORT_FILE
     # Upstream files first (cheap): a violation there stops the stage before any work.

@@ -308,6 +308,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     if target not in params.targets:
         raise StageError(f"unknown target {target!r}")
     run_params = TargetRun.of(params, target)
+    registry.prepare(root=paths.root, target=target)  # fails fast when the store is down
     cohort, spec = read_cohort(paths, target=target, extra_columns=run_params.unit)
     oracle_file = paths.truth / "oracle.parquet"
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
@@ -324,7 +325,6 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
             operating_point=run_params.operating_point,
         ),
         spec=spec,
-        booster=trained.fitted.booster,
         example=trained.example,
         metrics=trained.metrics,
         model_dir=model_dir,
