@@ -130,6 +130,27 @@ def _published_wilson(frame: pl.DataFrame, *, confidence: float) -> pl.DataFrame
     )
 
 
+def _compare_with_reference(valued: pl.DataFrame, proportion: pl.Expr) -> pl.DataFrame:
+    """A proportion's difference and ratio to its reference group, from the published values
+    (other metrics keep the audit's own comparisons); ``_ref_h``: the reference is hidden."""
+    reference = valued.filter(pl.col("is_reference")).select(
+        "dimension", "metric", pl.col("value").alias("_ref"), pl.col("suppressed").alias("_ref_h")
+    )
+    compared = valued.join(
+        reference, on=["dimension", "metric"], how="left", maintain_order="left"
+    ).with_columns(
+        pl.when(proportion & ~pl.col("is_reference"))
+        .then(pl.col("value") - pl.col("_ref"))
+        .otherwise("difference")
+        .alias("difference"),
+        pl.when(proportion & ~pl.col("is_reference"))
+        .then(published_share(pl.col("value"), pl.col("_ref")))
+        .otherwise("ratio")
+        .alias("ratio"),
+    )
+    return compared
+
+
 def group_metrics_table(
     metrics: pl.DataFrame, groups: pl.DataFrame, *, confidence: float, rule: Rule
 ) -> pl.DataFrame:
@@ -167,21 +188,7 @@ def group_metrics_table(
         hidden,
         "suppressed",
     )
-    reference = valued.filter(pl.col("is_reference")).select(
-        "dimension", "metric", pl.col("value").alias("_ref"), pl.col("suppressed").alias("_ref_h")
-    )
-    compared = valued.join(
-        reference, on=["dimension", "metric"], how="left", maintain_order="left"
-    ).with_columns(
-        pl.when(proportion & ~pl.col("is_reference"))
-        .then(pl.col("value") - pl.col("_ref"))
-        .otherwise("difference")
-        .alias("difference"),
-        pl.when(proportion & ~pl.col("is_reference"))
-        .then(published_share(pl.col("value"), pl.col("_ref")))
-        .otherwise("ratio")
-        .alias("ratio"),
-    )
+    compared = _compare_with_reference(valued, proportion)
     masked = _hide(
         compared,
         COMPARISON_VALUES,

@@ -233,6 +233,20 @@ def _make_up(
     return make_up
 
 
+def _list_sizes(frame: pl.DataFrame, rule: Rule) -> dict[str, dict[str, int | str | None]]:
+    """People on each ICB's list, published with complementary suppression across the ICBs."""
+    lists = (
+        frame.group_by("icb_code")
+        .agg(pl.col("selected").sum().alias("n"), pl.lit(0).alias("_all"))
+        .sort("icb_code")
+        .with_columns(rule.secondary_expr(pl.col("n"), over="_all", tie="icb_code").alias("hidden"))
+    )
+    return {
+        row["icb_code"]: {"n": "*" if row["hidden"] else _count(rule, row["n"])}
+        for row in lists.iter_rows(named=True)
+    }
+
+
 def summarise_target(
     cohort: pl.DataFrame,
     *,
@@ -271,22 +285,13 @@ def summarise_target(
         frame = with_need_list(cohort, truth_need, capacity=capacity, capacity_mode=capacity_mode)
     overall = frame.select(_aggregates(has_truth=has_truth)).row(0, named=True)
     n_eligible, n_selected = int(overall["n_eligible"]), int(overall["n_selected"])
-    lists = (
-        frame.group_by("icb_code")
-        .agg(pl.col("selected").sum().alias("n"), pl.lit(0).alias("_all"))
-        .sort("icb_code")
-        .with_columns(rule.secondary_expr(pl.col("n"), over="_all", tie="icb_code").alias("hidden"))
-    )
     whole_units = capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
     return {
         "n_eligible": _count(rule, n_eligible),
         "n_selected": _count(rule, n_selected),
         "share_selected": rule.share(n_selected, n_eligible),
         "units_whole_cohort_selected": whole_units if capacity_mode != "share" else 0,
-        "lists": {
-            row["icb_code"]: {"n": "*" if row["hidden"] else _count(rule, row["n"])}
-            for row in lists.iter_rows(named=True)
-        },
+        "lists": _list_sizes(frame, rule),
         "expected_events": _expected_events_block(rule, overall),
         "test_split": _test_block(rule, overall),
         "make_up": _make_up(
