@@ -448,3 +448,29 @@ def test_the_calibration_chart_keeps_its_diagonal_inside_the_axes() -> None:
         images.roc_chart(pl.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}), target="t")
     )
     assert png.startswith(b"\x89PNG")
+
+
+def test_published_model_has_no_training_counts_and_predicts_identically() -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    from pipeline.train.registry import published_model_text
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.normal(50, 15, 3_000), rng.integers(0, 4, 3_000)]).astype(float)
+    x[rng.random(3_000) < 0.1, 0] = np.nan
+    y = (
+        rng.random(3_000) < 1 / (1 + np.exp(-(x[:, 1] - 1.5 + np.nan_to_num(x[:, 0]) / 50)))
+    ).astype(int)
+    data = lgb.Dataset(x, y, categorical_feature=[1], params={"verbose": -1})
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7}, data, 20)
+    original = booster.model_to_string()
+    published = published_model_text(original)
+    assert "leaf_count=" in original and "[" in original.split("feature_infos=")[1].split("\n")[0]
+    for field in ("leaf_count=", "internal_count=", "leaf_weight=", "internal_weight="):
+        assert field not in published
+    assert "feature_infos=none " in published  # the numeric feature's min/max is gone
+    again = lgb.Booster(model_str=published)
+    probe = np.column_stack([rng.normal(50, 40, 500), rng.integers(0, 5, 500)]).astype(float)
+    probe[::7, 0] = np.nan
+    np.testing.assert_array_equal(again.predict(probe), booster.predict(probe))

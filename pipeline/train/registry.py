@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import subprocess
 import warnings
 from collections.abc import Mapping, Sequence
@@ -244,30 +245,68 @@ def _log_charts(model_dir: Path, *, target: str) -> None:
         mlflow.log_artifacts(folder, artifact_path="charts")
 
 
+_TRAINING_COUNTS: Final = re.compile(
+    r"^(leaf_count|internal_count|leaf_weight|internal_weight|tree_sizes)="
+)
+"""Model-file lines that record how many training people (or how much hessian) reached each
+node; ``tree_sizes`` (byte offsets) goes with them so LightGBM re-parses tree by tree."""
+_FEATURE_RANGE: Final = re.compile(r"^\[[^\]]*:[^\]]*\]$")
+
+
+def _published_infos(line: str) -> str:
+    infos = line.removeprefix("feature_infos=").split(" ")
+    return "feature_infos=" + " ".join(
+        "none" if _FEATURE_RANGE.match(info) else info for info in infos
+    )
+
+
+def published_model_text(model_text: str) -> str:
+    """The LightGBM model as published to MLflow: no per-node training counts or weights and no
+    per-feature min/max (``feature_infos`` ranges become ``none``; categorical value lists stay).
+
+    Prediction needs neither, so the published model predicts exactly as ``model.txt`` does
+    (tested); TreeSHAP would need the counts, and only the pipeline's own copy keeps them.
+    """
+    return (
+        "\n".join(
+            _published_infos(line) if line.startswith("feature_infos=") else line
+            for line in model_text.splitlines()
+            if not _TRAINING_COUNTS.match(line)
+        )
+        + "\n"
+    )
+
+
 def _log_model(*, model_dir: Path, example_frame: Any, name: str) -> Any:
-    """Log and register the calibrated pyfunc model (a model from code, see pyfunc_model)."""
+    """Log and register the calibrated pyfunc model (a model from code, see pyfunc_model), with
+    the booster as :func:`published_model_text`."""
+    import tempfile
+
     import mlflow
     import pandas as pd
     import scipy
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(PYFUNC_CODE),
-        artifacts={
-            "booster": str(model_dir / "model.txt"),
-            "calibration": str(model_dir / "calibration.json"),
-        },
-        signature=_signature(example_frame, model_dir),
-        input_example=example_frame,
-        pip_requirements=[
-            f"mlflow=={mlflow.__version__}",
-            f"lightgbm=={lgb.__version__}",
-            f"numpy=={np.__version__}",
-            f"scipy=={scipy.__version__}",
-            f"pandas=={pd.__version__}",
-        ],
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        booster_file = Path(folder) / "model.txt"
+        booster_file.write_text(published_model_text((model_dir / "model.txt").read_text()))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={
+                "booster": str(booster_file),
+                "calibration": str(model_dir / "calibration.json"),
+            },
+            signature=_signature(example_frame, model_dir),
+            input_example=example_frame,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"lightgbm=={lgb.__version__}",
+                f"numpy=={np.__version__}",
+                f"scipy=={scipy.__version__}",
+                f"pandas=={pd.__version__}",
+            ],
+            registered_model_name=name,
+        )
 
 
 def log_to_mlflow(
