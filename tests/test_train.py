@@ -378,3 +378,40 @@ def test_class_weight_and_input_hashes(tmp_path: Path) -> None:
         "input.sha256.sub/b.bin": hashlib.sha256(b"").hexdigest(),
     }
     assert registry.dataset_digest([first, second]) != registry.dataset_digest([second, first])
+
+
+def test_everything_logged_to_mlflow_is_published_and_holds_no_person(project: Path) -> None:
+    """Issue 14 item 8: every artifact, metric, param and tag of the run and its registered
+    model follows the disclosure rule; no person id and no per-node training counts."""
+    import mlflow
+
+    from pipeline.disclosure import Rule
+    from pipeline.report.scan import scan_json
+
+    _population(project, truth=True)
+    train.run(_params(), io.Paths.at(project), target=TARGET)
+    run = tracking.find_model_run(project / "models" / TARGET / "model.txt", root=project)
+    assert run is not None
+    rule = Rule()
+    for name, value in run.data.metrics.items():
+        if contract.is_count_name(name):
+            assert rule.is_published(value), name
+    person_ids = set(pl.read_parquet(project / "features" / "features.parquet")["person_id"])
+    version = mlflow.MlflowClient().get_model_version_by_alias(f"phm-{TARGET}", "candidate")
+    folders = [
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path="run"),
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path="model"),
+    ]
+    files = [path for folder in folders for path in Path(folder).rglob("*") if path.is_file()]
+    assert any(path.name == "model.txt" for path in files)  # the registered model's booster
+    texts = {path: path.read_bytes() for path in files if path.suffix != ".png"}
+    for path, data in texts.items():
+        text = data.decode("utf-8", errors="replace")
+        assert not any(pid in text for pid in person_ids), path
+        if path.name == "model.txt":
+            assert "leaf_count=" not in text and "internal_count=" not in text
+        if path.suffix == ".json" and "example" not in path.name:
+            # the input example is one synthetic row of training medians, not counts
+            assert scan_json(json.loads(text), source=str(path), rule=rule) == [], path
+    shown = " ".join([*run.data.params.values(), *run.data.tags.values()])
+    assert not any(pid in shown for pid in person_ids)
