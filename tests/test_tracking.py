@@ -104,17 +104,22 @@ def test_embedded_store_is_absolute_sqlite_at_the_root(
     assert tracking.artifact_location(temp_workspace) == expected_artifacts
 
 
+def _model_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A sqlite store in ``tmp_path`` and a model file of target ``t`` with its digest."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model_file = tmp_path / "models" / "t" / "model.txt"
+    model_file.parent.mkdir(parents=True)
+    model_file.write_text("tree\n")
+    tracking.configure(tmp_path)
+    return model_file, tracking.model_digest(model_file)
+
+
 def test_model_run_found_by_the_registered_version_of_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model_file = tmp_path / "models" / "t" / "model.txt"
-    model_file.parent.mkdir(parents=True)
-    model_file.write_text("tree\n")
-    digest = tracking.model_digest(model_file)
-    tracking.configure(tmp_path)
+    model_file, digest = _model_store(tmp_path, monkeypatch)
     with mlflow.start_run() as run:
         mlflow.set_tag(tracking.MODEL_DIGEST_TAG, digest)
     assert tracking.find_model_run(model_file, root=tmp_path) is None  # a run, no version
@@ -270,12 +275,7 @@ def test_an_orphaned_run_is_marked_failed_and_never_picked(
 
     from pipeline.train import registry
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model_file = tmp_path / "models" / "t" / "model.txt"
-    model_file.parent.mkdir(parents=True)
-    model_file.write_text("tree\n")
-    digest = tracking.model_digest(model_file)
-    tracking.configure(tmp_path)
+    model_file, digest = _model_store(tmp_path, monkeypatch)
     client = mlflow.MlflowClient()
     client.create_registered_model("phm-t")
     with mlflow.start_run() as finished:
