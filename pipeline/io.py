@@ -197,12 +197,14 @@ def _claimed_entry(parent: Path, name: str) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a private temporary path for ``target``; rename it into place only on success.
 
     The temporary is ``.tmp/<name>.<random>/<name>`` beside ``target`` (folder 0700, file 0600);
     it is removed on failure, and by the next run's sweep if the process is killed. Inside a
-    folder being staged by :func:`atomic_dir` the write goes straight to ``target``.
+    folder being staged by :func:`atomic_dir` the write goes straight to ``target``. With
+    ``replace=False`` an existing ``target`` (say, made meanwhile by another process) is kept and
+    the temporary dropped.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         # published files get the usual umask-based mode, not the temporary's 0600
         os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            # link() never overwrites: the first writer's file wins
+            with suppress(FileExistsError):
+                os.link(tmp, target)
 
 
 @contextmanager

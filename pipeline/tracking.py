@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pipeline import io
 from pipeline.errors import PipelineError, StageError
 
 if TYPE_CHECKING:
@@ -198,6 +199,27 @@ def artifact_location(root: str | Path = ".") -> str:
     return (project_root(root) / "mlartifacts").as_uri()
 
 
+def ensure_store(uri: str, *, root: str | Path = ".") -> None:
+    """Create a missing embedded sqlite store whole, or not at all.
+
+    MLflow builds a new store's tables through a series of migrations; a process killed in
+    between leaves a store that every later run refuses (``table _alembic_tmp_experiments already
+    exists``). So the tables are built in a private temporary file, which is linked into place
+    only when complete (a store another process made meanwhile wins).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    if database.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with io.atomic_path(database, replace=False) as building:
+        with store_errors("creating the store", root=root):
+            store = SqlAlchemyStore(f"sqlite:///{building}", artifact_location(root))
+            store.engine.dispose()
+
+
 def configure(root: str | Path = ".", *, experiment: str = EXPERIMENT_NAME) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import logging
@@ -208,7 +230,9 @@ def configure(root: str | Path = ".", *, experiment: str = EXPERIMENT_NAME) -> s
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Read before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
     team_server = bool(os.environ.get("MLFLOW_TRACKING_URI"))
-    mlflow.set_tracking_uri(preflight(root))
+    uri = preflight(root)
+    ensure_store(uri, root=root)
+    mlflow.set_tracking_uri(uri)
     with store_errors("opening the experiment", root=root):
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:

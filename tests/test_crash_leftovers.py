@@ -219,14 +219,11 @@ def _prepare(case: str, root: Path, request: pytest.FixtureRequest) -> tuple[str
     if command == "features":
         _copy_inputs(population, root, ("data/population", "data/truth"))
     if command in {"train", "audit", "outreach"}:
-        # Audit tags the trained run in a copy of the store; train starts from a store with the
-        # experiment and no runs (a kill while MLflow first creates its tables breaks the store).
+        # Audit tags the trained run in a copy of the store; train starts with no store (killed
+        # while MLflow builds it, it must leave none rather than a broken one).
         store = MLFLOW_STORE if command == "audit" else ()
         inputs = tuple(name for name in INPUTS if name not in OUTPUTS[command])
         _copy_inputs(request.getfixturevalue("modelled"), root, (*inputs, *store, "data/keys"))
-        if command == "train":
-            configure = "from pipeline import tracking; tracking.configure('.')"
-            subprocess.run([sys.executable, "-c", configure], cwd=root, env=_env(), check=True)
         return (*INPUTS, "data/keys", *MLFLOW_STORE)
     return OUTPUTS["synthesize"]
 

@@ -474,3 +474,49 @@ def test_published_model_has_no_training_counts_and_predicts_identically() -> No
     probe = np.column_stack([rng.normal(50, 40, 500), rng.integers(0, 5, 500)]).astype(float)
     probe[::7, 0] = np.nan
     np.testing.assert_array_equal(again.predict(probe), booster.predict(probe))
+
+
+# Kills the process at its k-th SQL statement while MLflow builds a new store's tables.
+_KILLED_WHILE_CREATING = """
+import os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+statements = 0
+@event.listens_for(Engine, "before_cursor_execute")
+def _kill(*_):
+    global statements
+    statements += 1
+    if statements == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+from pipeline import tracking
+tracking.configure(".")
+"""
+
+
+@pytest.mark.parametrize("statement", [5, 40, 120, 250])
+def test_a_store_killed_while_being_created_is_absent_not_broken(
+    statement: int, tmp_path: Path
+) -> None:
+    """A train killed while MLflow creates ``mlflow.db`` used to leave a store every later run
+    refused (``table _alembic_tmp_experiments already exists``)."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_CREATING, str(statement)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == -9
+    assert not (tmp_path / "mlflow.db").exists()
+    again = subprocess.run(
+        [sys.executable, "-c", "from pipeline import tracking; tracking.configure('.')"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mlflow.db"]

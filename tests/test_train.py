@@ -330,9 +330,18 @@ def test_calibration_json_reproduces_sklearn_and_is_skipped_when_it_does_not_hel
     )
     json.dumps(fitted)  # JSON, not pickle
     iso = calibration.fit_calibration(raw, y, mode="isotonic", seed=1)
-    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, y)
+    order = np.argsort(raw, kind="stable")
+    bins = np.arange(raw.size) * (raw.size // 100) // raw.size  # 40 bins of 100 people
+    binned_score = np.bincount(bins, weights=raw[order]) / 100
+    binned_rate = np.bincount(bins, weights=y[order]) / 100
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+        binned_score, binned_rate
+    )
     grid = np.linspace(-0.1, 0.7, 333)
     np.testing.assert_allclose(calibration.apply_calibration(iso, grid), reference.predict(grid))
+    # Published with the registered model: no point is one person's score or outcome.
+    assert not set(iso["x"]) & set(raw.tolist())
+    assert np.isclose(np.asarray(iso["x"])[:, None], binned_score[None, :]).any(axis=1).all()
 
     calibrated = np.clip(rng.random(4_000) * 0.3, 0.01, 1)
     y_cal = (rng.random(calibrated.size) < calibrated).astype(float)

@@ -22,9 +22,35 @@ CalibrationMethod = Literal["none", "isotonic", "sigmoid"]
 CALIBRATION_FOLDS: Final = 5
 
 
+ISOTONIC_BIN_PEOPLE: Final = 100
+"""People per score bin behind each isotonic point (see :func:`score_bins`)."""
+
+
+def score_bins(
+    raw: np.ndarray, y: np.ndarray, *, people: int = ISOTONIC_BIN_PEOPLE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-size bins of the ranked scores: mean score, outcome rate and size of each bin.
+
+    The calibration travels with the registered model, so none of its points may be one
+    person's score and outcome: isotonic regression is fitted on bins of at least ``people``
+    people (pool-adjacent-violators on binned data, as in Zadrozny and Elkan 2002).
+    """
+    n_bins = max(1, raw.size // people)
+    rank = np.empty(raw.size, dtype=np.int64)
+    rank[np.argsort(raw, kind="stable")] = np.arange(raw.size)
+    bin_of = rank * n_bins // raw.size
+    size = np.bincount(bin_of, minlength=n_bins).astype(np.float64)
+    mean_score = np.bincount(bin_of, weights=raw, minlength=n_bins) / size
+    rate = np.bincount(bin_of, weights=y.astype(np.float64), minlength=n_bins) / size
+    return mean_score, rate, size
+
+
 def _fit_calibrator(method: CalibrationMethod, raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     if method == "isotonic":
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+        mean_score, rate, size = score_bins(raw, y)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            mean_score, rate, sample_weight=size
+        )
         return {
             "method": "isotonic",
             "x": [float(v) for v in iso.X_thresholds_],
