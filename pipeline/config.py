@@ -247,6 +247,13 @@ class OutreachParams(_Capacity):
     """Summary groups with fewer selected people are marked ``"stable": false``."""
 
 
+class ValidationParams(_Frozen):
+    """Stage validate: what to do with record-level problems (implausible values, unknown codes,
+    events before birth, exact duplicates). Structural violations always refuse."""
+
+    record_problems: Literal["exclude", "refuse"] = "exclude"
+
+
 class ReportParams(_Frozen):
     """Equity report (stage ``report``)."""
 
@@ -259,6 +266,7 @@ class Params(_Frozen):
     seed: Annotated[int, Field(ge=0, strict=True)] = 20_261_123
     index_date: dt.date = dt.date(2025, 4, 1)
     population: PopulationParams = PopulationParams()
+    validation: ValidationParams = ValidationParams()
     targets: dict[str, TargetParams]
     features: FeatureParams = FeatureParams()
     train: TrainParams = TrainParams()

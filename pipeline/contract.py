@@ -420,7 +420,7 @@ IDENTIFIER_COLUMNS: Final = {
 }
 """Where each identifier is defined; elsewhere it must match a defined one (``_REFERENCES``), so
 the rule is checked once per id, not once per event."""
-EXAMPLES_SHOWN: Final = 3
+EXAMPLES_SHOWN: Final = 5
 
 REQUIRED_NON_NULL: Final = {
     "areas": tuple(AREAS_SCHEMA),
@@ -439,6 +439,8 @@ UNIQUE_KEYS: Final = {
 
 
 def _dtype_family(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Categorical | pl.Enum):
+        return "string"
     if dtype.is_integer():
         return "integer"
     if dtype.is_float():
@@ -526,14 +528,17 @@ def _identifier_rules(table: str, columns: set[str]) -> dict[tuple[str, str], pl
 
 
 def _examples(frame: pl.LazyFrame, column: str, breaks: pl.Expr) -> tuple[str, ...]:
-    """A few distinct offending values (sorted, shown with repr so control characters show)."""
+    """The most frequent offending values (ties in value order; shown with repr so control
+    characters show)."""
     values = (
         frame.filter(breaks)
-        .select(pl.col(column).cast(pl.String).unique().sort().head(EXAMPLES_SHOWN))
+        .group_by(pl.col(column).cast(pl.String).alias("shown"))
+        .agg(pl.len())
+        .sort(["len", "shown"], descending=[True, False])
+        .head(EXAMPLES_SHOWN)
         .collect()
-        .to_series()
     )
-    return tuple(repr(value)[:80] for value in values.to_list())
+    return tuple(repr(value)[:80] for value in values["shown"].to_list())
 
 
 def _area_rules() -> dict[str, tuple[str, pl.Expr]]:
@@ -567,11 +572,106 @@ def _people_rules() -> dict[str, tuple[str, pl.Expr]]:
 def _event_rules(index_date: dt.date) -> dict[str, tuple[str, pl.Expr]]:
     return {
         "event_type": ("unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES)),
-        "date": (
-            f"date out of range {EARLIEST_EVENT_DATE} to index date {index_date}",
-            ~pl.col("date").is_between(dt.date.fromisoformat(EARLIEST_EVENT_DATE), index_date),
+        "date": (f"date after the index date {index_date}", pl.col("date") > index_date),
+    }
+
+
+# --- Record-level problems: excluded and counted, not fatal ---------------------------------------
+
+RecordProblems: TypeAlias = Literal["exclude", "refuse"]
+"""params ``validation.record_problems``: exclude (and count) noisy records, or refuse."""
+DUPLICATE_RULE: Final = ("*", "exact duplicate of another event")
+EXAMPLES_PER_RULE: Final = 5
+
+
+def _born_after_expr(index_date: dt.date) -> pl.Expr:
+    """True for an event dated before its person could have been born (``age`` at the index date;
+    366-day years keep the bound on the safe side, so only impossible dates are caught)."""
+    days = (pl.col("age").cast(pl.Int64) + 1) * 366
+    return pl.col("date") < pl.lit(index_date) - pl.duration(days=days)
+
+
+def record_rules(index_date: dt.date) -> dict[tuple[str, str], pl.Expr]:
+    """Record-level noise in ``events`` that every real extract has: (column, rule) -> the row has
+    it. A row breaking several rules is counted under the first. Needs ``age`` joined
+    (:func:`events_with_age`); exact duplicates are the separate :data:`DUPLICATE_RULE`."""
+    earliest = dt.date.fromisoformat(EARLIEST_EVENT_DATE)
+    rules = {
+        ("date", f"date before {EARLIEST_EVENT_DATE}"): pl.col("date") < earliest,
+        ("date", "event before the person's birth"): _born_after_expr(index_date),
+        ("code", "unknown code for its event_type"): ~event_code_valid_expr(),
+        ("value", "measurement value missing or out of plausible range"): (
+            measurement_out_of_range_expr()
         ),
     }
+    return {key: expr.fill_null(False) for key, expr in rules.items()}
+
+
+RECORD_EXAMPLE_EXPRS: Final = {
+    "date": pl.col("date").cast(pl.String),
+    "code": pl.concat_str("event_type", pl.lit(": "), "code"),
+    "value": pl.concat_str(
+        "code", pl.lit(" = "), pl.col("value").cast(pl.String), ignore_nulls=True
+    ),
+}
+"""How an offending record is shown in an example, by the column its rule judges."""
+
+
+def events_with_age(events: pl.LazyFrame, people: pl.LazyFrame) -> pl.LazyFrame:
+    """Events with their person's ``age`` at the index date (for :func:`record_rules`)."""
+    return events.join(people.select("person_id", "age"), on="person_id", how="left")
+
+
+def clean_events(
+    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date
+) -> pl.LazyFrame:
+    """The events every stage uses: without rows that break a record rule, one copy of each
+    exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``)."""
+    problem = pl.any_horizontal(list(record_rules(index_date).values()))
+    columns = events.collect_schema().names()
+    return events_with_age(events, people).filter(~problem).select(columns).unique()
+
+
+def find_record_problems(
+    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date, location: str
+) -> list[dict[str, Any]]:
+    """Rows :func:`clean_events` drops, per rule: file, column, rule, rows and the most frequent
+    offending values."""
+    rules = record_rules(index_date)
+    joined = events_with_age(events, people)
+    earlier = pl.lit(False)
+    first_hits: dict[tuple[str, str], pl.Expr] = {}
+    for key, expr in rules.items():
+        first_hits[key] = expr & ~earlier
+        earlier = earlier | expr
+    counted = {f"rule{i}": hit for i, hit in enumerate(first_hits.values())}
+    counted["clean"] = ~earlier
+    counts = _count(joined, counted)
+    columns = events.collect_schema().names()
+    distinct = (
+        joined.filter(~earlier).select(pl.struct(columns).hash(seed=0).n_unique()).collect().item()
+    )
+    found = [
+        _violation(location, column, rule, counts[f"rule{i}"], _top_values(joined, column, hit))
+        for i, ((column, rule), hit) in enumerate(first_hits.items())
+        if counts[f"rule{i}"]
+    ]
+    if duplicates := counts["clean"] - int(distinct):
+        found.append(_violation(location, *DUPLICATE_RULE, duplicates))
+    return found
+
+
+def _top_values(frame: pl.LazyFrame, column: str, hit: pl.Expr) -> tuple[str, ...]:
+    """The most frequent offending values of one rule (ties in value order)."""
+    shown = (
+        frame.filter(hit)
+        .group_by(RECORD_EXAMPLE_EXPRS[column].alias("shown"))
+        .agg(pl.len())
+        .sort(["len", "shown"], descending=[True, False])
+        .head(EXAMPLES_PER_RULE)
+        .collect()
+    )
+    return tuple(str(value)[:80] for value in shown["shown"].to_list())
 
 
 def _outcome_rules(target_names: tuple[str, ...]) -> dict[str, tuple[str, pl.Expr]]:
@@ -619,42 +719,15 @@ def _check_values(
     return rules
 
 
-def _event_code_violations(frame: pl.LazyFrame, columns: set[str]) -> dict[tuple[str, str], int]:
-    """Code and measurement-value rules, judged on the (small) table of distinct type/code pairs.
-
-    One streaming group-by replaces a regex and a lookup per row; only when a measurement code
-    has an implausible value somewhere is its exact row count taken with a filtered pass.
-    """
-    if not {"event_type", "code"} <= columns:
-        return {}
-    has_value = "value" in columns
-    value = pl.col("value").cast(pl.Float64)
-    aggs = [pl.len().alias("n")]
-    if has_value:
-        aggs += [
-            value.min().alias("lo"),
-            value.max().alias("hi"),
-            (value.is_null() | value.is_nan()).sum().alias("missing"),
-        ]
-    pairs = frame.group_by("event_type", "code").agg(aggs).collect()
-    found: dict[tuple[str, str], int] = {}
-    invalid = int(pairs.filter(~event_code_valid_expr())["n"].sum())
-    if invalid:
-        found[("code", "unknown code for its event_type")] = invalid
-    if has_value:
-        measured = pairs.filter(pl.col("event_type") == "measurement")
-        suspect = [
-            code
-            for code, lo, hi, missing in measured.select("code", "lo", "hi", "missing").iter_rows()
-            if code in MEASUREMENT_CODES
-            and (missing or lo < MEASUREMENT_CODES[code][1] or hi > MEASUREMENT_CODES[code][2])
-        ]
-        if suspect:
-            rows = _count(
-                frame.filter(pl.col("code").is_in(suspect)), {"x": measurement_out_of_range_expr()}
-            )["x"]
-            found[("value", "measurement value missing or out of plausible range")] = rows
-    return found
+def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
+    """Scan an input table with compatible dtypes read as the contract's (categorical and enum
+    strings as ``String``; integer widths are left as they are and widen in arithmetic)."""
+    frame = scan_table(folder, table)
+    return frame.with_columns(
+        pl.col(column).cast(pl.String)
+        for column, dtype in frame.collect_schema().items()
+        if isinstance(dtype, pl.Categorical | pl.Enum)
+    )
 
 
 class _Scanned:
@@ -675,7 +748,7 @@ def _scan_checked(
     columns present with an acceptable type.
     """
     try:
-        frame = scan_table(folder, table)
+        frame = scan_input(folder, table)
         actual = frame.collect_schema()
     except FileNotFoundError:
         violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
@@ -718,12 +791,8 @@ def _table_facts(
     counts = _count(frame, exprs)
     for i, ((column, rule), breaks) in enumerate(rules.items()):
         if counts[f"rule{i}"]:
-            is_id_rule = rule == IDENTIFIER_RULES.get(column, ("",))[0]
-            shown = _examples(frame, column, breaks) if is_id_rule else ()
+            shown = () if rule == "null value" else _examples(frame, column, breaks)
             violations.append(_violation(location, column, rule, counts[f"rule{i}"], shown))
-    if table == "events":
-        for (column, rule), rows in _event_code_violations(frame, columns).items():
-            violations.append(_violation(location, column, rule, rows))
     key = UNIQUE_KEYS.get(table)
     if key and set(key) <= columns:
         distinct = frame.select(key).unique().select(pl.len()).collect().item()
@@ -804,7 +873,11 @@ def _population_facts(
 
 
 def validate_population(
-    folder: str | Path, *, target_names: tuple[str, ...] | list[str], index_date: dt.date
+    folder: str | Path,
+    *,
+    target_names: tuple[str, ...] | list[str],
+    index_date: dt.date,
+    record_problems: RecordProblems = "exclude",
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
 
@@ -817,18 +890,23 @@ def validate_population(
         Targets named in params; any other ``outcomes.target`` is a violation.
     index_date
         Events must be dated on or before it.
+    record_problems
+        ``exclude``: record-level noise (:func:`record_rules`, exact duplicates) is counted and
+        left for :func:`clean_events` to drop; ``refuse``: it is a violation like the rest.
 
     Returns
     -------
     dict
         Raw (not disclosure-controlled) facts for the data-quality report: ``rows`` per table,
-        ``nulls`` per table and column, ``ethnicity_recorded`` people, ``events_last_year`` by
-        type, ``date_min`` / ``date_max`` and ``n_people``.
+        ``nulls`` per table and column, ``excluded`` records per rule, ``ethnicity_recorded``
+        people, ``events_last_year`` by type (clean events), ``date_min`` / ``date_max`` and
+        ``n_people``.
 
     Raises
     ------
     ContractError
-        Listing every violation as file, column, rule and number of rows.
+        Listing every violation as file, column, rule, number of rows and the most frequent
+        offending values.
     """
     folder = Path(folder)
     target_names = tuple(target_names)
@@ -847,9 +925,15 @@ def validate_population(
     violations += _reference_violations(scanned)
     if violations:
         raise _contract_error(folder, violations)
+    people, events = scanned["people"].frame, scanned["events"].frame
+    facts["excluded"] = find_record_problems(
+        events, people, index_date=index_date, location=scanned["events"].location
+    )
+    if facts["excluded"] and record_problems == "refuse":
+        raise _contract_error(folder, facts["excluded"])
     facts["n_people"] = facts["rows"]["people"]
     facts |= _population_facts(
-        scanned["people"].frame, scanned["events"].frame, index_date=index_date
+        people, clean_events(events, people, index_date=index_date), index_date=index_date
     )
     return facts
 
@@ -1299,6 +1383,16 @@ class DateRange(Summary):
     last: dt.date | None
 
 
+class ExcludedRecords(Summary):
+    """Records of one table left out under one record rule (``validation.record_problems``)."""
+
+    table: str
+    column: str
+    rule: str
+    rows: PublishedCountValue
+    examples: list[str]
+
+
 class DataQuality(Summary):
     """``reports/data_quality.json`` (stage validate)."""
 
@@ -1306,6 +1400,7 @@ class DataQuality(Summary):
     index_date: dt.date
     valid: bool
     tables: dict[str, TableQuality]
+    excluded: list[ExcludedRecords]
     n_people: PublishedCountValue
     ethnicity_recorded_share: PublishedRateValue
     events_per_person_year_last_12_months: dict[str, PublishedRateValue]

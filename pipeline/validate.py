@@ -36,6 +36,16 @@ def data_quality_report(
         "folder": folder,
         "index_date": index_date,
         "valid": True,
+        "excluded": [
+            {
+                "table": "events",
+                "column": problem["column"],
+                "rule": problem["rule"],
+                "rows": rule.count(problem["rows"]),
+                "examples": list(problem["examples"]),
+            }
+            for problem in facts["excluded"]
+        ],
         "tables": {
             table: {
                 "n_rows": rule.count(count),
@@ -59,7 +69,10 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     """Validate ``extract`` (default ``data/population``) and write the data-quality report."""
     folder = Path(extract) if extract is not None else paths.population
     facts = validate_population(
-        folder, target_names=tuple(params.targets), index_date=params.index_date
+        folder,
+        target_names=tuple(params.targets),
+        index_date=params.index_date,
+        record_problems=params.validation.record_problems,
     )
     # Relative to the project when inside it, so the report is the same in every clone.
     shown = folder.resolve()

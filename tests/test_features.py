@@ -365,6 +365,26 @@ def test_run_writes_sorted_features_and_manifest(tmp_path: Path, params: Params)
     assert digest == again
 
 
+def test_record_noise_never_reaches_a_feature(tmp_path: Path, params: Params) -> None:
+    """An implausible reading, an unknown code and an exact duplicate (excluded and counted by
+    validate) change no feature: the run equals the clean fixture's."""
+    noise = pl.DataFrame(
+        [
+            ("P2", D(2025, 3, 30), "measurement", "bmi", 6.9),  # latest, implausible
+            ("P2", D(2025, 3, 30), "diagnosis", "not-a-code", None),
+            ("P1", D(2025, 1, 2), "ae_attendance", "R07", None),  # exact duplicate
+        ],
+        schema=contract.EVENTS_SCHEMA,
+        orient="row",
+    )
+    write_population(tmp_path / "data" / "population", events=pl.concat([EVENTS, noise]))
+    paths = io.Paths.at(tmp_path)
+    features.run(params, paths)
+    written = pl.read_parquet(paths.features / "features.parquet")
+    assert written.equals(compute(params))
+    assert person(written, "P2")["latest_bmi"] == 31.5
+
+
 @needs_validator
 def test_contract_violation_stops_before_writing(tmp_path: Path, params: Params) -> None:
     bad = EVENTS.with_columns(

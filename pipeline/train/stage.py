@@ -173,7 +173,7 @@ def read_cohort(
             raise StageError(f"{needed}: missing - run the features stage first")
     spec = feature_spec(contract.read_manifest(manifest_file))
     try:
-        outcomes = io.scan_table(paths.population, "outcomes")
+        outcomes = contract.scan_input(paths.population, "outcomes")
     except FileNotFoundError as error:
         raise StageError(str(error)) from None
     features = pl.scan_parquet(features_file)
