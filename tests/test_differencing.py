@@ -450,6 +450,10 @@ def test_no_count_recoverable_from_data_quality() -> None:
         "nulls": {"people": {"ethnicity": 61, "practice_id": 3}, "events": {"value": 30_117}},
         "ethnicity_recorded": 1182,
         "events_last_year": {"gp_consultation": 4_871, "emergency_admission": 6},
+        "excluded": [
+            {"column": "value", "rule": "implausible", "rows": 3, "examples": ("bmi = 6.9",)},
+            {"column": "*", "rule": "exact duplicate", "rows": 251, "examples": ()},
+        ],
         "date_min": None,
         "date_max": None,
     }
@@ -465,8 +469,11 @@ def test_no_count_recoverable_from_data_quality() -> None:
     attacker.rate(("recorded",), ("people",), report["ethnicity_recorded_share"])
     for kind, rate in report["events_per_person_year_last_12_months"].items():
         attacker.rate((kind,), ("people",), rate)
+    for excluded in report["excluded"]:
+        attacker.count(("excluded", excluded["rule"]), excluded["rows"])
     attacker.solve()
     assert report["events_per_person_year_last_12_months"]["emergency_admission"] == SUPPRESSED
+    assert [excluded["rows"] for excluded in report["excluded"]] == [SUPPRESSED, 250]
     assert attacker.recovered() == []
 
 
