@@ -50,6 +50,7 @@ def test_the_rule_in_force_comes_from_params_and_reaches_every_published_count()
         "n_people": 1234,
         "ethnicity_recorded": 1225,
         "events_last_year": {},
+        "excluded": [{"column": "value", "rule": "implausible", "rows": 14, "examples": ()}],
         "date_min": None,
         "date_max": None,
     }
@@ -57,6 +58,7 @@ def test_the_rule_in_force_comes_from_params_and_reaches_every_published_count()
     assert report["tables"]["people"]["n_rows"] == 1230
     assert report["tables"]["people"]["null_share"]["ethnicity"] == "*"  # 9 < 11
     assert report["n_people"] == 1230
+    assert report["excluded"][0]["rows"] == 10  # 14 under the params rule
 
 
 def test_rule_methods_agree_with_each_other() -> None:

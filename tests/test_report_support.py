@@ -181,6 +181,9 @@ def data_quality() -> contract.DataQuality:
         "n_people": 200_000,
         "ethnicity_recorded": 170_000,
         "events_last_year": {"gp_consultation": 800_000},
+        "excluded": [
+            {"column": "value", "rule": "implausible", "rows": 32, "examples": ("bmi = 6.9",)}
+        ],
         "date_min": dt.date(2005, 4, 1),
         "date_max": dt.date(2025, 3, 31),
     }
