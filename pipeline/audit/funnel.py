@@ -189,9 +189,7 @@ def funnel_statistics(frame: pl.DataFrame) -> pl.DataFrame:
     """Standardised ratios, adjusted z-scores, p-values and funnel limits per row of ``frame``
     (``dimension``, ``group``, ``metric``, ``observed`` - null when not published -,
     ``expected``, ``variance``), each dimension x metric a funnel of its own."""
-    return pl.concat(
-        [
-            _one_funnel(part)
-            for _, part in frame.group_by("dimension", "metric", maintain_order=True)
-        ]
-    )
+    if frame.is_empty():
+        return _one_funnel(frame)
+    parts = frame.group_by("dimension", "metric", maintain_order=True)
+    return pl.concat([_one_funnel(part) for _, part in parts])

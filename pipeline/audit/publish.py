@@ -237,17 +237,21 @@ def flag_group_metrics(
     geography = pl.col("dimension").is_in(funnels["dimension"].unique().to_list())
     tested = with_q_values_of(rated.filter(~geography))
     material = flags.material_expr(fair_low=fair_low, fair_high=fair_high, oe_material=oe_material)
-    flagged = tested.with_columns(
-        (
-            pl.col("flag").fill_null(False) & material & (pl.col("q_value") < fdr).fill_null(False)
-        ).alias("flag")
+    flagged = tested.with_columns(  # null stays null: a hidden comparison has no flag
+        pl.when(pl.col("flag").is_not_null())
+        .then(pl.col("flag") & material & (pl.col("q_value") < fdr).fill_null(False))
+        .alias("flag")
     )
-    return pl.concat(
-        [flagged, _funnel_comparisons(rated.filter(geography), funnels)], how="diagonal_relaxed"
-    ).with_columns(
-        pl.col("flag").fill_null(False).alias("flagged"),
-        pl.when(pl.col("flag").fill_null(False)).then(flags.reason_expr()).alias("flag_reason"),
-    ).drop("gated")
+    return (
+        pl.concat(
+            [flagged, _funnel_comparisons(rated.filter(geography), funnels)], how="diagonal_relaxed"
+        )
+        .with_columns(
+            pl.col("flag").fill_null(False).alias("flagged"),
+            pl.when(pl.col("flag").fill_null(False)).then(flags.reason_expr()).alias("flag_reason"),
+        )
+        .drop("gated")
+    )
 
 
 def with_q_values_of(frame: pl.DataFrame) -> pl.DataFrame:
@@ -287,7 +291,7 @@ def _funnel_comparisons(metrics: pl.DataFrame, funnels: pl.DataFrame) -> pl.Data
         pl.col("_p").alias("p_value"),
         pl.col("_q").alias("q_value"),
         pl.col("_significant").alias("significant"),
-        pl.col("_flag").fill_null(False).alias("flag"),
+        pl.when(pl.col("_ratio").is_not_null()).then(pl.col("_flag")).alias("flag"),
         pl.col("_ratio").is_null().alias("comparison_suppressed"),
     ).drop("_ratio", "_half", "_p", "_q", "_flag", "_significant")
 
