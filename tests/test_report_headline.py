@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import load_params
 from pipeline.io import Paths
-from pipeline.report.findings import UNDER_SERVED_DIMENSIONS, headline_findings, who
+from pipeline.report.findings import UNDER_SERVED_DIMENSIONS, headline_findings
 from pipeline.report.fmt import ci_text, num_text
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
