@@ -1114,8 +1114,9 @@ NEED_GAPS_SCHEMA: Final[TableSchema] = {
     "need_ratio": pl.Float64,
     "need_ratio_ci_low": pl.Float64,
     "need_ratio_ci_high": pl.Float64,
-    "disadvantaged": pl.Boolean,
+    "disadvantaged": pl.Boolean,  # need reached flag: CI above 1, material, q below audit.fdr
     "significant": pl.Boolean,
+    "q_value": pl.Float64,  # Benjamini-Hochberg within dimension x need measure
     "mean_need_selected": pl.Float64,
     "cutoff_gap": pl.Float64,  # among the selected: mean need minus the reference's
     "cutoff_gap_ci_low": pl.Float64,

@@ -300,6 +300,8 @@ def label_choice_tables(
         pl.concat(gaps, how="diagonal_relaxed"),
         min_group_size=audit.min_group_size,
         need_ratio_material=audit.need_ratio_material,
+        confidence=audit.confidence,
+        fdr=audit.fdr,
     )
     return {
         "need_curves": pl.concat(curves),
@@ -348,23 +350,43 @@ def need_gap_rows(
 
 
 def flag_need_gaps(
-    gaps: pl.DataFrame, *, min_group_size: int, need_ratio_material: float
+    gaps: pl.DataFrame,
+    *,
+    min_group_size: int,
+    need_ratio_material: float,
+    confidence: float = 0.95,
+    fdr: float = 0.05,
 ) -> pl.DataFrame:
-    """Add ``disadvantaged`` (need-ratio CI above 1 and the ratio material) and
-    ``significant`` (CI excludes 1), for non-reference groups of at least ``min_group_size``."""
+    """Add ``significant`` (need-ratio CI excludes 1), ``q_value`` (Benjamini-Hochberg within
+    each dimension and need measure, of the p-value from the CI) and ``disadvantaged`` (CI
+    above 1, the ratio at least ``need_ratio_material`` and the q-value below ``fdr``), for
+    non-reference groups of at least ``min_group_size``."""
     compared = ~pl.col("is_reference") & (pl.col("n") >= min_group_size)
-    return gaps.with_columns(
+    p = flags.p_from_interval(
+        gaps["need_ratio"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        gaps["need_ratio_ci_low"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        gaps["need_ratio_ci_high"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        confidence=confidence,
+    )
+    tested = flags.with_q_values(
+        gaps.with_columns(
+            pl.when(compared).then(pl.Series("p_value", p)).fill_nan(None).alias("p_value")
+        ),
+        over=["dimension", "need_measure"],
+    )
+    return tested.with_columns(
         (
             compared
             & (pl.col("need_ratio_ci_low") > 1.0)
             & (pl.col("need_ratio") >= need_ratio_material)
+            & (pl.col("q_value") < fdr)
         )
         .fill_null(False)
         .alias("disadvantaged"),
         (compared & ((pl.col("need_ratio_ci_low") > 1.0) | (pl.col("need_ratio_ci_high") < 1.0)))
         .fill_null(False)
         .alias("significant"),
-    )
+    ).drop("p_value")
 
 
 def _reference_of(cohort: pl.DataFrame, dimension: str, preferred: str | None) -> str:

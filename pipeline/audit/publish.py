@@ -40,6 +40,7 @@ NEED_VALUES = (
     "mean_need",
     "disadvantaged",
     "significant",
+    "q_value",
 )
 """Label-choice values computed from a group's and its reference's ``n``."""
 CUTOFF_VALUES = ("cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected")
