@@ -17,6 +17,7 @@ from pipeline.report.model import ReportView, TargetView
 
 FUNNEL_ORDER: Final = ("tpr", "oe_ratio", "selection_rate", "base_rate")
 """Flagged metrics first, then the context (selection follows need; outcome rate)."""
+AREA_WORDS: Final = {"region": "NHS region", "icb_code": "integrated care board (ICB)"}
 FUNNEL_TITLES: Final = {
     "tpr": "Cases reached (equal opportunity)",
     "oe_ratio": "Observed / expected events (calibration)",
@@ -82,10 +83,8 @@ def funnel_figure(view: TargetView, report: ReportView, dimension: str) -> Figur
         )
     if not panels:
         return None
-    title = (
-        f"{view.target}: every {dimension_label(dimension).lower()} against the population "
-        "value (funnel plots)"
-    )
+    areas = AREA_WORDS.get(dimension, dimension_label(dimension).lower())
+    title = f"{view.target}: every {areas} against the population value (funnel plots)"
     return Figure(charts.to_svg(charts.grid(panels), description=title), title)
 
 
