@@ -240,7 +240,12 @@ def ratio_figure(
     """Forest plot of one metric's ratio to the reference across a dimension's groups."""
     groups = wide_groups(view, dimension)
     frame = ratio_frame(groups, dimension, metric)
-    frame = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0))
+    frame = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
+        # the chart's legend reads "outside 0.8-1.25": flags themselves also need the FDR
+        ((pl.col("ratio") < report.fair_low) | (pl.col("ratio") > report.fair_high)).alias(
+            "flagged"
+        )
+    )
     if frame.is_empty():
         return None
     reference = next((g for g in groups if g["is_reference"]), {"group": "reference"})
