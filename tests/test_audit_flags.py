@@ -205,10 +205,28 @@ def test_geographies_are_judged_on_the_funnel_and_nothing_is_infinite(null_world
 
 def test_an_age_band_with_nobody_selected_is_never_the_reference() -> None:
     world = simworld.simulate_world(20_000, seed=4)
-    published = _audited(world, reference_groups={"age_band": "18-29"}, dimensions=["age_band"])
-    selection = published["group_metrics"].filter(
-        (pl.col("dimension") == "age_band") & (pl.col("metric") == "selection_rate")
+    young = world["features"].filter(pl.col("age_band") == "18-34")["person_id"]
+    scores = (
+        world["scores"]
+        .with_columns(  # nobody aged 18-34 reaches the list
+            pl.when(pl.col("person_id").is_in(young.implode()))
+            .then(pl.col("risk_score") * 0.01)
+            .otherwise("risk_score")
+            .alias("risk_score")
+        )
+        .with_columns(pl.col("risk_score").rank("ordinal", descending=True).alias("risk_rank"))
     )
+    published = _audited(
+        world | {"scores": scores},
+        reference_groups={"age_band": "18-34"},
+        dimensions=["age_band"],
+    )
+    metrics = published["group_metrics"].filter(pl.col("dimension") == "age_band")
+    selection = metrics.filter(pl.col("metric") == "selection_rate")
+    assert selection.filter(pl.col("group") == "18-34")["value"].item() == 0.0
     reference = selection.filter(pl.col("is_reference")).row(0, named=True)
-    assert reference["value"] > 0
-    assert selection["ratio"].drop_nulls().is_finite().all()
+    assert reference["group"] != "18-34" and reference["value"] > 0
+    # the preferred reference stays where its metric is defined and non-zero
+    base = metrics.filter((pl.col("metric") == "base_rate") & pl.col("is_reference"))
+    assert base["group"].item() == "18-34"
+    assert metrics["ratio"].drop_nulls().is_finite().all()

@@ -120,7 +120,7 @@ def audit_tables(
     cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
     unit = selection.unit_column(operating_point.capacity_mode)
     tables |= label_choice_tables(
-        cohort, metrics, audit=audit, unit=unit, has_truth=has_truth, has_oracle=has_oracle
+        cohort, audit=audit, unit=unit, has_truth=has_truth, has_oracle=has_oracle
     )
     tables |= mitigation_tables(
         cohort,
@@ -266,7 +266,6 @@ def heat_table(
 
 def label_choice_tables(
     cohort: pl.DataFrame,
-    metrics: pl.DataFrame,
     *,
     audit: AuditParams,
     unit: str | None,
@@ -277,7 +276,8 @@ def label_choice_tables(
     dimension.
 
     ``cohort`` has ``score_percentile`` (:func:`pipeline.audit.label_choice.
-    add_score_percentile`); ``metrics`` names each dimension's reference group.
+    add_score_percentile`); each dimension's reference group is ``audit.reference_groups``'
+    (else its largest recorded group).
     """
     needs = ["recorded_need"] + (["true_need"] if has_truth else [])
     rankings = _rankings(has_truth=has_truth, has_oracle=has_oracle)
