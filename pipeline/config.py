@@ -159,7 +159,14 @@ AuditDimension = Literal[
 ]
 """Groupings the audit can compare (the last is the ethnicity x deprivation intersection)."""
 
-_DEFAULT_REFERENCES: dict[AuditDimension, str] = {"imd_quintile": "5", "imd_decile": "10"}
+_DEFAULT_REFERENCES: dict[AuditDimension, str] = {
+    "imd_quintile": "5",
+    "imd_decile": "10",
+    "ethnicity_group": "White",
+    "ethnicity_group_x_imd_quintile": "White, IMD 5",
+}
+GeographyDimension = Literal["region", "icb_code"]
+"""Dimensions compared with the population value on funnel plots (not with a reference area)."""
 
 
 class AuditParams(_Frozen):
@@ -190,7 +197,16 @@ class AuditParams(_Frozen):
     """Cells keep each distinct score when there are at most this many, else quantile bins."""
     bootstrap_score_bins: Annotated[int, Field(ge=10, le=100_000, strict=True)] = 100
     reference_groups: dict[AuditDimension, str] = Field(default_factory=_DEFAULT_REFERENCES.copy)
-    """Reference group per dimension; dimensions not listed use their largest group."""
+    """Reference group per dimension; dimensions not listed use their largest group ("Not
+    recorded" and a group whose metric is undefined or zero are never a reference)."""
+    funnel_dimensions: tuple[GeographyDimension, ...] = ("region", "icb_code")
+    """Geographies compared with the population value on funnel plots (Spiegelhalter 2005),
+    after indirect standardisation for age band and sex, instead of with a reference area."""
+    fdr: Annotated[float, Field(gt=0.0, lt=0.5, strict=True)] = 0.05
+    """Benjamini-Hochberg false discovery rate, applied within each dimension."""
+    oe_material: Annotated[float, Field(gt=1.0, le=2.0, strict=True)] = 1.1
+    """Calibration flag: under-prediction when O/E's CI is above 1 and O/E >= this; over-
+    prediction when its CI is below 1 and O/E <= 1 / this."""
     label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
     label_choice_bins: Annotated[int, Field(ge=5, le=1_000, strict=True)] = 50
     need_case_share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = 0.2

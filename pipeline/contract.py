@@ -1108,11 +1108,43 @@ GROUP_METRICS_SCHEMA: Final[TableSchema] = {
     "stable": pl.Boolean,
     "suppressed": pl.Boolean,
     "comparison_suppressed": pl.Boolean,
+    "comparator": pl.String,  # reference group | 1 (calibration) | population (funnel) | null
+    "p_value": pl.Float64,
+    "q_value": pl.Float64,  # Benjamini-Hochberg within the dimension
+    "flag_reason": pl.String,  # e.g. under-prediction, fewer cases reached (flagged rows)
 }
 """``group_metrics.parquet``: long, one row per dimension x group x metric (METRIC_COUNTS).
+Only ``tpr`` and ``oe_ratio`` can be flagged (docs/audit_tables.md, *Comparators and flags*); in
+the funnel dimensions (geographies) their comparison is with the population value
+(``funnel.parquet``): ``reference_group`` is null and ``ratio`` is the standardised ratio.
 ``suppressed``: value and CI null (a count behind them is 1-7); ``comparison_suppressed``:
 difference, ratio and flags null (the group's or the reference's counts); ``flagged``: the
 comparison is shown and flagged (``flag`` true), never null."""
+
+FUNNEL_SCHEMA: Final[TableSchema] = {
+    "dimension": pl.String,  # a geography (audit.funnel_dimensions)
+    "group": pl.String,
+    "metric": pl.String,  # selection_rate, base_rate, tpr, oe_ratio
+    "n_observed": PUBLISHED_COUNT,  # the group's published count (groups.parquet)
+    "expected": pl.Float64,  # age/sex indirectly standardised expectation (O/E: predicted risk)
+    "ratio": pl.Float64,  # published observed / expected
+    "z_score": pl.Float64,  # over-dispersion adjusted
+    "limit_95_low": pl.Float64,
+    "limit_95_high": pl.Float64,
+    "limit_998_low": pl.Float64,
+    "limit_998_high": pl.Float64,
+    "variance_per_expected": pl.Float64,  # k: null variance of the ratio is k / expected
+    "phi": pl.Float64,
+    "tau2": pl.Float64,
+    "overdispersed": pl.Boolean,
+    "p_value": pl.Float64,
+    "q_value": pl.Float64,
+    "flagged": pl.Boolean,
+    "flag_reason": pl.String,
+    "suppressed": pl.Boolean,
+}
+"""``funnel.parquet``: each area against the population value (Spiegelhalter 2005), one row
+per geography x group x metric; a point whose count is suppressed has null ratio and z."""
 
 GRADIENTS_SCHEMA: Final[TableSchema] = {
     "dimension": pl.String,  # imd_decile or imd_quintile
@@ -1166,8 +1198,9 @@ NEED_GAPS_SCHEMA: Final[TableSchema] = {
     "need_ratio": pl.Float64,
     "need_ratio_ci_low": pl.Float64,
     "need_ratio_ci_high": pl.Float64,
-    "disadvantaged": pl.Boolean,
+    "disadvantaged": pl.Boolean,  # need reached flag: CI above 1, material, q below audit.fdr
     "significant": pl.Boolean,
+    "q_value": pl.Float64,  # Benjamini-Hochberg within dimension x need measure
     "mean_need_selected": pl.Float64,
     "cutoff_gap": pl.Float64,  # among the selected: mean need minus the reference's
     "cutoff_gap_ci_low": pl.Float64,
@@ -1257,6 +1290,7 @@ AUDIT_TABLES: Final = {
     "mitigation_by_group": _table(
         "mitigation_by_group.parquet", POLICY_GROUPS_SCHEMA, "policy", "dimension", "group"
     ),
+    "funnel": _table("funnel.parquet", FUNNEL_SCHEMA, "dimension", "metric", "group"),
 }
 """``reports/audit/<target>/<file>``: every table the audit publishes, by name."""
 
@@ -1317,6 +1351,9 @@ class AuditSettings(Summary):
     bootstrap_score_bins: int
     need_case_share: float
     need_case_definition: str
+    fdr: float = 0.05
+    oe_material: float = 1.1
+    funnel_dimensions: tuple[str, ...] = ()
 
 
 class DisadvantagedGroup(Summary):

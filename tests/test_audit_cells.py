@@ -115,8 +115,6 @@ def test_audit_dimension_flags_a_real_gap_and_marks_small_groups() -> None:
         bootstrap_bins=50,
         rng=np.random.default_rng(0),
         confidence=0.95,
-        fair_ratio_low=0.8,
-        fair_ratio_high=1.25,
         min_group_size=700,
         min_group_events=10,
     )
@@ -125,9 +123,26 @@ def test_audit_dimension_flags_a_real_gap_and_marks_small_groups() -> None:
     # group a's outcomes are 1.6x its scores: every other group's O/E ratio is ~1/1.6
     others = oe.filter(pl.col("group") != "a")
     assert others["ratio"].max() < 0.8
-    assert others.filter(pl.col("group") != "d")["flag"].all()
-    # d is small (n < 700): marked, kept, never flagged
+    # O/E is judged against 1, not against the reference group: a (O/E ~1.6) is the candidate
+    assert (oe["comparator"] == "1 (calibration)").all()
+    assert oe.filter(pl.col("group") == "a")["flag"].item()
+    assert oe.filter(pl.col("group") == "a")["value"].item() > 1.3
+    assert not others.filter(pl.col("group") != "d")["flag"].any()
+    # d is small (n < 700): marked, kept
     small = table.filter(pl.col("group") == "d")
     assert small.height == len(cells_mod.METRICS)
-    assert not small["stable"].any() and not small["flag"].any()
+    assert not small["stable"].any()
+    # only TPR and O/E can be flagged; a metric's own denominator (events) gates it
+    assert set(table.filter(pl.col("flag"))["metric"]) <= {"tpr", "oe_ratio"}
+    gated = cells_mod.audit_dimension(
+        cells,
+        preferred_reference=None,
+        n_bootstrap=50,
+        bootstrap_bins=50,
+        rng=np.random.default_rng(0),
+        confidence=0.95,
+        min_group_size=700,
+        min_group_events=100_000,
+    )
+    assert not gated["flag"].any()
     assert (table.filter(pl.col("metric") == "tpr")["ci_method"] == "wilson").all()

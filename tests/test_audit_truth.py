@@ -57,13 +57,7 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         seed=params.seed,
         target="sim_target",
     )
-    published = published_tables(
-        tables,
-        min_group_size=params.audit.min_group_size,
-        min_group_events=params.audit.min_group_events,
-        confidence=params.audit.confidence,
-        rule=params.disclosure,
-    )
+    published = published_tables(tables, audit=params.audit, rule=params.disclosure)
     summary = audit_summary(
         tables,
         audit=params.audit,
@@ -73,7 +67,9 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         group_metrics=published["group_metrics"],
         rule=params.disclosure,
     )
-    return tables, summary.model_dump()
+    # the flags that count are the published ones (materiality and the FDR are applied there)
+    shown = {name: published[name] for name in ("group_metrics", "funnel")}
+    return tables | shown, summary.model_dump()
 
 
 def test_default_biases_name_the_planted_groups_and_size_the_effect() -> None:

@@ -28,6 +28,7 @@ import pytest
 
 from pipeline import audit, contract, need, selection
 from pipeline.audit.cells import PROPORTIONS
+from pipeline.audit.funnel import FUNNEL_METRICS
 from pipeline.config import load_params, parse_params
 from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.io import Paths
@@ -335,6 +336,20 @@ def read_mitigation(attacker: Attacker, tradeoffs: pl.DataFrame, by_group: pl.Da
             )
 
 
+def read_funnel(attacker: Attacker, funnels: pl.DataFrame) -> None:
+    """``funnel.parquet``: each observed count is the group's count of ``groups.parquet``; its
+    ratio is that published count over an expected count (so a suppressed point has none)."""
+    for row in funnels.iter_rows(named=True):
+        key = (row["dimension"], row["group"], FUNNEL_METRICS[row["metric"]])
+        attacker.count(key, row["n_observed"])
+        if row["n_observed"] == SUPPRESSED:
+            assert row["ratio"] is None and row["z_score"] is None, row
+        elif row["ratio"] is not None:
+            assert row["ratio"] * row["expected"] == pytest.approx(
+                int(row["n_observed"]), rel=1e-3, abs=0.06
+            ), row
+
+
 def read_audit(attacker: Attacker, folder: Path) -> None:
     tables = {name: pl.read_parquet(folder / t.file) for name, t in contract.AUDIT_TABLES.items()}
     read_groups(attacker, tables["groups"])
@@ -342,6 +357,7 @@ def read_audit(attacker: Attacker, folder: Path) -> None:
     read_group_metrics(attacker, tables["group_metrics"], confidence=settings.settings.confidence)
     read_selection_shares(attacker, tables["selection_shares"])
     read_mitigation(attacker, tables["mitigation"], tables["mitigation_by_group"])
+    read_funnel(attacker, tables["funnel"])
 
 
 def test_the_small_world_suppresses(audit_folder: Path) -> None:

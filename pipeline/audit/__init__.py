@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pipeline import contract, io, seeds, selection, tracking
 from pipeline.audit import cells as cells_mod
-from pipeline.audit import gradients, label_choice, mitigation, publish
+from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, OperatingPointParams, OutreachParams, Params
@@ -36,6 +36,7 @@ __all__ = [
     "audit_tables",
     "dimension_tables",
     "flag_need_gaps",
+    "funnel_counts",
     "gradient_table",
     "headline_metrics",
     "heat_table",
@@ -114,11 +115,12 @@ def audit_tables(
         "group_metrics": metrics,
         "gradients": gradient_table(cohort, case=case, audit=audit, seed=seed, target=target),
         "heat": heat_table(cohort, case=case, audit=audit, seed=seed, target=target),
+        "funnel": funnel_counts(cohort, audit=audit),
     }
     cohort = label_choice.add_score_percentile(cohort, n_bins=audit.label_choice_bins)
     unit = selection.unit_column(operating_point.capacity_mode)
     tables |= label_choice_tables(
-        cohort, metrics, audit=audit, unit=unit, has_truth=has_truth, has_oracle=has_oracle
+        cohort, audit=audit, unit=unit, has_truth=has_truth, has_oracle=has_oracle
     )
     tables |= mitigation_tables(
         cohort,
@@ -182,8 +184,6 @@ def dimension_tables(
             bootstrap_bins=audit.bootstrap_score_bins,
             rng=np.random.default_rng(stream),
             confidence=audit.confidence,
-            fair_ratio_low=audit.fair_ratio_low,
-            fair_ratio_high=audit.fair_ratio_high,
             min_group_size=audit.min_group_size,
             min_group_events=audit.min_group_events,
             point=point,
@@ -191,6 +191,31 @@ def dimension_tables(
         for cells, point, stream in zip(all_cells, points, streams, strict=True)
     ]
     return pl.concat(group_frames), pl.concat(metric_frames)
+
+
+def funnel_counts(cohort: pl.DataFrame, *, audit: AuditParams) -> pl.DataFrame:
+    """Observed and age/sex-standardised expected counts of every audited geography in
+    ``audit.funnel_dimensions`` (:func:`pipeline.audit.funnel.standardised_counts`)."""
+    empty = pl.DataFrame(
+        schema={
+            "dimension": pl.String,
+            "group": pl.String,
+            "metric": pl.String,
+            "observed": pl.Int64,
+            "expected": pl.Float64,
+            "variance": pl.Float64,
+        }
+    )
+    return pl.concat(
+        [
+            empty,
+            *(
+                funnel.standardised_counts(cohort, dimension)
+                for dimension in audit.funnel_dimensions
+                if dimension in audit.dimensions
+            ),
+        ]
+    )
 
 
 def gradient_table(
@@ -241,7 +266,6 @@ def heat_table(
 
 def label_choice_tables(
     cohort: pl.DataFrame,
-    metrics: pl.DataFrame,
     *,
     audit: AuditParams,
     unit: str | None,
@@ -252,13 +276,14 @@ def label_choice_tables(
     dimension.
 
     ``cohort`` has ``score_percentile`` (:func:`pipeline.audit.label_choice.
-    add_score_percentile`); ``metrics`` names each dimension's reference group.
+    add_score_percentile`); each dimension's reference group is ``audit.reference_groups``'
+    (else its largest recorded group).
     """
     needs = ["recorded_need"] + (["true_need"] if has_truth else [])
     rankings = _rankings(has_truth=has_truth, has_oracle=has_oracle)
     curves, gaps, shares = [], [], []
     for dimension in audit.label_choice_dimensions:
-        reference = _reference_of(metrics, dimension, cohort)
+        reference = _reference_of(cohort, dimension, audit.reference_groups.get(dimension))
         for need in needs:
             curves.append(label_choice.need_by_percentile(cohort, dimension, need))
             gaps.append(
@@ -275,6 +300,8 @@ def label_choice_tables(
         pl.concat(gaps, how="diagonal_relaxed"),
         min_group_size=audit.min_group_size,
         need_ratio_material=audit.need_ratio_material,
+        confidence=audit.confidence,
+        fdr=audit.fdr,
     )
     return {
         "need_curves": pl.concat(curves),
@@ -323,33 +350,51 @@ def need_gap_rows(
 
 
 def flag_need_gaps(
-    gaps: pl.DataFrame, *, min_group_size: int, need_ratio_material: float
+    gaps: pl.DataFrame,
+    *,
+    min_group_size: int,
+    need_ratio_material: float,
+    confidence: float = 0.95,
+    fdr: float = 0.05,
 ) -> pl.DataFrame:
-    """Add ``disadvantaged`` (need-ratio CI above 1 and the ratio material) and
-    ``significant`` (CI excludes 1), for non-reference groups of at least ``min_group_size``."""
+    """Add ``significant`` (need-ratio CI excludes 1), ``q_value`` (Benjamini-Hochberg within
+    each dimension and need measure, of the p-value from the CI) and ``disadvantaged`` (CI
+    above 1, the ratio at least ``need_ratio_material`` and the q-value below ``fdr``), for
+    non-reference groups of at least ``min_group_size``."""
     compared = ~pl.col("is_reference") & (pl.col("n") >= min_group_size)
-    return gaps.with_columns(
+    p = flags.p_from_interval(
+        gaps["need_ratio"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        gaps["need_ratio_ci_low"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        gaps["need_ratio_ci_high"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        confidence=confidence,
+    )
+    tested = flags.with_q_values(
+        gaps.with_columns(
+            pl.when(compared).then(pl.Series("p_value", p)).fill_nan(None).alias("p_value")
+        ),
+        over=["dimension", "need_measure"],
+    )
+    return tested.with_columns(
         (
             compared
             & (pl.col("need_ratio_ci_low") > 1.0)
             & (pl.col("need_ratio") >= need_ratio_material)
+            & (pl.col("q_value") < fdr)
         )
         .fill_null(False)
         .alias("disadvantaged"),
         (compared & ((pl.col("need_ratio_ci_low") > 1.0) | (pl.col("need_ratio_ci_high") < 1.0)))
         .fill_null(False)
         .alias("significant"),
-    )
+    ).drop("p_value")
 
 
-def _reference_of(metrics: pl.DataFrame, dimension: str, cohort: pl.DataFrame) -> str:
-    found = metrics.filter((pl.col("dimension") == dimension) & pl.col("is_reference"))
-    if found.height:
-        return str(found["group"][0])
-    sizes = (
-        cohort.group_by(dimension).agg(pl.len()).sort("len", dimension, descending=[True, False])
-    )
-    return str(sizes[dimension][0])
+def _reference_of(cohort: pl.DataFrame, dimension: str, preferred: str | None) -> str:
+    """The dimension's reference group: ``preferred`` when present, else its largest recorded
+    group (:func:`pipeline.audit.flags.preferred_reference`)."""
+    sizes = cohort.group_by(dimension).agg(pl.len()).sort(dimension)
+    groups = tuple(str(g) for g in sizes[dimension].to_list())
+    return flags.preferred_reference(groups, sizes["len"].to_numpy(), preferred)
 
 
 # --- mitigation -----------------------------------------------------------------------------------
@@ -425,21 +470,31 @@ def _equal_opportunity(
 
 
 def published_tables(
-    tables: dict[str, Any],
-    *,
-    min_group_size: int,
-    min_group_events: int,
-    confidence: float,
-    rule: Rule,
+    tables: dict[str, Any], *, audit: AuditParams, rule: Rule
 ) -> dict[str, pl.DataFrame]:
     """Disclosure-controlled tables of :data:`pipeline.contract.AUDIT_TABLES`, by name
     (counts published by ``rule``, rates of the published counts, values of suppressed counts
-    null, columns exactly the contract's; Wilson intervals at ``confidence`` of the published
-    counts; the policies' TPR gaps from the published rates, groups gated by
-    ``min_group_events``)."""
+    null, columns exactly the contract's; Wilson intervals at ``audit.confidence`` of the
+    published counts; funnel statistics of the published counts; flags with the FDR of
+    :mod:`pipeline.audit.flags`; the policies' TPR gaps from the published rates, groups gated
+    by ``audit.min_group_events``; no NaN or infinity anywhere)."""
+    min_group_size, min_group_events = audit.min_group_size, audit.min_group_events
+    bounds = {
+        "fair_low": audit.fair_ratio_low,
+        "fair_high": audit.fair_ratio_high,
+        "oe_material": audit.oe_material,
+        "fdr": audit.fdr,
+    }
     groups = publish.group_counts_table(tables["groups"], rule=rule)
-    metrics = publish.group_metrics_table(
-        tables["group_metrics"], groups, confidence=confidence, rule=rule
+    funnels = publish.funnel_table(
+        tables["funnel"], groups, min_group_events=min_group_events, **bounds
+    )
+    metrics = publish.flag_group_metrics(
+        publish.group_metrics_table(
+            tables["group_metrics"], groups, confidence=audit.confidence, rule=rule
+        ),
+        funnels,
+        **bounds,
     )
     by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
     published = {
@@ -458,8 +513,12 @@ def published_tables(
             min_group_events=min_group_events,
         ),
         "mitigation_by_group": by_group,
+        "funnel": funnels,
     }
-    return {name: contract.AUDIT_TABLES[name].conform(frame) for name, frame in published.items()}
+    return {
+        name: publish.finite(contract.AUDIT_TABLES[name].conform(frame))
+        for name, frame in published.items()
+    }
 
 
 def audit_summary(
@@ -510,6 +569,9 @@ def _settings(audit: AuditParams, *, has_truth: bool) -> contract.AuditSettings:
         score_bins=audit.score_bins,
         bootstrap_score_bins=audit.bootstrap_score_bins,
         need_case_share=audit.need_case_share,
+        fdr=audit.fdr,
+        oe_material=audit.oe_material,
+        funnel_dimensions=tuple(audit.funnel_dimensions),
         need_case_definition=(
             f"top {audit.need_case_share:.0%} of the cohort by true need"
             if has_truth
@@ -747,13 +809,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         fit_rows=fit_rows,
     )
     rule = params.disclosure
-    published = published_tables(
-        tables,
-        min_group_size=audit.min_group_size,
-        min_group_events=audit.min_group_events,
-        confidence=audit.confidence,
-        rule=rule,
-    )
+    published = published_tables(tables, audit=audit, rule=rule)
     summary = audit_summary(
         tables,
         audit=audit,

@@ -25,6 +25,7 @@ import polars as pl
 from fairlearn.metrics import MetricFrame
 
 from pipeline import contract, metrics
+from pipeline.audit import flags
 from pipeline.metrics import percentile_interval, wilson_interval
 
 PROPORTIONS: Final = {
@@ -448,17 +449,19 @@ def cells_metric_frame(cells: Cells) -> pd.DataFrame:
 
 # --- one dimension: estimates, CIs and comparisons with the reference group ----------------------
 
-FLAGGED_METRICS: Final = ("selection_rate", "tpr", "fpr", "fnr", "ppv", "oe_ratio")
-"""Metrics whose ratio to the reference is flagged outside the fair range (Aequitas: selection,
-error and precision parities; plus calibration O/E). Base rate, AUROC, Brier and calibration
-slope are reported with their comparisons but not flagged."""
+FLAGGED_METRICS: Final = tuple(flags.FLAG_COMPARATORS)
+"""Metrics that can be flagged (:mod:`pipeline.audit.flags`): calibration O/E against 1 and
+equal opportunity (TPR) against the reference group. Selection rate is context (in need-based
+targeting it should follow need), FNR is TPR's complement (one finding), FPR and PPV are
+reported; base rate, AUROC, Brier and calibration slope are reported with their comparisons."""
+GATES: Final = {"tpr": "n_events", "fnr": "n_events", "oe_ratio": "n_events", "ppv": "n_selected"}
+"""A metric's own denominator gates its flag: at least ``min_group_events`` of it (in the group
+and, for comparisons, the reference group)."""
 
 
 def reference_group(groups: tuple[str, ...], sizes: np.ndarray, preferred: str | None) -> str:
-    """``preferred`` when present, else the largest group (ties: first in sort order)."""
-    if preferred is not None and preferred in groups:
-        return preferred
-    return groups[int(np.argmax(sizes))]
+    """``preferred`` when present, else the largest recorded group (ties: first in order)."""
+    return flags.preferred_reference(groups, sizes, preferred)
 
 
 def bootstrap_metrics(
@@ -541,6 +544,47 @@ def _reference_comparison(
     return difference, ratio, d_low, d_high, r_low, r_high
 
 
+def _gate(metric: str, counts: dict[str, np.ndarray], ref: int, *, min_events: int) -> np.ndarray:
+    """The metric's own denominator is large enough, in the group and its reference."""
+    gate = GATES.get(metric)
+    if gate is None:
+        return np.zeros(len(counts["n"][0]), dtype=bool)
+    own = counts[gate][0] >= min_events
+    if flags.FLAG_COMPARATORS.get(metric) == "reference group":
+        own &= own[ref]
+    return own
+
+
+def _flag_columns(
+    metric: str,
+    *,
+    value: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    ratio: np.ndarray,
+    r_low: np.ndarray,
+    r_high: np.ndarray,
+    is_ref: np.ndarray,
+    confidence: float,
+) -> dict[str, object]:
+    """What a flaggable metric is compared with, its p-value and whether its interval
+    excludes 1 (O/E: its own interval; TPR: its ratio to the reference)."""
+    comparator = flags.FLAG_COMPARATORS.get(metric)
+    nan = np.full(len(value), np.nan)
+    if comparator == "1 (calibration)":
+        p = flags.p_from_interval(value, low, high, confidence=confidence)
+        return {"comparator": comparator, "p_value": p, "significant": (low > 1.0) | (high < 1.0)}
+    significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
+    if comparator == "reference group":
+        p = flags.p_from_interval(ratio, r_low, r_high, confidence=confidence)
+        return {
+            "comparator": [None if own else comparator for own in is_ref],
+            "p_value": np.where(is_ref, np.nan, p),
+            "significant": significant,
+        }
+    return {"comparator": None, "p_value": nan, "significant": significant}
+
+
 def _metric_table(
     cells: Cells,
     metric: str,
@@ -548,14 +592,13 @@ def _metric_table(
     value: np.ndarray,
     counts: dict[str, np.ndarray],
     ref: int,
-    stable: np.ndarray,
     coarse_value: np.ndarray,
     draws: np.ndarray | None,
     confidence: float,
-    fair_ratio_low: float,
-    fair_ratio_high: float,
+    min_group_events: int,
 ) -> pl.DataFrame:
-    """One metric's rows of :func:`audit_dimension` (one per group)."""
+    """One metric's rows of :func:`audit_dimension` (one per group); ``flag`` is the raw
+    candidate (gated and significant), the publication adds materiality and the FDR."""
     low, high, method, num_count, den_count = _estimate_interval(
         metric, value, counts, coarse_value=coarse_value, draws=draws, confidence=confidence
     )
@@ -563,9 +606,18 @@ def _metric_table(
         value, ref=ref, coarse_value=coarse_value, draws=draws, confidence=confidence
     )
     is_ref = np.arange(len(cells.groups)) == ref
-    outside = ~is_ref & ((ratio < fair_ratio_low) | (ratio > fair_ratio_high))
-    significant = ~is_ref & ((r_low > 1.0) | (r_high < 1.0))
-    flagged = outside & significant & stable & stable[ref] & (metric in FLAGGED_METRICS)
+    flag_columns = _flag_columns(
+        metric,
+        value=value,
+        low=low,
+        high=high,
+        ratio=ratio,
+        r_low=r_low,
+        r_high=r_high,
+        is_ref=is_ref,
+        confidence=confidence,
+    )
+    gated = _gate(metric, counts, ref, min_events=min_group_events)
     return pl.DataFrame(
         {
             "dimension": cells.dimension,
@@ -590,13 +642,15 @@ def _metric_table(
             "ratio": np.where(is_ref, 1.0, ratio),
             "ratio_ci_low": np.where(is_ref, np.nan, r_low),
             "ratio_ci_high": np.where(is_ref, np.nan, r_high),
-            "outside_fair_range": outside,
-            "significant": significant,
-            "flag": flagged,
-            "stable": stable,
+            "outside_fair_range": np.zeros(len(cells.groups), dtype=bool),  # set on publishing
+            "gated": gated,
+            **flag_columns,
+            "flag": gated
+            & np.asarray(flag_columns["significant"], dtype=bool)
+            & (metric in FLAGGED_METRICS),
         },
         strict=False,
-    )
+    ).with_columns(pl.col("comparator").cast(pl.String))
 
 
 def audit_dimension(
@@ -607,8 +661,6 @@ def audit_dimension(
     bootstrap_bins: int,
     rng: np.random.Generator,
     confidence: float,
-    fair_ratio_low: float,
-    fair_ratio_high: float,
     min_group_size: int,
     min_group_events: int,
     point: pd.DataFrame | None = None,
@@ -630,28 +682,38 @@ def audit_dimension(
     frame = cells_metric_frame(cells) if point is None else point
     counts = cell_metrics(cells)
     sizes = counts["n"][0]
-    ref = cells.groups.index(reference_group(cells.groups, sizes, preferred_reference))
+    preferred = reference_group(cells.groups, sizes, preferred_reference)
     coarse = coarsen(cells, n_bins=bootstrap_bins)
     coarse_point = cell_metrics(coarse)
     draws = bootstrap_metrics(coarse, n_bootstrap=n_bootstrap, rng=rng) if n_bootstrap > 0 else None
-    stable = (counts["n"][0] >= min_group_size) & (counts["n_events"][0] >= min_group_events)
-    rows = [
-        _metric_table(
-            cells,
-            metric,
-            value=frame[metric].to_numpy(),
-            counts=counts,
-            ref=ref,
-            stable=stable,
-            coarse_value=coarse_point[metric][0],
-            draws=None if draws is None else draws[metric],
-            confidence=confidence,
-            fair_ratio_low=fair_ratio_low,
-            fair_ratio_high=fair_ratio_high,
+    rows = []
+    for metric in METRICS:
+        value = frame[metric].to_numpy()
+        rows.append(
+            _metric_table(
+                cells,
+                metric,
+                value=value,
+                counts=counts,
+                # per metric: a reference whose value is 0 or undefined would give inf ratios
+                ref=flags.reference_index(cells.groups, sizes, value, preferred=preferred),
+                coarse_value=coarse_point[metric][0],
+                draws=None if draws is None else draws[metric],
+                confidence=confidence,
+                min_group_events=min_group_events,
+            )
         )
-        for metric in METRICS
-    ]
-    return pl.concat(rows).with_columns(pl.col(c).fill_nan(None) for c in METRIC_VALUE_COLUMNS)
+    stable = (sizes >= min_group_size) & (counts["n_events"][0] >= min_group_events)
+    return (
+        pl.concat(rows)
+        .with_columns(pl.col(c).fill_nan(None) for c in (*METRIC_VALUE_COLUMNS, "p_value"))
+        .join(
+            pl.DataFrame({"group": list(cells.groups), "stable": stable}),
+            on="group",
+            how="left",
+            maintain_order="left",
+        )
+    )
 
 
 def group_counts(cells: Cells, *, min_group_size: int, min_group_events: int) -> pl.DataFrame:

@@ -113,9 +113,9 @@ def join_truth(
 def with_group_labels(people: pl.LazyFrame, dimensions: tuple[str, ...]) -> pl.LazyFrame:
     """Group labels of ``dimensions`` (:func:`dimension_expr`), ``recorded_need`` (Float64) and
     ``outcome`` as Int8."""
-    # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy even when they
-    # are not audited dimensions
-    needed = set(dimensions) | {"imd_quintile", "imd_decile", "ethnicity_group"}
+    # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy, age band and sex
+    # by the funnel plots' standardisation, even when they are not audited dimensions
+    needed = set(dimensions) | {"imd_quintile", "imd_decile", "ethnicity_group", "age_band", "sex"}
     return people.with_columns(
         *(dimension_expr(dimension) for dimension in sorted(needed)),
         pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),

@@ -19,13 +19,17 @@ from typing import Any
 import polars as pl
 
 from pipeline import contract
+from pipeline.audit import flags, funnel
 from pipeline.audit.cells import COMPARISON_COLUMNS, PROPORTIONS
 from pipeline.contract import GROUP_COUNTS, METRIC_COUNTS, PublishedCountValue, is_count_name
 from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.metrics import wilson_interval
 
-COMPARISON_VALUES = (*COMPARISON_COLUMNS, "outside_fair_range", "significant", "flag")
+COMPARISON_VALUES = (*COMPARISON_COLUMNS, "outside_fair_range")
 """Group-metric columns that compare a group with its reference group."""
+TEST_VALUES = ("significant", "flag", "p_value", "gated")
+"""Group-metric columns of a flaggable comparison: hidden with the comparison (against the
+reference group) or with the value (calibration against 1)."""
 NEED_VALUES = (
     "need_gap",
     "need_gap_ci_low",
@@ -36,6 +40,7 @@ NEED_VALUES = (
     "mean_need",
     "disadvantaged",
     "significant",
+    "q_value",
 )
 """Label-choice values computed from a group's and its reference's ``n``."""
 CUTOFF_VALUES = ("cutoff_gap", "cutoff_gap_ci_low", "cutoff_gap_ci_high", "mean_need_selected")
@@ -155,7 +160,7 @@ def group_metrics_table(
     metrics: pl.DataFrame, groups: pl.DataFrame, *, confidence: float, rule: Rule
 ) -> pl.DataFrame:
     """Raw group metrics + published group counts (``groups.parquet``) ->
-    ``group_metrics.parquet``.
+    ``group_metrics.parquet`` before its flags (:func:`flag_group_metrics`).
 
     The metric's counts are the published ones; a proportion's value is the share of its
     published counts, its Wilson interval (at ``confidence``) is of those counts, and its
@@ -189,14 +194,20 @@ def group_metrics_table(
         "suppressed",
     )
     compared = _compare_with_reference(valued, proportion)
+    against_one = pl.col("comparator") == "1 (calibration)"
     masked = _hide(
         compared,
         COMPARISON_VALUES,
         pl.col("suppressed") | pl.col("_ref_h").fill_null(True),
         "comparison_suppressed",
+    ).with_columns(
+        pl.when(pl.when(against_one).then("suppressed").otherwise("comparison_suppressed"))
+        .then(None)
+        .otherwise(pl.col(c))
+        .alias(c)
+        for c in TEST_VALUES
     )
-    flagged = ~pl.col("is_reference") & pl.coalesce("flag", "outside_fair_range")
-    return masked.with_columns(flagged.fill_null(False).alias("flagged")).drop(
+    return masked.drop(
         "numerator_raw",
         "denominator_raw",
         "complement_raw",
@@ -204,6 +215,159 @@ def group_metrics_table(
         "_ref",
         "_ref_h",
         *[c for c in GROUP_COUNTS if c not in ("n", "n_events", "n_selected")],
+    )
+
+
+def flag_group_metrics(
+    metrics: pl.DataFrame,
+    funnels: pl.DataFrame,
+    *,
+    fair_low: float,
+    fair_high: float,
+    oe_material: float,
+    fdr: float,
+) -> pl.DataFrame:
+    """Flags of the published group metrics (:mod:`pipeline.audit.flags`): a comparison is
+    flagged when gated by its own denominator, its interval excludes 1, it is material and its
+    Benjamini-Hochberg q-value within the dimension is below ``fdr``. Geographies in
+    ``funnels`` (the published ``funnel.parquet``) take their comparisons and flags from it."""
+    outside = ~pl.col("is_reference") & (
+        (pl.col("ratio") < fair_low) | (pl.col("ratio") > fair_high)
+    )
+    rated = metrics.with_columns(outside.alias("outside_fair_range"))
+    geography = pl.col("dimension").is_in(funnels["dimension"].unique().to_list())
+    tested = with_q_values_of(rated.filter(~geography))
+    material = flags.material_expr(fair_low=fair_low, fair_high=fair_high, oe_material=oe_material)
+    flagged = tested.with_columns(  # null stays null: a hidden comparison has no flag
+        pl.when(pl.col("flag").is_not_null())
+        .then(pl.col("flag") & material & (pl.col("q_value") < fdr).fill_null(False))
+        .alias("flag")
+    )
+    return (
+        pl.concat(
+            [flagged, _funnel_comparisons(rated.filter(geography), funnels)], how="diagonal_relaxed"
+        )
+        .with_columns(
+            pl.col("flag").fill_null(False).alias("flagged"),
+            pl.when(pl.col("flag").fill_null(False)).then(flags.reason_expr()).alias("flag_reason"),
+        )
+        .drop("gated")
+    )
+
+
+def with_q_values_of(frame: pl.DataFrame) -> pl.DataFrame:
+    """``q_value`` of each row's ``p_value`` (Benjamini-Hochberg within its dimension)."""
+    return flags.with_q_values(frame, over=["dimension"])
+
+
+def _funnel_comparisons(metrics: pl.DataFrame, funnels: pl.DataFrame) -> pl.DataFrame:
+    """Geography rows: no reference area; the funnel metrics' ratio is the standardised ratio
+    (interval: ratio +- the 95% funnel half-width) with the funnel's p, q and flag."""
+    points = funnels.select(
+        "dimension",
+        "group",
+        "metric",
+        pl.col("ratio").alias("_ratio"),
+        (pl.col("limit_95_high") - 1.0).alias("_half"),
+        pl.col("p_value").alias("_p"),
+        pl.col("q_value").alias("_q"),
+        pl.col("flagged").alias("_flag"),
+        (
+            (pl.col("limit_95_low") > pl.col("ratio")) | (pl.col("ratio") > pl.col("limit_95_high"))
+        ).alias("_significant"),
+    )
+    joined = metrics.join(points, on=["dimension", "group", "metric"], how="left")
+    nothing = pl.lit(None, dtype=pl.Float64)
+    return joined.with_columns(
+        pl.lit(None, dtype=pl.String).alias("reference_group"),
+        pl.lit(False).alias("is_reference"),
+        *(nothing.alias(c) for c in ("difference", "difference_ci_low", "difference_ci_high")),
+        pl.col("_ratio").alias("ratio"),
+        (pl.col("_ratio") - pl.col("_half")).clip(lower_bound=0.0).alias("ratio_ci_low"),
+        (pl.col("_ratio") + pl.col("_half")).alias("ratio_ci_high"),
+        pl.lit(None, dtype=pl.Boolean).alias("outside_fair_range"),
+        pl.when(pl.col("_ratio").is_not_null())
+        .then(pl.lit("population (funnel)"))
+        .alias("comparator"),
+        pl.col("_p").alias("p_value"),
+        pl.col("_q").alias("q_value"),
+        pl.col("_significant").alias("significant"),
+        pl.when(pl.col("_ratio").is_not_null()).then(pl.col("_flag")).alias("flag"),
+        pl.col("_ratio").is_null().alias("comparison_suppressed"),
+    ).drop("_ratio", "_half", "_p", "_q", "_flag", "_significant")
+
+
+def funnel_table(
+    raw: pl.DataFrame,
+    groups: pl.DataFrame,
+    *,
+    fair_low: float,
+    fair_high: float,
+    oe_material: float,
+    fdr: float,
+    min_group_events: int,
+) -> pl.DataFrame:
+    """Raw standardised counts (:func:`pipeline.audit.funnel.standardised_counts`) + published
+    group counts -> ``funnel.parquet``: the statistics run on the *published* observed count
+    (a point whose count, group size or events are hidden is suppressed), expected counts are
+    published to one decimal; flagged: a flaggable metric outside the adjusted 99.8% limits,
+    material, gated by ``min_group_events`` events, with a q-value (BH within the dimension)
+    below ``fdr``."""
+    observed = pl.col("metric").replace_strict(funnel.FUNNEL_METRICS, default=None)
+    joined = raw.join(
+        groups.select("dimension", "group", *GROUP_COUNTS),
+        on=["dimension", "group"],
+        how="left",
+        maintain_order="left",
+    ).with_columns(_pick(observed).alias("n_observed"))
+    hidden = hidden_expr(["n", "n_events", "n_observed"])
+    shown = joined.with_columns(
+        pl.when(hidden).then(None).otherwise(published_number("n_observed")).alias("observed"),
+        hidden.alias("suppressed"),
+        pl.col("expected").round(1),
+    )
+    stats = funnel.funnel_statistics(shown)
+    flaggable = pl.col("metric").is_in(list(flags.FLAG_COMPARATORS))
+    tested = flags.with_q_values(
+        stats.with_columns(pl.when(flaggable).then("p_value").alias("p_value")), over=["dimension"]
+    )
+    outside = (pl.col("ratio") < pl.col("limit_998_low")) | (
+        pl.col("ratio") > pl.col("limit_998_high")
+    )
+    flagged = (
+        flaggable
+        & outside
+        & (published_number("n_events") >= min_group_events)
+        & (pl.col("q_value") < fdr)
+        & _funnel_material(fair_low=fair_low, fair_high=fair_high, oe_material=oe_material)
+    ).fill_null(False)
+    return tested.with_columns(
+        flagged.alias("flagged"),
+        pl.when(flagged).then(_funnel_reason()).alias("flag_reason"),
+    ).select(list(contract.FUNNEL_SCHEMA))
+
+
+def _funnel_material(*, fair_low: float, fair_high: float, oe_material: float) -> pl.Expr:
+    """A standardised ratio large enough to act on: TPR outside the fair range, O/E at least
+    ``oe_material`` (or at most its inverse)."""
+    ratio = pl.col("ratio")
+    return (
+        pl.when(pl.col("metric") == "oe_ratio")
+        .then((ratio >= oe_material) | (ratio <= 1.0 / oe_material))
+        .otherwise((ratio < fair_low) | (ratio > fair_high))
+    )
+
+
+def _funnel_reason() -> pl.Expr:
+    higher = pl.col("ratio") > 1.0
+    return (
+        pl.when(pl.col("metric") == "oe_ratio")
+        .then(pl.when(higher).then(pl.lit("under-prediction")).otherwise(pl.lit("over-prediction")))
+        .otherwise(
+            pl.when(higher)
+            .then(pl.lit("more cases reached"))
+            .otherwise(pl.lit("fewer cases reached"))
+        )
     )
 
 
@@ -323,6 +487,12 @@ def policy_groups_table(by_group: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
     return _hide(
         published, ["selection_share", "tpr", "case_tpr"], hidden | pl.col("_missed"), "suppressed"
     ).drop("_missed")
+
+
+def finite(frame: pl.DataFrame) -> pl.DataFrame:
+    """NaN and infinite floats -> null: an undefined estimate is never published as a number."""
+    floats = pl.col(pl.Float64)
+    return frame.with_columns(pl.when(floats.is_finite()).then(floats).otherwise(None))
 
 
 def json_value(value: Any) -> Any:

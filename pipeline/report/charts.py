@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Final, TypeAlias
 
 import altair as alt
+import numpy as np
 import polars as pl
 import vl_convert as vlc
 from markupsafe import Markup
@@ -376,8 +377,17 @@ def heat_grid_chart(
             ),
         ),
     )
+    # Vega-Lite drops marks whose colour field is null before any condition is read, so the
+    # suppressed cells get a grey layer of their own (else they render white)
+    hidden = (
+        base.transform_filter("datum.value == null")
+        .mark_rect(stroke="white", strokeWidth=2)
+        .encode(color=alt.value("#d9d9d9"))
+    )
     text = base.mark_text(fontSize=12).encode(text="text:N")
-    return alt.layer(cells, text).properties(width=alt.Step(62), height=alt.Step(28), title=title)
+    return alt.layer(hidden, cells, text).properties(
+        width=alt.Step(62), height=alt.Step(28), title=title
+    )
 
 
 def curve_chart(
@@ -411,3 +421,89 @@ def curve_chart(
         )
     )
     return alt.layer(*layers).properties(width=260, height=220, title=title)
+
+
+FUNNEL_STATUS: Final = ("within the 95% limits", "outside the 95% limits", "flagged")
+
+
+def funnel_curves(
+    expected: Sequence[float], *, variance_per_expected: float, tau2: float
+) -> pl.DataFrame:
+    """Funnel limits (95% and 99.8%, over-dispersion adjusted) on a grid of expected counts
+    spanning ``expected``: columns expected, limit (label), side, bound."""
+    low = max(min(expected), 0.5)
+    high = max(*expected, low * 1.01)
+    grid = np.geomspace(low, high, 60)
+    spread = np.sqrt(variance_per_expected / grid + tau2)
+    parts = [
+        pl.DataFrame(
+            {
+                "expected": grid,
+                "limit": label,
+                "side": f"{label} {side}",
+                "bound": np.maximum(1.0 + sign * z * spread, 0.0),
+            }
+        )
+        for label, z in (("95% limits", 1.959964), ("99.8% limits", 3.090232))
+        for side, sign in (("low", -1.0), ("high", 1.0))
+    ]
+    return pl.concat(parts)
+
+
+def funnel_chart(
+    points: pl.DataFrame, curves: pl.DataFrame, *, title: str, y_title: str
+) -> LayeredChart:
+    """Funnel plot (Spiegelhalter 2005): each area's standardised ratio against its expected
+    count, with the 95% and 99.8% limits around the population value 1; flagged areas are
+    named.
+
+    ``points``: group, expected, ratio, status (:data:`FUNNEL_STATUS`), label (name or "").
+    ``curves``: :func:`funnel_curves`.
+    """
+    x = alt.X(
+        "expected:Q", title="Expected count (age/sex standardised)", scale=alt.Scale(type="log")
+    )
+    y_values = [*points["ratio"].drop_nulls().to_list(), *curves["bound"].to_list(), 1.0]
+    y_scale = alt.Scale(domain=[max(min(y_values), 0.0), max(y_values)], nice=False)
+    one = alt.Chart(pl.DataFrame({"one": [1.0]})).mark_rule(color="#555").encode(y="one:Q")
+    limits = (
+        alt.Chart(curves)
+        .mark_line(color="#777", strokeWidth=1.2)
+        .encode(
+            x=x,
+            y=alt.Y("bound:Q", title=y_title, scale=y_scale),
+            detail="side:N",
+            strokeDash=alt.StrokeDash(
+                "limit:N",
+                scale=alt.Scale(domain=["95% limits", "99.8% limits"], range=[[4, 3], [1, 0]]),
+                title=None,
+            ),
+        )
+    )
+    dots = (
+        alt.Chart(points)
+        .mark_point(filled=True, size=55)
+        .encode(
+            x=x,
+            y=alt.Y("ratio:Q", scale=y_scale),
+            color=alt.Color(
+                "status:N",
+                scale=alt.Scale(
+                    domain=list(FUNNEL_STATUS), range=[OKABE_ITO[0], OKABE_ITO[1], OKABE_ITO[3]]
+                ),
+                title=None,
+            ),
+            shape=alt.Shape(
+                "status:N",
+                scale=alt.Scale(domain=list(FUNNEL_STATUS), range=["circle", "square", "diamond"]),
+                title=None,
+            ),
+            tooltip=["group:N", alt.Tooltip("ratio:Q", format=".2f")],
+        )
+    )
+    names = (
+        alt.Chart(points)
+        .mark_text(dx=6, align="left", fontSize=10, color="#333")
+        .encode(x=x, y=alt.Y("ratio:Q", scale=y_scale), text="label:N")
+    )
+    return alt.layer(one, limits, dots, names).properties(width=360, height=220, title=title)

@@ -1,4 +1,4 @@
-"""Headline findings, generated from the numbers (nothing hard-coded).
+"""Headline findings, generated from the published numbers (nothing hard-coded).
 
 Each function picks the numbers of one finding and returns them as a :class:`Finding`; the
 sentence is ``templates/_findings.html.j2``'s macro of the same ``kind``. Each says who, by how
@@ -102,36 +102,86 @@ def deprivation_finding(view: TargetView, report: ReportView) -> Finding | None:
     return Finding(_deprivation_tone(ratio, low, high, report), "deprivation", view.target, facts)
 
 
-def under_served_finding(view: TargetView, report: ReportView) -> Finding:
-    """Groups whose share of cases reached is clearly below the reference's."""
-    # The audit's own flag: outside 0.8-1.25, CI excluding 1, both groups stable.
-    frame = view.groups.filter(
-        pl.col("dimension").is_in(UNDER_SERVED_DIMENSIONS)
-        & (pl.col("metric") == "tpr")
-        & ~pl.col("is_reference").fill_null(False)
-        & pl.col("flagged").fill_null(False)
-        & (pl.col("ratio") < 1.0)
-        & ~pl.col("suppressed").fill_null(False)
-        & (pl.col("n") != SUPPRESSED)
-        & (pl.col("n_events") != SUPPRESSED)
-    ).with_columns(
-        pl.col("dimension")
-        .replace_strict({d: i for i, d in enumerate(UNDER_SERVED_DIMENSIONS)}, default=99)
-        .alias("_rank")
+def who(dimension: str, group: str, report: ReportView) -> str:
+    """A group in words, an ICB by its name (:func:`who_text` otherwise)."""
+    if dimension == "icb_code":
+        name = report.icb_names.get(group)
+        return f"people in {name} ({group})" if name else who_text(dimension, group)
+    return who_text(dimension, group)
+
+
+def _flagged(view: TargetView, metric: str, reason: str) -> pl.DataFrame:
+    """Published, shown flags of ``metric`` with ``reason``, main dimensions first."""
+    return (
+        view.groups.filter(
+            pl.col("dimension").is_in(UNDER_SERVED_DIMENSIONS)
+            & (pl.col("metric") == metric)
+            & pl.col("flagged").fill_null(False)
+            & (pl.col("flag_reason") == reason)
+            & ~pl.col("suppressed").fill_null(False)
+            & (pl.col("n") != SUPPRESSED)
+            & (pl.col("n_events") != SUPPRESSED)
+        )
+        .with_columns(
+            pl.col("dimension")
+            .replace_strict({d: i for i, d in enumerate(UNDER_SERVED_DIMENSIONS)}, default=99)
+            .alias("_rank")
+        )
+        .sort("_rank", "ratio" if metric == "tpr" else "value", descending=[False, metric != "tpr"])
     )
-    frame = frame.sort("_rank", "ratio")
-    if frame.is_empty():
-        return Finding("ok", "none_under_served", view.target)
-    listed = [
+
+
+def _listed(frame: pl.DataFrame, report: ReportView, *, value: str) -> list[dict[str, Any]]:
+    low, high = ("ratio_ci_low", "ratio_ci_high") if value == "ratio" else ("ci_low", "ci_high")
+    return [
         {
-            "who": who_text(row["dimension"], row["group"]),
-            "ratio": num_text(row["ratio"]),
-            "ci": ci_text(row["ratio_ci_low"], row["ratio_ci_high"], percent=False, digits=2),
+            "who": who(row["dimension"], row["group"], report),
+            "ratio": num_text(row[value]),
+            "ci": ci_text(row[low], row[high], percent=False, digits=2),
+            "against": "the population value (age/sex standardised)"
+            if row["comparator"] == "population (funnel)"
+            else who_text(row["dimension"], row["reference_group"] or "").removeprefix("people "),
         }
         for row in frame.head(LISTED_GROUPS).iter_rows(named=True)
     ]
+
+
+def under_served_finding(view: TargetView, report: ReportView) -> Finding:
+    """Groups flagged for fewer cases reached (equal opportunity): against their reference
+    group, or for areas against the population value (funnel plots), after the FDR."""
+    frame = _flagged(view, "tpr", "fewer cases reached")
+    if frame.is_empty():
+        return Finding("ok", "none_under_served", view.target)
+    listed = _listed(frame, report, value="ratio")
     facts = {"count": frame.height, "listed": listed, "more": frame.height - len(listed)}
     return Finding("concern", "under_served", view.target, facts)
+
+
+def calibration_finding(view: TargetView, report: ReportView) -> Finding | None:
+    """Groups whose events the model under-predicts (O/E interval above 1, O/E >= the material
+    level, after the FDR): the score ranks them too low."""
+    frame = _flagged(view, "oe_ratio", "under-prediction")
+    if frame.is_empty():
+        return None
+    listed = _listed(frame, report, value="value")
+    facts = {"count": frame.height, "listed": listed, "more": frame.height - len(listed)}
+    return Finding("concern", "under_predicted", view.target, facts)
+
+
+def not_recorded_finding(view: TargetView) -> Finding | None:
+    """Ethnicity not recorded: a data-quality finding (never a reference group), from the
+    published counts of the ethnic groups."""
+    rows = view.groups.filter(
+        (pl.col("dimension") == "ethnicity_group") & (pl.col("metric") == "base_rate")
+    )
+    counts = dict(zip(rows["group"].to_list(), rows["n"].to_list(), strict=True))
+    missing = counts.get("Not recorded")
+    if missing is None or missing == SUPPRESSED or SUPPRESSED in counts.values():
+        return None
+    total = sum(int(v) for v in counts.values() if v is not None)
+    share = int(missing) / total if total else None
+    facts = {"n": f"{int(missing):,}", "share": pct_text(share)}
+    return Finding("info", "not_recorded", view.target, facts)
 
 
 def gradient_finding(view: TargetView) -> Finding | None:
@@ -280,11 +330,13 @@ def headline_findings(report: ReportView) -> list[Finding]:
         for finding in (
             deprivation_finding(view, report),
             under_served_finding(view, report),
+            calibration_finding(view, report),
             gradient_finding(view),
             outreach_finding(view, report),
             label_choice_finding(view, report),
             mitigation_finding(view),
             performance_finding(view),
+            not_recorded_finding(view),
         ):
             if finding is not None:
                 found.append(finding)

@@ -437,6 +437,7 @@ def _target_view(
         gradient_points=gradient_points(groups, tables["mitigation_by_group"]),
         gradient_lines=gradients.filter(pl.col("dimension") == "imd_quintile"),
         heat=tables["heat"],
+        funnel=tables["funnel"],
         label_choice=label_curves(tables["need_by_score"]),
         label_summary=label_summary_view(tables["need_gaps"], tables["selection_shares"]),
         mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),

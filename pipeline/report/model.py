@@ -39,6 +39,9 @@ GROUPS_SCHEMA: Final[TableSchema] = {
             "ratio_ci_low",
             "ratio_ci_high",
             "flagged",
+            "comparator",
+            "flag_reason",
+            "reference_group",
         )
     },
 }
@@ -157,6 +160,8 @@ class TargetView:
     gradient_lines: pl.DataFrame = field(default_factory=lambda: empty(GRADIENTS_SCHEMA))
     """SII/RII across the same groups as ``gradient_points`` (quintiles), for the chart lines."""
     heat: pl.DataFrame = field(default_factory=lambda: empty(HEAT_SCHEMA))
+    funnel: pl.DataFrame = field(default_factory=lambda: empty(contract.FUNNEL_SCHEMA))
+    """``funnel.parquet`` as written: geographies against the population value."""
     label_choice: pl.DataFrame = field(default_factory=lambda: empty(LABEL_CHOICE_SCHEMA))
     label_summary: pl.DataFrame = field(default_factory=lambda: empty(LABEL_SUMMARY_SCHEMA))
     mitigation: pl.DataFrame = field(default_factory=lambda: empty(MITIGATION_SCHEMA))

@@ -45,8 +45,20 @@ GROUP_COLUMNS: Final = [
     ("Selected: ratio", "selection rate relative to the reference group, 95% CI"),
     ("Cases reached: ratio", "cases reached relative to the reference group, 95% CI"),
     ("Observed / expected", "calibration: 1 = as many events as the model predicted"),
-    ("Note", "reference group, small group, or outside the 0.8-1.25 range"),
+    ("Note", "reference group, small group, or a flag (Methods: comparators and flags)"),
 ]
+GEOGRAPHY_COLUMNS: Final = [
+    (name, help_text)
+    if "ratio" not in name
+    else (
+        name.replace("ratio", "standardised ratio"),
+        "observed / expected count if the area's people fared like the whole population "
+        "(age band x sex); 1 = as expected; interval: 95% funnel limits around the area's ratio",
+    )
+    for name, help_text in GROUP_COLUMNS
+]
+FLAG_METRICS: Final = ("tpr", "oe_ratio")
+"""The metrics the audit can flag (pipeline.audit.flags)."""
 RATIO_SCHEMA: Final[TableSchema] = {
     "group": pl.String,
     "group_order": pl.Int32,
@@ -116,7 +128,7 @@ def metric_cell(group: Group, metric: str) -> Cell:
 def ratio_cell(group: Group, metric: str, *, fair_low: float, fair_high: float) -> Cell:
     """A group's ratio to the reference on ``metric``, shaded outside the fair band."""
     row = group["metrics"].get(metric)
-    if group["is_reference"]:
+    if row is not None and row["is_reference"]:  # per metric: a reference must be usable
         return Cell("ref", "r", "1")
     if row is not None and suppressed(group, metric):
         return rate_cell(SUPPRESSED)
@@ -143,8 +155,8 @@ def status_cell(group: Group, metrics: tuple[str, ...]) -> Cell:
         row = group["metrics"].get(metric)
         if row is None or not row["flagged"] or suppressed(group, metric):
             continue
-        side = "higher" if is_number(row["ratio"]) and row["ratio"] > 1 else "lower"
-        flags.append(f"{METRIC_LABELS.get(metric, metric).lower()} {side}")
+        reason = row.get("flag_reason") or METRIC_LABELS.get(metric, metric).lower()
+        flags.append(str(reason))
     if flags:
         notes.append("flag: " + ", ".join(flags))
     return text_cell("; ".join(notes))
@@ -175,7 +187,7 @@ def group_row(group: Group, dimension: str, report: ReportView, sdc: Rule) -> li
         ratio_cell(group, "selection_rate", **bounds),
         ratio_cell(group, "tpr", **bounds),
         metric_cell(group, "oe_ratio"),
-        status_cell(group, ("selection_rate", "tpr")),
+        status_cell(group, FLAG_METRICS),
     ]
 
 
@@ -186,8 +198,13 @@ def group_table(
     groups = wide_groups(view, dimension)
     if not groups:
         return None
+    geography = any(
+        row.get("comparator") == "population (funnel)"
+        for group in groups
+        for row in group["metrics"].values()
+    )
     return Table(
-        GROUP_COLUMNS,
+        GEOGRAPHY_COLUMNS if geography else GROUP_COLUMNS,
         [group_row(group, dimension, report, sdc) for group in groups],
         caption=f"{view.target}: {dimension_label(dimension).lower()}",
         sortable=sortable,
@@ -223,7 +240,12 @@ def ratio_figure(
     """Forest plot of one metric's ratio to the reference across a dimension's groups."""
     groups = wide_groups(view, dimension)
     frame = ratio_frame(groups, dimension, metric)
-    frame = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0))
+    frame = frame.filter(pl.col("ratio").is_not_null() & (pl.col("ratio") > 0)).with_columns(
+        # the chart's legend reads "outside 0.8-1.25": flags themselves also need the FDR
+        ((pl.col("ratio") < report.fair_low) | (pl.col("ratio") > report.fair_high)).alias(
+            "flagged"
+        )
+    )
     if frame.is_empty():
         return None
     reference = next((g for g in groups if g["is_reference"]), {"group": "reference"})

@@ -7,7 +7,7 @@ from typing import Any, Final
 import altair as alt
 import polars as pl
 
-from pipeline.contract import TableSchema
+from pipeline.contract import BROAD_ETHNIC_GROUPS, TableSchema
 from pipeline.disclosure import SUPPRESSED, Rule
 from pipeline.report import charts
 from pipeline.report.context.blocks import Figure, Section, heading
@@ -17,9 +17,11 @@ from pipeline.report.fmt import is_number, pct_text, to_float
 from pipeline.report.model import ReportView, TargetView
 
 INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
+ETHNIC_ORDER: Final = {name: i for i, name in enumerate(BROAD_ETHNIC_GROUPS)}
 GRID_METRICS: Final = ("tpr", "selection_rate")
 GRID_SCHEMA: Final[TableSchema] = {
     "ethnicity": pl.String,
+    "group_order": pl.Int32,
     "imd": pl.String,
     "value": pl.Float64,
     "text": pl.String,
@@ -32,8 +34,11 @@ def grid_cell(group: Group, metric: str) -> dict[str, Any]:
     row = group["metrics"].get(metric)
     hidden = suppressed(group, metric)
     value = None if row is None or hidden else row["value"]
+    name = ethnicity or group["group"]
     return {
-        "ethnicity": ethnicity or group["group"],
+        "ethnicity": name,
+        # one fixed order (the contract's) in both grids, whatever each grid holds
+        "group_order": ETHNIC_ORDER.get(name, len(ETHNIC_ORDER)),
         "imd": quintile or "?",
         "value": value if is_number(value) else None,
         "text": SUPPRESSED if hidden else pct_text(value, digits=0),
