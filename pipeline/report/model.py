@@ -197,3 +197,9 @@ class ReportView:
     notes: tuple[str, ...] = ()
     icb_names: dict[str, str] = field(default_factory=dict)
     """ICB code -> name (from the population's areas table when present)."""
+    objective: str = "events_reached_no_wider_gap"
+    """``params.report.objective``: what the summary's recommendation maximises."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Date, commit, data hash, params digest, model versions (``pipeline.report.provenance``)."""
+    list_sizes: dict[str, str] = field(default_factory=dict)
+    """Target -> people on its outreach lists, as published (``outreach_summary.json``)."""
