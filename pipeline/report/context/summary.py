@@ -111,6 +111,14 @@ def _cost(view: TargetView, list_sizes: dict[str, str]) -> dict[str, str]:
     }
 
 
+PROVENANCE_KEYS: Final = ("date", "commit", "index_date", "data_hash", "params_digest", "source")
+
+
+def _provenance(known: dict[str, Any]) -> dict[str, Any]:
+    """Every provenance field, "not recorded" where the run could not read it."""
+    return {key: "not recorded" for key in PROVENANCE_KEYS} | {"models": []} | known
+
+
 def summary_context(report: ReportView, *, objective: Objective) -> dict[str, Any]:
     """Everything the summary page says, per target and overall."""
     operating = report.targets[0].operating_point if report.targets else {}
@@ -130,5 +138,5 @@ def summary_context(report: ReportView, *, objective: Objective) -> dict[str, An
             for view in report.targets
         ],
         "findings": top_findings(report),
-        "provenance": report.provenance,
+        "provenance": _provenance(report.provenance),
     }
