@@ -173,7 +173,7 @@ def export(
 ) -> None:
     """Write one ICB's outreach lists (optionally some practices) as an Excel workbook."""
     params = _params(root)
-    from pipeline.outreach.export import export_icb, export_path
+    from pipeline.export import export_icb, export_path
     from pipeline.outreach.stage import outreach_targets
 
     paths = Paths.at(root)

@@ -13,7 +13,7 @@ from pipeline.errors import ParamsError, StageError
 from pipeline.io import write_parquet
 from pipeline.outreach import OUTREACH_COLUMNS, lists
 from pipeline.outreach.dictionary import data_dictionary
-from pipeline.outreach.export import export_icb, export_path
+from pipeline.export import export_icb, export_path
 
 TARGETS = ("cvd", "adm")
 

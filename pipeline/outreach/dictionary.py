@@ -2,7 +2,7 @@
 
 ``data/outreach/data_dictionary.csv`` says what every column of every list means (one row per
 file kind and column), so a team opening a list never has to guess what ``risk_score`` or
-``list_tier`` is. The same words open each exported workbook (:mod:`.export`).
+``list_tier`` is. The same words open each exported workbook (:mod:`pipeline.export`).
 """
 
 from __future__ import annotations
