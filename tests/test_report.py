@@ -488,3 +488,21 @@ def test_provenance_comes_from_the_project_not_the_clock(tmp_path: Path) -> None
     assert provenance.params_digest(params) == provenance.params_digest(params)
     other = params.model_copy(update={"seed": params.seed + 1})
     assert provenance.params_digest(other) != provenance.params_digest(params)
+
+
+def test_mitigation_table_shows_events_averted_only_when_the_audit_has_them(view: ReportView):
+    from pipeline.report.context.mitigation import mitigation_table
+    from pipeline.report.inputs import _averted
+
+    target = view.targets[0]
+    assert target.mitigation["events_averted"].null_count() == target.mitigation.height
+    plain = mitigation_table(target, Rule())
+    assert plain is not None and "Events averted (simulated)" not in [c for c, _ in plain.columns]
+    with_averted = target.mitigation.with_columns(pl.lit("40").alias("events_averted"))
+    table = mitigation_table(dataclasses.replace(target, mitigation=with_averted), Rule())
+    assert table is not None
+    names = [c for c, _ in table.columns]
+    assert "Events averted (simulated)" in names
+    assert table.rows[0][names.index("Events averted (simulated)")].text == "40"
+    frame = pl.DataFrame({"n_events_averted_ci_low": ["5"], "n_events_averted": ["40"]})
+    assert frame.select(_averted(frame.columns)).to_series().to_list() == ["40"]

@@ -93,6 +93,7 @@ MITIGATION_SCHEMA: Final[TableSchema] = {
     "share_of_events_reached": pl.Float64,
     "tpr_gap": pl.Float64,  # need reached (true-need cases with truth), best - worst quintile
     "recorded_gap": pl.Float64,  # recorded-outcome TPR, best - worst quintile
+    "events_averted": pl.String,  # published count, when the audit simulates it (else null)
     "group": pl.String,  # a selection-share column per group, long
     "selection_share": pl.Float64,
 }

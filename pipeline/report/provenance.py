@@ -75,7 +75,9 @@ def model_facts(models: Path, targets: Sequence[str], *, root: Path) -> list[dic
         model = models / target / "model.txt"
         found = tracking.find_model_version(model, root=root) if model.exists() else None
         if found is None:
-            facts.append({"target": target, "model": NOT_RECORDED, "aliases": "", "data_digest": ""})
+            facts.append(
+                {"target": target, "model": NOT_RECORDED, "aliases": "", "data_digest": ""}
+            )
             continue
         version, run = found
         aliases = _aliases(tracking.registered_name(target), str(version.version), root=root)
