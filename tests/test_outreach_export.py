@@ -10,10 +10,10 @@ import pytest
 
 from pipeline.config import OutreachParams
 from pipeline.errors import ParamsError, StageError
+from pipeline.export import export_icb, export_path
 from pipeline.io import write_parquet
 from pipeline.outreach import OUTREACH_COLUMNS, lists
 from pipeline.outreach.dictionary import data_dictionary
-from pipeline.export import export_icb, export_path
 
 TARGETS = ("cvd", "adm")
 
