@@ -272,13 +272,15 @@ class OutreachParams(_Capacity):
     """Summary groups with fewer selected people are marked ``"stable": false``."""
 
 
+Objective = Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"]
+"""What the report's summary recommends a policy for (``report.objective``)."""
+
+
 class ReportParams(_Frozen):
     """Equity report (stage ``report``)."""
 
     title: str = "Risk stratification for prevention: equity report"
-    objective: Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"] = (
-        "events_reached_no_wider_gap"
-    )
+    objective: Objective = "events_reached_no_wider_gap"
     """How the summary recommends a policy from the audit's mitigation table: the most events
     reached among policies that do not widen the need-reached gap (the default), the most events
     reached, or the narrowest gap."""

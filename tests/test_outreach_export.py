@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -96,3 +98,20 @@ def test_export_path_names_the_icb_and_practices(tmp_path) -> None:
     assert export_path(tmp_path, icb="QHM", practices=["B", "A"]).name == "outreach_QHM_A_B.xlsx"
     many = export_path(tmp_path, icb="QHM", practices=["A", "B", "C", "D"])
     assert many.name == "outreach_QHM_4_practices.xlsx"
+
+
+def test_export_command_writes_the_workbook_or_exits_2_naming_the_icb(outreach_folder) -> None:
+    root = outreach_folder.parents[1]
+    (root / "params.yaml").write_text(
+        "targets:\n"
+        "  cvd: {outcome: cvd_event, follow_up_months: 60}\n"
+        "  adm: {outcome: emergency_admission, follow_up_months: 12}\n"
+    )
+    command = [sys.executable, "-m", "pipeline", "export", "--root", str(root)]
+    done = subprocess.run([*command, "--icb", "QHM"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (root / "data" / "exports" / "outreach_QHM.xlsx").stat().st_size > 5_000
+    refused = subprocess.run(
+        [*command, "--icb", "ZZZ"], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 2 and "no list for ICB 'ZZZ'" in refused.stderr

@@ -114,7 +114,7 @@ def render_report(view: ReportView, *, sdc: Rule) -> str:
         .render(
             title=view.title,
             subtitle=subtitle(view),
-            summary=summary_context(view, objective=view.objective),  # type: ignore[arg-type]
+            summary=summary_context(view, objective=view.objective),
             findings=findings_context(view),
             intro=intro_context(view),
             methods=methods_context(view, sdc),

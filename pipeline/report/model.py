@@ -15,6 +15,7 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline import contract
+from pipeline.config import Objective
 from pipeline.contract import TableSchema
 
 _METRICS: Final = contract.GROUP_METRICS_SCHEMA
@@ -198,7 +199,7 @@ class ReportView:
     notes: tuple[str, ...] = ()
     icb_names: dict[str, str] = field(default_factory=dict)
     """ICB code -> name (from the population's areas table when present)."""
-    objective: str = "events_reached_no_wider_gap"
+    objective: Objective = "events_reached_no_wider_gap"
     """``params.report.objective``: what the summary's recommendation maximises."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Date, commit, data hash, params digest, model versions (``pipeline.report.provenance``)."""

@@ -7,10 +7,11 @@ averted) is simply not quoted. The objective is ``params.report.objective``.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import polars as pl
 
+from pipeline.config import Objective
 from pipeline.report.context.capacity import capacity_context
 from pipeline.report.findings import Finding, headline_findings
 from pipeline.report.fmt import is_number, pct_text
@@ -18,7 +19,6 @@ from pipeline.report.model import ReportView, TargetView
 
 __all__ = ["OBJECTIVES", "recommend", "summary_context", "top_findings"]
 
-Objective = Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"]
 OBJECTIVES: Final[dict[str, str]] = {
     "events_reached_no_wider_gap": "reach the most events without widening the gap in need "
     "reached between the most and least deprived fifths (compared with ranking by risk)",
