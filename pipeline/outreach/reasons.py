@@ -1,10 +1,12 @@
 """Reasons: the ``explain`` stage's top contributions in plain words, and a suggested action.
 
-Each selected person's positive contributions (``data/explanations/<target>.parquet``, position
-1-3) become ``reason_1..3``, worded from the feature's manifest entry (``kind``, ``unit``,
-``description``; ``features/manifest.json`` read through ``contract.read_manifest``) and the
-person's value of the feature. The first reason that points to a Core20PLUS5 clinical area names
-the ``suggested_action``; otherwise the target's outcome does. See ``docs/outreach.md``.
+Each selected person's first three positive contributions (``data/explanations/<target>.parquet``)
+that are not context (age, sex, place, practice figures: :func:`is_context`) become
+``reason_1..3``, worded from the feature's manifest entry (``kind``, ``unit``, ``description``;
+``features/manifest.json`` read through ``contract.read_manifest``) and the person's value of the
+feature. The first reason that points to a Core20PLUS5 clinical area (``AREAS``) names it,
+otherwise the target's outcome does; the ``suggested_action`` is that area's review when the
+condition is already recorded, its case-finding when not. See ``docs/outreach.md``.
 """
 
 from __future__ import annotations
