@@ -159,6 +159,32 @@ def outreach(root: RootOption = Path(".")) -> None:
 
 
 @app.command()
+def export(
+    icb: Annotated[str, typer.Option("--icb", help="ODS code of the ICB, e.g. QHM.")],
+    practice: Annotated[
+        list[str] | None,
+        typer.Option("--practice", help="Only this practice (repeat for several)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Workbook path (default: data/exports/outreach_<ICB>.xlsx)."),
+    ] = None,
+    root: RootOption = Path("."),
+) -> None:
+    """Write one ICB's outreach lists (optionally some practices) as an Excel workbook."""
+    params = _params(root)
+    from pipeline.export import export_icb, export_path
+    from pipeline.outreach.stage import outreach_targets
+
+    paths = Paths.at(root)
+    practices = tuple(practice or ())
+    target = out or export_path(paths.root, icb=icb, practices=practices)
+    targets = outreach_targets(params.outreach.targets, known=tuple(params.targets))
+    written = export_icb(paths.outreach, target, targets=targets, icb=icb, practices=practices)
+    console.print(f"export: {icb} lists written to {written}", highlight=False)
+
+
+@app.command()
 def report(root: RootOption = Path(".")) -> None:
     """Build the self-contained, disclosure-controlled equity report (HTML)."""
     params = _params(root)

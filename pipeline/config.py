@@ -248,8 +248,33 @@ EthnicGroup = Literal["White", "Mixed", "Asian", "Black", "Other", "Not recorded
 """The broad ethnic groups (``contract.BROAD_ETHNIC_GROUPS``; a test keeps the two equal)."""
 
 
+class ListTier(_Frozen):
+    """One band of an outreach list: the people ranked in the first ``up_to`` share of it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][\w .()%-]*$")]
+    up_to: Annotated[float, Field(gt=0.0, le=1.0, strict=True)]
+    """Cumulative share of the ICB's list (by rank) this tier ends at; the last tier ends at 1."""
+
+
 class OutreachParams(_Capacity):
     """Outreach lists (stage ``outreach``)."""
+
+    tiers: tuple[ListTier, ...] = (
+        ListTier(name="A", up_to=0.2),
+        ListTier(name="B", up_to=0.5),
+        ListTier(name="C", up_to=1.0),
+    )
+    """Bands within each ICB's list by rank (contact tier A first); ``up_to`` rises to 1."""
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_cover_the_list(cls, tiers: tuple[ListTier, ...]) -> tuple[ListTier, ...]:
+        bounds = [tier.up_to for tier in tiers]
+        if not tiers or bounds != sorted(set(bounds)) or bounds[-1] != 1.0:
+            raise ValueError("tiers: up_to must rise strictly and the last tier must end at 1.0")
+        if len({tier.name for tier in tiers}) != len(tiers):
+            raise ValueError("tiers: names must differ")
+        return tiers
 
     policy: Literal["risk", "core20plus5", "equal_opportunity", "need_adjusted"] = "risk"
     core20_uplift: Annotated[float, Field(ge=1.0, le=10.0, strict=True)] = 1.5
@@ -270,10 +295,18 @@ class ValidationParams(_Frozen):
     record_problems: Literal["exclude", "refuse"] = "exclude"
 
 
+Objective = Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"]
+"""What the report's summary recommends a policy for (``report.objective``)."""
+
+
 class ReportParams(_Frozen):
     """Equity report (stage ``report``)."""
 
     title: str = "Risk stratification for prevention: equity report"
+    objective: Objective = "events_reached_no_wider_gap"
+    """How the summary recommends a policy from the audit's mitigation table: the most events
+    reached among policies that do not widen the need-reached gap (the default), the most events
+    reached, or the narrowest gap."""
 
 
 class Params(_Frozen):

@@ -212,8 +212,9 @@ risk_decile 10 = highest risk."""
 
 EXPLANATIONS_DIR: Final = Path("data") / "explanations"
 """Folder (under the project root) of the ``explain`` stage's ``<target>.parquet``."""
-EXPLAINED_FEATURES: Final = 3
-"""How many of each person's largest feature contributions ``explain`` keeps."""
+EXPLAINED_FEATURES: Final = 8
+"""How many of each person's largest feature contributions ``explain`` keeps (more than the
+lists' three reasons: context such as age and sex is kept out of the reasons)."""
 EXPLANATIONS_SCHEMA: Final = {
     "person_id": pl.String,
     "position": pl.Int8,

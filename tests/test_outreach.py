@@ -22,6 +22,7 @@ from pipeline.outreach import (
     OUTREACH_COLUMNS,
     equal_opportunity_thresholds,
     feature_glossary,
+    lists,
     policy_priority,
     reasons,
     run,
@@ -65,6 +66,7 @@ def _population(n: int, seed: int = 7) -> pl.DataFrame:
             "imd_decile": rng.integers(1, 11, n).astype(np.int8),
             "ethnicity_group": rng.choice(list(contract.BROAD_ETHNIC_GROUPS), n),
             "age": rng.integers(18, 95, n).astype(np.int16),
+            "sex": rng.choice(["F", "M"], n),
             "n_emergency_admission_12m": rng.poisson(0.3, n).astype(np.int32),
             "has_diabetes": diabetes,
             "latest_hba1c": np.where(hba1c_missing == 1, np.nan, hba1c),
@@ -180,6 +182,7 @@ def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Pa
         "imd_quintile",
         "ethnicity_group",
         "region",
+        "sex",
         *FEATURES,
     )
     write_parquet(table, paths.features / "features.parquet", sort_by="person_id")
@@ -388,30 +391,33 @@ def test_glossary_words_come_from_the_manifest_kind_and_unit() -> None:
     glossary = feature_glossary([real[name] for name in names])
     assert glossary.rows() == [
         ("latest_hba1c", "measurement", "latest HbA1c (mmol/mol)", "latest HbA1c (mmol/mol)",
-         "HbA1c", "mmol/mol", "latest HbA1c (mmol/mol): no", "diabetes review"),
+         "HbA1c", "mmol/mol", "latest HbA1c (mmol/mol): no", "diabetes", False),
         ("days_since_hba1c", "days", "days since the latest HbA1c reading",
          "days since the latest HbA1c reading", "HbA1c reading", "days",
-         "days since the latest HbA1c reading: no", "diabetes review"),
+         "days since the latest HbA1c reading: no", "diabetes", False),
         ("n_diagnosis_12m", "count", "diagnoses recorded in the last 12 months",
          "diagnosis recorded in the last 12 months", "diagnoses recorded in the last 12 months",
-         None, "diagnoses recorded in the last 12 months: no", None),
+         None, "diagnoses recorded in the last 12 months: no", None, False),
         ("rural", "flag", "lives in a rural area", "lives in a rural area",
-         "lives in a rural area", None, "lives in an urban area", None),
+         "lives in a rural area", None, "lives in an urban area", None, True),
         ("practice_list_size", "numeric", "registered patients at the GP practice",
          "registered patients at the GP practice", "registered patients at the GP practice",
-         "patients", "registered patients at the GP practice: no", None),
+         "patients", "registered patients at the GP practice: no", None, True),
     ]  # fmt: skip
     # A unit the manifest gives is used as given (no guessing from the name or description).
     entry = real["latest_sbp"].model_copy(update={"unit": "kPa"})
     assert feature_glossary([entry])["unit"].to_list() == ["kPa"]
 
 
-def test_reasons_in_plain_words_and_actions() -> None:
-    names = ["n_emergency_admission_12m", "has_diabetes", "latest_hba1c", "practice_list_size"]
+def test_reasons_in_plain_words_never_context() -> None:
+    names = ["age", "sex_female", "n_emergency_admission_12m", "has_diabetes", "latest_hba1c",
+             "practice_list_size"]  # fmt: skip
     glossary = feature_glossary([_real_entries()[name] for name in names])
     people = pl.DataFrame(
         {
             "person_id": ["a", "b", "c"],
+            "age": [80, 70, 60],
+            "sex_female": [0, 0, 1],
             "n_emergency_admission_12m": [2, 1, 0],
             "has_diabetes": [1, 0, 0],
             "latest_hba1c": [64.0, None, 40.0],
@@ -420,13 +426,15 @@ def test_reasons_in_plain_words_and_actions() -> None:
     )
     explanations = _explanations(
         [
-            ("a", 1, "n_emergency_admission_12m", 0.9),
-            ("a", 2, "has_diabetes", 0.5),
-            ("a", 3, "latest_hba1c", 0.3),
+            ("a", 1, "age", 1.2),  # age and sex are context: never a reason
+            ("a", 2, "n_emergency_admission_12m", 0.9),
+            ("a", 3, "sex_female", 0.6),
+            ("a", 4, "has_diabetes", 0.5),
+            ("a", 5, "latest_hba1c", 0.3),
             ("b", 1, "latest_hba1c", 0.4),
             ("b", 2, "n_emergency_admission_12m", 0.1),
             ("b", 3, "has_diabetes", -0.1),
-            ("c", 1, "practice_list_size", 0.2),
+            ("c", 1, "practice_list_size", 0.2),  # practice figures are context too
             ("c", 2, "has_diabetes", 0.0),
             ("c", 3, "latest_hba1c", -0.3),
         ]
@@ -434,15 +442,52 @@ def test_reasons_in_plain_words_and_actions() -> None:
     worded = word_reasons(explanations, feature_values(people, names), glossary).sort("person_id")
     assert worded.rows() == [
         ("a", "2 emergency admissions in the last 12 months", "diabetes recorded",
-         "HbA1c 64 mmol/mol", "proactive care review (multidisciplinary case management)"),
+         "HbA1c 64 mmol/mol", "urgent_care"),
         # Only positive contributions are reasons.
         ("b", "no HbA1c recorded", "1 emergency admission in the last 12 months", None,
-         "diabetes review"),
-        ("c", "6500 registered patients at the GP practice", None, None, None),
+         "diabetes"),
     ]  # fmt: skip
 
 
-def test_attach_reasons_keeps_order_and_falls_back_to_the_default_action(tmp_path) -> None:
+def test_actions_know_what_is_recorded(tmp_path) -> None:
+    names = ["has_hypertension", "latest_sbp", "sbp_missing", "has_diabetes", "latest_hba1c",
+             "practice_list_size"]  # fmt: skip
+    glossary = feature_glossary([_real_entries()[name] for name in names])
+    people = pl.DataFrame(
+        {
+            "person_id": ["a", "b", "c", "d", "e"],
+            "has_hypertension": [1, 0, 0, 1, 0],
+            "latest_sbp": [150.0, 150.0, None, 130.0, 120.0],
+            "sbp_missing": [0, 0, 1, 0, 0],
+            "has_diabetes": [0, 0, 0, 1, 0],
+            "latest_hba1c": [40.0, 40.0, 40.0, 70.0, 45.0],
+            "practice_list_size": [100, 200, 300, 400, 500],
+        }
+    )
+    explanations = _explanations(
+        [
+            ("a", 1, "latest_sbp", 0.5),
+            ("b", 1, "latest_sbp", 0.5),
+            ("c", 1, "sbp_missing", 0.5),
+            ("d", 1, "latest_hba1c", 0.5),
+            ("e", 1, "practice_list_size", 0.5),
+        ]
+    )
+    selected = pl.DataFrame({"person_id": ["e", "d", "c", "b", "a"]})
+    got = attach_reasons(
+        selected, explanations.lazy(), people.lazy(), glossary, area="hypertension"
+    )
+    assert got.select("person_id", "conditions_recorded", "suggested_action").rows() == [
+        # No reason names an area: the target's default area, still knowing what is recorded.
+        ("e", "", "blood pressure check (hypertension case-finding)"),
+        ("d", "hypertension, diabetes", "diabetes review (HbA1c control, annual care processes)"),
+        ("c", "", "blood pressure check (hypertension case-finding)"),
+        ("b", "", "blood pressure check (hypertension case-finding)"),
+        ("a", "hypertension", "hypertension review (blood pressure control to target)"),
+    ]
+
+
+def test_attach_reasons_keeps_order_and_falls_back_to_the_default_area(tmp_path) -> None:
     names = ["has_diabetes", "practice_list_size"]
     glossary = feature_glossary([_real_entries()[name] for name in names])
     people = pl.DataFrame(
@@ -452,12 +497,10 @@ def test_attach_reasons_keeps_order_and_falls_back_to_the_default_action(tmp_pat
         [("a", 1, "has_diabetes", 0.2), ("b", 1, "practice_list_size", 0.1)]
     )
     selected = pl.DataFrame({"person_id": ["b", "a"], "rank": [1, 2]})
-    got = attach_reasons(
-        selected, explanations.lazy(), people.lazy(), glossary, action="the default"
-    )
+    got = attach_reasons(selected, explanations.lazy(), people.lazy(), glossary, area="urgent_care")
     assert got.select("person_id", "rank", "reason_1", "suggested_action").rows() == [
-        ("b", 1, "200 registered patients at the GP practice", "the default"),
-        ("a", 2, "diabetes recorded", "diabetes review"),
+        ("b", 1, None, "proactive care review (multidisciplinary case management)"),
+        ("a", 2, "diabetes recorded", "diabetes review (HbA1c control, annual care processes)"),
     ]
     with pytest.raises(ContractError, match="1 of 3 selected people have no explanations"):
         attach_reasons(
@@ -465,10 +508,67 @@ def test_attach_reasons_keeps_order_and_falls_back_to_the_default_action(tmp_pat
             explanations.lazy(),
             people.lazy(),
             glossary,
-            action="x",
+            area="urgent_care",
         )
     with pytest.raises(ContractError, match="no entry for explained feature 'has_diabetes'"):
-        attach_reasons(selected, explanations.lazy(), people.lazy(), glossary.tail(1), action="x")
+        attach_reasons(
+            selected, explanations.lazy(), people.lazy(), glossary.tail(1), area="urgent_care"
+        )
+
+
+def _list(rows: list[tuple[str, int, float, str]]) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema=["pseudonym", "rank", "risk_score", "action"], orient="row")
+    return frame.with_columns(
+        pl.lit("P1").alias("practice_id"),
+        pl.lit("QHM").alias("icb_code"),
+        pl.lit(70, dtype=pl.Int16).alias("age"),
+        pl.lit("F").alias("sex"),
+        pl.lit("").alias("conditions_recorded"),
+        pl.lit("A: first 20% of the list").alias("list_tier"),
+        pl.lit("why").alias("reason_1"),
+        pl.lit(None, pl.String).alias("reason_2"),
+        pl.lit(None, pl.String).alias("reason_3"),
+        pl.col("action").alias("suggested_action"),
+    ).select(OUTREACH_COLUMNS)
+
+
+def test_merged_list_has_each_person_once_with_each_targets_rank() -> None:
+    cvd = _list([("x", 1, 0.3, "bp check"), ("y", 2, 0.2, "bp check")])
+    admissions = _list([("y", 1, 0.4, "care review"), ("z", 2, 0.1, "care review")])
+    merged = lists.merge_lists({"cvd": cvd, "adm": admissions})
+    assert merged.select("pseudonym", "rank", "n_lists", "cvd_rank", "adm_rank").rows() == [
+        ("y", 1, 2, 2, 1),  # best rank 1 on either list, and on both lists: first
+        ("x", 2, 1, 1, None),
+        ("z", 3, 1, None, 2),
+    ]
+    assert merged["suggested_actions"].to_list() == [
+        "bp check; care review",
+        "bp check",
+        "care review",
+    ]
+    assert merged.columns[:7] == ["pseudonym", "practice_id", "icb_code", "rank", "age", "sex",
+                                  "conditions_recorded"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tiers", "message"),
+    [
+        ([{"name": "A", "up_to": 0.5}], "last tier must end at 1.0"),
+        ([{"name": "A", "up_to": 0.6}, {"name": "B", "up_to": 0.4}, {"name": "C", "up_to": 1.0}],
+         "must rise strictly"),
+        ([{"name": "A", "up_to": 0.5}, {"name": "A", "up_to": 1.0}], "names must differ"),
+    ],
+)  # fmt: skip
+def test_tiers_must_cover_the_list(tmp_path, tiers, message) -> None:
+    with pytest.raises(ParamsError, match=message):
+        _params(tmp_path, tiers=tiers)
+
+
+def test_tiers_band_each_icb_list_by_rank() -> None:
+    frame = pl.DataFrame({"icb_code": ["A"] * 10 + ["B"] * 3, "rank": [*range(1, 11), 1, 2, 3]})
+    tiers = OutreachParams().tiers
+    got = frame.with_columns(lists.tier_expr(tiers))["list_tier"].str.slice(0, 1).to_list()
+    assert got == ["A", "A", "B", "B", "B", "C", "C", "C", "C", "C", "A", "B", "C"]
 
 
 # --- The stage end to end ---
@@ -500,6 +600,9 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
     assert {p.relative_to(paths.outreach).as_posix() for p in files} == {
         f"{TARGET}.parquet",
         *[f"{TARGET}/{code}.csv" for code in ICBS],
+        "merged.parquet",
+        *[f"merged/{code}.csv" for code in ICBS],
+        "data_dictionary.csv",
     }
     first = {p: p.read_bytes() for p in [*files, paths.reports / "outreach_summary.json"]}
     shutil.rmtree(paths.models)  # outreach words the explain stage's output: no model needed
@@ -515,6 +618,15 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
     assert tuple(csv.columns) == OUTREACH_COLUMNS
     assert csv["rank"].to_list() == list(range(1, csv.height + 1))
     assert set(csv["icb_code"]) == {"QMJ"}
+    # Tiers are bands of each ICB's list (20% / 30% / 50% by default), not one label for all.
+    tiers = csv["list_tier"].value_counts().sort("list_tier")["count"].to_list()
+    assert len(tiers) == 3 and tiers[0] == round(csv.height * 0.2)
+    assert set(csv["sex"]) <= {"F", "M"} and csv["age"].min() >= 18  # context columns
+    dictionary = pl.read_csv(paths.outreach / "data_dictionary.csv")
+    described = set(dictionary.filter(pl.col("file") == "<target>.csv")["column"])
+    assert described == set(OUTREACH_COLUMNS)
+    merged = pl.read_csv(paths.outreach / "merged" / "QMJ.csv")
+    assert merged.height == csv.height and merged["pseudonym"].is_unique().all()
     rows = "".join(p.read_text() for p in first if p.suffix == ".csv") + table.write_csv()
     summary_text = (paths.reports / "outreach_summary.json").read_text()
     assert "P00" not in rows + summary_text  # no raw person_id anywhere

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from pipeline.config import load_params
+from pipeline.config import load_params, parse_params
 from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import read_json, write_json
@@ -400,3 +400,109 @@ def test_scanner_checks_the_real_report_jsons_too(built: Path, tmp_path: Path) -
     found = scan_reports(reports, rule=Rule())
     assert [v.rule for v in found] == ["count not disclosure-controlled"]
     assert found[0].location == "n"
+
+
+# --- the summary page: recommendation, cost, findings, provenance ------------------------------
+
+
+def _mitigation(rows: list[tuple[str, str, float, float]], **extra: list) -> pl.DataFrame:
+    """Policy rows (strategy, published events reached, share, gap as a fraction)."""
+    columns = ["strategy", "events_reached", "share_of_events_reached", "tpr_gap"]
+    frame = pl.DataFrame(rows, schema=columns, orient="row")
+    extras = {name: pl.Series(values) for name, values in extra.items()}
+    return frame.with_columns(pl.col("strategy").alias("label"), **extras)
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [
+        ("events_reached_no_wider_gap", "core20plus5"),  # most events with a gap <= risk's
+        ("events_reached", "equal_opportunity"),  # most events whatever the gap
+        ("narrowest_gap", "need_based"),
+    ],
+)
+def test_recommendation_follows_the_objective(view: ReportView, objective, expected) -> None:
+    from pipeline.report.context.summary import recommend
+
+    mitigation = _mitigation(
+        [
+            ("risk", "1,000", 0.30, 0.15),
+            ("core20plus5", "1,000", 0.30, 0.10),  # as many events, narrower gap
+            ("equal_opportunity", "1,050", 0.31, 0.20),
+            ("need_based", "900", 0.27, 0.05),
+            ("suppressed", "*", 0.01, 0.01),  # a suppressed count is never recommended
+        ]
+    )
+    target = dataclasses.replace(view.targets[0], mitigation=mitigation)
+    chosen = recommend(target, objective=objective)
+    assert chosen is not None and chosen["strategy"] == expected
+    assert chosen["base_events"] == "1,000" and chosen["base_gap"] == "15.0"
+    assert chosen["averted"] == ""  # the audit published no events averted: not quoted
+
+
+def test_recommendation_reads_events_averted_when_published_and_degrades(view: ReportView):
+    from pipeline.report.context.summary import recommend
+
+    mitigation = _mitigation(
+        [("risk", "500", 0.3, 0.1), ("need_based", "495", 0.29, 0.05)],
+        events_averted=["40", "35"],
+    )
+    target = dataclasses.replace(view.targets[0], mitigation=mitigation)
+    chosen = recommend(target, objective="events_reached_no_wider_gap")
+    assert chosen is not None and (chosen["strategy"], chosen["averted"]) == ("risk", "40")
+    no_risk = dataclasses.replace(
+        target, mitigation=mitigation.filter(pl.col("strategy") != "risk")
+    )
+    assert recommend(no_risk, objective="events_reached") is None
+    empty_view = dataclasses.replace(target, mitigation=mitigation.clear())
+    assert recommend(empty_view, objective="events_reached") is None
+
+
+def test_summary_comes_first_and_the_details_are_collapsed(built: Path) -> None:
+    html = built.read_text(encoding="utf-8")
+    summary = html.index('<section id="summary"')
+    assert summary < html.index('<section id="findings"')
+    page = html[summary : html.index('<section id="findings"')]
+    assert "Recommended policy" in page and "Three findings that matter" in page
+    assert "audit cut" in page and "list capacity" in page  # both named where used
+    assert "Provenance" in page and "params_digest" not in page
+    assert "<details" not in page  # the summary is never collapsed
+    sections = re.findall(r'<section id="([^"]+)">\n<details>', html)
+    assert "findings" in sections and "mitigation" in sections and len(sections) >= 12
+    assert "<details open" not in html
+    assert len(page.split()) < 700  # reads in about two minutes
+
+
+def test_provenance_comes_from_the_project_not_the_clock(tmp_path: Path) -> None:
+    from pipeline.report import provenance
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  synthesize:\n    outs:\n    - path: data/population\n"
+        "      md5: aff9dbfaed28197e20727ce7baa73c6e.dir\n"
+    )
+    assert provenance.locked_data_hash(lock) == "aff9dbfaed28"
+    assert provenance.locked_data_hash(tmp_path / "missing.lock") == provenance.NOT_RECORDED
+    assert provenance.git_facts(tmp_path) == {"commit": "not recorded", "date": "not recorded"}
+    params = parse_params({"targets": {"t": {"outcome": "cvd_event", "follow_up_months": 60}}})
+    assert provenance.params_digest(params) == provenance.params_digest(params)
+    other = params.model_copy(update={"seed": params.seed + 1})
+    assert provenance.params_digest(other) != provenance.params_digest(params)
+
+
+def test_mitigation_table_shows_events_averted_only_when_the_audit_has_them(view: ReportView):
+    from pipeline.report.context.mitigation import mitigation_table
+    from pipeline.report.inputs import _averted
+
+    target = view.targets[0]
+    assert target.mitigation["events_averted"].null_count() == target.mitigation.height
+    plain = mitigation_table(target, Rule())
+    assert plain is not None and "Events averted (simulated)" not in [c for c, _ in plain.columns]
+    with_averted = target.mitigation.with_columns(pl.lit("40").alias("events_averted"))
+    table = mitigation_table(dataclasses.replace(target, mitigation=with_averted), Rule())
+    assert table is not None
+    names = [c for c, _ in table.columns]
+    assert "Events averted (simulated)" in names
+    assert table.rows[0][names.index("Events averted (simulated)")].text == "40"
+    frame = pl.DataFrame({"n_events_averted_ci_low": ["5"], "n_events_averted": ["40"]})
+    assert frame.select(_averted(frame.columns)).to_series().to_list() == ["40"]

@@ -258,3 +258,68 @@ def test_report_opens_offline_without_errors(tmp_path: Path) -> None:
     assert svgs >= 8
     assert sorted_ok == "sorted"
     assert screenshot.stat().st_size > 50_000
+
+
+def _open_page(browser: DevToolsPipe, report: Path) -> str:
+    """Attach to the browser's page, load ``report`` and return the session id."""
+    targets = browser.send("Target.getTargets")["targetInfos"]
+    page = next(t for t in targets if t["type"] == "page")
+    session = browser.send(
+        "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}
+    )["sessionId"]
+    browser.send("Page.enable", session=session)
+    browser.send("Page.navigate", {"url": report.as_uri()}, session=session)
+    browser.wait_for("Page.loadEventFired", timeout=60)
+    return session
+
+
+def _evaluate(browser: DevToolsPipe, session: str, expression: str) -> Any:
+    reply = browser.send(
+        "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session
+    )
+    return reply["result"].get("value")
+
+
+def _pdf_pages(pdf: bytes) -> int:
+    """Pages of a PDF as Chromium writes it (one ``/Type /Page`` object per page)."""
+    import re
+
+    return len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+
+
+def test_summary_first_details_collapsed_and_a_short_print(tmp_path: Path) -> None:
+    """Printed with the details collapsed, the report is the summary plus one line per section;
+    a contents link opens the section it points to; charts are drawn wider than their spec."""
+    report = build_fixture_report(tmp_path / "project")
+    browser = DevToolsPipe(tmp_path / "chromium-profile")
+    try:
+        session = _open_page(browser, report)
+        first = _evaluate(browser, session, "document.querySelector('main section').id")
+        closed = _evaluate(
+            browser,
+            session,
+            "[...document.querySelectorAll('details')].filter(d => !d.open).length",
+        )
+        collapsed = browser.send("Page.printToPDF", {"printBackground": True}, session=session)
+        _evaluate(browser, session, "document.querySelector('a[href=\"#mitigation\"]').click()")
+        time.sleep(0.3)
+        opened = _evaluate(browser, session, "document.querySelector('#mitigation details').open")
+        _evaluate(
+            browser, session, "document.querySelectorAll('details').forEach(d => d.open = true)"
+        )
+        widest = _evaluate(
+            browser,
+            session,
+            "Math.max(...[...document.querySelectorAll('figure svg')].map(s => "
+            "s.getBoundingClientRect().width / s.width.baseVal.value))",
+        )
+        expanded = browser.send("Page.printToPDF", {"printBackground": True}, session=session)
+    finally:
+        browser.close()
+    assert first == "summary"
+    assert closed >= 12
+    assert opened is True
+    assert widest > 1.2  # charts are laid out wider than their spec (~230 px before)
+    pages = _pdf_pages(base64.b64decode(collapsed["data"]))
+    assert 1 <= pages <= 20, pages
+    assert _pdf_pages(base64.b64decode(expanded["data"])) > pages

@@ -1,10 +1,11 @@
 """Stage ``outreach``: capacity-limited, pseudonymised outreach lists per ICB, with reasons.
 
 For every target the eligible cohort is ranked by a policy (:mod:`.policies`), cut at the
-outreach capacity and pseudonymised (:mod:`.lists`), given the top three reasons in plain words
-and a Core20PLUS5 action from the ``explain`` stage's contributions (:mod:`.reasons`), and
-described in aggregate (:mod:`.summary`); :mod:`.stage` does the IO. Design and file layouts:
-``docs/outreach.md``.
+outreach capacity, pseudonymised and banded into tiers (:mod:`.lists`), given three actionable
+reasons in plain words, age and sex as context, and a Core20PLUS5 action that knows what is
+already recorded (:mod:`.reasons`), merged across targets per ICB with a data dictionary
+(:mod:`.lists`, :mod:`.dictionary`), and described in aggregate (:mod:`.summary`); :mod:`.stage`
+does the IO. Design and file layouts: ``docs/outreach.md``.
 """
 
 from __future__ import annotations

@@ -8,25 +8,34 @@ secret give byte-identical lists. Ranks count from 1 within each ICB's list.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
 from pipeline import selection
+from pipeline.config import ListTier
 from pipeline.errors import ContractError
 from pipeline.io import atomic_path
 from pipeline.pseudonyms import pseudonymise
 from pipeline.selection import CapacityMode
 
 __all__ = [
+    "CONTEXT_COLUMNS",
+    "DICTIONARY_FILE",
+    "MERGED_FILE",
     "OUTREACH_COLUMNS",
+    "PERSON_COLUMNS",
     "RISK_SCORE_DECIMALS",
     "check_file_names",
     "flag_selected",
     "list_rows",
+    "merge_lists",
     "select_outreach",
     "spreadsheet_safe",
+    "tier_expr",
+    "tier_labels",
     "write_people_csv",
 ]
 
@@ -35,14 +44,31 @@ OUTREACH_COLUMNS: Final = (
     "practice_id",
     "icb_code",
     "rank",
+    "list_tier",
     "risk_score",
-    "risk_tier",
+    "age",
+    "sex",
+    "conditions_recorded",
     "reason_1",
     "reason_2",
     "reason_3",
     "suggested_action",
 )
 """The columns of every outreach CSV and parquet, in order. Nothing else leaves the stage."""
+CONTEXT_COLUMNS: Final = ("age", "sex")
+"""Read from ``features/features.parquet`` for the lists: context, never a reason."""
+PERSON_COLUMNS: Final = (
+    "pseudonym",
+    "practice_id",
+    "icb_code",
+    "age",
+    "sex",
+    "conditions_recorded",
+)
+"""The merged list's columns about the person (the same on every target's list)."""
+MERGED_FILE: Final = "merged"
+"""``data/outreach/merged.parquet`` and ``merged/<icb>.csv``: one row per person across targets."""
+DICTIONARY_FILE: Final = "data_dictionary.csv"
 
 RISK_SCORE_DECIMALS: Final = 4
 FORMULA_START: Final = r"^[=+\-@\t\r]"
@@ -107,10 +133,97 @@ def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def list_rows(explained: pl.DataFrame) -> pl.DataFrame:
+def tier_labels(tiers: Sequence[ListTier]) -> list[str]:
+    """Each tier's label, naming its share of the list.
+
+    >>> tier_labels([ListTier(name="A", up_to=0.2), ListTier(name="B", up_to=1.0)])
+    ['A: first 20% of the list', 'B: last 80%']
+    """
+    labels = []
+    for index, tier in enumerate(tiers):
+        width = tier.up_to - (tiers[index - 1].up_to if index else 0.0)
+        where = "first" if index == 0 else "last" if tier.up_to == 1.0 else "next"
+        suffix = " of the list" if index == 0 else ""
+        labels.append(f"{tier.name}: {where} {width:.0%}{suffix}")
+    return labels
+
+
+def tier_expr(tiers: Sequence[ListTier]) -> pl.Expr:
+    """``list_tier`` by ``rank`` within each ICB's list (tier ends rounded half up, as list sizes).
+
+    A tier holds the ranks up to ``floor(up_to * list length + 0.5)``; the last holds the rest.
+    """
+    length = pl.len().over("icb_code")
+    chain: Any = pl
+    for tier, label in zip(tiers[:-1], tier_labels(tiers), strict=False):
+        end = (length * tier.up_to + 0.5).floor()
+        chain = chain.when(pl.col("rank") <= end).then(pl.lit(label))
+    last = pl.lit(tier_labels(tiers)[-1])
+    return (last if chain is pl else chain.otherwise(last)).alias("list_tier")
+
+
+def list_rows(explained: pl.DataFrame, *, tiers: Sequence[ListTier]) -> pl.DataFrame:
     """The published columns (``OUTREACH_COLUMNS``) of selected people with their reasons."""
-    return explained.with_columns(pl.col("risk_score").round(RISK_SCORE_DECIMALS)).select(
-        OUTREACH_COLUMNS
+    return explained.with_columns(
+        pl.col("risk_score").round(RISK_SCORE_DECIMALS), tier_expr(tiers)
+    ).select(OUTREACH_COLUMNS)
+
+
+def merge_lists(lists: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """One row per person across the targets' lists, with each target's rank, tier and risk.
+
+    Parameters
+    ----------
+    lists
+        Target -> its list (``OUTREACH_COLUMNS``), in the order the columns should follow.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``PERSON_COLUMNS`` with ``rank`` (1 = contact first in the ICB, by the best rank on any
+        list, then more lists first, then pseudonym), ``n_lists``, then per target
+        ``<T>_rank``, ``<T>_tier``, ``<T>_risk_score``, ``<T>_reasons`` and ``<T>_action``
+        (null when not on that list), then ``suggested_actions`` (each distinct action, in
+        target order). Sorted by ICB, rank.
+    """
+    merged: pl.DataFrame | None = None
+    for target, frame in lists.items():
+        wide = frame.select(
+            *PERSON_COLUMNS,
+            pl.col("rank").alias(f"{target}_rank"),
+            pl.col("list_tier").alias(f"{target}_tier"),
+            pl.col("risk_score").alias(f"{target}_risk_score"),
+            pl.concat_str(
+                [pl.col(f"reason_{k}") for k in (1, 2, 3)], separator="; ", ignore_nulls=True
+            ).alias(f"{target}_reasons"),
+            pl.col("suggested_action").alias(f"{target}_action"),
+        )
+        merged = (
+            wide
+            if merged is None
+            else merged.join(
+                wide, on=list(PERSON_COLUMNS), how="full", coalesce=True, nulls_equal=True
+            )
+        )
+    if merged is None:
+        raise ValueError("merge_lists: no lists to merge")
+    ranks = [pl.col(f"{target}_rank") for target in lists]
+    actions = pl.concat_list([pl.col(f"{target}_action") for target in lists])
+    return (
+        merged.with_columns(
+            pl.sum_horizontal(rank.is_not_null() for rank in ranks).cast(pl.Int8).alias("n_lists"),
+            _distinct(actions).alias("suggested_actions"),
+            pl.min_horizontal(ranks).alias("_best"),
+        )
+        .sort(["icb_code", "_best", "n_lists", "pseudonym"], descending=[False, False, True, False])
+        .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
+        .select(
+            *PERSON_COLUMNS[:3],
+            "rank",
+            *PERSON_COLUMNS[3:],
+            "n_lists",
+            pl.exclude(*PERSON_COLUMNS, "rank", "n_lists", "_best"),
+        )
     )
 
 
@@ -164,3 +277,8 @@ def write_people_csv(frame: pl.DataFrame, target: Path) -> Path:
     with atomic_path(target) as tmp:
         spreadsheet_safe(frame).write_csv(tmp, float_precision=RISK_SCORE_DECIMALS, null_value="")
     return target
+
+
+def _distinct(items: pl.Expr) -> pl.Expr:
+    """A list column's distinct non-null strings, in order, joined by ``"; "``."""
+    return items.list.drop_nulls().list.unique(maintain_order=True).list.join("; ")

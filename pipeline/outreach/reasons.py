@@ -1,17 +1,20 @@
 """Reasons: the ``explain`` stage's top contributions in plain words, and a suggested action.
 
-Each selected person's positive contributions (``data/explanations/<target>.parquet``, position
-1-3) become ``reason_1..3``, worded from the feature's manifest entry (``kind``, ``unit``,
-``description``; ``features/manifest.json`` read through ``contract.read_manifest``) and the
-person's value of the feature. The first reason that points to a Core20PLUS5 clinical area names
-the ``suggested_action``; otherwise the target's outcome does. See ``docs/outreach.md``.
+Each selected person's first three positive contributions (``data/explanations/<target>.parquet``)
+that are not context (age, sex, place, practice figures: :func:`is_context`) become
+``reason_1..3``, worded from the feature's manifest entry (``kind``, ``unit``, ``description``;
+``features/manifest.json`` read through ``contract.read_manifest``) and the person's value of the
+feature. The first reason that points to a Core20PLUS5 clinical area (``AREAS``) names it,
+otherwise the target's outcome does; the ``suggested_action`` is that area's review when the
+condition is already recorded, its case-finding when not. See ``docs/outreach.md``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import polars as pl
 
@@ -19,45 +22,85 @@ from pipeline import contract
 from pipeline.errors import ContractError
 
 __all__ = [
+    "AREAS",
     "GLOSSARY_SCHEMA",
     "N_REASONS",
-    "action_for_feature",
+    "Area",
+    "action_expr",
+    "area_for_feature",
     "attach_reasons",
-    "default_action",
+    "conditions_expr",
+    "default_area",
     "feature_glossary",
     "feature_values",
+    "is_context",
     "reason_text",
+    "recorded_flags",
     "word_reasons",
 ]
 
-N_REASONS: Final = contract.EXPLAINED_FEATURES
+N_REASONS: Final = 3
+"""Reasons per person on a list (``explain`` keeps more contributions, so that three remain
+once context features are set aside)."""
 
-# Core20PLUS5 adult clinical areas (and the routine reviews they lead to), by feature keyword.
-# The first matching rule names the action; practice-level context never names one.
-_ACTION_RULES: Final = (
-    (("severe_mental", "antipsychotic"), "SMI annual physical health check"),
-    (("copd", "asthma", "bronchodilator", "respiratory"), "COPD / chronic respiratory review"),
-    (("hba1c", "diabetes"), "diabetes review"),
-    (("sbp", "dbp", "hypertension", "ckd", "blood_pressure"),
-     "blood pressure check (hypertension case-finding)"),
-    (("cholesterol", "lipid", "chd", "stroke", "atrial", "heart_failure", "cvd"),
-     "cardiovascular risk review (lipid optimisation)"),
-    (("smok",), "smoking cessation support"),
-    (("cancer",), "early cancer diagnosis: check screening uptake"),
-    (("emergency_admission", "ae_attendance"),
-     "proactive care review (multidisciplinary case management)"),
-)  # fmt: skip
-_DEFAULT_ACTION: Final = {
-    "emergency_admission": "proactive care review (multidisciplinary case management)",
-    "ae_attendance": "proactive care review (multidisciplinary case management)",
-    "cvd_event": "blood pressure check (hypertension case-finding)",
-    "diabetes_onset": "diabetes prevention review (NHS Diabetes Prevention Programme)",
+
+@dataclass(frozen=True)
+class Area:
+    """A Core20PLUS5 clinical area: the feature keywords that point to it, the flags that say
+    the condition is already recorded, and the action in each case."""
+
+    keywords: tuple[str, ...]
+    recorded: tuple[str, ...]
+    if_recorded: str
+    if_unrecorded: str
+
+
+# The first matching area (in this order) names the action; context never names one.
+AREAS: Final = {
+    "smi": Area(("severe_mental", "antipsychotic"), ("has_severe_mental_illness",),
+                "SMI annual physical health check", "SMI annual physical health check"),
+    "respiratory": Area(("copd", "asthma", "bronchodilator", "respiratory"),
+                        ("has_copd", "has_asthma"),
+                        "COPD / asthma review (inhalers, self-management plan)",
+                        "respiratory case-finding (symptom check, spirometry)"),
+    "diabetes": Area(("hba1c", "diabetes"), ("has_diabetes",),
+                     "diabetes review (HbA1c control, annual care processes)",
+                     "HbA1c check (diabetes case-finding; NHS Diabetes Prevention Programme)"),
+    "hypertension": Area(("sbp", "dbp", "hypertension", "ckd", "blood_pressure"),
+                         ("has_hypertension",),
+                         "hypertension review (blood pressure control to target)",
+                         "blood pressure check (hypertension case-finding)"),
+    "cardiovascular": Area(("cholesterol", "lipid", "chd", "stroke", "atrial", "heart_failure",
+                            "cvd"),
+                           ("has_chd", "has_stroke", "has_heart_failure",
+                            "has_atrial_fibrillation"),
+                           "cardiovascular review (secondary prevention, lipid optimisation)",
+                           "CVD risk assessment (QRISK3, lipid check)"),
+    "smoking": Area(("smok",), (), "smoking cessation support", "smoking cessation support"),
+    "cancer": Area(("cancer",), (), "early cancer diagnosis: check screening uptake",
+                   "early cancer diagnosis: check screening uptake"),
+    "urgent_care": Area(("emergency_admission", "ae_attendance"), (),
+                        "proactive care review (multidisciplinary case management)",
+                        "proactive care review (multidisciplinary case management)"),
+    "diabetes_prevention": Area((), ("has_diabetes",),
+                                "diabetes review (HbA1c control, annual care processes)",
+                                "diabetes prevention review (NHS Diabetes Prevention Programme)"),
+}  # fmt: skip
+_DEFAULT_AREA: Final = {
+    "emergency_admission": "urgent_care",
+    "ae_attendance": "urgent_care",
+    "cvd_event": "hypertension",
+    "diabetes_onset": "diabetes_prevention",
 }
 _FLAG_OPPOSITES: Final = {
     "rural": "lives in an urban area",
     "sex_female": "recorded sex is not female",
 }
 """Flags whose 0 is not simply "no ...": what they say when they are 0."""
+CONTEXT_KINDS: Final = ("age", "decile", "category")
+CONTEXT_FEATURES: Final = ("sex_female", "rural")
+"""Context, never a reason: who someone is or where they live (age, sex, deprivation, rurality,
+region, ethnicity) and their practice's figures. Lists show age and sex as columns instead."""
 
 GLOSSARY_SCHEMA: Final = {
     "feature": pl.String,
@@ -67,28 +110,62 @@ GLOSSARY_SCHEMA: Final = {
     "label": pl.String,
     "unit": pl.String,
     "negation": pl.String,
-    "action": pl.String,
+    "area": pl.String,
+    "context": pl.Boolean,
 }
 
 
-def action_for_feature(feature: str) -> str | None:
-    """The Core20PLUS5 action suggested by a person-level feature name, or None.
+def area_for_feature(feature: str) -> str | None:
+    """The Core20PLUS5 clinical area (a key of ``AREAS``) a person-level feature points to.
 
-    >>> action_for_feature("latest_hba1c"), action_for_feature("practice_prevalence_copd")
-    ('diabetes review', None)
+    >>> area_for_feature("latest_hba1c"), area_for_feature("practice_prevalence_copd")
+    ('diabetes', None)
     """
     name = feature.lower()
     if name.startswith("practice_"):
         return None
-    for keywords, action in _ACTION_RULES:
-        if any(word in name for word in keywords):
-            return action
+    for area, rule in AREAS.items():
+        if any(word in name for word in rule.keywords):
+            return area
     return None
 
 
-def default_action(outcome: str) -> str:
-    """The action when no reason points to a clinical area, from the target's outcome."""
-    return _DEFAULT_ACTION[outcome]
+def is_context(name: str, kind: str) -> bool:
+    """Whether a feature is context (age, sex, place, practice figures), never a reason.
+
+    >>> is_context("age", "age"), is_context("practice_list_size", "numeric")
+    (True, True)
+    >>> is_context("latest_sbp", "measurement")
+    False
+    """
+    return kind in CONTEXT_KINDS or name in CONTEXT_FEATURES or name.startswith("practice_")
+
+
+def default_area(outcome: str) -> str:
+    """The area when no reason points to one, from the target's outcome."""
+    return _DEFAULT_AREA[outcome]
+
+
+def recorded_flags() -> tuple[str, ...]:
+    """Every flag that says a condition is recorded (``AREAS``), sorted."""
+    return tuple(sorted({flag for area in AREAS.values() for flag in area.recorded}))
+
+
+def action_expr(*, available: Sequence[str]) -> pl.Expr:
+    """``suggested_action`` from ``area`` and the person's recorded flags (those ``available``).
+
+    A recorded condition gets its review (e.g. blood pressure control); an unrecorded one gets
+    case-finding. Flags absent from the features count as not recorded.
+    """
+    chain: Any = pl
+    for name, area in AREAS.items():
+        flags = [pl.col(flag).fill_null(0) > 0 for flag in area.recorded if flag in available]
+        recorded = pl.any_horizontal(flags) if flags else pl.lit(False)
+        action = (
+            pl.when(recorded).then(pl.lit(area.if_recorded)).otherwise(pl.lit(area.if_unrecorded))
+        )
+        chain = chain.when(pl.col("area") == name).then(action)
+    return chain.otherwise(pl.lit(None, pl.String)).alias("suggested_action")
 
 
 def _singular(description: str) -> str:
@@ -119,7 +196,7 @@ def _negation(name: str, description: str) -> str:
     return description + ": no"
 
 
-def _glossary_row(entry: contract.FeatureEntry) -> dict[str, str | None]:
+def _glossary_row(entry: contract.FeatureEntry) -> dict[str, str | bool | None]:
     """One manifest entry's phrases. Descriptions are words that follow a value ("emergency
     admissions in the last 12 months"); kind and unit come from the manifest."""
     description = re.sub(r"\s*\(empty when none recorded\)", "", entry.description)
@@ -140,7 +217,8 @@ def _glossary_row(entry: contract.FeatureEntry) -> dict[str, str | None]:
         "label": label,
         "unit": entry.unit,
         "negation": _negation(entry.name, description),
-        "action": action_for_feature(entry.name),
+        "area": area_for_feature(entry.name),
+        "context": is_context(entry.name, entry.kind),
     }
 
 
@@ -157,7 +235,8 @@ def feature_glossary(entries: Sequence[contract.FeatureEntry]) -> pl.DataFrame:
     pl.DataFrame
         ``GLOSSARY_SCHEMA``: ``feature``, ``kind``, ``description``, ``singular`` (a count's
         words after "1"), ``label`` (what a measurement or a missing value is called), ``unit``,
-        ``negation`` (a flag's words when it is 0) and ``action`` (Core20PLUS5 area or null).
+        ``negation`` (a flag's words when it is 0), ``area`` (a key of ``AREAS`` or null) and
+        ``context`` (never a reason: :func:`is_context`).
     """
     return pl.DataFrame([_glossary_row(entry) for entry in entries], schema=GLOSSARY_SCHEMA)
 
@@ -207,6 +286,9 @@ def word_reasons(
 ) -> pl.DataFrame:
     """``reason_1..3`` and the first clinical area named, per person with a positive reason.
 
+    Only positive contributions of features that are not context (:func:`is_context`) become
+    reasons, renumbered 1, 2, 3 in position order.
+
     Parameters
     ----------
     explanations
@@ -219,22 +301,41 @@ def word_reasons(
     Returns
     -------
     pl.DataFrame
-        ``person_id``, ``reason_1..3`` (null past the positive contributions) and ``action``
+        ``person_id``, ``reason_1..3`` (null past the positive contributions) and ``area``
         (null when no reason names a clinical area), one row per person, unordered.
     """
     words = (
-        explanations.filter(pl.col("contribution") > 0)  # only what raises the risk is a reason
+        explanations.join(glossary, on="feature", how="left")
+        .filter((pl.col("contribution") > 0) & ~pl.col("context"))
+        .with_columns(pl.col("position").rank("ordinal").over("person_id").alias("reason_no"))
+        .filter(pl.col("reason_no") <= N_REASONS)
         .join(values, on=["person_id", "feature"], how="left")
-        .join(glossary, on="feature", how="left")
         .with_columns(reason_text(pl.col("value")).alias("reason"))
     )
     return words.group_by("person_id").agg(
         *[
-            pl.col("reason").filter(pl.col("position") == k).first().alias(f"reason_{k}")
+            pl.col("reason").filter(pl.col("reason_no") == k).first().alias(f"reason_{k}")
             for k in range(1, N_REASONS + 1)
         ],
-        pl.col("action").sort_by("position").drop_nulls().first(),
+        pl.col("area").sort_by("position").drop_nulls().first(),
     )
+
+
+def conditions_expr(glossary: pl.DataFrame, *, available: Sequence[str]) -> pl.Expr:
+    """``conditions_recorded``: the person's recorded long-term conditions, in words.
+
+    From the ``has_*`` flags present in the features ("hypertension, diabetes"); empty when none.
+    """
+    flags = glossary.filter(
+        pl.col("feature").str.starts_with("has_") & pl.col("feature").is_in(list(available))
+    )
+    named = [
+        pl.when(pl.col(name).fill_null(0) > 0).then(pl.lit(words.removesuffix(" recorded")))
+        for name, words in flags.select("feature", "description").iter_rows()
+    ]
+    if not named:
+        return pl.lit(None, pl.String).alias("conditions_recorded")
+    return pl.concat_str(named, separator=", ", ignore_nulls=True).alias("conditions_recorded")
 
 
 def feature_values(features: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
@@ -250,9 +351,9 @@ def attach_reasons(
     features: pl.LazyFrame,
     glossary: pl.DataFrame,
     *,
-    action: str,
+    area: str,
 ) -> pl.DataFrame:
-    """Add ``reason_1..3`` and ``suggested_action`` to the selected people.
+    """Add ``reason_1..3``, ``conditions_recorded`` and ``suggested_action`` to the selected.
 
     Parameters
     ----------
@@ -264,13 +365,13 @@ def attach_reasons(
         ``features/features.parquet`` (lazy).
     glossary
         From :func:`feature_glossary`.
-    action
-        The default action (:func:`default_action` of the target's outcome).
+    area
+        The area when no reason names one (:func:`default_area` of the target's outcome).
 
     Returns
     -------
     pl.DataFrame
-        ``selected`` with the reasons and action, in the same row order.
+        ``selected`` with the reasons, recorded conditions and action, in the same row order.
 
     Raises
     ------
@@ -282,16 +383,28 @@ def attach_reasons(
     explained = explanations.join(wanted.lazy(), on="person_id", how="semi").collect()
     names = explained["feature"].unique().sort().to_list()
     _check_explained(explained, n_selected=selected.height, glossary=glossary)
-    absent = [name for name in names if name not in features.collect_schema()]
+    present = features.collect_schema().names()
+    absent = [name for name in names if name not in present]
     if absent:
         raise ContractError(f"features/features.parquet: missing column(s) {', '.join(absent)}")
-    inputs = features.select("person_id", *names).join(wanted.lazy(), on="person_id", how="semi")
-    reasons = word_reasons(explained, feature_values(inputs.collect(), names), glossary)
-    return selected.join(reasons, on="person_id", how="left", maintain_order="left").select(
-        pl.exclude("action", *[f"reason_{k}" for k in range(1, N_REASONS + 1)]),
-        *[pl.col(f"reason_{k}").cast(pl.String) for k in range(1, N_REASONS + 1)],
-        pl.col("action").fill_null(action).alias("suggested_action"),
+    flags = [name for name in glossary["feature"] if name.startswith("has_") and name in present]
+    flags += [name for name in recorded_flags() if name in present and name not in flags]
+    inputs = (
+        features.select("person_id", *sorted(set(names) | set(flags)))
+        .join(wanted.lazy(), on="person_id", how="semi")
+        .collect()
     )
+    reasons = word_reasons(explained, feature_values(inputs, names), glossary)
+    recorded = inputs.select("person_id", *flags, conditions_expr(glossary, available=flags)).join(
+        reasons, on="person_id", how="left"
+    )
+    actions = recorded.with_columns(pl.col("area").fill_null(area)).select(
+        "person_id",
+        "conditions_recorded",
+        *[pl.col(f"reason_{k}").cast(pl.String) for k in range(1, N_REASONS + 1)],
+        action_expr(available=flags),
+    )
+    return selected.join(actions, on="person_id", how="left", maintain_order="left")
 
 
 def _check_explained(explained: pl.DataFrame, *, n_selected: int, glossary: pl.DataFrame) -> None:

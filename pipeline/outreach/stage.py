@@ -4,8 +4,9 @@ Reads ``data/scores/<target>.parquet`` (the eligible cohort), ``features/feature
 (units and sensitive attributes, and the values the reasons quote), ``features/manifest.json``,
 ``data/explanations/<target>.parquet`` (stage ``explain``), the audit's need scores for
 ``need_adjusted`` and, when present, ``data/truth/people.parquet``. Writes
-``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv`` and
-``reports/outreach_summary.json``.
+``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv``, the merged list
+across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``), the data dictionary
+(``data/outreach/data_dictionary.csv``) and ``reports/outreach_summary.json``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from pipeline.config import OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, write_parquet
-from pipeline.outreach import lists, policies, reasons, summary
+from pipeline.outreach import dictionary, lists, policies, reasons, summary
 from pipeline.pseudonyms import check_key_fingerprint, read_secret
 
 __all__ = ["COHORT_COLUMNS", "build_target", "outreach_targets", "run"]
 
-COHORT_COLUMNS: Final = ("practice_id", "icb_code", "imd_quintile", "ethnicity_group", "region")
-"""Sensitive attributes read from ``features/features.parquet`` (for units, policies, summary)."""
+COHORT_COLUMNS: Final = (
+    "practice_id",
+    "icb_code",
+    "imd_quintile",
+    "ethnicity_group",
+    "region",
+    *lists.CONTEXT_COLUMNS,
+)
+"""Sensitive attributes read from ``features/features.parquet`` (for units, policies, summary,
+and the lists' context columns age and sex)."""
 
 
 @dataclass(frozen=True)
@@ -66,20 +75,20 @@ def build_target(
     outreach: OutreachParams,
     key: bytes,
     rng: np.random.Generator,
-    action: str,
+    area: str,
     rule: Rule,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One target's list (``lists.OUTREACH_COLUMNS``) and its summary block.
 
-    ``rng`` is the ``("equal_opportunity", target)`` stream; ``action`` the target's default
-    action; ``rule`` publishes the summary's counts; the other arguments are described where
-    they are made (:func:`run`).
+    ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
+    clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; the other
+    arguments are described where they are made (:func:`run`).
     """
     prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
     selected = lists.select_outreach(
         prioritised, capacity, capacity_mode=outreach.capacity_mode, key=key
     )
-    explained = reasons.attach_reasons(selected, explanations, features, glossary, action=action)
+    explained = reasons.attach_reasons(selected, explanations, features, glossary, area=area)
     block = summary.summarise_target(
         lists.flag_selected(cohort, selected),
         capacity=capacity,
@@ -89,7 +98,7 @@ def build_target(
         rule=rule,
     )
     block["policy_detail"] = policies.policy_detail(outreach, thresholds)
-    return lists.list_rows(explained), block
+    return lists.list_rows(explained, tiers=outreach.tiers), block
 
 
 def run(params: Params, paths: Paths) -> None:
@@ -129,13 +138,14 @@ def run(params: Params, paths: Paths) -> None:
             outreach=outreach,
             key=key,
             rng=seeds.rng("equal_opportunity", name, root=params.seed),
-            action=reasons.default_action(params.targets[name].outcome),
+            area=reasons.default_area(params.targets[name].outcome),
             rule=params.disclosure,
         )
         for name in targets
     }
     icbs = {name: cohort["icb_code"].unique().sort().to_list() for name, cohort in cohorts.items()}
-    _write_lists(paths.outreach, {name: rows for name, (rows, _) in built.items()}, icbs)
+    rows = {name: frame for name, (frame, _) in built.items()}
+    _write_lists(paths.outreach, rows, icbs, dictionary.data_dictionary(targets, outreach.tiers))
     summary.write_summary(
         paths.reports / summary.SUMMARY_FILE,
         outreach=outreach,
@@ -210,12 +220,26 @@ def _read_truth_need(path: Path) -> pl.DataFrame | None:
 
 
 def _write_lists(
-    folder: Path, rows: Mapping[str, pl.DataFrame], icbs: Mapping[str, list[str]]
+    folder: Path,
+    rows: Mapping[str, pl.DataFrame],
+    icbs: Mapping[str, list[str]],
+    dictionary_rows: pl.DataFrame,
 ) -> None:
-    """One parquet per target and one CSV per ICB (every eligible ICB, even an empty list)."""
+    """One parquet per target and one CSV per ICB (every eligible ICB, even an empty list), the
+    merged list across targets (parquet and one CSV per ICB) and the data dictionary."""
     for target, codes in icbs.items():
         lists.check_file_names(codes, target=target)
+    merged = lists.merge_lists(rows)
     with atomic_dir(folder) as staging:
+        dictionary_rows.write_csv(staging / lists.DICTIONARY_FILE)
+        merged_path = staging / f"{lists.MERGED_FILE}.parquet"
+        write_parquet(merged, merged_path, sort_by=["icb_code", "rank"])
+        (staging / lists.MERGED_FILE).mkdir()
+        for code in sorted({code for codes in icbs.values() for code in codes}):
+            lists.write_people_csv(
+                merged.filter(pl.col("icb_code") == code),
+                staging / lists.MERGED_FILE / f"{code}.csv",
+            )
         for target, frame in rows.items():
             write_parquet(frame, staging / f"{target}.parquet", sort_by=["icb_code", "rank"])
             (staging / target).mkdir()

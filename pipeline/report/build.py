@@ -9,7 +9,8 @@ the MLflow logging.
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import jinja2
 from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import Paths, write_text
-from pipeline.report import checklist
+from pipeline.report import checklist, provenance
 from pipeline.report.context.blocks import Section
 from pipeline.report.context.deprivation import deprivation_section
 from pipeline.report.context.ethnicity import ethnicity_section
@@ -35,6 +36,7 @@ from pipeline.report.context.mitigation import mitigation_section
 from pipeline.report.context.outreach import outreach_section
 from pipeline.report.context.performance import performance_section
 from pipeline.report.context.population import population_section
+from pipeline.report.context.summary import summary_context
 from pipeline.report.findings import findings_context
 from pipeline.report.inputs import load_view
 from pipeline.report.model import ReportView
@@ -105,12 +107,14 @@ def render_report(view: ReportView, *, sdc: Rule) -> str:
     sections = build_sections(view, sdc)
     titles = {section.id: section.title for section in sections}
     titles |= {"intro": "About this report", "methods": "Methods and disclosure control"}
+    titles |= {"summary": "Summary and recommendation", "findings": "All headline findings"}
     return (
         _environment()
         .get_template("report.html.j2")
         .render(
             title=view.title,
             subtitle=subtitle(view),
+            summary=summary_context(view, objective=view.objective),
             findings=findings_context(view),
             intro=intro_context(view),
             methods=methods_context(view, sdc),
@@ -188,7 +192,12 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
             if not finding.source.endswith(REPORT_FILE)  # the old report is about to be replaced
         ]
     )
-    view = load_view(params, paths)
+    view = dataclasses.replace(
+        load_view(params, paths),
+        objective=params.report.objective,
+        provenance=provenance.collect(params, root=paths.root, with_models=log_mlflow),
+        list_sizes=_list_sizes(paths.reports / "outreach_summary.json"),
+    )
     html = render_report(view, sdc=sdc)
     _refuse_if_any(
         scan_html(
@@ -201,11 +210,14 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
     target.chmod(0o644)  # a report to share: mkstemp's 0600 would hide it from colleagues
     if log_mlflow:
         _log_to_mlflow(view, target, paths)
-    log.info(
-        "report: wrote %s (%d kB) in %.1f s at %s",
-        target,
-        len(html) // 1024,
-        time.perf_counter() - started,
-        dt.datetime.now(dt.UTC),
-    )
+    seconds = time.perf_counter() - started
+    log.info("report: wrote %s (%d kB) in %.1f s", target, len(html) // 1024, seconds)
     return target
+
+
+def _list_sizes(summary: Path) -> dict[str, str]:
+    """Target -> people on its lists as published (``n_selected``); empty without the file."""
+    if not summary.exists():
+        return {}
+    targets = json.loads(summary.read_text(encoding="utf-8")).get("targets") or {}
+    return {name: str(block.get("n_selected", "")) for name, block in targets.items()}

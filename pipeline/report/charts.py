@@ -53,6 +53,10 @@ _CONFIG: Final = {
 }
 
 
+SCALE: Final = 1.6
+"""How much larger than its spec a chart is drawn in the page (capped at the page width)."""
+
+
 def to_svg(chart: alt.TopLevelMixin, *, description: str) -> Markup:
     """Render a chart to an SVG string for inlining: no external data, a text description.
 
@@ -66,10 +70,14 @@ def to_svg(chart: alt.TopLevelMixin, *, description: str) -> Markup:
     spec = chart.to_dict(validate=False)  # specs are built here; validation costs seconds
     spec["config"] = {**_CONFIG, **spec.get("config", {})}
     svg = vlc.vegalite_to_svg(spec, allowed_base_urls=[])
-    # Inline SVG keeps its own width; scale down on narrow screens, print at full width.
+    # Drawn at SCALE times the spec's size (vector: text and marks stay sharp), never wider
+    # than the page: small charts used to sit at ~230 px with half the page empty.
+    width = re.search(r'^<svg[^>]*?\swidth="([\d.]+)"', svg)
+    shown = f"width:min(100%,{float(width.group(1)) * SCALE:.0f}px);" if width else ""
     svg = re.sub(
         r"^<svg ",
-        '<svg role="img" preserveAspectRatio="xMinYMin meet" style="max-width:100%;height:auto" ',
+        f'<svg role="img" preserveAspectRatio="xMinYMin meet" style="{shown}max-width:100%;'
+        'height:auto" ',
         svg,
         count=1,
     )

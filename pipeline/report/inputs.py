@@ -260,6 +260,7 @@ def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFram
         ),
         (pl.coalesce("case_tpr_gap", "tpr_gap") if truth else pl.col("tpr_gap")).alias("tpr_gap"),
         pl.col("tpr_gap").alias("recorded_gap"),
+        _averted(tradeoffs.columns).alias("events_averted"),
         _position(policy, ORDERED_POLICIES, default=99).alias("_rank"),
     )
     shares = reach.filter(pl.col("dimension") == "imd_quintile").select(
@@ -271,6 +272,13 @@ def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFram
         ),
         MITIGATION_SCHEMA,
     )
+
+
+def _averted(columns: list[str]) -> pl.Expr:
+    """The audit's simulated events averted per policy, read by name (``n_*averted*``), or
+    null when the audit does not publish them."""
+    found = sorted(name for name in columns if name.startswith("n_") and "averted" in name)
+    return pl.col(found[0]).cast(pl.String) if found else pl.lit(None, pl.String)
 
 
 def population_from_audit(target: str, groups: pl.DataFrame) -> pl.DataFrame:

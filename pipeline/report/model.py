@@ -15,6 +15,7 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline import contract
+from pipeline.config import Objective
 from pipeline.contract import TableSchema
 
 _METRICS: Final = contract.GROUP_METRICS_SCHEMA
@@ -96,6 +97,7 @@ MITIGATION_SCHEMA: Final[TableSchema] = {
     "share_of_events_reached": pl.Float64,
     "tpr_gap": pl.Float64,  # need reached (true-need cases with truth), best - worst quintile
     "recorded_gap": pl.Float64,  # recorded-outcome TPR, best - worst quintile
+    "events_averted": pl.String,  # published count, when the audit simulates it (else null)
     "group": pl.String,  # a selection-share column per group, long
     "selection_share": pl.Float64,
 }
@@ -202,3 +204,9 @@ class ReportView:
     notes: tuple[str, ...] = ()
     icb_names: dict[str, str] = field(default_factory=dict)
     """ICB code -> name (from the population's areas table when present)."""
+    objective: Objective = "events_reached_no_wider_gap"
+    """``params.report.objective``: what the summary's recommendation maximises."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Date, commit, data hash, params digest, model versions (``pipeline.report.provenance``)."""
+    list_sizes: dict[str, str] = field(default_factory=dict)
+    """Target -> people on its outreach lists, as published (``outreach_summary.json``)."""

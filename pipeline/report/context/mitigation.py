@@ -13,8 +13,11 @@ from pipeline.report.fmt import Cell, count_cell, rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
 
-def mitigation_columns(view: TargetView, share_groups: list[str]) -> list[tuple[str, str]]:
-    """Strategy, events reached, the gap(s) in points, then a list share per group."""
+def mitigation_columns(
+    view: TargetView, share_groups: list[str], *, averted: bool = False
+) -> list[tuple[str, str]]:
+    """Strategy, events reached (and averted, when the audit simulates it), the gap(s) in
+    points, then a list share per group."""
     events_help = (
         "events expected on the list from people's true risk (simulation)"
         if view.truth_events
@@ -41,13 +44,19 @@ def mitigation_columns(view: TargetView, share_groups: list[str]) -> list[tuple[
         ("Strategy", ""),
         ("Events reached", events_help),
         ("Share of all events", events_help),
+        *([("Events averted (simulated)", "events the outreach would prevent")] if averted else []),
         *gaps,
         *shares,
     ]
 
 
 def strategy_row(
-    part: pl.DataFrame, *, gap_keys: tuple[str, ...], share_groups: list[str], sdc: Rule
+    part: pl.DataFrame,
+    *,
+    gap_keys: tuple[str, ...],
+    share_groups: list[str],
+    sdc: Rule,
+    averted: bool = False,
 ) -> list[Cell]:
     """One strategy's row (``part``: its rows, one per group share)."""
     first = part.row(0, named=True)
@@ -59,6 +68,7 @@ def strategy_row(
         rate_cell(
             first["share_of_events_reached"], suppressed=first["events_reached"] == SUPPRESSED
         ),
+        *([count_cell(first.get("events_averted"), sdc)] if averted else []),
         *[
             rate_cell(None if first[key] is None else first[key] * 100, percent=False, digits=1)
             for key in gap_keys
@@ -77,16 +87,18 @@ def mitigation_table(view: TargetView, sdc: Rule) -> Table | None:
     ]
     truth = "true need" in view.case_definition
     gap_keys = ("recorded_gap", "tpr_gap") if truth else ("recorded_gap",)
+    averted = "events_averted" in frame.columns and frame["events_averted"].is_not_null().any()
     rows = [
         strategy_row(
             frame.filter(pl.col("strategy") == strategy),
             gap_keys=gap_keys,
             share_groups=share_groups,
             sdc=sdc,
+            averted=averted,
         )
         for strategy in frame["strategy"].unique(maintain_order=True).to_list()
     ]
-    columns = mitigation_columns(view, share_groups)
+    columns = mitigation_columns(view, share_groups, averted=averted)
     return Table(columns, rows, caption=f"{view.target}: mitigation trade-off")
 
 
