@@ -211,9 +211,23 @@ def summary(root: RootOption = Path(".")) -> None:
     print(text)
 
 
+def single_threaded_blas() -> None:
+    """Run BLAS (numpy's OpenBLAS) on one thread, for outputs that hash the same on any machine.
+
+    OpenBLAS splits a dot product across as many threads as the machine has cores, so the last
+    bits of a metric (``weights @ p``) or of a calibration fit depended on the core count: the
+    committed ``dvc.lock`` was not reproduced on a machine with another number of cores. The
+    stages' BLAS work is small (vector products), so one thread costs little.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def main() -> None:
     """Entry point: run the app, turning user-fixable errors into a clear message and exit 2."""
     stage_console.quiet_third_party()
+    single_threaded_blas()
     try:
         app()
     except PipelineError as error:

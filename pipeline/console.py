@@ -119,7 +119,11 @@ def progress(description: str, *, total: int | None) -> Iterator[Callable[[int],
     )
     with bar:
         task = bar.add_task(description, total=total)
-        yield lambda steps=1: bar.advance(task, steps)
+
+        def advance(steps: int = 1) -> None:
+            bar.advance(task, steps)
+
+        yield advance
 
 
 def figures(document: Mapping[str, object], *names: tuple[str, str]) -> str:
