@@ -219,7 +219,7 @@ def single_threaded_blas() -> None:
     committed ``dvc.lock`` was not reproduced on a machine with another number of cores. The
     stages' BLAS work is small (vector products), so one thread costs little.
     """
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(limits=1, user_api="blas")
 
