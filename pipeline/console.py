@@ -137,9 +137,9 @@ def figures(document: Mapping[str, object], *names: tuple[str, str]) -> str:
     return "test " + ", ".join(shown)
 
 
-def count(n: int) -> str:
-    """A count with thousands separators (the console is not published: exact counts)."""
-    return f"{n:,}"
+def count(n: object) -> str:
+    """A count with thousands separators (a published ``"*"`` as it is)."""
+    return f"{n:,}" if isinstance(n, int) else str(n)
 
 
 MLFLOW_UI: Final = "mlflow ui --backend-store-uri sqlite:///mlflow.db"

@@ -71,5 +71,6 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     )
     write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")
     console.stage_done(
-        "validate", did=f"{shown.as_posix()} meets the contract ({report['n_people']} people)"
+        "validate",
+        did=f"{shown.as_posix()} meets the contract ({console.count(report['n_people'])} people)",
     )
