@@ -71,8 +71,12 @@ def hide_counts(
 ) -> tuple[pl.DataFrame, pl.Expr]:
     """Publish ``counts`` with complementary suppression within each ``over`` group (whose total
     is published or implied: :meth:`pipeline.disclosure.Rule.secondary_expr`); also the mask
-    of rows where any of them is hidden (over the published strings)."""
-    published = frame.with_columns(
+    of rows where any of them is hidden (over the published strings).
+
+    The frame is first sorted on every column: equal smallest counts in a group are then told
+    apart by a fixed row order, not by the order a parallel group-by happened to return (which
+    varies with the machine's core count, and moved a suppressed cell between runs)."""
+    published = frame.sort(frame.columns, nulls_last=True).with_columns(
         rule.hidden_count_expr(pl.col(c), rule.secondary_expr(pl.col(c), over=list(over)))
         for c in counts
     )
