@@ -34,7 +34,12 @@ TARGET = "emergency_admission_12m"
 OUTPUTS = {
     "synthesize": ("data/population", "data/truth", "reports/synthetic_calibration.json"),
     "features": ("features",),
-    "train": (f"models/{TARGET}", f"data/scores/{TARGET}.parquet", f"metrics/{TARGET}/plots"),
+    "train": (
+        f"models/{TARGET}",
+        f"data/scores/{TARGET}.parquet",
+        f"metrics/{TARGET}/train.json",
+        f"metrics/{TARGET}/plots",
+    ),
     "audit": (
         f"reports/audit/{TARGET}",
         f"reports/metrics/audit_{TARGET}.json",
