@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # Keys outside the repository: the same key gives the same pseudonyms across clones.
 SECRET_FILE ?= $(HOME)/.config/phm/pseudonym.key
 
-.PHONY: run test install lint bench clean-store
+.PHONY: run test install lint bench clean-store plots-page
 
 install: $(VENV)/.installed
 
@@ -25,10 +25,12 @@ $(SECRET_FILE):
 	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $@ && chmod 600 $@
 	@echo "created a local pseudonymisation key at $@ (keep it outside git; set PHM_PSEUDONYM_KEY to use another)"
 
-# keyfp first: DVC cannot see the key, only its fingerprint (a dependency of outreach).
+# keyfp first: DVC cannot see the key, only its fingerprint (a dependency of outreach). DVC's
+# closing "Use `dvc push`" hint is dropped (this project has no remote); then the summary.
 run: install $(SECRET_FILE)
 	python -m pipeline keyfp
-	dvc repro
+	set -o pipefail; PYTHONUNBUFFERED=1 dvc repro | sed -u '/Use `dvc push`/d'
+	python -m pipeline summary
 
 test: install
 	ruff check .
@@ -38,3 +40,8 @@ test: install
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; python $$script || exit 1; done
+
+# The offline page template of `dvc plots show` (.dvc/config plots.html_template): Vega, Vega-Lite
+# and Vega-Embed inline, from the npm registry (needs npm and the network; only to upgrade them).
+plots-page: install
+	python .dvc/plots/build_page.py

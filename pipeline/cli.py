@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipeline import console as stage_console
 from pipeline.config import load_params
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.io import Paths, hold_stage_lock, sweep_project
@@ -146,6 +147,7 @@ def keyfp(root: RootOption = Path(".")) -> None:
     outreach = params.outreach
     key = read_secret(secret_env=outreach.secret_env, secret_file=outreach.secret_file)
     write_key_fingerprint(key, Paths.at(root).key_fingerprint)
+    stage_console.stage_done("keyfp", did="pseudonymisation key fingerprint recorded")
 
 
 @app.command()
@@ -212,8 +214,46 @@ def promote(
     console.print(f"phm-{checked_target}: alias champion -> version {promoted}", highlight=False)
 
 
+@app.command()
+def summary(root: RootOption = Path(".")) -> None:
+    """Where the outputs are and the headline figures (the end of ``make run``)."""
+    from pipeline.headline import target_folder
+    from pipeline.io import read_json
+
+    params = _params(root)
+    paths = Paths.at(root)
+    headlines = {}
+    for name in params.targets:
+        files = [target_folder(paths.root, name) / f"{part}.json" for part in ("train", "audit")]
+        train, audit = (read_json(file) if file.exists() else {} for file in files)
+        headlines[name] = (train, audit)
+    lists = paths.outreach
+    text = stage_console.run_summary(
+        report=str((paths.reports / "equity_report.html").relative_to(paths.root)),
+        lists=str(lists.relative_to(paths.root)),
+        n_list_files=sum(1 for f in lists.rglob("*") if f.is_file()) if lists.is_dir() else 0,
+        headlines=headlines,
+    )
+    print(text)
+
+
+def single_threaded_blas() -> None:
+    """Run BLAS (numpy's OpenBLAS) on one thread, for outputs that hash the same on any machine.
+
+    OpenBLAS splits a dot product across as many threads as the machine has cores, so the last
+    bits of a metric (``weights @ p``) or of a calibration fit depended on the core count: the
+    committed ``dvc.lock`` was not reproduced on a machine with another number of cores. The
+    stages' BLAS work is small (vector products), so one thread costs little.
+    """
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def main() -> None:
     """Entry point: run the app, turning user-fixable errors into a clear message and exit 2."""
+    stage_console.quiet_third_party()
+    single_threaded_blas()
     try:
         app()
     except PipelineError as error:

@@ -959,8 +959,8 @@ MODEL_CURVES: Final[dict[str, TableSchema]] = {
     "calibration": {"mean_predicted": pl.Float64, "observed_rate": pl.Float64},
     "cumulative_gain": {"share_selected": pl.Float64, "share_of_events": pl.Float64},
 }
-"""``models/<target>/plots/<curve>.csv`` (test split, aggregate): written by train, read by the
-report and ``dvc plots``."""
+"""``metrics/<target>/plots/<curve>.csv`` (test split, aggregate; in git): written by train, read
+by the report, MLflow's chart images and ``dvc plots``."""
 
 
 # === Stage outputs: audit -> report ==============================================================

@@ -17,7 +17,7 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from pipeline import contract
+from pipeline import console, contract
 from pipeline.errors import ContractError, StageError
 from pipeline.io import Paths, write_parquet
 
@@ -189,4 +189,7 @@ def run(paths: Paths, *, target: str) -> None:
         explanations,
         paths.root / contract.EXPLANATIONS_DIR / f"{target}.parquet",
         sort_by=["person_id", "position"],
+    )
+    console.stage_done(
+        "explain", target=target, did=f"{console.count(inputs.height)} people explained"
     )

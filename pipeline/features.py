@@ -31,7 +31,7 @@ from typing import Any, Final
 import polars as pl
 from rich.progress import Progress
 
-from pipeline import contract, io, seeds
+from pipeline import console, contract, io, seeds
 from pipeline.config import FeatureParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
@@ -871,4 +871,8 @@ def run(params: Params, paths: io.Paths) -> Path:
     with io.atomic_dir(paths.features) as tmp:
         write_features(folder, tmp / FEATURES_FILE, features=fp, index_date=index_date, seed=seed)
         io.write_json(manifest.document(), tmp / MANIFEST_FILE)
+        rows = pl.scan_parquet(tmp / FEATURES_FILE).select(pl.len()).collect().item()
+    console.stage_done(
+        "features", did=f"{console.count(rows)} people x {len(manifest.features)} features"
+    )
     return paths.features

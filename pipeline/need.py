@@ -20,7 +20,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import contract, io, seeds
+from pipeline import console, contract, io, seeds
 from pipeline.config import AuditParams, Params
 from pipeline.errors import ContractError, StageError
 
@@ -185,3 +185,4 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     io.write_parquet(
         scores, paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", sort_by="person_id"
     )
+    console.stage_done("need", target=target, did=f"{console.count(scores.height)} people scored")

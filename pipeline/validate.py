@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from pipeline import console
 from pipeline.config import Params
 from pipeline.contract import DataQuality, validate_population, write_summary
 from pipeline.disclosure import Rule
@@ -82,3 +83,7 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
         facts, folder=shown.as_posix(), index_date=params.index_date, rule=params.disclosure
     )
     write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")
+    console.stage_done(
+        "validate",
+        did=f"{shown.as_posix()} meets the contract ({console.count(report['n_people'])} people)",
+    )

@@ -10,13 +10,29 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.config import Params, ParamsError, load_params, parse_params
+from tests.fixture_params import FIXTURE_PARAMS, fixture_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def default_raw() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return fixture_raw()
+
+
+def _keys(node: object, prefix: str = "") -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    keys = {f"{prefix}{key}" for key in node}
+    return keys.union(*(_keys(value, f"{prefix}{key}.") for key, value in node.items()))
+
+
+def test_fixture_params_have_the_project_files_keys() -> None:
+    # Tests build on tests/fixture_params.yaml, never on the working params.yaml (which
+    # `dvc exp apply` changes); only its keys are compared here, so an experiment's values do
+    # not matter, but a section added to the project's params must be added to the fixture.
+    project = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert _keys(fixture_raw()) == _keys(project)
 
 
 def test_project_params_load(default_raw: dict) -> None:
@@ -80,7 +96,7 @@ def test_cli_fails_before_work_on_bad_params(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = fixture_raw()
     raw["train"]["num_leaves"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = subprocess.run(
@@ -131,7 +147,7 @@ def test_values_of_the_wrong_kind_are_refused_not_coerced(
 
 
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
-    text = (ROOT / "params.yaml").read_text()
+    text = FIXTURE_PARAMS.read_text()
     params_file = tmp_path / "params.yaml"
     params_file.write_text(text + "\nseed: 1\n")
     with pytest.raises(ParamsError, match="duplicate key 'seed'"):

@@ -27,14 +27,24 @@ import pytest
 import yaml
 
 from pipeline.io import STAGE_LOCKS, TEMP_DIR
+from tests.fixture_params import fixture_raw
 
 PROJECT = Path(__file__).resolve().parents[1]
 TARGET = "emergency_admission_12m"
 OUTPUTS = {
     "synthesize": ("data/population", "data/truth", "reports/synthetic_calibration.json"),
     "features": ("features",),
-    "train": (f"models/{TARGET}", f"data/scores/{TARGET}.parquet"),
-    "audit": (f"reports/audit/{TARGET}", f"reports/metrics/audit_{TARGET}.json"),
+    "train": (
+        f"models/{TARGET}",
+        f"data/scores/{TARGET}.parquet",
+        f"metrics/{TARGET}/train.json",
+        f"metrics/{TARGET}/plots",
+    ),
+    "audit": (
+        f"reports/audit/{TARGET}",
+        f"reports/metrics/audit_{TARGET}.json",
+        f"metrics/{TARGET}/audit.json",
+    ),
     "outreach": ("data/outreach", "reports/outreach_summary.json"),
 }
 # The embedded MLflow store (train logs runs, audit tags them): not row-level, never in git.
@@ -45,7 +55,7 @@ pytestmark = pytest.mark.slow
 
 
 def _write_params(root: Path, **population: object) -> None:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = fixture_raw()
     params["population"] |= {"n_people": 20_000, "chunk_size": 2_000, **population}
     params["features"]["chunk_people"] = 10_000
     # One target, fewer rounds and resamples: the later stages' kills stay within a minute.

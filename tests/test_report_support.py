@@ -2,7 +2,7 @@
 
 :func:`audited_world` runs :func:`pipeline.audit.run` once per session on the world of
 ``tests/simworld.py`` (planted under-recording and lower access for IMD quintile 1 and Black and
-Asian people) for every target of the repository's params.yaml; :func:`write_fixture_project`
+Asian people) for every target of ``tests/fixture_params.yaml``; :func:`write_fixture_project`
 copies its ``reports/`` into a project and adds the other stages' summaries (model metrics and
 plots, outreach summary, data quality), each written through its contract model. So the report
 tests read exactly what the audit writes: audit -> report drift fails here. No tests here.
@@ -24,9 +24,11 @@ import polars as pl
 from pipeline import audit, contract, need
 from pipeline.config import load_params, parse_params
 from pipeline.disclosure import SUPPRESSED, Rule
+from pipeline.headline import plots_folder
 from pipeline.io import Paths, write_json
 from pipeline.validate import data_quality_report
 from tests import simworld
+from tests.fixture_params import copy_fixture_params, fixture_raw
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_PEOPLE = 20_000
@@ -41,11 +43,11 @@ FAST_AUDIT = {
 
 @functools.cache
 def audited_world() -> Path:
-    """A folder holding the audit's real outputs (``reports/``) for every target of params.yaml
+    """A folder holding the audit's real outputs (``reports/``) for every fixture target
     on a small simulated world; built once per process, removed at exit."""
     root = Path(tempfile.mkdtemp(prefix="phm-audited-world-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    raw = load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw = fixture_raw()
     raw["audit"] |= FAST_AUDIT
     params = parse_params(raw)
     targets = tuple(params.targets)
@@ -194,10 +196,10 @@ def data_quality() -> contract.DataQuality:
 
 
 def write_fixture_project(root: Path, *, seed: int = 7) -> Paths:
-    """Write every report input under ``root`` (a copy of the repo's params.yaml included):
+    """Write every report input under ``root`` (a copy of the fixture params included):
     the audit's real outputs plus the other stages' summaries."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    copy_fixture_params(root)
     paths = Paths.at(root)
     params = load_params(paths.params)
     rng = np.random.default_rng(seed)
@@ -205,16 +207,17 @@ def write_fixture_project(root: Path, *, seed: int = 7) -> Paths:
     shutil.copytree(audited_world() / "reports", paths.reports, dirs_exist_ok=True)
     for target in targets:
         model_dir = paths.models / target
-        (model_dir / "plots").mkdir(parents=True, exist_ok=True)
+        plots = plots_folder(root, target)
+        plots.mkdir(parents=True, exist_ok=True)
         write_json(model_metrics(target), model_dir / "metrics.json")
         (model_dir / "model.txt").write_text(f"tree\nversion=v4\n# fixture model {target}\n")
         grid = np.linspace(0.0, 1.0, 21)
-        pl.DataFrame({"fpr": grid, "tpr": np.sqrt(grid)}).write_csv(model_dir / "plots" / "roc.csv")
+        pl.DataFrame({"fpr": grid, "tpr": np.sqrt(grid)}).write_csv(plots / "roc.csv")
         pl.DataFrame({"mean_predicted": grid * 0.4, "observed_rate": grid * 0.41}).write_csv(
-            model_dir / "plots" / "calibration.csv"
+            plots / "calibration.csv"
         )
         pl.DataFrame({"share_selected": grid, "share_of_events": np.sqrt(grid)}).write_csv(
-            model_dir / "plots" / "cumulative_gain.csv"
+            plots / "cumulative_gain.csv"
         )
     contract.write_summary(
         contract.OutreachSummary.model_validate(outreach_summary(targets, rng)),

@@ -129,6 +129,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --- the whole stage -----------------------------------------------------------------------------
 
 
+def _check_committed_metrics(committed: Path, metrics: dict) -> None:
+    """``metrics/<target>/`` (kept in git): a few headline numbers and the plot tables."""
+    for name in ("precision_recall", "calibration", "cumulative_gain"):
+        assert (committed / "plots" / f"{name}.csv").is_file(), name
+    headline = json.loads((committed / "train.json").read_text())
+    assert list(headline) == sorted(headline)
+    assert set(headline) <= set(metrics)
+    assert {"auroc", "auprc", "brier", "oe_ratio", "calibration_slope"} <= headline.keys()
+    assert all(isinstance(value, int | float) for value in headline.values())  # numbers only
+    assert headline["auroc"] == round(metrics["auroc"], 4)
+    roc = pl.read_csv(committed / "plots" / "roc.csv")
+    assert roc.columns == ["fpr", "tpr"] and 2 < roc.height <= 400
+
+
 def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     import mlflow
 
@@ -142,12 +156,9 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
         "metrics.json",
         "feature_importance.json",
         "model_card.md",
-        "plots/roc.csv",
-        "plots/precision_recall.csv",
-        "plots/calibration.csv",
-        "plots/cumulative_gain.csv",
     ):
         assert (model_dir / name).is_file(), name
+    assert not (model_dir / "plots").exists()
     assert "pickle" not in (model_dir / "calibration.json").read_text()
 
     scores = pl.read_parquet(project / "data" / "scores" / f"{TARGET}.parquet")
@@ -174,8 +185,7 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
         if key.startswith("n_") or key.endswith("_count"):
             assert value == "*" or (isinstance(value, int) and value % 5 == 0), key
 
-    roc = pl.read_csv(model_dir / "plots" / "roc.csv")
-    assert roc.columns == ["fpr", "tpr"] and 2 < roc.height <= 400
+    _check_committed_metrics(project / "metrics" / TARGET, metrics)
 
     run = tracking.find_model_run(model_dir / "model.txt", root=project)
     assert run is not None
@@ -225,7 +235,8 @@ def test_stage_is_deterministic_and_moves_the_alias(project: Path) -> None:
         "models/emergency_admission_12m/model.txt",
         "models/emergency_admission_12m/metrics.json",
         "models/emergency_admission_12m/calibration.json",
-        "models/emergency_admission_12m/plots/calibration.csv",
+        "metrics/emergency_admission_12m/train.json",
+        "metrics/emergency_admission_12m/plots/calibration.csv",
         "data/scores/emergency_admission_12m.parquet",
     )
     train.run(_params(), paths, target=TARGET)

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from pipeline import contract, io, seeds, selection, tracking
+from pipeline import console, contract, io, seeds, selection, tracking
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
@@ -30,6 +30,7 @@ from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
+from pipeline.headline import AUDIT_HEADLINE, write_headline
 
 __all__ = [
     "audit_summary",
@@ -830,6 +831,15 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
             table = contract.AUDIT_TABLES[name]
             io.write_parquet(frame, folder / table.file, sort_by=list(table.sort_by))
     contract.write_summary(headline, paths.reports / "metrics" / f"audit_{target}.json")
+    write_headline(
+        headline.root, keys=AUDIT_HEADLINE, root=paths.root, target=target, name="audit.json"
+    )
+    console.stage_done(
+        "audit",
+        target=target,
+        did=f"{console.count(audited.height)} people, {len(audit.dimensions)} dimensions",
+        figure=f"{headline.root.get('flagged_comparisons', '*')} comparisons flagged",
+    )
     _log_to_mlflow(headline.root, paths, target=target)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 
@@ -76,12 +76,23 @@ def hide_counts(
 ) -> tuple[pl.DataFrame, pl.Expr]:
     """Publish ``counts`` with complementary suppression within each ``over`` group (whose total
     is published or implied: :meth:`pipeline.disclosure.Rule.secondary_expr`); also the mask
-    of rows where any of them is hidden (over the published strings)."""
-    published = frame.with_columns(
-        rule.hidden_count_expr(pl.col(c), rule.secondary_expr(pl.col(c), over=list(over)))
+    of rows where any of them is hidden (over the published strings).
+
+    Equal smallest counts are told apart by group, then by a fixed row order (the frame sorted
+    on every column), never by the order a parallel group-by or sort happened to produce: that
+    order varies with the machine's core count and moved a suppressed cell between runs."""
+    first = [c for c in ("group",) if c in frame.columns]
+    order = [*first, *(c for c in frame.columns if c not in first)]
+    ordered = frame.sort(order, nulls_last=True, maintain_order=True).with_row_index(TIE)
+    published = ordered.with_columns(
+        rule.hidden_count_expr(pl.col(c), rule.secondary_expr(pl.col(c), over=list(over), tie=TIE))
         for c in counts
-    )
+    ).drop(TIE)
     return published, hidden_expr(counts)
+
+
+TIE: Final = "_tie_order"
+"""A unique row number, the last tie-break of complementary suppression (:func:`hide_counts`)."""
 
 
 def hidden_expr(counts: Iterable[str]) -> pl.Expr:

@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from pipeline import contract, seeds, selection
+from pipeline import console, contract, seeds, selection
 from pipeline.config import OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -151,6 +151,12 @@ def run(params: Params, paths: Paths) -> None:
         outreach=outreach,
         summaries={name: block for name, (_, block) in built.items()},
         truth_available=truth_need is not None,
+    )
+    listed = {name: rows.height for name, (rows, _) in built.items()}
+    console.stage_done(
+        "outreach",
+        did=", ".join(f"{console.count(n)} people listed for {name}" for name, n in listed.items()),
+        figure=f"policy {outreach.policy}, capacity {outreach.capacity:g} {outreach.capacity_mode}",
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import jinja2
 
+from pipeline import console
 from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import Paths, write_text
@@ -177,7 +177,6 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
         When the disclosure scan finds anything in the report or in any JSON under
         ``reports/`` (nothing is written), or when no audit output exists at all.
     """
-    started = time.perf_counter()
     if log_mlflow:
         from pipeline import tracking
 
@@ -210,8 +209,9 @@ def run(params: Params, paths: Paths, *, log_mlflow: bool = True) -> Path:
     target.chmod(0o644)  # a report to share: mkstemp's 0600 would hide it from colleagues
     if log_mlflow:
         _log_to_mlflow(view, target, paths)
-    seconds = time.perf_counter() - started
-    log.info("report: wrote %s (%d kB) in %.1f s", target, len(html) // 1024, seconds)
+    console.stage_done(
+        "report", did=f"wrote {target.relative_to(paths.root)} ({len(html) // 1024} kB)"
+    )
     return target
 
 

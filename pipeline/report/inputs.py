@@ -8,7 +8,7 @@ docs/audit_tables.md:
   (:data:`~pipeline.contract.AUDIT_TABLES`), read as written;
 - ``reports/audit/<target>/audit.json`` (:class:`~pipeline.contract.AuditSummary`) and
   ``reports/metrics/audit_<target>.json`` (:class:`~pipeline.contract.AuditHeadline`);
-- ``models/<target>/metrics.json`` and ``plots/*.csv``: test-split performance;
+- ``models/<target>/metrics.json`` and ``metrics/<target>/plots/*.csv``: test-split performance;
 - ``reports/outreach_summary.json`` (:class:`~pipeline.contract.OutreachSummary`);
 - ``reports/data_quality.json`` and ``reports/synthetic_calibration.json`` (absent for a real
   extract: the report says so and carries on).
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline import contract
 from pipeline.disclosure import SUPPRESSED
 from pipeline.errors import StageError
+from pipeline.headline import plots_folder
 from pipeline.io import Paths, read_json, scan_table
 from pipeline.report.fmt import to_float
 from pipeline.report.model import (
@@ -451,7 +452,7 @@ def _target_view(
         mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),
         calibration=empty(CALIBRATION_SCHEMA),
         performance=performance_from_metrics(metrics),
-        curves=_model_curves(paths.models / name / "plots"),
+        curves=_model_curves(plots_folder(paths.root, name)),
         outreach=outreach_from_summary(outreach, name, has_truth=has_truth),
         operating_point=_operating_point(summary),
         audit_headline={} if headline is None else dict(headline.root),

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from pipeline import seeds
+from pipeline import console, seeds
 from pipeline.config import Params, PopulationParams, TargetParams
 from pipeline.contract import (
     INPUT_TABLES,
@@ -398,3 +398,11 @@ def run(params: Params, paths: Paths) -> None:
                 rule=params.disclosure,
             )
     write_json(report, paths.reports / "synthetic_calibration.json")
+    console.stage_done("synthesize", did=_did(params, paths))
+
+
+def _did(params: Params, paths: Paths) -> str:
+    """What the stage did, for its console line (people written)."""
+    people = pl.scan_parquet(paths.population / "people.parquet").select(pl.len()).collect().item()
+    source = "synthetic" if params.population.source == "synthetic" else "extract"
+    return f"{console.count(people)} people ({source})"

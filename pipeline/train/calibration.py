@@ -20,6 +20,14 @@ from pipeline.errors import StageError
 
 CalibrationMethod = Literal["none", "isotonic", "sigmoid"]
 CALIBRATION_FOLDS: Final = 5
+SIGNIFICANT_DIGITS: Final = 12
+"""Stored parameters and Brier scores keep 12 significant digits, and the scores are computed
+from the stored (rounded) parameters: the fits' last bits depend on the machine's BLAS, and
+``calibration.json`` and the scores must hash the same on every machine."""
+
+
+def _stored(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
 
 
 ISOTONIC_BIN_PEOPLE: Final = 100
@@ -53,14 +61,14 @@ def _fit_calibrator(method: CalibrationMethod, raw: np.ndarray, y: np.ndarray) -
         )
         return {
             "method": "isotonic",
-            "x": [float(v) for v in iso.X_thresholds_],
-            "y": [float(v) for v in iso.y_thresholds_],
+            "x": [_stored(v) for v in iso.X_thresholds_],
+            "y": [_stored(v) for v in iso.y_thresholds_],
         }
     fitted = LogisticRegression(C=np.inf).fit(metrics.logit(raw).reshape(-1, 1), y)
     return {
         "method": "sigmoid",
-        "intercept": float(fitted.intercept_[0]),
-        "slope": float(fitted.coef_[0, 0]),
+        "intercept": _stored(fitted.intercept_[0]),
+        "slope": _stored(fitted.coef_[0, 0]),
     }
 
 
@@ -96,7 +104,7 @@ def fit_calibration(
     dict
         JSON-ready: ``method`` plus its parameters, the validation Brier scores behind the choice.
     """
-    brier_raw = float(np.mean((raw - y) ** 2))
+    brier_raw = _stored(np.mean((raw - y) ** 2))
     decision: dict[str, Any] = {
         "mode": mode,
         "validation_brier_raw": brier_raw,
@@ -115,7 +123,7 @@ def fit_calibration(
             held_out = folds == fold
             fitted = _fit_calibrator(method, raw[~held_out], y[~held_out])
             cross_fitted[held_out] = apply_calibration(fitted, raw[held_out])
-        scores[method] = float(np.mean((cross_fitted - y) ** 2))
+        scores[method] = _stored(np.mean((cross_fitted - y) ** 2))
     decision["validation_brier_cross_fitted"] = scores
     best = min(scores, key=lambda method: (scores[method], method))
     if scores[best] >= brier_raw:

@@ -19,6 +19,9 @@ from pipeline.disclosure import Rule
 METRIC_NAMES: Final = contract.MODEL_METRICS
 """Test-split metrics, each published with ``<name>_ci_low`` / ``<name>_ci_high``."""
 BOOTSTRAP_CELLS: Final = 4_000_000  # resamples x rows per vectorised chunk (~32 MB per array)
+SIGNIFICANT_DIGITS: Final = 10
+"""Published metrics keep 10 significant digits: the last bits of a float sum depend on the
+machine (SIMD width, BLAS kernel), and ``metrics.json`` must hash the same on every machine."""
 
 RankIndexes = tuple[metrics.RankIndex, metrics.RankIndex | None]
 
@@ -165,7 +168,8 @@ def metrics_document(
     extra: Mapping[str, Any],
     rule: Rule,
 ) -> dict[str, Any]:
-    """Flat, disclosure-controlled ``metrics.json``: ``<metric>``, ``<metric>_ci_low/high``.
+    """Flat, disclosure-controlled ``metrics.json``: ``<metric>``, ``<metric>_ci_low/high``
+    (floats to :data:`SIGNIFICANT_DIGITS` significant digits).
 
     Counts are rounded/suppressed by ``rule``; a metric whose numerator or denominator count is
     suppressed is published as ``"*"`` along with its CI. The metrics that are shares of the
@@ -191,7 +195,14 @@ def metrics_document(
             doc[f"{name}{suffix}"] = rule.rate(numerator, denominator, estimate[key])
         if name in capacity_counts:
             doc[name] = rule.share(numerator, denominator)
-    return doc
+    return {key: significant(value) for key, value in doc.items()}
+
+
+def significant(value: Any, *, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """A float rounded to ``digits`` significant digits (anything else unchanged)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
 
 
 def split_metrics(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
-from rich.progress import Progress
 
+from pipeline import console
 from pipeline.train.cohort import FeatureSpec
 
 if TYPE_CHECKING:
@@ -74,14 +73,18 @@ def fit_booster(
         free_raw_data=True,
     )
     valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set)
-    booster = lgb.train(
-        dict(params),
-        train_set,
-        num_boost_round=n_estimators,
-        valid_sets=[valid_set],
-        valid_names=["validation"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
-    )
+    with console.progress("boosting (early stopping)", total=n_estimators) as advance:
+        booster = lgb.train(
+            dict(params),
+            train_set,
+            num_boost_round=n_estimators,
+            valid_sets=[valid_set],
+            valid_names=["validation"],
+            callbacks=[
+                lgb.early_stopping(early_stopping_rounds, verbose=False),
+                lambda _: advance(1),
+            ],
+        )
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
@@ -92,10 +95,9 @@ def predict_raw(
     """Uncalibrated probabilities, predicted in batches (memory stays flat with cohort size)."""
     out = np.empty(x.shape[0], dtype=np.float64)
     starts = range(0, x.shape[0], batch_rows)
-    with Progress(disable=not os.isatty(2), transient=True) as progress:
-        task = progress.add_task("scoring", total=len(starts))
+    with console.progress("scoring", total=len(starts)) as advance:
         for start in starts:
             stop = min(start + batch_rows, x.shape[0])
             out[start:stop] = booster.predict(x[start:stop])
-            progress.advance(task)
+            advance(1)
     return out

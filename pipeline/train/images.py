@@ -1,6 +1,6 @@
 """PNG charts of a trained model for MLflow: ROC and calibration of the test split.
 
-Drawn from ``models/<target>/plots/*.csv`` (aggregate curves, a few hundred points), so nothing
+Drawn from ``metrics/<target>/plots/*.csv`` (aggregate curves, a few hundred points), so nothing
 row-level reaches MLflow; rendered with altair + vl-convert as the report's charts are.
 """
 

@@ -237,10 +237,12 @@ def _log_charts(model_dir: Path, *, target: str) -> None:
 
     import mlflow
 
+    from pipeline.headline import plots_folder
     from pipeline.train import images
 
+    plots = plots_folder(model_dir.parents[1], target)  # models/<target> -> metrics/<target>/plots
     with tempfile.TemporaryDirectory() as folder:
-        for name, png in images.model_images(model_dir / "plots", target=target).items():
+        for name, png in images.model_images(plots, target=target).items():
             (Path(folder) / name).write_bytes(png)
         mlflow.log_artifacts(folder, artifact_path="charts")
 

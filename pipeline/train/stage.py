@@ -12,7 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import contract, io, seeds, selection
+from pipeline import console, contract, headline, io, seeds, selection
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, StageError
 from pipeline.train import calibration as calibration_mod
@@ -297,8 +297,16 @@ def write_outputs(trained: Trained, paths: io.Paths, *, target: str) -> Path:
     io.write_json(trained.metrics, model_dir / "metrics.json")
     io.write_json(trained.importance, model_dir / "feature_importance.json")
     io.write_text(trained.card, model_dir / "model_card.md")
+    headline.write_headline(
+        trained.metrics,
+        keys=headline.TRAIN_HEADLINE,
+        root=paths.root,
+        target=target,
+        name="train.json",
+    )
     for name, frame in trained.curves.items():
-        io.write_text(frame.write_csv(float_precision=6), model_dir / "plots" / f"{name}.csv")
+        csv = frame.write_csv(float_precision=6)
+        io.write_text(csv, headline.plots_folder(paths.root, target) / f"{name}.csv")
     io.write_parquet(trained.scores, paths.scores / f"{target}.parquet", sort_by="person_id")
     return model_dir
 
@@ -329,4 +337,10 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         metrics=trained.metrics,
         model_dir=model_dir,
         inputs=input_files(paths),
+    )
+    console.stage_done(
+        "train",
+        target=target,
+        did=f"{console.count(cohort.height)} people, {trained.metrics['best_iteration']} trees",
+        figure=console.figures(trained.metrics, ("auroc", "AUROC"), ("oe_ratio", "O/E")),
     )
