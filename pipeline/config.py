@@ -29,6 +29,23 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 Strength = Annotated[float, Field(ge=0.0, le=3.0, strict=True)]
 
 
+class IntersectionalBias(_Frozen):
+    """A planted bias in one ethnic group within one IMD quintile only (0 = none).
+
+    Added on top of the other biases as a log-odds shift, so it is found only where both
+    groups meet (the audit's ``ethnicity_group_x_imd_quintile`` table).
+    """
+
+    ethnicity_group: Literal["White", "Mixed", "Asian", "Black", "Other"] = "Black"
+    """The true broad ethnic group affected (its recorded ethnicity may be missing)."""
+    imd_quintile: Annotated[int, Field(ge=1, le=5, strict=True)] = 1
+    """The IMD quintile affected (1 = most deprived)."""
+    recording: Strength = 0.0
+    """How far the log-odds of recording a true condition fall in the intersection."""
+    access: Strength = 0.0
+    """How far care use falls (log rate, as the ``access`` bias) in the intersection."""
+
+
 class BiasParams(_Frozen):
     """Planted recording and access biases (0 = an unbiased world)."""
 
@@ -40,6 +57,8 @@ class BiasParams(_Frozen):
     groups."""
     ethnicity_not_recorded: Probability = 0.15
     """Overall share of people with no recorded ethnicity (Z / 99 / null)."""
+    intersectional: IntersectionalBias = IntersectionalBias()
+    """An extra bias where one ethnic group meets one IMD quintile (default: strength 0)."""
 
 
 class PopulationParams(_Frozen):

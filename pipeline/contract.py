@@ -242,9 +242,12 @@ TRUTH_ORACLE_SCHEMA: Final = {
     "person_id": pl.String,
     "target": pl.String,
     "oracle_risk": pl.Float64,
+    "true_need": pl.Float64,
 }
-"""``data/truth/oracle.parquet``: the true probability of each target outcome per eligible
-person."""
+"""``data/truth/oracle.parquet``: per eligible person and target, ``oracle_risk`` (the true
+probability of the *recorded* outcome, the one the model learns) and ``true_need`` (the target's
+own true need: the true risk of its outcome without the planted recording and access biases, e.g.
+the true 5-year CVD risk as if everything were recorded; docs/synthetic_world.md)."""
 
 
 # --- Stage outputs: features -> train, audit, outreach ------------------------------------------
@@ -1345,7 +1348,7 @@ class SyntheticCalibration(Summary):
 
     source: Literal["synthetic", "extract"]
     note: str | None = None
-    bias: dict[str, float] | None = None
+    bias: dict[str, Any] | None = None  # strengths, and the intersectional bias's settings
     reference: str | None = None
     conditions: dict[str, ConditionCalibration] = Field(default_factory=dict)
     ethnicity_by_region: list[dict[str, Any]] = Field(default_factory=list)

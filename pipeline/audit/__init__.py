@@ -683,6 +683,11 @@ def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.L
         oracle = oracle_all.filter(pl.col("target") == target)
         if oracle.select(pl.len()).collect().item() == 0:
             oracle = None
+    if truth is not None and oracle is not None:
+        # the target's own true need (e.g. true CVD risk), not the generic need index
+        truth = truth.drop("true_need").join(
+            oracle.select("person_id", "true_need"), on="person_id", how="left"
+        )
     return truth, oracle
 
 
