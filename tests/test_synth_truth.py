@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 
 from pipeline import contract
-from pipeline.config import parse_params
 from pipeline.errors import ParamsError
 from pipeline.io import Paths
 from pipeline.synth import run

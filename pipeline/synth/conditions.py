@@ -191,8 +191,11 @@ def intersection_shifts(
     ``reference.ETHNIC_GROUPS``) living in IMD quintile ``imd_quintile``, 0 elsewhere.
 
     >>> people = {"group": np.array([3, 3, 0]), "decile": np.array([1, 3, 1])}
-    >>> intersection_shifts(people, ethnic_group=3, imd_quintile=1, recording=0.8, access=0.5)
-    {'intersection_recording': array([0.8, 0. , 0. ]), 'intersection_access': array([0.5, 0. , 0. ])}
+    >>> shifts = intersection_shifts(
+    ...     people, ethnic_group=3, imd_quintile=1, recording=0.8, access=0.5
+    ... )
+    >>> shifts["intersection_recording"], shifts["intersection_access"]
+    (array([0.8, 0. , 0. ]), array([0.5, 0. , 0. ]))
     """
     inside = (people["group"] == ethnic_group) & ((people["decile"] + 1) // 2 == imd_quintile)
     return {
