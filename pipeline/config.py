@@ -272,6 +272,54 @@ class ReportParams(_Frozen):
     title: str = "Risk stratification for prevention: equity report"
 
 
+ImdQuintile = Literal[1, 2, 3, 4, 5]
+
+
+class ImpactParams(_Frozen):
+    """Outcome simulation of each selection policy (the audit's ``impact`` tables).
+
+    Defaults: completed NHS Health Checks among those invited, 39% in the two most deprived
+    IMD quintiles vs 47% in the three least deprived (38 Bristol practices, BMC Health Serv Res
+    2018); 52.6% nationally for people without a quintile (England 2012-17, Patel et al., BMJ
+    Open 2020). The relative risk reduction is an assumption, not a published figure: events
+    averted scale with it, and whether a policy narrows the gap does not depend on it.
+    """
+
+    uptake_by_imd_quintile: dict[ImdQuintile, Probability] = {
+        1: 0.39,
+        2: 0.39,
+        3: 0.47,
+        4: 0.47,
+        5: 0.47,
+    }
+    """Share of the people a list contacts who take up the offer, by IMD quintile (1 = most
+    deprived); all five quintiles must be given."""
+    uptake_default: Probability = 0.526
+    """Uptake of people without an IMD quintile."""
+    relative_risk_reduction: Probability = 0.2
+    """Relative reduction of the outcome risk in people who take up the offer (assumption)."""
+    n_bootstrap: Annotated[int, Field(ge=20, le=10_000, strict=True)] = 200
+    """People-bootstrap resamples for the intervals of events averted and of the SII change."""
+
+    @field_validator("uptake_by_imd_quintile", mode="before")
+    @classmethod
+    def _integer_keys(cls, uptake: Any) -> Any:
+        """JSON round trips (``model_dump(mode="json")``) turn the keys into strings."""
+        if isinstance(uptake, dict):
+            return {
+                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in uptake.items()
+            }
+        return uptake
+
+    @field_validator("uptake_by_imd_quintile")
+    @classmethod
+    def _every_quintile(cls, uptake: dict[int, float]) -> dict[int, float]:
+        missing = sorted({1, 2, 3, 4, 5} - set(uptake))
+        if missing:
+            raise ValueError(f"uptake missing for IMD quintile(s) {missing}")
+        return dict(sorted(uptake.items()))
+
+
 class Params(_Frozen):
     """All pipeline parameters; one section per stage."""
 
@@ -284,6 +332,7 @@ class Params(_Frozen):
     operating_point: OperatingPointParams = OperatingPointParams()
     audit: AuditParams = AuditParams()
     outreach: OutreachParams = OutreachParams()
+    impact: ImpactParams = ImpactParams()
     report: ReportParams = ReportParams()
     disclosure: Rule = Rule()
     """Statistical disclosure control of every published count, in every stage and the report's
