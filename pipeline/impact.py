@@ -48,7 +48,7 @@ __all__ = [
     "impact_tables",
     "publish_gradient",
     "publish_impact",
-    "resampling_rows",
+    "resampling_cells",
     "sii",
     "uptake_expr",
 ]
@@ -59,8 +59,8 @@ QUINTILES: Final = ("1", "2", "3", "4", "5")
 OVERALL: Final = ("overall", "All")
 PER: Final = 1_000.0
 """Rates are expected events per 1,000 people over the target's follow-up."""
-RISK_BANDS: Final = 1_000
-"""Bands of risk in which people no policy selects are pooled for the bootstrap."""
+RISK_BANDS: Final = 100
+"""Equal bands of risk in which like people are pooled for the bootstrap (width 0.01)."""
 RiskBasis = Literal["true risk", "calibrated predicted risk"]
 RISK_COLUMN: Final = {"true risk": "true_need", "calibrated predicted risk": "risk_score"}
 
@@ -119,7 +119,7 @@ def sii(values: np.ndarray, population: np.ndarray) -> np.ndarray:
 
 
 def _indicators(
-    frame: pl.DataFrame, *, keys: list[tuple[str, str]] | None = None
+    cells: pl.DataFrame, *, keys: list[tuple[str, str]] | None = None
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Every (dimension, group) of the tables (or the given ``keys``) and the 0/1 membership
     matrix ``(rows, groups)``."""
@@ -127,56 +127,60 @@ def _indicators(
         keys = [OVERALL] + [
             (dimension, str(group))
             for dimension in IMPACT_DIMENSIONS
-            for group in sorted(set(frame[dimension].to_list()))
+            for group in cells[dimension].unique().sort().to_list()
         ]
-    columns = [
-        np.ones(frame.height)
-        if dimension == OVERALL[0]
-        else (frame[dimension].to_numpy() == group).astype(np.float64)
-        for dimension, group in keys
-    ]
-    return keys, np.column_stack(columns)
+    member = cells.select(
+        (pl.lit(True) if dimension == OVERALL[0] else pl.col(dimension) == group)
+        .cast(pl.Float64)
+        .alias(f"{index}")
+        for index, (dimension, group) in enumerate(keys)
+    )
+    return keys, member.to_numpy()
 
 
-def resampling_rows(
+def resampling_cells(
     frame: pl.DataFrame, *, policies: tuple[str, ...], risk_bands: int = RISK_BANDS
 ) -> pl.DataFrame:
-    """The rows the bootstrap resamples, each with its ``base`` weight.
+    """The cells the bootstrap resamples: people of the same IMD quintile, ethnic group, set of
+    policies that select them and risk band (``risk_bands`` equal bands of [0, 1]), with
+    ``base`` = their number and the *mean* risk and events averted of each policy.
 
-    Everyone selected by some policy stays a row of their own (``base`` 1); everyone else is
-    pooled into cells of the same IMD quintile, ethnic group and risk band (``risk_bands``
-    equal bands of [0, 1]): ``base`` = the cell's people, ``risk`` = their mean, nothing
-    averted. A cell of ``n`` people drawn as one Poisson(``n``) weight is the people bootstrap
-    up to the spread of risk inside a band; the point estimates stay exact. At 1M people this
-    resamples about a fifth of the rows.
+    Within a cell everyone has the same uptake and the same selections, so ``base`` x the mean
+    is each sum exactly (point estimates are exact); a cell of ``n`` people drawn as one
+    Poisson(``n``) weight is the people bootstrap up to the spread of risk inside a band.
     """
     averted = [f"averted_{p}" for p in policies]
-    chosen = pl.any_horizontal(pl.col(f"selected_{p}") for p in policies)
-    own = frame.filter(chosen).select(
-        *IMPACT_DIMENSIONS, "risk", *averted, pl.lit(1.0).alias("base")
+    selected = [f"selected_{p}" for p in policies]
+    band = (pl.col("risk") * risk_bands).floor().clip(0, risk_bands - 1).cast(pl.Int32)
+    # one small integer per person: band, then the policies that select them as bits
+    pattern = pl.sum_horizontal(pl.col(c).cast(pl.Int32) * (1 << k) for k, c in enumerate(selected))
+    cell = (band * (1 << len(selected)) + pattern).alias("_cell")
+    return (
+        frame.group_by(*IMPACT_DIMENSIONS, cell, maintain_order=True)
+        .agg(
+            pl.col(*selected).first(),
+            pl.col("risk", *averted).mean(),
+            pl.len().cast(pl.Float64).alias("base"),
+        )
+        .sort(*IMPACT_DIMENSIONS, "_cell")
+        .drop("_cell")
     )
-    band = (pl.col("risk") * risk_bands).floor().clip(0, risk_bands - 1).alias("_band")
-    pooled = (
-        frame.filter(~chosen)
-        .group_by(*IMPACT_DIMENSIONS, band, maintain_order=True)
-        .agg(pl.col("risk").mean(), pl.len().cast(pl.Float64).alias("base"))
-        .sort(*IMPACT_DIMENSIONS, "_band")
-        .select(*IMPACT_DIMENSIONS, "risk", *(pl.lit(0.0).alias(a) for a in averted), "base")
-    )
-    return pl.concat([own, pooled])
+
+
+def _design(member: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``(rows, G x (1 + K))``: membership, then membership x each value column (risk, then each
+    policy's averted), so one product with the weights gives every group sum."""
+    return np.hstack([member, *(member * values[:, [k]] for k in range(values.shape[1]))])
 
 
 def _sums(
-    weights: np.ndarray, member: np.ndarray, values: np.ndarray
+    weights: np.ndarray, design: np.ndarray, *, n_groups: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """People, expected events and events averted per group (and policy) under ``weights``
-    ``(sets, rows)``: ``(sets, G)``, ``(sets, G)``, ``(sets, P, G)``."""
-    people = weights @ member
-    events = weights @ (member * values[:, :1])
-    averted = np.stack(
-        [weights @ (member * values[:, [k]]) for k in range(1, values.shape[1])], axis=1
-    )
-    return people, events, averted
+    ``(sets, rows)``: ``(sets, G)``, ``(sets, G)``, ``(sets, P, G)`` (``design``:
+    :func:`_design`)."""
+    parts = (weights @ design).reshape(weights.shape[0], -1, n_groups)
+    return parts[:, 0], parts[:, 1], parts[:, 2:]
 
 
 def _gradient(
@@ -226,15 +230,16 @@ def impact_tables(
         c.removeprefix("selected_") for c in chosen.columns if c.startswith("selected_")
     )
     frame = averted_frame(chosen, policies=policies, basis=basis, impact=impact)
-    keys, member = _indicators(frame)
-    rows = resampling_rows(frame, policies=policies)
-    row_member = _indicators(rows, keys=keys)[1]
-    values = rows.select("risk", *(f"averted_{p}" for p in policies)).to_numpy()
-    base = rows["base"].to_numpy()
+    cells = resampling_cells(frame, policies=policies)
+    keys, row_member = _indicators(cells)
+    values = cells.select("risk", *(f"averted_{p}" for p in policies)).to_numpy()
+    base = cells["base"].to_numpy()
     quintiles = [keys.index(("imd_quintile", q)) for q in QUINTILES if ("imd_quintile", q) in keys]
 
+    design = _design(row_member, values)
+
     def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
-        people, events, averted = _sums(weights, row_member, values)
+        people, events, averted = _sums(weights, design, n_groups=len(keys))
         return {"averted": averted} | _gradient(people, events, averted, quintiles)
 
     point = statistic(base[None, :])
@@ -245,9 +250,9 @@ def impact_tables(
         name: metrics.percentile_interval(draw, confidence=confidence)
         for name, draw in draws.items()
     }
-    selected = frame.select(pl.col(f"selected_{p}").cast(pl.Float64) for p in policies)
-    counts = selected.to_numpy().T @ member  # (P, G)
-    people, events, _ = _sums(base[None, :], row_member, values)
+    selected = cells.select(pl.col(f"selected_{p}") * pl.col("base") for p in policies)
+    counts = selected.to_numpy().T @ row_member  # (P, G)
+    people, events, _ = _sums(base[None, :], design, n_groups=len(keys))
     groups = pl.DataFrame(
         {
             "policy": [p for p in policies for _ in keys],

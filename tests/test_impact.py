@@ -152,18 +152,14 @@ def test_uptake_params_need_every_quintile() -> None:
     assert params.impact.uptake_by_imd_quintile[1] == 0.3
 
 
-def test_pooled_resampling_rows_keep_the_point_estimates_exact() -> None:
+def test_pooled_cells_keep_the_point_estimates_exact() -> None:
     world = _world(500)
-    frame = impact.averted_frame(
-        world, policies=("deprived", "affluent"), basis="true risk", impact=PARAMS
-    )
-    rows = impact.resampling_rows(frame, policies=("deprived", "affluent"))
-    chosen = (world["selected_deprived"] | world["selected_affluent"]).sum()
-    assert rows.height < frame.height and rows["base"].sum() == frame.height
-    assert rows.filter(pl.col("base") == 1.0).height >= chosen
-    assert (rows["risk"] * rows["base"]).sum() == pytest.approx(frame["risk"].sum(), rel=1e-12)
-    for quintile in ("1", "5"):
-        part = rows.filter(pl.col("imd_quintile") == quintile)
-        people = frame.filter(pl.col("imd_quintile") == quintile)
-        assert part["base"].sum() == people.height
-        assert part["averted_deprived"].sum() == pytest.approx(people["averted_deprived"].sum())
+    policies = ("deprived", "affluent")
+    frame = impact.averted_frame(world, policies=policies, basis="true risk", impact=PARAMS)
+    cells = impact.resampling_cells(frame, policies=policies)
+    assert cells.height < frame.height / 5 and cells["base"].sum() == frame.height
+    for column in ("risk", "averted_deprived", "averted_affluent"):
+        total = (cells[column] * cells["base"]).sum()
+        assert total == pytest.approx(frame[column].sum(), rel=1e-12), column
+    chosen = cells.filter(pl.col("selected_deprived"))["base"].sum()
+    assert chosen == world["selected_deprived"].sum()
