@@ -265,8 +265,9 @@ def scenario_d(base: dict, args: argparse.Namespace) -> None:
                 f"{found['need_flagged']} (ratio {found['need_ratio']}), metrics "
                 f"{found['right_sign'] or '-'} -> {'found' if hit else 'missed'}"
             )
-            if hit and smallest is None:
+            if hit:
                 smallest = s
+                break  # stronger biases are found too; their runs are skipped
         print(f"  smallest strength flagged at {people:,} people: {smallest}")
 
 
@@ -277,7 +278,7 @@ def main() -> None:
     parser.add_argument("--target", default="emergency_admission_12m")
     parser.add_argument("--intersection-group", default="Asian")
     parser.add_argument("--intersection-strength", type=float, default=1.0)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--power-people", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
