@@ -338,11 +338,11 @@ def publish_impact(raw: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
             for c in ("n_events_averted_ci_low", "n_events_averted_ci_high")
         ),
     )
+    # the rate before needs only n and expected events; the rate after needs every count
+    before_hidden = publish.hidden_expr(["n", "n_expected_events"])
     return rates.with_columns(
-        *(
-            pl.when(hidden).then(None).otherwise(pl.col(c)).alias(c)
-            for c in ("rate_before", "rate_after")
-        ),
+        pl.when(before_hidden).then(None).otherwise(pl.col("rate_before")).alias("rate_before"),
+        pl.when(hidden).then(None).otherwise(pl.col("rate_after")).alias("rate_after"),
         hidden.alias("suppressed"),
     )
 

@@ -14,6 +14,8 @@ from pipeline.report.context.labels import STRATEGY_LABELS, group_label
 from pipeline.report.fmt import Cell, ci_text, count_cell, num_text, rate_cell, text_cell
 from pipeline.report.model import ReportView, TargetView
 
+LABELS: Final = STRATEGY_LABELS | {"need_based": STRATEGY_LABELS["need_adjusted"]}
+"""Strategy names (the audit calls the need stage's ranking ``need_based``)."""
 DIMENSION_TITLES: Final = {
     "overall": "Everyone",
     "imd_quintile": "IMD quintile",
@@ -32,32 +34,51 @@ def verdict(row: dict[str, Any]) -> str:
     return "no clear change in the gap (the interval includes 0)"
 
 
+def _risk_sentence(risk: dict[str, Any]) -> str:
+    """The current ranking's change in the gap, in words, with its interval."""
+    change = -float(risk["gap_change"])
+    low, high = (
+        None if risk[k] is None else -float(risk[k])
+        for k in ("gap_change_ci_high", "gap_change_ci_low")
+    )
+    interval = ci_text(low, high, percent=False, digits=2)
+    if risk["narrows"]:
+        effect = f"narrows the gap by {num_text(change, digits=2)}"
+    elif risk["widens"]:
+        effect = f"widens the gap by {num_text(-change, digits=2)}"
+    else:
+        effect = (
+            f"changes the gap by {num_text(-change, digits=2, signed=True)}, which could be chance,"
+        )
+    return (
+        f"Contacting the list ranked by predicted risk {effect} expected events per 1,000 "
+        f"people between the most and least deprived ends (narrowing, 95% CI {interval})."
+    )
+
+
 def answer(view: TargetView) -> str:
-    """One sentence per target: does targeting narrow the gap in outcomes?"""
+    """Per target: does targeting narrow the gap in outcomes?"""
     frame = view.impact_gradient
     if frame.is_empty():
         return ""
     rows = {row["policy"]: row for row in frame.iter_rows(named=True)}
-    risk = rows.get("risk")
+    shown = {p: row for p, row in rows.items() if not row["suppressed"]}
+    if not shown:
+        return (
+            "Not shown: for every strategy some IMD quintile's expected events averted are "
+            "1-7, so they are suppressed, and the change in the gap could reveal them."
+        )
     parts = []
-    if risk is not None and risk["gap_change"] is not None:
-        change = -float(risk["gap_change"])
-        low, high = (
-            None if risk[k] is None else -float(risk[k])
-            for k in ("gap_change_ci_high", "gap_change_ci_low")
-        )
-        parts.append(
-            f"Contacting the list ranked by predicted risk {verdict(risk)} in expected events "
-            f"between the most and least deprived ends by {num_text(change, digits=2)} per "
-            f"1,000 people (95% CI {ci_text(low, high, percent=False, digits=2)})."
-        )
-    narrowing = [STRATEGY_LABELS.get(p, p) for p, row in rows.items() if row["narrows"]]
+    if "risk" in shown and shown["risk"]["gap_change"] is not None:
+        parts.append(_risk_sentence(shown["risk"]))
+    narrowing = [LABELS.get(p, p) for p, row in shown.items() if row["narrows"]]
     if narrowing:
-        parts.append(
-            "Strategies whose interval shows a narrower gap: " + "; ".join(narrowing) + "."
-        )
+        parts.append("Strategies that clearly narrow the gap: " + "; ".join(narrowing) + ".")
     else:
-        parts.append("No strategy clearly narrows the gap at this capacity.")
+        parts.append("No strategy shown clearly narrows the gap at this capacity.")
+    hidden = [LABELS.get(p, p) for p in rows if p not in shown]
+    if hidden:
+        parts.append("Not shown (a quintile's figures are suppressed): " + "; ".join(hidden) + ".")
     return " ".join(parts)
 
 
@@ -77,7 +98,7 @@ def gradient_table(view: TargetView, sdc: Rule) -> Table:
         hidden = bool(row["suppressed"])
         rows.append(
             [
-                text_cell(STRATEGY_LABELS.get(row["policy"], row["policy"])),
+                text_cell(LABELS.get(row["policy"], row["policy"])),
                 count_cell(total.get("n_events_averted"), sdc),
                 text_cell(interval),
                 rate_cell(row["sii_before"], percent=False, suppressed=hidden),
@@ -146,7 +167,7 @@ def groups_table(view: TargetView, sdc: Rule) -> Table:
         ("Group", ""),
         ("Expected events", "without any contact, in the audited people"),
         ("Per 1,000", "expected events per 1,000 people, of the published counts"),
-        *((f"Averted: {STRATEGY_LABELS.get(p, p)}", "") for p in policies),
+        *((f"Averted: {LABELS.get(p, p)}", "") for p in policies),
     ]
     return Table(columns, rows, caption=f"{view.target}: events averted by group")
 
