@@ -29,6 +29,23 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 Strength = Annotated[float, Field(ge=0.0, le=3.0, strict=True)]
 
 
+class IntersectionalBias(_Frozen):
+    """A planted bias in one ethnic group within one IMD quintile only (0 = none).
+
+    Added on top of the other biases as a log-odds shift, so it is found only where both
+    groups meet (the audit's ``ethnicity_group_x_imd_quintile`` table).
+    """
+
+    ethnicity_group: Literal["White", "Mixed", "Asian", "Black", "Other"] = "Black"
+    """The true broad ethnic group affected (its recorded ethnicity may be missing)."""
+    imd_quintile: Annotated[int, Field(ge=1, le=5, strict=True)] = 1
+    """The IMD quintile affected (1 = most deprived)."""
+    recording: Strength = 0.0
+    """How far the log-odds of recording a true condition fall in the intersection."""
+    access: Strength = 0.0
+    """How far care use falls (log rate, as the ``access`` bias) in the intersection."""
+
+
 class BiasParams(_Frozen):
     """Planted recording and access biases (0 = an unbiased world)."""
 
@@ -40,6 +57,8 @@ class BiasParams(_Frozen):
     groups."""
     ethnicity_not_recorded: Probability = 0.15
     """Overall share of people with no recorded ethnicity (Z / 99 / null)."""
+    intersectional: IntersectionalBias = IntersectionalBias()
+    """An extra bias where one ethnic group meets one IMD quintile (default: strength 0)."""
 
 
 class PopulationParams(_Frozen):
@@ -309,6 +328,54 @@ class ReportParams(_Frozen):
     reached, or the narrowest gap."""
 
 
+ImdQuintile = Literal[1, 2, 3, 4, 5]
+
+
+class ImpactParams(_Frozen):
+    """Outcome simulation of each selection policy (the audit's ``impact`` tables).
+
+    Defaults: completed NHS Health Checks among those invited, 39% in the two most deprived
+    IMD quintiles vs 47% in the three least deprived (38 Bristol practices, BMC Health Serv Res
+    2018); 52.6% nationally for people without a quintile (England 2012-17, Patel et al., BMJ
+    Open 2020). The relative risk reduction is an assumption, not a published figure: events
+    averted scale with it, and whether a policy narrows the gap does not depend on it.
+    """
+
+    uptake_by_imd_quintile: dict[ImdQuintile, Probability] = {
+        1: 0.39,
+        2: 0.39,
+        3: 0.47,
+        4: 0.47,
+        5: 0.47,
+    }
+    """Share of the people a list contacts who take up the offer, by IMD quintile (1 = most
+    deprived); all five quintiles must be given."""
+    uptake_default: Probability = 0.526
+    """Uptake of people without an IMD quintile."""
+    relative_risk_reduction: Probability = 0.2
+    """Relative reduction of the outcome risk in people who take up the offer (assumption)."""
+    n_bootstrap: Annotated[int, Field(ge=20, le=10_000, strict=True)] = 200
+    """People-bootstrap resamples for the intervals of events averted and of the SII change."""
+
+    @field_validator("uptake_by_imd_quintile", mode="before")
+    @classmethod
+    def _integer_keys(cls, uptake: Any) -> Any:
+        """JSON round trips (``model_dump(mode="json")``) turn the keys into strings."""
+        if isinstance(uptake, dict):
+            return {
+                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in uptake.items()
+            }
+        return uptake
+
+    @field_validator("uptake_by_imd_quintile")
+    @classmethod
+    def _every_quintile(cls, uptake: dict[int, float]) -> dict[int, float]:
+        missing = sorted({1, 2, 3, 4, 5} - set(uptake))
+        if missing:
+            raise ValueError(f"uptake missing for IMD quintile(s) {missing}")
+        return dict(sorted(uptake.items()))
+
+
 class Params(_Frozen):
     """All pipeline parameters; one section per stage."""
 
@@ -322,6 +389,7 @@ class Params(_Frozen):
     operating_point: OperatingPointParams = OperatingPointParams()
     audit: AuditParams = AuditParams()
     outreach: OutreachParams = OutreachParams()
+    impact: ImpactParams = ImpactParams()
     report: ReportParams = ReportParams()
     disclosure: Rule = Rule()
     """Statistical disclosure control of every published count, in every stage and the report's

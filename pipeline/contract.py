@@ -243,9 +243,12 @@ TRUTH_ORACLE_SCHEMA: Final = {
     "person_id": pl.String,
     "target": pl.String,
     "oracle_risk": pl.Float64,
+    "true_need": pl.Float64,
 }
-"""``data/truth/oracle.parquet``: the true probability of each target outcome per eligible
-person."""
+"""``data/truth/oracle.parquet``: per eligible person and target, ``oracle_risk`` (the true
+probability of the *recorded* outcome, the one the model learns) and ``true_need`` (the target's
+own true need: the true risk of its outcome without the planted recording and access biases, e.g.
+the true 5-year CVD risk as if everything were recorded; docs/synthetic_world.md)."""
 
 
 # --- Stage outputs: features -> train, audit, outreach ------------------------------------------
@@ -1260,6 +1263,43 @@ POLICY_GROUPS_SCHEMA: Final[TableSchema] = {
 any of its counts (or events / cases missed) is 1-7."""
 
 
+IMPACT_SCHEMA: Final[TableSchema] = {
+    "policy": pl.String,
+    "dimension": pl.String,  # overall, imd_quintile, ethnicity_group
+    "group": pl.String,
+    "n": PUBLISHED_COUNT,
+    "n_selected": PUBLISHED_COUNT,
+    "n_expected_events": PUBLISHED_COUNT,  # without contact, from the risk basis
+    "n_events_averted": PUBLISHED_COUNT,  # expected, published like a count
+    "n_events_averted_ci_low": PUBLISHED_COUNT,
+    "n_events_averted_ci_high": PUBLISHED_COUNT,
+    "rate_before": pl.Float64,  # expected events per 1,000, of the published counts
+    "rate_after": pl.Float64,
+    "suppressed": pl.Boolean,
+}
+"""``impact.parquet`` (:mod:`pipeline.impact`): per policy x dimension x group, expected events
+with and without the policy's contacts (uptake x relative risk reduction on the risk basis)."""
+
+IMPACT_GRADIENT_SCHEMA: Final[TableSchema] = {
+    "policy": pl.String,
+    "risk_basis": pl.String,  # true risk | calibrated predicted risk
+    "sii_before": pl.Float64,  # SII of the rate per 1,000 across IMD quintiles (Fingertips)
+    "sii_before_ci_low": pl.Float64,
+    "sii_before_ci_high": pl.Float64,
+    "sii_after": pl.Float64,
+    "sii_after_ci_low": pl.Float64,
+    "sii_after_ci_high": pl.Float64,
+    "gap_change": pl.Float64,  # |SII after| - |SII before|: negative = the gap narrows
+    "gap_change_ci_low": pl.Float64,
+    "gap_change_ci_high": pl.Float64,
+    "narrows": pl.Boolean,
+    "widens": pl.Boolean,
+    "suppressed": pl.Boolean,
+}
+"""``impact_gradient.parquet``: one row per policy, the outcome-rate gap across IMD quintiles
+before and after its contacts, with people-bootstrap intervals."""
+
+
 def _table(file: str, schema: TableSchema, *sort_by: str) -> PublishedTable:
     counts = tuple(name for name, dtype in schema.items() if is_count_name(name))
     assert all(schema[name] == PUBLISHED_COUNT for name in counts), file
@@ -1292,6 +1332,8 @@ AUDIT_TABLES: Final = {
         "mitigation_by_group.parquet", POLICY_GROUPS_SCHEMA, "policy", "dimension", "group"
     ),
     "funnel": _table("funnel.parquet", FUNNEL_SCHEMA, "dimension", "metric", "group"),
+    "impact": _table("impact.parquet", IMPACT_SCHEMA, "policy", "dimension", "group"),
+    "impact_gradient": _table("impact_gradient.parquet", IMPACT_GRADIENT_SCHEMA, "policy"),
 }
 """``reports/audit/<target>/<file>``: every table the audit publishes, by name."""
 
@@ -1478,7 +1520,7 @@ class SyntheticCalibration(Summary):
 
     source: Literal["synthetic", "extract"]
     note: str | None = None
-    bias: dict[str, float] | None = None
+    bias: dict[str, Any] | None = None  # strengths, and the intersectional bias's settings
     reference: str | None = None
     conditions: dict[str, ConditionCalibration] = Field(default_factory=dict)
     ethnicity_by_region: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,7 +1,8 @@
 """Stage ``need``: a need-based ranking of one target's eligible cohort (one DVC stage per target).
 
-A LightGBM regression of a need label - ``true_need`` when ``data/truth/people.parquet`` exists
-(synthetic data), else the recorded multimorbidity count - on the recorded features, trained on
+A LightGBM regression of a need label - the target's own ``true_need`` when
+``data/truth/oracle.parquet`` exists (synthetic data: e.g. the true 5-year CVD risk for the CVD
+target), else the recorded multimorbidity count - on the recorded features, trained on
 the train split and scored on the whole cohort. Writes ``data/scores/need/<target>.parquet``
 (person_id, need_score; row-level, so under ``data/``), which the audit reads for its
 ``need_based`` mitigation policy and outreach for its ``need_adjusted`` policy.
@@ -14,6 +15,7 @@ and ``seed``. Seeds (unchanged from when the audit trained this model, so the sc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import lightgbm as lgb
@@ -63,7 +65,7 @@ def need_frame(
     inputs
         Feature columns of the model.
     truth
-        ``data/truth/people.parquet`` (person_id, true_need) or None.
+        The target's true need (person_id, true_need; :func:`target_need`) or None.
 
     Returns
     -------
@@ -150,6 +152,19 @@ def need_scores(
     )
 
 
+def target_need(oracle_path: Path, *, target: str) -> pl.LazyFrame | None:
+    """``person_id``, ``true_need`` of the target's own true need (``data/truth/oracle.parquet``;
+    None without truth, i.e. on a real extract)."""
+    if not oracle_path.exists():
+        return None
+    oracle = pl.scan_parquet(oracle_path)
+    names = oracle.collect_schema().names()
+    missing = [c for c in ("person_id", "target", "true_need") if c not in names]
+    if missing:
+        raise ContractError(f"{oracle_path}: missing column(s) {missing}")
+    return oracle.filter(pl.col("target") == target).select("person_id", "true_need")
+
+
 def _existing(path, what: str):
     if not path.exists():
         raise StageError(f"need: {what} not found at {path} (run the upstream stage first)")
@@ -164,8 +179,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     features_path = _existing(paths.features / "features.parquet", "features")
     manifest = contract.read_manifest(_existing(paths.features / "manifest.json", "manifest"))
     features, categorical = need_model_features(manifest)
-    people_path = paths.truth / "people.parquet"
-    truth = pl.scan_parquet(people_path) if people_path.exists() else None
+    truth = target_need(paths.truth / "oracle.parquet", target=target)
     frame = need_frame(
         pl.scan_parquet(scores_path),
         pl.scan_parquet(features_path),

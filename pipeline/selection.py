@@ -8,8 +8,13 @@ compares) and outreach (the lists) all ask the same question, so they share thes
 - the **list size** of a unit: ``share`` -> the share of the unit's eligible people rounded half
   up (``floor(share * n + 0.5)``), ``per_icb`` / ``per_practice`` -> the number, or the whole
   unit when it is smaller;
-- the **selection**: the first ``list size`` people of each unit by an ordering (for risk,
-  ``risk_rank``: highest score first, ties by ``person_id``);
+- the **order**: one ordering for every ranking (:func:`priority_order`): highest priority
+  first, ties by ``risk_rank``; ``risk_rank`` itself is the risk score, highest first, with ties
+  broken by a seeded per-person key (:func:`tie_key`: a hash of ``person_id`` under the stream
+  ``("selection", "tie_break")``), never by pseudonym or row order;
+- the **selection**: the first ``list size`` people of each unit in that order
+  (:func:`select_top` on ``risk_rank``, :func:`select_priority` on any other ranking, and
+  :func:`select_like` for "as many as another selection");
 - the **cut score**: the lowest risk score that the risk ranking selects.
 
 Examples
@@ -37,10 +42,12 @@ shape: (5, 1)
 
 from __future__ import annotations
 
+import math
 from typing import Final, Literal
 
 import polars as pl
 
+from pipeline import seeds
 from pipeline.errors import ParamsError
 
 __all__ = [
@@ -50,8 +57,12 @@ __all__ = [
     "cut_score",
     "list_size",
     "list_sizes",
+    "priority_order",
+    "risk_order",
     "select_like",
+    "select_priority",
     "select_top",
+    "tie_key",
     "unit_column",
     "unit_expr",
 ]
@@ -114,16 +125,48 @@ def select_top(order: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) 
     return (_position(order, unit) <= size).alias("selected")
 
 
+def tie_key(person_id: pl.Expr, *, root_seed: int) -> pl.Expr:
+    """``tie_key``: a seeded per-person key (UInt64) that breaks ties in the risk score.
+
+    A hash of ``person_id`` under ``seeds.derive("selection", "tie_break")``: the same on every
+    run and machine for the locked Polars version, needs no pseudonymisation key, and, unlike
+    ``person_id`` order, favours no area or practice whose ids happen to sort first (isotonic
+    calibration makes large ties).
+    """
+    return person_id.hash(seeds.derive("selection", "tie_break", root=root_seed)).alias("tie_key")
+
+
+def risk_order(*, root_seed: int) -> tuple[list[pl.Expr], list[bool]]:
+    """The sort keys (and ``descending`` flags) that define ``risk_rank``: score highest first,
+    then :func:`tie_key`."""
+    return [pl.col("risk_score"), tie_key(pl.col("person_id"), root_seed=root_seed)], [True, False]
+
+
+def priority_order(priority: pl.Expr) -> pl.Expr:
+    """Ordinal position (1 = first) of every person by ``priority`` (higher first; null last),
+    ties by ``risk_rank``: the one ordering of every policy, so the risk policy's order is
+    ``risk_rank`` itself."""
+    first = priority.cast(pl.Float64).fill_null(-math.inf).fill_nan(-math.inf).neg()
+    return pl.struct(first.alias("first"), pl.col("risk_rank").alias("then")).rank("ordinal")
+
+
+def select_priority(priority: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) -> pl.Expr:
+    """``selected``: the first ``list_size`` people of each unit by ``priority``
+    (:func:`priority_order`; the frame needs ``risk_rank``)."""
+    return select_top(priority_order(priority), capacity_mode=capacity_mode, capacity=capacity)
+
+
 def select_like(ranking: pl.Expr, *, selected: pl.Expr, unit: str | None) -> pl.Expr:
-    """Selection by ``ranking`` (higher first) of as many people per unit as ``selected`` holds.
+    """Selection by ``ranking`` (higher first, ties by ``risk_rank``) of as many people per
+    unit as ``selected`` holds.
 
     Used to compare other rankings (true need, a policy's priority) with the actual selection at
     the same list sizes.
     """
-    order = ranking.rank("ordinal", descending=True)
+    order = priority_order(ranking)
     if unit is None:
         return order <= selected.sum()
-    return order.over(unit) <= selected.sum().over(unit)
+    return order.rank("ordinal").over(unit) <= selected.sum().over(unit)
 
 
 def list_sizes(

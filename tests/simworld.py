@@ -59,8 +59,8 @@ def simulate_world(
     dict of polars.DataFrame
         ``scores`` (contract.SCORES_SCHEMA), ``features`` (person_id, split, the sensitive
         columns, n_recorded_conditions, recorded_measure), ``truth`` (person_id,
-        n_true_conditions, true_need) and ``oracle`` (person_id, target, oracle_risk; the same
-        risk for each of ``targets``).
+        n_true_conditions, true_need) and ``oracle`` (person_id, target, oracle_risk, true_need;
+        the same risk and need for each of ``targets``).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -144,7 +144,9 @@ def simulate_world(
         }
     )
     oracle_frame = pl.concat(
-        pl.DataFrame({"person_id": person_id, "target": target, "oracle_risk": oracle})
+        pl.DataFrame(
+            {"person_id": person_id, "target": target, "oracle_risk": oracle, "true_need": need}
+        )
         for target in targets
     )
     return {"scores": scores, "features": features, "truth": truth, "oracle": oracle_frame}

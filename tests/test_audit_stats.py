@@ -96,6 +96,7 @@ def test_selection_shares_same_capacity_under_each_ranking() -> None:
             "risk_score": [0.9, 0.8, 0.1, 0.2, 0.3, 0.05],
             "true_need": [1.0, 1.0, 5.0, 4.0, 0.0, 0.0],
             "selected": [True, True, False, False, False, False],
+            "risk_rank": [1, 2, 5, 4, 3, 6],
         }
     )
     shares = label_choice.selection_shares(

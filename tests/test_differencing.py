@@ -350,6 +350,25 @@ def read_funnel(attacker: Attacker, funnels: pl.DataFrame) -> None:
             ), row
 
 
+def read_impact(attacker: Attacker, impact: pl.DataFrame) -> None:
+    """``impact.parquet``: groups of a dimension add up to the policy's overall row; the
+    expected-event rate (per 1,000) is events over people."""
+    counts = ("n", "n_selected", "n_expected_events", "n_events_averted")
+    for (policy, dimension), rows in impact.group_by("policy", "dimension"):
+        for row in rows.iter_rows(named=True):
+            key = ("impact", policy, dimension, row["group"])
+            for column in counts:
+                attacker.count((*key, column), row[column])
+            rate = row["rate_before"]
+            attacker.rate(
+                (*key, "n_expected_events"), (*key, "n"), None if rate is None else rate / 1000
+            )
+        if dimension != "overall":
+            for column in counts:
+                parts = [("impact", policy, dimension, g, column) for g in rows["group"]]
+                attacker.total(("impact", policy, "overall", "All", column), parts)
+
+
 def read_audit(attacker: Attacker, folder: Path) -> None:
     tables = {name: pl.read_parquet(folder / t.file) for name, t in contract.AUDIT_TABLES.items()}
     read_groups(attacker, tables["groups"])
@@ -358,6 +377,7 @@ def read_audit(attacker: Attacker, folder: Path) -> None:
     read_selection_shares(attacker, tables["selection_shares"])
     read_mitigation(attacker, tables["mitigation"], tables["mitigation_by_group"])
     read_funnel(attacker, tables["funnel"])
+    read_impact(attacker, tables["impact"])
 
 
 def test_the_small_world_suppresses(audit_folder: Path) -> None:

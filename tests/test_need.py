@@ -11,7 +11,7 @@ import pytest
 from pipeline import contract, io, need
 from pipeline.audit import run as run_audit
 from pipeline.config import Params, parse_params
-from pipeline.errors import StageError
+from pipeline.errors import ContractError, StageError
 from tests import simworld as simulate
 from tests.manifests import write_manifest
 
@@ -37,6 +37,7 @@ def _write_world(root: Path, *, truth: bool) -> pl.DataFrame:
     write_manifest(world["features"], root / "features/manifest.json", inputs=inputs)
     if truth:
         io.write_parquet(world["truth"], root / "data/truth/people.parquet", sort_by="person_id")
+        io.write_parquet(world["oracle"], root / "data/truth/oracle.parquet", sort_by="person_id")
     return world["truth"]
 
 
@@ -89,3 +90,22 @@ def test_the_audit_reads_the_need_scores_and_refuses_to_run_without_them(tmp_pat
     with pytest.raises(StageError, match="need"):
         run_audit(_params(), io.Paths.at(tmp_path), target=TARGET)
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_label_is_the_targets_own_true_need(tmp_path: Path) -> None:
+    oracle = pl.DataFrame(
+        {
+            "person_id": ["A", "B", "A", "B"],
+            "target": [TARGET, TARGET, "other", "other"],
+            "oracle_risk": [0.1, 0.2, 0.1, 0.2],
+            "true_need": [0.3, 0.4, 0.9, 0.8],
+        }
+    )
+    oracle.write_parquet(tmp_path / "oracle.parquet")
+    own = need.target_need(tmp_path / "oracle.parquet", target=TARGET)
+    assert own is not None
+    assert own.collect().sort("person_id")["true_need"].to_list() == [0.3, 0.4]
+    assert need.target_need(tmp_path / "missing.parquet", target=TARGET) is None
+    oracle.drop("true_need").write_parquet(tmp_path / "old.parquet")
+    with pytest.raises(ContractError, match="true_need"):
+        need.target_need(tmp_path / "old.parquet", target=TARGET)

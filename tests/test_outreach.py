@@ -284,13 +284,15 @@ def test_unknown_target_or_missing_secret_fails_before_any_work(
 # --- Policies and selection ---
 
 
-def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
+def test_ties_are_broken_by_risk_rank_not_pseudonym_and_ranks_are_per_icb() -> None:
     n = 40
+    risk_rank = np.random.default_rng(2).permutation(n) + 1
     cohort = pl.DataFrame(
         {
             "person_id": [f"P{i:03d}" for i in range(n)],
             "priority": [0.5] * n,
             "risk_score": [0.5] * n,
+            "risk_rank": risk_rank,
             "icb_code": ["QHM", "QMJ"] * (n // 2),
             "practice_id": ["A", "B"] * (n // 2),
         }
@@ -299,11 +301,11 @@ def test_ties_are_broken_by_pseudonym_and_ranks_are_per_icb() -> None:
         cohort, capacity_mode="share", capacity=0.25, key="outreach.capacity"
     )
     chosen = select_outreach(cohort, capacity, capacity_mode="share", key=KEY)
-    everyone = pseudonymise(pl.Series([f"P{i:03d}" for i in range(n)]), KEY).sort()
-    assert sorted(chosen["pseudonym"].to_list()) == everyone.head(10).to_list()
+    expected = pseudonymise(pl.Series([f"P{i:03d}" for i in np.argsort(risk_rank)[:10]]), KEY)
+    assert sorted(chosen["pseudonym"].to_list()) == sorted(expected.to_list())
     for _, group in chosen.group_by("icb_code"):
         assert group.sort("rank")["rank"].to_list() == list(range(1, group.height + 1))
-        assert group.sort("rank")["pseudonym"].is_sorted()
+        assert group.sort("rank")["risk_rank"].is_sorted()
 
 
 def test_per_icb_capacity_takes_the_top_of_each_icb(world) -> None:

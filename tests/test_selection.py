@@ -66,6 +66,7 @@ def test_select_like_matches_list_sizes_per_unit() -> None:
             "icb_code": ["A", "A", "A", "B", "B"],
             "selected": [True, False, False, True, True],
             "need": [0.1, 0.9, 0.5, 0.2, 0.3],
+            "risk_rank": [1, 2, 3, 4, 5],
         }
     )
     by_need = cohort.select(
@@ -77,3 +78,37 @@ def test_select_like_matches_list_sizes_per_unit() -> None:
 def test_cut_score_is_the_lowest_selected_score() -> None:
     cohort = pl.DataFrame({"risk_rank": [1, 2, 3, 4], "risk_score": [0.9, 0.7, 0.4, 0.1]})
     assert selection.cut_score(cohort, capacity_mode="share", capacity=0.5) == 0.7
+
+
+def test_ties_in_any_ranking_are_broken_by_risk_rank() -> None:
+    cohort = pl.DataFrame(
+        {
+            "priority": [0.5, 0.5, 0.5, 0.9, None],
+            "risk_rank": [4, 2, 3, 5, 1],
+            "selected": [True, True, True, False, False],
+        }
+    )
+    order = cohort.select(selection.priority_order(pl.col("priority"))).to_series()
+    assert order.to_list() == [4, 2, 3, 1, 5]  # null priority last, whatever its risk rank
+    chosen = cohort.select(
+        selection.select_priority(pl.col("priority"), capacity_mode="share", capacity=0.4)
+    ).to_series()
+    assert chosen.to_list() == [False, True, False, True, False]
+    like = cohort.select(
+        selection.select_like(pl.col("priority"), selected=pl.col("selected"), unit=None)
+    ).to_series()
+    assert like.to_list() == [False, True, True, True, False]
+
+
+def test_risk_rank_ties_follow_a_seeded_key_not_the_id_order() -> None:
+    ids = pl.Series("person_id", [f"P{i:05d}" for i in range(2_000)])
+    frame = pl.DataFrame({"person_id": ids, "risk_score": [0.5] * ids.len()})
+    keys, descending = selection.risk_order(root_seed=3)
+    first = frame.sort(keys, descending=descending)["person_id"]
+    again = frame.sort(keys, descending=descending)["person_id"]
+    keys_4, descending_4 = selection.risk_order(root_seed=4)
+    other_seed = frame.sort(keys_4, descending=descending_4)["person_id"]
+    assert first.equals(again)
+    assert not first.equals(ids) and not first.equals(other_seed)
+    # the first 5% of a tie spread over the id range instead of taking the lowest ids
+    assert first.head(100).is_in(ids.head(100)).sum() < 20

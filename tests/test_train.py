@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract, io, metrics, tracking, train
+from pipeline import contract, io, metrics, selection, tracking, train
 from pipeline import features as feature_stage
 from pipeline.config import parse_params
 from pipeline.errors import ContractError
@@ -264,7 +264,7 @@ def test_stage_refuses_a_cohort_member_without_features(project: Path) -> None:
 # --- pure functions ------------------------------------------------------------------------------
 
 
-def test_rank_scores_breaks_ties_by_person_id_and_cuts_deciles_and_tiers() -> None:
+def test_rank_scores_breaks_ties_by_the_seeded_key_and_cuts_deciles_and_tiers() -> None:
     n = 40
     frame = pl.DataFrame(
         {
@@ -274,8 +274,10 @@ def test_rank_scores_breaks_ties_by_person_id_and_cuts_deciles_and_tiers() -> No
             "risk_score": [0.5] * 2 + [float(i) / 100 for i in range(n - 2)],
         }
     )
-    ranked = scoring.rank_scores(frame).sort("risk_rank")
-    assert ranked["person_id"][:2].to_list() == ["P38", "P39"]  # tie at 0.5: lower id first
+    ranked = scoring.rank_scores(frame, root_seed=1).sort("risk_rank")
+    keys = frame.head(2).select("person_id", selection.tie_key(pl.col("person_id"), root_seed=1))
+    first = keys.sort("tie_key")["person_id"].to_list()  # tie at 0.5: lower seeded key first
+    assert ranked["person_id"][:2].to_list() == first
     assert ranked["risk_decile"].value_counts()["count"].to_list() == [4] * 10
     tiers = ranked["risk_tier"].to_list()
     assert tiers[:2] == ["very high"] * 2 and tiers[2:8] == ["high"] * 6

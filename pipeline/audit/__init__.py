@@ -23,11 +23,12 @@ import polars as pl
 from rich.console import Console
 
 from pipeline import console, contract, io, seeds, selection, tracking
+from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.audit.cohort import build_cohort
-from pipeline.config import AuditParams, OperatingPointParams, OutreachParams, Params
+from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.headline import AUDIT_HEADLINE, write_headline
@@ -83,6 +84,7 @@ def audit_tables(
     seed: int,
     target: str,
     fit_rows: pl.DataFrame | None = None,
+    impact: ImpactParams | None = None,
 ) -> dict[str, Any]:
     """Every raw (not yet disclosure-controlled) audit table for one audited cohort.
 
@@ -96,12 +98,15 @@ def audit_tables(
         stream derives from the root ``seed``, the ``target`` and a purpose name.
     fit_rows
         People to fit the equal-opportunity thresholds on (validation split); default: cohort.
+    impact
+        The outcome simulation's params (:mod:`pipeline.impact`; default: ``ImpactParams()``).
 
     Returns
     -------
     dict
         Frames ``groups``, ``group_metrics``, ``gradients``, ``heat``, ``need_curves``,
-        ``need_gaps``, ``selection_shares``, ``mitigation``, ``mitigation_by_group``; and
+        ``need_gaps``, ``selection_shares``, ``mitigation``, ``mitigation_by_group``,
+        ``impact``, ``impact_gradient``; and
         ``equal_opportunity_thresholds``, ``score_resolution``, ``has_truth``, ``has_oracle``.
     """
     has_truth, has_oracle = truth_available(cohort)
@@ -128,6 +133,9 @@ def audit_tables(
         bin_score,
         fit_rows=fit_rows,
         outreach=outreach,
+        impact=impact,
+        confidence=audit.confidence,
+        impact_rng=seeds.rng("audit", target, "impact", root=seed),
         unit=unit,
         has_truth=has_truth,
         min_group_events=audit.min_group_events,
@@ -407,13 +415,18 @@ def mitigation_tables(
     *,
     fit_rows: pl.DataFrame | None,
     outreach: OutreachParams,
+    impact: ImpactParams | None,
+    confidence: float,
+    impact_rng: np.random.Generator,
     unit: str | None,
     has_truth: bool,
     min_group_events: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     """The policy trade-off with IMD-quintile TPR gaps (``mitigation``), its per-group table
-    (``mitigation_by_group``) and the ``equal_opportunity_thresholds`` (None when they could
+    (``mitigation_by_group``), the outcomes of each policy's contacts (``impact``,
+    ``impact_gradient``: :mod:`pipeline.impact`, on true risk with truth, else on the
+    calibrated predicted risk) and the ``equal_opportunity_thresholds`` (None when they could
     not be fitted)."""
     if "need_score" not in cohort.columns:
         cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
@@ -435,11 +448,18 @@ def mitigation_tables(
     gaps_imd = mitigation.tpr_gaps(
         by_group, dimension="imd_quintile", min_group_events=min_group_events
     )
+    outcomes = impact_mod.impact_tables(
+        chosen,
+        basis="true risk" if has_truth else "calibrated predicted risk",
+        impact=impact or ImpactParams(),
+        rng=impact_rng,
+        confidence=confidence,
+    )
     return {
         "mitigation": summary.join(gaps_imd, on="policy", how="left"),
         "mitigation_by_group": by_group,
         "equal_opportunity_thresholds": thresholds,
-    }
+    } | outcomes
 
 
 def snap_to_bins(rows: pl.DataFrame, bin_score: np.ndarray) -> pl.DataFrame:
@@ -515,7 +535,11 @@ def published_tables(
         ),
         "mitigation_by_group": by_group,
         "funnel": funnels,
+        "impact": impact_mod.publish_impact(tables["impact"], rule=rule),
     }
+    published["impact_gradient"] = impact_mod.publish_gradient(
+        tables["impact_gradient"], published["impact"]
+    )
     return {
         name: publish.finite(contract.AUDIT_TABLES[name].conform(frame))
         for name, frame in published.items()
@@ -746,6 +770,11 @@ def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.L
         oracle = oracle_all.filter(pl.col("target") == target)
         if oracle.select(pl.len()).collect().item() == 0:
             oracle = None
+    if truth is not None and oracle is not None:
+        # the target's own true need (e.g. true CVD risk), not the generic need index
+        truth = truth.drop("true_need").join(
+            oracle.select("person_id", "true_need"), on="person_id", how="left"
+        )
     return truth, oracle
 
 
@@ -808,6 +837,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         seed=params.seed,
         target=target,
         fit_rows=fit_rows,
+        impact=params.impact,
     )
     rule = params.disclosure
     published = published_tables(tables, audit=audit, rule=rule)

@@ -1,8 +1,10 @@
 """Outreach lists: who is contacted, under which pseudonym, in which order.
 
 Each capacity unit (``pipeline.selection``: the whole cohort, an ICB or a practice) contributes
-its top ``list_size`` people by priority; ties are broken by pseudonym, so the same inputs and
-secret give byte-identical lists. Ranks count from 1 within each ICB's list.
+its top ``list_size`` people by priority in the pipeline's one order
+(:func:`pipeline.selection.priority_order`: ties by ``risk_rank``, whose own ties follow a
+seeded per-person key), so the lists select exactly the people the audit does, and the same
+inputs and secret give byte-identical lists. Ranks count from 1 within each ICB's list.
 """
 
 from __future__ import annotations
@@ -84,16 +86,17 @@ def select_outreach(
     capacity_mode: CapacityMode,
     key: bytes,
 ) -> pl.DataFrame:
-    """The people to contact: the top of each capacity unit by priority, ties by pseudonym.
+    """The people to contact: the top of each capacity unit by priority, ties by ``risk_rank``
+    (:func:`pipeline.selection.priority_order`).
 
-    Only people who can make the cut (priority rank, ties counted at their lowest rank, within
-    the unit's capacity) are pseudonymised: the HMAC runs on about ``capacity`` rows, not the
+    Only the selected people are pseudonymised: the HMAC runs on ``capacity`` rows, not the
     cohort.
 
     Parameters
     ----------
     cohort
-        With ``person_id``, ``priority``, ``icb_code``, ``practice_id`` and the scores.
+        With ``person_id``, ``priority``, ``risk_rank``, ``icb_code``, ``practice_id`` and the
+        scores.
     capacity
         From :func:`pipeline.selection.list_sizes`.
     capacity_mode
@@ -107,20 +110,23 @@ def select_outreach(
         The selected rows with ``pseudonym`` and ``rank`` (1 = contact first within the ICB list),
         sorted by ``icb_code``, ``rank``.
     """
+    unit = selection.unit_column(capacity_mode)
+    order = selection.priority_order(pl.col("priority"))
     candidates = (
-        cohort.with_columns(selection.unit_expr(capacity_mode))
+        cohort.with_columns(selection.unit_expr(capacity_mode), order.alias("_order"))
         .join(capacity.lazy().select("unit", "list_size"), on="unit", how="left")
-        .filter(pl.col("priority").rank("min", descending=True).over("unit") <= pl.col("list_size"))
+        .filter(
+            (pl.col("_order") if unit is None else pl.col("_order").rank("ordinal").over("unit"))
+            <= pl.col("list_size")
+        )
         .collect()
     )
     candidates = candidates.with_columns(pseudonymise(candidates["person_id"], key))
-    # Eager from here: sorts and cumulative counts rely on row order.
+    # Eager from here: the ICB ranks rely on row order.
     return (
-        candidates.sort(["unit", "priority", "pseudonym"], descending=[False, True, False])
-        .filter(pl.int_range(pl.len()).over("unit") < pl.col("list_size"))
-        .sort(["icb_code", "priority", "pseudonym"], descending=[False, True, False])
+        candidates.sort(["icb_code", "_order"])
         .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
-        .drop("unit", "list_size")
+        .drop("unit", "list_size", "_order")
     )
 
 

@@ -29,6 +29,7 @@ from pipeline.report.context.deprivation import deprivation_section
 from pipeline.report.context.ethnicity import ethnicity_section
 from pipeline.report.context.front import intro_context, methods_context, subtitle
 from pipeline.report.context.geography import geography_section
+from pipeline.report.context.impact import impact_section
 from pipeline.report.context.intersection import intersection_section
 from pipeline.report.context.label_choice import label_choice_section
 from pipeline.report.context.limitations import limitations_section
@@ -76,6 +77,7 @@ SECTION_BUILDERS: Final[tuple[Callable[[ReportView, Rule], Section], ...]] = (
     label_choice_section,
     outreach_section,
     mitigation_section,
+    impact_section,
 )
 """The sections in report order (limitations, which draws nothing, comes last)."""
 

@@ -33,6 +33,20 @@ UNDER_SERVED_DIMENSIONS = (  # listed in this order: the main dimensions first
     "ethnicity_group_x_imd_quintile",
 )
 LISTED_GROUPS = 6
+TRUE_NEED_TEXT = {  # data/truth/oracle.parquet true_need: each target's own (synthetic data)
+    "emergency_admission": "true 12-month risk of an emergency admission (free of recording and "
+    "access bias)",
+    "cvd_event": "true risk of a first heart attack or stroke (as if every condition were "
+    "recorded)",
+}
+"""What "true need" is for a target's outcome, in the label-choice finding."""
+
+
+def true_need_text(outcome: str) -> str:
+    """The target's own true need in words (a generic phrase for other outcomes)."""
+    return TRUE_NEED_TEXT.get(
+        outcome.replace(" ", "_"), "true risk of the outcome (free of recording bias)"
+    )
 
 
 @dataclass(frozen=True)
@@ -252,7 +266,8 @@ def label_choice_finding(view: TargetView, report: ReportView) -> Finding | None
     frame = _need_frame(view, report)
     if frame.is_empty():
         return None
-    measure = "true need" if frame["need_measure"][0] == "true_need" else "recorded illness"
+    true_need = frame["need_measure"][0] == "true_need"
+    measure = true_need_text(view.outcome) if true_need else "recorded illness"
     named = frame.filter(pl.col("disadvantaged"))
     if named.is_empty():
         return Finding("ok", "need_reflected", view.target, {"measure": measure})

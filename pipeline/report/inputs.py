@@ -450,6 +450,8 @@ def _target_view(
         label_choice=label_curves(tables["need_by_score"]),
         label_summary=label_summary_view(tables["need_gaps"], tables["selection_shares"]),
         mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),
+        impact=tables["impact"],
+        impact_gradient=tables["impact_gradient"],
         calibration=empty(CALIBRATION_SCHEMA),
         performance=performance_from_metrics(metrics),
         curves=_model_curves(plots_folder(paths.root, name)),

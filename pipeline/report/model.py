@@ -167,6 +167,12 @@ class TargetView:
     label_choice: pl.DataFrame = field(default_factory=lambda: empty(LABEL_CHOICE_SCHEMA))
     label_summary: pl.DataFrame = field(default_factory=lambda: empty(LABEL_SUMMARY_SCHEMA))
     mitigation: pl.DataFrame = field(default_factory=lambda: empty(MITIGATION_SCHEMA))
+    impact: pl.DataFrame = field(default_factory=lambda: empty(contract.IMPACT_SCHEMA))
+    """``impact.parquet``: events averted per policy x group (:mod:`pipeline.impact`)."""
+    impact_gradient: pl.DataFrame = field(
+        default_factory=lambda: empty(contract.IMPACT_GRADIENT_SCHEMA)
+    )
+    """``impact_gradient.parquet``: the outcome gap across IMD quintiles, before and after."""
     calibration: pl.DataFrame = field(default_factory=lambda: empty(CALIBRATION_SCHEMA))
     performance: pl.DataFrame = field(default_factory=lambda: empty(PERFORMANCE_SCHEMA))
     curves: dict[str, pl.DataFrame] = field(default_factory=dict)

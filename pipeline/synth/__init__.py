@@ -37,7 +37,7 @@ from pipeline.contract import (
 from pipeline.disclosure import Rule
 from pipeline.io import ROW_GROUP_SIZE, Paths, atomic_dir, write_json
 from pipeline.synth.calibration import Calibration, Tally, calibration_report, fit_calibration
-from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions
+from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions, intersection_shifts
 from pipeline.synth.events import care_rates, draw_counts, events_frame, expand_events
 from pipeline.synth.geography import (
     Geography,
@@ -48,8 +48,15 @@ from pipeline.synth.geography import (
     practice_quality_frame,
     practices_frame,
 )
-from pipeline.synth.outcomes import cohort_and_logit, history_summary, oracle_risk, true_need
+from pipeline.synth.outcomes import (
+    cohort_and_logit,
+    history_summary,
+    oracle_risk,
+    target_true_need,
+    true_need,
+)
 from pipeline.synth.people import SEX_CODES, draw_people
+from pipeline.synth.reference import ETHNIC_GROUPS
 
 __all__ = ["generate_chunk", "run"]
 
@@ -78,10 +85,18 @@ def _target_outcomes(
     ``arrays`` are the chunk's people, conditions and history summary.
     """
     people, cond, history = arrays
-    cohort, eta = cohort_and_logit(
-        target, people, cond, history, rng.standard_normal(len(ids)), access=access
-    )
+    latent = rng.standard_normal(len(ids))
+    cohort, eta = cohort_and_logit(target, people, cond, history, latent, access=access)
     risk = oracle_risk(intercept, eta, follow_up_months=target.follow_up_months)
+    need = target_true_need(
+        target.outcome,
+        people,
+        cond,
+        history,
+        latent,
+        intercept=intercept,
+        follow_up_months=target.follow_up_months,
+    )
     value = rng.random(len(ids)) < risk
     members = np.flatnonzero(cohort)
     outcomes = pl.DataFrame(
@@ -89,7 +104,12 @@ def _target_outcomes(
         schema=OUTCOMES_SCHEMA,
     )
     oracle = pl.DataFrame(
-        {"person_id": ids.gather(members), "target": name, "oracle_risk": risk[members]},
+        {
+            "person_id": ids.gather(members),
+            "target": name,
+            "oracle_risk": risk[members],
+            "true_need": need[members],
+        },
         schema=TRUTH_ORACLE_SCHEMA,
     )
     return outcomes, oracle
@@ -162,6 +182,15 @@ def _draw_health(
     """Demographics, conditions and yearly care-use counts of the people ``index``."""
     bias = population.bias
     people = draw_people(geo, index, rng, not_recorded_share=bias.ethnicity_not_recorded)
+    inter = bias.intersectional
+    if inter.recording or inter.access:  # no draws: the default world's stream is unchanged
+        people |= intersection_shifts(
+            people,
+            ethnic_group=ETHNIC_GROUPS.index(inter.ethnicity_group),
+            imd_quintile=inter.imd_quintile,
+            recording=inter.recording,
+            access=inter.access,
+        )
     cond = draw_conditions(
         people, rng, offsets=calibration.offsets, under_recording=bias.under_recording
     )

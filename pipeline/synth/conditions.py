@@ -119,6 +119,10 @@ UNDER_RECORDING_DEPRIVATION: Final = 0.6  # x (10 - imd_decile) / 9: 0.6 in deci
 UNDER_RECORDING_ETHNIC: Final = (0.0, 0.3, 0.5, 0.6, 0.5)  # White, Mixed, Asian, Black, Other
 UNDER_RECORDING_PRACTICE: Final = 0.5  # x Q: practice quality high 0, medium 0.5, low 1
 
+INTERSECTION_RECORDING: Final = "intersection_recording"
+INTERSECTION_ACCESS: Final = "intersection_access"
+"""Keys of the per-person intersectional shifts in the people arrays (absent: no such bias)."""
+
 REFERENCE_BIAS: Final = 1.0
 """Calibration assumes this bias strength: QOF is what the real (biased) record shows."""
 
@@ -164,11 +168,40 @@ def recording_logit_shift(people: dict[str, np.ndarray], strength: float) -> np.
     """Planted under-recording: how far the log-odds of recording fall for each person."""
     from pipeline.synth.geography import RECORDING_QUALITY_GAP
 
-    return strength * (
+    shift = strength * (
         UNDER_RECORDING_DEPRIVATION * deprivation_score(people["decile"])
         + np.asarray(UNDER_RECORDING_ETHNIC)[people["group"]]
         + UNDER_RECORDING_PRACTICE * np.asarray(RECORDING_QUALITY_GAP)[people["quality"]]
     )
+    if INTERSECTION_RECORDING in people:  # the planted intersectional bias (its own strength)
+        shift = shift + people[INTERSECTION_RECORDING]
+    return shift
+
+
+def intersection_shifts(
+    people: dict[str, np.ndarray],
+    *,
+    ethnic_group: int,
+    imd_quintile: int,
+    recording: float,
+    access: float,
+) -> dict[str, np.ndarray]:
+    """The planted intersectional bias: extra recording and access shifts (log-odds / log
+    rate) for people of true broad ethnic group ``ethnic_group`` (index into
+    ``reference.ETHNIC_GROUPS``) living in IMD quintile ``imd_quintile``, 0 elsewhere.
+
+    >>> people = {"group": np.array([3, 3, 0]), "decile": np.array([1, 3, 1])}
+    >>> shifts = intersection_shifts(
+    ...     people, ethnic_group=3, imd_quintile=1, recording=0.8, access=0.5
+    ... )
+    >>> shifts["intersection_recording"], shifts["intersection_access"]
+    (array([0.8, 0. , 0. ]), array([0.5, 0. , 0. ]))
+    """
+    inside = (people["group"] == ethnic_group) & ((people["decile"] + 1) // 2 == imd_quintile)
+    return {
+        INTERSECTION_RECORDING: np.where(inside, recording, 0.0),
+        INTERSECTION_ACCESS: np.where(inside, access, 0.0),
+    }
 
 
 def recording_probability(condition: str, shift: np.ndarray) -> np.ndarray:

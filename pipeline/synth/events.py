@@ -12,7 +12,12 @@ import numpy as np
 import polars as pl
 
 from pipeline.contract import EVENT_TYPES, EVENTS_SCHEMA, MEASUREMENT_CODES
-from pipeline.synth.conditions import CONDITION_ORDER, SMOKING_CODE, deprivation_score
+from pipeline.synth.conditions import (
+    CONDITION_ORDER,
+    INTERSECTION_ACCESS,
+    SMOKING_CODE,
+    deprivation_score,
+)
 
 CONDITION_BURDEN: Final = {
     "obesity": 0.15,
@@ -191,6 +196,15 @@ def access_penalty(people: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
+def access_shift(people: dict[str, np.ndarray], access: float) -> np.ndarray:
+    """How far each person's care use falls (log rate): ``access`` x A plus the planted
+    intersectional access shift, when there is one."""
+    penalty = access * access_penalty(people)
+    if INTERSECTION_ACCESS in people:
+        penalty = penalty + people[INTERSECTION_ACCESS]
+    return penalty
+
+
 def burden(cond: dict[str, np.ndarray], prefix: str = "true") -> np.ndarray:
     """Sum of condition weights over a person's true (or recorded) conditions."""
     total = np.zeros(len(cond["smoker"]))
@@ -210,7 +224,7 @@ def care_rates(
     age = people["age"].astype(np.float64)
     load = burden(cond)
     d = deprivation_score(people["decile"])
-    penalty = access * access_penalty(people)
+    penalty = access_shift(people, access)
     female_adult = (people["sex"] == 0) & (age >= 16) & (age < 60)
     young = age < 5
 
@@ -492,7 +506,7 @@ def expand_events(
     """
     age = people["age"].astype(np.float64)
     window = int(np.floor(365.25 * history_years))
-    penalty = access * access_penalty(people)
+    penalty = access_shift(people, access)
     parts = _care_events(counts, age, _main_condition(cond), rng, history_years=history_years)
     parts += _diagnosis_events(cond, age, penalty, rng, history_years=history_years, window=window)
     parts += _smoking_events(cond, rng, window=window)

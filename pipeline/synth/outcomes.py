@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from pipeline.synth.conditions import deprivation_score, expit
-from pipeline.synth.events import access_penalty, burden
+from pipeline.synth.conditions import CONDITION_ORDER, deprivation_score, expit
+from pipeline.synth.events import access_shift, burden
 
 if TYPE_CHECKING:
     from pipeline.config import TargetParams
@@ -144,7 +144,7 @@ def outcome_logit(
     access: float,
 ) -> np.ndarray:
     """Annual log-odds of an outcome, before the calibrated intercept."""
-    penalty = access * access_penalty(people) * ACCESS_ON_OUTCOME[outcome]
+    penalty = access_shift(people, access) * ACCESS_ON_OUTCOME[outcome]
     latent = LATENT_SD[outcome] * latent
     if outcome in ("emergency_admission", "ae_attendance"):
         recorded = burden(cond, "rec")
@@ -216,3 +216,49 @@ def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.
         + 0.2 * cond["smoker"]
     )
     return expit(eta)
+
+
+def as_if_recorded(cond: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The conditions with every true condition (and smoking) recorded."""
+    recorded = {f"rec_{c}": cond[f"true_{c}"] for c in CONDITION_ORDER if f"rec_{c}" in cond}
+    return cond | recorded | {"rec_smoker": cond["smoker"]}
+
+
+def target_true_need(
+    outcome: str,
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    history: dict[str, np.ndarray],
+    latent: np.ndarray,
+    *,
+    intercept: float,
+    follow_up_months: int,
+) -> np.ndarray:
+    """A target's true need: the true risk of its outcome over its follow-up, without the
+    planted recording and access biases.
+
+    ``emergency_admission``: :func:`true_need` (true health alone, no utilisation history)
+    over the follow-up. Other outcomes: the outcome's own model with every true condition
+    recorded (:func:`as_if_recorded`), no access penalty, the same person-level latent term and
+    calibrated intercept (for ``cvd_event``: the true 5-year CVD risk as if everything were
+    recorded).
+    """
+    if outcome == "emergency_admission":
+        return 1.0 - (1.0 - true_need(people, cond)) ** (follow_up_months / 12.0)
+    everything = as_if_recorded(cond)
+    if outcome == "ae_attendance":
+        true_burden = burden(cond, "true")
+        eta = _utilisation_logit(
+            outcome,
+            people,
+            everything,
+            history,
+            hidden=np.zeros_like(true_burden),
+            recorded=true_burden,
+        )
+    elif outcome == "cvd_event":
+        eta = _cvd_logit(people, everything)
+    else:  # diabetes_onset
+        eta = _diabetes_onset_logit(people, everything)
+    eta = eta + LATENT_SD[outcome] * latent
+    return oracle_risk(intercept, eta, follow_up_months=follow_up_months)

@@ -8,24 +8,26 @@ from pipeline import contract, selection
 from pipeline.selection import CapacityMode
 
 
-def rank_scores(scored: pl.DataFrame) -> pl.DataFrame:
+def rank_scores(scored: pl.DataFrame, *, root_seed: int) -> pl.DataFrame:
     """Rank, decile and tier for every eligible person (``contract.SCORES_SCHEMA``).
 
     Parameters
     ----------
     scored
         person_id, split, outcome, risk_score for the whole cohort.
+    root_seed
+        The params ``seed`` (ties are broken by :func:`pipeline.selection.tie_key`).
 
     Returns
     -------
     pl.DataFrame
-        risk_rank 1 = highest score (ties broken by person_id), risk_decile 10 = highest,
-        risk_tier from ``contract.RISK_TIERS`` by rank share; sorted by person_id.
+        risk_rank 1 = highest score (ties by the seeded per-person key,
+        :func:`pipeline.selection.risk_order`), risk_decile 10 = highest, risk_tier from
+        ``contract.RISK_TIERS`` by rank share; sorted by person_id.
     """
     n_people = scored.height
-    ranked = scored.sort(["risk_score", "person_id"], descending=[True, False]).with_row_index(
-        "risk_rank", offset=1
-    )
+    keys, descending = selection.risk_order(root_seed=root_seed)
+    ranked = scored.sort(keys, descending=descending).with_row_index("risk_rank", offset=1)
     rank = pl.col("risk_rank").cast(pl.Int64)
     tier = pl.lit(None, dtype=pl.String)
     for label, cutoff in reversed(contract.RISK_TIERS):

@@ -201,11 +201,13 @@ def score_cohort(
     *,
     unit: list[str],
     operating_point: OperatingPointParams,
+    root_seed: int,
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """The scores table of the whole cohort and who the operating point selects (ranked on the
     whole cohort, per ``unit`` in the per-ICB / per-practice modes)."""
     scores = scoring.rank_scores(
-        cohort.select("person_id", "split", "outcome").with_columns(risk_score=risk)
+        cohort.select("person_id", "split", "outcome").with_columns(risk_score=risk),
+        root_seed=root_seed,
     )
     selected = scoring.selected_at_capacity(
         scores.hstack(cohort.select(unit)),
@@ -246,7 +248,9 @@ def train_target(
         target=target,
     )
     fitted = fit_model(x, y, rows, spec=spec, train=train, target=target, root_seed=seed)
-    scores, selected = score_cohort(cohort, fitted.risk, unit=params.unit, operating_point=point)
+    scores, selected = score_cohort(
+        cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
+    )
     test_oracle = None
     if oracle is not None:
         test_oracle = oracle_risk(cohort["person_id"][rows.test], oracle, target=target)
