@@ -490,19 +490,24 @@ def test_provenance_comes_from_the_project_not_the_clock(tmp_path: Path) -> None
     assert provenance.params_digest(other) != provenance.params_digest(params)
 
 
-def test_mitigation_table_shows_events_averted_only_when_the_audit_has_them(view: ReportView):
+def test_mitigation_table_shows_events_averted_only_when_the_audit_has_them(
+    tmp_path: Path,
+) -> None:
     from pipeline.report.context.mitigation import mitigation_table
-    from pipeline.report.inputs import _averted
 
-    target = view.targets[0]
-    assert target.mitigation["events_averted"].null_count() == target.mitigation.height
-    plain = mitigation_table(target, Rule())
+    paths = write_fixture_project(tmp_path / "project")
+    target = load_view(load_params(paths.params), paths).targets[0]
+    # the audit's impact table: each policy's overall simulated events averted
+    impact = pl.read_parquet(paths.reports / "audit" / target.target / "impact.parquet")
+    overall = dict(
+        impact.filter(pl.col("dimension") == "overall")
+        .select("policy", "n_events_averted")
+        .iter_rows()
+    )
+    shown = dict(target.mitigation.select("strategy", "events_averted").unique().iter_rows())
+    assert shown == overall
+    table = mitigation_table(target, Rule())
+    assert table is not None and "Events averted (simulated)" in [c for c, _ in table.columns]
+    without = target.mitigation.with_columns(pl.lit(None, pl.String).alias("events_averted"))
+    plain = mitigation_table(dataclasses.replace(target, mitigation=without), Rule())
     assert plain is not None and "Events averted (simulated)" not in [c for c, _ in plain.columns]
-    with_averted = target.mitigation.with_columns(pl.lit("40").alias("events_averted"))
-    table = mitigation_table(dataclasses.replace(target, mitigation=with_averted), Rule())
-    assert table is not None
-    names = [c for c, _ in table.columns]
-    assert "Events averted (simulated)" in names
-    assert table.rows[0][names.index("Events averted (simulated)")].text == "40"
-    frame = pl.DataFrame({"n_events_averted_ci_low": ["5"], "n_events_averted": ["40"]})
-    assert frame.select(_averted(frame.columns)).to_series().to_list() == ["40"]

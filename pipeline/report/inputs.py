@@ -239,9 +239,12 @@ def label_curves(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFrame:
+def mitigation_view(
+    tradeoffs: pl.DataFrame, reach: pl.DataFrame, impact: pl.DataFrame
+) -> pl.DataFrame:
     """``mitigation.parquet`` with the IMD quintiles' selection shares of
-    ``mitigation_by_group.parquet`` -> ``MITIGATION_SCHEMA`` (one row per policy x quintile).
+    ``mitigation_by_group.parquet`` and each policy's simulated events averted (the overall row
+    of ``impact.parquet``) -> ``MITIGATION_SCHEMA`` (one row per policy x quintile).
 
     With expected true events (oracle) the events reached are those and the gap is the gap in
     cases reached; otherwise recorded events and the recorded-outcome TPR gap.
@@ -261,9 +264,12 @@ def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFram
         ),
         (pl.coalesce("case_tpr_gap", "tpr_gap") if truth else pl.col("tpr_gap")).alias("tpr_gap"),
         pl.col("tpr_gap").alias("recorded_gap"),
-        _averted(tradeoffs.columns).alias("events_averted"),
         _position(policy, ORDERED_POLICIES, default=99).alias("_rank"),
     )
+    averted = impact.filter(pl.col("dimension") == "overall").select(
+        pl.col("policy").alias("strategy"), pl.col("n_events_averted").alias("events_averted")
+    )
+    policies = policies.join(averted, on="strategy", how="left")
     shares = reach.filter(pl.col("dimension") == "imd_quintile").select(
         pl.col("policy").alias("strategy"), "group", "selection_share", group_order_expr()
     )
@@ -273,13 +279,6 @@ def mitigation_view(tradeoffs: pl.DataFrame, reach: pl.DataFrame) -> pl.DataFram
         ),
         MITIGATION_SCHEMA,
     )
-
-
-def _averted(columns: list[str]) -> pl.Expr:
-    """The audit's simulated events averted per policy, read by name (``n_*averted*``), or
-    null when the audit does not publish them."""
-    found = sorted(name for name in columns if name.startswith("n_") and "averted" in name)
-    return pl.col(found[0]).cast(pl.String) if found else pl.lit(None, pl.String)
 
 
 def population_from_audit(target: str, groups: pl.DataFrame) -> pl.DataFrame:
@@ -449,7 +448,9 @@ def _target_view(
         funnel=tables["funnel"],
         label_choice=label_curves(tables["need_by_score"]),
         label_summary=label_summary_view(tables["need_gaps"], tables["selection_shares"]),
-        mitigation=mitigation_view(tables["mitigation"], tables["mitigation_by_group"]),
+        mitigation=mitigation_view(
+            tables["mitigation"], tables["mitigation_by_group"], tables["impact"]
+        ),
         impact=tables["impact"],
         impact_gradient=tables["impact_gradient"],
         calibration=empty(CALIBRATION_SCHEMA),
