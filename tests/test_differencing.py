@@ -37,6 +37,7 @@ from pipeline.outreach.summary import MAKE_UP_DIMENSIONS, summarise_target
 from pipeline.train.evaluation import split_metrics
 from pipeline.validate import data_quality_report
 from tests import simworld
+from tests.fixture_params import FIXTURE_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 RULE = Rule()
@@ -239,7 +240,7 @@ def _tolerance(value: float) -> float:
 def audited() -> Path:
     """The audit's real outputs on a world small enough to suppress (one target)."""
     root = Path(tempfile.mkdtemp(prefix="phm-differencing-"))
-    raw = load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw = load_params(FIXTURE_PARAMS).model_dump(mode="json")
     raw["audit"] |= {"n_bootstrap": 50, "n_monte_carlo": 100, "need_model_rounds": 20}
     params = parse_params(raw)
     target = next(iter(params.targets))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 from pipeline import contract, features, io
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, ParamsError
+from tests.fixture_params import fixture_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = dt.date(2025, 4, 1)
@@ -22,7 +22,7 @@ D = dt.date
 
 @pytest.fixture(scope="module")
 def raw_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return fixture_raw()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from pipeline import contract
 from pipeline.errors import ContractError
 from pipeline.outreach.lists import spreadsheet_safe, write_people_csv
+from tests.fixture_params import copy_fixture_params
 from tests.test_validate import INDEX, TARGETS, valid_tables, write_folder
 
 HOSTILE = (
@@ -101,8 +102,7 @@ def test_validate_cli_exits_2_with_the_examples(tmp_path: Path) -> None:
     tables = valid_tables()
     _hostile_practices(tables)
     folder = write_folder(tmp_path / "extract", tables)
-    project = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text((project / "params.yaml").read_text())
+    copy_fixture_params(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "validate", str(folder), "--root", str(tmp_path)],
         check=False,

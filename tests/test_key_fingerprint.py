@@ -25,6 +25,7 @@ from pipeline.pseudonyms import (
     key_fingerprint,
     write_key_fingerprint,
 )
+from tests.fixture_params import fixture_raw
 
 PROJECT = Path(__file__).resolve().parents[1]
 FINGERPRINT = "data/keys/pseudonym_key.fingerprint"
@@ -65,7 +66,7 @@ def test_outreach_depends_on_the_fingerprint_and_it_is_not_cached() -> None:
 def _repo(root: Path) -> None:
     shutil.copytree(PROJECT / "pipeline", root / "pipeline")
     shutil.copy(PROJECT / ".dvcignore", root / ".dvcignore")
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = fixture_raw()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "stand_in.py").write_text(STAND_IN)
     project_stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]

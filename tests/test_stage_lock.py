@@ -14,13 +14,14 @@ import pytest
 import yaml
 
 from pipeline.io import STAGE_LOCKS, TEMP_DIR, StageBusyError, hold_stage_lock
+from tests.fixture_params import fixture_raw
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = fixture_raw()
     params["population"] |= {"n_people": 20_000, "chunk_size": 2_000}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
