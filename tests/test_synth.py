@@ -82,6 +82,11 @@ def test_tables_follow_the_contract_exactly(synthetic: Path) -> None:
         population, target_names=("emergency_admission_12m", "cvd_event_5y"), index_date=INDEX
     )
     assert facts["rows"]["people"] == 2_500
+    # no record-level noise beyond same-day repeats: nobody has events before their birth
+    assert [problem["rule"] for problem in facts["excluded"]] in (
+        [],
+        ["exact duplicate of another event"],
+    )
     assert (synthetic / "reports" / "synthetic_calibration.json").exists()
 
 

@@ -513,7 +513,16 @@ def expand_events(
     parts += _other_prescription_events(age, rng, history_years=history_years, window=window)
     rates = _measurement_rates(cond, age, penalty, history_years=history_years)
     parts += _measurement_events(cond, rates, rng, window=window)
-    return _sorted_events(parts)
+    return _after_birth(_sorted_events(parts), age)
+
+
+def _after_birth(events: dict[str, np.ndarray], age: np.ndarray) -> dict[str, np.ndarray]:
+    """Drop the events of young children dated before their birth (taken as ``age + 0.5``
+    years before the index date): the history window is the same for everybody, lives are not.
+    No random draws, so everything else in the world is unchanged."""
+    born_days_before = np.floor((age + 0.5) * 365.25)
+    keep = events["days_before"] <= born_days_before[events["person"]]
+    return {name: column[keep] for name, column in events.items()}
 
 
 def events_frame(
