@@ -100,3 +100,13 @@ def test_group_order() -> None:
     )
     ordered = frame.select(group_order_expr())["group_order"].to_list()
     assert ordered == [10, contract.REGIONS.index("London"), 85, 32]
+
+
+def test_excluded_records_reach_the_reports_data_quality_tables() -> None:
+    from pipeline.report.context.data_quality import quality_context
+
+    context = quality_context(data_quality().model_dump(mode="json"), Rule())
+    assert context is not None and context["excluded"] is not None
+    (row,) = context["excluded"].rows
+    assert [cell.text for cell in row] == ["events.value: implausible", "30", "bmi = 6.9"]
+    assert quality_context({"valid": True, "excluded": []}, Rule())["excluded"] is None

@@ -56,6 +56,23 @@ def activity_table(rates: dict[str, Any]) -> Table | None:
     return Table(columns, rows, caption="Activity in the last 12 months", compact=True)
 
 
+def excluded_table(excluded: list[dict[str, Any]], sdc: Rule) -> Table | None:
+    """Records left out by the record rules (``validation.record_problems``), by rule."""
+    if not excluded:
+        return None
+    rows = [
+        [
+            text_cell(f"{item['table']}.{item['column']}: {item['rule']}"),
+            count_cell(item["rows"], sdc),
+            text_cell(", ".join(item.get("examples") or []) or "-"),
+        ]
+        for item in excluded
+    ]
+    columns = [("Rule", ""), ("Records excluded", ""), ("Most frequent values", "")]
+    caption = "Records left out as implausible or unusable (every stage reads the same rows)"
+    return Table(columns, rows, caption=caption, compact=True)
+
+
 def flat_items(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(dotted.key, leaf)`` of every non-list leaf of a nested dict, keys sorted."""
     items: list[tuple[str, Any]] = []
@@ -92,6 +109,7 @@ def quality_context(quality: dict[str, Any], sdc: Rule) -> dict[str, Any] | None
     known = check_table is not None or activity is not None
     return {
         "checks": check_table,
+        "excluded": excluded_table(quality.get("excluded") or [], sdc),
         "activity": activity,
         "fallback": None if known else fallback_table(quality),
     }
