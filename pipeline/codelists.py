@@ -46,7 +46,7 @@ CODE_PATTERNS: Final[dict[str, str]] = {
     "dmd": SCTID_PATTERN,
     "icd10": r"^[A-Z][0-9]{2}[0-9A-Z]{0,4}$",
     "opcs4": r"^[A-Z][0-9]{2}[0-9]{0,2}$",
-    "bnf": r"^[0-9]{4}[0-9A-Z]{0,11}$",
+    "bnf": r"^(0[1-9]|1[0-5]|1[89]|2[0-3])[0-9]{2}[0-9A-Z]{0,11}$",
     "local": r"^[a-z][a-z0-9_]{0,31}$",
 }
 """Syntax of a normalised code of each system (:func:`normalise_code`)."""
@@ -186,7 +186,9 @@ def read_registry(folder: Path) -> Registry:
         registry = Registry.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (yaml.YAMLError, ValidationError) as error:
         first = str(error).splitlines()
-        raise ContractError(f"{path}: not a valid codelist registry ({'; '.join(first[:4])})")
+        raise ContractError(
+            f"{path}: not a valid codelist registry ({'; '.join(first[:4])})"
+        ) from None
     missing = [
         entry.file
         for concept in registry.concepts.values()
