@@ -696,19 +696,30 @@ CODE_VALID: Final = "_code_valid"
 _CODE_KEYS: Final = ["event_type", "code_system", "code"]
 
 
-def code_validity(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Each distinct (event_type, code_system, code) of ``events`` with :data:`CODE_VALID`
-    (:func:`event_code_valid_expr`): judged once per distinct code, not once per event."""
+def _code_key() -> pl.Expr:
+    """One string per (event_type, code_system, code): the key invalid codes are found by."""
+    parts = [pl.col(name).fill_null("") for name in _CODE_KEYS]
+    return pl.concat_str(parts, separator="\x1f").alias("_code_key")
+
+
+def invalid_code_keys(events: pl.LazyFrame) -> list[str]:
+    """The distinct (event_type, code_system, code) keys (:func:`_code_key`) of ``events`` whose
+    code is invalid in its code system (:func:`event_code_valid_expr`): judged once per distinct
+    code, not once per event (one streaming pass)."""
     keys = with_code_system(events).select(_CODE_KEYS).unique()
-    return keys.with_columns(event_code_valid_expr().alias(CODE_VALID))
+    invalid = keys.filter(~event_code_valid_expr()).select(_code_key()).collect()
+    return sorted(invalid["_code_key"].to_list())
 
 
 def events_with_age(events: pl.LazyFrame, people: pl.LazyFrame) -> pl.LazyFrame:
     """Events with their person's ``age`` at the index date, a ``code_system`` column (null when
-    the extract has none) and :data:`CODE_VALID`, for :func:`record_rules`."""
+    the extract has none) and :data:`CODE_VALID`, for :func:`record_rules` (the invalid codes
+    are found first, eagerly, by :func:`invalid_code_keys`)."""
     events = with_code_system(events)
+    invalid = invalid_code_keys(events)
+    valid = ~_code_key().is_in(invalid) if invalid else pl.lit(True)
     joined = events.join(people.select("person_id", "age"), on="person_id", how="left")
-    return joined.join(code_validity(events), on=_CODE_KEYS, how="left", nulls_equal=True)
+    return joined.with_columns(valid.alias(CODE_VALID))
 
 
 def clean_events(
