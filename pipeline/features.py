@@ -955,7 +955,8 @@ def run(params: Params, paths: io.Paths) -> Path:
     if icb_codes is not None:
         check_params_against_data(fp.holdout_icb, icb_codes)
     contract.validate_population(folder, target_names=tuple(params.targets), index_date=index_date)
-    codelists = load_codelists(paths.root / CODELISTS_DIR)
+    lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
+    codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)
     manifest = build_manifest(fp, index_date=index_date, seed=seed)
     with io.atomic_dir(paths.features) as tmp:
