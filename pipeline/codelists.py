@@ -17,7 +17,6 @@ each event carries, and features (:mod:`pipeline.features`) matches events to co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import reduce
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -309,15 +308,3 @@ def summary(codelists: Codelists) -> pl.DataFrame:
         .agg(pl.len().alias("codes"), (~valid).sum().alias("invalid"))
         .with_columns(pl.col("codes", "invalid").cast(pl.Int64))
     )
-
-
-def by_kind(codelists: Codelists) -> Mapping[str, tuple[str, ...]]:
-    """Kind -> concept names."""
-    kinds: tuple[ConceptKind, ...] = (
-        "condition",
-        "medicine",
-        "measurement",
-        "risk_factor",
-        "outcome",
-    )
-    return {kind: codelists.concepts(kind) for kind in kinds}

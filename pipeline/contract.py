@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
-from pipeline.codelists import CODE_SYSTEMS, code_valid_expr, normalise_code
+from pipeline.codelists import CODE_SYSTEMS, CodeSystem, code_valid_expr, normalise_code
 from pipeline.errors import ContractError
 from pipeline.io import scan_table, write_json
 
@@ -421,8 +421,7 @@ ICD10_EVENT_TYPES: Final = (
 ICD10_PATTERN: Final = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?$"
 """An ICD-10 code as written: with or without a dot, X-padded or not (``I10X``, ``I25.1``)."""
 
-CodeSystemName: TypeAlias = str
-EVENT_CODE_SYSTEMS: Final[dict[str, CodeSystemName]] = {
+EVENT_CODE_SYSTEMS: Final[dict[str, CodeSystem]] = {
     "gp_consultation": "local",
     "diagnosis": "icd10",
     "prescription": "bnf",
@@ -665,8 +664,9 @@ def _born_after_expr(index_date: dt.date) -> pl.Expr:
 
 def record_rules(index_date: dt.date) -> dict[tuple[str, str], pl.Expr]:
     """Record-level noise in ``events`` that every real extract has: (column, rule) -> the row has
-    it. A row breaking several rules is counted under the first. Needs ``age`` joined
-    (:func:`events_with_age`); exact duplicates are the separate :data:`DUPLICATE_RULE`."""
+    it. A row breaking several rules is counted under the first. Needs ``age``, ``code_system`` and
+    :data:`CODE_VALID` (:func:`events_with_age`); exact duplicates are the separate
+    :data:`DUPLICATE_RULE`."""
     earliest = dt.date.fromisoformat(EARLIEST_EVENT_DATE)
     rules = {
         ("date", f"date before {EARLIEST_EVENT_DATE}"): pl.col("date") < earliest,
