@@ -84,6 +84,23 @@ def validate(
 
 
 @app.command()
+def codelists(root: RootOption = Path(".")) -> None:
+    """List the codelist registry (codelists/registry.yaml): every list with its code count."""
+    from rich.table import Table
+
+    from pipeline.codelists import load_codelists, summary
+
+    rows = summary(load_codelists(Paths.at(root).root / "codelists"))
+    table = Table("concept", "kind", "system", "file", "codes", "invalid", title="Codelists")
+    for row in rows.iter_rows(named=True):
+        table.add_row(
+            row["concept"], row["kind"], row["system"], row["file"],
+            str(row["codes"]), str(row["invalid"]),
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+@app.command()
 def features(root: RootOption = Path(".")) -> None:
     """Engineer one row of features per person at the index date from the event records."""
     params = _params(root)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
+from pipeline.codelists import CODE_SYSTEMS, CodeSystem, code_valid_expr, normalise_code
 from pipeline.errors import ContractError
 from pipeline.io import scan_table, write_json
 
@@ -52,6 +53,9 @@ EVENTS_SCHEMA: Final = {
     "code": pl.String,
     "value": pl.Float64,
 }
+EVENTS_OPTIONAL_SCHEMA: Final = {"code_system": pl.String}
+"""Optional events columns: ``code_system`` overrides, row by row, the code system its
+event_type declares (:data:`EVENT_CODE_SYSTEMS`); null means the declared one."""
 OUTCOMES_SCHEMA: Final = {"person_id": pl.String, "target": pl.String, "value": pl.Int8}
 
 INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
@@ -62,6 +66,8 @@ INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
     "outcomes": OUTCOMES_SCHEMA,
 }
 """Each table is ``<name>.parquet`` or a folder ``<name>/`` of parquet parts."""
+OPTIONAL_COLUMNS: Final[dict[str, dict[str, Any]]] = {"events": EVENTS_OPTIONAL_SCHEMA}
+"""Columns a table may carry beyond its schema (checked for type when present)."""
 
 # --- Codes -------------------------------------------------------------------------------------
 
@@ -134,15 +140,30 @@ EVENT_TYPES: Final = (
 )
 
 MEASUREMENT_CODES: Final = {
-    # code: (unit, plausible low, plausible high)
+    # local code: (unit, plausible low, plausible high)
     "sbp": ("mmHg", 60.0, 260.0),
     "dbp": ("mmHg", 30.0, 160.0),
     "bmi": ("kg/m2", 10.0, 80.0),
     "hba1c": ("mmol/mol", 15.0, 200.0),
     "cholesterol": ("mmol/L", 1.0, 20.0),
 }
+MEASUREMENT_OBSERVABLES: Final = {
+    # SNOMED CT code of a measurement in the shipped codelists -> its local code (same unit)
+    "271649006": "sbp",
+    "271650006": "dbp",
+    "60621009": "bmi",
+    "846931000000101": "bmi",
+    "999791000000106": "hba1c",
+    "1005671000000105": "cholesterol",
+    "1017161000000104": "cholesterol",
+    "850981000000101": "cholesterol",
+}
+"""SNOMED CT-coded measurements whose values the plausible-range rule judges (as their local
+code). A measurement list added to ``codelists/`` in another unit needs its range here."""
 
-# Conditions: name -> ICD-10 code prefixes (a diagnosis code matches if it starts with one).
+# Conditions: name -> the ICD-10 categories the synthetic world codes them with. Features match
+# conditions through the codelist registry (codelists/registry.yaml), whose ICD-10 lists cover
+# these categories; this table is the synthetic world's vocabulary, not the definition.
 CONDITION_CODES: Final = {
     "hypertension": ("I10",),
     "diabetes": ("E10", "E11"),
@@ -160,7 +181,7 @@ CONDITION_CODES: Final = {
 CONDITIONS: Final = tuple(CONDITION_CODES)
 CVD_EVENT_CODES: Final = ("I21", "I22", "I63", "I64")
 
-# BNF sections for prescriptions.
+# BNF sections (the registry's medicine groups, codelists/local-bnf-*.csv).
 BNF_SECTIONS: Final = {
     "0205": "antihypertensives",
     "0206": "nitrates and calcium-channel blockers",
@@ -402,6 +423,23 @@ ICD10_EVENT_TYPES: Final = (
 )
 """Event types whose code is an ICD-10 (primary) diagnosis."""
 ICD10_PATTERN: Final = r"^[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?$"
+"""An ICD-10 code as written: with or without a dot, X-padded or not (``I10X``, ``I25.1``)."""
+
+EVENT_CODE_SYSTEMS: Final[dict[str, CodeSystem]] = {
+    "gp_consultation": "local",
+    "diagnosis": "icd10",
+    "prescription": "bnf",
+    "measurement": "local",
+    **dict.fromkeys(ICD10_EVENT_TYPES[1:], "icd10"),
+}
+"""The code system each event type declares (an optional ``events.code_system`` overrides it per
+row): SNOMED CT (``snomed_ct``), dm+d (``dmd``), BNF (``bnf``), ICD-10 (``icd10``), OPCS-4
+(``opcs4``) or ``local`` (consultation modes, measurement codes of :data:`MEASUREMENT_CODES`)."""
+LOCAL_CODES: Final = {
+    "gp_consultation": CONSULTATION_CODES,
+    "measurement": tuple(MEASUREMENT_CODES),
+}
+"""Event types with a local vocabulary: a ``local`` code of another event type is invalid."""
 EARLIEST_EVENT_DATE: Final = "1900-01-01"
 
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -469,27 +507,56 @@ def _table_location(folder: Path, table: str) -> str:
     return single.name if single.exists() else f"{table}/"
 
 
+def event_code_system_expr() -> pl.Expr:
+    """Each event's code system: its ``code_system`` or else its event_type's
+    (:data:`EVENT_CODE_SYSTEMS`); null for an unknown event_type without one."""
+    declared = pl.col("event_type").replace_strict(
+        EVENT_CODE_SYSTEMS, default=None, return_dtype=pl.String
+    )
+    return pl.coalesce(pl.col("code_system"), declared)
+
+
+def with_code_system(events: pl.LazyFrame) -> pl.LazyFrame:
+    """``events`` with a ``code_system`` column (all null when the extract has none)."""
+    if "code_system" in events.collect_schema().names():
+        return events
+    return events.with_columns(pl.lit(None, dtype=pl.String).alias("code_system"))
+
+
 def event_code_valid_expr() -> pl.Expr:
-    """True where an event's code is valid for its event_type (unknown types are not judged)."""
-    event_type, code = pl.col("event_type"), pl.col("code")
+    """True where an event's code is a valid code of its code system
+    (:func:`event_code_system_expr`; needs the ``code_system`` column): any syntactically valid code
+    (SNOMED CT and dm+d with a Verhoeff check digit; ICD-10 with or without a dot and X padding;
+    OPCS-4; BNF), and for ``local`` codes one of the event type's :data:`LOCAL_CODES`. Unknown
+    event types and code systems are not judged here (structural rules refuse them)."""
+    event_type, code, system = pl.col("event_type"), pl.col("code"), event_code_system_expr()
+    local = pl.lit(False)
+    for name, codes in LOCAL_CODES.items():
+        local = local | ((event_type == name) & normalise_code(code, "local").is_in(codes))
     return (
-        pl.when(event_type == "gp_consultation")
-        .then(code.is_in(CONSULTATION_CODES))
-        .when(event_type.is_in(ICD10_EVENT_TYPES))
-        .then(code.str.contains(ICD10_PATTERN))
-        .when(event_type == "prescription")
-        .then(code.str.slice(0, 4).is_in(tuple(BNF_SECTIONS)) & code.str.contains(r"^[0-9]+$"))
-        .when(event_type == "measurement")
-        .then(code.is_in(tuple(MEASUREMENT_CODES)))
-        .otherwise(True)
+        pl.when(system == "local")
+        .then(local)
+        .otherwise(code_valid_expr(code, system))
         .fill_null(True)  # null codes are reported by the null rule
+    )
+
+
+def measurement_code_expr() -> pl.Expr:
+    """The local measurement code of a measurement event (SNOMED CT observables mapped through
+    :data:`MEASUREMENT_OBSERVABLES`); null for any other code."""
+    code = pl.col("code").str.strip_chars()
+    return (
+        pl.when(event_code_system_expr() == "snomed_ct")
+        .then(code.replace_strict(MEASUREMENT_OBSERVABLES, default=None, return_dtype=pl.String))
+        .otherwise(normalise_code(code, "local"))
     )
 
 
 def measurement_out_of_range_expr() -> pl.Expr:
     """True for a measurement of a known code whose value is null or outside its plausible range."""
+    local = measurement_code_expr()
     low, high = (
-        pl.col("code").replace_strict(
+        local.replace_strict(
             {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
             default=None,
             return_dtype=pl.Float64,
@@ -577,6 +644,10 @@ def _event_rules(index_date: dt.date) -> dict[str, tuple[str, pl.Expr]]:
     return {
         "event_type": ("unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES)),
         "date": (f"date after the index date {index_date}", pl.col("date") > index_date),
+        "code_system": (
+            f"unknown code_system (expected one of {', '.join(CODE_SYSTEMS)})",
+            pl.col("code_system").is_not_null() & ~pl.col("code_system").is_in(CODE_SYSTEMS),
+        ),
     }
 
 
@@ -597,13 +668,14 @@ def _born_after_expr(index_date: dt.date) -> pl.Expr:
 
 def record_rules(index_date: dt.date) -> dict[tuple[str, str], pl.Expr]:
     """Record-level noise in ``events`` that every real extract has: (column, rule) -> the row has
-    it. A row breaking several rules is counted under the first. Needs ``age`` joined
-    (:func:`events_with_age`); exact duplicates are the separate :data:`DUPLICATE_RULE`."""
+    it. A row breaking several rules is counted under the first. Needs ``age``, ``code_system`` and
+    :data:`CODE_VALID` (:func:`events_with_age`); exact duplicates are the separate
+    :data:`DUPLICATE_RULE`."""
     earliest = dt.date.fromisoformat(EARLIEST_EVENT_DATE)
     rules = {
         ("date", f"date before {EARLIEST_EVENT_DATE}"): pl.col("date") < earliest,
         ("date", "event before the person's birth"): _born_after_expr(index_date),
-        ("code", "unknown code for its event_type"): ~event_code_valid_expr(),
+        ("code", "invalid code for its code system"): ~pl.col(CODE_VALID),
         ("value", "measurement value missing or out of plausible range"): (
             measurement_out_of_range_expr()
         ),
@@ -613,7 +685,9 @@ def record_rules(index_date: dt.date) -> dict[tuple[str, str], pl.Expr]:
 
 RECORD_EXAMPLE_EXPRS: Final = {
     "date": pl.col("date").cast(pl.String),
-    "code": pl.concat_str("event_type", pl.lit(": "), "code"),
+    "code": pl.concat_str(
+        "event_type", pl.lit(" ("), event_code_system_expr().fill_null("?"), pl.lit("): "), "code"
+    ),
     "value": pl.concat_str(
         "code", pl.lit(" = "), pl.col("value").cast(pl.String), ignore_nulls=True
     ),
@@ -621,9 +695,35 @@ RECORD_EXAMPLE_EXPRS: Final = {
 """How an offending record is shown in an example, by the column its rule judges."""
 
 
+CODE_VALID: Final = "_code_valid"
+"""Column :func:`events_with_age` adds: the event's code is valid in its code system."""
+_CODE_KEYS: Final = ["event_type", "code_system", "code"]
+
+
+def _code_key() -> pl.Expr:
+    """One string per (event_type, code_system, code): the key invalid codes are found by."""
+    parts = [pl.col(name).fill_null("") for name in _CODE_KEYS]
+    return pl.concat_str(parts, separator="\x1f").alias("_code_key")
+
+
+def invalid_code_keys(events: pl.LazyFrame) -> list[str]:
+    """The distinct (event_type, code_system, code) keys (:func:`_code_key`) of ``events`` whose
+    code is invalid in its code system (:func:`event_code_valid_expr`): judged once per distinct
+    code, not once per event (one streaming pass)."""
+    keys = with_code_system(events).select(_CODE_KEYS).unique()
+    invalid = keys.filter(~event_code_valid_expr()).select(_code_key()).collect()
+    return sorted(invalid["_code_key"].to_list())
+
+
 def events_with_age(events: pl.LazyFrame, people: pl.LazyFrame) -> pl.LazyFrame:
-    """Events with their person's ``age`` at the index date (for :func:`record_rules`)."""
-    return events.join(people.select("person_id", "age"), on="person_id", how="left")
+    """Events with their person's ``age`` at the index date, a ``code_system`` column (null when
+    the extract has none) and :data:`CODE_VALID`, for :func:`record_rules` (the invalid codes
+    are found first, eagerly, by :func:`invalid_code_keys`)."""
+    events = with_code_system(events)
+    invalid = invalid_code_keys(events)
+    valid = ~_code_key().is_in(invalid) if invalid else pl.lit(True)
+    joined = events.join(people.select("person_id", "age"), on="person_id", how="left")
+    return joined.with_columns(valid.alias(CODE_VALID))
 
 
 def clean_events(
@@ -632,7 +732,7 @@ def clean_events(
     """The events every stage uses: without rows that break a record rule, one copy of each
     exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``)."""
     problem = pl.any_horizontal(list(record_rules(index_date).values()))
-    columns = events.collect_schema().names()
+    columns = with_code_system(events).collect_schema().names()
     return events_with_age(events, people).filter(~problem).select(columns).unique()
 
 
@@ -762,16 +862,18 @@ def _scan_checked(
         violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
         return None
     location = _table_location(folder, table)
+    optional = OPTIONAL_COLUMNS.get(table, {})
     good: set[str] = set()
-    for column, dtype in schema.items():
+    for column, dtype in {**schema, **optional}.items():
         if column not in actual:
-            violations.append(_violation(location, column, "missing column", 0))
+            if column not in optional:
+                violations.append(_violation(location, column, "missing column", 0))
         elif not _accepts(dtype, actual[column]):
             rule = f"wrong type: expected {dtype}, got {actual[column]}"
             violations.append(_violation(location, column, rule, 0))
         else:
             good.add(column)
-    return _Scanned(frame.select([c for c in schema if c in good]), good, location)
+    return _Scanned(frame.select([c for c in {**schema, **optional} if c in good]), good, location)
 
 
 def _table_facts(

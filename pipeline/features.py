@@ -32,6 +32,7 @@ import polars as pl
 from rich.progress import Progress
 
 from pipeline import console, contract, io, seeds
+from pipeline.codelists import Codelists, concept_match, load_codelists, normalise_code
 from pipeline.config import FeatureParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
 
@@ -40,9 +41,11 @@ MANIFEST_FILE: Final = "manifest.json"
 ROW_GROUP_SIZE: Final = 100_000
 RECENCY_EVENTS: Final = ("ae_attendance", "emergency_admission")
 EXTERNAL_SPLIT: Final = "external"
-# ICD-10 F17 (tobacco use) is how the extract records current smoking; not a contract condition.
-SMOKING_CODES: Final = ("F17",)
+# The registry's risk factor "smoking" (ICD-10 F17, tobacco use); not a contract condition.
+SMOKING_CONCEPT: Final = "smoking"
 SMOKING_FEATURE: Final = "smoking_recorded"
+CODELISTS_DIR: Final = "codelists"
+"""The codelist registry's folder under the project root (codelists/registry.yaml)."""
 
 EVENT_NOUNS: Final = {
     "gp_consultation": "GP consultations",
@@ -388,14 +391,47 @@ def person_attributes(people: pl.LazyFrame, areas: pl.LazyFrame) -> pl.LazyFrame
 # the in-memory engine and hold every event in memory.
 
 
-def condition_match(code: pl.Expr, prefixes: Sequence[str]) -> pl.Expr:
-    """True where an ICD-10 code starts with one of ``prefixes``."""
-    return pl.any_horizontal(code.str.starts_with(prefix) for prefix in prefixes)
+def require_concepts(codelists: Codelists, *, measurements: Sequence[str]) -> None:
+    """The registry must define every contract condition, each measurement in params and the
+    smoking risk factor (features match events to them).
+
+    Raises
+    ------
+    ContractError
+        Naming the concepts missing from the registry (or of another kind).
+    """
+    wanted = {
+        "condition": contract.CONDITIONS,
+        "measurement": tuple(measurements),
+        "risk_factor": (SMOKING_CONCEPT,),
+    }
+    missing = [
+        f"{name} ({kind})"
+        for kind, names in wanted.items()
+        for name in names
+        if name not in codelists.concepts(kind)  # type: ignore[arg-type]
+    ]
+    if missing:
+        raise ContractError(f"codelists/registry.yaml: concepts missing: {', '.join(missing)}")
+
+
+def concept_expr(codelists: Codelists, concept: str) -> pl.Expr:
+    """True where an event (``_code`` normalised, ``code_system``) is in the concept's lists."""
+    return concept_match(
+        pl.col("_code"), pl.col("code_system"), codelists.codes_of(concept), normalised=True
+    )
 
 
 def recorded_events(events: pl.LazyFrame, *, index_date: dt.date) -> pl.LazyFrame:
-    """Events on or before the index date, with only the contract's columns."""
-    return events.select(list(contract.EVENTS_SCHEMA)).filter(pl.col("date") <= pl.lit(index_date))
+    """Events on or before the index date, with the contract's columns, each event's code system
+    (``code_system``: its own or its event_type's) and its code normalised once (``_code``)."""
+    system = contract.event_code_system_expr()
+    return (
+        contract.with_code_system(events)
+        .filter(pl.col("date") <= pl.lit(index_date))
+        .select(*contract.EVENTS_SCHEMA, system.alias("code_system"))
+        .with_columns(normalise_code(pl.col("code"), pl.col("code_system")).alias("_code"))
+    )
 
 
 def event_counts(
@@ -431,33 +467,48 @@ def event_counts(
     )
 
 
-def recorded_conditions(events: pl.LazyFrame) -> pl.LazyFrame:
+def recorded_conditions(events: pl.LazyFrame, *, codelists: Codelists) -> pl.LazyFrame:
     """Per person with a diagnosis: ``has_<condition>`` (0/1) for every contract condition and
-    ``smoking_recorded`` (an F17 code)."""
-    code = pl.col("code")
+    ``smoking_recorded``, each from the registry's lists (any code system).
+
+    Parameters
+    ----------
+    events
+        :func:`recorded_events`.
+    codelists
+        The codelist registry (:func:`pipeline.codelists.load_codelists`).
+    """
     return (
         events.filter(pl.col("event_type") == "diagnosis")
         .group_by("person_id")
         .agg(
             *[
-                condition_match(code, prefixes).cast(pl.Int8).max().alias(f"has_{condition}")
-                for condition, prefixes in contract.CONDITION_CODES.items()
+                concept_expr(codelists, condition).cast(pl.Int8).max().alias(f"has_{condition}")
+                for condition in contract.CONDITIONS
             ],
-            condition_match(code, SMOKING_CODES).cast(pl.Int8).max().alias(SMOKING_FEATURE),
+            concept_expr(codelists, SMOKING_CONCEPT).cast(pl.Int8).max().alias(SMOKING_FEATURE),
         )
     )
 
 
-def polypharmacy(events: pl.LazyFrame, *, index_date: dt.date, months: int) -> pl.LazyFrame:
-    """Per person with a prescription in the window: distinct BNF sections (first 4 characters
-    of the code) prescribed."""
+def polypharmacy(
+    events: pl.LazyFrame, *, index_date: dt.date, months: int, codelists: Codelists
+) -> pl.LazyFrame:
+    """Per person with a prescription in the window: distinct medicine groups of the registry
+    (the BNF sections, by BNF or dm+d code) prescribed."""
     start = window_starts(index_date, [months])[months]
+    groups = codelists.concepts("medicine")
     return (
         events.filter((pl.col("event_type") == "prescription") & (pl.col("date") > pl.lit(start)))
-        .select("person_id", pl.col("code").str.slice(0, 4).alias("_section"))
-        .unique()
         .group_by("person_id")
-        .agg(pl.len().cast(pl.Int16).alias(f"n_bnf_sections_{months}m"))
+        .agg(concept_expr(codelists, group).max().alias(f"_rx_{group}") for group in groups)
+        .select(
+            "person_id",
+            pl.sum_horizontal(f"_rx_{group}" for group in groups)
+            .cast(pl.Int16)
+            .alias(f"n_bnf_sections_{months}m"),
+        )
+        .filter(pl.col(f"n_bnf_sections_{months}m") > 0)
     )
 
 
@@ -475,24 +526,33 @@ def recent_emergency_admissions(
     )
 
 
-def latest_measurements(events: pl.LazyFrame, *, measurements: Sequence[str]) -> pl.LazyFrame:
-    """Per person with a reading: ``latest_<code>`` and its date ``_date_<code>``.
+def measurement_expr(codelists: Codelists, measurements: Sequence[str]) -> pl.Expr:
+    """The measurement (of ``measurements``) an event's code is in, by the registry's lists
+    (a local code or a SNOMED CT observable); null for none."""
+    expr = pl.lit(None, dtype=pl.String)
+    for name in reversed(measurements):
+        expr = pl.when(concept_expr(codelists, name)).then(pl.lit(name)).otherwise(expr)
+    return expr
+
+
+def latest_measurements(
+    events: pl.LazyFrame, *, measurements: Sequence[str], codelists: Codelists
+) -> pl.LazyFrame:
+    """Per person with a reading: ``latest_<measurement>`` and its date ``_date_<measurement>``.
 
     Several readings on the latest date resolve to the highest value (deterministic): readings
-    are first reduced to one per person, code and date, so the latest date is unique.
+    are first reduced to one per person, measurement and date, so the latest date is unique.
     """
-    keys = ["person_id", "code"]
+    keys = ["person_id", "_measurement"]
     per_day = (
-        events.filter(
-            (pl.col("event_type") == "measurement")
-            & pl.col("code").is_in(list(measurements))
-            & pl.col("value").is_not_null()
-        )
+        events.filter((pl.col("event_type") == "measurement") & pl.col("value").is_not_null())
+        .with_columns(measurement_expr(codelists, measurements).alias("_measurement"))
+        .filter(pl.col("_measurement").is_not_null())
         .group_by(*keys, "date")
         .agg(pl.col("value").max())
     )
     latest = per_day.group_by(keys).agg(pl.col("value").max_by("date"), pl.col("date").max())
-    is_code = {code: pl.col("code") == code for code in measurements}
+    is_code = {code: pl.col("_measurement") == code for code in measurements}
     return latest.group_by("person_id").agg(
         *[
             pl.when(is_code[c]).then(pl.col("value")).max().alias(f"latest_{c}")
@@ -541,13 +601,18 @@ def practice_context(
 
 
 def practice_context_query(
-    people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date, polypharmacy_months: int
+    people: pl.LazyFrame,
+    events: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    polypharmacy_months: int,
+    codelists: Codelists,
 ) -> pl.LazyFrame:
     """:func:`practice_context` straight from the contract tables."""
     recorded = recorded_events(events, index_date=index_date)
     return practice_context(
         people,
-        recorded_conditions(recorded),
+        recorded_conditions(recorded, codelists=codelists),
         recent_emergency_admissions(recorded, index_date=index_date, months=polypharmacy_months),
         polypharmacy_months=polypharmacy_months,
     )
@@ -566,6 +631,7 @@ def person_aggregates(
     *,
     features: FeatureParams,
     index_date: dt.date,
+    codelists: Codelists,
 ) -> pl.LazyFrame:
     """Person attributes joined to every event-level branch and the practice context.
 
@@ -577,9 +643,9 @@ def person_aggregates(
     counts = [count_column(t, m) for t in contract.EVENT_TYPES for m in features.windows_months]
     branches = [
         event_counts(recorded, index_date=index_date, windows_months=features.windows_months),
-        recorded_conditions(recorded),
-        latest_measurements(recorded, measurements=features.measurements),
-        polypharmacy(recorded, index_date=index_date, months=months),
+        recorded_conditions(recorded, codelists=codelists),
+        latest_measurements(recorded, measurements=features.measurements, codelists=codelists),
+        polypharmacy(recorded, index_date=index_date, months=months, codelists=codelists),
     ]
     persons = person_attributes(people, areas)
     for branch in branches:
@@ -639,6 +705,7 @@ def build_features(
     seed: int,
     id_bytes: int,
     practices: pl.LazyFrame | None = None,
+    codelists: Codelists | None = None,
 ) -> pl.LazyFrame:
     """The features query: one row per person in ``people`` (not yet sorted).
 
@@ -657,6 +724,8 @@ def build_features(
     practices
         Practice context (:func:`practice_context_query`) computed over the whole population;
         needed when ``people`` is one chunk of it. ``None``: computed here from ``people``.
+    codelists
+        The codelist registry; ``None``: the shipped ``codelists/``.
 
     Returns
     -------
@@ -664,9 +733,15 @@ def build_features(
         ``person_id``, ``split``, the sensitive columns, then every feature of
         :func:`feature_specs`, each cast to its manifest dtype.
     """
+    codelists = load_codelists() if codelists is None else codelists
+    require_concepts(codelists, measurements=features.measurements)
     if practices is None:
         practices = practice_context_query(
-            people, events, index_date=index_date, polypharmacy_months=features.polypharmacy_months
+            people,
+            events,
+            index_date=index_date,
+            polypharmacy_months=features.polypharmacy_months,
+            codelists=codelists,
         )
     persons = person_aggregates(
         people,
@@ -675,6 +750,7 @@ def build_features(
         practices,
         features=features,
         index_date=index_date,
+        codelists=codelists,
     )
     split_seed = seeds.derive("features", "split", root=seed, bits=64)
     persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
@@ -790,13 +866,15 @@ def write_features(
     index_date: dt.date,
     seed: int,
     chunk_people: int | None = None,
+    codelists: Codelists | None = None,
 ) -> int:
     """Compute the features of the population in ``folder`` into ``target`` (parquet).
 
     One lazy query from the scans to the sink; above ``chunk_people`` people (default
     ``features.chunk_people``) it runs once per ``person_id`` range (practice context computed
     once, over everybody) and concatenates the sorted parts, so memory stays flat with
-    population size.
+    population size. Conditions, medicine groups and measurements come from ``codelists``
+    (default: the shipped ``codelists/``).
 
     Returns
     -------
@@ -815,14 +893,24 @@ def write_features(
         raise ContractError(f"{folder}/people: no people")
     chunks = person_chunks(person_ids, chunk_people or features.chunk_people)
     del person_ids
+    codelists = load_codelists() if codelists is None else codelists
     query_of = partial(
-        build_features, features=features, index_date=index_date, seed=seed, id_bytes=id_bytes
+        build_features,
+        features=features,
+        index_date=index_date,
+        seed=seed,
+        id_bytes=id_bytes,
+        codelists=codelists,
     )
     if len(chunks) == 1:
         _sink_sorted(query_of(people, areas, events), target)
         return 1
     practices = practice_context_query(
-        people, events, index_date=index_date, polypharmacy_months=features.polypharmacy_months
+        people,
+        events,
+        index_date=index_date,
+        polypharmacy_months=features.polypharmacy_months,
+        codelists=codelists,
     ).collect()
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
@@ -867,9 +955,19 @@ def run(params: Params, paths: io.Paths) -> Path:
     if icb_codes is not None:
         check_params_against_data(fp.holdout_icb, icb_codes)
     contract.validate_population(folder, target_names=tuple(params.targets), index_date=index_date)
+    lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
+    codelists = load_codelists(lists if lists.is_dir() else None)
+    require_concepts(codelists, measurements=fp.measurements)
     manifest = build_manifest(fp, index_date=index_date, seed=seed)
     with io.atomic_dir(paths.features) as tmp:
-        write_features(folder, tmp / FEATURES_FILE, features=fp, index_date=index_date, seed=seed)
+        write_features(
+            folder,
+            tmp / FEATURES_FILE,
+            features=fp,
+            index_date=index_date,
+            seed=seed,
+            codelists=codelists,
+        )
         io.write_json(manifest.document(), tmp / MANIFEST_FILE)
         rows = pl.scan_parquet(tmp / FEATURES_FILE).select(pl.len()).collect().item()
     console.stage_done(

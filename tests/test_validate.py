@@ -275,8 +275,8 @@ def test_cli_exits_2_and_writes_nothing_on_violation(tmp_path: Path) -> None:
 # Record-level noise every real extract has: (mutation, column, rule); excluded and counted.
 NOISE = {
     "exact duplicate": (_duplicate_row("events", 10), "*", "exact duplicate"),
-    "unknown diagnosis code": (_set("events", "code", 2, "not-a-code"), "code", "unknown code"),
-    "unknown bnf code": (_set("events", "code", 3, "9999"), "code", "unknown code"),
+    "invalid diagnosis code": (_set("events", "code", 2, "not-a-code"), "code", "invalid code"),
+    "invalid bnf code": (_set("events", "code", 3, "9999"), "code", "invalid code"),
     "implausible measurement": (_set("events", "value", 1, 400.0), "value", "plausible range"),
     "date before 1900": (_set("events", "date", 0, dt.date(1899, 12, 31)), "date", "before 1900"),
     # person 1 is 20 at the index date
@@ -298,10 +298,10 @@ def test_record_noise_is_excluded_counted_and_reconciles(tmp_path: Path) -> None
     for case, (_, column, rule) in NOISE.items():
         hits = [key for key in found if key[0] == column and rule in key[1]]
         assert hits, case
-    assert found[("code", "unknown code for its event_type")]["rows"] == 2
-    assert found[("code", "unknown code for its event_type")]["examples"] == (
-        "diagnosis: not-a-code",
-        "prescription: 9999",
+    assert found[("code", "invalid code for its code system")]["rows"] == 2
+    assert found[("code", "invalid code for its code system")]["examples"] == (
+        "diagnosis (icd10): not-a-code",
+        "prescription (bnf): 9999",
     )
     assert found[("value", "measurement value missing or out of plausible range")]["examples"] == (
         "sbp = 400.0",
@@ -323,7 +323,8 @@ def test_refuse_mode_refuses_record_noise_naming_each_rule(tmp_path: Path) -> No
         )
     message = str(caught.value)
     assert "5 data contract violation" in message  # both unknown codes are one rule
-    assert "events/ / code: unknown code for its event_type (2 rows), e.g. diagnosis: " in message
+    shown = "events/ / code: invalid code for its code system (2 rows), e.g. diagnosis (icd10): "
+    assert shown in message
 
 
 def test_compatible_dtypes_are_accepted_and_read_as_the_contract(tmp_path: Path) -> None:
