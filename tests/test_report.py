@@ -170,6 +170,11 @@ def test_report_logged_to_the_model_run(tmp_path: Path) -> None:
     logged = [a.path for a in client.list_artifacts(active.info.run_id, "report")]
     assert logged == ["report/equity_report.html"]
     assert client.get_run(active.info.run_id).data.tags["equity_report"].endswith(".html")
+    # the report's equity charts, as images a reviewer sees beside ROC and calibration
+    images = [a.path for a in client.list_artifacts(active.info.run_id, "equity")]
+    assert "equity/cases_reached_by_imd_quintile.png" in images
+    local = Path(client.download_artifacts(active.info.run_id, images[0], str(tmp_path)))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the presentation layer: context functions and templates ------------------------------------

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import jinja2
 
@@ -23,7 +23,7 @@ from pipeline import console
 from pipeline.disclosure import Rule
 from pipeline.errors import StageError
 from pipeline.io import Paths, write_text
-from pipeline.report import checklist, provenance
+from pipeline.report import checklist, images, provenance
 from pipeline.report.context.blocks import Section
 from pipeline.report.context.deprivation import deprivation_section
 from pipeline.report.context.ethnicity import ethnicity_section
@@ -156,8 +156,20 @@ def _log_to_mlflow(view: ReportView, report: Path, paths: Paths) -> list[str]:
             client = mlflow.MlflowClient()
             client.log_artifact(run.info.run_id, str(report), artifact_path=ARTIFACT_DIR)
             client.set_tag(run.info.run_id, "equity_report", f"{ARTIFACT_DIR}/{REPORT_FILE}")
+            _log_equity_images(client, run.info.run_id, images.equity_images(target, view))
         logged.append(target.target)
     return logged
+
+
+def _log_equity_images(client: Any, run_id: str, pngs: dict[str, bytes]) -> None:
+    """Log the report's equity charts as PNG files under ``equity/`` of the run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, png in pngs.items():
+            (Path(folder) / name).write_bytes(png)
+        if pngs:
+            client.log_artifacts(run_id, folder, artifact_path=images.EQUITY_ARTIFACT_DIR)
 
 
 def _refuse_if_any(findings: list[Violation]) -> None:

@@ -13,6 +13,7 @@ under ``dvc exp run`` (DVC sets ``DVC_EXP_BASELINE_REV`` / ``DVC_EXP_NAME``) is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -20,6 +21,7 @@ import re
 import subprocess
 import warnings
 from collections.abc import Mapping, Sequence
+from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -288,7 +290,9 @@ def _log_model(*, model_dir: Path, example_frame: Any, name: str) -> Any:
     import pandas as pd
     import scipy
 
-    with tempfile.TemporaryDirectory() as folder:
+    # MLflow prints "Registered model ... / Created version ..." straight to stderr; train's
+    # console line and the report's provenance say which version it is.
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stderr(StringIO()):
         booster_file = Path(folder) / "model.txt"
         booster_file.write_text(published_model_text((model_dir / "model.txt").read_text()))
         return mlflow.pyfunc.log_model(
