@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import contract, io
+from pipeline.config import Params
 from tests.manifests import write_manifest
 
 ICBS: Final = tuple(f"Q{index:02d}" for index in range(42))
@@ -166,3 +167,32 @@ def write_world(root: Path, world: dict[str, pl.DataFrame], *, targets: tuple[st
     io.write_parquet(
         world["oracle"], root / "data/truth/oracle.parquet", sort_by=["target", "person_id"]
     )
+
+
+def audit_world(
+    world: dict[str, pl.DataFrame], params: Params, *, with_truth: bool = False
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+    """The audit's pure steps on a simulated world, everybody audited at the top 5%:
+    ``(cohort, tables, published tables)`` for the target ``sim_target``."""
+    from pipeline.audit import audit_tables, published_tables
+    from pipeline.audit.cohort import build_cohort
+
+    truth = {"truth": world["truth"].lazy(), "oracle": world["oracle"].lazy()} if with_truth else {}
+    cohort = build_cohort(
+        world["scores"].lazy(),
+        world["features"].lazy(),
+        dimensions=params.audit.dimensions,
+        capacity_mode="share",
+        capacity=0.05,
+        split="all",
+        **truth,
+    )
+    tables = audit_tables(
+        cohort,
+        audit=params.audit,
+        operating_point=params.operating_point,
+        outreach=params.outreach,
+        seed=params.seed,
+        target="sim_target",
+    )
+    return cohort, tables, published_tables(tables, audit=params.audit, rule=params.disclosure)

@@ -10,8 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.audit import audit_tables, flags, funnel, published_tables
-from pipeline.audit.cohort import build_cohort
+from pipeline.audit import flags, funnel
 from pipeline.config import parse_params
 from tests import simworld
 
@@ -111,23 +110,7 @@ def _audited(world: dict[str, pl.DataFrame], **audit: object) -> dict[str, pl.Da
             },
         }
     )
-    cohort = build_cohort(
-        world["scores"].lazy(),
-        world["features"].lazy(),
-        dimensions=params.audit.dimensions,
-        capacity_mode="share",
-        capacity=0.05,
-        split="all",
-    )
-    tables = audit_tables(
-        cohort,
-        audit=params.audit,
-        operating_point=params.operating_point,
-        outreach=params.outreach,
-        seed=params.seed,
-        target="sim_target",
-    )
-    return published_tables(tables, audit=params.audit, rule=params.disclosure)
+    return simworld.audit_world(world, params)[2]
 
 
 def _under_predicted(world: dict[str, pl.DataFrame], group: str, factor: float) -> dict:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.audit import audit_summary, audit_tables, published_tables
-from pipeline.audit.cohort import build_cohort
+from pipeline.audit import audit_summary
 from pipeline.config import parse_params
 from tests import simworld as simulate
 
@@ -39,25 +38,7 @@ def _audit(*, under_recording: float, access: float, need_gradient: float = 1.0,
         need_gradient=need_gradient,
         seed=seed,
     )
-    cohort = build_cohort(
-        world["scores"].lazy(),
-        world["features"].lazy(),
-        dimensions=params.audit.dimensions,
-        capacity_mode="share",
-        capacity=0.05,
-        split="all",
-        truth=world["truth"].lazy(),
-        oracle=world["oracle"].lazy(),
-    )
-    tables = audit_tables(
-        cohort,
-        audit=params.audit,
-        operating_point=params.operating_point,
-        outreach=params.outreach,
-        seed=params.seed,
-        target="sim_target",
-    )
-    published = published_tables(tables, audit=params.audit, rule=params.disclosure)
+    cohort, tables, published = simulate.audit_world(world, params, with_truth=True)
     summary = audit_summary(
         tables,
         audit=params.audit,
