@@ -123,7 +123,11 @@ def need_flags(folder: Path) -> pl.DataFrame:
     gaps = pl.read_parquet(folder / "need_gaps.parquet")
     measure = "true_need" if (gaps["need_measure"] == "true_need").any() else "recorded_need"
     return gaps.filter(pl.col("need_measure") == measure).select(
-        "dimension", "group", pl.col("disadvantaged").fill_null(False), "need_ratio"
+        "dimension",
+        "group",
+        pl.col("disadvantaged").fill_null(False),
+        "need_ratio",
+        "need_ratio_ci_low",
     )
 
 
