@@ -116,7 +116,7 @@ def render_report(view: ReportView, *, sdc: Rule) -> str:
         .render(
             title=view.title,
             subtitle=subtitle(view),
-            summary=summary_context(view, objective=view.objective),
+            summary=summary_context(view, objective=view.objective, sdc=sdc),
             findings=findings_context(view),
             intro=intro_context(view),
             methods=methods_context(view, sdc),

@@ -12,9 +12,10 @@ from typing import Any, Final
 import polars as pl
 
 from pipeline.config import Objective
+from pipeline.disclosure import Rule
 from pipeline.report.context.capacity import capacity_context
 from pipeline.report.findings import Finding, headline_findings
-from pipeline.report.fmt import is_number, pct_text
+from pipeline.report.fmt import count_text, is_number, pct_text
 from pipeline.report.model import ReportView, TargetView
 
 __all__ = ["OBJECTIVES", "recommend", "summary_context", "top_findings"]
@@ -102,12 +103,13 @@ def top_findings(report: ReportView) -> list[Finding]:
     return ranked[:N_FINDINGS]
 
 
-def _cost(view: TargetView, list_sizes: dict[str, str]) -> dict[str, str]:
+def _cost(view: TargetView, list_sizes: dict[str, str], sdc: Rule) -> dict[str, str]:
     """People to contact: on the outreach lists (list capacity) and at the audit cut, as
-    published."""
+    published (with thousands separators)."""
+    n_list, n_eligible = list_sizes.get(view.target), view.counts.get("n_eligible")
     return {
-        "n_list": list_sizes.get(view.target, ""),
-        "n_eligible": str(view.counts.get("n_eligible") or ""),
+        "n_list": count_text(n_list, sdc) if n_list else "",
+        "n_eligible": count_text(n_eligible, sdc) if n_eligible else "",
     }
 
 
@@ -119,7 +121,7 @@ def _provenance(known: dict[str, Any]) -> dict[str, Any]:
     return {key: "not recorded" for key in PROVENANCE_KEYS} | {"models": []} | known
 
 
-def summary_context(report: ReportView, *, objective: Objective) -> dict[str, Any]:
+def summary_context(report: ReportView, *, objective: Objective, sdc: Rule) -> dict[str, Any]:
     """Everything the summary page says, per target and overall."""
     operating = report.targets[0].operating_point if report.targets else {}
     return {
@@ -133,7 +135,7 @@ def summary_context(report: ReportView, *, objective: Objective) -> dict[str, An
                 "about": view.description or view.outcome,
                 "truth_events": view.truth_events,
                 "recommendation": recommend(view, objective=objective),
-                "cost": _cost(view, report.list_sizes),
+                "cost": _cost(view, report.list_sizes, sdc),
             }
             for view in report.targets
         ],
