@@ -8,7 +8,6 @@ Chromium must then draw with no network request and no console error.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -118,17 +117,8 @@ def test_plots_page_renders_offline_in_chromium(plots_page: Path, tmp_path: Path
         )["result"]["value"]
     finally:
         browser.close()
-    requests = [
-        e["params"]["request"]["url"]
-        for e in browser.events
-        if e.get("method") == "Network.requestWillBeSent"
-    ]
-    errors = [
-        json.dumps(e["params"])[:300]
-        for e in browser.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]
+    requests = browser.requested_urls()
+    errors = browser.page_errors(console=False)
     assert errors == [], errors
     assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
     assert drawn >= 2 * 4  # every curve of both targets

@@ -147,6 +147,28 @@ class DevToolsPipe:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
+    def requested_urls(self) -> list[str]:
+        """Every URL the page asked for (``Network`` must be enabled)."""
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
+
+    def page_errors(self, *, console: bool = True) -> list[str]:
+        """Exceptions and error log entries (and, with ``console``, console errors/asserts)."""
+        return [
+            json.dumps(e["params"])[:300]
+            for e in self.events
+            if e.get("method") == "Runtime.exceptionThrown"
+            or (
+                console
+                and e.get("method") == "Runtime.consoleAPICalled"
+                and e["params"]["type"] in {"error", "assert"}
+            )
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        ]
+
     def close(self) -> None:
         try:
             self.send("Browser.close", timeout=5.0)
@@ -232,21 +254,8 @@ def test_report_opens_offline_without_errors(tmp_path: Path) -> None:
     finally:
         browser.close()
 
-    requests = [
-        e["params"]["request"]["url"]
-        for e in browser.events
-        if e.get("method") == "Network.requestWillBeSent"
-    ]
-    errors = [
-        json.dumps(e["params"])[:300]
-        for e in browser.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (
-            e.get("method") == "Runtime.consoleAPICalled"
-            and e["params"]["type"] in {"error", "assert"}
-        )
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]
+    requests = browser.requested_urls()
+    errors = browser.page_errors()
     screenshot = Path(os.environ.get("REPORT_SCREENSHOT", tmp_path / "equity_report.png"))
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
