@@ -17,6 +17,7 @@ from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError
 from pipeline.io import Paths, read_json
 from pipeline.synth import run
+from pipeline.synth.coding import LEGACY_READ_CODES
 from pipeline.synth.conditions import recording_logit_shift
 from pipeline.synth.events import ACCESS_BY_TYPE, access_penalty, care_rates
 from pipeline.synth.geography import build_geography
@@ -77,16 +78,25 @@ def test_tables_follow_the_contract_exactly(synthetic: Path) -> None:
     parts = sorted((population / "events").glob("part-*.parquet"))
     assert [p.name for p in parts] == [f"part-{k:05d}.parquet" for k in range(3)]  # 2,500 / 1,000
     for part in parts:
-        assert dict(pl.read_parquet_schema(part)) == dict(contract.EVENTS_SCHEMA)
+        # every row names its code system (SNOMED CT, dm+d, BNF, ICD-10 or local)
+        assert dict(pl.read_parquet_schema(part)) == {
+            **contract.EVENTS_SCHEMA,
+            **contract.EVENTS_OPTIONAL_SCHEMA,
+        }
     facts = contract.validate_population(
         population, target_names=("emergency_admission_12m", "cvd_event_5y"), index_date=INDEX
     )
     assert facts["rows"]["people"] == 2_500
-    # no record-level noise beyond same-day repeats: nobody has events before their birth
-    assert [problem["rule"] for problem in facts["excluded"]] in (
-        [],
-        ["exact duplicate of another event"],
-    )
+    # only the planted record-level noise (legacy Read codes, decimal slips, duplicates):
+    # nobody has events before their birth
+    excluded = {problem["rule"]: problem for problem in facts["excluded"]}
+    assert set(excluded) == {
+        "invalid code for its code system",
+        "measurement value missing or out of plausible range",
+        "exact duplicate of another event",
+    }
+    legacy = {f"diagnosis (snomed_ct): {code}" for code in LEGACY_READ_CODES}
+    assert set(excluded["invalid code for its code system"]["examples"]) <= legacy
     assert (synthetic / "reports" / "synthetic_calibration.json").exists()
 
 

@@ -37,6 +37,7 @@ from pipeline.contract import (
 from pipeline.disclosure import Rule
 from pipeline.io import ROW_GROUP_SIZE, Paths, atomic_dir, write_json
 from pipeline.synth.calibration import Calibration, Tally, calibration_report, fit_calibration
+from pipeline.synth.coding import Coding, default_coding
 from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions, intersection_shifts
 from pipeline.synth.events import care_rates, draw_counts, events_frame, expand_events
 from pipeline.synth.geography import (
@@ -214,6 +215,7 @@ def generate_chunk(
     chunk: int,
     seed: int,
     index_date: dt.date,
+    coding: Coding | None = None,
 ) -> dict[str, Any]:
     """Generate people ``start..stop-1``: all their tables, as frames, plus raw arrays.
 
@@ -225,6 +227,8 @@ def generate_chunk(
         The chunk number and root seed: together they seed the chunk's own stream.
     index_date
         Events are dated back from it.
+    coding
+        The codes events carry (:mod:`pipeline.synth.coding`); ``None``: the shipped codelists.
 
     Returns
     -------
@@ -248,12 +252,19 @@ def generate_chunk(
         rng,
         access=access,
     )
+    coding = default_coding() if coding is None else coding
     events = expand_events(
-        people, cond, counts, rng, history_years=population.history_years, access=access
+        people,
+        cond,
+        counts,
+        rng,
+        history_years=population.history_years,
+        access=access,
+        coding=coding,
     )
     return {
         "people": people_frame(people, ids),
-        "events": events_frame(events, ids, index_day=(index_date - EPOCH).days),
+        "events": events_frame(events, ids, index_day=(index_date - EPOCH).days, coding=coding),
         "outcomes": outcomes,
         "oracle": oracle,
         "truth_people": truth_people_frame(people, cond, ids),

@@ -11,13 +11,9 @@ from typing import Final, NamedTuple
 import numpy as np
 import polars as pl
 
-from pipeline.contract import EVENT_TYPES, EVENTS_SCHEMA, MEASUREMENT_CODES
-from pipeline.synth.conditions import (
-    CONDITION_ORDER,
-    INTERSECTION_ACCESS,
-    SMOKING_CODE,
-    deprivation_score,
-)
+from pipeline.contract import EVENT_TYPES, EVENTS_OPTIONAL_SCHEMA, EVENTS_SCHEMA, MEASUREMENT_CODES
+from pipeline.synth.coding import Coding
+from pipeline.synth.conditions import CONDITION_ORDER, INTERSECTION_ACCESS, deprivation_score
 
 CONDITION_BURDEN: Final = {
     "obesity": 0.15,
@@ -50,109 +46,29 @@ ACCESS_BY_TYPE: Final = {
     "measurement": 0.5,
 }
 
-DIAGNOSIS_CODES: Final = {
-    "obesity": (("E66", 1.0),),
-    "hypertension": (("I10", 1.0),),
-    "diabetes": (("E11", 0.9), ("E10", 0.1)),
-    "copd": (("J44", 1.0),),
-    "asthma": (("J45", 1.0),),
-    "depression": (("F32", 0.7), ("F33", 0.3)),
-    "severe_mental_illness": (("F20", 0.4), ("F31", 0.35), ("F25", 0.1), ("F29", 0.15)),
-    "chd": (("I25", 0.7), ("I20", 0.3)),
-    "stroke": (("I63", 0.8), ("I64", 0.2)),
-    "ckd": (("N18", 1.0),),
-    "atrial_fibrillation": (("I48", 1.0),),
-    "heart_failure": (("I50", 1.0),),
-}
-# Condition -> the primary diagnosis on admissions / outpatient letters caused by it.
-CONDITION_EPISODE_CODE: Final = {
-    "obesity": "E66",
-    "hypertension": "I10",
-    "diabetes": "E11",
-    "copd": "J44",
-    "asthma": "J45",
-    "depression": "F32",
-    "severe_mental_illness": "F20",
-    "chd": "I20",
-    "stroke": "I63",
-    "ckd": "N18",
-    "atrial_fibrillation": "I48",
-    "heart_failure": "I50",
-}
-GENERAL_CODES: Final = {
-    "ae_attendance": (
-        ("R07", 0.15),
-        ("S01", 0.1),
-        ("S52", 0.08),
-        ("S93", 0.08),
-        ("R10", 0.14),
-        ("J06", 0.1),
-        ("R55", 0.07),
-        ("T14", 0.1),
-        ("N39", 0.06),
-        ("J18", 0.05),
-        ("R51", 0.07),
-    ),
-    "emergency_admission": (
-        ("R07", 0.14),
-        ("J18", 0.14),
-        ("N39", 0.1),
-        ("R10", 0.12),
-        ("S72", 0.06),
-        ("R55", 0.08),
-        ("A41", 0.06),
-        ("K92", 0.05),
-        ("J22", 0.1),
-        ("R06", 0.08),
-        ("T81", 0.07),
-    ),
-    "elective_admission": (
-        ("H25", 0.2),
-        ("M17", 0.15),
-        ("M16", 0.1),
-        ("K80", 0.12),
-        ("K40", 0.1),
-        ("N40", 0.08),
-        ("Z51", 0.1),
-        ("C44", 0.08),
-        ("K63", 0.07),
-    ),
-    "outpatient": (
-        ("Z09", 0.3),
-        ("H25", 0.1),
-        ("M17", 0.1),
-        ("K21", 0.1),
-        ("N40", 0.08),
-        ("L40", 0.07),
-        ("R10", 0.1),
-        ("M54", 0.15),
-    ),
-}
 EPISODE_CONDITION_SHARE: Final = {
     "ae_attendance": 0.15,
     "emergency_admission": 0.45,
     "elective_admission": 0.1,
     "outpatient": 0.5,
 }
-CONSULTATION_CODES: Final = (
-    ("face_to_face", 0.6),
-    ("telephone", 0.3),
-    ("online", 0.08),
-    ("home_visit", 0.02),
-)
+"""Share of a hospital contact's primary diagnoses that are the person's main condition's."""
 DRUGS: Final = {
-    "hypertension": (("0205", 0.8), ("0206", 0.4), ("0202", 0.25)),
-    "diabetes": (("0601", 0.9), ("0212", 0.7)),
-    "copd": (("0301", 0.95), ("0302", 0.6)),
-    "asthma": (("0302", 0.85), ("0301", 0.7)),
-    "chd": (("0212", 0.85), ("0206", 0.4)),
-    "ckd": (("0205", 0.4),),
-    "heart_failure": (("0202", 0.9), ("0205", 0.6)),
-    "atrial_fibrillation": (("0208", 0.8),),
-    "depression": (("0403", 0.6),),
-    "severe_mental_illness": (("0402", 0.85),),
-    "stroke": (("0212", 0.8), ("0208", 0.3)),
+    "hypertension": (("antihypertensives", 0.8), ("nitrates_ccbs", 0.4), ("diuretics", 0.25)),
+    "diabetes": (("diabetes_drugs", 0.9), ("lipid_regulating", 0.7)),
+    "copd": (("bronchodilators", 0.95), ("inhaled_corticosteroids", 0.6)),
+    "asthma": (("inhaled_corticosteroids", 0.85), ("bronchodilators", 0.7)),
+    "chd": (("lipid_regulating", 0.85), ("nitrates_ccbs", 0.4)),
+    "ckd": (("antihypertensives", 0.4),),
+    "heart_failure": (("diuretics", 0.9), ("antihypertensives", 0.6)),
+    "atrial_fibrillation": (("anticoagulants", 0.8),),
+    "depression": (("antidepressants", 0.6),),
+    "severe_mental_illness": (("antipsychotics", 0.85),),
+    "stroke": (("lipid_regulating", 0.8), ("anticoagulants", 0.3)),
 }
+"""Condition -> (medicine group of the codelist registry, share of cases on it)."""
+OTHER_MEDICINES: Final = (("analgesics", 0.12), ("antacids", 0.08))
+"""Medicine groups unrelated to the modelled conditions, with their uptake at age 50."""
 ISSUES_PER_YEAR: Final = 4.5  # repeat prescriptions of ~12 weeks' supply, some monthly
 
 COUNTED_TYPES: Final = (
@@ -165,24 +81,25 @@ COUNTED_TYPES: Final = (
 
 MEASUREMENT_NOISE: Final = {"sbp": 7.0, "bmi": 0.8, "hba1c": 2.5, "cholesterol": 0.4}
 
+# Record-level noise every real extract has (docs/synthetic_world.md#noise): validate excludes
+# and counts the invalid codes, implausible values and exact duplicates.
+SYMPTOM_SHARE: Final = 0.15
+"""Share of GP consultations that also carry a symptom code in no codelist."""
+LEGACY_CODE_SHARE: Final = 0.01
+"""Share of condition diagnoses also carried over as a legacy Read code (invalid SNOMED CT)."""
+DECIMAL_SLIP_SHARE: Final = 0.0005
+"""Share of measurement values entered 10x too high or too low (implausible)."""
+DUPLICATE_SHARE: Final = 0.003
+"""Share of events recorded twice (exact duplicates)."""
+
 TYPE_ORDER: Final = tuple(sorted(EVENT_TYPES))
-
-
-def _vocabulary() -> tuple[str, ...]:
-    codes = {SMOKING_CODE, "sbp", "dbp", "bmi", "hba1c", "cholesterol", "0407", "0101"}
-    for table in (DIAGNOSIS_CODES, GENERAL_CODES, DRUGS):
-        for entries in table.values():
-            codes.update(code for code, _ in entries)
-    codes.update(CONDITION_EPISODE_CODE.values())
-    codes.update(code for code, _ in CONSULTATION_CODES)
-    return tuple(sorted(codes))
-
-
-VOCABULARY: Final = _vocabulary()
-"""Every code the generator emits, sorted so code index order = string order."""
-assert len(VOCABULARY) < 256 and len(EVENT_TYPES) < 256  # packed into 8 bits of the sort key
-_CODE_INDEX: Final = {code: i for i, code in enumerate(VOCABULARY)}
 _TYPE_INDEX: Final = {name: i for i, name in enumerate(TYPE_ORDER)}
+
+
+def medicine_groups() -> tuple[str, ...]:
+    """Every medicine group (registry concept) the generator prescribes, sorted."""
+    groups = {group for drugs in DRUGS.values() for group, _ in drugs}
+    return tuple(sorted(groups | {group for group, _ in OTHER_MEDICINES}))
 
 
 def access_penalty(people: dict[str, np.ndarray]) -> np.ndarray:
@@ -273,19 +190,16 @@ def draw_counts(
     }
 
 
-def _choice(
-    entries: tuple[tuple[str, float], ...], size: int, rng: np.random.Generator
-) -> np.ndarray:
-    codes = np.asarray([_CODE_INDEX[c] for c, _ in entries], dtype=np.int32)
-    weights = np.asarray([w for _, w in entries])
-    return codes[rng.choice(len(codes), size=size, p=weights / weights.sum())]
-
-
 def _year_dates(year: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Days before the index date (>= 1) uniformly inside history year ``year``."""
     start = np.floor(365.25 * year).astype(np.int32)
     end = np.floor(365.25 * (year + 1)).astype(np.int32)
     return start + 1 + np.floor(rng.random(len(year)) * (end - start)).astype(np.int32)
+
+
+def _window_dates(size: int, window: np.ndarray | int, rng: np.random.Generator) -> np.ndarray:
+    """Days before the index date, uniform in ``1..window``."""
+    return 1 + np.floor(rng.random(size) * window).astype(np.int32)
 
 
 class _Part(NamedTuple):
@@ -298,14 +212,23 @@ class _Part(NamedTuple):
     value: np.ndarray | None = None
 
 
-def _fixed_code(size: int, code: str) -> np.ndarray:
-    return np.full(size, _CODE_INDEX[code], np.int32)
-
-
 def _main_condition(cond: dict[str, np.ndarray]) -> np.ndarray:
     """Each person's heaviest true condition (index into CONDITION_ORDER; -1 when none)."""
     weights = np.stack([CONDITION_BURDEN[c] * cond[f"true_{c}"] for c in CONDITION_ORDER], axis=1)
     return np.where(weights.max(axis=1) > 0, weights.argmax(axis=1), -1)
+
+
+def _episode_codes(
+    kind: str, main: np.ndarray, coding: Coding, rng: np.random.Generator
+) -> np.ndarray:
+    """HES primary diagnoses of hospital contacts: often the main condition's (an ICD-10 code of
+    its lists), otherwise a general code of the contact type."""
+    codes = coding.draw(f"general:{kind}", len(main), rng)
+    own = (main >= 0) & (rng.random(len(main)) < EPISODE_CONDITION_SHARE[kind])
+    for c, condition in enumerate(CONDITION_ORDER):
+        mine = own & (main == c)
+        codes[mine] = coding.draw(f"episode:{condition}", int(mine.sum()), rng)
+    return codes
 
 
 def _care_events(
@@ -315,51 +238,42 @@ def _care_events(
     rng: np.random.Generator,
     *,
     history_years: int,
+    coding: Coding,
 ) -> list[_Part]:
     """Dated contacts of the counted care types; episodes often carry the main condition's code."""
-    main_codes = np.asarray([_CODE_INDEX[CONDITION_EPISODE_CODE[c]] for c in CONDITION_ORDER])
+    home_visit = coding.pools["consultation"].index[-1]  # CONSULTATION_CODES ends with it
     parts = []
     for kind, per_year in counts.items():
         flat = np.repeat(np.arange(per_year.size), per_year.ravel())
         person = flat // history_years
         days = _year_dates(flat % history_years, rng)
         if kind == "gp_consultation":
-            codes = _choice(CONSULTATION_CODES, len(person), rng)
+            codes = coding.draw("consultation", len(person), rng)
             home = (age[person] >= 80) & (rng.random(len(person)) < 0.1)
-            codes = np.where(home, _CODE_INDEX["home_visit"], codes)
+            codes = np.where(home, home_visit, codes)
         else:
-            codes = _choice(GENERAL_CODES[kind], len(person), rng)
-            own = (main[person] >= 0) & (rng.random(len(person)) < EPISODE_CONDITION_SHARE[kind])
-            codes = np.where(own, main_codes[np.maximum(main[person], 0)], codes)
+            codes = _episode_codes(kind, main[person], coding, rng)
         parts.append(_Part(person, days, _TYPE_INDEX[kind], codes.astype(np.int32)))
     return parts
 
 
-def _repeat_prescriptions(
-    person: np.ndarray,
-    since: np.ndarray,
-    rx_rate: np.ndarray,
-    drugs: tuple[tuple[str, float], ...],
+def _issues(
+    who: np.ndarray,
+    span: np.ndarray,
+    rate: np.ndarray,
+    pool: str,
     rng: np.random.Generator,
     *,
-    window: int,
-) -> list[_Part]:
-    """Issues of each drug for a condition, from diagnosis (or the window start) to the index."""
-    parts = []
-    for drug, share in drugs:
-        on_drug = rng.random(len(person)) < share
-        who, span = person[on_drug], since[on_drug]
-        issues = rng.poisson(rx_rate[who] * span / window)
-        rx_person = np.repeat(who, issues)
-        rx_days = 1 + np.floor(rng.random(len(rx_person)) * np.repeat(span, issues)).astype(
-            np.int32
-        )
-        parts.append(
-            _Part(
-                rx_person, rx_days, _TYPE_INDEX["prescription"], _fixed_code(len(rx_person), drug)
-            )
-        )
-    return parts
+    coding: Coding,
+) -> _Part:
+    """Repeat issues of one medicine group: each person keeps one product (a dm+d or BNF code
+    of the group) over ``rate x span`` expected issues in their last ``span`` days."""
+    product = coding.draw(pool, len(who), rng)
+    issues = rng.poisson(rate * span)
+    days = _window_dates(int(issues.sum()), np.repeat(span, issues), rng)
+    return _Part(
+        np.repeat(who, issues), days, _TYPE_INDEX["prescription"], np.repeat(product, issues)
+    )
 
 
 def _diagnosis_events(
@@ -370,8 +284,10 @@ def _diagnosis_events(
     *,
     history_years: int,
     window: int,
+    coding: Coding,
 ) -> list[_Part]:
-    """One diagnosis per recorded condition (often long before the window), and its drugs."""
+    """One SNOMED CT diagnosis per recorded condition (often long before the window), and its
+    repeat prescriptions from diagnosis (or the window start) to the index date."""
     max_days = np.maximum(np.minimum(age * 365.25, 20 * 365.25), 30.0)
     rx_rate = ISSUES_PER_YEAR * history_years * np.exp(-penalty * ACCESS_BY_TYPE["prescription"])
     parts = []
@@ -379,39 +295,42 @@ def _diagnosis_events(
         person = np.flatnonzero(cond[f"rec_{condition}"])
         if len(person) == 0:
             continue
-        days = 1 + np.floor(rng.random(len(person)) * max_days[person]).astype(np.int32)
-        codes = _choice(DIAGNOSIS_CODES[condition], len(person), rng)
+        days = _window_dates(len(person), max_days[person], rng)
+        codes = coding.draw(f"diagnosis:{condition}", len(person), rng)
         parts.append(_Part(person, days, _TYPE_INDEX["diagnosis"], codes))
         since = np.minimum(days, window)  # prescriptions start at diagnosis or the window start
-        parts += _repeat_prescriptions(
-            person, since, rx_rate, DRUGS.get(condition, ()), rng, window=window
-        )
+        for group, share in DRUGS.get(condition, ()):
+            on = rng.random(len(person)) < share
+            who = person[on]
+            parts.append(
+                _issues(
+                    who, since[on], rx_rate[who] / window, f"medicine:{group}", rng, coding=coding
+                )
+            )
     return parts
 
 
 def _smoking_events(
-    cond: dict[str, np.ndarray], rng: np.random.Generator, *, window: int
+    cond: dict[str, np.ndarray], rng: np.random.Generator, *, window: int, coding: Coding
 ) -> list[_Part]:
-    """The smoking code, once inside the window, for every recorded current smoker."""
+    """A smoking code, once inside the window, for every recorded current smoker."""
     smokers = np.flatnonzero(cond["rec_smoker"])
-    days = 1 + np.floor(rng.random(len(smokers)) * window).astype(np.int32)
-    return [_Part(smokers, days, _TYPE_INDEX["diagnosis"], _fixed_code(len(smokers), SMOKING_CODE))]
+    days = _window_dates(len(smokers), window, rng)
+    codes = coding.draw("smoking", len(smokers), rng)
+    return [_Part(smokers, days, _TYPE_INDEX["diagnosis"], codes)]
 
 
 def _other_prescription_events(
-    age: np.ndarray, rng: np.random.Generator, *, history_years: int, window: int
+    age: np.ndarray, rng: np.random.Generator, *, history_years: int, window: int, coding: Coding
 ) -> list[_Part]:
     """Prescriptions unrelated to the modelled conditions (more common with age, adults only)."""
     parts = []
-    for drug, base in (("0407", 0.12), ("0101", 0.08)):
+    for group, base in OTHER_MEDICINES:
         uptake = np.clip(base * np.exp(0.02 * (age - 50)), 0, 0.6) * (age >= 16)
         who = np.flatnonzero(rng.random(len(age)) < uptake)
-        issues = rng.poisson(2.0 * history_years, len(who))
-        rx_person = np.repeat(who, issues)
-        days = 1 + np.floor(rng.random(len(rx_person)) * window).astype(np.int32)
-        parts.append(
-            _Part(rx_person, days, _TYPE_INDEX["prescription"], _fixed_code(len(rx_person), drug))
-        )
+        span = np.full(len(who), window)
+        rate = np.full(len(who), 2.0 * history_years / window)
+        parts.append(_issues(who, span, rate, f"medicine:{group}", rng, coding=coding))
     return parts
 
 
@@ -441,53 +360,85 @@ def _measurement_events(
     rng: np.random.Generator,
     *,
     window: int,
+    coding: Coding,
 ) -> list[_Part]:
-    """Noisy readings of the true values (with a diastolic reading beside each systolic one)."""
+    """Noisy readings of the true values under their SNOMED CT codes (with a diastolic reading
+    beside each systolic one)."""
     measurement = _TYPE_INDEX["measurement"]
     parts = []
-    for code, rate in rates.items():
+    for name, rate in rates.items():
         k = rng.poisson(rate)
         person = np.repeat(np.arange(len(rate)), k)
-        days = 1 + np.floor(rng.random(len(person)) * window).astype(np.int32)
-        truth = cond[code][person]
-        low, high = MEASUREMENT_CODES[code][1:]
+        days = _window_dates(len(person), window, rng)
+        truth = cond[name][person]
+        low, high = MEASUREMENT_CODES[name][1:]
         value = np.round(
-            np.clip(truth + rng.normal(0.0, MEASUREMENT_NOISE[code], len(person)), low, high), 1
+            np.clip(truth + rng.normal(0.0, MEASUREMENT_NOISE[name], len(person)), low, high), 1
         )
-        parts.append(_Part(person, days, measurement, _fixed_code(len(person), code), value))
-        if code == "sbp":  # diastolic taken at the same reading
+        codes = coding.draw(f"measurement:{name}", len(person), rng)
+        parts.append(_Part(person, days, measurement, codes, value))
+        if name == "sbp":  # diastolic taken at the same reading
             dbp = np.round(
                 np.clip(0.5 * value + 12 + rng.normal(0.0, 6.0, len(person)), 40, 140), 1
             )
-            parts.append(_Part(person, days, measurement, _fixed_code(len(person), "dbp"), dbp))
+            dbp_codes = coding.draw("measurement:dbp", len(person), rng)
+            parts.append(_Part(person, days, measurement, dbp_codes, dbp))
     return parts
 
 
-def _sorted_events(parts: list[_Part]) -> dict[str, np.ndarray]:
-    """Concatenate the batches and sort by person, date (ascending), type and code."""
-    person = np.concatenate([p.person for p in parts]).astype(np.int64)
-    days = np.concatenate([p.days for p in parts]).astype(np.int32)
-    types = np.concatenate([np.full(len(p.person), p.type, np.int8) for p in parts])
-    codes = np.concatenate([p.code for p in parts]).astype(np.int32)
-    values = np.concatenate(
-        [p.value if p.value is not None else np.full(len(p.person), np.nan) for p in parts]
-    )
-    # Sort by person, date (ascending = days before index descending), type, code via one packed
-    # int64 key (np.lexsort on five keys is ~20x slower); stable, so ties keep generation order.
+def _noise_parts(parts: list[_Part], rng: np.random.Generator, *, coding: Coding) -> list[_Part]:
+    """Codes in no codelist: a symptom code beside some GP consultations (valid SNOMED CT), and
+    a legacy Read code beside some condition diagnoses (invalid)."""
+    diagnosis = _TYPE_INDEX["diagnosis"]
+    noise = []
+    for part in parts:
+        if part.type == _TYPE_INDEX["gp_consultation"]:
+            pool, share = "symptom", SYMPTOM_SHARE
+        elif part.type == diagnosis:
+            pool, share = "legacy_read", LEGACY_CODE_SHARE
+        else:
+            continue
+        chosen = np.flatnonzero(rng.random(len(part.person)) < share)
+        codes = coding.draw(pool, len(chosen), rng)
+        noise.append(_Part(part.person[chosen], part.days[chosen], diagnosis, codes))
+    return noise
+
+
+def _concatenated(parts: list[_Part]) -> dict[str, np.ndarray]:
+    return {
+        "person": np.concatenate([p.person for p in parts]).astype(np.int64),
+        "days_before": np.concatenate([p.days for p in parts]).astype(np.int32),
+        "type": np.concatenate([np.full(len(p.person), p.type, np.int8) for p in parts]),
+        "code": np.concatenate([p.code for p in parts]).astype(np.int32),
+        "value": np.concatenate(
+            [p.value if p.value is not None else np.full(len(p.person), np.nan) for p in parts]
+        ),
+    }
+
+
+def _record_noise(events: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Decimal slips in a few measurement values (10x too high or too low: implausible) and a few
+    events recorded twice (exact duplicates)."""
+    value = events["value"].copy()
+    slip = ~np.isnan(value) & (rng.random(len(value)) < DECIMAL_SLIP_SHARE)
+    value[slip] *= np.where(rng.random(int(slip.sum())) < 0.5, 10.0, 0.1)
+    twice = np.flatnonzero(rng.random(len(value)) < DUPLICATE_SHARE)
+    out = events | {"value": value}
+    return {name: np.concatenate([column, column[twice]]) for name, column in out.items()}
+
+
+def _sorted_events(events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sort by person, date (ascending), type and code (stable: ties keep generation order)."""
+    # One packed int64 key (np.lexsort on five keys is ~20x slower): person | 16 bits of days |
+    # 6 bits of type | 16 bits of code.
     key = (
-        (person << 32)
-        | ((0xFFFF - days).astype(np.int64) << 16)
-        | (types.astype(np.int64) << 8)
-        | codes.astype(np.int64)
+        (events["person"] << 38)
+        | ((0xFFFF - events["days_before"]).astype(np.int64) << 22)
+        | (events["type"].astype(np.int64) << 16)
+        | events["code"].astype(np.int64)
     )
     order = np.argsort(key, kind="stable")
-    return {
-        "person": person[order],
-        "days_before": days[order],
-        "type": types[order],
-        "code": codes[order],
-        "value": values[order],
-    }
+    return {name: column[order] for name, column in events.items()}
 
 
 def expand_events(
@@ -498,22 +449,33 @@ def expand_events(
     *,
     history_years: int,
     access: float,
+    coding: Coding,
 ) -> dict[str, np.ndarray]:
-    """All events of a chunk as parallel arrays (person, days_before, type, code, value).
+    """All events of a chunk as parallel arrays (person, days_before, type, code, value; ``code``
+    indexes ``coding.codes``).
 
     The batches are drawn in a fixed order from one stream (care contacts, diagnoses with their
-    drugs, smoking, other prescriptions, measurements), so the same seed gives the same events.
+    drugs, smoking, other prescriptions, measurements, then the noise), so the same seed gives
+    the same events.
     """
+    assert len(coding.codes) < 1 << 16 and len(EVENT_TYPES) < 1 << 6  # packed sort key
     age = people["age"].astype(np.float64)
     window = int(np.floor(365.25 * history_years))
     penalty = access_shift(people, access)
-    parts = _care_events(counts, age, _main_condition(cond), rng, history_years=history_years)
-    parts += _diagnosis_events(cond, age, penalty, rng, history_years=history_years, window=window)
-    parts += _smoking_events(cond, rng, window=window)
-    parts += _other_prescription_events(age, rng, history_years=history_years, window=window)
+    main = _main_condition(cond)
+    parts = _care_events(counts, age, main, rng, history_years=history_years, coding=coding)
+    parts += _diagnosis_events(
+        cond, age, penalty, rng, history_years=history_years, window=window, coding=coding
+    )
+    parts += _smoking_events(cond, rng, window=window, coding=coding)
+    parts += _other_prescription_events(
+        age, rng, history_years=history_years, window=window, coding=coding
+    )
     rates = _measurement_rates(cond, age, penalty, history_years=history_years)
-    parts += _measurement_events(cond, rates, rng, window=window)
-    return _after_birth(_sorted_events(parts), age)
+    parts += _measurement_events(cond, rates, rng, window=window, coding=coding)
+    parts += _noise_parts(parts, rng, coding=coding)
+    events = _record_noise(_concatenated(parts), rng)
+    return _after_birth(_sorted_events(events), age)
 
 
 def _after_birth(events: dict[str, np.ndarray], age: np.ndarray) -> dict[str, np.ndarray]:
@@ -526,17 +488,18 @@ def _after_birth(events: dict[str, np.ndarray], age: np.ndarray) -> dict[str, np
 
 
 def events_frame(
-    events: dict[str, np.ndarray], person_ids: pl.Series, *, index_day: int
+    events: dict[str, np.ndarray], person_ids: pl.Series, *, index_day: int, coding: Coding
 ) -> pl.DataFrame:
-    """Parallel arrays -> the contract's ``events`` frame (already in sort order)."""
-    value = events["value"]
+    """Parallel arrays -> the contract's ``events`` frame with each row's ``code_system``
+    (already in sort order)."""
     return pl.DataFrame(
         {
             "person_id": person_ids.gather(events["person"]),
             "date": pl.Series(index_day - events["days_before"], dtype=pl.Int32).cast(pl.Date),
             "event_type": pl.Series(TYPE_ORDER).gather(events["type"]),
-            "code": pl.Series(VOCABULARY).gather(events["code"]),
-            "value": pl.Series(value).fill_nan(None),
+            "code": pl.Series(coding.codes).gather(events["code"]),
+            "value": pl.Series(events["value"]).fill_nan(None),
+            "code_system": pl.Series(coding.systems).gather(events["code"]),
         },
-        schema=EVENTS_SCHEMA,
+        schema={**EVENTS_SCHEMA, **EVENTS_OPTIONAL_SCHEMA},
     )

@@ -21,6 +21,17 @@ RECORDING_QUALITY_SHARES: Final = (0.30, 0.45, 0.25)
 RECORDING_QUALITY_GAP: Final = (0.0, 0.5, 1.0)
 """Practice recording-quality level -> the ``Q`` term of the planted biases (0 best, 1 worst)."""
 
+# Practice list sizes (docs/synthetic_world.md#practices): log-normal with sigma 0.63, fitted to
+# NHS Digital's "Patients Registered at a GP Practice" July 2020 spotlight (2.9% of practices
+# under 2,000 patients, 3.9% over 20,000; 6,743 practices), its mean set by
+# ``population.practice_size``. Below full scale every practice of an ICB shrinks by the same
+# factor, so an ICB keeps at least MIN_PRACTICES_PER_ICB practices.
+LIST_SIZE_SIGMA: Final = 0.63
+LIST_SIZE_RANGE: Final = (1_000.0, 40_000.0)
+MIN_PRACTICES_PER_ICB: Final = 20
+MIN_PRACTICE_PEOPLE: Final = 50
+"""Fewer practices in an ICB than MIN_PRACTICES_PER_ICB only when they would hold fewer people."""
+
 
 @dataclass(frozen=True)
 class Geography:
@@ -33,8 +44,8 @@ class Geography:
     area_rural: np.ndarray  # bool
     icb_start: np.ndarray  # first person index of each ICB
     icb_people: np.ndarray  # people per ICB
-    icb_practice_offset: np.ndarray  # first practice index of each ICB
     icb_practices: np.ndarray  # practices per ICB
+    practice_end: np.ndarray  # cumulative people per practice (exclusive end index)
     practice_quality: np.ndarray  # recording-quality level index per practice
     icb_codes: tuple[str, ...]
     icb_names: tuple[str, ...]
@@ -144,6 +155,41 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]])
 
 
+def practices_per_icb(icb_people: np.ndarray, *, practice_size: int) -> np.ndarray:
+    """Practices in each ICB: one per ``practice_size`` people at full scale, at least
+    :data:`MIN_PRACTICES_PER_ICB` below it (as long as each keeps :data:`MIN_PRACTICE_PEOPLE`).
+
+    >>> practices_per_icb(np.array([4_000, 400_000, 600]), practice_size=8_000)
+    array([20, 50, 12])
+    """
+    wanted = np.maximum(MIN_PRACTICES_PER_ICB, np.rint(icb_people / practice_size))
+    room = np.maximum(1, icb_people // MIN_PRACTICE_PEOPLE)
+    return np.minimum(wanted, room).astype(np.int64)
+
+
+def practice_sizes(
+    icb_people: np.ndarray,
+    icb_practices: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    practice_size: int,
+) -> np.ndarray:
+    """People per practice, ICB by ICB: England's list-size distribution (log-normal, mean
+    ``practice_size``, clipped to :data:`LIST_SIZE_RANGE`), every list of an ICB scaled by the
+    same factor so the ICB's practices hold exactly its people."""
+    median = practice_size * np.exp(-(LIST_SIZE_SIGMA**2) / 2)
+    drawn = np.clip(
+        rng.lognormal(np.log(median), LIST_SIZE_SIGMA, int(icb_practices.sum())), *LIST_SIZE_RANGE
+    )
+    bounds = np.cumsum(icb_practices)[:-1]
+    return np.concatenate(
+        [  # one person each first: no practice is empty
+            1 + _largest_remainder(int(n) - len(weights), weights)
+            for n, weights in zip(icb_people, np.split(drawn, bounds), strict=True)
+        ]
+    )
+
+
 def build_geography(
     n_people: int, *, area_size: int, practice_size: int, rng: np.random.Generator
 ) -> Geography:
@@ -169,7 +215,8 @@ def build_geography(
     area_region = icbs.region[area_icb]
     area_decile = _area_deciles(area_region, rng)
     area_rural = _area_rural(area_region, area_decile, rng)
-    icb_practices = np.maximum(1, np.rint(icb_people / practice_size).astype(np.int64))
+    icb_practices = practices_per_icb(icb_people, practice_size=practice_size)
+    sizes = practice_sizes(icb_people, icb_practices, rng, practice_size=practice_size)
     return Geography(
         area_end=np.cumsum(area_people),
         area_region=area_region,
@@ -178,8 +225,8 @@ def build_geography(
         area_rural=area_rural,
         icb_start=_starts(icb_people),
         icb_people=icb_people,
-        icb_practice_offset=_starts(icb_practices),
         icb_practices=icb_practices,
+        practice_end=np.cumsum(sizes),
         practice_quality=_practice_quality(icbs.region, icb_practices, rng),
         icb_codes=icbs.codes,
         icb_names=icbs.names,
@@ -200,13 +247,10 @@ def practice_ids(index: np.ndarray) -> pl.Series:
 
 
 def locate(geo: Geography, person_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Area and practice index of each person (practices cover contiguous runs of areas)."""
+    """Area and practice index of each person (a practice covers a contiguous run of people of
+    one ICB, so its patients live in neighbouring areas)."""
     area = np.searchsorted(geo.area_end, person_index, side="right")
-    icb = geo.area_icb[area]
-    within = person_index - geo.icb_start[icb]
-    practice = (
-        geo.icb_practice_offset[icb] + (within * geo.icb_practices[icb]) // geo.icb_people[icb]
-    )
+    practice = np.searchsorted(geo.practice_end, person_index, side="right")
     return area, practice
 
 
