@@ -80,14 +80,18 @@ def _target_outcomes(
     *,
     intercept: float,
     access: float,
+    gradient: np.ndarray | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One target's recorded outcome and oracle risk for the members of its cohort.
 
-    ``arrays`` are the chunk's people, conditions and history summary.
+    ``arrays`` are the chunk's people, conditions and history summary; ``gradient`` the
+    target's calibrated deprivation terms by age (none: no such term).
     """
     people, cond, history = arrays
     latent = rng.standard_normal(len(ids))
-    cohort, eta = cohort_and_logit(target, people, cond, history, latent, access=access)
+    cohort, eta = cohort_and_logit(
+        target, people, cond, history, latent, access=access, gradient=gradient
+    )
     risk = oracle_risk(intercept, eta, follow_up_months=target.follow_up_months)
     need = target_true_need(
         target.outcome,
@@ -118,7 +122,7 @@ def _target_outcomes(
 
 def _outcome_frames(
     targets: Mapping[str, TargetParams],
-    intercepts: Mapping[str, float],
+    calibration: Calibration,
     arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]],
     ids: pl.Series,
     rng: np.random.Generator,
@@ -128,7 +132,14 @@ def _outcome_frames(
     """``outcomes`` and truth ``oracle`` of every target (drawn in target-name order)."""
     frames = [
         _target_outcomes(
-            name, targets[name], arrays, ids, rng, intercept=intercepts[name], access=access
+            name,
+            targets[name],
+            arrays,
+            ids,
+            rng,
+            intercept=calibration.intercepts[name],
+            access=access,
+            gradient=calibration.gradients.get(name),
         )
         for name in sorted(targets)
     ]
@@ -246,7 +257,7 @@ def generate_chunk(
     ids = person_ids(index)
     outcomes, oracle = _outcome_frames(
         targets,
-        calibration.intercepts,
+        calibration,
         (people, cond, history_summary(counts)),
         ids,
         rng,

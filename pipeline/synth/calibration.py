@@ -33,7 +33,14 @@ from pipeline.synth.conditions import (
 )
 from pipeline.synth.events import care_rates, draw_counts
 from pipeline.synth.geography import RECORDING_QUALITY_SHARES, build_geography
-from pipeline.synth.outcomes import ANNUAL_RATE, cohort_and_logit, history_summary
+from pipeline.synth.outcomes import (
+    ANNUAL_RATE,
+    GRADIENT_BANDS,
+    GRADIENT_OUTCOMES,
+    age_deprivation_term,
+    cohort_and_logit,
+    history_summary,
+)
 from pipeline.synth.people import draw_people
 
 if TYPE_CHECKING:
@@ -49,6 +56,8 @@ class Calibration:
 
     offsets: dict[str, tuple[np.ndarray, np.ndarray]]
     intercepts: dict[str, float] = field(default_factory=dict)
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    """Target -> deprivation log-odds by age band (outcomes.GRADIENT_OUTCOMES only)."""
 
 
 def _rake(
@@ -131,6 +140,40 @@ def _intercept_for_rate(eta: np.ndarray, rate: float) -> float:
     return (low + high) / 2
 
 
+GRADIENT_ROUNDS: Final = 8
+MOST_LEAST_SPREAD: Final = 8 / 9
+"""Deprivation score difference between IMD quintile 1 (deciles 1-2) and 5 (deciles 9-10)."""
+
+
+def deprivation_ratios(risk: np.ndarray, age: np.ndarray, decile: np.ndarray) -> np.ndarray:
+    """Mean risk in the most deprived IMD quintile / the least deprived, per GRADIENT_BANDS."""
+    quintile = (decile + 1) // 2
+    ratios = []
+    for first, last in GRADIENT_BANDS:
+        band = (age >= first) & (age <= last)
+        most, least = risk[band & (quintile == 1)], risk[band & (quintile == 5)]
+        ratios.append(most.mean() / least.mean() if len(most) and len(least) else np.nan)
+    return np.asarray(ratios)
+
+
+def _fit_gradient(
+    eta: np.ndarray, people: dict[str, np.ndarray], *, rate: float
+) -> tuple[np.ndarray, float]:
+    """Deprivation terms by age band and intercept: each band's most / least deprived risk ratio
+    matches ``reference.EMERGENCY_ADMISSION_RATIO_BY_AGE`` and the mean annual risk ``rate``
+    (fixed-point rounds; a band's ratio moves ~exp(step x 8/9))."""
+    target = np.asarray([ref.EMERGENCY_ADMISSION_RATIO_BY_AGE[band] for band in GRADIENT_BANDS])
+    gradient = np.zeros(len(GRADIENT_BANDS))
+    intercept = _intercept_for_rate(eta, rate)
+    for _ in range(GRADIENT_ROUNDS):
+        shifted = eta + age_deprivation_term(people, gradient)
+        intercept = _intercept_for_rate(shifted, rate)
+        ratios = deprivation_ratios(expit(intercept + shifted), people["age"], people["decile"])
+        gradient += np.nan_to_num(np.log(target / ratios)) / MOST_LEAST_SPREAD
+    shifted = eta + age_deprivation_term(people, gradient)
+    return gradient, _intercept_for_rate(shifted, rate)
+
+
 def _fit_intercepts(
     people: dict[str, np.ndarray],
     offsets: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -138,8 +181,9 @@ def _fit_intercepts(
     *,
     history_years: int,
     targets: Mapping[str, TargetParams],
-) -> dict[str, float]:
-    """Outcome intercepts: each target's mean annual risk in its cohort = the reference rate."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Outcome intercepts: each target's mean annual risk in its cohort = the reference rate;
+    for GRADIENT_OUTCOMES also the deprivation terms by age (:func:`_fit_gradient`)."""
     n = len(people["age"])
     cond = draw_conditions(people, rng, offsets=offsets, under_recording=REFERENCE_BIAS)
     frailty = rng.gamma(3.0, 1.0 / 3.0, n)
@@ -148,12 +192,18 @@ def _fit_intercepts(
     )
     history = history_summary(counts)
     intercepts: dict[str, float] = {}
+    gradients: dict[str, np.ndarray] = {}
     for name, target in targets.items():
         cohort, eta = cohort_and_logit(
             target, people, cond, history, rng.standard_normal(n), access=REFERENCE_BIAS
         )
-        intercepts[name] = _intercept_for_rate(eta[cohort], ANNUAL_RATE[target.outcome])
-    return intercepts
+        rate = ANNUAL_RATE[target.outcome]
+        if target.outcome in GRADIENT_OUTCOMES:
+            members = {key: people[key][cohort] for key in ("age", "decile")}
+            gradients[name], intercepts[name] = _fit_gradient(eta[cohort], members, rate=rate)
+        else:
+            intercepts[name] = _intercept_for_rate(eta[cohort], rate)
+    return intercepts, gradients
 
 
 def fit_calibration(
@@ -180,8 +230,10 @@ def fit_calibration(
     geo = build_geography(PILOT_PEOPLE, area_size=area_size, practice_size=practice_size, rng=rng)
     people = draw_people(geo, np.arange(PILOT_PEOPLE), rng, not_recorded_share=not_recorded_share)
     offsets = _fit_condition_offsets(people, rng)
-    intercepts = _fit_intercepts(people, offsets, rng, history_years=history_years, targets=targets)
-    return Calibration(offsets=offsets, intercepts=intercepts)
+    intercepts, gradients = _fit_intercepts(
+        people, offsets, rng, history_years=history_years, targets=targets
+    )
+    return Calibration(offsets=offsets, intercepts=intercepts, gradients=gradients)
 
 
 # --- Report: synthetic vs reference ------------------------------------------------------------

@@ -217,6 +217,20 @@ def _concept_codes(
     raise ValueError(f"codelists: concept {concept!r} has no list of {' or '.join(systems)}")
 
 
+def _drop_shared(specs: dict[str, tuple[str, list[str], np.ndarray]], names: list[str]) -> None:
+    """Keep in each of the pools ``names`` only the codes no other of them holds (``hypertensive
+    CKD`` is in both refsets: it would record a second condition the world did not give), and
+    renormalise their Zipf weights."""
+    seen: dict[str, int] = {}
+    for name in names:
+        for code in specs[name][1]:
+            seen[code] = seen.get(code, 0) + 1
+    for name in names:
+        system, codes, _ = specs[name]
+        own = [code for code in codes if seen[code] == 1]
+        specs[name] = (system, own, zipf_weights(len(own)))
+
+
 def _pool_specs(
     registry: Registry, folder: Path, *, conditions: tuple[str, ...], medicines: tuple[str, ...]
 ) -> dict[str, tuple[str, list[str], np.ndarray]]:
@@ -239,6 +253,7 @@ def _pool_specs(
         specs[f"episode:{condition}"] = zipf(
             *_concept_codes(registry, folder, condition, ("icd10",))
         )
+    _drop_shared(specs, [f"diagnosis:{condition}" for condition in conditions])
     for medicine in medicines:
         specs[f"medicine:{medicine}"] = zipf(
             *_concept_codes(registry, folder, medicine, ("dmd", "bnf"))

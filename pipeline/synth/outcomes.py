@@ -46,6 +46,23 @@ NEED_INTERCEPT: Final = -3.4
 
 SOUTH_ASIAN_CVD: Final = 0.35
 
+GRADIENT_BANDS: Final = ((20, 37), (38, 52), (53, 66), (67, 110))
+"""Adult age bands of the published emergency-admission deprivation gradient
+(``reference.EMERGENCY_ADMISSION_RATIO_BY_AGE``) the calibration matches."""
+GRADIENT_KNOTS: Final = (28.0, 45.0, 60.0, 77.0)
+"""Ages the fitted band terms sit at (interpolated between, flat beyond)."""
+GRADIENT_OUTCOMES: Final = ("emergency_admission",)
+"""Outcomes whose deprivation gradient by age is calibrated to published figures."""
+
+
+def age_deprivation_term(people: dict[str, np.ndarray], gradient: np.ndarray | None) -> np.ndarray:
+    """Extra log-odds ``g(age) x deprivation``: ``g`` interpolated between the fitted band terms
+    (:data:`GRADIENT_KNOTS`); 0 without a fitted gradient."""
+    if gradient is None:
+        return np.zeros(len(people["age"]))
+    slope = np.interp(people["age"].astype(np.float64), GRADIENT_KNOTS, gradient)
+    return slope * deprivation_score(people["decile"])
+
 
 def history_summary(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The history counts that drive outcomes (all visible in the events table)."""
@@ -188,8 +205,10 @@ def cohort_and_logit(
     latent: np.ndarray,
     *,
     access: float,
+    gradient: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A target's eligible cohort (mask) and its outcome's annual log-odds for everyone."""
+    """A target's eligible cohort (mask) and its outcome's annual log-odds for everyone
+    (``gradient``: the calibrated deprivation term by age, :func:`age_deprivation_term`)."""
     cohort = eligible(
         people,
         cond,
@@ -197,7 +216,8 @@ def cohort_and_logit(
         max_age=target.max_age,
         exclude_prior=tuple(target.exclude_prior),
     )
-    return cohort, outcome_logit(target.outcome, people, cond, history, latent, access=access)
+    eta = outcome_logit(target.outcome, people, cond, history, latent, access=access)
+    return cohort, eta + age_deprivation_term(people, gradient)
 
 
 def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:

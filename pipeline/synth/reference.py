@@ -21,6 +21,12 @@ Each figure's source and licence is listed in docs/synthetic_world.md#sources.
 * Smoking 23.8% in the most deprived decile vs 6.8% in the least (ONS APS 2021); A&E attendances
   ~1.9x most vs least deprived decile (NHS Digital HES 2019/20); type 2 diabetes ~2x in South
   Asian and Black groups (no primary publication named; docs/synthetic_world.md#sources).
+* ``EMERGENCY_ADMISSION_RATIO_BY_AGE``: Pereira Gray D, Henley W, Chenore T, Sidaway-Lee K,
+  Evans P. What is the relationship between age and deprivation in influencing emergency
+  hospital admissions? BMJ Open 2017;7:e014045 (doi:10.1136/bmjopen-2016-014045), table 1: 12-
+  month emergency admissions per 1,000 patients by age quintile and English IMD quintile (765,861
+  patients of NEW Devon CCG); ratios most / least deprived quintile computed from the published
+  rates (docs/calibration_sources.md).
 
 The QOF-derived literals were computed once with Polars from the three CSV files (decile rows
 as given; regions = sum of register / sum of list over the grouped ONS regions; LSOAs counted
@@ -410,3 +416,21 @@ SMOKING_D10: Final = 0.068
 assert tuple(ETHNICITY_BY_REGION) == REGIONS  # one row per NHS region, contract order
 assert tuple(LSOAS_BY_REGION_DECILE) == REGIONS
 assert tuple(ICBS) == REGIONS
+
+
+# --- Emergency admissions by age and deprivation (Pereira Gray et al., BMJ Open 2017) ------------
+
+EMERGENCY_ADMISSION_RATES_PER_1000: Final = {
+    # age band (first, last year): (most deprived IMD quintile, least deprived), table 1
+    (0, 19): (66.47, 40.26),
+    (20, 37): (67.98, 34.20),
+    (38, 52): (84.61, 40.02),
+    (53, 66): (107.83, 56.21),
+    (67, 110): (282.15, 202.41),
+}
+EMERGENCY_ADMISSION_RATIO_BY_AGE: Final = {
+    band: round(most / least, 3)
+    for band, (most, least) in EMERGENCY_ADMISSION_RATES_PER_1000.items()
+}
+"""12-month emergency admissions, most / least deprived IMD quintile, by age band: 1.65 (0-19),
+1.99 (20-37), 2.11 (38-52), 1.92 (53-66), 1.39 (67+)."""
