@@ -15,14 +15,20 @@ import pytest
 from pipeline import contract
 from pipeline.codelists import code_valid_expr, load_codelists
 from pipeline.config import parse_params
-from pipeline.features import recorded_conditions, recorded_events
+from pipeline.features import concept_expr, measurement_expr, recorded_conditions, recorded_events
 from pipeline.synth import coding as coding_module
 from pipeline.synth import generate_chunk
 from pipeline.synth import geography as geography_module
 from pipeline.synth.calibration import fit_calibration
-from pipeline.synth.coding import LEGACY_READ_CODES, MOST_USED, SYMPTOM_CODES, default_coding
+from pipeline.synth.coding import (
+    LEGACY_READ_CODES,
+    MEASUREMENT_SNOMED,
+    MOST_USED,
+    SYMPTOM_CODES,
+    default_coding,
+)
 from pipeline.synth.conditions import CONDITION_ORDER
-from pipeline.synth.events import DRUGS
+from pipeline.synth.events import DRUGS, medicine_groups
 from pipeline.synth.geography import (
     LIST_SIZE_RANGE,
     MIN_PRACTICES_PER_ICB,
@@ -106,6 +112,28 @@ def test_features_recover_every_recorded_condition_and_smoking(world: dict[str, 
     smoking = np.zeros(N, dtype=bool)
     smoking[person] = found["smoking_recorded"].fill_null(0).to_numpy() == 1
     assert (smoking == cond["rec_smoker"]).all()
+
+
+def test_features_find_every_measurement_and_medicine_through_the_lists(
+    world: dict[str, Any],
+) -> None:
+    codelists = load_codelists()
+    events = recorded_events(world["events"].lazy(), index_date=INDEX)
+    names = list(MEASUREMENT_SNOMED)
+    found = (
+        events.filter(pl.col("event_type") == "measurement")
+        .select(measurement_expr(codelists, names).alias("name"), "code")
+        .collect()
+    )
+    expected = {code: name for name, codes in MEASUREMENT_SNOMED.items() for code in codes}
+    assert found["name"].to_list() == [expected[code] for code in found["code"]]
+    rx = (
+        events.filter(pl.col("event_type") == "prescription")
+        .select(concept_expr(codelists, group).alias(group) for group in medicine_groups())
+        .collect()
+    )
+    assert rx.select(pl.any_horizontal(pl.all())).to_series().all()  # each in a medicine group
+    assert all(rx[group].any() for group in medicine_groups())
 
 
 def test_each_event_type_carries_its_real_code_system(world: dict[str, Any]) -> None:

@@ -421,7 +421,7 @@ def _record_noise(events: dict[str, np.ndarray], rng: np.random.Generator) -> di
     events recorded twice (exact duplicates)."""
     value = events["value"].copy()
     slip = ~np.isnan(value) & (rng.random(len(value)) < DECIMAL_SLIP_SHARE)
-    value[slip] *= np.where(rng.random(int(slip.sum())) < 0.5, 10.0, 0.1)
+    value[slip] = np.round(value[slip] * np.where(rng.random(int(slip.sum())) < 0.5, 10.0, 0.1), 2)
     twice = np.flatnonzero(rng.random(len(value)) < DUPLICATE_SHARE)
     out = events | {"value": value}
     return {name: np.concatenate([column, column[twice]]) for name, column in out.items()}
