@@ -5,7 +5,7 @@ supply: docs/omop.md.
 
 from __future__ import annotations
 
-from pipeline.omop.convert import MAPPING_FILE, convert, import_omop
+from pipeline.omop.adapter import MAPPING_FILE, convert, import_omop
 from pipeline.omop.source import OmopSourceError
 
 __all__ = ["MAPPING_FILE", "OmopSourceError", "convert", "import_omop"]
