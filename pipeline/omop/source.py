@@ -96,6 +96,7 @@ def connect(path: Path, *, cdm_schema: str = "main") -> duckdb.DuckDBPyConnectio
                 f"(schemas: {', '.join(sorted(schemas))})"
             )
         con.execute(f"SET search_path = '{cdm_schema}'")
+    con.execute("SET enable_progress_bar = false")  # the stage prints its own one line
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
     return con
