@@ -11,6 +11,7 @@ source row left out, by table and reason (exact counts: it stays under ``data/``
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +36,9 @@ MAPPING_FILE: Final = "omop_mapping.json"
 PART_ROWS: Final = 4_000_000
 """Events per parquet part (several row groups each)."""
 BATCH_ROWS: Final = 262_144
+BUCKET_PEOPLE: Final = 100_000
+"""People whose events are sorted together: each OMOP table is written bucket by bucket, so the
+sort's memory stays flat whatever the population."""
 
 REQUIRED: Final = {
     "person": ("person_id", "gender_concept_id", "year_of_birth"),
@@ -157,8 +161,9 @@ def build_cohort(
     )
     con.execute(f"CREATE TEMP TABLE _person_status AS {sql}")
     con.execute(
-        f"CREATE TEMP TABLE _cohort AS SELECT *, omop_id AS person_id FROM _person_status "
-        f"WHERE status = '{mapping.MAPPED}'"
+        f"CREATE TEMP TABLE _cohort AS SELECT *, omop_id AS person_id, "
+        f"(row_number() OVER (ORDER BY omop_id) - 1) // {BUCKET_PEOPLE} AS bucket "
+        f"FROM _person_status WHERE status = '{mapping.MAPPED}'"
     )
     rows = con.execute("SELECT status, count(*) FROM _person_status GROUP BY ALL").fetchall()
     return {str(status): int(n) for status, n in rows}
@@ -261,14 +266,30 @@ def count_statuses(con: duckdb.DuckDBPyConnection, classified: str) -> dict[str,
     }
 
 
-def _event_batches(con: duckdb.DuckDBPyConnection, classified: str) -> Iterator[pa.RecordBatch]:
-    sql = (
-        f"SELECT person_id, date, event_type, code, value, code_system FROM ({classified}) "
-        f"WHERE status = '{mapping.MAPPED}' "
-        f"ORDER BY person_id, date, event_type, code_system, code, value"
+def _event_batches(
+    con: duckdb.DuckDBPyConnection, classified: str, *, buckets: int
+) -> Iterator[pa.RecordBatch]:
+    """The mapped events of a classified query, sorted, one bucket of people at a time.
+
+    The source is read once into a DuckDB temporary table (buffer-managed: it spills to disk
+    past the memory limit); each bucket is then sorted on its own, so the sort's memory stays
+    flat whatever the population.
+    """
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _events AS SELECT bucket, person_id, date, event_type, "
+        f"code, value, code_system FROM ({classified}) WHERE status = '{mapping.MAPPED}'"
     )
-    for batch in con.sql(sql).to_arrow_reader(BATCH_ROWS):
-        yield batch.cast(EVENTS_ARROW_SCHEMA)
+    try:
+        for bucket in range(buckets):
+            sql = (
+                f"SELECT person_id, date, event_type, code, value, code_system FROM _events "
+                f"WHERE bucket = {bucket} "
+                f"ORDER BY person_id, date, event_type, code_system, code, value"
+            )
+            for batch in con.sql(sql).to_arrow_reader(BATCH_ROWS):
+                yield batch.cast(EVENTS_ARROW_SCHEMA)
+    finally:
+        con.execute("DROP TABLE IF EXISTS _events")
 
 
 class _PartWriter:
@@ -306,13 +327,14 @@ def write_events(
     folder.mkdir()
     writer = _PartWriter(folder)
     counts: dict[str, dict[str, Any]] = {}
+    buckets = int(con.execute("SELECT count(DISTINCT bucket) FROM _cohort").fetchall()[0][0])
     try:
         for table in EVENT_TABLES:
             if table not in tables:
                 continue
             classified = _classified(tables, table, cdm_version=cdm_version)
             counts[table] = count_statuses(con, classified)
-            for batch in _event_batches(con, classified):
+            for batch in _event_batches(con, classified, buckets=buckets):
                 writer.write(batch)
             writer.close()
     finally:
@@ -355,12 +377,50 @@ def convert(
     cdm_schema: str = "main",
     min_follow_up_months: int = 0,
 ) -> dict[str, Any]:
-    """Convert an OMOP CDM database at ``source`` into contract tables in ``out_dir`` (an empty,
-    already-private folder: the caller renames it into place on success).
+    """Convert an OMOP CDM database into the contract's tables.
 
-    Returns the mapping report (also written to ``out_dir / omop_mapping.json``).
+    Parameters
+    ----------
+    source
+        A DuckDB file (opened read-only) or a folder of per-table parquet / CSV files.
+    out_dir
+        An empty folder for ``areas``, ``practices``, ``people``, ``events/`` and
+        :data:`MAPPING_FILE` (the caller renames it into place on success).
+    index_date
+        Ages are taken at it; the cohort is the people observed at it.
+    cdm_version, cdm_schema, min_follow_up_months
+        As params ``population.omop``.
+
+    Returns
+    -------
+    dict
+        The mapping report (also written to ``out_dir / omop_mapping.json``): table states,
+        people and event rows read, written and left out by reason, field availability.
+
+    Raises
+    ------
+    OmopSourceError
+        The source is missing, or lacks ``person``, ``observation_period`` or ``concept``.
     """
-    con = connect(source, cdm_schema=cdm_schema)
+    with tempfile.TemporaryDirectory(prefix="omop-spill-") as spill:
+        return _convert(
+            connect(source, cdm_schema=cdm_schema, spill_dir=Path(spill)),
+            out_dir,
+            index_date=index_date,
+            cdm_version=cdm_version,
+            min_follow_up_months=min_follow_up_months,
+        )
+
+
+def _convert(
+    con: duckdb.DuckDBPyConnection,
+    out_dir: Path,
+    *,
+    index_date: dt.date,
+    cdm_version: str,
+    min_follow_up_months: int,
+) -> dict[str, Any]:
+    """:func:`convert` on an open connection (closed on return)."""
     try:
         tables, state = inspect_tables(con)
         load_maps(con)

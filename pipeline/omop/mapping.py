@@ -228,7 +228,7 @@ def domain_sql(columns: frozenset[str], domain: EventDomain) -> str:
     found = "s.concept_id IS NOT NULL" + (" OR r.concept_id IS NOT NULL" if " r " in joins else "")
     date = f"TRY_CAST(t.{domain.date_column} AS DATE)"
     return f"""
-    SELECT c.person_id, {date} AS date,
+    SELECT c.person_id, c.bucket, {date} AS date,
            '{domain.event_type}' AS event_type, {code} AS code, {value} AS value,
            {system} AS code_system, {vocabulary} AS vocabulary,
            {_column(columns, "visit_occurrence_id", "t")} AS visit_id,
@@ -248,7 +248,7 @@ def visit_sql(columns: frozenset[str], *, cdm_version: str) -> str:
     emergency = ", ".join(str(concept) for concept in EMERGENCY_ADMITTED_FROM)
     date = "TRY_CAST(t.visit_start_date AS DATE)"
     return f"""
-    SELECT c.person_id, {date} AS date,
+    SELECT c.person_id, c.bucket, {date} AS date,
            CASE WHEN m.event_type = 'elective_admission'
                      AND {_column(columns, admitted, "t", "BIGINT")} IN ({emergency})
                 THEN 'emergency_admission' ELSE m.event_type END AS event_type,
@@ -288,7 +288,7 @@ def procedure_sql(columns: frozenset[str]) -> str:
     date = "TRY_CAST(t.procedure_date AS DATE)"
     status = _status(found, date=date, system=system)
     return f"""
-    SELECT c.person_id, {date} AS date, v.event_type,
+    SELECT c.person_id, c.bucket, {date} AS date, v.event_type,
            {code} AS code, CAST(NULL AS DOUBLE) AS value, {system} AS code_system,
            {vocabulary} AS vocabulary, {visit} AS visit_id,
            CASE WHEN ({status}) = '{MAPPED}' AND v.event_type IS NULL

@@ -32,7 +32,7 @@ OMOP_TABLES: Final = (
 )
 """The OMOP tables the adapter reads (docs/omop.md has the mapping of each)."""
 
-MEMORY_LIMIT: Final = "2GB"
+MEMORY_LIMIT: Final = "1GB"
 """DuckDB's memory cap: larger sorts and joins spill to a temporary folder."""
 
 
@@ -67,7 +67,9 @@ def _reader_call(reader: str, pattern: str) -> str:
     return f"read_parquet('{quoted}')"
 
 
-def connect(path: Path, *, cdm_schema: str = "main") -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path, *, cdm_schema: str = "main", spill_dir: Path | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in which every present OMOP table can be queried by its name.
 
     Parameters
@@ -76,6 +78,9 @@ def connect(path: Path, *, cdm_schema: str = "main") -> duckdb.DuckDBPyConnectio
         A DuckDB file (opened read-only) or a folder of per-table parquet / CSV files or folders.
     cdm_schema
         The schema of the CDM tables inside a DuckDB file (ignored for a folder).
+    spill_dir
+        Where DuckDB spills past its memory limit (default: DuckDB's own, beside the database,
+        which a read-only source folder may not allow).
     """
     if not path.exists():
         raise OmopSourceError(f"population.omop.path: {path} does not exist")
@@ -98,6 +103,8 @@ def connect(path: Path, *, cdm_schema: str = "main") -> duckdb.DuckDBPyConnectio
         con.execute(f"SET search_path = '{cdm_schema}'")
     con.execute("SET enable_progress_bar = false")  # the stage prints its own one line
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = '{str(spill_dir).replace(chr(39), chr(39) * 2)}'")
     con.execute("SET preserve_insertion_order = false")
     return con
 
