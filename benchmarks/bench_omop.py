@@ -38,14 +38,16 @@ run(load_params(root + "/params.yaml"), Paths.at(root))
 """
 
 CONVERT_CHILD = """
-import datetime as dt, json, resource, sys, time
+import datetime as dt, json, sys, time
 from pathlib import Path
 from pipeline.omop import convert
 start = time.perf_counter()
 index_date = dt.date.fromisoformat(sys.argv[3])
 report = convert(Path(sys.argv[1]), Path(sys.argv[2]), index_date=index_date)
 seconds = time.perf_counter() - start
-peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's across fork and exec)
+status = Path("/proc/self/status").read_text().splitlines()
+peak_gb = int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024**2
 events = sum(table["mapped"] for table in report["events"].values())
 rows = sum(table["rows"] for table in report["events"].values())
 result = {"seconds": seconds, "peak_rss_gb": peak_gb, "events": events, "rows": rows,
@@ -137,6 +139,7 @@ def build_database(n_people: int, folder: Path) -> tuple[Path, str, float]:
     database = folder / "omop.duckdb"
     con = duckdb.connect(str(database))
     con.execute(f"SET temp_directory = '{folder / 'duckdb_tmp'}'")
+    con.execute("SET enable_progress_bar = false")
     population = folder / "data" / "population"
     columns = con.execute(f"DESCRIBE SELECT * FROM '{population}/events/*.parquet'").fetchall()
     statements = omop_statements(
@@ -154,9 +157,15 @@ def build_database(n_people: int, folder: Path) -> tuple[Path, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument(
+        "--database", type=Path, help="convert this OMOP DuckDB file (index date 2025-04-01)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_omop_") as tmp:
-        database, index_date, build_seconds = build_database(args.people, Path(tmp))
+        if args.database:
+            database, index_date, build_seconds = args.database, "2025-04-01", 0.0
+        else:
+            database, index_date, build_seconds = build_database(args.people, Path(tmp))
         out = Path(tmp) / "contract"
         out.mkdir()
         child = subprocess.run(
@@ -169,10 +178,8 @@ def main() -> None:
         line = next(row for row in child.stdout.splitlines() if row.startswith("RESULT "))
         result = json.loads(line.removeprefix("RESULT "))
         size_gb = database.stat().st_size / 1024**3
-    print(
-        f"OMOP database: {args.people:,} people ({size_gb:.2f} GB DuckDB file, "
-        f"built in {build_seconds:.1f} s)"
-    )
+    built = f"built in {build_seconds:.1f} s" if build_seconds else "given"
+    print(f"OMOP database: {size_gb:.2f} GB DuckDB file ({built})")
     print(
         f"conversion: {result['seconds']:.1f} s, {result['people']:,} people, "
         f"{result['rows']:,} OMOP event rows read ({result['rows'] / result['seconds']:,.0f}/s), "
