@@ -61,12 +61,31 @@ class BiasParams(_Frozen):
     """An extra bias where one ethnic group meets one IMD quintile (default: strength 0)."""
 
 
+class OmopParams(_Frozen):
+    """An OMOP CDM database to convert into the contract's tables (``population.source: omop``;
+    docs/omop.md)."""
+
+    path: Annotated[str, Field(min_length=1)]
+    """A DuckDB file, or a folder of parquet or CSV files (or folders of parts), one per OMOP table
+    (relative paths: from the project folder)."""
+    cdm_version: Literal["5.3", "5.4"] = "5.4"
+    """CDM version (v5.3 names ``visit_occurrence.admitting_source_concept_id``; v5.4
+    ``admitted_from_concept_id``)."""
+    cdm_schema: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = "main"
+    """The schema holding the CDM tables in a DuckDB file (ignored for a folder)."""
+    min_follow_up_months: Annotated[int, Field(ge=0, le=120, strict=True)] = 0
+    """People must stay observed this many months after the index date to enter the cohort
+    (0: observed at the index date is enough)."""
+
+
 class PopulationParams(_Frozen):
     """Size and shape of the synthetic population (stage ``synthesize``)."""
 
-    source: Literal["synthetic", "extract"] = "synthetic"
-    """``extract``: copy a real extract from ``extract_dir`` (validated) instead of simulating."""
+    source: Literal["synthetic", "extract", "omop"] = "synthetic"
+    """``extract``: copy a real extract from ``extract_dir`` (validated) instead of simulating;
+    ``omop``: convert the OMOP CDM database of ``omop`` (docs/omop.md)."""
     extract_dir: str | None = None
+    omop: OmopParams | None = None
     n_people: Annotated[int, Field(ge=1_000, le=100_000_000, strict=True)] = 200_000
     area_size: Annotated[int, Field(ge=200, le=5_000, strict=True)] = 1_600
     practice_size: Annotated[int, Field(ge=500, le=50_000, strict=True)] = 8_000
@@ -78,6 +97,8 @@ class PopulationParams(_Frozen):
     def _extract_has_dir(self) -> PopulationParams:
         if self.source == "extract" and not self.extract_dir:
             raise ValueError("extract_dir is required when source is 'extract'")
+        if self.source == "omop" and self.omop is None:
+            raise ValueError("omop (with its path) is required when source is 'omop'")
         return self
 
 

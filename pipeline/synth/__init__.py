@@ -437,6 +437,10 @@ def run(params: Params, paths: Paths) -> None:
             target_names=tuple(params.targets),
             index_date=params.index_date,
         )
+    elif pop.source == "omop":
+        from pipeline.omop import import_omop
+
+        report = import_omop(pop, paths, index_date=params.index_date)
     else:
         with _output_dirs(paths) as (population_dir, truth_dir):
             report = synthesize(
