@@ -226,6 +226,10 @@ class AuditParams(_Frozen):
     oe_material: Annotated[float, Field(gt=1.0, le=2.0, strict=True)] = 1.1
     """Calibration flag: under-prediction when O/E's CI is above 1 and O/E >= this; over-
     prediction when its CI is below 1 and O/E <= 1 / this."""
+    risk_factor_dimensions: tuple[AuditDimension, ...] = ("age_band",)
+    """Dimensions that are clinical risk factors of the outcomes: a list ranked by risk reaches
+    more of the cases where risk is higher, so their equal-opportunity gap is context (read
+    against need), never flagged."""
     label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
     label_choice_bins: Annotated[int, Field(ge=5, le=1_000, strict=True)] = 50
     need_case_share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = 0.2

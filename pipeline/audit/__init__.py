@@ -494,12 +494,7 @@ def published_tables(
     :mod:`pipeline.audit.flags`; the policies' TPR gaps from the published rates, groups gated
     by ``audit.min_group_events``; no NaN or infinity anywhere)."""
     min_group_size, min_group_events = audit.min_group_size, audit.min_group_events
-    bounds = {
-        "fair_low": audit.fair_ratio_low,
-        "fair_high": audit.fair_ratio_high,
-        "oe_material": audit.oe_material,
-        "fdr": audit.fdr,
-    }
+    bounds = {"fair_low": audit.fair_ratio_low, "oe_material": audit.oe_material, "fdr": audit.fdr}
     groups = publish.group_counts_table(tables["groups"], rule=rule)
     funnels = publish.funnel_table(
         tables["funnel"], groups, min_group_events=min_group_events, **bounds
@@ -509,6 +504,8 @@ def published_tables(
             tables["group_metrics"], groups, confidence=audit.confidence, rule=rule
         ),
         funnels,
+        fair_high=audit.fair_ratio_high,
+        risk_factor_dimensions=tuple(audit.risk_factor_dimensions),
         **bounds,
     )
     by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
