@@ -83,7 +83,7 @@ def audit_tables(
     outreach: OutreachParams,
     seed: int,
     target: str,
-    fit_cohort: pl.DataFrame | None = None,
+    whole_cohort: pl.DataFrame | None = None,
     impact: ImpactParams | None = None,
 ) -> dict[str, Any]:
     """Every raw (not yet disclosure-controlled) audit table for one audited cohort.
@@ -96,10 +96,12 @@ def audit_tables(
     audit, operating_point, outreach
         The params sections used (``outreach``: the Core20PLUS5 policy's uplifts); every random
         stream derives from the root ``seed``, the ``target`` and a purpose name.
-    fit_cohort
-        The whole eligible cohort (every split), on which the equal-opportunity thresholds are
-        fitted at the operating point exactly as outreach fits them
-        (:func:`pipeline.fairness.fit_equal_opportunity`); default: ``cohort``.
+    whole_cohort
+        The whole eligible cohort (every split; default: ``cohort``): the equal-opportunity
+        thresholds are fitted on it at the operating point exactly as outreach fits them
+        (:func:`pipeline.fairness.fit_equal_opportunity`), and the outcomes of each policy's
+        contacts (``impact``) are simulated on it - the people the lists would contact - so
+        that small targets' figures are not lost to suppression in one split.
     impact
         The outcome simulation's params (:mod:`pipeline.impact`; default: ``ImpactParams()``).
 
@@ -132,7 +134,7 @@ def audit_tables(
     )
     tables |= mitigation_tables(
         cohort,
-        fit_cohort=cohort if fit_cohort is None else fit_cohort,
+        whole_cohort=cohort if whole_cohort is None else whole_cohort,
         operating_point=operating_point,
         outreach=outreach,
         impact=impact,
@@ -414,7 +416,7 @@ def _reference_of(cohort: pl.DataFrame, dimension: str, preferred: str | None) -
 def mitigation_tables(
     cohort: pl.DataFrame,
     *,
-    fit_cohort: pl.DataFrame,
+    whole_cohort: pl.DataFrame,
     operating_point: OperatingPointParams,
     outreach: OutreachParams,
     impact: ImpactParams | None,
@@ -425,22 +427,29 @@ def mitigation_tables(
     min_group_events: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """The policy trade-off with IMD-quintile TPR gaps (``mitigation``), its per-group table
-    (``mitigation_by_group``), the outcomes of each policy's contacts (``impact``,
+    """The policy trade-off with IMD-quintile TPR gaps (``mitigation``, on the audited
+    ``cohort``'s observed outcomes), its per-group table (``mitigation_by_group``), the
+    outcomes of each policy's contacts on the ``whole_cohort`` (``impact``,
     ``impact_gradient``: :mod:`pipeline.impact`, on true risk with truth, else on the
     calibrated predicted risk) and the ``equal_opportunity_thresholds`` (None when they could
     not be fitted)."""
-    if "need_score" not in cohort.columns:
-        cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
-    thresholds = equal_opportunity_thresholds(fit_cohort, operating_point=operating_point, rng=rng)
-    chosen = mitigation.policy_selections(
-        cohort,
-        thresholds=thresholds,
-        core20_uplift=outreach.core20_uplift,
-        plus_uplift=outreach.plus_uplift,
-        plus_groups=outreach.plus_groups,
-        unit=unit,
+    thresholds = equal_opportunity_thresholds(
+        whole_cohort, operating_point=operating_point, rng=rng
     )
+
+    def chosen_in(frame: pl.DataFrame) -> pl.DataFrame:
+        if "need_score" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
+        return mitigation.policy_selections(
+            frame,
+            thresholds=thresholds,
+            core20_uplift=outreach.core20_uplift,
+            plus_uplift=outreach.plus_uplift,
+            plus_groups=outreach.plus_groups,
+            unit=unit,
+        )
+
+    chosen = chosen_in(cohort)
     summary, by_group = mitigation.tradeoff_table(
         chosen,
         dimensions=tuple(d for d in ("imd_quintile", "ethnicity_group") if d in chosen.columns),
@@ -450,7 +459,7 @@ def mitigation_tables(
         by_group, dimension="imd_quintile", min_group_events=min_group_events
     )
     outcomes = impact_mod.impact_tables(
-        chosen,
+        chosen if whole_cohort is cohort else chosen_in(whole_cohort),
         basis="true risk" if has_truth else "calibrated predicted risk",
         impact=impact or ImpactParams(),
         rng=impact_rng,
@@ -464,14 +473,14 @@ def mitigation_tables(
 
 
 def equal_opportunity_thresholds(
-    fit_cohort: pl.DataFrame, *, operating_point: OperatingPointParams, rng: np.random.Generator
+    whole_cohort: pl.DataFrame, *, operating_point: OperatingPointParams, rng: np.random.Generator
 ) -> dict[str, float] | None:
     """The equal-opportunity policy's IMD-quintile thresholds at the operating point, fitted by
     the function outreach uses (:func:`pipeline.fairness.fit_equal_opportunity`); None (with a
     warning) when they cannot be fitted."""
     try:
         return fairness.fit_equal_opportunity(
-            fit_cohort,
+            whole_cohort,
             capacity_mode=operating_point.capacity_mode,
             capacity=operating_point.capacity,
             rng=rng,
@@ -821,7 +830,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         outreach=params.outreach,
         seed=params.seed,
         target=target,
-        fit_cohort=full,
+        whole_cohort=full,
         impact=params.impact,
     )
     rule = params.disclosure
