@@ -131,11 +131,14 @@ def oracle_need_ratio(root: Path, *, target: str, bins: int = 50) -> pl.DataFram
 
 
 def flags(folder: Path) -> pl.DataFrame:
-    """Shown comparisons of ``group_metrics.parquet`` with a ``flagged`` column (whatever the
-    flag rule) and a ``sign`` (+1 / -1) of the group against its comparator."""
+    """Shown comparisons of ``group_metrics.parquet`` (O/E rows of reference groups too: they
+    are compared with 1) with a ``flagged`` column (whatever the flag rule) and a ``sign``
+    (+1 / -1) of the group against its comparator."""
     metrics = pl.read_parquet(folder / "group_metrics.parquet")
     flag = "flagged" if "flagged" in metrics.columns else "flag"
-    shown = metrics.filter(~pl.col("is_reference").fill_null(False) & pl.col(flag).is_not_null())
+    # calibration is judged against 1 for every group, the reference group included
+    compared = ~pl.col("is_reference").fill_null(False) | (pl.col("metric") == "oe_ratio")
+    shown = metrics.filter(compared & pl.col(flag).is_not_null())
     if "comparison_suppressed" in shown.columns:
         shown = shown.filter(~pl.col("comparison_suppressed").fill_null(False))
     against_one = pl.col("metric") == "oe_ratio"
