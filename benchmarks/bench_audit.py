@@ -74,7 +74,7 @@ def main() -> None:
         outreach=params.outreach,
         seed=params.seed,
         target="sim_target",
-        fit_cohort=cohort,
+        whole_cohort=cohort,
     )
     finished = time.perf_counter()
     cpu = time.process_time() - cpu_started
