@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from pipeline.audit import audit_tables, funnel_counts, published_tables
 from pipeline.audit.cohort import build_cohort
@@ -75,7 +74,7 @@ def main() -> None:
         outreach=params.outreach,
         seed=params.seed,
         target="sim_target",
-        fit_rows=cohort.filter(pl.col("split") == "validation"),
+        whole_cohort=cohort,
     )
     finished = time.perf_counter()
     cpu = time.process_time() - cpu_started

@@ -92,17 +92,53 @@ def run_project(raw: dict, *, target: str, keep: bool) -> tuple[Path, float]:
     folder = root / "reports" / "audit" / target
     kept = root.parent / f"{root.name}-audit"
     shutil.copytree(folder, kept)
+    oracle_need_ratio(root, target=target).write_parquet(kept / "oracle_need_ratio.parquet")
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     return kept, elapsed
 
 
+def oracle_need_ratio(root: Path, *, target: str, bins: int = 50) -> pl.DataFrame:
+    """True need per IMD quintile against quintile 5 at the same *oracle* risk (the exact
+    probability of the recorded outcome, what a perfect model would score), standardised over
+    ``bins`` quantile bins: the need-versus-outcome gap the world itself holds, whatever the
+    model."""
+    oracle = pl.read_parquet(root / "data" / "truth" / "oracle.parquet").filter(
+        pl.col("target") == target
+    )
+    quintile = pl.read_parquet(root / "features" / "features.parquet").select(
+        "person_id", "imd_quintile"
+    )
+    cells = (
+        oracle.join(quintile, on="person_id")
+        .with_columns((pl.col("oracle_risk").rank("ordinal") * bins // (pl.len() + 1)).alias("b"))
+        .group_by("imd_quintile", "b")
+        .agg(pl.len().alias("n"), pl.col("true_need").mean().alias("need"))
+    )
+    reference = cells.filter(pl.col("imd_quintile").cast(pl.String) == "5").select(
+        "b", pl.col("need").alias("ref")
+    )
+    return (
+        cells.join(reference, on="b")
+        .group_by("imd_quintile")
+        .agg(
+            ((pl.col("n") * pl.col("need")).sum() / (pl.col("n") * pl.col("ref")).sum()).alias(
+                "need_ratio_at_same_oracle_risk"
+            )
+        )
+        .sort("imd_quintile")
+    )
+
+
 def flags(folder: Path) -> pl.DataFrame:
-    """Shown comparisons of ``group_metrics.parquet`` with a ``flagged`` column (whatever the
-    flag rule) and a ``sign`` (+1 / -1) of the group against its comparator."""
+    """Shown comparisons of ``group_metrics.parquet`` (O/E rows of reference groups too: they
+    are compared with 1) with a ``flagged`` column (whatever the flag rule) and a ``sign``
+    (+1 / -1) of the group against its comparator."""
     metrics = pl.read_parquet(folder / "group_metrics.parquet")
     flag = "flagged" if "flagged" in metrics.columns else "flag"
-    shown = metrics.filter(~pl.col("is_reference").fill_null(False) & pl.col(flag).is_not_null())
+    # calibration is judged against 1 for every group, the reference group included
+    compared = ~pl.col("is_reference").fill_null(False) | (pl.col("metric") == "oe_ratio")
+    shown = metrics.filter(compared & pl.col(flag).is_not_null())
     if "comparison_suppressed" in shown.columns:
         shown = shown.filter(~pl.col("comparison_suppressed").fill_null(False))
     against_one = pl.col("metric") == "oe_ratio"
@@ -196,10 +232,25 @@ def scenario_a(base: dict, args: argparse.Namespace) -> None:
         f"comparisons flagged = {share:.1%} (target <= 5%)"
     )
     listed = flags(folder).filter(pl.col("flagged"))
-    for row in listed.head(10).iter_rows(named=True):
+    need = need_flags(folder).filter(pl.col("disadvantaged"))
+    print(
+        f"  by family: {listed.height} group-metric flags "
+        f"({dict(listed.group_by('metric').len().sort('metric').iter_rows())}), "
+        f"{need.height} need-at-same-score flags"
+    )
+    for row in listed.iter_rows(named=True):
         print(
             f"    flagged: {row['dimension']} {row['group']} {row['metric']} ({row['ratio']:.2f})"
         )
+    for row in need.iter_rows(named=True):
+        print(f"    need flagged: {row['dimension']} {row['group']} ({row['need_ratio']:.3f})")
+    ideal = pl.read_parquet(folder / "oracle_need_ratio.parquet")
+    print(
+        "  true need at the same oracle risk (a perfect model), IMD quintile vs 5: "
+        + ", ".join(
+            f"{q}: {r:.3f}" for q, r in ideal.iter_rows() if str(q) != "5" and r is not None
+        )
+    )
 
 
 def scenario_b(base: dict, args: argparse.Namespace) -> None:

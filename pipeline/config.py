@@ -247,6 +247,10 @@ class AuditParams(_Frozen):
     oe_material: Annotated[float, Field(gt=1.0, le=2.0, strict=True)] = 1.1
     """Calibration flag: under-prediction when O/E's CI is above 1 and O/E >= this; over-
     prediction when its CI is below 1 and O/E <= 1 / this."""
+    risk_factor_dimensions: tuple[AuditDimension, ...] = ("age_band",)
+    """Dimensions that are clinical risk factors of the outcomes: a list ranked by risk reaches
+    more of the cases where risk is higher, so their equal-opportunity gap is context (read
+    against need), never flagged."""
     label_choice_dimensions: tuple[AuditDimension, ...] = ("imd_quintile", "ethnicity_group")
     label_choice_bins: Annotated[int, Field(ge=5, le=1_000, strict=True)] = 50
     need_case_share: Annotated[float, Field(gt=0.0, lt=1.0, strict=True)] = 0.2
@@ -358,8 +362,11 @@ class ImpactParams(_Frozen):
     Defaults: completed NHS Health Checks among those invited, 39% in the two most deprived
     IMD quintiles vs 47% in the three least deprived (38 Bristol practices, BMC Health Serv Res
     2018); 52.6% nationally for people without a quintile (England 2012-17, Patel et al., BMJ
-    Open 2020). The relative risk reduction is an assumption, not a published figure: events
-    averted scale with it, and whether a policy narrows the gap does not depend on it.
+    Open 2020). No uptake by ethnic group by default: nationally, attendees were similar in
+    ethnicity to non-attendees (Patel et al. 2020); local studies differ in both directions
+    (docs/audit_tables.md#impact). The relative risk reduction is an assumption, not a
+    published figure: events averted scale with it, and whether a policy narrows the gap does
+    not depend on it.
     """
 
     uptake_by_imd_quintile: dict[ImdQuintile, Probability] = {
@@ -372,7 +379,12 @@ class ImpactParams(_Frozen):
     """Share of the people a list contacts who take up the offer, by IMD quintile (1 = most
     deprived); all five quintiles must be given."""
     uptake_default: Probability = 0.526
-    """Uptake of people without an IMD quintile."""
+    """Uptake of people without an IMD quintile; also the national anchor the ethnic-group
+    uptakes are read against."""
+    uptake_by_ethnicity_group: dict[EthnicGroup, Annotated[float, Field(gt=0.0, lt=1.0)]] = {}
+    """Optional uptake by broad ethnic group, combined with the IMD-quintile uptake as
+    independent effects on the log-odds scale: ``logit u = logit u_quintile + logit u_group -
+    logit uptake_default`` (groups not listed: the quintile's uptake)."""
     relative_risk_reduction: Probability = 0.2
     """Relative reduction of the outcome risk in people who take up the offer (assumption)."""
     n_bootstrap: Annotated[int, Field(ge=20, le=10_000, strict=True)] = 200
@@ -395,6 +407,17 @@ class ImpactParams(_Frozen):
         if missing:
             raise ValueError(f"uptake missing for IMD quintile(s) {missing}")
         return dict(sorted(uptake.items()))
+
+    @model_validator(mode="after")
+    def _anchor_inside(self) -> ImpactParams:
+        """Ethnic-group uptakes are read against ``uptake_default``, which must then be a
+        proper probability (strictly between 0 and 1)."""
+        if self.uptake_by_ethnicity_group and not 0.0 < self.uptake_default < 1.0:
+            raise ValueError(
+                "uptake_default must be strictly between 0 and 1 when "
+                "uptake_by_ethnicity_group is given (it is the log-odds anchor)"
+            )
+        return self
 
 
 class Params(_Frozen):

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from pipeline import selection
 from pipeline.errors import StageError
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "core20plus5_priority",
     "equal_opportunity_priority",
     "equal_opportunity_thresholds",
+    "fit_equal_opportunity",
 ]
+FIT_SPLIT = "validation"
+"""The split the equal-opportunity thresholds are fitted on (every row when it is absent)."""
 
 
 class ScoreAsProbability(ClassifierMixin, BaseEstimator):
@@ -158,6 +162,58 @@ def equal_opportunity_thresholds(
         str(value): _deterministic_threshold(rule)
         for value, rule in optimiser.interpolated_thresholder_.interpolation_dict.items()
     }
+
+
+def fit_equal_opportunity(
+    cohort: pl.DataFrame,
+    *,
+    capacity_mode: selection.CapacityMode,
+    capacity: float,
+    rng: np.random.Generator,
+    group: str = "imd_quintile",
+) -> dict[str, float]:
+    """The one equal-opportunity fit, called by the audit (at ``operating_point``) and by the
+    outreach stage (at its capacity), so both rank by the same thresholds at the same capacity.
+
+    The fitting sample is the cohort's validation split (every row when there is none); the
+    cut score is where the risk ranking of the *whole* cohort stops at the capacity
+    (:func:`pipeline.selection.cut_score`); the fit is :func:`equal_opportunity_thresholds`.
+
+    Parameters
+    ----------
+    cohort
+        The whole eligible cohort (every split): ``split``, ``risk_score``, ``risk_rank``,
+        ``outcome``, ``group`` and, for a per-unit capacity, the unit column.
+    capacity_mode, capacity
+        The operating point (audit) or the list capacity (outreach).
+    rng
+        The ``("equal_opportunity", target)`` stream (:func:`pipeline.seeds.rng`).
+    group
+        The grouping whose true positive rates are equalised.
+
+    Returns
+    -------
+    dict[str, float]
+        Threshold per group label.
+
+    Raises
+    ------
+    StageError
+        When the fitting sample lacks events in some group (see
+        :func:`equal_opportunity_thresholds`).
+    """
+    fit = cohort.filter(pl.col("split") == FIT_SPLIT)
+    if fit.height == 0:
+        fit = cohort
+    fit = fit.filter(pl.col(group).is_not_null())
+    cut = selection.cut_score(cohort, capacity_mode=capacity_mode, capacity=capacity)
+    return equal_opportunity_thresholds(
+        fit["risk_score"].to_numpy(),
+        fit["outcome"].to_numpy(),
+        fit[group].to_numpy(),
+        cut_score=cut,
+        rng=rng,
+    )
 
 
 def equal_opportunity_priority(

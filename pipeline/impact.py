@@ -3,8 +3,9 @@
 For every policy of the audit's trade-off (``risk``, ``equal_opportunity``, ``core20plus5``,
 ``need_based``: the columns ``selected_<policy>`` of :func:`pipeline.audit.mitigation.
 policy_selections`), each selected person is contacted; a share of them take up the offer
-(``impact.uptake_by_imd_quintile``, by IMD quintile) and their outcome risk falls by
-``impact.relative_risk_reduction``. Expected events averted by person ``i``::
+(``impact.uptake_by_imd_quintile``, by IMD quintile, optionally combined with
+``impact.uptake_by_ethnicity_group`` on the log-odds scale: :func:`uptake_expr`) and their
+outcome risk falls by ``impact.relative_risk_reduction``. Expected events averted by person ``i``::
 
     averted_i = selected_i x uptake(quintile_i) x rrr x risk_i
 
@@ -65,20 +66,50 @@ RiskBasis = Literal["true risk", "calibrated predicted risk"]
 RISK_COLUMN: Final = {"true risk": "true_need", "calibrated predicted risk": "risk_score"}
 
 
-def uptake_expr(uptake_by_quintile: Mapping[ImdQuintile, float], *, default: float) -> pl.Expr:
-    """Each person's uptake from their IMD quintile label (``"1"``..``"5"``; else ``default``).
+def uptake_expr(
+    uptake_by_quintile: Mapping[ImdQuintile, float],
+    *,
+    default: float,
+    by_ethnicity: Mapping[str, float] | None = None,
+) -> pl.Expr:
+    """Each person's uptake from their IMD quintile label (``"1"``..``"5"``; else ``default``),
+    shifted for their ethnic group when ``by_ethnicity`` gives one.
+
+    The two published margins are combined as independent effects on the log-odds scale,
+    anchored at the national uptake ``default``: ``logit u = logit u_quintile + logit
+    u_group - logit default``. A group at the national uptake leaves the quintile's uptake
+    unchanged; groups not listed (and "Not recorded" unless listed) are not shifted.
 
     >>> frame = pl.DataFrame({"imd_quintile": ["1", "5", "Unknown"]})
     >>> frame.select(uptake_expr({1: 0.4, 5: 0.5}, default=0.45))["uptake"].to_list()
     [0.4, 0.5, 0.45]
+    >>> frame = pl.DataFrame({"imd_quintile": ["5", "5"], "ethnicity_group": ["Asian", "White"]})
+    >>> shifted = uptake_expr({5: 0.5}, default=0.5, by_ethnicity={"Asian": 0.6})
+    >>> [round(u, 3) for u in frame.select(shifted)["uptake"]]
+    [0.6, 0.5]
     """
     mapping = {str(q): float(u) for q, u in uptake_by_quintile.items()}
-    return (
+    base = (
         pl.col("imd_quintile")
         .cast(pl.String)
         .replace_strict(mapping, default=default, return_dtype=pl.Float64)
-        .alias("uptake")
     )
+    if not by_ethnicity:
+        return base.alias("uptake")
+    anchor = _logit(default)
+    shifts = {group: _logit(u) - anchor for group, u in by_ethnicity.items()}
+    shift = (
+        pl.col("ethnicity_group")
+        .cast(pl.String)
+        .replace_strict(shifts, default=0.0, return_dtype=pl.Float64)
+        .fill_null(0.0)
+    )
+    log_odds = base.log() - (1.0 - base).log() + shift
+    return (1.0 / (1.0 + (-log_odds).exp())).alias("uptake")
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
 
 
 def averted_frame(
@@ -90,7 +121,11 @@ def averted_frame(
     frame = cohort.select(
         *IMPACT_DIMENSIONS,
         risk,
-        uptake_expr(impact.uptake_by_imd_quintile, default=impact.uptake_default),
+        uptake_expr(
+            impact.uptake_by_imd_quintile,
+            default=impact.uptake_default,
+            by_ethnicity={str(g): u for g, u in impact.uptake_by_ethnicity_group.items()},
+        ),
         *(pl.col(f"selected_{p}") for p in policies),
     )
     effect = pl.col("uptake") * impact.relative_risk_reduction * pl.col("risk")

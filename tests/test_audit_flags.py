@@ -65,6 +65,25 @@ def _funnel_frame(observed: list[float], expected: list[float]) -> pl.DataFrame:
     )
 
 
+def test_equal_opportunity_is_flagged_only_when_a_group_is_reached_less() -> None:
+    rows = pl.DataFrame(
+        {
+            "dimension": ["imd_quintile", "imd_quintile", "age_band", "sex", "sex", "sex"],
+            "metric": ["tpr", "tpr", "tpr", "oe_ratio", "oe_ratio", "oe_ratio"],
+            "ratio": [0.6, 1.9, 0.3, None, None, None],
+            "value": [0.1, 0.4, 0.05, 1.3, 0.8, 1.05],
+            "ci_low": [0.05, 0.3, 0.01, 1.15, 0.7, 0.9],
+            "ci_high": [0.15, 0.5, 0.1, 1.45, 0.88, 1.2],
+        }
+    )
+    material = rows.select(
+        flags.material_expr(fair_low=0.8, oe_material=1.1, risk_factor_dimensions=("age_band",))
+    ).to_series()
+    # fewer cases reached: flagged; more reached: context; age (a risk factor): never;
+    # calibration both ways (either mis-ranks the group), not when the interval holds 1
+    assert material.to_list() == [True, False, False, True, True, False]
+
+
 def test_funnel_limits_follow_the_expected_count_without_overdispersion() -> None:
     expected = [100.0, 400.0, 25.0, 100.0, 100.0]
     frame = funnel.funnel_statistics(_funnel_frame([100.0, 410.0, 24.0, 95.0, 104.0], expected))

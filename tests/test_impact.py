@@ -163,3 +163,39 @@ def test_pooled_cells_keep_the_point_estimates_exact() -> None:
         assert total == pytest.approx(frame[column].sum(), rel=1e-12), column
     chosen = cells.filter(pl.col("selected_deprived"))["base"].sum()
     assert chosen == world["selected_deprived"].sum()
+
+
+def test_uptake_by_ethnic_group_combines_with_the_quintile_on_the_log_odds_scale() -> None:
+    params = PARAMS.model_copy(update={"uptake_by_ethnicity_group": {"Asian": 0.6, "Black": 0.3}})
+    frame = impact.averted_frame(
+        _world(), policies=("deprived",), basis="true risk", impact=params
+    ).unique(["imd_quintile", "ethnicity_group"])
+
+    def logit(p: float) -> float:
+        return float(np.log(p / (1.0 - p)))
+
+    for row in frame.iter_rows(named=True):
+        quintile = PARAMS.uptake_by_imd_quintile[int(row["imd_quintile"])]  # type: ignore[index]
+        group = {"Asian": 0.6, "Black": 0.3}.get(row["ethnicity_group"])
+        expected = (
+            quintile
+            if group is None
+            else 1.0 / (1.0 + np.exp(-(logit(quintile) + logit(group) - logit(0.45))))
+        )
+        assert row["uptake"] == pytest.approx(expected)
+    # a group above the national uptake takes up more in every quintile, one below less
+    by_group = frame.group_by("imd_quintile", "ethnicity_group").agg(pl.col("uptake").first())
+    wide = by_group.pivot("ethnicity_group", index="imd_quintile", values="uptake")
+    assert (wide["Asian"] > wide["White"]).all() and (wide["Black"] < wide["White"]).all()
+    # the default (no ethnic-group uptake) leaves the quintile's uptake alone
+    plain = impact.averted_frame(_world(), policies=("deprived",), basis="true risk", impact=PARAMS)
+    assert plain.group_by("imd_quintile").agg(pl.col("uptake").n_unique())["uptake"].max() == 1
+
+
+def test_ethnic_group_uptake_needs_a_proper_anchor_and_known_groups() -> None:
+    with pytest.raises(ParamsError, match="uptake_default must be strictly between 0 and 1"):
+        parse_params(
+            {"impact": {"uptake_default": 1.0, "uptake_by_ethnicity_group": {"Asian": 0.6}}}
+        )
+    with pytest.raises(ParamsError, match="uptake_by_ethnicity_group"):
+        parse_params({"impact": {"uptake_by_ethnicity_group": {"Martian": 0.6}}})

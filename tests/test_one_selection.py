@@ -7,12 +7,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline import selection
+from pipeline import seeds, selection
 from pipeline.audit import cohort as audit_cohort
+from pipeline.audit import equal_opportunity_thresholds as audit_equal_opportunity
 from pipeline.audit import label_choice, mitigation
-from pipeline.config import OutreachParams
+from pipeline.config import OperatingPointParams, OutreachParams
 from pipeline.outreach.lists import select_outreach
-from pipeline.outreach.policies import policy_priority
+from pipeline.outreach.policies import policy_priority, prioritise
 from pipeline.train import scoring
 from tests import simworld
 
@@ -124,3 +125,50 @@ def test_every_stage_selects_the_same_people(
         chosen = _ids(policies, f"selected_{audit_policy}")
         assert chosen == _outreach(world, outreach_policy, mode, capacity), audit_policy
         assert chosen != expected, audit_policy  # the policy does change who is selected
+
+
+@pytest.mark.parametrize(("mode", "capacity"), [("share", 0.05), ("per_icb", 7)])
+def test_equal_opportunity_is_fitted_once_and_selects_the_same_people(
+    world: dict[str, pl.DataFrame], mode: selection.CapacityMode, capacity: float
+) -> None:
+    """The audit's equal-opportunity policy and the outreach stage's fit the same thresholds
+    (one function, the same seeded stream) and so select the same people."""
+    scores, features = world["scores"], world["features"]
+    cohort = audit_cohort.build_cohort(
+        scores.lazy(),
+        features.drop("split", "recorded_measure").lazy(),
+        dimensions=("imd_quintile", "ethnicity_group"),
+        capacity_mode=mode,
+        capacity=capacity,
+        split="all",
+    ).join(world["need"], on="person_id", how="left")
+    audit_fit = audit_equal_opportunity(
+        cohort,
+        operating_point=OperatingPointParams(capacity_mode=mode, capacity=capacity),
+        rng=seeds.rng("equal_opportunity", "t", root=SEED),
+    )
+    params = OutreachParams(policy="equal_opportunity", capacity_mode=mode, capacity=capacity)
+    outreach_cohort = scores.join(
+        features.select("person_id", "icb_code", "practice_id", "imd_quintile", "ethnicity_group"),
+        on="person_id",
+    )
+    prioritised, outreach_fit = prioritise(
+        outreach_cohort, outreach=params, rng=seeds.rng("equal_opportunity", "t", root=SEED)
+    )
+    assert audit_fit is not None and audit_fit == outreach_fit
+    assert len(set(audit_fit.values())) > 1  # the thresholds do differ by quintile
+
+    unit = selection.unit_column(mode)
+    chosen = mitigation.policy_selections(
+        cohort,
+        thresholds=audit_fit,
+        core20_uplift=1.5,
+        plus_uplift=1.25,
+        plus_groups=PLUS,
+        unit=unit,
+    )
+    sizes = selection.list_sizes(prioritised, capacity_mode=mode, capacity=capacity, key="k")
+    listed = select_outreach(prioritised, sizes, capacity_mode=mode, key=KEY)
+    audit_ids = _ids(chosen, "selected_equal_opportunity")
+    assert audit_ids == set(listed["person_id"].to_list())
+    assert audit_ids != _ids(chosen, "selected_risk")

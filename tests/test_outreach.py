@@ -28,6 +28,7 @@ from pipeline.outreach import (
     run,
     select_outreach,
 )
+from pipeline.outreach import summary as summary_mod
 from pipeline.outreach.reasons import attach_reasons, feature_values, word_reasons
 from pipeline.pseudonyms import pseudonymise
 from tests.manifests import write_manifest
@@ -193,11 +194,14 @@ def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Pa
     if truth:
         need = population.select(
             "person_id",
+            pl.lit(TARGET).alias("target"),
             (pl.col("has_diabetes") + pl.col("has_copd") + pl.col("n_emergency_admission_12m"))
             .cast(pl.Float64)
             .alias("true_need"),
         )
-        write_parquet(need, paths.truth / "people.parquet", sort_by="person_id")
+        # another target's need, the reverse order: the summary must read its own target's
+        other = need.with_columns(pl.lit("other_target").alias("target"), -pl.col("true_need"))
+        write_parquet(pl.concat([need, other]), paths.truth / "oracle.parquet", sort_by="person_id")
     explain.run(paths, target=TARGET)
     return paths
 
@@ -647,6 +651,32 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
     assert isinstance(block["expected_events"]["n_expected_events_reached"], int)
     assert "n_events_reached" in block["test_split"]
     assert summary["truth_available"] is True
+
+
+def test_the_need_list_uses_the_targets_own_true_need() -> None:
+    oracle = pl.DataFrame(
+        {
+            "person_id": ["a", "b", "c", "a", "b", "c"],
+            "target": ["cvd", "cvd", "cvd", "ea", "ea", "ea"],
+            "true_need": [0.9, 0.1, 0.2, 0.1, 0.9, 0.8],
+        }
+    )
+    cohort = pl.DataFrame({"person_id": ["a", "b", "c"], "selected": [True, False, False]})
+    capacity = pl.DataFrame({"unit": ["all"], "list_size": [1]})
+    chosen = {
+        target: summary_mod.with_need_list(
+            cohort,
+            summary_mod.target_true_need(oracle, target),
+            capacity=capacity,
+            capacity_mode="share",
+        )
+        .filter(pl.col("need_list"))["person_id"]
+        .to_list()
+        for target in ("cvd", "ea")
+    }
+    assert chosen == {"cvd": ["a"], "ea": ["b"]}
+    with pytest.raises(ContractError, match="no true_need for target 'diabetes'"):
+        summary_mod.target_true_need(oracle, "diabetes")
 
 
 def test_a_wider_list_reuses_the_explanations(tmp_path: Path, world, monkeypatch) -> None:

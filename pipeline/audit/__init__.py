@@ -16,13 +16,13 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import numpy as np
 import polars as pl
 from rich.console import Console
 
-from pipeline import console, contract, io, seeds, selection, tracking
+from pipeline import console, contract, fairness, io, seeds, selection, tracking
 from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
@@ -37,6 +37,7 @@ __all__ = [
     "audit_summary",
     "audit_tables",
     "dimension_tables",
+    "equal_opportunity_thresholds",
     "flag_need_gaps",
     "funnel_counts",
     "gradient_table",
@@ -48,7 +49,6 @@ __all__ = [
     "planted_bias_check",
     "published_tables",
     "run",
-    "snap_to_bins",
     "truth_available",
     "with_score_bins",
 ]
@@ -83,7 +83,7 @@ def audit_tables(
     outreach: OutreachParams,
     seed: int,
     target: str,
-    fit_rows: pl.DataFrame | None = None,
+    whole_cohort: pl.DataFrame | None = None,
     impact: ImpactParams | None = None,
 ) -> dict[str, Any]:
     """Every raw (not yet disclosure-controlled) audit table for one audited cohort.
@@ -96,8 +96,12 @@ def audit_tables(
     audit, operating_point, outreach
         The params sections used (``outreach``: the Core20PLUS5 policy's uplifts); every random
         stream derives from the root ``seed``, the ``target`` and a purpose name.
-    fit_rows
-        People to fit the equal-opportunity thresholds on (validation split); default: cohort.
+    whole_cohort
+        The whole eligible cohort (every split; default: ``cohort``): the equal-opportunity
+        thresholds are fitted on it at the operating point exactly as outreach fits them
+        (:func:`pipeline.fairness.fit_equal_opportunity`), and the outcomes of each policy's
+        contacts (``impact``) are simulated on it - the people the lists would contact - so
+        that small targets' figures are not lost to suppression in one split.
     impact
         The outcome simulation's params (:mod:`pipeline.impact`; default: ``ImpactParams()``).
 
@@ -130,8 +134,8 @@ def audit_tables(
     )
     tables |= mitigation_tables(
         cohort,
-        bin_score,
-        fit_rows=fit_rows,
+        whole_cohort=cohort if whole_cohort is None else whole_cohort,
+        operating_point=operating_point,
         outreach=outreach,
         impact=impact,
         confidence=audit.confidence,
@@ -411,9 +415,9 @@ def _reference_of(cohort: pl.DataFrame, dimension: str, preferred: str | None) -
 
 def mitigation_tables(
     cohort: pl.DataFrame,
-    bin_score: np.ndarray,
     *,
-    fit_rows: pl.DataFrame | None,
+    whole_cohort: pl.DataFrame,
+    operating_point: OperatingPointParams,
     outreach: OutreachParams,
     impact: ImpactParams | None,
     confidence: float,
@@ -423,23 +427,29 @@ def mitigation_tables(
     min_group_events: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """The policy trade-off with IMD-quintile TPR gaps (``mitigation``), its per-group table
-    (``mitigation_by_group``), the outcomes of each policy's contacts (``impact``,
+    """The policy trade-off with IMD-quintile TPR gaps (``mitigation``, on the audited
+    ``cohort``'s observed outcomes), its per-group table (``mitigation_by_group``), the
+    outcomes of each policy's contacts on the ``whole_cohort`` (``impact``,
     ``impact_gradient``: :mod:`pipeline.impact`, on true risk with truth, else on the
     calibrated predicted risk) and the ``equal_opportunity_thresholds`` (None when they could
     not be fitted)."""
-    if "need_score" not in cohort.columns:
-        cohort = cohort.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
-    fit = snap_to_bins(cohort if fit_rows is None else fit_rows, bin_score)
-    thresholds = _equal_opportunity(cohort, fit, rng=rng)
-    chosen = mitigation.policy_selections(
-        cohort,
-        thresholds=thresholds,
-        core20_uplift=outreach.core20_uplift,
-        plus_uplift=outreach.plus_uplift,
-        plus_groups=outreach.plus_groups,
-        unit=unit,
+    thresholds = equal_opportunity_thresholds(
+        whole_cohort, operating_point=operating_point, rng=rng
     )
+
+    def chosen_in(frame: pl.DataFrame) -> pl.DataFrame:
+        if "need_score" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("need_score"))
+        return mitigation.policy_selections(
+            frame,
+            thresholds=thresholds,
+            core20_uplift=outreach.core20_uplift,
+            plus_uplift=outreach.plus_uplift,
+            plus_groups=outreach.plus_groups,
+            unit=unit,
+        )
+
+    chosen = chosen_in(cohort)
     summary, by_group = mitigation.tradeoff_table(
         chosen,
         dimensions=tuple(d for d in ("imd_quintile", "ethnicity_group") if d in chosen.columns),
@@ -449,7 +459,7 @@ def mitigation_tables(
         by_group, dimension="imd_quintile", min_group_events=min_group_events
     )
     outcomes = impact_mod.impact_tables(
-        chosen,
+        chosen if whole_cohort is cohort else chosen_in(whole_cohort),
         basis="true risk" if has_truth else "calibrated predicted risk",
         impact=impact or ImpactParams(),
         rng=impact_rng,
@@ -462,24 +472,17 @@ def mitigation_tables(
     } | outcomes
 
 
-def snap_to_bins(rows: pl.DataFrame, bin_score: np.ndarray) -> pl.DataFrame:
-    """``risk_score`` replaced by the nearest audit score bin at or above it (the last bin
-    beyond): ThresholdOptimizer walks every distinct score in Python."""
-    ordered = np.sort(bin_score[np.isfinite(bin_score)])
-    position = np.clip(np.searchsorted(ordered, rows["risk_score"].to_numpy()), 0, len(ordered) - 1)
-    return rows.with_columns(pl.Series("risk_score", ordered[position]))
-
-
-def _equal_opportunity(
-    cohort: pl.DataFrame, fit: pl.DataFrame, *, rng: np.random.Generator
+def equal_opportunity_thresholds(
+    whole_cohort: pl.DataFrame, *, operating_point: OperatingPointParams, rng: np.random.Generator
 ) -> dict[str, float] | None:
+    """The equal-opportunity policy's IMD-quintile thresholds at the operating point, fitted by
+    the function outreach uses (:func:`pipeline.fairness.fit_equal_opportunity`); None (with a
+    warning) when they cannot be fitted."""
     try:
-        # risk_score is Float64: its min is a float, or None when nobody is selected
-        cut = cast(float | None, cohort.filter(pl.col("selected"))["risk_score"].min())
-        return mitigation.equal_opportunity_thresholds(
-            fit,
-            group="imd_quintile",
-            cut_score=None if cut is None else float(cut),
+        return fairness.fit_equal_opportunity(
+            whole_cohort,
+            capacity_mode=operating_point.capacity_mode,
+            capacity=operating_point.capacity,
             rng=rng,
         )
     except StageError as error:
@@ -500,12 +503,7 @@ def published_tables(
     :mod:`pipeline.audit.flags`; the policies' TPR gaps from the published rates, groups gated
     by ``audit.min_group_events``; no NaN or infinity anywhere)."""
     min_group_size, min_group_events = audit.min_group_size, audit.min_group_events
-    bounds = {
-        "fair_low": audit.fair_ratio_low,
-        "fair_high": audit.fair_ratio_high,
-        "oe_material": audit.oe_material,
-        "fdr": audit.fdr,
-    }
+    bounds = {"fair_low": audit.fair_ratio_low, "oe_material": audit.oe_material, "fdr": audit.fdr}
     groups = publish.group_counts_table(tables["groups"], rule=rule)
     funnels = publish.funnel_table(
         tables["funnel"], groups, min_group_events=min_group_events, **bounds
@@ -515,6 +513,8 @@ def published_tables(
             tables["group_metrics"], groups, confidence=audit.confidence, rule=rule
         ),
         funnels,
+        fair_high=audit.fair_ratio_high,
+        risk_factor_dimensions=tuple(audit.risk_factor_dimensions),
         **bounds,
     )
     by_group = publish.policy_groups_table(tables["mitigation_by_group"], rule=rule)
@@ -806,16 +806,12 @@ def _read_cohort(params: Params, paths: io.Paths, *, target: str) -> pl.DataFram
 
 def _split_rows(
     full: pl.DataFrame, *, split: Literal["all", "test", "validation"], source: Path
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """The audited people (``split``) and the people to fit thresholds on (the validation
-    split, None when it is the audited split or empty)."""
+) -> pl.DataFrame:
+    """The audited people (``split``)."""
     audited = full if split == "all" else full.filter(pl.col("split") == split)
     if audited.height == 0:
         raise ContractError(f"{source}: no rows in split {split!r} to audit")
-    fit_rows = full.filter(pl.col("split") == "validation") if split != "validation" else None
-    if fit_rows is not None and fit_rows.height == 0:
-        fit_rows = None
-    return audited, fit_rows
+    return audited
 
 
 def run(params: Params, paths: io.Paths, *, target: str) -> None:
@@ -826,9 +822,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     audit, operating_point = params.audit, params.operating_point
     full = _read_cohort(params, paths, target=target)
-    audited, fit_rows = _split_rows(
-        full, split=audit.split, source=paths.scores / f"{target}.parquet"
-    )
+    audited = _split_rows(full, split=audit.split, source=paths.scores / f"{target}.parquet")
     tables = audit_tables(
         audited,
         audit=audit,
@@ -836,7 +830,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         outreach=params.outreach,
         seed=params.seed,
         target=target,
-        fit_rows=fit_rows,
+        whole_cohort=full,
         impact=params.impact,
     )
     rule = params.disclosure

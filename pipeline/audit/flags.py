@@ -8,8 +8,15 @@ difference in selection rate is context, not inequity. The audit flags three thi
   is above 1 and O/E >= ``oe_material`` (the model expects fewer events than happen, so the group
   is ranked too low); over-prediction when the interval is below 1 and O/E <= 1 / ``oe_material``;
 - **equal opportunity** (``tpr``, the share of people with the outcome that the list reaches)
-  against the reference group: ratio outside the fair range with an interval excluding 1 (FNR is
-  its complement: the same finding, never flagged twice);
+  against the reference group, in the disadvantaging direction only: ratio below the fair range
+  with an interval excluding 1 ("fewer cases reached"). A group reached *more* than the
+  reference is context, not inequity: a calibrated score cut at one threshold reaches a larger
+  share of the cases wherever risk is concentrated at the top (older, more deprived groups),
+  because calibration and equal TPR cannot both hold when groups' risk differs (Kleinberg,
+  Mullainathan & Raghavan 2016; Chouldechova 2017). For dimensions that are clinical risk
+  factors (``audit.risk_factor_dimensions``, age by default) reach follows risk in both
+  directions, so TPR is never flagged there. FNR is TPR's complement: the same finding, never
+  flagged twice;
 - **need reached** (``need_gaps``): true need (or recorded illness) at the same score above the
   reference group's.
 
@@ -112,12 +119,17 @@ def with_q_values(frame: pl.DataFrame, *, over: Sequence[str]) -> pl.DataFrame:
     return keyed.join(q, on="_row", how="left").sort("_row").drop("_row")
 
 
-def material_expr(*, fair_low: float, fair_high: float, oe_material: float) -> pl.Expr:
-    """Whether a row's difference is large enough to act on: TPR ratio outside the fair range;
+def material_expr(
+    *, fair_low: float, oe_material: float, risk_factor_dimensions: Sequence[str] = ()
+) -> pl.Expr:
+    """Whether a row's difference is large enough to act on, in the direction that leaves a
+    group under-served: TPR ratio below the fair range (outside ``risk_factor_dimensions``);
     O/E at least ``oe_material`` with its interval above 1, or at most its inverse with the
-    interval below 1."""
-    tpr = (pl.col("metric") == "tpr") & (
-        (pl.col("ratio") < fair_low) | (pl.col("ratio") > fair_high)
+    interval below 1 (both directions: either mis-ranks the group)."""
+    tpr = (
+        (pl.col("metric") == "tpr")
+        & (pl.col("ratio") < fair_low)
+        & ~pl.col("dimension").is_in(list(risk_factor_dimensions))
     )
     under = (pl.col("value") >= oe_material) & (pl.col("ci_low") > 1.0)
     over = (pl.col("value") <= 1.0 / oe_material) & (pl.col("ci_high") < 1.0)

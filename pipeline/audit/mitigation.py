@@ -8,7 +8,8 @@ per ICB / practice, so "more reached" always means "better use of the same capac
 ``equal_opportunity``
     fairlearn ``ThresholdOptimizer`` (``true_positive_rate_parity`` across IMD quintiles,
     prefit on the score) fitted on the validation split, with the accuracy objective made
-    cost-weighted (negatives subsampled) so that its optimum sits at the capacity cut. Its
+    cost-weighted (negatives subsampled) so that its optimum sits at the capacity cut; one fit
+    for the audit and outreach (:func:`pipeline.fairness.fit_equal_opportunity`). Its
     randomised two-threshold rule per group is derandomised to the probability-weighted
     threshold, and people are ranked by score / their group's threshold, so the capacity cut
     sits at the same multiple of every group's threshold (the rule the outreach stage uses).
@@ -28,29 +29,8 @@ import numpy as np
 import polars as pl
 
 from pipeline import fairness, selection
-from pipeline.errors import StageError
 
 POLICIES: Final = ("risk", "equal_opportunity", "core20plus5", "need_based")
-
-
-def equal_opportunity_thresholds(
-    fit_rows: pl.DataFrame,
-    *,
-    group: str,
-    cut_score: float | None = None,
-    rng: np.random.Generator | None = None,
-) -> dict[str, float]:
-    """Per-group thresholds with equal TPR, fitted on ``fit_rows`` (``risk_score``, ``outcome``,
-    ``group``); see :func:`pipeline.fairness.equal_opportunity_thresholds`."""
-    if fit_rows.height == 0:
-        raise StageError("audit: equal_opportunity needs people with and without the outcome")
-    return fairness.equal_opportunity_thresholds(
-        fit_rows["risk_score"].to_numpy(),
-        fit_rows["outcome"].to_numpy(),
-        fit_rows[group].to_numpy(),
-        cut_score=cut_score,
-        rng=rng,
-    )
 
 
 def policy_selections(

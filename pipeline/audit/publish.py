@@ -237,18 +237,23 @@ def flag_group_metrics(
     fair_high: float,
     oe_material: float,
     fdr: float,
+    risk_factor_dimensions: Sequence[str] = (),
 ) -> pl.DataFrame:
     """Flags of the published group metrics (:mod:`pipeline.audit.flags`): a comparison is
-    flagged when gated by its own denominator, its interval excludes 1, it is material and its
-    Benjamini-Hochberg q-value within the dimension is below ``fdr``. Geographies in
-    ``funnels`` (the published ``funnel.parquet``) take their comparisons and flags from it."""
+    flagged when gated by its own denominator, its interval excludes 1, it is material in the
+    disadvantaging direction (TPR: fewer cases reached, never in ``risk_factor_dimensions``)
+    and its Benjamini-Hochberg q-value within the dimension is below ``fdr``. Geographies in
+    ``funnels`` (the published ``funnel.parquet``) take their comparisons and flags from it;
+    ``fair_high`` only marks ``outside_fair_range``."""
     outside = ~pl.col("is_reference") & (
         (pl.col("ratio") < fair_low) | (pl.col("ratio") > fair_high)
     )
     rated = metrics.with_columns(outside.alias("outside_fair_range"))
     geography = pl.col("dimension").is_in(funnels["dimension"].unique().to_list())
     tested = with_q_values_of(rated.filter(~geography))
-    material = flags.material_expr(fair_low=fair_low, fair_high=fair_high, oe_material=oe_material)
+    material = flags.material_expr(
+        fair_low=fair_low, oe_material=oe_material, risk_factor_dimensions=risk_factor_dimensions
+    )
     flagged = tested.with_columns(  # null stays null: a hidden comparison has no flag
         pl.when(pl.col("flag").is_not_null())
         .then(pl.col("flag") & material & (pl.col("q_value") < fdr).fill_null(False))
@@ -313,7 +318,6 @@ def funnel_table(
     groups: pl.DataFrame,
     *,
     fair_low: float,
-    fair_high: float,
     oe_material: float,
     fdr: float,
     min_group_events: int,
@@ -350,7 +354,7 @@ def funnel_table(
         & outside
         & (published_number("n_events") >= min_group_events)
         & (pl.col("q_value") < fdr)
-        & _funnel_material(fair_low=fair_low, fair_high=fair_high, oe_material=oe_material)
+        & _funnel_material(fair_low=fair_low, oe_material=oe_material)
     ).fill_null(False)
     return tested.with_columns(
         flagged.alias("flagged"),
@@ -358,14 +362,15 @@ def funnel_table(
     ).select(list(contract.FUNNEL_SCHEMA))
 
 
-def _funnel_material(*, fair_low: float, fair_high: float, oe_material: float) -> pl.Expr:
-    """A standardised ratio large enough to act on: TPR outside the fair range, O/E at least
+def _funnel_material(*, fair_low: float, oe_material: float) -> pl.Expr:
+    """A standardised ratio large enough to act on: TPR below the fair range (an area whose
+    cases are reached less than the population's; reached more is context), O/E at least
     ``oe_material`` (or at most its inverse)."""
     ratio = pl.col("ratio")
     return (
         pl.when(pl.col("metric") == "oe_ratio")
         .then((ratio >= oe_material) | (ratio <= 1.0 / oe_material))
-        .otherwise((ratio < fair_low) | (ratio > fair_high))
+        .otherwise(ratio < fair_low)
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from pipeline import fairness, selection
+from pipeline import fairness
 from pipeline.config import OutreachParams
 from pipeline.errors import ParamsError, StageError
 
@@ -165,14 +165,13 @@ def prioritise(
     """
     thresholds = None
     if outreach.policy == "equal_opportunity":
-        validation = cohort.filter(pl.col("split") == "validation").select(
-            "risk_score", "outcome", "imd_quintile"
-        )
-        # Match the optimiser to this list's cut-off score (the risk ranking's lowest pick).
-        cut_score = selection.cut_score(
-            cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity
-        )
-        thresholds = equal_opportunity_thresholds(validation, cut_score=cut_score, rng=rng)
+        # the audit's fit too, at this list's capacity (validation split, whole-cohort cut)
+        try:
+            thresholds = fairness.fit_equal_opportunity(
+                cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity, rng=rng
+            )
+        except StageError as error:
+            raise StageError(f"outreach: {error} (validation split, imd_quintile)") from None
     prioritised = policy_priority(
         cohort.lazy(), policy=outreach.policy, outreach=outreach, thresholds=thresholds, need=need
     )

@@ -3,10 +3,10 @@
 Reads ``data/scores/<target>.parquet`` (the eligible cohort), ``features/features.parquet``
 (units and sensitive attributes, and the values the reasons quote), ``features/manifest.json``,
 ``data/explanations/<target>.parquet`` (stage ``explain``), the audit's need scores for
-``need_adjusted`` and, when present, ``data/truth/people.parquet``. Writes
-``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv``, the merged list
-across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``), the data dictionary
-(``data/outreach/data_dictionary.csv``) and ``reports/outreach_summary.json``.
+``need_adjusted`` and, when present, ``data/truth/oracle.parquet`` (each target's own true
+need). Writes ``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv``,
+the merged list across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``),
+the data dictionary (``data/outreach/data_dictionary.csv``) and ``reports/outreach_summary.json``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def run(params: Params, paths: Paths) -> None:
         )
         for name, cohort in cohorts.items()
     }
-    truth_need = _read_truth_need(paths.truth / "people.parquet")
+    oracle = _read_oracle(paths.truth / "oracle.parquet")
     glossary = reasons.feature_glossary(manifest.features)
     built = {
         name: build_target(
@@ -134,7 +134,7 @@ def run(params: Params, paths: Paths) -> None:
             features=pl.scan_parquet(features_path),
             glossary=glossary,
             need=_scan_need(files[name].need, cohorts[name], name),
-            truth_need=truth_need,
+            truth_need=None if oracle is None else summary.target_true_need(oracle, name),
             outreach=outreach,
             key=key,
             rng=seeds.rng("equal_opportunity", name, root=params.seed),
@@ -150,7 +150,7 @@ def run(params: Params, paths: Paths) -> None:
         paths.reports / summary.SUMMARY_FILE,
         outreach=outreach,
         summaries={name: block for name, (_, block) in built.items()},
-        truth_available=truth_need is not None,
+        truth_available=oracle is not None,
     )
     listed = {name: rows.height for name, (rows, _) in built.items()}
     console.stage_done(
@@ -220,9 +220,12 @@ def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyF
     return need
 
 
-def _read_truth_need(path: Path) -> pl.DataFrame | None:
-    """``person_id``, ``true_need`` of the synthetic world, or None for real data."""
-    return pl.read_parquet(path, columns=["person_id", "true_need"]) if path.exists() else None
+def _read_oracle(path: Path) -> pl.DataFrame | None:
+    """``person_id``, ``target``, ``true_need`` (each target's own true need) of the synthetic
+    world, or None for real data."""
+    if not path.exists():
+        return None
+    return pl.read_parquet(path, columns=["person_id", "target", "true_need"])
 
 
 def _write_lists(

@@ -19,6 +19,7 @@ import polars as pl
 from pipeline import contract, selection
 from pipeline.config import OutreachParams
 from pipeline.disclosure import SUPPRESSED, Rule
+from pipeline.errors import ContractError
 from pipeline.outreach.lists import OUTREACH_COLUMNS
 from pipeline.selection import CapacityMode
 
@@ -26,6 +27,7 @@ __all__ = [
     "MAKE_UP_DIMENSIONS",
     "SUMMARY_FILE",
     "summarise_target",
+    "target_true_need",
     "with_need_list",
     "write_summary",
 ]
@@ -77,6 +79,25 @@ def _rounded_mean(rule: Rule, value: float | None, count: int) -> float | str | 
     if value is None:
         return None
     return rule.rate(count, count, round(float(value), 4))
+
+
+def target_true_need(oracle: pl.DataFrame, target: str) -> pl.DataFrame:
+    """``person_id``, ``true_need``: the target's own true need from ``data/truth/oracle.parquet``
+    (for CVD the true 5-year CVD risk as if everything were recorded; not the generic
+    emergency-admission need index of ``data/truth/people.parquet``).
+
+    Raises
+    ------
+    ContractError
+        When the oracle holds no row for ``target``.
+    """
+    own = oracle.filter(pl.col("target") == target).select("person_id", "true_need")
+    if own.height == 0:
+        raise ContractError(
+            f"data/truth/oracle.parquet: no true_need for target {target!r} "
+            "(column target, rule: one row per eligible person and target)"
+        )
+    return own
 
 
 def with_need_list(
@@ -266,7 +287,8 @@ def summarise_target(
     capacity
         From :func:`pipeline.selection.list_sizes`.
     truth_need
-        ``person_id``, ``true_need`` (synthetic data only) or None.
+        ``person_id``, ``true_need``: the target's own true need (:func:`target_true_need`;
+        synthetic data only) or None.
     capacity_mode
         To build the same-size "need list" (top true need per capacity unit) for comparison.
     min_group_size
