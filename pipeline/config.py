@@ -312,6 +312,10 @@ class ValidationParams(_Frozen):
     events before birth, exact duplicates). Structural violations always refuse."""
 
     record_problems: Literal["exclude", "refuse"] = "exclude"
+    extract_end: dt.date | None = None
+    """The date the extract was taken: events after it refuse the extract (structural), and a
+    derived outcome needs its follow-up to end by it. ``None``: unknown (the last event date
+    stands in for follow-up)."""
 
 
 Objective = Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"]
@@ -394,6 +398,15 @@ class Params(_Frozen):
     disclosure: Rule = Rule()
     """Statistical disclosure control of every published count, in every stage and the report's
     scanner (``pipeline.disclosure.Rule``)."""
+
+    @model_validator(mode="after")
+    def _extract_ends_after_index(self) -> Params:
+        end = self.validation.extract_end
+        if end is not None and end < self.index_date:
+            raise ValueError(
+                f"validation.extract_end ({end}) must not be before index_date ({self.index_date})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _outreach_targets_known(self) -> Params:

@@ -640,10 +640,14 @@ def _people_rules() -> dict[str, tuple[str, pl.Expr]]:
     }
 
 
-def _event_rules(index_date: dt.date) -> dict[str, tuple[str, pl.Expr]]:
+def _event_rules(extract_end: dt.date | None) -> dict[str, tuple[str, pl.Expr]]:
+    """Structural rules of ``events``. Events after the index date are follow-up (outcomes are
+    derived from them; features never read them); only events after ``extract_end`` (when it is
+    known) are impossible."""
+    after_end = pl.lit(False) if extract_end is None else pl.col("date") > extract_end
     return {
         "event_type": ("unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES)),
-        "date": (f"date after the index date {index_date}", pl.col("date") > index_date),
+        "date": (f"date after the extract end {extract_end}", after_end),
         "code_system": (
             f"unknown code_system (expected one of {', '.join(CODE_SYSTEMS)})",
             pl.col("code_system").is_not_null() & ~pl.col("code_system").is_in(CODE_SYSTEMS),
@@ -793,7 +797,7 @@ def _check_values(
     columns: set[str],
     *,
     target_names: tuple[str, ...],
-    index_date: dt.date,
+    extract_end: dt.date | None,
 ) -> dict[tuple[str, str], pl.Expr]:
     """Row-level rules of one table: (column, rule) -> boolean 'row breaks the rule'.
 
@@ -805,7 +809,7 @@ def _check_values(
         case "people":
             table_rules = _people_rules()
         case "events":
-            table_rules = _event_rules(index_date)
+            table_rules = _event_rules(extract_end)
         case "outcomes":
             table_rules = _outcome_rules(target_names)
         case _:
@@ -882,14 +886,14 @@ def _table_facts(
     violations: list[dict[str, Any]],
     *,
     target_names: tuple[str, ...],
-    index_date: dt.date,
+    extract_end: dt.date | None,
 ) -> tuple[int, dict[str, int]]:
     """Check one table's values and unique key (appending to ``violations``).
 
     Returns its row count and null count per usable column, from one streaming pass.
     """
     frame, columns, location = scanned.frame, scanned.columns, scanned.location
-    rules = _check_values(table, columns, target_names=target_names, index_date=index_date)
+    rules = _check_values(table, columns, target_names=target_names, extract_end=extract_end)
     exprs = {f"rule{i}": expr for i, expr in enumerate(rules.values())}
     exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
     for column in columns:
@@ -956,9 +960,14 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
 def _population_facts(
     people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date
 ) -> dict[str, Any]:
-    """People with a recorded ethnicity, events in the last year by type, and the date span."""
+    """People with a recorded ethnicity, events in the year up to the index date by type, and the
+    date span (of every event, follow-up included)."""
     last_year = (
-        events.filter(pl.col("date") > pl.lit(index_date) - pl.duration(days=365))
+        events.filter(
+            pl.col("date").is_between(
+                pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
+            )
+        )
         .group_by("event_type")
         .agg(pl.len().alias("n"))
         .collect()
@@ -983,6 +992,7 @@ def validate_population(
     *,
     target_names: tuple[str, ...] | list[str],
     index_date: dt.date,
+    extract_end: dt.date | None = None,
     record_problems: RecordProblems = "exclude",
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
@@ -995,7 +1005,10 @@ def validate_population(
     target_names
         Targets named in params; any other ``outcomes.target`` is a violation.
     index_date
-        Events must be dated on or before it.
+        Features use the events on or before it; events after it are follow-up (outcomes).
+    extract_end
+        The date the extract was taken (params ``validation.extract_end``): an event after it
+        is a violation. ``None``: not known, so not checked.
     record_problems
         ``exclude``: record-level noise (:func:`record_rules`, exact duplicates) is counted and
         left for :func:`clean_events` to drop; ``refuse``: it is a violation like the rest.
@@ -1026,7 +1039,7 @@ def validate_population(
     facts: dict[str, Any] = {"rows": {}, "nulls": {}}
     for table, table_scan in scanned.items():
         facts["rows"][table], facts["nulls"][table] = _table_facts(
-            table, table_scan, violations, target_names=target_names, index_date=index_date
+            table, table_scan, violations, target_names=target_names, extract_end=extract_end
         )
     violations += _reference_violations(scanned)
     if violations:

@@ -954,7 +954,12 @@ def run(params: Params, paths: io.Paths) -> Path:
     icb_codes = _icb_codes(folder)  # params that name data are checked first
     if icb_codes is not None:
         check_params_against_data(fp.holdout_icb, icb_codes)
-    contract.validate_population(folder, target_names=tuple(params.targets), index_date=index_date)
+    contract.validate_population(
+        folder,
+        target_names=tuple(params.targets),
+        index_date=index_date,
+        extract_end=params.validation.extract_end,
+    )
     lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
     codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)

@@ -73,6 +73,7 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
         folder,
         target_names=tuple(params.targets),
         index_date=params.index_date,
+        extract_end=params.validation.extract_end,
         record_problems=params.validation.record_problems,
     )
     # Relative to the project when inside it, so the report is the same in every clone.

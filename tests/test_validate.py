@@ -19,6 +19,7 @@ from pipeline.validate import run
 
 INDEX = dt.date(2025, 4, 1)
 TARGETS = ("emergency_admission_12m", "cvd_event_5y")
+EXTRACT_END = dt.date(2026, 4, 1)
 
 
 def valid_tables() -> dict[str, pl.DataFrame]:
@@ -160,11 +161,11 @@ BROKEN = {
         "age",
         "age out of range",
     ),
-    "date after index": (
-        _set("events", "date", 0, INDEX + dt.timedelta(days=1)),
+    "date after the extract end": (
+        _set("events", "date", 0, EXTRACT_END + dt.timedelta(days=1)),
         "events/",
         "date",
-        "after the index date",
+        "after the extract end 2026-04-01",
     ),
     "events for unknown people": (
         _set("events", "person_id", 0, "P9999999999"),
@@ -210,13 +211,32 @@ def test_each_rule_is_reported_with_file_column_and_rows(tmp_path: Path, case: s
     mutate(tables)
     folder = write_folder(tmp_path / "extract", tables)
     with pytest.raises(ContractError) as caught:
-        contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+        contract.validate_population(
+            folder, target_names=TARGETS, index_date=INDEX, extract_end=EXTRACT_END
+        )
     lines = [line for line in str(caught.value).splitlines() if line.startswith("  ")]
     match = [line for line in lines if line.strip().startswith(f"{file} / {column}:")]
     assert match, str(caught.value)
     assert rule in match[0]
     if rule not in ("missing table", "missing column", "wrong type"):
         assert "(1 rows)" in match[0], match[0]
+
+
+def test_events_after_the_index_date_are_follow_up_not_violations(tmp_path: Path) -> None:
+    """Follow-up events (up to the extract end) pass; the last-12-months rates count only the
+    year up to the index date, and the date range spans the follow-up."""
+    tables = valid_tables()
+    later = tables["events"].with_columns(pl.col("date") + dt.timedelta(days=200))
+    tables["events"] = pl.concat([tables["events"], later])
+    folder = write_folder(tmp_path / "extract", tables)
+    facts = contract.validate_population(
+        folder, target_names=TARGETS, index_date=INDEX, extract_end=EXTRACT_END
+    )
+    assert facts["excluded"] == []
+    assert facts["events_last_year"]["gp_consultation"] == 20
+    assert facts["date_max"] == INDEX + dt.timedelta(days=190)
+    unbounded = contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+    assert unbounded["rows"]["events"] == 200
 
 
 def test_all_violations_are_reported_together(tmp_path: Path) -> None:
@@ -348,3 +368,14 @@ def test_run_publishes_excluded_records_by_rule(tmp_path: Path) -> None:
     rules = {(item["column"], item["rows"]) for item in report["excluded"]}
     assert ("code", "*") in rules  # 2 rows: suppressed like every published count
     assert len(report["excluded"]) == 5
+
+
+def test_an_extract_end_before_the_index_date_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"validation\.extract_end"):
+        parse_params(
+            {
+                "targets": {"t": {"outcome": "emergency_admission", "follow_up_months": 12}},
+                "index_date": INDEX.isoformat(),
+                "validation": {"extract_end": "2025-03-31"},
+            }
+        )
