@@ -66,6 +66,9 @@ INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
     "outcomes": OUTCOMES_SCHEMA,
 }
 """Each table is ``<name>.parquet`` or a folder ``<name>/`` of parquet parts."""
+OPTIONAL_TABLES: Final = frozenset({"outcomes"})
+"""Tables an extract may leave out: without ``outcomes``, each target's outcome is derived from
+the events after the index date (``pipeline.outcomes``, params ``targets.<name>.derive``)."""
 OPTIONAL_COLUMNS: Final[dict[str, dict[str, Any]]] = {"events": EVENTS_OPTIONAL_SCHEMA}
 """Columns a table may carry beyond its schema (checked for type when present)."""
 
@@ -859,7 +862,8 @@ def _scan_checked(
         frame = scan_input(folder, table)
         actual = frame.collect_schema()
     except FileNotFoundError:
-        violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
+        if table not in OPTIONAL_TABLES:
+            violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
         return None
     except (pl.exceptions.PolarsError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -1588,6 +1592,16 @@ class ExcludedRecords(Summary):
     examples: list[str]
 
 
+class TargetOutcomes(Summary):
+    """How one target's outcomes were obtained (``pipeline.outcomes``): the extract's
+    ``outcomes`` table, or derived from its events by the target's definition."""
+
+    source: Literal["supplied", "derived"]
+    definition: str
+    n: PublishedCountValue
+    n_events: PublishedCountValue
+
+
 class DataQuality(Summary):
     """``reports/data_quality.json`` (stage validate)."""
 
@@ -1600,6 +1614,8 @@ class DataQuality(Summary):
     ethnicity_recorded_share: PublishedRateValue
     events_per_person_year_last_12_months: dict[str, PublishedRateValue]
     date_range: DateRange
+    outcomes: dict[str, TargetOutcomes] = Field(default_factory=dict)
+    """Per target: its outcomes' source, cohort size and events."""
 
 
 class DecilePrevalence(Summary):

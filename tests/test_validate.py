@@ -131,7 +131,7 @@ def _duplicate_row(table: str, row: int = 0) -> Callable:
 
 
 BROKEN = {
-    "missing table": (_drop_table("outcomes"), "outcomes.parquet", "*", "missing table"),
+    "missing table": (_drop_table("areas"), "areas.parquet", "*", "missing table"),
     "missing column": (_drop_column("people", "sex"), "people.parquet", "sex", "missing column"),
     "wrong type": (_cast("people", "age", pl.String), "people.parquet", "age", "wrong type"),
     "null id": (_set("people", "person_id", 3, None), "people.parquet", "person_id", "null value"),
