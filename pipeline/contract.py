@@ -66,9 +66,34 @@ INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
     "outcomes": OUTCOMES_SCHEMA,
 }
 """Each table is ``<name>.parquet`` or a folder ``<name>/`` of parquet parts."""
-OPTIONAL_TABLES: Final = frozenset({"outcomes"})
+OPTIONAL_TABLES: Final = frozenset({"outcomes", "practices"})
 """Tables an extract may leave out: without ``outcomes``, each target's outcome is derived from
-the events after the index date (``pipeline.outcomes``, params ``targets.<name>.derive``)."""
+the events after the index date (``pipeline.outcomes``, params ``targets.<name>.derive``);
+``practices`` only names each practice's ICB."""
+EQUITY_FIELDS: Final = {
+    # column: (table, what it is)
+    "imd_decile": ("areas", "IMD decile of the home area"),
+    "ethnicity": ("people", "ethnic category"),
+    "practice_id": ("people", "GP practice"),
+}
+"""Columns an extract may leave out (or leave entirely null): the run goes on without them, the
+features they feed are no model inputs, and the audit names the dimensions it could not audit
+(:func:`unavailable_reason`). Read as all-null columns by :func:`scan_input`."""
+SENSITIVE_SOURCES: Final = {
+    "imd_decile": "imd_decile",
+    "imd_quintile": "imd_decile",
+    "ethnicity_group": "ethnicity",
+    "practice_id": "practice_id",
+}
+"""Sensitive column (:data:`SENSITIVE_SCHEMA`) -> the equity field it comes from."""
+
+
+def unavailable_reason(field: str) -> str:
+    """Why a dimension fed by an equity field could not be audited, in words."""
+    table, label = EQUITY_FIELDS[field]
+    return f"the extract has no {label} ({table}.{field} absent or empty)"
+
+
 OPTIONAL_COLUMNS: Final[dict[str, dict[str, Any]]] = {"events": EVENTS_OPTIONAL_SCHEMA}
 """Columns a table may carry beyond its schema (checked for type when present)."""
 
@@ -332,6 +357,9 @@ class FeatureManifest(_Record):
     features: tuple[FeatureEntry, ...]
     model_inputs: tuple[str, ...]
     columns: tuple[str, ...]
+    unavailable_fields: dict[str, str] = Field(default_factory=dict)
+    """Equity fields (:data:`EQUITY_FIELDS`) the extract lacks -> why; the features they feed
+    are no model inputs and the audit dimensions they define are not audited."""
 
     @model_validator(mode="after")
     def _inputs_agree(self) -> FeatureManifest:
@@ -468,13 +496,13 @@ the rule is checked once per id, not once per event."""
 EXAMPLES_SHOWN: Final = 5
 
 REQUIRED_NON_NULL: Final = {
-    "areas": tuple(AREAS_SCHEMA),
+    "areas": tuple(column for column in AREAS_SCHEMA if column not in EQUITY_FIELDS),
     "practices": tuple(PRACTICES_SCHEMA),
-    "people": ("person_id", "sex", "age", "area_id", "practice_id"),
+    "people": ("person_id", "sex", "age", "area_id"),
     "events": ("person_id", "date", "event_type", "code"),
     "outcomes": tuple(OUTCOMES_SCHEMA),
 }
-"""Columns that may not be null (people.ethnicity and events.value may)."""
+"""Columns that may not be null (the :data:`EQUITY_FIELDS` and events.value may)."""
 UNIQUE_KEYS: Final = {
     "areas": ("area_id",),
     "practices": ("practice_id",),
@@ -832,13 +860,50 @@ def _check_values(
 
 def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
     """Scan an input table with compatible dtypes read as the contract's (categorical and enum
-    strings as ``String``; integer widths are left as they are and widen in arithmetic)."""
+    strings as ``String``; integer widths are left as they are and widen in arithmetic); an
+    :data:`EQUITY_FIELDS` column the table lacks is read as all null."""
     frame = scan_table(folder, table)
+    schema = frame.collect_schema()
+    absent = [
+        pl.lit(None, dtype=INPUT_TABLES[table][column]).alias(column)
+        for column, (home, _) in EQUITY_FIELDS.items()
+        if home == table and column not in schema
+    ]
     return frame.with_columns(
         pl.col(column).cast(pl.String)
-        for column, dtype in frame.collect_schema().items()
+        for column, dtype in schema.items()
         if isinstance(dtype, pl.Categorical | pl.Enum)
-    )
+    ).with_columns(absent)
+
+
+def unaudited_dimensions(features: pl.LazyFrame, dimensions: tuple[str, ...]) -> dict[str, str]:
+    """Audit dimensions that cannot be audited, with why: those whose column (either column of
+    an intersection ``a_x_b``) is absent from ``features`` or entirely null - the extract lacks
+    the equity field behind it (:data:`EQUITY_FIELDS`)."""
+    wanted = {column for dimension in dimensions for column in dimension.split("_x_")}
+    columns = sorted(wanted & set(features.collect_schema().names()))
+    empty = features.select(pl.col(column).is_null().all() for column in columns).collect()
+    missing = (wanted - set(columns)) | {column for column in columns if empty[column][0]}
+    reasons = {}
+    for dimension in dimensions:
+        gone = [column for column in dimension.split("_x_") if column in missing]
+        if gone:
+            field = SENSITIVE_SOURCES.get(gone[0])
+            reasons[dimension] = (
+                unavailable_reason(field) if field else f"features have no {gone[0]} values"
+            )
+    return reasons
+
+
+def unavailable_fields(folder: str | Path) -> tuple[str, ...]:
+    """The :data:`EQUITY_FIELDS` of the population in ``folder`` that are absent or entirely
+    null (in field order)."""
+    missing = []
+    for column, (table, _) in EQUITY_FIELDS.items():
+        frame = scan_input(folder, table)
+        if frame.select(pl.col(column).is_null().all()).collect().item():
+            missing.append(column)
+    return tuple(missing)
 
 
 class _Scanned:
@@ -1560,6 +1625,9 @@ class AuditSummary(Summary):
     flagged_comparisons: int
     planted_bias_check: PlantedBiasCheck
     mitigation: MitigationSummary
+    unaudited_dimensions: dict[str, str] = Field(default_factory=dict)
+    """Dimensions in params ``audit`` that could not be audited -> why (the extract lacks the
+    equity field behind them: :func:`unaudited_dimensions`)."""
 
 
 AUDIT_SUMMARY_FILE: Final = "audit.json"
