@@ -583,22 +583,37 @@ def measurement_code_expr() -> pl.Expr:
     )
 
 
-def measurement_out_of_range_expr() -> pl.Expr:
-    """True for a measurement of a known code whose value is null or outside its plausible range."""
+PLAUSIBLE_LOW: Final = "_plausible_low"
+PLAUSIBLE_HIGH: Final = "_plausible_high"
+"""Columns :func:`events_with_age` adds: the plausible range of a measurement of a known code
+(null for every other event)."""
+
+
+def plausible_range_exprs() -> tuple[pl.Expr, pl.Expr]:
+    """The plausible low and high value of each measurement of a known code (as its local code,
+    :data:`MEASUREMENT_CODES`); null for any other event."""
     local = measurement_code_expr()
+    is_measurement = pl.col("event_type") == "measurement"
     low, high = (
-        local.replace_strict(
-            {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
-            default=None,
-            return_dtype=pl.Float64,
+        pl.when(is_measurement).then(
+            local.replace_strict(
+                {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
+                default=None,
+                return_dtype=pl.Float64,
+            )
         )
         for bound in (1, 2)
     )
+    return low.alias(PLAUSIBLE_LOW), high.alias(PLAUSIBLE_HIGH)
+
+
+def measurement_out_of_range_expr() -> pl.Expr:
+    """True for a measurement of a known code whose value is null or outside its plausible range
+    (needs the :data:`PLAUSIBLE_LOW` / :data:`PLAUSIBLE_HIGH` columns, :func:`events_with_age`)."""
+    low, high = pl.col(PLAUSIBLE_LOW), pl.col(PLAUSIBLE_HIGH)
     value = pl.col("value").cast(pl.Float64)
     return (
-        (pl.col("event_type") == "measurement")
-        & low.is_not_null()
-        & (value.is_null() | value.is_nan() | (value < low) | (value > high))
+        low.is_not_null() & (value.is_null() | value.is_nan() | (value < low) | (value > high))
     ).fill_null(False)
 
 
@@ -735,49 +750,59 @@ CODE_VALID: Final = "_code_valid"
 _CODE_KEYS: Final = ["event_type", "code_system", "code"]
 
 
-def _code_key() -> pl.Expr:
-    """One string per (event_type, code_system, code): the key invalid codes are found by."""
-    parts = [pl.col(name).fill_null("") for name in _CODE_KEYS]
-    return pl.concat_str(parts, separator="\x1f").alias("_code_key")
-
-
-def invalid_code_keys(events: pl.LazyFrame) -> list[str]:
-    """The distinct (event_type, code_system, code) keys (:func:`_code_key`) of ``events`` whose
-    code is invalid in its code system (:func:`event_code_valid_expr`): judged once per distinct
-    code, not once per event (one streaming pass)."""
+def code_facts(events: pl.LazyFrame) -> pl.DataFrame:
+    """What the record rules need to know of each distinct (event_type, code_system, code) of
+    ``events``: whether the code is valid in its code system (:data:`CODE_VALID`,
+    :func:`event_code_valid_expr`) and, for a measurement, its plausible range
+    (:func:`plausible_range_exprs`). Judged once per distinct code, not once per event (the
+    codes are normalised with regular expressions); one streaming pass."""
     keys = with_code_system(events).select(_CODE_KEYS).unique()
-    invalid = keys.filter(~event_code_valid_expr()).select(_code_key()).collect()
-    return sorted(invalid["_code_key"].to_list())
+    return keys.with_columns(
+        event_code_valid_expr().alias(CODE_VALID), *plausible_range_exprs()
+    ).collect()
 
 
-def events_with_age(events: pl.LazyFrame, people: pl.LazyFrame) -> pl.LazyFrame:
+def events_with_age(
+    events: pl.LazyFrame, people: pl.LazyFrame, *, facts: pl.DataFrame | None = None
+) -> pl.LazyFrame:
     """Events with their person's ``age`` at the index date, a ``code_system`` column (null when
-    the extract has none) and :data:`CODE_VALID`, for :func:`record_rules` (the invalid codes
-    are found first, eagerly, by :func:`invalid_code_keys`)."""
+    the extract has none), :data:`CODE_VALID` and the plausible range of measurements, for
+    :func:`record_rules` (``facts``: :func:`code_facts` of these events, computed when not
+    given)."""
     events = with_code_system(events)
-    invalid = invalid_code_keys(events)
-    valid = ~_code_key().is_in(invalid) if invalid else pl.lit(True)
+    facts = code_facts(events) if facts is None else facts
     joined = events.join(people.select("person_id", "age"), on="person_id", how="left")
-    return joined.with_columns(valid.alias(CODE_VALID))
+    return joined.join(facts.lazy(), on=_CODE_KEYS, how="left", nulls_equal=True)
 
 
 def clean_events(
-    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    facts: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """The events every stage uses: without rows that break a record rule, one copy of each
-    exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``)."""
+    exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``).
+    ``facts``: :func:`code_facts` of ``events`` when already computed."""
     problem = pl.any_horizontal(list(record_rules(index_date).values()))
     columns = with_code_system(events).collect_schema().names()
-    return events_with_age(events, people).filter(~problem).select(columns).unique()
+    joined = events_with_age(events, people, facts=facts)
+    return joined.filter(~problem).select(columns).unique()
 
 
 def find_record_problems(
-    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date, location: str
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    location: str,
+    facts: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Rows :func:`clean_events` drops, per rule: file, column, rule, rows and the most frequent
-    offending values."""
+    offending values (one pass for the counts and the distinct clean rows)."""
     rules = record_rules(index_date)
-    joined = events_with_age(events, people)
+    joined = events_with_age(events, people, facts=facts)
     earlier = pl.lit(False)
     first_hits: dict[tuple[str, str], pl.Expr] = {}
     for key, expr in rules.items():
@@ -785,11 +810,13 @@ def find_record_problems(
         earlier = earlier | expr
     counted = {f"rule{i}": hit for i, hit in enumerate(first_hits.values())}
     counted["clean"] = ~earlier
-    counts = _count(joined, counted)
     columns = events.collect_schema().names()
-    distinct = (
-        joined.filter(~earlier).select(pl.struct(columns).hash(seed=0).n_unique()).collect().item()
-    )
+    row = joined.select(
+        *[expr.cast(pl.Int64).sum().alias(name) for name, expr in counted.items()],
+        pl.struct(columns).hash(seed=0).filter(~earlier).n_unique().alias("distinct"),
+    ).collect()
+    counts = {name: int(row[name][0] or 0) for name in counted}
+    distinct = int(row["distinct"][0])
     found = [
         _violation(location, column, rule, counts[f"rule{i}"], _top_values(joined, column, hit))
         for i, ((column, rule), hit) in enumerate(first_hits.items())
@@ -1031,25 +1058,19 @@ def _population_facts(
 ) -> dict[str, Any]:
     """People with a recorded ethnicity, events in the year up to the index date by type, and the
     date span (of every event, follow-up included)."""
-    last_year = (
-        events.filter(
-            pl.col("date").is_between(
-                pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
-            )
-        )
-        .group_by("event_type")
-        .agg(pl.len().alias("n"))
-        .collect()
+    events = events.select("event_type", "date")
+    in_last_year = pl.col("date").is_between(
+        pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    span = events.select(
-        pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")
-    ).collect()
+    last_year, span, recorded = pl.collect_all(  # one pass over the (cleaned) events
+        [
+            events.filter(in_last_year).group_by("event_type").agg(pl.len().alias("n")),
+            events.select(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")),
+            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum()),
+        ]
+    )
     return {
-        "ethnicity_recorded": (
-            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
-            .collect()
-            .item()
-        ),
+        "ethnicity_recorded": recorded.item(),
         "events_last_year": dict(zip(last_year["event_type"], last_year["n"], strict=True)),
         "date_min": span["lo"][0],
         "date_max": span["hi"][0],
@@ -1063,6 +1084,7 @@ def validate_population(
     index_date: dt.date,
     extract_end: dt.date | None = None,
     record_problems: RecordProblems = "exclude",
+    checks: Literal["all", "structural"] = "all",
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
 
@@ -1081,6 +1103,10 @@ def validate_population(
     record_problems
         ``exclude``: record-level noise (:func:`record_rules`, exact duplicates) is counted and
         left for :func:`clean_events` to drop; ``refuse``: it is a violation like the rest.
+    checks
+        ``all``; ``structural``: only the structural rules (a stage re-checking an extract the
+        validate stage passed; record-level noise is dropped by :func:`clean_events` anyway),
+        returning ``rows`` and ``nulls`` only.
 
     Returns
     -------
@@ -1113,16 +1139,18 @@ def validate_population(
     violations += _reference_violations(scanned)
     if violations:
         raise _contract_error(folder, violations)
+    if checks == "structural":
+        return facts
     people, events = scanned["people"].frame, scanned["events"].frame
+    codes = code_facts(events)  # once, for the counts and the clean events
     facts["excluded"] = find_record_problems(
-        events, people, index_date=index_date, location=scanned["events"].location
+        events, people, index_date=index_date, location=scanned["events"].location, facts=codes
     )
     if facts["excluded"] and record_problems == "refuse":
         raise _contract_error(folder, facts["excluded"])
     facts["n_people"] = facts["rows"]["people"]
-    facts |= _population_facts(
-        people, clean_events(events, people, index_date=index_date), index_date=index_date
-    )
+    clean = clean_events(events, people, index_date=index_date, facts=codes)
+    facts |= _population_facts(people, clean, index_date=index_date)
     return facts
 
 

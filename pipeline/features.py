@@ -1005,6 +1005,7 @@ def run(params: Params, paths: io.Paths) -> Path:
         target_names=tuple(params.targets),
         index_date=index_date,
         extract_end=params.validation.extract_end,
+        checks="structural",  # record-level noise: counted by validate, dropped by clean_events
     )
     lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
     codelists = load_codelists(lists if lists.is_dir() else None)
