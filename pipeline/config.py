@@ -102,14 +102,59 @@ class PopulationParams(_Frozen):
         return self
 
 
-class TargetParams(_Frozen):
-    """One prevention target: an outcome, a follow-up window and an eligible cohort."""
+EventType = Literal[
+    "gp_consultation",
+    "diagnosis",
+    "prescription",
+    "measurement",
+    "ae_attendance",
+    "emergency_admission",
+    "elective_admission",
+    "outpatient",
+]
+"""The contract's event types (``pipeline.contract.EVENT_TYPES``)."""
+ConceptName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+"""A concept of the codelist registry (``codelists/registry.yaml``)."""
+SYNTHETIC_OUTCOMES: tuple[str, ...] = (
+    "emergency_admission",
+    "cvd_event",
+    "ae_attendance",
+    "diabetes_onset",
+)
+"""Outcomes the synthetic world simulates (``population.source: synthetic``)."""
+SYNTHETIC_EXCLUSIONS: tuple[str, ...] = ("cvd", "diabetes")
+"""Prior conditions the synthetic world can exclude from a cohort (from its truth)."""
 
-    outcome: Literal["emergency_admission", "cvd_event", "ae_attendance", "diabetes_onset"]
+
+class OutcomeDefinition(_Frozen):
+    """How a target's outcome is found in the events after the index date when the extract has
+    no outcomes table (``pipeline.outcomes``): any event of one of ``event_types`` whose code is
+    in one of ``concepts`` (all codes when empty), within the follow-up window."""
+
+    event_types: tuple[EventType, ...] = Field(min_length=1)
+    concepts: tuple[ConceptName, ...] = ()
+    """Registry concepts (any kind) the event's code must be in; empty: any code."""
+
+
+class TargetParams(_Frozen):
+    """One prevention target: an outcome, a follow-up window and an eligible cohort.
+
+    The cohort is everyone in ``people`` (the population registered at the index date) aged
+    ``min_age``-``max_age`` at the index date, without a recorded event on or before it in one
+    of the ``exclude_prior`` registry concepts. A supplied ``outcomes`` table defines the cohort
+    and outcome itself; without one, they are derived from the events (``derive``).
+    """
+
+    outcome: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    """The outcome's name (synthetic world: one of :data:`SYNTHETIC_OUTCOMES`)."""
     follow_up_months: Annotated[int, Field(ge=1, le=120, strict=True)]
     min_age: Annotated[int, Field(ge=0, le=110, strict=True)] = 18
     max_age: Annotated[int, Field(ge=0, le=110, strict=True)] = 110
-    exclude_prior: tuple[Literal["cvd", "diabetes"], ...] = ()
+    exclude_prior: tuple[ConceptName, ...] = ()
+    """Registry concepts (e.g. ``cvd``, ``diabetes``): people with such a record on or before
+    the index date are not in the cohort."""
+    derive: OutcomeDefinition | None = None
+    """How the outcome is derived from events when no outcomes table is supplied."""
     description: str = ""
 
     @model_validator(mode="after")
@@ -337,6 +382,10 @@ class ValidationParams(_Frozen):
     events before birth, exact duplicates). Structural violations always refuse."""
 
     record_problems: Literal["exclude", "refuse"] = "exclude"
+    extract_end: dt.date | None = None
+    """The date the extract was taken: events after it refuse the extract (structural), and a
+    derived outcome needs its follow-up to end by it. ``None``: unknown (the last event date
+    stands in for follow-up)."""
 
 
 Objective = Literal["events_reached_no_wider_gap", "events_reached", "narrowest_gap"]
@@ -438,6 +487,34 @@ class Params(_Frozen):
     disclosure: Rule = Rule()
     """Statistical disclosure control of every published count, in every stage and the report's
     scanner (``pipeline.disclosure.Rule``)."""
+
+    @model_validator(mode="after")
+    def _extract_ends_after_index(self) -> Params:
+        end = self.validation.extract_end
+        if end is not None and end < self.index_date:
+            raise ValueError(
+                f"validation.extract_end ({end}) must not be before index_date ({self.index_date})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _targets_simulable(self) -> Params:
+        if self.population.source != "synthetic":
+            return self
+        for name, target in self.targets.items():
+            if target.outcome not in SYNTHETIC_OUTCOMES:
+                raise ValueError(
+                    f"targets.{name}.outcome: {target.outcome!r} is not simulated by the "
+                    f"synthetic world ({', '.join(SYNTHETIC_OUTCOMES)}); bring an extract "
+                    "(population.source: extract) to derive it from events"
+                )
+            unknown = sorted(set(target.exclude_prior) - set(SYNTHETIC_EXCLUSIONS))
+            if unknown:
+                raise ValueError(
+                    f"targets.{name}.exclude_prior: {unknown[0]!r} is not simulated by the "
+                    f"synthetic world ({', '.join(SYNTHETIC_EXCLUSIONS)})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _outreach_targets_known(self) -> Params:

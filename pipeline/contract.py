@@ -66,6 +66,34 @@ INPUT_TABLES: Final[dict[str, dict[str, Any]]] = {
     "outcomes": OUTCOMES_SCHEMA,
 }
 """Each table is ``<name>.parquet`` or a folder ``<name>/`` of parquet parts."""
+OPTIONAL_TABLES: Final = frozenset({"outcomes", "practices"})
+"""Tables an extract may leave out: without ``outcomes``, each target's outcome is derived from
+the events after the index date (``pipeline.outcomes``, params ``targets.<name>.derive``);
+``practices`` only names each practice's ICB."""
+EQUITY_FIELDS: Final = {
+    # column: (table, what it is)
+    "imd_decile": ("areas", "IMD decile of the home area"),
+    "ethnicity": ("people", "ethnic category"),
+    "practice_id": ("people", "GP practice"),
+}
+"""Columns an extract may leave out (or leave entirely null): the run goes on without them, the
+features they feed are no model inputs, and the audit names the dimensions it could not audit
+(:func:`unavailable_reason`). Read as all-null columns by :func:`scan_input`."""
+SENSITIVE_SOURCES: Final = {
+    "imd_decile": "imd_decile",
+    "imd_quintile": "imd_decile",
+    "ethnicity_group": "ethnicity",
+    "practice_id": "practice_id",
+}
+"""Sensitive column (:data:`SENSITIVE_SCHEMA`) -> the equity field it comes from."""
+
+
+def unavailable_reason(field: str) -> str:
+    """Why a dimension fed by an equity field could not be audited, in words."""
+    table, label = EQUITY_FIELDS[field]
+    return f"the extract has no {label} ({table}.{field} absent or empty)"
+
+
 OPTIONAL_COLUMNS: Final[dict[str, dict[str, Any]]] = {"events": EVENTS_OPTIONAL_SCHEMA}
 """Columns a table may carry beyond its schema (checked for type when present)."""
 
@@ -329,6 +357,9 @@ class FeatureManifest(_Record):
     features: tuple[FeatureEntry, ...]
     model_inputs: tuple[str, ...]
     columns: tuple[str, ...]
+    unavailable_fields: dict[str, str] = Field(default_factory=dict)
+    """Equity fields (:data:`EQUITY_FIELDS`) the extract lacks -> why; the features they feed
+    are no model inputs and the audit dimensions they define are not audited."""
 
     @model_validator(mode="after")
     def _inputs_agree(self) -> FeatureManifest:
@@ -465,13 +496,13 @@ the rule is checked once per id, not once per event."""
 EXAMPLES_SHOWN: Final = 5
 
 REQUIRED_NON_NULL: Final = {
-    "areas": tuple(AREAS_SCHEMA),
+    "areas": tuple(column for column in AREAS_SCHEMA if column not in EQUITY_FIELDS),
     "practices": tuple(PRACTICES_SCHEMA),
-    "people": ("person_id", "sex", "age", "area_id", "practice_id"),
+    "people": ("person_id", "sex", "age", "area_id"),
     "events": ("person_id", "date", "event_type", "code"),
     "outcomes": tuple(OUTCOMES_SCHEMA),
 }
-"""Columns that may not be null (people.ethnicity and events.value may)."""
+"""Columns that may not be null (the :data:`EQUITY_FIELDS` and events.value may)."""
 UNIQUE_KEYS: Final = {
     "areas": ("area_id",),
     "practices": ("practice_id",),
@@ -552,22 +583,37 @@ def measurement_code_expr() -> pl.Expr:
     )
 
 
-def measurement_out_of_range_expr() -> pl.Expr:
-    """True for a measurement of a known code whose value is null or outside its plausible range."""
+PLAUSIBLE_LOW: Final = "_plausible_low"
+PLAUSIBLE_HIGH: Final = "_plausible_high"
+"""Columns :func:`events_with_age` adds: the plausible range of a measurement of a known code
+(null for every other event)."""
+
+
+def plausible_range_exprs() -> tuple[pl.Expr, pl.Expr]:
+    """The plausible low and high value of each measurement of a known code (as its local code,
+    :data:`MEASUREMENT_CODES`); null for any other event."""
     local = measurement_code_expr()
+    is_measurement = pl.col("event_type") == "measurement"
     low, high = (
-        local.replace_strict(
-            {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
-            default=None,
-            return_dtype=pl.Float64,
+        pl.when(is_measurement).then(
+            local.replace_strict(
+                {code: spec[bound] for code, spec in MEASUREMENT_CODES.items()},
+                default=None,
+                return_dtype=pl.Float64,
+            )
         )
         for bound in (1, 2)
     )
+    return low.alias(PLAUSIBLE_LOW), high.alias(PLAUSIBLE_HIGH)
+
+
+def measurement_out_of_range_expr() -> pl.Expr:
+    """True for a measurement of a known code whose value is null or outside its plausible range
+    (needs the :data:`PLAUSIBLE_LOW` / :data:`PLAUSIBLE_HIGH` columns, :func:`events_with_age`)."""
+    low, high = pl.col(PLAUSIBLE_LOW), pl.col(PLAUSIBLE_HIGH)
     value = pl.col("value").cast(pl.Float64)
     return (
-        (pl.col("event_type") == "measurement")
-        & low.is_not_null()
-        & (value.is_null() | value.is_nan() | (value < low) | (value > high))
+        low.is_not_null() & (value.is_null() | value.is_nan() | (value < low) | (value > high))
     ).fill_null(False)
 
 
@@ -640,10 +686,14 @@ def _people_rules() -> dict[str, tuple[str, pl.Expr]]:
     }
 
 
-def _event_rules(index_date: dt.date) -> dict[str, tuple[str, pl.Expr]]:
+def _event_rules(extract_end: dt.date | None) -> dict[str, tuple[str, pl.Expr]]:
+    """Structural rules of ``events``. Events after the index date are follow-up (outcomes are
+    derived from them; features never read them); only events after ``extract_end`` (when it is
+    known) are impossible."""
+    after_end = pl.lit(False) if extract_end is None else pl.col("date") > extract_end
     return {
         "event_type": ("unknown event_type", ~pl.col("event_type").is_in(EVENT_TYPES)),
-        "date": (f"date after the index date {index_date}", pl.col("date") > index_date),
+        "date": (f"date after the extract end {extract_end}", after_end),
         "code_system": (
             f"unknown code_system (expected one of {', '.join(CODE_SYSTEMS)})",
             pl.col("code_system").is_not_null() & ~pl.col("code_system").is_in(CODE_SYSTEMS),
@@ -700,49 +750,59 @@ CODE_VALID: Final = "_code_valid"
 _CODE_KEYS: Final = ["event_type", "code_system", "code"]
 
 
-def _code_key() -> pl.Expr:
-    """One string per (event_type, code_system, code): the key invalid codes are found by."""
-    parts = [pl.col(name).fill_null("") for name in _CODE_KEYS]
-    return pl.concat_str(parts, separator="\x1f").alias("_code_key")
-
-
-def invalid_code_keys(events: pl.LazyFrame) -> list[str]:
-    """The distinct (event_type, code_system, code) keys (:func:`_code_key`) of ``events`` whose
-    code is invalid in its code system (:func:`event_code_valid_expr`): judged once per distinct
-    code, not once per event (one streaming pass)."""
+def code_facts(events: pl.LazyFrame) -> pl.DataFrame:
+    """What the record rules need to know of each distinct (event_type, code_system, code) of
+    ``events``: whether the code is valid in its code system (:data:`CODE_VALID`,
+    :func:`event_code_valid_expr`) and, for a measurement, its plausible range
+    (:func:`plausible_range_exprs`). Judged once per distinct code, not once per event (the
+    codes are normalised with regular expressions); one streaming pass."""
     keys = with_code_system(events).select(_CODE_KEYS).unique()
-    invalid = keys.filter(~event_code_valid_expr()).select(_code_key()).collect()
-    return sorted(invalid["_code_key"].to_list())
+    return keys.with_columns(
+        event_code_valid_expr().alias(CODE_VALID), *plausible_range_exprs()
+    ).collect()
 
 
-def events_with_age(events: pl.LazyFrame, people: pl.LazyFrame) -> pl.LazyFrame:
+def events_with_age(
+    events: pl.LazyFrame, people: pl.LazyFrame, *, facts: pl.DataFrame | None = None
+) -> pl.LazyFrame:
     """Events with their person's ``age`` at the index date, a ``code_system`` column (null when
-    the extract has none) and :data:`CODE_VALID`, for :func:`record_rules` (the invalid codes
-    are found first, eagerly, by :func:`invalid_code_keys`)."""
+    the extract has none), :data:`CODE_VALID` and the plausible range of measurements, for
+    :func:`record_rules` (``facts``: :func:`code_facts` of these events, computed when not
+    given)."""
     events = with_code_system(events)
-    invalid = invalid_code_keys(events)
-    valid = ~_code_key().is_in(invalid) if invalid else pl.lit(True)
+    facts = code_facts(events) if facts is None else facts
     joined = events.join(people.select("person_id", "age"), on="person_id", how="left")
-    return joined.with_columns(valid.alias(CODE_VALID))
+    return joined.join(facts.lazy(), on=_CODE_KEYS, how="left", nulls_equal=True)
 
 
 def clean_events(
-    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    facts: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """The events every stage uses: without rows that break a record rule, one copy of each
-    exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``)."""
+    exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``).
+    ``facts``: :func:`code_facts` of ``events`` when already computed."""
     problem = pl.any_horizontal(list(record_rules(index_date).values()))
     columns = with_code_system(events).collect_schema().names()
-    return events_with_age(events, people).filter(~problem).select(columns).unique()
+    joined = events_with_age(events, people, facts=facts)
+    return joined.filter(~problem).select(columns).unique()
 
 
 def find_record_problems(
-    events: pl.LazyFrame, people: pl.LazyFrame, *, index_date: dt.date, location: str
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    location: str,
+    facts: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Rows :func:`clean_events` drops, per rule: file, column, rule, rows and the most frequent
-    offending values."""
+    offending values (one pass for the counts and the distinct clean rows)."""
     rules = record_rules(index_date)
-    joined = events_with_age(events, people)
+    joined = events_with_age(events, people, facts=facts)
     earlier = pl.lit(False)
     first_hits: dict[tuple[str, str], pl.Expr] = {}
     for key, expr in rules.items():
@@ -750,11 +810,13 @@ def find_record_problems(
         earlier = earlier | expr
     counted = {f"rule{i}": hit for i, hit in enumerate(first_hits.values())}
     counted["clean"] = ~earlier
-    counts = _count(joined, counted)
     columns = events.collect_schema().names()
-    distinct = (
-        joined.filter(~earlier).select(pl.struct(columns).hash(seed=0).n_unique()).collect().item()
-    )
+    row = joined.select(
+        *[expr.cast(pl.Int64).sum().alias(name) for name, expr in counted.items()],
+        pl.struct(columns).hash(seed=0).filter(~earlier).n_unique().alias("distinct"),
+    ).collect()
+    counts = {name: int(row[name][0] or 0) for name in counted}
+    distinct = int(row["distinct"][0])
     found = [
         _violation(location, column, rule, counts[f"rule{i}"], _top_values(joined, column, hit))
         for i, ((column, rule), hit) in enumerate(first_hits.items())
@@ -793,7 +855,7 @@ def _check_values(
     columns: set[str],
     *,
     target_names: tuple[str, ...],
-    index_date: dt.date,
+    extract_end: dt.date | None,
 ) -> dict[tuple[str, str], pl.Expr]:
     """Row-level rules of one table: (column, rule) -> boolean 'row breaks the rule'.
 
@@ -805,7 +867,7 @@ def _check_values(
         case "people":
             table_rules = _people_rules()
         case "events":
-            table_rules = _event_rules(index_date)
+            table_rules = _event_rules(extract_end)
         case "outcomes":
             table_rules = _outcome_rules(target_names)
         case _:
@@ -825,13 +887,50 @@ def _check_values(
 
 def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
     """Scan an input table with compatible dtypes read as the contract's (categorical and enum
-    strings as ``String``; integer widths are left as they are and widen in arithmetic)."""
+    strings as ``String``; integer widths are left as they are and widen in arithmetic); an
+    :data:`EQUITY_FIELDS` column the table lacks is read as all null."""
     frame = scan_table(folder, table)
+    schema = frame.collect_schema()
+    absent = [
+        pl.lit(None, dtype=INPUT_TABLES[table][column]).alias(column)
+        for column, (home, _) in EQUITY_FIELDS.items()
+        if home == table and column not in schema
+    ]
     return frame.with_columns(
         pl.col(column).cast(pl.String)
-        for column, dtype in frame.collect_schema().items()
+        for column, dtype in schema.items()
         if isinstance(dtype, pl.Categorical | pl.Enum)
-    )
+    ).with_columns(absent)
+
+
+def unaudited_dimensions(features: pl.LazyFrame, dimensions: tuple[str, ...]) -> dict[str, str]:
+    """Audit dimensions that cannot be audited, with why: those whose column (either column of
+    an intersection ``a_x_b``) is absent from ``features`` or entirely null - the extract lacks
+    the equity field behind it (:data:`EQUITY_FIELDS`)."""
+    wanted = {column for dimension in dimensions for column in dimension.split("_x_")}
+    columns = sorted(wanted & set(features.collect_schema().names()))
+    empty = features.select(pl.col(column).is_null().all() for column in columns).collect()
+    missing = (wanted - set(columns)) | {column for column in columns if empty[column][0]}
+    reasons = {}
+    for dimension in dimensions:
+        gone = [column for column in dimension.split("_x_") if column in missing]
+        if gone:
+            field = SENSITIVE_SOURCES.get(gone[0])
+            reasons[dimension] = (
+                unavailable_reason(field) if field else f"features have no {gone[0]} values"
+            )
+    return reasons
+
+
+def unavailable_fields(folder: str | Path) -> tuple[str, ...]:
+    """The :data:`EQUITY_FIELDS` of the population in ``folder`` that are absent or entirely
+    null (in field order)."""
+    missing = []
+    for column, (table, _) in EQUITY_FIELDS.items():
+        frame = scan_input(folder, table)
+        if frame.select(pl.col(column).is_null().all()).collect().item():
+            missing.append(column)
+    return tuple(missing)
 
 
 class _Scanned:
@@ -855,7 +954,8 @@ def _scan_checked(
         frame = scan_input(folder, table)
         actual = frame.collect_schema()
     except FileNotFoundError:
-        violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
+        if table not in OPTIONAL_TABLES:
+            violations.append(_violation(f"{table}.parquet", "*", "missing table", 0))
         return None
     except (pl.exceptions.PolarsError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -882,14 +982,14 @@ def _table_facts(
     violations: list[dict[str, Any]],
     *,
     target_names: tuple[str, ...],
-    index_date: dt.date,
+    extract_end: dt.date | None,
 ) -> tuple[int, dict[str, int]]:
     """Check one table's values and unique key (appending to ``violations``).
 
     Returns its row count and null count per usable column, from one streaming pass.
     """
     frame, columns, location = scanned.frame, scanned.columns, scanned.location
-    rules = _check_values(table, columns, target_names=target_names, index_date=index_date)
+    rules = _check_values(table, columns, target_names=target_names, extract_end=extract_end)
     exprs = {f"rule{i}": expr for i, expr in enumerate(rules.values())}
     exprs["__rows"] = pl.int_range(pl.len()) >= 0  # one True per row
     for column in columns:
@@ -956,22 +1056,21 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
 def _population_facts(
     people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date
 ) -> dict[str, Any]:
-    """People with a recorded ethnicity, events in the last year by type, and the date span."""
-    last_year = (
-        events.filter(pl.col("date") > pl.lit(index_date) - pl.duration(days=365))
-        .group_by("event_type")
-        .agg(pl.len().alias("n"))
-        .collect()
+    """People with a recorded ethnicity, events in the year up to the index date by type, and the
+    date span (of every event, follow-up included)."""
+    events = events.select("event_type", "date")
+    in_last_year = pl.col("date").is_between(
+        pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    span = events.select(
-        pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")
-    ).collect()
+    last_year, span, recorded = pl.collect_all(  # one pass over the (cleaned) events
+        [
+            events.filter(in_last_year).group_by("event_type").agg(pl.len().alias("n")),
+            events.select(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")),
+            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum()),
+        ]
+    )
     return {
-        "ethnicity_recorded": (
-            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
-            .collect()
-            .item()
-        ),
+        "ethnicity_recorded": recorded.item(),
         "events_last_year": dict(zip(last_year["event_type"], last_year["n"], strict=True)),
         "date_min": span["lo"][0],
         "date_max": span["hi"][0],
@@ -983,7 +1082,9 @@ def validate_population(
     *,
     target_names: tuple[str, ...] | list[str],
     index_date: dt.date,
+    extract_end: dt.date | None = None,
     record_problems: RecordProblems = "exclude",
+    checks: Literal["all", "structural"] = "all",
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
 
@@ -995,10 +1096,17 @@ def validate_population(
     target_names
         Targets named in params; any other ``outcomes.target`` is a violation.
     index_date
-        Events must be dated on or before it.
+        Features use the events on or before it; events after it are follow-up (outcomes).
+    extract_end
+        The date the extract was taken (params ``validation.extract_end``): an event after it
+        is a violation. ``None``: not known, so not checked.
     record_problems
         ``exclude``: record-level noise (:func:`record_rules`, exact duplicates) is counted and
         left for :func:`clean_events` to drop; ``refuse``: it is a violation like the rest.
+    checks
+        ``all``; ``structural``: only the structural rules (a stage re-checking an extract the
+        validate stage passed; record-level noise is dropped by :func:`clean_events` anyway),
+        returning ``rows`` and ``nulls`` only.
 
     Returns
     -------
@@ -1026,21 +1134,23 @@ def validate_population(
     facts: dict[str, Any] = {"rows": {}, "nulls": {}}
     for table, table_scan in scanned.items():
         facts["rows"][table], facts["nulls"][table] = _table_facts(
-            table, table_scan, violations, target_names=target_names, index_date=index_date
+            table, table_scan, violations, target_names=target_names, extract_end=extract_end
         )
     violations += _reference_violations(scanned)
     if violations:
         raise _contract_error(folder, violations)
+    if checks == "structural":
+        return facts
     people, events = scanned["people"].frame, scanned["events"].frame
+    codes = code_facts(events)  # once, for the counts and the clean events
     facts["excluded"] = find_record_problems(
-        events, people, index_date=index_date, location=scanned["events"].location
+        events, people, index_date=index_date, location=scanned["events"].location, facts=codes
     )
     if facts["excluded"] and record_problems == "refuse":
         raise _contract_error(folder, facts["excluded"])
     facts["n_people"] = facts["rows"]["people"]
-    facts |= _population_facts(
-        people, clean_events(events, people, index_date=index_date), index_date=index_date
-    )
+    clean = clean_events(events, people, index_date=index_date, facts=codes)
+    facts |= _population_facts(people, clean, index_date=index_date)
     return facts
 
 
@@ -1543,6 +1653,9 @@ class AuditSummary(Summary):
     flagged_comparisons: int
     planted_bias_check: PlantedBiasCheck
     mitigation: MitigationSummary
+    unaudited_dimensions: dict[str, str] = Field(default_factory=dict)
+    """Dimensions in params ``audit`` that could not be audited -> why (the extract lacks the
+    equity field behind them: :func:`unaudited_dimensions`)."""
 
 
 AUDIT_SUMMARY_FILE: Final = "audit.json"
@@ -1575,6 +1688,16 @@ class ExcludedRecords(Summary):
     examples: list[str]
 
 
+class TargetOutcomes(Summary):
+    """How one target's outcomes were obtained (``pipeline.outcomes``): the extract's
+    ``outcomes`` table, or derived from its events by the target's definition."""
+
+    source: Literal["supplied", "derived"]
+    definition: str
+    n: PublishedCountValue
+    n_events: PublishedCountValue
+
+
 class DataQuality(Summary):
     """``reports/data_quality.json`` (stage validate)."""
 
@@ -1587,6 +1710,8 @@ class DataQuality(Summary):
     ethnicity_recorded_share: PublishedRateValue
     events_per_person_year_last_12_months: dict[str, PublishedRateValue]
     date_range: DateRange
+    outcomes: dict[str, TargetOutcomes] = Field(default_factory=dict)
+    """Per target: its outcomes' source, cohort size and events."""
 
 
 class DecilePrevalence(Summary):

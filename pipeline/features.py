@@ -23,7 +23,7 @@ import datetime as dt
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -244,26 +244,48 @@ def _practice_specs(months: int) -> list[FeatureSpec]:
     ]  # fmt: skip
 
 
-def feature_specs(features: FeatureParams) -> list[FeatureSpec]:
+def fed_by(name: str, polypharmacy_months: int) -> str | None:
+    """The equity field (:data:`pipeline.contract.EQUITY_FIELDS`) a feature is computed from,
+    if any: IMD, the ethnic category, or the GP practice (practice context)."""
+    if name == "imd_decile":
+        return "imd_decile"
+    if name == "ethnicity_code":
+        return "ethnicity"
+    practice_rate = f"practice_emergency_admission_rate_{polypharmacy_months}m"
+    if name == practice_rate or name.startswith(("practice_list_size", "practice_prevalence_")):
+        return "practice_id"
+    return None
+
+
+def feature_specs(features: FeatureParams, *, unavailable: Sequence[str] = ()) -> list[FeatureSpec]:
     """The feature catalogue for these params, in column order.
 
     Parameters
     ----------
     features
         The ``features`` section of the params (windows, measurements, input switches).
+    unavailable
+        Equity fields the extract lacks (:func:`pipeline.contract.unavailable_fields`): the
+        features they feed stay as (empty) columns but are no model inputs.
 
     Returns
     -------
     list[FeatureSpec]
         Every feature column; ``age`` and ``imd_decile`` are also sensitive columns.
     """
-    return [
+    specs = [
         *_person_specs(features),
         *_count_specs(features.windows_months),
         *_recency_specs(),
         *_condition_specs(),
         *_measurement_specs(features.measurements),
         *_practice_specs(features.polypharmacy_months),
+    ]
+    return [
+        replace(spec, model_input=False)
+        if fed_by(spec.name, features.polypharmacy_months) in unavailable
+        else spec
+        for spec in specs
     ]
 
 
@@ -348,14 +370,21 @@ def split_expr(
 # --- Person-level attributes -------------------------------------------------------------------
 
 
-def person_attributes(people: pl.LazyFrame, areas: pl.LazyFrame) -> pl.LazyFrame:
+def person_attributes(
+    people: pl.LazyFrame, areas: pl.LazyFrame, *, unavailable: Sequence[str] = ()
+) -> pl.LazyFrame:
     """People joined to their home area: sensitive columns and demographic features.
 
     Geography (ICB, region, IMD, rurality) is that of the home area, so deprivation and place
-    describe the same neighbourhood.
+    describe the same neighbourhood. Without ethnicity in the extract (``"ethnicity"`` in
+    ``unavailable``) the ethnic group is null, not "Not recorded": nobody's was asked.
     """
     area_cols = areas.select("area_id", "icb_code", "region", "imd_decile", "rural_urban")
-    ethnicity_group = contract.ethnicity_group_expr(pl.col("ethnicity"))
+    ethnicity_group = (
+        pl.lit(None, dtype=pl.String)
+        if "ethnicity" in unavailable
+        else contract.ethnicity_group_expr(pl.col("ethnicity"))
+    )
     return people.join(area_cols, on="area_id", how="left").select(
         "person_id",
         pl.col("sex").cast(pl.String),
@@ -372,6 +401,7 @@ def person_attributes(people: pl.LazyFrame, areas: pl.LazyFrame) -> pl.LazyFrame
         (pl.col("rural_urban") == "rural").cast(pl.Int8).alias("rural"),
         ethnicity_group.replace_strict(
             {group: code for code, group in enumerate(contract.BROAD_ETHNIC_GROUPS)},
+            default=None,
             return_dtype=pl.Int8,
         ).alias("ethnicity_code"),
         pl.col("region")
@@ -632,11 +662,12 @@ def person_aggregates(
     features: FeatureParams,
     index_date: dt.date,
     codelists: Codelists,
+    unavailable: Sequence[str] = (),
 ) -> pl.LazyFrame:
     """Person attributes joined to every event-level branch and the practice context.
 
     People without events of a branch get 0 for its counts and flags (dates and measurements
-    stay null).
+    stay null); people without a practice get no practice context.
     """
     months = features.polypharmacy_months
     flags = [f"has_{condition}" for condition in contract.CONDITIONS]
@@ -647,7 +678,7 @@ def person_aggregates(
         latest_measurements(recorded, measurements=features.measurements, codelists=codelists),
         polypharmacy(recorded, index_date=index_date, months=months, codelists=codelists),
     ]
-    persons = person_attributes(people, areas)
+    persons = person_attributes(people, areas, unavailable=unavailable)
     for branch in branches:
         persons = persons.join(branch, on="person_id", how="left")
     return persons.join(practices, on="practice_id", how="left").with_columns(
@@ -706,6 +737,7 @@ def build_features(
     id_bytes: int,
     practices: pl.LazyFrame | None = None,
     codelists: Codelists | None = None,
+    unavailable: Sequence[str] = (),
 ) -> pl.LazyFrame:
     """The features query: one row per person in ``people`` (not yet sorted).
 
@@ -726,6 +758,8 @@ def build_features(
         needed when ``people`` is one chunk of it. ``None``: computed here from ``people``.
     codelists
         The codelist registry; ``None``: the shipped ``codelists/``.
+    unavailable
+        Equity fields the extract lacks (:func:`pipeline.contract.unavailable_fields`).
 
     Returns
     -------
@@ -751,6 +785,7 @@ def build_features(
         features=features,
         index_date=index_date,
         codelists=codelists,
+        unavailable=unavailable,
     )
     split_seed = seeds.derive("features", "split", root=seed, bits=64)
     persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
@@ -766,7 +801,7 @@ def output_schema(features: FeatureParams) -> dict[str, Any]:
 
 
 def build_manifest(
-    features: FeatureParams, *, index_date: dt.date, seed: int
+    features: FeatureParams, *, index_date: dt.date, seed: int, unavailable: Sequence[str] = ()
 ) -> contract.FeatureManifest:
     """``features/manifest.json``: index date, windows, split, sensitive columns and features.
 
@@ -776,10 +811,19 @@ def build_manifest(
         The ``features`` section of the params.
     index_date, seed
         ``params.index_date`` and the root seed (recorded with the split).
+    unavailable
+        Equity fields the extract lacks: recorded (``unavailable_fields``, with why) when any,
+        and the features they feed are no model inputs.
     """
-    specs = feature_specs(features)
+    specs = feature_specs(features, unavailable=unavailable)
+    missing = (
+        {"unavailable_fields": {name: contract.unavailable_reason(name) for name in unavailable}}
+        if unavailable
+        else {}
+    )
     return contract.FeatureManifest.model_validate(
-        {
+        missing
+        | {
             "index_date": index_date.isoformat(),
             "windows_months": list(features.windows_months),
             "polypharmacy_months": features.polypharmacy_months,
@@ -867,6 +911,7 @@ def write_features(
     seed: int,
     chunk_people: int | None = None,
     codelists: Codelists | None = None,
+    unavailable: Sequence[str] = (),
 ) -> int:
     """Compute the features of the population in ``folder`` into ``target`` (parquet).
 
@@ -901,6 +946,7 @@ def write_features(
         seed=seed,
         id_bytes=id_bytes,
         codelists=codelists,
+        unavailable=unavailable,
     )
     if len(chunks) == 1:
         _sink_sorted(query_of(people, areas, events), target)
@@ -954,11 +1000,18 @@ def run(params: Params, paths: io.Paths) -> Path:
     icb_codes = _icb_codes(folder)  # params that name data are checked first
     if icb_codes is not None:
         check_params_against_data(fp.holdout_icb, icb_codes)
-    contract.validate_population(folder, target_names=tuple(params.targets), index_date=index_date)
+    contract.validate_population(
+        folder,
+        target_names=tuple(params.targets),
+        index_date=index_date,
+        extract_end=params.validation.extract_end,
+        checks="structural",  # record-level noise: counted by validate, dropped by clean_events
+    )
     lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
     codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)
-    manifest = build_manifest(fp, index_date=index_date, seed=seed)
+    unavailable = contract.unavailable_fields(folder)
+    manifest = build_manifest(fp, index_date=index_date, seed=seed, unavailable=unavailable)
     with io.atomic_dir(paths.features) as tmp:
         write_features(
             folder,
@@ -967,6 +1020,7 @@ def run(params: Params, paths: io.Paths) -> Path:
             index_date=index_date,
             seed=seed,
             codelists=codelists,
+            unavailable=unavailable,
         )
         io.write_json(manifest.document(), tmp / MANIFEST_FILE)
         rows = pl.scan_parquet(tmp / FEATURES_FILE).select(pl.len()).collect().item()

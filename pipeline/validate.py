@@ -12,7 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pipeline import console
+from pipeline import console, outcomes
 from pipeline.config import Params
 from pipeline.contract import DataQuality, validate_population, write_summary
 from pipeline.disclosure import Rule
@@ -63,7 +63,44 @@ def data_quality_report(
             for event_type, count in sorted(facts["events_last_year"].items())
         },
         "date_range": {"first": facts["date_min"], "last": facts["date_max"]},
+        "outcomes": {
+            name: {
+                "source": found["source"],
+                "definition": found["definition"],
+                "n": rule.count(found["n"]),
+                "n_events": rule.count(found["n_events"]),
+            }
+            for name, found in facts.get("outcomes", {}).items()
+        },
     }
+
+
+def outcome_facts(folder: Path, params: Params, *, root: Path) -> dict[str, dict[str, Any]]:
+    """Per target: where its outcomes come from (the extract's table or derived from its
+    events, :mod:`pipeline.outcomes`), how, and its raw cohort and event counts.
+
+    Raises
+    ------
+    ContractError
+        When a target's outcome can be neither read nor derived.
+    """
+    found = outcomes.all_target_outcomes(
+        folder,
+        params.targets,
+        index_date=params.index_date,
+        extract_end=params.validation.extract_end,
+        codelists=outcomes.project_codelists(root),
+    )
+    facts = {}
+    for name, (table, source) in found.items():
+        n, n_events = outcomes.outcome_counts(table)
+        facts[name] = {
+            "source": source,
+            "definition": outcomes.describe(name, params.targets[name], source),
+            "n": n,
+            "n_events": n_events,
+        }
+    return facts
 
 
 def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
@@ -73,8 +110,10 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
         folder,
         target_names=tuple(params.targets),
         index_date=params.index_date,
+        extract_end=params.validation.extract_end,
         record_problems=params.validation.record_problems,
     )
+    facts["outcomes"] = outcome_facts(folder, params, root=paths.root)
     # Relative to the project when inside it, so the report is the same in every clone.
     shown = folder.resolve()
     if shown.is_relative_to(paths.root):
@@ -83,7 +122,9 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
         facts, folder=shown.as_posix(), index_date=params.index_date, rule=params.disclosure
     )
     write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")
+    sources = ", ".join(f"{name} {found['source']}" for name, found in facts["outcomes"].items())
     console.stage_done(
         "validate",
-        did=f"{shown.as_posix()} meets the contract ({console.count(report['n_people'])} people)",
+        did=f"{shown.as_posix()} meets the contract ({console.count(report['n_people'])} people;"
+        f" outcomes: {sources})",
     )

@@ -325,11 +325,14 @@ def test_bad_feature_params_name_the_key(raw_params: dict, key: str, value: obje
 # --- run() -------------------------------------------------------------------------------------
 
 
-def write_population(folder: Path, *, events: pl.DataFrame = EVENTS) -> None:
-    """The fixture tables as a population folder (events in two parts); the contract has no
-    events after the index date, so those rows (tested above) are left out."""
+def write_population(
+    folder: Path, *, events: pl.DataFrame = EVENTS, follow_up: bool = False
+) -> None:
+    """The fixture tables as a population folder (events in two parts); events after the index
+    date (follow-up, which the contract accepts) only when ``follow_up``."""
     folder.mkdir(parents=True)
-    events = events.filter(pl.col("date") <= INDEX)
+    if not follow_up:
+        events = events.filter(pl.col("date") <= INDEX)
     AREAS.write_parquet(folder / "areas.parquet")
     PRACTICES.write_parquet(folder / "practices.parquet")
     PEOPLE.write_parquet(folder / "people.parquet")
@@ -383,6 +386,39 @@ def test_record_noise_never_reaches_a_feature(tmp_path: Path, params: Params) ->
     written = pl.read_parquet(paths.features / "features.parquet")
     assert written.equals(compute(params))
     assert person(written, "P2")["latest_bmi"] == 31.5
+
+
+FOLLOW_UP = pl.DataFrame(
+    [
+        # after the index date, in every branch a feature reads: none may change
+        ("P1", D(2025, 4, 2), "emergency_admission", "I50", None),
+        ("P2", D(2025, 4, 2), "measurement", "sbp", 180.0),
+        ("P2", D(2025, 4, 3), "prescription", "0403", None),
+        ("P3", D(2025, 5, 1), "diagnosis", "E11", None),
+        ("P3", D(2026, 1, 1), "ae_attendance", "R07", None),
+        ("P4", D(2029, 1, 1), "gp_consultation", "face_to_face", None),
+        ("P4", D(2025, 4, 2), "diagnosis", "F17", None),  # smoking, after the index
+    ],
+    schema=contract.EVENTS_SCHEMA,
+    orient="row",
+)
+
+
+def test_events_after_the_index_date_change_no_feature(tmp_path: Path, params: Params) -> None:
+    """The contract accepts follow-up events (outcomes are derived from them); the features of
+    an extract with them are byte-identical to those of the same extract without them."""
+    runs = {}
+    for name, follow_up in (("without", False), ("with", True)):
+        root = tmp_path / name
+        events = pl.concat([EVENTS, FOLLOW_UP])
+        write_population(root / "data" / "population", events=events, follow_up=follow_up)
+        paths = io.Paths.at(root)
+        features.run(params, paths)
+        runs[name] = (paths.features / "features.parquet").read_bytes()
+    assert runs["with"] == runs["without"]
+    assert pl.read_parquet(tmp_path / "with" / "features" / "features.parquet").equals(
+        compute(params)
+    )
 
 
 @needs_validator

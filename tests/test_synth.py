@@ -198,9 +198,9 @@ def test_extract_mode_refuses_a_broken_extract_and_writes_nothing(
 ) -> None:
     extract = tmp_path / "extract"
     shutil.copytree(synthetic / "data" / "population", extract)
-    (extract / "outcomes.parquet").unlink()
+    (extract / "areas.parquet").unlink()  # outcomes are optional (derived from events)
     params = make_params(source="extract", extract_dir=str(extract))
-    with pytest.raises(ContractError, match=r"outcomes\.parquet / \*: missing table"):
+    with pytest.raises(ContractError, match=r"areas\.parquet / \*: missing table"):
         run(params, Paths.at(tmp_path / "project"))
     assert not (tmp_path / "project" / "data").exists()
 

@@ -19,6 +19,7 @@ from pipeline.validate import run
 
 INDEX = dt.date(2025, 4, 1)
 TARGETS = ("emergency_admission_12m", "cvd_event_5y")
+EXTRACT_END = dt.date(2026, 4, 1)
 
 
 def valid_tables() -> dict[str, pl.DataFrame]:
@@ -130,7 +131,7 @@ def _duplicate_row(table: str, row: int = 0) -> Callable:
 
 
 BROKEN = {
-    "missing table": (_drop_table("outcomes"), "outcomes.parquet", "*", "missing table"),
+    "missing table": (_drop_table("areas"), "areas.parquet", "*", "missing table"),
     "missing column": (_drop_column("people", "sex"), "people.parquet", "sex", "missing column"),
     "wrong type": (_cast("people", "age", pl.String), "people.parquet", "age", "wrong type"),
     "null id": (_set("people", "person_id", 3, None), "people.parquet", "person_id", "null value"),
@@ -160,11 +161,11 @@ BROKEN = {
         "age",
         "age out of range",
     ),
-    "date after index": (
-        _set("events", "date", 0, INDEX + dt.timedelta(days=1)),
+    "date after the extract end": (
+        _set("events", "date", 0, EXTRACT_END + dt.timedelta(days=1)),
         "events/",
         "date",
-        "after the index date",
+        "after the extract end 2026-04-01",
     ),
     "events for unknown people": (
         _set("events", "person_id", 0, "P9999999999"),
@@ -210,13 +211,32 @@ def test_each_rule_is_reported_with_file_column_and_rows(tmp_path: Path, case: s
     mutate(tables)
     folder = write_folder(tmp_path / "extract", tables)
     with pytest.raises(ContractError) as caught:
-        contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+        contract.validate_population(
+            folder, target_names=TARGETS, index_date=INDEX, extract_end=EXTRACT_END
+        )
     lines = [line for line in str(caught.value).splitlines() if line.startswith("  ")]
     match = [line for line in lines if line.strip().startswith(f"{file} / {column}:")]
     assert match, str(caught.value)
     assert rule in match[0]
     if rule not in ("missing table", "missing column", "wrong type"):
         assert "(1 rows)" in match[0], match[0]
+
+
+def test_events_after_the_index_date_are_follow_up_not_violations(tmp_path: Path) -> None:
+    """Follow-up events (up to the extract end) pass; the last-12-months rates count only the
+    year up to the index date, and the date range spans the follow-up."""
+    tables = valid_tables()
+    later = tables["events"].with_columns(pl.col("date") + dt.timedelta(days=200))
+    tables["events"] = pl.concat([tables["events"], later])
+    folder = write_folder(tmp_path / "extract", tables)
+    facts = contract.validate_population(
+        folder, target_names=TARGETS, index_date=INDEX, extract_end=EXTRACT_END
+    )
+    assert facts["excluded"] == []
+    assert facts["events_last_year"]["gp_consultation"] == 20
+    assert facts["date_max"] == INDEX + dt.timedelta(days=190)
+    unbounded = contract.validate_population(folder, target_names=TARGETS, index_date=INDEX)
+    assert unbounded["rows"]["events"] == 200
 
 
 def test_all_violations_are_reported_together(tmp_path: Path) -> None:
@@ -348,3 +368,110 @@ def test_run_publishes_excluded_records_by_rule(tmp_path: Path) -> None:
     rules = {(item["column"], item["rows"]) for item in report["excluded"]}
     assert ("code", "*") in rules  # 2 rows: suppressed like every published count
     assert len(report["excluded"]) == 5
+
+
+def test_an_extract_end_before_the_index_date_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"validation\.extract_end"):
+        parse_params(
+            {
+                "targets": {"t": {"outcome": "emergency_admission", "follow_up_months": 12}},
+                "index_date": INDEX.isoformat(),
+                "validation": {"extract_end": "2025-03-31"},
+            }
+        )
+
+
+# --- Done-when of issue 16 item 4: through the command line, as DVC runs the stage ------------
+
+PARAMS_YAML = (
+    "index_date: '2025-04-01'\n"
+    "validation:\n  extract_end: '2026-04-01'\n"
+    "targets:\n"
+    + "".join(
+        f"  {name}:\n    outcome: emergency_admission\n    follow_up_months: 12\n"
+        for name in TARGETS
+    )
+)
+
+
+def _cli_validate(folder: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``python -m pipeline validate FOLDER --root ROOT`` in this process; its exit status."""
+    from pipeline.cli import main
+
+    (root / "params.yaml").write_text(PARAMS_YAML)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "validate", str(folder), "--root", str(root)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0)
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_each_structural_rule_exits_2_and_writes_nothing(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    mutate, file, column, rule = BROKEN[case]
+    tables = valid_tables()
+    mutate(tables)
+    folder = write_folder(tmp_path / "extract", tables)
+    assert _cli_validate(folder, tmp_path, monkeypatch) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"{file} / {column}: " in message and rule in message, message
+    assert not (tmp_path / "reports").exists()
+
+
+SNOMED_T2DM = "44054006"  # |Diabetes mellitus type 2|, in NHS Digital's DM_COD
+DMD_GLIMEPIRIDE = "8093711000001103"  # an AMP in opensafely/antidiabetic-drugs
+CODED = [
+    ("diagnosis", "I10X", None, None),  # HES: X-padded 3-character category
+    ("diagnosis", "I25.1", None, None),  # dotted ICD-10
+    ("diagnosis", SNOMED_T2DM, None, "snomed_ct"),  # primary care
+    ("prescription", DMD_GLIMEPIRIDE, None, "dmd"),
+    ("diagnosis", "K21.9", None, None),  # valid ICD-10 in no codelist: kept
+    ("diagnosis", "138875005", None, "snomed_ct"),  # valid SNOMED CT in no codelist: kept
+    ("measurement", "bmi", 6.9, None),  # implausible: excluded
+    ("measurement", "271649006", 400.0, "snomed_ct"),  # systolic BP, implausible: excluded
+    ("diagnosis", "44054007", None, "snomed_ct"),  # wrong check digit: excluded
+    ("prescription", "9999", None, None),  # BNF of no chapter: excluded
+]
+
+
+def test_a_coded_extract_passes_and_every_excluded_row_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X-padded and dotted ICD-10, SNOMED CT, dm+d, codes in no codelist and implausible values:
+    validate passes, data_quality.json counts each excluded row by rule, and the kept rows are
+    exactly the rest (counts reconcile; 10 people per code so no count is suppressed)."""
+    tables = valid_tables()
+    people = tables["people"]["person_id"].to_list()
+    day = INDEX - dt.timedelta(days=30)
+    rows = [
+        (person, day, event_type, code, value, system)
+        for event_type, code, value, system in CODED
+        for person in people[:10]
+    ]
+    schema = {**contract.EVENTS_SCHEMA, **contract.EVENTS_OPTIONAL_SCHEMA}
+    base = tables["events"].with_columns(pl.lit(None, dtype=pl.String).alias("code_system"))
+    tables["events"] = pl.concat([base, pl.DataFrame(rows, schema=schema, orient="row")])
+    folder = write_folder(tmp_path / "extract", tables)
+    assert _cli_validate(folder, tmp_path, monkeypatch) == 0
+    report = read_json(tmp_path / "reports" / "data_quality.json")
+    excluded = {(item["column"], item["rule"]): item["rows"] for item in report["excluded"]}
+    assert excluded == {
+        ("code", "invalid code for its code system"): 20,
+        ("value", "measurement value missing or out of plausible range"): 20,
+    }
+    assert report["tables"]["events"]["n_rows"] == 200  # 100 + 10 codes x 10 people
+    kept = contract.clean_events(
+        contract.scan_input(folder, "events"),
+        contract.scan_input(folder, "people"),
+        index_date=INDEX,
+    ).collect()
+    assert kept.height == 200 - 40
+    assert set(kept["code"]) >= {
+        "I10X",
+        "I25.1",
+        SNOMED_T2DM,
+        DMD_GLIMEPIRIDE,
+        "K21.9",
+        "138875005",
+    }

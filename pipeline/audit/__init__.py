@@ -27,7 +27,7 @@ from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.cohort import build_cohort
+from pipeline.audit.cohort import UNKNOWN, build_cohort
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -292,6 +292,12 @@ def label_choice_tables(
     add_score_percentile`); each dimension's reference group is ``audit.reference_groups``'
     (else its largest recorded group).
     """
+    if not audit.label_choice_dimensions:  # none the extract defines: the columns, no rows
+        shaped = audit.model_copy(update={"label_choice_dimensions": ("sex",)})
+        tables = label_choice_tables(
+            cohort, audit=shaped, unit=unit, has_truth=has_truth, has_oracle=has_oracle
+        )
+        return {name: frame.head(0) for name, frame in tables.items()}
     needs = ["recorded_need"] + (["true_need"] if has_truth else [])
     rankings = _rankings(has_truth=has_truth, has_oracle=has_oracle)
     curves, gaps, shares = [], [], []
@@ -458,13 +464,16 @@ def mitigation_tables(
     gaps_imd = mitigation.tpr_gaps(
         by_group, dimension="imd_quintile", min_group_events=min_group_events
     )
-    outcomes = impact_mod.impact_tables(
-        chosen if whole_cohort is cohort else chosen_in(whole_cohort),
-        basis="true risk" if has_truth else "calibrated predicted risk",
-        impact=impact or ImpactParams(),
-        rng=impact_rng,
-        confidence=confidence,
-    )
+    contacted = chosen if whole_cohort is cohort else chosen_in(whole_cohort)
+    no_imd = (contacted["imd_quintile"] == UNKNOWN).all()  # the extract has no IMD: SII is NaN
+    with np.errstate(invalid="ignore" if no_imd else "warn"):
+        outcomes = impact_mod.impact_tables(
+            contacted,
+            basis="true risk" if has_truth else "calibrated predicted risk",
+            impact=impact or ImpactParams(),
+            rng=impact_rng,
+            confidence=confidence,
+        )
     return {
         "mitigation": summary.join(gaps_imd, on="policy", how="left"),
         "mitigation_by_group": by_group,
@@ -814,12 +823,33 @@ def _split_rows(
     return audited
 
 
+def _without_unavailable_dimensions(
+    params: Params, paths: io.Paths
+) -> tuple[Params, dict[str, str]]:
+    """``params`` without the audit dimensions the extract cannot define (an equity field absent
+    or empty: :func:`pipeline.contract.unaudited_dimensions`), and those dimensions with why."""
+    features_path = _require(paths.features / "features.parquet", "features")
+    audit = params.audit
+    wanted = (*audit.dimensions, *audit.label_choice_dimensions)
+    unaudited = contract.unaudited_dimensions(pl.scan_parquet(features_path), wanted)
+    if not unaudited:
+        return params, {}
+    for dimension, reason in unaudited.items():
+        _warn(f"audit: {dimension} not audited - {reason}")
+    kept = {
+        name: tuple(d for d in getattr(audit, name) if d not in unaudited)
+        for name in ("dimensions", "label_choice_dimensions", "funnel_dimensions")
+    }
+    return params.model_copy(update={"audit": audit.model_copy(update=kept)}), unaudited
+
+
 def run(params: Params, paths: io.Paths, *, target: str) -> None:
     """Audit one target: read scores, groups and truth; write reports/audit/<target>/."""
     _check_params(params.audit)
     if target not in params.targets:
         raise ParamsError(f"audit: unknown target {target!r}")
     tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
+    params, unaudited = _without_unavailable_dimensions(params, paths)
     audit, operating_point = params.audit, params.operating_point
     full = _read_cohort(params, paths, target=target)
     audited = _split_rows(full, split=audit.split, source=paths.scores / f"{target}.parquet")
@@ -844,6 +874,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         group_metrics=published["group_metrics"],
         rule=rule,
     )
+    if unaudited:
+        summary = summary.model_copy(update={"unaudited_dimensions": unaudited})
     headline = contract.AuditHeadline(
         headline_metrics(published, dimensions=audit.dimensions, has_truth=tables["has_truth"])
     )

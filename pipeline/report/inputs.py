@@ -424,6 +424,10 @@ def _target_view(
     notes: list[str] = []
     folder = paths.reports / "audit" / name
     summary = _audit_summary(folder / contract.AUDIT_SUMMARY_FILE, name)
+    notes += [
+        f"{dimension.replace('_', ' ')} could not be audited: {reason}."
+        for dimension, reason in summary.unaudited_dimensions.items()
+    ]
     tables = read_audit_tables(folder)
     groups = groups_view(tables["group_metrics"])
     if groups.is_empty():

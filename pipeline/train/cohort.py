@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from pipeline import contract
+from pipeline import contract, outcomes
 from pipeline.errors import ContractError, StageError
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.io import Paths
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,31 @@ def feature_spec(manifest: contract.FeatureManifest) -> FeatureSpec:
     """Model inputs in manifest order and their categorical subset."""
     names, categorical = manifest.inputs()
     return FeatureSpec(names, categorical)
+
+
+def read_outcomes(paths: Paths, params: Params, *, target: str) -> tuple[pl.LazyFrame, str]:
+    """The target's outcomes (the population's ``outcomes`` rows, or derived from its events:
+    :func:`pipeline.outcomes.target_outcomes`) and where they came from, for messages.
+
+    Raises
+    ------
+    StageError
+        When the population folder or one of its tables is missing.
+    """
+    try:
+        table, source = outcomes.target_outcomes(
+            paths.population,
+            target,
+            params.targets[target],
+            index_date=params.index_date,
+            extract_end=params.validation.extract_end,
+            codelists=outcomes.project_codelists(paths.root),
+        )
+    except FileNotFoundError as error:
+        raise StageError(str(error)) from None
+    if source == outcomes.SUPPLIED:
+        return table, str(paths.population / "outcomes")
+    return table, f"{paths.population / 'events'} (outcomes derived by targets.{target}.derive)"
 
 
 def cohort_frame(

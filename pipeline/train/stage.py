@@ -25,6 +25,7 @@ from pipeline.train.cohort import (
     feature_matrix,
     feature_spec,
     oracle_risk,
+    read_outcomes,
     sample_rows,
     split_rows,
 )
@@ -163,19 +164,21 @@ def training_example(x_train: np.ndarray) -> np.ndarray:
 
 
 def read_cohort(
-    paths: io.Paths, *, target: str, extra_columns: list[str]
+    paths: io.Paths,
+    *,
+    target: str,
+    extra_columns: list[str],
+    outcomes: tuple[pl.LazyFrame, str],
 ) -> tuple[pl.DataFrame, FeatureSpec]:
-    """The checked cohort of ``target`` (features + outcome + ``extra_columns``) and its spec."""
+    """The checked cohort of ``target`` (features + outcome + ``extra_columns``) and its spec;
+    ``outcomes``: the target's outcomes and where they came from (``cohort.read_outcomes``)."""
     features_file = paths.features / "features.parquet"
     manifest_file = paths.features / "manifest.json"
     for needed in (features_file, manifest_file):
         if not needed.exists():
             raise StageError(f"{needed}: missing - run the features stage first")
     spec = feature_spec(contract.read_manifest(manifest_file))
-    try:
-        outcomes = contract.scan_input(paths.population, "outcomes")
-    except FileNotFoundError as error:
-        raise StageError(str(error)) from None
+    table, source = outcomes
     features = pl.scan_parquet(features_file)
     present = features.collect_schema()
     needed_columns = ("person_id", "split", *spec.names, *extra_columns)
@@ -183,8 +186,8 @@ def read_cohort(
     if missing:
         raise ContractError(f"{features_file}: missing columns {missing}")
     columns = [*spec.names, *extra_columns]
-    cohort = cohort_frame(features, outcomes, target=target, columns=columns).collect()
-    check_cohort(cohort, target=target, source=str(paths.population / "outcomes"))
+    cohort = cohort_frame(features, table, target=target, columns=columns).collect()
+    check_cohort(cohort, target=target, source=source)
     return cohort, spec
 
 
@@ -321,7 +324,12 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         raise StageError(f"unknown target {target!r}")
     run_params = TargetRun.of(params, target)
     registry.prepare(root=paths.root, target=target)  # fails fast when the store is down
-    cohort, spec = read_cohort(paths, target=target, extra_columns=run_params.unit)
+    cohort, spec = read_cohort(
+        paths,
+        target=target,
+        extra_columns=run_params.unit,
+        outcomes=read_outcomes(paths, params, target=target),
+    )
     oracle_file = paths.truth / "oracle.parquet"
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
     trained = train_target(cohort, spec, target=target, params=run_params, oracle=oracle)
