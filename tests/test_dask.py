@@ -153,37 +153,44 @@ def test_outreach_against_an_external_scheduler(
 def test_distributed_training_trains_registers_and_matches_the_local_auroc(
     tmp_path: Path, cluster: str, monkeypatch
 ) -> None:
-    """``train.distributed``: the local early-stopped fit on a 1,000-row sample sets the rounds,
-    then ``lightgbm.dask`` fits every training row (about 2,300) on 2 workers. AUROCs differ
-    (other rows; a data-parallel learner whose histograms are built per worker), so the test
-    asks for a test-split AUROC within 0.03 of the local fit's (about the AUROC's standard
-    error on this 800-person test split)."""
+    """``train.distributed``: a local early-stopped fit on the seeded sample sets the rounds,
+    then ``lightgbm.dask`` fits every training row on 2 workers.
+
+    On the same rows (sample = the whole training split, about 2,300 people) the two models
+    differ only by the learner: LightGBM's data-parallel learner merges per-worker histograms
+    built on each worker's rows and bin boundaries, so trees, hence scores, are close but not
+    identical; the test split's AUROC must agree within 0.01 (its standard error on these 800
+    people is about 0.02). With a 1,000-row sample, the distributed fit still uses every row.
+    """
     monkeypatch.setattr(test_train, "N_PEOPLE", 5_000)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     test_train._population(tmp_path, truth=False)
     paths = io.Paths.at(tmp_path)
-    params = test_train._params(max_train_rows=1_000)
-    train.run(params, paths, target=test_train.TARGET)
-    local = json.loads((paths.models / test_train.TARGET / "metrics.json").read_text())
+    metrics_file = paths.models / test_train.TARGET / "metrics.json"
 
+    def trained(params: Params) -> dict[str, Any]:
+        train.run(params, paths, target=test_train.TARGET)
+        return dict(json.loads(metrics_file.read_text()))
+
+    def on_dask(params: Params) -> Params:
+        update = {"distributed": True, "time_out": 2}
+        return params.model_copy(
+            update={"engine": "dask", "train": params.train.model_copy(update=update)}
+        )
+
+    every_row = test_train._params(max_train_rows=100_000)
+    local = trained(every_row)
     monkeypatch.setenv(engine.SCHEDULER_ENV, cluster)
-    distributed = params.model_copy(
-        update={
-            "engine": "dask",
-            "train": params.train.model_copy(update={"distributed": True, "time_out": 2}),
-        }
-    )
-    train.run(distributed, paths, target=test_train.TARGET)
-    remote = json.loads((paths.models / test_train.TARGET / "metrics.json").read_text())
+    remote = trained(on_dask(every_row))
     assert remote["best_iteration"] == local["best_iteration"]  # rounds from the local fit
-    assert remote["n_train_rows"] > local["n_train_rows"] == 1_000
-    assert abs(remote["auroc"] - local["auroc"]) <= 0.03
-    assert 0.6 < remote["auroc"] <= 1.0
+    assert remote["n_train_rows"] == local["n_train_rows"]
+    assert abs(remote["auroc"] - local["auroc"]) <= 0.01
+    sampled = trained(on_dask(test_train._params(max_train_rows=1_000)))
+    assert sampled["n_train_rows"] == local["n_train_rows"] > 1_000  # every row, not the sample
 
     import mlflow
 
-    client = mlflow.MlflowClient()
-    versions = client.search_model_versions(f"name='phm-{test_train.TARGET}'")
-    assert len(versions) == 2  # the distributed model is registered like the local one
+    versions = mlflow.MlflowClient().search_model_versions(f"name='phm-{test_train.TARGET}'")
+    assert len(versions) == 3  # each distributed model is registered like the local one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from itertools import pairwise
 from operator import itemgetter
@@ -145,7 +146,7 @@ def distributed_booster(
         da.from_delayed(delayed(itemgetter(1))(f), shape=b[1].shape, dtype=np.float64)
         for f, b in zip(scattered, blocks, strict=True)
     ]
-    settings = {k: v for k, v in params.items() if k not in ("seed", "verbosity")}
+    settings = {k: v for k, v in params.items() if k not in ("seed", "verbosity", "num_threads")}
     model = DaskLGBMClassifier(
         client=client,
         n_estimators=n_rounds,
@@ -154,10 +155,14 @@ def distributed_booster(
         time_out=time_out,
         **settings,
     )
-    model.fit(
-        da.concatenate(parts_x),
-        da.concatenate(parts_y),
-        feature_name=list(spec.names),
-        categorical_feature=list(spec.categorical),
-    )
+    with warnings.catch_warnings():
+        # The sklearn wrapper always passes n_jobs; lightgbm.dask drops it (threads = the
+        # worker's) and says so on every fit.
+        warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
+        model.fit(
+            da.concatenate(parts_x),
+            da.concatenate(parts_y),
+            feature_name=list(spec.names),
+            categorical_feature=list(spec.categorical),
+        )
     return lgb.Booster(model_str=model.booster_.model_to_string())
