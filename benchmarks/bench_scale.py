@@ -13,8 +13,12 @@ The Dask run copies the local run's folder and re-runs the stages that use the e
 same code on both engines (it does not use the engine yet), so its figures are the local run's.
 The Dask run's lists and outreach summary are compared byte for byte with the local run's.
 
+``--from DIR --stages outreach,report`` skips the upstream stages: it copies DIR's outputs
+(a project after ``dvc repro``; N is then DIR's population) and runs only those stages, on both
+engines - the quick way to time the engine stages when a whole run is too long.
+
 Usage: ``nice .venv/bin/python benchmarks/bench_scale.py [N] [--engines local,dask]
-[--distributed] [--keep DIR]`` (N defaults to 200000).
+[--distributed] [--keep DIR] [--from DIR --stages S,...]`` (N defaults to 200000).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("pipeline", "codelists", "params.yaml", "dvc.yaml", "pyproject.toml")
+OUTPUTS = ("data", "features", "models", "reports", "metrics", "mlflow.db", "mlartifacts")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ENGINE_STAGES = ("outreach",)
 
@@ -131,6 +136,16 @@ def make_project(folder: Path, *, n_people: int) -> dict:
     return params
 
 
+def copy_outputs(source: Path, folder: Path) -> None:
+    """Copy a finished project's outputs (``OUTPUTS``) into ``folder`` (for ``--from``)."""
+    for name in OUTPUTS:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, folder / name, symlinks=True, dirs_exist_ok=True)
+        elif path.exists():
+            shutil.copy2(path, folder / name)
+
+
 def set_engine(folder: Path, *, engine: str, distributed: bool) -> None:
     """Write ``engine`` (and ``train.distributed``) into the folder's params.yaml."""
     params = yaml.safe_load((folder / "params.yaml").read_text())
@@ -191,7 +206,10 @@ def main() -> None:
     parser.add_argument("--distributed", action="store_true", help="train.distributed on Dask")
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling, seconds")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
+    parser.add_argument("--from", dest="source", type=Path, help="reuse this project's outputs")
+    parser.add_argument("--stages", help="with --from: the stages to run, comma-separated")
     args = parser.parse_args()
+    only = tuple(args.stages.split(",")) if args.stages else None
     engines = args.engines.split(",")
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     base.mkdir(parents=True, exist_ok=True)
@@ -199,8 +217,11 @@ def main() -> None:
     print(f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     local = base / "local"
     params = make_project(local, n_people=args.n_people)
+    if args.source:
+        copy_outputs(args.source, local)
     set_engine(local, engine="local", distributed=False)
-    measured = run_engine(local, stage_commands(params), interval=args.interval, label="local")
+    commands = stage_commands(params, only=only)
+    measured = run_engine(local, commands, interval=args.interval, label="local")
     summary("local engine", measured, local)
     if "dask" in engines:
         dask = base / "dask"
@@ -209,6 +230,7 @@ def main() -> None:
         again = (*ENGINE_STAGES, "report", *(("train",) if args.distributed else ()))
         # train re-runs explain, need and audit's inputs: re-run them too when it does
         again += ("need", "audit", "explain") if args.distributed else ()
+        again = tuple(stage for stage in again if only is None or stage in only)
         rerun = run_engine(
             dask, stage_commands(params, only=again), interval=args.interval, label="dask"
         )
