@@ -27,6 +27,7 @@ import argparse
 import filecmp
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,9 +97,15 @@ def run_stage(command: list[str], *, cwd: Path, env: dict[str, str], interval: f
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    done.set()
-    sampler.join()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:  # Ctrl-C or SIGTERM (main): stop the stage too
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        done.set()
+        sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed (exit {process.returncode})")
@@ -199,7 +206,12 @@ def summary(label: str, measured: list[Measured], folder: Path) -> None:
     )
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(f"bench_scale: stopped by signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n_people", type=int, nargs="?", default=200_000)
     parser.add_argument("--engines", default="local,dask")

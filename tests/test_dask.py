@@ -83,6 +83,25 @@ def external_cluster(tmp_path: Path) -> Iterator[str]:
             log.close()
 
 
+def test_without_a_scheduler_address_the_engine_starts_its_own_local_cluster(
+    monkeypatch,
+) -> None:
+    """engine dask, DASK_SCHEDULER_ADDRESS unset: a LocalCluster of worker processes for the
+    stage, closed after it; results come back in partition order, not finishing order."""
+
+    def summed(partition: pl.DataFrame, *, plus: int) -> int:  # nested: pickled by value
+        return int(partition["x"].sum()) + plus * partition.height
+
+    monkeypatch.delenv(engine.SCHEDULER_ENV, raising=False)
+    parts = [pl.DataFrame({"x": [i] * (4 - i)}) for i in range(4)]
+    with engine.connect("dask", n_workers=2) as client:
+        assert client is not None
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+        got = engine.map_partitions(summed, parts, client=client, plus=1)
+    assert client.status == "closed"
+    assert got == [4, 6, 6, 4]
+
+
 def _outreach_bytes(paths: io.Paths) -> dict[str, bytes]:
     files = [p for p in paths.outreach.rglob("*") if p.is_file()]
     files.append(paths.reports / "outreach_summary.json")
