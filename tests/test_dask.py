@@ -175,7 +175,7 @@ def test_distributed_training_trains_registers_and_matches_the_local_auroc(
     """``train.distributed``: a local early-stopped fit on the seeded sample sets the rounds,
     then ``lightgbm.dask`` fits every training row on 2 workers.
 
-    On the same rows (sample = the whole training split, about 2,300 people) the two models
+    On the same rows (sample = the whole training split, 2,670 people) the two models
     differ only by the learner: LightGBM's data-parallel learner merges per-worker histograms
     built on each worker's rows and bin boundaries, so trees, hence scores, are close but not
     identical; the test split's AUROC must agree within 0.01 (its standard error on these 800
