@@ -230,6 +230,12 @@ class TrainParams(_Frozen):
     max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
     n_bootstrap: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
     num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
+    distributed: Annotated[bool, Field(strict=True)] = False
+    """Fit on every training row through ``lightgbm.dask`` (engine ``dask`` only), with the
+    number of rounds of a local early-stopped fit on the seeded sample (``docs/scale.md``)."""
+    time_out: Annotated[int, Field(ge=1, le=1_440, strict=True)] = 30
+    """Minutes LightGBM's distributed workers wait for each other's sockets (LightGBM's
+    ``time_out``) before the fit fails instead of hanging."""
 
 
 AuditDimension = Literal[
@@ -473,6 +479,8 @@ class Params(_Frozen):
     """All pipeline parameters; one section per stage."""
 
     seed: Annotated[int, Field(ge=0, strict=True)] = 20_261_123
+    engine: Literal["local", "dask"] = "local"
+    """``dask``: partitioned stages run on a ``dask.distributed`` cluster (``pipeline.engine``)."""
     index_date: dt.date = dt.date(2025, 4, 1)
     population: PopulationParams = PopulationParams()
     validation: ValidationParams = ValidationParams()
@@ -514,6 +522,12 @@ class Params(_Frozen):
                     f"targets.{name}.exclude_prior: {unknown[0]!r} is not simulated by the "
                     f"synthetic world ({', '.join(SYNTHETIC_EXCLUSIONS)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_needs_dask(self) -> Params:
+        if self.train.distributed and self.engine != "dask":
+            raise ValueError("train.distributed: true needs engine: dask")
         return self
 
     @model_validator(mode="after")

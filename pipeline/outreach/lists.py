@@ -32,12 +32,15 @@ __all__ = [
     "RISK_SCORE_DECIMALS",
     "check_file_names",
     "flag_selected",
+    "keyed_rows",
     "list_rows",
     "merge_lists",
     "select_outreach",
+    "select_people",
     "spreadsheet_safe",
     "tier_expr",
     "tier_labels",
+    "with_pseudonyms",
     "write_people_csv",
 ]
 
@@ -79,18 +82,11 @@ spreadsheets (OWASP, "CSV Injection"); such cells get a leading single quote."""
 _SAFE_FILE_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def select_outreach(
-    cohort: pl.LazyFrame,
-    capacity: pl.DataFrame,
-    *,
-    capacity_mode: CapacityMode,
-    key: bytes,
+def select_people(
+    cohort: pl.LazyFrame, capacity: pl.DataFrame, *, capacity_mode: CapacityMode
 ) -> pl.DataFrame:
-    """The people to contact: the top of each capacity unit by priority, ties by ``risk_rank``
-    (:func:`pipeline.selection.priority_order`).
-
-    Only the selected people are pseudonymised: the HMAC runs on ``capacity`` rows, not the
-    cohort.
+    """The people to contact, by ``person_id``: the top of each capacity unit by priority, ties
+    by ``risk_rank`` (:func:`pipeline.selection.priority_order`).
 
     Parameters
     ----------
@@ -101,14 +97,12 @@ def select_outreach(
         From :func:`pipeline.selection.list_sizes`.
     capacity_mode
         Which unit the capacity applies to.
-    key
-        The pseudonymisation secret.
 
     Returns
     -------
     pl.DataFrame
-        The selected rows with ``pseudonym`` and ``rank`` (1 = contact first within the ICB list),
-        sorted by ``icb_code``, ``rank``.
+        The selected rows with ``rank`` (1 = contact first within the ICB list), sorted by
+        ``icb_code``, ``rank``; no pseudonym yet (:func:`with_pseudonyms`).
     """
     unit = selection.unit_column(capacity_mode)
     order = selection.priority_order(pl.col("priority"))
@@ -121,13 +115,36 @@ def select_outreach(
         )
         .collect()
     )
-    candidates = candidates.with_columns(pseudonymise(candidates["person_id"], key))
     # Eager from here: the ICB ranks rely on row order.
     return (
         candidates.sort(["icb_code", "_order"])
         .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
         .drop("unit", "list_size", "_order")
     )
+
+
+def with_pseudonyms(selected: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    """``selected`` with ``pseudonym`` (the keyed HMAC of ``person_id``), row order kept.
+
+    Runs where the key is (the stage's own process, never a Dask worker), on the selected
+    people only.
+    """
+    return selected.with_columns(pseudonymise(selected["person_id"], key))
+
+
+def select_outreach(
+    cohort: pl.LazyFrame,
+    capacity: pl.DataFrame,
+    *,
+    capacity_mode: CapacityMode,
+    key: bytes,
+) -> pl.DataFrame:
+    """:func:`select_people` with each selected person's ``pseudonym`` (:func:`with_pseudonyms`).
+
+    Only the selected people are pseudonymised: the HMAC runs on ``capacity`` rows, not the
+    cohort.
+    """
+    return with_pseudonyms(select_people(cohort, capacity, capacity_mode=capacity_mode), key)
 
 
 def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
@@ -173,6 +190,18 @@ def list_rows(explained: pl.DataFrame, *, tiers: Sequence[ListTier]) -> pl.DataF
     return explained.with_columns(
         pl.col("risk_score").round(RISK_SCORE_DECIMALS), tier_expr(tiers)
     ).select(OUTREACH_COLUMNS)
+
+
+def keyed_rows(explained: pl.DataFrame, *, tiers: Sequence[ListTier]) -> pl.DataFrame:
+    """``person_id`` and the published columns but ``pseudonym``, in ``OUTREACH_COLUMNS`` order.
+
+    Tiers count ranks within each ICB (``pl.len().over("icb_code")``), so one ICB's rows give
+    the same values alone as within every ICB's.
+    """
+    published = [column for column in OUTREACH_COLUMNS if column != "pseudonym"]
+    return explained.with_columns(
+        pl.col("risk_score").round(RISK_SCORE_DECIMALS), tier_expr(tiers)
+    ).select("person_id", *published)
 
 
 def merge_lists(lists: Mapping[str, pl.DataFrame]) -> pl.DataFrame:

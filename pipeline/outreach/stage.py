@@ -14,20 +14,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
 
-from pipeline import console, contract, seeds, selection
-from pipeline.config import OutreachParams, Params
+from pipeline import console, contract, engine, seeds, selection
+from pipeline.config import ListTier, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, write_parquet
 from pipeline.outreach import dictionary, lists, policies, reasons, summary
 from pipeline.pseudonyms import check_key_fingerprint, read_secret
 
-__all__ = ["COHORT_COLUMNS", "build_target", "outreach_targets", "run"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["COHORT_COLUMNS", "build_target", "outreach_targets", "partition_lists", "run"]
 
 COHORT_COLUMNS: Final = (
     "practice_id",
@@ -43,6 +46,7 @@ and the lists' context columns age and sex)."""
 
 @dataclass(frozen=True)
 class _TargetFiles:
+    target: str
     scores: Path
     explanations: Path
     need: Path | None
@@ -63,32 +67,87 @@ def outreach_targets(chosen: Sequence[str] | None, *, known: Sequence[str]) -> t
     return tuple(chosen)
 
 
+def partition_lists(
+    selected: pl.DataFrame,
+    *,
+    explanations: Path,
+    features: Path,
+    glossary: pl.DataFrame,
+    area: str,
+    tiers: Sequence[ListTier],
+) -> pl.DataFrame:
+    """One partition's list rows: reasons, recorded conditions, action and tier, no pseudonym.
+
+    The same Polars code whether ``selected`` is every ICB's list (engine ``local``) or one
+    ICB's (a Dask task): reasons are per person and tiers per ICB, so the rows are equal.
+
+    Parameters
+    ----------
+    selected
+        Selected people of some ICBs (:func:`pipeline.outreach.lists.select_people`).
+    explanations, features
+        ``data/explanations/<target>.parquet`` and ``features/features.parquet``: paths every
+        worker reads.
+    glossary
+        From :func:`pipeline.outreach.reasons.feature_glossary`.
+    area
+        The target's default clinical area.
+    tiers
+        ``outreach.tiers``.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``person_id`` and ``OUTREACH_COLUMNS`` but ``pseudonym`` (:func:`lists.keyed_rows`),
+        in the order of ``selected``.
+    """
+    icbs = selected["icb_code"].unique().sort().to_list()
+    people = pl.scan_parquet(features).filter(pl.col("icb_code").is_in(icbs))
+    explained = reasons.attach_reasons(
+        selected, pl.scan_parquet(explanations), people, glossary, area=area
+    )
+    return lists.keyed_rows(explained, tiers=tiers)
+
+
 def build_target(
     cohort: pl.DataFrame,
     *,
     capacity: pl.DataFrame,
-    explanations: pl.LazyFrame,
-    features: pl.LazyFrame,
+    files: _TargetFiles,
+    features: Path,
     glossary: pl.DataFrame,
-    need: pl.LazyFrame | None,
     truth_need: pl.DataFrame | None,
     outreach: OutreachParams,
     key: bytes,
     rng: np.random.Generator,
     area: str,
     rule: Rule,
+    client: Client | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One target's list (``lists.OUTREACH_COLUMNS``) and its summary block.
 
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
-    clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; the other
-    arguments are described where they are made (:func:`run`).
+    clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; ``client``
+    (``pipeline.engine.connect``) runs the reasons per ICB on Dask, None here in one go. The
+    policy and the selection need the whole cohort, so they run here; the key never leaves
+    this process (pseudonyms are added to the gathered rows). The other arguments are
+    described where they are made (:func:`run`).
     """
+    need = _scan_need(files.need, cohort, files.target)
     prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
-    selected = lists.select_outreach(
-        prioritised, capacity, capacity_mode=outreach.capacity_mode, key=key
+    selected = lists.select_people(prioritised, capacity, capacity_mode=outreach.capacity_mode)
+    parts = selected.partition_by("icb_code", maintain_order=True) if client else []
+    rows = engine.map_partitions(
+        partition_lists,
+        parts or [selected],
+        client=client,
+        explanations=files.explanations,
+        features=features,
+        glossary=glossary,
+        area=area,
+        tiers=outreach.tiers,
     )
-    explained = reasons.attach_reasons(selected, explanations, features, glossary, area=area)
+    listed = lists.with_pseudonyms(pl.concat(rows, how="vertical"), key)
     block = summary.summarise_target(
         lists.flag_selected(cohort, selected),
         capacity=capacity,
@@ -98,7 +157,7 @@ def build_target(
         rule=rule,
     )
     block["policy_detail"] = policies.policy_detail(outreach, thresholds)
-    return lists.list_rows(explained, tiers=outreach.tiers), block
+    return listed.select(lists.OUTREACH_COLUMNS), block
 
 
 def run(params: Params, paths: Paths) -> None:
@@ -126,23 +185,24 @@ def run(params: Params, paths: Paths) -> None:
     }
     oracle = _read_oracle(paths.truth / "oracle.parquet")
     glossary = reasons.feature_glossary(manifest.features)
-    built = {
-        name: build_target(
-            cohorts[name],
-            capacity=capacities[name],
-            explanations=pl.scan_parquet(files[name].explanations),
-            features=pl.scan_parquet(features_path),
-            glossary=glossary,
-            need=_scan_need(files[name].need, cohorts[name], name),
-            truth_need=None if oracle is None else summary.target_true_need(oracle, name),
-            outreach=outreach,
-            key=key,
-            rng=seeds.rng("equal_opportunity", name, root=params.seed),
-            area=reasons.default_area(params.targets[name].outcome),
-            rule=params.disclosure,
-        )
-        for name in targets
-    }
+    with engine.connect(params.engine) as client:
+        built = {
+            name: build_target(
+                cohorts[name],
+                capacity=capacities[name],
+                files=files[name],
+                features=features_path,
+                glossary=glossary,
+                truth_need=None if oracle is None else summary.target_true_need(oracle, name),
+                outreach=outreach,
+                key=key,
+                rng=seeds.rng("equal_opportunity", name, root=params.seed),
+                area=reasons.default_area(params.targets[name].outcome),
+                rule=params.disclosure,
+                client=client,
+            )
+            for name in targets
+        }
     icbs = {name: cohort["icb_code"].unique().sort().to_list() for name, cohort in cohorts.items()}
     rows = {name: frame for name, (frame, _) in built.items()}
     _write_lists(paths.outreach, rows, icbs, dictionary.data_dictionary(targets, outreach.tiers))
@@ -169,6 +229,7 @@ def _require(path: Path, what: str) -> Path:
 def _target_files(paths: Paths, target: str, *, policy: policies.Policy) -> _TargetFiles:
     need = paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet"
     return _TargetFiles(
+        target=target,
         scores=_require(paths.scores / f"{target}.parquet", f"scores of {target}"),
         explanations=_require(
             paths.root / contract.EXPLANATIONS_DIR / f"{target}.parquet",

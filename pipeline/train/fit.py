@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from itertools import pairwise
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import lightgbm as lgb
@@ -12,6 +15,8 @@ from pipeline import console
 from pipeline.train.cohort import FeatureSpec
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from pipeline.config import TrainParams
 
 SCORE_BATCH_ROWS: Final = 500_000
@@ -101,3 +106,63 @@ def predict_raw(
             out[start:stop] = booster.predict(x[start:stop])
             advance(1)
     return out
+
+
+def distributed_booster(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    spec: FeatureSpec,
+    params: Mapping[str, Any],
+    n_rounds: int,
+    time_out: int,
+    client: Client,
+) -> lgb.Booster:
+    """Fit ``n_rounds`` trees on every row through ``lightgbm.dask`` (data-parallel learner).
+
+    No early stopping: it can hang a distributed fit, so the number of rounds comes from a local
+    early-stopped fit (:func:`fit_booster` on the seeded sample). The rows are split into one
+    block per worker and scattered; ``time_out`` (minutes) stops a fit whose workers lose each
+    other instead of waiting for ever.
+
+    Returns
+    -------
+    lgb.Booster
+        Rebuilt from its own text, as :func:`fit_booster`'s.
+    """
+    import dask.array as da
+    from dask import delayed
+    from lightgbm.dask import DaskLGBMClassifier
+
+    n_parts = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    bounds = np.linspace(0, x.shape[0], n_parts + 1).astype(int)
+    blocks = [(x[a:b], y[a:b]) for a, b in pairwise(bounds) if b > a]
+    scattered = client.scatter(blocks)
+    parts_x = [
+        da.from_delayed(delayed(itemgetter(0))(f), shape=b[0].shape, dtype=np.float64)
+        for f, b in zip(scattered, blocks, strict=True)
+    ]
+    parts_y = [
+        da.from_delayed(delayed(itemgetter(1))(f), shape=b[1].shape, dtype=np.float64)
+        for f, b in zip(scattered, blocks, strict=True)
+    ]
+    settings = {k: v for k, v in params.items() if k not in ("seed", "verbosity", "num_threads")}
+    model = DaskLGBMClassifier(
+        client=client,
+        n_estimators=n_rounds,
+        random_state=int(params["seed"]),
+        verbose=-1,
+        time_out=time_out,
+        **settings,
+    )
+    with warnings.catch_warnings():
+        # The sklearn wrapper always passes n_jobs; lightgbm.dask drops it (threads = the
+        # worker's) and says so on every fit.
+        warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
+        model.fit(
+            da.concatenate(parts_x),
+            da.concatenate(parts_y),
+            feature_name=list(spec.names),
+            categorical_feature=list(spec.categorical),
+        )
+    return lgb.Booster(model_str=model.booster_.model_to_string())

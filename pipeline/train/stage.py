@@ -12,7 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import console, contract, headline, io, seeds, selection
+from pipeline import console, contract, engine, headline, io, seeds, selection
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, StageError
 from pipeline.train import calibration as calibration_mod
@@ -31,6 +31,8 @@ from pipeline.train.cohort import (
 )
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from pipeline.config import OperatingPointParams, Params, TargetParams, TrainParams
 
 SHAP_ROWS: Final = 20_000
@@ -65,6 +67,14 @@ class TargetRun:
 
 
 @dataclass(frozen=True)
+class Distributed:
+    """A distributed fit (``train.distributed``): the cluster and every training row."""
+
+    client: Client
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
 class Fitted:
     """The fitted model, its calibration and the calibrated risk of every cohort member."""
 
@@ -82,22 +92,39 @@ def fit_model(
     train: TrainParams,
     target: str,
     root_seed: int,
+    distributed: Distributed | None = None,
 ) -> Fitted:
-    """Fit LightGBM on the train rows (early stopping on validation), then the calibration."""
+    """Fit LightGBM on the train rows (early stopping on validation), then the calibration.
+
+    With ``distributed`` (``train.distributed``), the early-stopped fit on the sample only sets
+    the number of rounds, and the model is refitted on every training row through
+    ``lightgbm.dask`` (:func:`pipeline.train.fit.distributed_booster`).
+    """
+    booster_params = fit.lightgbm_params(
+        train,
+        seed=seeds.derive("train", target, "lightgbm", root=root_seed),
+        scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
+    )
     booster = fit.fit_booster(
         x[rows.train],
         y[rows.train],
         x[rows.validation],
         y[rows.validation],
         spec=spec,
-        params=fit.lightgbm_params(
-            train,
-            seed=seeds.derive("train", target, "lightgbm", root=root_seed),
-            scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
-        ),
+        params=booster_params,
         n_estimators=train.n_estimators,
         early_stopping_rounds=train.early_stopping_rounds,
     )
+    if distributed is not None:
+        booster = fit.distributed_booster(
+            x[distributed.rows],
+            y[distributed.rows],
+            spec=spec,
+            params=booster_params,
+            n_rounds=booster.current_iteration(),
+            time_out=train.time_out,
+            client=distributed.client,
+        )
     raw = fit.predict_raw(booster, x)
     calibration = calibration_mod.fit_calibration(
         raw[rows.validation],
@@ -120,6 +147,7 @@ def model_metrics(
     target: str,
     root_seed: int,
     n_cohort: int,
+    n_train_rows: int,
     rule: Rule,
 ) -> dict[str, Any]:
     """``metrics.json``: test-split metrics with CIs (and the held-out ICB's, if any)."""
@@ -139,7 +167,7 @@ def model_metrics(
             "capacity_mode": operating_point.capacity_mode,
             "capacity": operating_point.capacity,
             "n_cohort": rule.count(n_cohort),
-            "n_train_rows": rule.count(int(rows.train.size)),
+            "n_train_rows": rule.count(n_train_rows),
         },
         rule=rule,
     )
@@ -240,8 +268,12 @@ def train_target(
     target: str,
     params: TargetRun,
     oracle: pl.LazyFrame | None,
+    client: Client | None = None,
 ) -> Trained:
-    """Fit, calibrate, score, evaluate and explain the model of one target (no files written)."""
+    """Fit, calibrate, score, evaluate and explain the model of one target (no files written).
+
+    ``client``: fit on every training row on that Dask cluster (``train.distributed``).
+    """
     train, point, seed = params.train, params.operating_point, params.seed
     x, y = feature_matrix(cohort, spec), cohort["outcome"].to_numpy().astype(np.float64)
     rows = split_rows(
@@ -250,7 +282,13 @@ def train_target(
         sample_seed=seeds.derive("train", target, "train_sample", root=seed),
         target=target,
     )
-    fitted = fit_model(x, y, rows, spec=spec, train=train, target=target, root_seed=seed)
+    distributed = None
+    if client is not None:
+        distributed = Distributed(client, np.flatnonzero(cohort["split"].to_numpy() == "train"))
+    n_train_rows = int((rows.train if distributed is None else distributed.rows).size)
+    fitted = fit_model(
+        x, y, rows, spec=spec, train=train, target=target, root_seed=seed, distributed=distributed
+    )
     scores, selected = score_cohort(
         cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
     )
@@ -268,6 +306,7 @@ def train_target(
         target=target,
         root_seed=seed,
         n_cohort=cohort.height,
+        n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
     shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
@@ -283,7 +322,7 @@ def train_target(
         calibration_method=fitted.calibration["method"],
         importance=ranked,
         n_cohort=cohort.height,
-        n_train_rows=int(rows.train.size),
+        n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
     importance_doc = {
@@ -332,7 +371,10 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     )
     oracle_file = paths.truth / "oracle.parquet"
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
-    trained = train_target(cohort, spec, target=target, params=run_params, oracle=oracle)
+    with engine.connect("dask" if params.train.distributed else "local") as client:
+        trained = train_target(
+            cohort, spec, target=target, params=run_params, oracle=oracle, client=client
+        )
     model_dir = write_outputs(trained, paths, target=target)
     registry.log_to_mlflow(
         root=paths.root,

@@ -1,0 +1,137 @@
+"""The compute engine: the same Polars function per ICB partition, in this process or on Dask.
+
+``params.engine`` chooses it:
+
+``local``
+    Every partition's function runs here, one after another (no cluster, no extra process).
+``dask``
+    The functions run as tasks of a ``dask.distributed`` cluster: the one at
+    ``DASK_SCHEDULER_ADDRESS`` (``tcp://host:8786``) when it is set, otherwise a
+    ``LocalCluster`` of worker processes (one thread each) started for the stage and closed
+    after it. Tasks read their inputs from paths, so the data must be on a filesystem every
+    worker reads at the same path (``docs/scale.md``).
+
+:func:`map_partitions` returns the results in the order of the partitions it was given, whatever
+order the workers finish in, so a stage that concatenates them writes the same bytes on either
+engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from pipeline.errors import StageError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "SCHEDULER_ENV",
+    "Engine",
+    "connect",
+    "map_partitions",
+    "scheduler_address",
+]
+
+Engine = Literal["local", "dask"]
+SCHEDULER_ENV: Final = "DASK_SCHEDULER_ADDRESS"
+"""An existing cluster's scheduler (``tcp://10.0.0.5:8786``); unset: a LocalCluster."""
+CONNECT_TIMEOUT: Final = "20s"
+"""How long a stage waits for the scheduler at ``DASK_SCHEDULER_ADDRESS`` before stopping."""
+
+T = TypeVar("T")
+
+
+def scheduler_address(environ: dict[str, str] | None = None) -> str | None:
+    """The scheduler address from ``DASK_SCHEDULER_ADDRESS`` (None when unset or empty)."""
+    value = (os.environ if environ is None else environ).get(SCHEDULER_ENV, "").strip()
+    return value or None
+
+
+@contextmanager
+def connect(engine: Engine, *, n_workers: int | None = None) -> Iterator[Client | None]:
+    """A Dask client for the stage's lifetime (None for the ``local`` engine).
+
+    Parameters
+    ----------
+    engine
+        ``params.engine``.
+    n_workers
+        Worker processes of a LocalCluster (None: one per core); ignored for an existing cluster.
+
+    Yields
+    ------
+    Client | None
+        Connected to ``DASK_SCHEDULER_ADDRESS`` or to a LocalCluster started here (processes,
+        one thread each, no dashboard), closed on exit.
+
+    Raises
+    ------
+    StageError
+        The scheduler at ``DASK_SCHEDULER_ADDRESS`` cannot be reached within ``CONNECT_TIMEOUT``.
+    """
+    if engine == "local":
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    address = scheduler_address()
+    if address is None:
+        with (
+            LocalCluster(
+                processes=True,
+                n_workers=n_workers,
+                threads_per_worker=1,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        raise StageError(
+            f"{SCHEDULER_ENV}={address}: no Dask scheduler answered within {CONNECT_TIMEOUT} "
+            f"({error}); start it (`dask scheduler`) or unset {SCHEDULER_ENV} for a local cluster"
+        ) from None
+    with client:
+        yield client
+
+
+def map_partitions(
+    func: Callable[..., T],
+    partitions: Sequence[Any],
+    *,
+    client: Client | None,
+    **shared: Any,
+) -> list[T]:
+    """``func(partition, **shared)`` for every partition, results in the order given.
+
+    Parameters
+    ----------
+    func
+        A module-level (picklable) function of one partition (e.g. an ICB's rows or its code)
+        and keyword arguments; it must not rely on this process's state.
+    partitions
+        One item per task.
+    client
+        From :func:`connect`; None runs every call here, in order.
+    **shared
+        Keyword arguments passed to every call (sent with each task: keep them small, pass
+        paths rather than tables).
+
+    Returns
+    -------
+    list[T]
+        ``[func(p, **shared) for p in partitions]``, whichever engine ran them.
+    """
+    if client is None:
+        return [func(partition, **shared) for partition in partitions]
+    futures = client.map(func, list(partitions), pure=False, **shared)
+    results: list[T] = client.gather(futures)
+    return results
