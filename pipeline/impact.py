@@ -238,7 +238,10 @@ def _gradient(
     people: np.ndarray, events: np.ndarray, averted: np.ndarray, quintiles: list[int]
 ) -> dict[str, np.ndarray]:
     """SII before ``(sets,)``, after and gap change ``(sets, P)`` of the rate per 1,000 across
-    the IMD quintile columns ``quintiles`` (most deprived first)."""
+    the IMD quintile columns ``quintiles`` (most deprived first); NaN without any (no IMD)."""
+    if not quintiles:
+        none = np.full(averted.shape[:2], np.nan)
+        return {"sii_before": none[:, 0], "sii_after": none, "gap_change": none}
     n = people[:, quintiles]
     with np.errstate(invalid="ignore", divide="ignore"):
         before = PER * events[:, quintiles] / n

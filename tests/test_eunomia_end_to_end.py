@@ -92,9 +92,7 @@ def test_validate_accepts_people_without_a_home_area(project: Path) -> None:
 
 def test_features_carry_no_geography(project: Path) -> None:
     manifest = contract.read_manifest(project / "features" / "manifest.json")
-    assert {"area_id", "imd_decile", "ethnicity", "practice_id"} <= set(
-        manifest.unavailable_fields
-    )
+    assert {"area_id", "imd_decile", "ethnicity", "practice_id"} <= set(manifest.unavailable_fields)
     for name in ("region_code", "rural", "imd_decile"):
         assert not manifest.entries[name].model_input, name
     table = pl.read_parquet(project / "features" / "features.parquet")

@@ -30,8 +30,9 @@ NO_IMD: Final = (
 
 
 def has_imd(view: TargetView) -> bool:
-    """Whether the impact tables have IMD quintile rows (none when the extract has no IMD)."""
-    return not view.impact.filter(pl.col("dimension") == "imd_quintile").is_empty()
+    """False when the audit could not audit IMD quintiles (the extract has no IMD): the impact
+    tables then have no quintile rows and no SII (:func:`pipeline.impact.recorded_dimensions`)."""
+    return "imd_quintile" not in view.unaudited
 
 
 def has_groups(view: TargetView) -> bool:
