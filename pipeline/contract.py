@@ -912,16 +912,23 @@ def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
 def unaudited_dimensions(features: pl.LazyFrame, dimensions: tuple[str, ...]) -> dict[str, str]:
     """Audit dimensions that cannot be audited, with why: those whose column (either column of
     an intersection ``a_x_b``) is absent from ``features`` or entirely null - the extract lacks
-    the equity field behind it (:data:`EQUITY_FIELDS`)."""
+    the equity field behind it (:data:`EQUITY_FIELDS`; IMD's is the home area when nobody has
+    one)."""
     wanted = {column for dimension in dimensions for column in dimension.split("_x_")}
-    columns = sorted(wanted & set(features.collect_schema().names()))
+    present = set(features.collect_schema().names())
+    area = {c for c, field in SENSITIVE_SOURCES.items() if field == "area_id"} & present
+    columns = sorted((wanted & present) | area)
     empty = features.select(pl.col(column).is_null().all() for column in columns).collect()
-    missing = (wanted - set(columns)) | {column for column in columns if empty[column][0]}
+    missing = (wanted - present) | {column for column in columns if empty[column][0]}
+    no_area = bool(area) and area <= missing  # no home area, so no IMD either
     reasons = {}
     for dimension in dimensions:
-        gone = [column for column in dimension.split("_x_") if column in missing]
+        gone = [
+            column for column in dimension.split("_x_") if column in missing and column in wanted
+        ]
         if gone:
             field = SENSITIVE_SOURCES.get(gone[0])
+            field = "area_id" if no_area and field == "imd_decile" else field
             reasons[dimension] = (
                 unavailable_reason(field) if field else f"features have no {gone[0]} values"
             )

@@ -108,6 +108,7 @@ def test_the_audit_names_every_dimension_it_could_not_audit(project: Path) -> No
             summary.unaudited_dimensions
         )
         assert "home area" in summary.unaudited_dimensions["region"]
+        assert "home area" in summary.unaudited_dimensions["imd_quintile"]
         impact = pl.read_parquet(folder / "impact.parquet")
         assert set(impact["dimension"]) == {"overall"}
         gradient = pl.read_parquet(folder / "impact_gradient.parquet")

@@ -95,6 +95,12 @@ def test_unaudited_dimensions_name_the_missing_home_area() -> None:
     reasons_ = contract.unaudited_dimensions(features, ("region", "icb_code", "sex"))
     assert set(reasons_) == {"region", "icb_code"}
     assert "home area" in reasons_["region"] and "people.area_id" in reasons_["icb_code"]
+    with_imd = features.with_columns(pl.lit(None, dtype=pl.Int8).alias("imd_quintile"))
+    imd = contract.unaudited_dimensions(with_imd, ("imd_quintile",))["imd_quintile"]
+    assert imd == contract.unavailable_reason("area_id")  # the cause is the missing area
+    placed = with_imd.with_columns(pl.lit("QHM").alias("icb_code"))
+    imd = contract.unaudited_dimensions(placed, ("imd_quintile",))["imd_quintile"]
+    assert imd == contract.unavailable_reason("imd_decile")
 
 
 def _cohort(n: int = 400) -> pl.DataFrame:
