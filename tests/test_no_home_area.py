@@ -8,6 +8,7 @@ unavailable, and outreach puts people without an ICB in one list (:data:`NO_ICB`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import polars as pl
 import pytest
 
 from pipeline import contract, impact
+from pipeline.disclosure import Rule
 from pipeline.errors import ContractError
 from pipeline.features import feature_specs, person_attributes
 from pipeline.outreach import reasons
@@ -69,7 +71,8 @@ def test_without_any_area_id_imd_and_the_area_are_unavailable(tmp_path: Path) ->
 
 def test_features_carry_null_geography_for_people_without_an_area() -> None:
     tables = _without_area(valid_tables(), rows=slice(0, 5))
-    frame = person_attributes(tables["people"].lazy(), tables["areas"].lazy()).collect()
+    people, areas = tables["people"].lazy(), tables["areas"].lazy()
+    frame = person_attributes(people, areas).collect().sort("person_id")  # the first 5 lack one
     assert frame.height == 20
     head, tail = frame.head(5), frame.tail(15)
     for column in ("icb_code", "region", "imd_decile", "imd_quintile", "rural_urban"):
@@ -141,8 +144,6 @@ def test_the_report_says_imd_is_unavailable() -> None:
     raw = impact.impact_tables(
         _cohort(), basis="true risk", impact=PARAMS, rng=np.random.default_rng(1), confidence=0.95
     )
-    from pipeline.disclosure import Rule
-
     published = impact.publish_impact(raw["impact"], rule=Rule())
     gradient = impact.publish_gradient(raw["impact_gradient"], published)
     view = TargetView(
@@ -184,3 +185,17 @@ def test_outreach_puts_people_without_an_icb_in_one_list(tmp_path: Path) -> None
     features.filter(pl.col("person_id") != "P3").write_parquet(tmp_path / "features.parquet")
     with pytest.raises(ContractError, match="1 scored people of t have no row"):
         _read_cohort(tmp_path / "scores.parquet", tmp_path / "features.parquet", "t")
+
+
+def test_the_trade_off_table_has_no_list_share_by_an_unavailable_imd() -> None:
+    from pipeline.report.context.mitigation import mitigation_table
+    from pipeline.report.model import MITIGATION_SCHEMA
+
+    row = {name: None for name in MITIGATION_SCHEMA} | {"strategy": "risk", "group": "Unknown"}
+    frame = pl.DataFrame([row], schema=MITIGATION_SCHEMA)
+    view = TargetView(target="t", description="", outcome="o", mitigation=frame)
+    with_imd = mitigation_table(view, Rule())
+    assert with_imd is not None and "List share: Unknown" in [c[0] for c in with_imd.columns]
+    unaudited = {"imd_quintile": contract.unavailable_reason("area_id")}
+    without = mitigation_table(replace(view, unaudited=unaudited), Rule())
+    assert without is not None and not [c for c in without.columns if "List share" in c[0]]
