@@ -131,4 +131,5 @@ def test_the_report_says_what_it_could_not_draw(project: Path) -> None:
     assert "Equity by NHS region could not be drawn: the extract has no home area" in html
     assert "Equity by ICB could not be drawn" in html
     assert "IMD is unavailable in this extract" in html
+    assert "The label-choice audit (need by score, per group of" in html
     assert "Not available: the region audit table" not in html
