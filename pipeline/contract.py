@@ -75,15 +75,21 @@ EQUITY_FIELDS: Final = {
     "imd_decile": ("areas", "IMD decile of the home area"),
     "ethnicity": ("people", "ethnic category"),
     "practice_id": ("people", "GP practice"),
+    "area_id": ("people", "home area (so no IMD, ICB, region or rural-urban class)"),
 }
 """Columns an extract may leave out (or leave entirely null): the run goes on without them, the
 features they feed are no model inputs, and the audit names the dimensions it could not audit
-(:func:`unavailable_reason`). Read as all-null columns by :func:`scan_input`."""
+(:func:`unavailable_reason`). Read as all-null columns by :func:`scan_input`. ``people.area_id``
+may also be null for some people only: a null area_id means "no home area recorded" (their IMD,
+ICB, region and rural-urban class are unknown); a non-null one must name an area."""
 SENSITIVE_SOURCES: Final = {
     "imd_decile": "imd_decile",
     "imd_quintile": "imd_decile",
     "ethnicity_group": "ethnicity",
     "practice_id": "practice_id",
+    "region": "area_id",
+    "icb_code": "area_id",
+    "rural_urban": "area_id",
 }
 """Sensitive column (:data:`SENSITIVE_SCHEMA`) -> the equity field it comes from."""
 
@@ -498,7 +504,7 @@ EXAMPLES_SHOWN: Final = 5
 REQUIRED_NON_NULL: Final = {
     "areas": tuple(column for column in AREAS_SCHEMA if column not in EQUITY_FIELDS),
     "practices": tuple(PRACTICES_SCHEMA),
-    "people": ("person_id", "sex", "age", "area_id"),
+    "people": ("person_id", "sex", "age"),
     "events": ("person_id", "date", "event_type", "code"),
     "outcomes": tuple(OUTCOMES_SCHEMA),
 }
@@ -906,16 +912,23 @@ def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
 def unaudited_dimensions(features: pl.LazyFrame, dimensions: tuple[str, ...]) -> dict[str, str]:
     """Audit dimensions that cannot be audited, with why: those whose column (either column of
     an intersection ``a_x_b``) is absent from ``features`` or entirely null - the extract lacks
-    the equity field behind it (:data:`EQUITY_FIELDS`)."""
+    the equity field behind it (:data:`EQUITY_FIELDS`; IMD's is the home area when nobody has
+    one)."""
     wanted = {column for dimension in dimensions for column in dimension.split("_x_")}
-    columns = sorted(wanted & set(features.collect_schema().names()))
+    present = set(features.collect_schema().names())
+    area = {c for c, field in SENSITIVE_SOURCES.items() if field == "area_id"} & present
+    columns = sorted((wanted & present) | area)
     empty = features.select(pl.col(column).is_null().all() for column in columns).collect()
-    missing = (wanted - set(columns)) | {column for column in columns if empty[column][0]}
+    missing = (wanted - present) | {column for column in columns if empty[column][0]}
+    no_area = bool(area) and area <= missing  # no home area, so no IMD either
     reasons = {}
     for dimension in dimensions:
-        gone = [column for column in dimension.split("_x_") if column in missing]
+        gone = [
+            column for column in dimension.split("_x_") if column in missing and column in wanted
+        ]
         if gone:
             field = SENSITIVE_SOURCES.get(gone[0])
+            field = "area_id" if no_area and field == "imd_decile" else field
             reasons[dimension] = (
                 unavailable_reason(field) if field else f"features have no {gone[0]} values"
             )
@@ -924,12 +937,14 @@ def unaudited_dimensions(features: pl.LazyFrame, dimensions: tuple[str, ...]) ->
 
 def unavailable_fields(folder: str | Path) -> tuple[str, ...]:
     """The :data:`EQUITY_FIELDS` of the population in ``folder`` that are absent or entirely
-    null (in field order)."""
+    null (in field order); without any ``people.area_id``, ``imd_decile`` too."""
     missing = []
     for column, (table, _) in EQUITY_FIELDS.items():
         frame = scan_input(folder, table)
         if frame.select(pl.col(column).is_null().all()).collect().item():
             missing.append(column)
+    if "area_id" in missing and "imd_decile" not in missing:
+        missing.insert(0, "imd_decile")  # IMD is the home area's: nobody has one
     return tuple(missing)
 
 

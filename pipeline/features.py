@@ -246,11 +246,14 @@ def _practice_specs(months: int) -> list[FeatureSpec]:
 
 def fed_by(name: str, polypharmacy_months: int) -> str | None:
     """The equity field (:data:`pipeline.contract.EQUITY_FIELDS`) a feature is computed from,
-    if any: IMD, the ethnic category, or the GP practice (practice context)."""
+    if any: IMD, the ethnic category, the home area (region, rurality) or the GP practice
+    (practice context)."""
     if name == "imd_decile":
         return "imd_decile"
     if name == "ethnicity_code":
         return "ethnicity"
+    if name in ("region_code", "rural"):
+        return "area_id"
     practice_rate = f"practice_emergency_admission_rate_{polypharmacy_months}m"
     if name == practice_rate or name.startswith(("practice_list_size", "practice_prevalence_")):
         return "practice_id"

@@ -39,6 +39,7 @@ import polars as pl
 
 from pipeline import metrics
 from pipeline.audit import publish
+from pipeline.audit.cohort import UNKNOWN
 from pipeline.config import ImdQuintile, ImpactParams
 from pipeline.disclosure import Rule
 
@@ -49,6 +50,7 @@ __all__ = [
     "impact_tables",
     "publish_gradient",
     "publish_impact",
+    "recorded_dimensions",
     "resampling_cells",
     "sii",
     "uptake_expr",
@@ -153,6 +155,20 @@ def sii(values: np.ndarray, population: np.ndarray) -> np.ndarray:
     return num / np.sum(share * (rank - x_bar) ** 2, axis=-1)
 
 
+def recorded_dimensions(frame: pl.DataFrame) -> tuple[str, ...]:
+    """The :data:`IMPACT_DIMENSIONS` someone in ``frame`` has a value of: a dimension whose
+    only group is ``Unknown`` is not in the extract (no IMD without a home area, no ethnic
+    category: :data:`pipeline.contract.EQUITY_FIELDS`) and gets no rows, nor an SII.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"imd_quintile": ["Unknown"], "ethnicity_group": ["White"]})
+    >>> recorded_dimensions(frame)
+    ('ethnicity_group',)
+    """
+    return tuple(d for d in IMPACT_DIMENSIONS if not (frame[d] == UNKNOWN).all())
+
+
 def _indicators(
     cells: pl.DataFrame, *, keys: list[tuple[str, str]] | None = None
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -161,15 +177,15 @@ def _indicators(
     if keys is None:
         keys = [OVERALL] + [
             (dimension, str(group))
-            for dimension in IMPACT_DIMENSIONS
+            for dimension in recorded_dimensions(cells)
             for group in cells[dimension].unique().sort().to_list()
         ]
-    member = cells.select(
+    member = cells.with_columns(  # with_columns: a lone literal still spans every row
         (pl.lit(True) if dimension == OVERALL[0] else pl.col(dimension) == group)
         .cast(pl.Float64)
-        .alias(f"{index}")
+        .alias(f"_member{index}")
         for index, (dimension, group) in enumerate(keys)
-    )
+    ).select(f"_member{index}" for index in range(len(keys)))
     return keys, member.to_numpy()
 
 
@@ -222,7 +238,10 @@ def _gradient(
     people: np.ndarray, events: np.ndarray, averted: np.ndarray, quintiles: list[int]
 ) -> dict[str, np.ndarray]:
     """SII before ``(sets,)``, after and gap change ``(sets, P)`` of the rate per 1,000 across
-    the IMD quintile columns ``quintiles`` (most deprived first)."""
+    the IMD quintile columns ``quintiles`` (most deprived first); NaN without any (no IMD)."""
+    if not quintiles:
+        none = np.full(averted.shape[:2], np.nan)
+        return {"sii_before": none[:, 0], "sii_after": none, "gap_change": none}
     n = people[:, quintiles]
     with np.errstate(invalid="ignore", divide="ignore"):
         before = PER * events[:, quintiles] / n

@@ -71,6 +71,9 @@ PERSON_COLUMNS: Final = (
     "conditions_recorded",
 )
 """The merged list's columns about the person (the same on every target's list)."""
+NO_ICB: Final = "ICB_not_recorded"
+"""The ``icb_code`` (and CSV name) of the one list of people without a home area, hence no ICB
+(``people.area_id`` null; docs/omop.md): never an ODS code, which has three characters."""
 MERGED_FILE: Final = "merged"
 """``data/outreach/merged.parquet`` and ``merged/<icb>.csv``: one row per person across targets."""
 DICTIONARY_FILE: Final = "data_dictionary.csv"

@@ -142,8 +142,9 @@ def is_context(name: str, kind: str) -> bool:
 
 
 def default_area(outcome: str) -> str:
-    """The area when no reason points to one, from the target's outcome."""
-    return _DEFAULT_AREA[outcome]
+    """The area when no reason points to one, from the target's outcome (urgent care, the
+    proactive care review, for an outcome without its own area)."""
+    return _DEFAULT_AREA.get(outcome, "urgent_care")  # an outcome derived from events (#16)
 
 
 def recorded_flags() -> tuple[str, ...]:

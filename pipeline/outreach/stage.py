@@ -254,16 +254,20 @@ def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.Data
     _check_columns(sensitive, ["person_id", *COHORT_COLUMNS], features_path)
     cohort = (
         scores.select(list(contract.SCORES_SCHEMA))
-        .join(sensitive.select("person_id", *COHORT_COLUMNS), on="person_id", how="left")
+        .join(
+            sensitive.select("person_id", *COHORT_COLUMNS).with_columns(_in_features=True),
+            on="person_id",
+            how="left",
+        )
         .collect()
     )
-    unmatched = cohort["icb_code"].null_count()
+    unmatched = cohort["_in_features"].null_count()
     if unmatched:
         raise ContractError(
             f"{features_path}: {unmatched} scored people of {target} have no row "
-            "(or no icb_code) in the features table"
+            "in the features table"
         )
-    return cohort
+    return cohort.drop("_in_features").with_columns(pl.col("icb_code").fill_null(lists.NO_ICB))
 
 
 def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyFrame | None:

@@ -470,6 +470,7 @@ def _target_view(
             metrics=metrics,
         ),
         notes=tuple(notes),
+        unaudited=dict(summary.unaudited_dimensions),
         split=summary.split,
         case_definition=summary.settings.need_case_definition,
         truth_events=tables["mitigation"]["n_expected_true_events_reached"].is_not_null().any(),

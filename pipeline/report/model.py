@@ -183,6 +183,9 @@ class TargetView:
     """Published cohort counts: n_eligible, n_test, n_events, n_selected, n_list."""
     notes: tuple[str, ...] = ()
     """What was missing or odd in this target's inputs (shown under Limitations)."""
+    unaudited: dict[str, str] = field(default_factory=dict)
+    """Audit dimensions the extract could not support, with why (``unaudited_dimensions`` of
+    the audit summary): their sections say so instead of drawing them."""
     split: str = "test"
     case_definition: str = ""
     truth_events: bool = False

@@ -107,6 +107,7 @@ def deprivation_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[
         "gradients": gradient_table(view) if has_gradients else None,
         "gradient_figure": gradient_figure(view) if has_gradients else None,
         "imd": dimension_blocks(view, report, "imd_quintile", sdc),
+        "imd_unaudited": view.unaudited.get("imd_quintile"),
     }
 
 

@@ -17,6 +17,7 @@ def ethnicity_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[st
         "heading": heading(view),
         "ethnicity": dimension_blocks(view, report, "ethnicity_group", sdc),
         "heat": heat_table(view, "ethnicity_group"),
+        "unaudited": view.unaudited.get("ethnicity_group"),
     }
 
 

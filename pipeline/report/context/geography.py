@@ -110,6 +110,8 @@ def geography_target(view: TargetView, report: ReportView, sdc: Rule) -> dict[st
         "icb_notes": funnel_notes(view, "icb_code"),
         "icb": group_table(view, report, "icb_code", sdc, sortable=True),
         "heat": heat_table(view, "region"),
+        "region_unaudited": view.unaudited.get("region"),
+        "icb_unaudited": view.unaudited.get("icb_code"),
     }
 
 

@@ -23,8 +23,27 @@ DIMENSION_TITLES: Final = {
 }
 
 
-def verdict(row: dict[str, Any]) -> str:
+NO_IMD: Final = (
+    "IMD is unavailable in this extract (no home area or IMD decile recorded), so the gap in "
+    "outcomes across IMD quintiles cannot be measured: events averted are shown without it."
+)
+
+
+def has_imd(view: TargetView) -> bool:
+    """False when the audit could not audit IMD quintiles (the extract has no IMD): the impact
+    tables then have no quintile rows and no SII (:func:`pipeline.impact.recorded_dimensions`)."""
+    return "imd_quintile" not in view.unaudited
+
+
+def has_groups(view: TargetView) -> bool:
+    """Whether the impact tables have any group rows (none without IMD and ethnicity)."""
+    return not view.impact.filter(pl.col("dimension") != "overall").is_empty()
+
+
+def verdict(row: dict[str, Any], *, imd: bool = True) -> str:
     """Plain words for one policy's change in the outcome gap across IMD quintiles."""
+    if not imd:
+        return "IMD unavailable"
     if row["suppressed"] or row["gap_change"] is None:
         return "not shown (a quintile's figures are suppressed)"
     if row["narrows"]:
@@ -61,6 +80,8 @@ def answer(view: TargetView) -> str:
     frame = view.impact_gradient
     if frame.is_empty():
         return ""
+    if not has_imd(view):
+        return NO_IMD
     rows = {row["policy"]: row for row in frame.iter_rows(named=True)}
     shown = {p: row for p, row in rows.items() if not row["suppressed"]}
     if not shown:
@@ -87,6 +108,7 @@ def gradient_table(view: TargetView, sdc: Rule) -> Table:
     groups = view.impact.filter(pl.col("dimension") == "overall")
     averted = {row["policy"]: row for row in groups.iter_rows(named=True)}
     rows: list[list[Cell]] = []
+    imd = has_imd(view)
     for row in view.impact_gradient.iter_rows(named=True):
         total = averted.get(row["policy"], {})
         interval = ci_text(
@@ -95,7 +117,7 @@ def gradient_table(view: TargetView, sdc: Rule) -> Table:
             percent=False,
             digits=0,
         )
-        hidden = bool(row["suppressed"])
+        hidden = bool(row["suppressed"]) and imd  # without IMD there is no SII to hide
         rows.append(
             [
                 text_cell(LABELS.get(row["policy"], row["policy"])),
@@ -116,7 +138,7 @@ def gradient_table(view: TargetView, sdc: Rule) -> Table:
                     percent=False,
                     suppressed=hidden,
                 ),
-                text_cell(verdict(row)),
+                text_cell(verdict(row, imd=imd)),
             ]
         )
     columns = [
@@ -186,7 +208,7 @@ def impact_section(report: ReportView, sdc: Rule) -> Section:
                 "basis": basis,
                 "split": view.split,
                 "gradient": gradient_table(view, sdc) if available else None,
-                "groups": groups_table(view, sdc) if available else None,
+                "groups": groups_table(view, sdc) if available and has_groups(view) else None,
             }
         )
     return Section(

@@ -81,6 +81,7 @@ def intersection_target(view: TargetView, report: ReportView, sdc: Rule) -> dict
         "heading": heading(view),
         "grids": grids_figure(view, groups) if groups else None,
         "table": group_table(view, report, INTERSECTION, sdc, sortable=True),
+        "unaudited": view.unaudited.get(INTERSECTION),
     }
 
 

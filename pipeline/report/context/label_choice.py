@@ -116,7 +116,11 @@ def label_choice_target(view: TargetView, sdc: Rule) -> dict[str, Any] | None:
 def label_choice_section(report: ReportView, sdc: Rule) -> Section:
     """Obermeyer's label-choice audit: need by score percentile per group."""
     targets = [
-        {"heading": heading(view), "audit": label_choice_target(view, sdc)}
+        {
+            "heading": heading(view),
+            "audit": label_choice_target(view, sdc),
+            "unaudited": "; ".join(dict.fromkeys(view.unaudited.values())),
+        }
         for view in report.targets
     ]
     return Section(

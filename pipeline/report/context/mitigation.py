@@ -83,7 +83,9 @@ def mitigation_table(view: TargetView, sdc: Rule) -> Table | None:
     if frame.is_empty():
         return None
     share_groups = [
-        g for g in frame["group"].unique(maintain_order=True).to_list() if g is not None
+        g
+        for g in frame["group"].unique(maintain_order=True).to_list()
+        if g is not None and "imd_quintile" not in view.unaudited  # no IMD: no list shares by it
     ]
     truth = "true need" in view.case_definition
     gap_keys = ("recorded_gap", "tpr_gap") if truth else ("recorded_gap",)
