@@ -112,7 +112,7 @@ EventType = Literal[
     "elective_admission",
     "outpatient",
 ]
-"""The contract's event types (``pipeline.contract.EVENT_TYPES``)."""
+"""The contract's event types (``pipeline.contract.EVENT_TYPES`` is this tuple)."""
 ConceptName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 """A concept of the codelist registry (``codelists/registry.yaml``)."""
 SYNTHETIC_OUTCOMES: tuple[str, ...] = (

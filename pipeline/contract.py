@@ -12,12 +12,13 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar, get_args
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from pipeline.codelists import CODE_SYSTEMS, CodeSystem, code_valid_expr, normalise_code
+from pipeline.config import EventType
 from pipeline.errors import ContractError
 from pipeline.io import scan_table, write_json
 
@@ -162,16 +163,8 @@ ETHNICITY_LABELS: Final = {
 }
 BROAD_ETHNIC_GROUPS: Final = ("White", "Mixed", "Asian", "Black", "Other", "Not recorded")
 
-EVENT_TYPES: Final = (
-    "gp_consultation",
-    "diagnosis",
-    "prescription",
-    "measurement",
-    "ae_attendance",
-    "emergency_admission",
-    "elective_admission",
-    "outpatient",
-)
+EVENT_TYPES: Final = get_args(EventType)
+"""The contract's event types, in the order of ``pipeline.config.EventType`` (params name them)."""
 
 MEASUREMENT_CODES: Final = {
     # local code: (unit, plausible low, plausible high)

@@ -21,7 +21,7 @@ under_recording)`` times the true need of quintile 5: the planted effect.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import polars as pl
@@ -196,3 +196,38 @@ def audit_world(
         target="sim_target",
     )
     return cohort, tables, published_tables(tables, audit=params.audit, rule=params.disclosure)
+
+
+def generate_synthetic_chunk(params: Params, *, geography_seed: int) -> dict[str, Any]:
+    """One chunk of the real synthetic world for ``params`` (its calibration fitted first):
+    ``pipeline.synth.generate_chunk``'s frames, everyone in chunk 0."""
+    from pipeline.synth import generate_chunk
+    from pipeline.synth.calibration import fit_calibration
+    from pipeline.synth.geography import build_geography
+
+    pop = params.population
+    calibration = fit_calibration(
+        seed=params.seed,
+        area_size=pop.area_size,
+        practice_size=pop.practice_size,
+        history_years=pop.history_years,
+        not_recorded_share=pop.bias.ethnicity_not_recorded,
+        targets=dict(params.targets),
+    )
+    geo = build_geography(
+        pop.n_people,
+        area_size=pop.area_size,
+        practice_size=pop.practice_size,
+        rng=np.random.default_rng(geography_seed),
+    )
+    return generate_chunk(
+        geo,
+        calibration,
+        0,
+        pop.n_people,
+        population=pop,
+        targets=params.targets,
+        chunk=0,
+        seed=params.seed,
+        index_date=params.index_date,
+    )

@@ -30,10 +30,8 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.config import parse_params
 from pipeline.contract import REGIONS
-from pipeline.synth import generate_chunk
 from pipeline.synth import reference as ref
-from pipeline.synth.calibration import fit_calibration
-from pipeline.synth.geography import build_geography
+from tests.simworld import generate_synthetic_chunk
 
 N = 100_000
 
@@ -66,32 +64,7 @@ def world() -> dict[str, Any]:
             },
         }
     )
-    pop = params.population
-    calibration = fit_calibration(
-        seed=params.seed,
-        area_size=pop.area_size,
-        practice_size=pop.practice_size,
-        history_years=pop.history_years,
-        not_recorded_share=pop.bias.ethnicity_not_recorded,
-        targets=dict(params.targets),
-    )
-    geo = build_geography(
-        N,
-        area_size=pop.area_size,
-        practice_size=pop.practice_size,
-        rng=np.random.default_rng(5),
-    )
-    frames = generate_chunk(
-        geo,
-        calibration,
-        0,
-        N,
-        population=pop,
-        targets=params.targets,
-        chunk=0,
-        seed=params.seed,
-        index_date=params.index_date,
-    )
+    frames = generate_synthetic_chunk(params, geography_seed=5)
     people, cond = frames["arrays"]
     return {"people": people, "cond": cond, "frames": frames}
 

@@ -17,9 +17,7 @@ from pipeline.codelists import code_valid_expr, load_codelists
 from pipeline.config import parse_params
 from pipeline.features import concept_expr, measurement_expr, recorded_conditions, recorded_events
 from pipeline.synth import coding as coding_module
-from pipeline.synth import generate_chunk
 from pipeline.synth import geography as geography_module
-from pipeline.synth.calibration import fit_calibration
 from pipeline.synth.coding import (
     LEGACY_READ_CODES,
     MEASUREMENT_SNOMED,
@@ -35,6 +33,7 @@ from pipeline.synth.geography import (
     build_geography,
     locate,
 )
+from tests.simworld import generate_synthetic_chunk
 
 INDEX = dt.date(2025, 4, 1)
 N = 20_000
@@ -56,29 +55,7 @@ def world() -> dict[str, Any]:
             },
         }
     )
-    pop = params.population
-    calibration = fit_calibration(
-        seed=params.seed,
-        area_size=pop.area_size,
-        practice_size=pop.practice_size,
-        history_years=pop.history_years,
-        not_recorded_share=pop.bias.ethnicity_not_recorded,
-        targets=dict(params.targets),
-    )
-    geo = build_geography(
-        N, area_size=pop.area_size, practice_size=pop.practice_size, rng=np.random.default_rng(1)
-    )
-    frames = generate_chunk(
-        geo,
-        calibration,
-        0,
-        N,
-        population=pop,
-        targets=params.targets,
-        chunk=0,
-        seed=params.seed,
-        index_date=INDEX,
-    )
+    frames = generate_synthetic_chunk(params, geography_seed=1)
     people, cond = frames["arrays"]
     return {"events": frames["events"], "people": people, "cond": cond}
 
