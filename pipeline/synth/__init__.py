@@ -101,6 +101,7 @@ def _target_outcomes(
         latent,
         intercept=intercept,
         follow_up_months=target.follow_up_months,
+        gradient=gradient,
     )
     value = rng.random(len(ids)) < risk
     members = np.flatnonzero(cohort)
@@ -163,10 +164,25 @@ def people_frame(people: dict[str, np.ndarray], ids: pl.Series) -> pl.DataFrame:
     )
 
 
+def admission_gradient(
+    targets: Mapping[str, TargetParams], calibration: Calibration
+) -> np.ndarray | None:
+    """The calibrated deprivation term by age of the first emergency-admission target (by name),
+    or None when no target calibrates one."""
+    names = sorted(name for name, t in targets.items() if t.outcome == "emergency_admission")
+    return next((calibration.gradients[n] for n in names if n in calibration.gradients), None)
+
+
 def truth_people_frame(
-    people: dict[str, np.ndarray], cond: dict[str, np.ndarray], ids: pl.Series
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    ids: pl.Series,
+    *,
+    gradient: np.ndarray | None = None,
 ) -> pl.DataFrame:
-    """Truth: risk factors, true conditions and true need of each person of a chunk."""
+    """Truth: risk factors, true conditions and true need of each person of a chunk
+    (``gradient``: the emergency-admission deprivation term by age, when a target calibrates one;
+    so the generic need index is the 12-month emergency-admission need)."""
     true_columns = {f"true_{c}": cond[f"true_{c}"] for c in CONDITION_ORDER}
     n_true = np.sum([cond[f"true_{c}"] for c in CONDITION_ORDER], axis=0).astype(np.int8)
     return pl.DataFrame(
@@ -178,7 +194,7 @@ def truth_people_frame(
             "hba1c": np.round(cond["hba1c"], 1),
             **true_columns,
             "n_true_conditions": n_true,
-            "true_need": true_need(people, cond),
+            "true_need": true_need(people, cond, gradient=gradient),
         },
     ).select(pl.col(name).cast(dtype) for name, dtype in TRUTH_PEOPLE_SCHEMA.items())
 
@@ -278,7 +294,9 @@ def generate_chunk(
         "events": events_frame(events, ids, index_day=(index_date - EPOCH).days, coding=coding),
         "outcomes": outcomes,
         "oracle": oracle,
-        "truth_people": truth_people_frame(people, cond, ids),
+        "truth_people": truth_people_frame(
+            people, cond, ids, gradient=admission_gradient(targets, calibration)
+        ),
         "arrays": (people, cond),
     }
 

@@ -220,11 +220,20 @@ def cohort_and_logit(
     return cohort, eta + age_deprivation_term(people, gradient)
 
 
-def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.ndarray:
+def true_need(
+    people: dict[str, np.ndarray],
+    cond: dict[str, np.ndarray],
+    *,
+    gradient: np.ndarray | None = None,
+) -> np.ndarray:
     """Unbiased 12-month chance of an emergency admission from true health alone.
 
     ``expit(-3.4 + 0.03 (age - 40) + 0.1 male + 0.9 x sum(burden_c x true_c) + 0.45 x
-    deprivation + 0.2 smoker)``: no recording or access bias, no utilisation history.
+    deprivation + 0.2 smoker + g(age) x deprivation)``: no recording or access bias, no
+    utilisation history. ``gradient`` is the emergency-admission target's calibrated deprivation
+    term by age (:func:`age_deprivation_term`): the published gradient it matches is read as
+    health need (deprived areas' excess admissions follow their excess illness), so that with
+    every planted bias at 0 the outcome and its true need rank deprived people alike.
     """
     age = people["age"].astype(np.float64)
     eta = (
@@ -234,6 +243,7 @@ def true_need(people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> np.
         + 0.9 * burden(cond, "true")
         + 0.45 * deprivation_score(people["decile"])
         + 0.2 * cond["smoker"]
+        + age_deprivation_term(people, gradient)
     )
     return expit(eta)
 
@@ -253,9 +263,11 @@ def target_true_need(
     *,
     intercept: float,
     follow_up_months: int,
+    gradient: np.ndarray | None = None,
 ) -> np.ndarray:
     """A target's true need: the true risk of its outcome over its follow-up, without the
-    planted recording and access biases.
+    planted recording and access biases (``gradient``: the target's calibrated deprivation term
+    by age, part of the need as of the outcome).
 
     ``emergency_admission``: :func:`true_need` (true health alone, no utilisation history)
     over the follow-up. Other outcomes: the outcome's own model with every true condition
@@ -264,7 +276,8 @@ def target_true_need(
     recorded).
     """
     if outcome == "emergency_admission":
-        return 1.0 - (1.0 - true_need(people, cond)) ** (follow_up_months / 12.0)
+        need = true_need(people, cond, gradient=gradient)
+        return 1.0 - (1.0 - need) ** (follow_up_months / 12.0)
     everything = as_if_recorded(cond)
     if outcome == "ae_attendance":
         true_burden = burden(cond, "true")
@@ -280,5 +293,5 @@ def target_true_need(
         eta = _cvd_logit(people, everything)
     else:  # diabetes_onset
         eta = _diabetes_onset_logit(people, everything)
-    eta = eta + LATENT_SD[outcome] * latent
+    eta = eta + LATENT_SD[outcome] * latent + age_deprivation_term(people, gradient)
     return oracle_risk(intercept, eta, follow_up_months=follow_up_months)
