@@ -133,3 +133,5 @@ def test_the_report_says_what_it_could_not_draw(project: Path) -> None:
     assert "IMD is unavailable in this extract" in html
     assert "The label-choice audit (need by score, per group of" in html
     assert "Not available: the region audit table" not in html
+    assert "No recommendation: every objective weighs the gap between deprivation fifths" in html
+    assert "mitigation table lacks events reached or gaps" not in html

@@ -477,5 +477,4 @@ def run(params: Params, paths: Paths) -> None:
 def _did(params: Params, paths: Paths) -> str:
     """What the stage did, for its console line (people written)."""
     people = pl.scan_parquet(paths.population / "people.parquet").select(pl.len()).collect().item()
-    source = "synthetic" if params.population.source == "synthetic" else "extract"
-    return f"{console.count(people)} people ({source})"
+    return f"{console.count(people)} people ({params.population.source})"

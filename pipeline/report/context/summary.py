@@ -135,6 +135,7 @@ def summary_context(report: ReportView, *, objective: Objective, sdc: Rule) -> d
                 "about": view.description or view.outcome,
                 "truth_events": view.truth_events,
                 "recommendation": recommend(view, objective=objective),
+                "imd_unaudited": view.unaudited.get("imd_quintile"),
                 "cost": _cost(view, report.list_sizes, sdc),
             }
             for view in report.targets
