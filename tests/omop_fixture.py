@@ -14,6 +14,8 @@ from typing import Literal
 
 import duckdb
 
+from pipeline.omop.source import OMOP_TABLES
+
 INDEX = dt.date(2020, 1, 1)
 
 TABLES = {
@@ -121,15 +123,8 @@ TABLES = {
     "provider": ("provider_id BIGINT, care_site_id BIGINT", [(5, 11)]),
 }
 
-OPTIONAL = (
-    "visit_occurrence",
-    "condition_occurrence",
-    "drug_exposure",
-    "measurement",
-    "procedure_occurrence",
-    "location",
-    "care_site",
-    "provider",
+OPTIONAL = tuple(
+    table for table in OMOP_TABLES if table not in ("person", "observation_period", "concept")
 )
 
 

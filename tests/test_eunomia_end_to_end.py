@@ -23,8 +23,8 @@ import yaml
 from pipeline import contract, io
 from pipeline.config import parse_params
 from pipeline.outreach.lists import NO_ICB
-from pipeline.pseudonyms import write_key_fingerprint
 from tests.fixture_params import fixture_raw
+from tests.stage_chain import run_from_validate
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "eunomia"
@@ -55,8 +55,7 @@ def _params(root: Path, prepare: ModuleType) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every stage run once on the Eunomia sample."""
-    from pipeline import audit, explain, features, need, outreach, synth, train, validate
-    from pipeline.report.build import run as report_run
+    from pipeline import synth
 
     root = tmp_path_factory.mktemp("eunomia_e2e")
     prepare = _prepare()
@@ -70,16 +69,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.chdir(root)
         params, paths = parse_params(_params(root, prepare)), io.Paths.at(root)
         synth.run(params, paths)
-        validate.run(params, paths)
-        features.run(params, paths)
-        for target in TARGETS:
-            train.run(params, paths, target=target)
-            need.run(params, paths, target=target)
-            explain.run(paths, target=target)
-            audit.run(params, paths, target=target)
-        write_key_fingerprint(KEY, paths.key_fingerprint)
-        outreach.run(params, paths)
-        report_run(params, paths, log_mlflow=False)
+        run_from_validate(params, paths, targets=TARGETS, key=KEY)
     return root
 
 

@@ -21,8 +21,8 @@ import yaml
 
 from pipeline import contract, io
 from pipeline.config import Params, parse_params
-from pipeline.pseudonyms import write_key_fingerprint
 from tests.fixture_params import fixture_raw
+from tests.stage_chain import run_from_validate
 
 INDEX = dt.date(2025, 4, 1)
 TARGET = "emergency_admission_12m"
@@ -106,9 +106,6 @@ def _params(root: Path) -> Params:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every stage run once on the extract, in DVC's order."""
-    from pipeline import audit, explain, features, need, outreach, train, validate
-    from pipeline.report.build import run as report_run
-
     root = tmp_path_factory.mktemp("missing_fields")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -117,15 +114,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.chdir(root)
         params, paths = _params(root), io.Paths.at(root)
         write_extract(paths.population)
-        validate.run(params, paths)
-        features.run(params, paths)
-        train.run(params, paths, target=TARGET)
-        need.run(params, paths, target=TARGET)
-        explain.run(paths, target=TARGET)
-        audit.run(params, paths, target=TARGET)
-        write_key_fingerprint(KEY, paths.key_fingerprint)
-        outreach.run(params, paths)
-        report_run(params, paths, log_mlflow=False)
+        run_from_validate(params, paths, targets=(TARGET,), key=KEY)
     return root
 
 
