@@ -217,7 +217,7 @@ class TrainParams(_Frozen):
     """LightGBM training (stage ``train``)."""
 
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0, strict=True)] = 0.05
-    num_leaves: Annotated[int, Field(ge=2, le=4096, strict=True)] = 31
+    num_leaves: Annotated[int, Field(ge=2, le=4096, strict=True)] = 15
     max_depth: Annotated[int, Field(ge=-1, le=64, strict=True)] = -1
     min_child_samples: Annotated[int, Field(ge=1, strict=True)] = 100
     n_estimators: Annotated[int, Field(ge=1, le=20_000, strict=True)] = 1_000
