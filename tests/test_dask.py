@@ -178,8 +178,9 @@ def test_distributed_training_trains_registers_and_matches_the_local_auroc(
     On the same rows (sample = the whole training split, 2,670 people) the two models
     differ only by the learner: LightGBM's data-parallel learner merges per-worker histograms
     built on each worker's rows and bin boundaries, so trees, hence scores, are close but not
-    identical; the test split's AUROC must agree within 0.01 (its standard error on these 800
-    people is about 0.02). With a 1,000-row sample, the distributed fit still uses every row.
+    identical; the test split's AUROC must agree within 0.02, about one standard error on these
+    800 people (measured gaps: 0.003 with 31 leaves, 0.011 with 15). With a 1,000-row sample,
+    the distributed fit still uses every row.
     """
     monkeypatch.setattr(test_train, "N_PEOPLE", 5_000)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -205,7 +206,7 @@ def test_distributed_training_trains_registers_and_matches_the_local_auroc(
     remote = trained(on_dask(every_row))
     assert remote["best_iteration"] == local["best_iteration"]  # rounds from the local fit
     assert remote["n_train_rows"] == local["n_train_rows"]
-    assert abs(remote["auroc"] - local["auroc"]) <= 0.01
+    assert abs(remote["auroc"] - local["auroc"]) <= 0.02
     sampled = trained(on_dask(test_train._params(max_train_rows=1_000)))
     assert sampled["n_train_rows"] == local["n_train_rows"] > 1_000  # every row, not the sample
 
