@@ -27,7 +27,7 @@ from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.cohort import UNKNOWN, build_cohort
+from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -465,15 +465,13 @@ def mitigation_tables(
         by_group, dimension="imd_quintile", min_group_events=min_group_events
     )
     contacted = chosen if whole_cohort is cohort else chosen_in(whole_cohort)
-    no_imd = (contacted["imd_quintile"] == UNKNOWN).all()  # the extract has no IMD: SII is NaN
-    with np.errstate(invalid="ignore" if no_imd else "warn"):
-        outcomes = impact_mod.impact_tables(
-            contacted,
-            basis="true risk" if has_truth else "calibrated predicted risk",
-            impact=impact or ImpactParams(),
-            rng=impact_rng,
-            confidence=confidence,
-        )
+    outcomes = impact_mod.impact_tables(
+        contacted,
+        basis="true risk" if has_truth else "calibrated predicted risk",
+        impact=impact or ImpactParams(),
+        rng=impact_rng,
+        confidence=confidence,
+    )
     return {
         "mitigation": summary.join(gaps_imd, on="policy", how="left"),
         "mitigation_by_group": by_group,
