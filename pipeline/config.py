@@ -481,6 +481,9 @@ class Params(_Frozen):
     seed: Annotated[int, Field(ge=0, strict=True)] = 20_261_123
     engine: Literal["local", "dask"] = "local"
     """``dask``: partitioned stages run on a ``dask.distributed`` cluster (``pipeline.engine``)."""
+    dask_workers: Annotated[int, Field(ge=1, strict=True)] | None = None
+    """Worker processes of the LocalCluster that ``engine: dask`` starts (None: one per core);
+    ignored for an existing cluster (``DASK_SCHEDULER_ADDRESS``)."""
     index_date: dt.date = dt.date(2025, 4, 1)
     population: PopulationParams = PopulationParams()
     validation: ValidationParams = ValidationParams()

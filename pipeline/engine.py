@@ -26,13 +26,18 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from pipeline.errors import StageError
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from distributed import Client
+
+    from pipeline.config import Params
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "SCHEDULER_ENV",
     "Engine",
     "connect",
+    "connect_for",
     "map_partitions",
     "scheduler_address",
 ]
@@ -101,6 +106,11 @@ def connect(engine: Engine, *, n_workers: int | None = None) -> Iterator[Client 
         ) from None
     with client:
         yield client
+
+
+def connect_for(params: Params) -> AbstractContextManager[Client | None]:
+    """:func:`connect` with the params' ``engine`` and ``dask_workers`` (a stage's one call)."""
+    return connect(params.engine, n_workers=params.dask_workers)
 
 
 def map_partitions(
