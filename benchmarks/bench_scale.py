@@ -1,30 +1,36 @@
 """Benchmark: the whole pipeline at N people, per stage: wall time, peak RSS of the process tree,
-and the disk the outputs take; on the local engine, then on the Dask engine (issue 18).
+and the disk the outputs take; on the local engine and on the Dask engine (issue 18).
 
-Copies the project's code and params into a temporary folder, sets ``population.n_people`` to N,
-and runs every stage as DVC runs it (``python -m pipeline <stage>``, dvc.yaml order, one process
-per stage, each target in turn). While a stage runs, the resident memory of its whole process
-tree (the stage and every descendant: Dask's LocalCluster workers and nanny processes too) is
-summed from ``/proc/<pid>/statm`` every ``--interval`` seconds; the peak of that sum is the
-stage's "tree peak". ``wait4``'s ``ru_maxrss`` (the largest single process) is printed beside it.
+Copies the project's code and params into a temporary folder per run, sets
+``population.n_people`` to N, and runs every stage as DVC runs it (``python -m pipeline
+<stage>``, dvc.yaml order, one process per stage, each target in turn). While a stage runs, the
+resident memory of its whole process tree (the stage and every descendant: Dask's LocalCluster
+workers and nanny processes too) is summed from ``/proc/<pid>/statm`` every ``--interval``
+seconds; the peak of that sum is the stage's "tree peak". ``wait4``'s ``ru_maxrss`` (the largest
+single process) is printed beside it.
 
-The Dask run copies the local run's folder and re-runs the stages that use the engine
-(``outreach``, and ``train`` with ``--distributed``), then ``report``; every other stage is the
-same code on both engines (it does not use the engine yet), so its figures are the local run's.
-The Dask run's lists and outreach summary are compared byte for byte with the local run's.
+Each engine runs the whole pipeline from scratch in its own folder; ``--workers 1,2`` runs the
+Dask engine once per LocalCluster size (``dask_workers``). Afterwards every run's outputs
+(``COMPARED``: data, features, scores, lists, metrics) are compared byte for byte with the first
+run's, and the files that differ are named.
+
+``--only-icbs A,B`` generates only those ICBs of an N-people world, at their sizes in it: with
+N = 57,000,000 these are real-size English ICB partitions (``bench_england.py`` projects England
+from them). ``--json FILE`` writes the figures.
 
 ``--from DIR --stages outreach,report`` skips the upstream stages: it copies DIR's outputs
-(a project after ``dvc repro``; N is then DIR's population) and runs only those stages, on both
-engines - the quick way to time the engine stages when a whole run is too long.
+(a project after ``dvc repro``; N is then DIR's population) and runs only those stages.
 
 Usage: ``nice .venv/bin/python benchmarks/bench_scale.py [N] [--engines local,dask]
-[--distributed] [--keep DIR] [--from DIR --stages S,...]`` (N defaults to 200000).
+[--workers 1,2] [--distributed] [--only-icbs A,B] [--keep DIR] [--json FILE]
+[--from DIR --stages S,...]`` (N defaults to 200000).
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import signal
@@ -42,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("pipeline", "codelists", "params.yaml", "dvc.yaml", "pyproject.toml")
 OUTPUTS = ("data", "features", "models", "reports", "metrics", "mlflow.db", "mlartifacts")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-ENGINE_STAGES = ("outreach",)
 
 
 @dataclass(frozen=True)
@@ -114,23 +119,34 @@ def run_stage(command: list[str], *, cwd: Path, env: dict[str, str], interval: f
 
 
 def stage_commands(params: dict, *, only: tuple[str, ...] | None = None) -> list[list[str]]:
-    """``python -m pipeline ...`` of every stage in dvc.yaml order (each target in turn)."""
-    targets = list(params["targets"])
-    per_target = ("train", "need", "audit", "explain")
-    order = ["synthesize", "validate", "features", *per_target, "keyfp", "outreach", "report"]
+    """``python -m pipeline ...`` of every stage in dvc.yaml order (a ``foreach`` stage once per
+    target, in turn), read from the project's dvc.yaml so the benchmark follows the pipeline."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     commands = []
-    for stage in order:
+    for stage, body in stages.items():
         if only is not None and stage not in only:
             continue
-        if stage in per_target:
-            commands += [[sys.executable, "-m", "pipeline", stage, "--target", t] for t in targets]
+        if "foreach" in body:
+            commands += [
+                [sys.executable, "-m", "pipeline", stage, "--target", t] for t in params["targets"]
+            ]
         else:
             commands.append([sys.executable, "-m", "pipeline", stage])
     return commands
 
 
-def make_project(folder: Path, *, n_people: int) -> dict:
-    """The project's code and params at ``n_people`` in ``folder``; returns the params."""
+def make_project(
+    folder: Path,
+    *,
+    n_people: int,
+    only_icbs: list[str] | None = None,
+    chunk_size: int | None = None,
+) -> dict:
+    """The project's code and params at ``n_people`` in ``folder``; returns the params.
+
+    ``only_icbs``: generate only those ICBs of an ``n_people`` world, at their sizes in it
+    (``population.only_icbs``: the England projection's real-size partitions).
+    """
     for name in COPIED:
         source = ROOT / name
         if source.is_dir():
@@ -139,6 +155,10 @@ def make_project(folder: Path, *, n_people: int) -> dict:
             shutil.copy2(source, folder / name)
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["population"]["n_people"] = n_people
+    if only_icbs:
+        params["population"]["only_icbs"] = only_icbs
+    if chunk_size:
+        params["population"]["chunk_size"] = chunk_size
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -153,10 +173,11 @@ def copy_outputs(source: Path, folder: Path) -> None:
             shutil.copy2(path, folder / name)
 
 
-def set_engine(folder: Path, *, engine: str, distributed: bool) -> None:
-    """Write ``engine`` (and ``train.distributed``) into the folder's params.yaml."""
+def set_engine(folder: Path, *, engine: str, distributed: bool, workers: int | None) -> None:
+    """Write ``engine``, ``dask_workers`` and ``train.distributed`` into the folder's params."""
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["engine"] = engine
+    params["dask_workers"] = workers
     params["train"]["distributed"] = distributed
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -189,11 +210,26 @@ def run_engine(
     return measured
 
 
-def same_outreach(first: Path, second: Path) -> bool:
-    """Whether both runs wrote byte-identical lists and outreach summary."""
-    files = [p.relative_to(first) for p in (first / "data" / "outreach").rglob("*") if p.is_file()]
-    files.append(Path("reports/outreach_summary.json"))
-    return all(filecmp.cmp(first / f, second / f, shallow=False) for f in files)
+COMPARED = ("data", "features", "reports/outreach_summary.json", "metrics")
+"""Outputs compared byte for byte between engines (row-level data, features, scores, lists,
+the outreach summary and the metrics the stages publish)."""
+
+
+def differing_files(first: Path, second: Path) -> list[str]:
+    """Output files (``COMPARED``) whose bytes differ between two runs, or exist in one only."""
+    names: set[Path] = set()
+    for run in (first, second):
+        for name in COMPARED:
+            path = run / name
+            found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            names |= {p.relative_to(run) for p in found}
+    return sorted(
+        str(name)
+        for name in names
+        if not (first / name).exists()
+        or not (second / name).exists()
+        or not filecmp.cmp(first / name, second / name, shallow=False)
+    )
 
 
 def summary(label: str, measured: list[Measured], folder: Path) -> None:
@@ -210,45 +246,85 @@ def _stop(signum: int, _frame: object) -> None:
     raise SystemExit(f"bench_scale: stopped by signal {signum}")
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, _stop)
+def write_figures(path: Path, runs: dict[str, list[Measured]], *, n_people: int) -> None:
+    """The measured figures as JSON (for ``bench_england.py``'s projection)."""
+    path.write_text(
+        json.dumps(
+            {
+                "n_people": n_people,
+                "cores": os.cpu_count(),
+                "runs": {
+                    label: [
+                        {"stage": m.stage, "seconds": m.seconds, "tree_peak": m.tree_peak}
+                        for m in measured
+                    ]
+                    for label, measured in runs.items()
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n_people", type=int, nargs="?", default=200_000)
     parser.add_argument("--engines", default="local,dask")
+    parser.add_argument("--workers", help="dask_workers per Dask run, comma-separated (e.g. 1,2)")
     parser.add_argument("--distributed", action="store_true", help="train.distributed on Dask")
+    parser.add_argument("--only-icbs", help="population.only_icbs, comma-separated ICB codes")
+    parser.add_argument("--chunk-size", type=int, help="population.chunk_size")
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling, seconds")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
+    parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--from", dest="source", type=Path, help="reuse this project's outputs")
     parser.add_argument("--stages", help="with --from: the stages to run, comma-separated")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _runs(engines: list[str], workers: str | None) -> list[tuple[str, str, int | None]]:
+    """(label, engine, dask_workers) of every run asked for."""
+    runs: list[tuple[str, str, int | None]] = []
+    for engine in engines:
+        if engine == "dask" and workers:
+            runs += [(f"dask-{k}w", "dask", int(k)) for k in workers.split(",")]
+        else:
+            runs.append((engine, engine, None))
+    return runs
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
+    args = _arguments()
     only = tuple(args.stages.split(",")) if args.stages else None
-    engines = args.engines.split(",")
+    only_icbs = args.only_icbs.split(",") if args.only_icbs else None
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     base.mkdir(parents=True, exist_ok=True)
-    print(f"bench_scale: {args.n_people:,} people, engines {engines}, in {base}")
+    runs = _runs(args.engines.split(","), args.workers)
+    print(
+        f"bench_scale: {args.n_people:,} people, runs {[label for label, _, _ in runs]}, in {base}"
+    )
+    if only_icbs:
+        print(f"  only ICBs {only_icbs} of that world (population.only_icbs)")
     print(f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    local = base / "local"
-    params = make_project(local, n_people=args.n_people)
-    if args.source:
-        copy_outputs(args.source, local)
-    set_engine(local, engine="local", distributed=False)
-    commands = stage_commands(params, only=only)
-    measured = run_engine(local, commands, interval=args.interval, label="local")
-    summary("local engine", measured, local)
-    if "dask" in engines:
-        dask = base / "dask"
-        shutil.copytree(local, dask, symlinks=True)
-        set_engine(dask, engine="dask", distributed=args.distributed)
-        again = (*ENGINE_STAGES, "report", *(("train",) if args.distributed else ()))
-        # train re-runs explain, need and audit's inputs: re-run them too when it does
-        again += ("need", "audit", "explain") if args.distributed else ()
-        again = tuple(stage for stage in again if only is None or stage in only)
-        rerun = run_engine(
-            dask, stage_commands(params, only=again), interval=args.interval, label="dask"
+    measured: dict[str, list[Measured]] = {}
+    for label, engine, workers in runs:
+        folder = base / label
+        params = make_project(
+            folder, n_people=args.n_people, only_icbs=only_icbs, chunk_size=args.chunk_size
         )
-        summary("dask engine (re-run stages)", rerun, dask)
-        if not args.distributed:
-            print(f"outreach byte-identical to the local engine's: {same_outreach(local, dask)}")
+        if args.source:
+            copy_outputs(args.source, folder)
+        set_engine(folder, engine=engine, distributed=args.distributed, workers=workers)
+        commands = stage_commands(params, only=only)
+        measured[label] = run_engine(folder, commands, interval=args.interval, label=label)
+        summary(f"{label} engine", measured[label], folder)
+    first = base / runs[0][0]
+    for label, _, _ in runs[1:]:
+        differing = differing_files(first, base / label)
+        print(f"{label} vs {runs[0][0]}: {len(differing)} output files differ {differing[:8]}")
+    if args.json:
+        write_figures(args.json, measured, n_people=args.n_people)
     if args.keep is None:
         shutil.rmtree(base)
 
