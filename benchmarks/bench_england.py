@@ -123,13 +123,14 @@ def main() -> None:
     measured, n_people, disk = {}, 0, 0
     for workers in (small, large):
         folder = base / f"dask-{workers}w"
-        params = bench_scale.make_project(folder, n_people=ENGLAND, only_icbs=icbs)
-        bench_scale.set_engine(folder, engine="dask", distributed=False, workers=workers)
-        commands = bench_scale.stage_commands(params)
-        measured[workers] = bench_scale.run_engine(
-            folder, commands, interval=0.2, label=f"{workers}w"
+        measured[workers] = bench_scale.run_project(
+            folder,
+            n_people=ENGLAND,
+            engine="dask",
+            workers=workers,
+            only_icbs=icbs,
+            label=f"dask-{workers}w",
         )
-        bench_scale.summary(f"dask, {workers} worker(s)", measured[workers], folder)
         n_people = people_written(folder)
         disk = bench_scale.disk_bytes(folder)
     print(f"{n_people:,} people in ICBs {icbs}")
@@ -145,8 +146,11 @@ def people_written(folder: Path) -> int:
     """People in a run's population (the partitions of ``population.only_icbs``)."""
     import polars as pl
 
-    people = folder / "data" / "population" / "people"
-    return int(pl.scan_parquet(people / "**" / "*.parquet").select(pl.len()).collect().item())
+    sys.path.insert(0, str(bench_scale.ROOT))
+    from pipeline import io
+
+    people = io.scan_table(folder / "data" / "population", "people")
+    return int(people.select(pl.len()).collect().item())
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ run's, and the files that differ are named.
 
 ``--only-icbs A,B`` generates only those ICBs of an N-people world, at their sizes in it: with
 N = 57,000,000 these are real-size English ICB partitions (``bench_england.py`` projects England
-from them). ``--json FILE`` writes the figures.
+from them).
 
 ``--from DIR --stages outreach,report`` skips the upstream stages: it copies DIR's outputs
 (a project after ``dvc repro``; N is then DIR's population) and runs only those stages.
 
 Usage: ``nice .venv/bin/python benchmarks/bench_scale.py [N] [--engines local,dask]
-[--workers 1,2] [--distributed] [--only-icbs A,B] [--keep DIR] [--json FILE]
+[--workers 1,2] [--distributed] [--only-icbs A,B] [--keep DIR]
 [--from DIR --stages S,...]`` (N defaults to 200000).
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
 import os
 import shutil
 import signal
@@ -246,24 +245,29 @@ def _stop(signum: int, _frame: object) -> None:
     raise SystemExit(f"bench_scale: stopped by signal {signum}")
 
 
-def write_figures(path: Path, runs: dict[str, list[Measured]], *, n_people: int) -> None:
-    """The measured figures as JSON (for ``bench_england.py``'s projection)."""
-    path.write_text(
-        json.dumps(
-            {
-                "n_people": n_people,
-                "cores": os.cpu_count(),
-                "runs": {
-                    label: [
-                        {"stage": m.stage, "seconds": m.seconds, "tree_peak": m.tree_peak}
-                        for m in measured
-                    ]
-                    for label, measured in runs.items()
-                },
-            },
-            indent=2,
-        )
-    )
+def run_project(
+    folder: Path,
+    *,
+    n_people: int,
+    engine: str,
+    workers: int | None,
+    distributed: bool = False,
+    only_icbs: list[str] | None = None,
+    chunk_size: int | None = None,
+    source: Path | None = None,
+    only: tuple[str, ...] | None = None,
+    interval: float = 0.2,
+    label: str,
+) -> list[Measured]:
+    """Make a project in ``folder`` (optionally on ``source``'s outputs), run its stages on one
+    engine, print the per-stage lines and the totals; return the measurements."""
+    params = make_project(folder, n_people=n_people, only_icbs=only_icbs, chunk_size=chunk_size)
+    if source:
+        copy_outputs(source, folder)
+    set_engine(folder, engine=engine, distributed=distributed, workers=workers)
+    measured = run_engine(folder, stage_commands(params, only=only), interval=interval, label=label)
+    summary(f"{label} engine", measured, folder)
+    return measured
 
 
 def _arguments() -> argparse.Namespace:
@@ -276,7 +280,6 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, help="population.chunk_size")
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling, seconds")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
-    parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--from", dest="source", type=Path, help="reuse this project's outputs")
     parser.add_argument("--stages", help="with --from: the stages to run, comma-separated")
     return parser.parse_args()
@@ -309,22 +312,23 @@ def main() -> None:
     print(f"  machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     measured: dict[str, list[Measured]] = {}
     for label, engine, workers in runs:
-        folder = base / label
-        params = make_project(
-            folder, n_people=args.n_people, only_icbs=only_icbs, chunk_size=args.chunk_size
+        measured[label] = run_project(
+            base / label,
+            n_people=args.n_people,
+            engine=engine,
+            workers=workers,
+            distributed=args.distributed,
+            only_icbs=only_icbs,
+            chunk_size=args.chunk_size,
+            source=args.source,
+            only=only,
+            interval=args.interval,
+            label=label,
         )
-        if args.source:
-            copy_outputs(args.source, folder)
-        set_engine(folder, engine=engine, distributed=args.distributed, workers=workers)
-        commands = stage_commands(params, only=only)
-        measured[label] = run_engine(folder, commands, interval=args.interval, label=label)
-        summary(f"{label} engine", measured[label], folder)
     first = base / runs[0][0]
     for label, _, _ in runs[1:]:
         differing = differing_files(first, base / label)
         print(f"{label} vs {runs[0][0]}: {len(differing)} output files differ {differing[:8]}")
-    if args.json:
-        write_figures(args.json, measured, n_people=args.n_people)
     if args.keep is None:
         shutil.rmtree(base)
 

@@ -185,7 +185,7 @@ def run(params: Params, paths: Paths) -> None:
     }
     oracle = _read_oracle(paths.truth / "oracle.parquet")
     glossary = reasons.feature_glossary(manifest.features)
-    with engine.connect(params.engine) as client:
+    with engine.connect_for(params) as client:
         built = {
             name: build_target(
                 cohorts[name],

@@ -371,7 +371,10 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     )
     oracle_file = paths.truth / "oracle.parquet"
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
-    with engine.connect("dask" if params.train.distributed else "local") as client:
+    # only a distributed fit uses the cluster (params refuse train.distributed without dask)
+    with engine.connect(
+        "dask" if params.train.distributed else "local", n_workers=params.dask_workers
+    ) as client:
         trained = train_target(
             cohort, spec, target=target, params=run_params, oracle=oracle, client=client
         )
