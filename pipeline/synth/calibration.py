@@ -382,8 +382,11 @@ def _age_by_region(tally: Tally, rule: Rule) -> list[dict[str, Any]]:
 
 
 def _diabetes_ratio(tally: Tally) -> dict[str, float | None]:
-    """True diabetes prevalence (adults 17+) of each broad group relative to the White group."""
+    """True diabetes prevalence (adults 17+) of each broad group relative to the White group
+    (None where a group has no adults, or the White group no cases: a small ``only_icbs``)."""
     dm = tally.diabetes_by_group
+    if not dm[1, 0]:
+        return dict.fromkeys(ref.ETHNIC_GROUPS)
     return {
         g: (round(float(dm[1, i] / dm[0, i]) / float(dm[1, 0] / dm[0, 0]), 3) if dm[0, i] else None)
         for i, g in enumerate(ref.ETHNIC_GROUPS)
