@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
@@ -61,6 +61,9 @@ from pipeline.synth.outcomes import (
 )
 from pipeline.synth.people import SEX_CODES, draw_people
 from pipeline.synth.reference import ETHNIC_GROUPS
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["Unit", "generate_chunk", "plan_units", "run", "write_unit"]
 
@@ -439,6 +442,14 @@ def concat_truth(truth_parts_dir: Path, truth_dir: Path) -> None:
     shutil.rmtree(truth_parts_dir)
 
 
+def _broadcast(client: Client | None, **objects: object) -> dict[str, object]:
+    """Objects every task reads (not collections): on Dask, scattered to every worker once
+    rather than sent with each task (the geography of 57M people is ~1 MB)."""
+    if client is None:
+        return objects
+    return {name: client.scatter(value, broadcast=True) for name, value in objects.items()}
+
+
 def synthesize(
     population_dir: Path,
     truth_dir: Path,
@@ -473,8 +484,7 @@ def synthesize(
             write_unit,
             plan_units(geo, chunk_size=population.chunk_size, only_icbs=population.only_icbs),
             client=client,
-            geo=geo,
-            calibration=calibration,
+            **_broadcast(client, geo=geo, calibration=calibration),
             population=population,
             targets=dict(targets),
             seed=seed,
