@@ -19,7 +19,7 @@ from pipeline.config import SYNTHETIC_ICBS, Params, parse_params
 from pipeline.errors import ContractError, ParamsError
 from pipeline.io import Paths, read_json
 from pipeline.partitions import PARTITIONED_TABLES, icb_of, partition_path, partitions
-from pipeline.synth import run
+from pipeline.synth import part_bounds, plan_units, run
 from pipeline.synth.calibration import Tally
 from pipeline.synth.coding import LEGACY_READ_CODES
 from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions, recording_logit_shift
@@ -383,3 +383,25 @@ def test_tally_pickles_and_adds_up() -> None:
     total = Tally.total(pickle.loads(pickle.dumps(t)) for t in (first, second))
     for name, value in vars(whole).items():
         np.testing.assert_allclose(getattr(total, name), value)
+
+
+def test_units_cut_each_icb_into_even_parts_numbered_over_the_whole_world() -> None:
+    geo = build_geography(
+        2_000_000, area_size=1_600, practice_size=8_000, rng=np.random.default_rng(0)
+    )
+    units = plan_units(geo, chunk_size=30_000)
+    assert [(u.start, u.stop) for u in units] == list(
+        itertools.pairwise(np.concatenate([[0], np.cumsum([u.stop - u.start for u in units])]))
+    )  # every person once, in order
+    assert units[-1].stop == 2_000_000
+    assert max(u.stop - u.start for u in units) <= 30_000
+    assert [u.number for u in units] == list(range(len(units)))
+    for code, first, n in zip(geo.icb_codes, geo.icb_start, geo.icb_people, strict=True):
+        parts = [u for u in units if u.icb_code == code]
+        assert [u.part for u in parts] == list(range(len(parts)))
+        assert len(parts) == -(-int(n) // 30_000)  # the fewest parts
+        sizes = [u.stop - u.start for u in parts]
+        assert parts[0].start == first and max(sizes) - min(sizes) <= 1  # as even as possible
+    some = plan_units(geo, chunk_size=30_000, only_icbs={"QHM", "QOC"})
+    assert some == [u for u in units if u.icb_code in {"QHM", "QOC"}]
+    assert part_bounds(10, 5, chunk_size=2) == [(10, 12), (12, 14), (14, 15)]
