@@ -78,6 +78,16 @@ class OmopParams(_Frozen):
     (0: observed at the index date is enough)."""
 
 
+SYNTHETIC_ICBS: tuple[str, ...] = (
+    *("QE1", "QF7", "QGH", "QH8", "QHG", "QHL", "QHM", "QJ2", "QJG", "QJK", "QJM", "QK1"),
+    *("QKK", "QKS", "QM7", "QMF", "QMJ", "QMM", "QNC", "QNQ", "QNX", "QOC", "QOP", "QOQ"),
+    *("QOX", "QPM", "QR1", "QRL", "QRV", "QSL", "QT1", "QT6", "QU9", "QUA", "QUE", "QUY"),
+    *("QVV", "QWE", "QWO", "QWU", "QXU", "QYG"),
+)
+"""The ICBs of the synthetic world (ODS codes, sorted; ``pipeline.synth.reference.ICBS``, kept
+equal by tests/test_synth.py) that ``population.only_icbs`` may name."""
+
+
 class PopulationParams(_Frozen):
     """Size and shape of the synthetic population (stage ``synthesize``)."""
 
@@ -91,7 +101,28 @@ class PopulationParams(_Frozen):
     practice_size: Annotated[int, Field(ge=500, le=50_000, strict=True)] = 8_000
     history_years: Annotated[int, Field(ge=2, le=10, strict=True)] = 3
     chunk_size: Annotated[int, Field(ge=1_000, le=5_000_000, strict=True)] = 250_000
+    """Most people per partition (``data/population/<table>/<icb_code>/part-NNNNN.parquet``):
+    each ICB is cut into parts of at most this many, generated one task each."""
+    only_icbs: tuple[str, ...] | None = None
+    """Generate only these ICBs (ODS codes of :data:`SYNTHETIC_ICBS`), each at the size and with
+    the draws it has in the ``n_people`` world; None: all of England."""
     bias: BiasParams = BiasParams()
+
+    @field_validator("only_icbs")
+    @classmethod
+    def _known_icbs(cls, codes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if codes is None:
+            return None
+        if not codes:
+            raise ValueError("list at least one ICB code, or null for all of England")
+        if unknown := [code for code in codes if code not in SYNTHETIC_ICBS]:
+            raise ValueError(
+                f"unknown ICB code(s) {', '.join(map(repr, unknown[:5]))} (the synthetic world's "
+                f"{len(SYNTHETIC_ICBS)} ICBs: {', '.join(SYNTHETIC_ICBS[:5])}, ...)"
+            )
+        if len(set(codes)) != len(codes):
+            raise ValueError("ICB codes must not repeat")
+        return codes
 
     @model_validator(mode="after")
     def _extract_has_dir(self) -> PopulationParams:

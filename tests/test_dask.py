@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from pipeline import engine, io, train
 from pipeline.config import Params
@@ -26,19 +26,6 @@ from tests import test_outreach, test_train
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A LocalCluster of 2 worker processes (1 thread each); yields its scheduler address."""
-    with (
-        LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
-        ) as local,
-        Client(local) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
-        yield local.scheduler_address
 
 
 def _free_port() -> int:

@@ -1,31 +1,32 @@
 """Stage ``synthesize``: a synthetic England that behaves like a GP + hospital extract.
 
-Writes ``data/population/`` (areas, practices, people, events/part-NNNNN, outcomes: what a real
-extract would hold), ``data/truth/`` (people, oracle, practices: what only a simulation knows) and
-``reports/synthetic_calibration.json``. With ``population.source: extract`` it validates and copies
-a real extract instead and leaves ``data/truth/`` empty.
+Writes ``data/population/`` (what a real extract would hold: ``areas.parquet``,
+``practices.parquet`` and the ICB-partitioned ``people/``, ``events/``, ``outcomes/`` of
+:mod:`pipeline.partitions`), ``data/truth/`` (people, oracle, practices: what only a simulation
+knows) and ``reports/synthetic_calibration.json``. With ``population.source: extract`` it validates
+and copies a real extract instead and leaves ``data/truth/`` empty.
 
-People are generated in chunks of ``population.chunk_size`` so memory stays flat with size; each
-chunk has its own seeded stream, so the same params give byte-identical files. How the world is
-built, the planted biases and the sources of every embedded figure: docs/synthetic_world.md.
+The units of work are the parts of each ICB (at most ``population.chunk_size`` people each),
+one task each on ``params.engine`` (:mod:`pipeline.engine`), so memory stays flat with size;
+each unit has its own seeded stream, so the same params give byte-identical files on either
+engine. How the world is built, the planted biases and the sources of every embedded figure:
+docs/synthetic_world.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sys
-from collections.abc import Callable, Iterator, Mapping
+import shutil
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
-from rich.progress import Progress
 
-from pipeline import console, seeds
+from pipeline import console, engine, io, seeds
 from pipeline.config import Params, PopulationParams, TargetParams
 from pipeline.contract import (
     INPUT_TABLES,
@@ -35,7 +36,9 @@ from pipeline.contract import (
     TRUTH_PEOPLE_SCHEMA,
 )
 from pipeline.disclosure import Rule
+from pipeline.engine import Engine
 from pipeline.io import ROW_GROUP_SIZE, Paths, atomic_dir, write_json
+from pipeline.partitions import PARTITIONED_TABLES, partition_path
 from pipeline.synth.calibration import Calibration, Tally, calibration_report, fit_calibration
 from pipeline.synth.coding import Coding, default_coding
 from pipeline.synth.conditions import CONDITION_ORDER, draw_conditions, intersection_shifts
@@ -59,9 +62,15 @@ from pipeline.synth.outcomes import (
 from pipeline.synth.people import SEX_CODES, draw_people
 from pipeline.synth.reference import ETHNIC_GROUPS
 
-__all__ = ["generate_chunk", "run"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["Unit", "generate_chunk", "plan_units", "run", "write_unit"]
 
 EPOCH = dt.date(1970, 1, 1)
+TRUTH_PARTS: Final = {"truth_people": "people.parquet", "oracle": "oracle.parquet"}
+"""Truth tables written per unit, then concatenated into one file each (``data/truth/``)."""
+TRUTH_PARTS_DIR: Final = "parts"
 
 
 def person_ids(index: np.ndarray) -> pl.Series:
@@ -301,61 +310,144 @@ def generate_chunk(
     }
 
 
-class _Appender:
-    """Append chunks (already in key order) to one parquet file as row groups."""
+@dataclass(frozen=True)
+class Unit:
+    """One task of the stage: people ``start..stop-1``, part ``part`` of ICB ``icb_code``.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writer: pq.ParquetWriter | None = None
+    ``number`` counts the units of the whole ``n_people`` world in person order and seeds the
+    unit's stream, so a unit's files do not depend on the engine, the worker or
+    ``population.only_icbs``.
+    """
 
-    def write(self, frame: pl.DataFrame) -> None:
-        table = frame.to_arrow()
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
-        self.writer.write_table(table)
+    number: int
+    icb_code: str
+    part: int
+    start: int
+    stop: int
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _write_geography(geo: Geography, population_dir: Path, truth_dir: Path) -> None:
-    areas_frame(geo).write_parquet(population_dir / "areas.parquet", compression="zstd")
-    practices_frame(geo).write_parquet(population_dir / "practices.parquet", compression="zstd")
-    practice_quality_frame(geo).write_parquet(truth_dir / "practices.parquet", compression="zstd")
+    @property
+    def partition(self) -> str:
+        """Its relative path in each partitioned table (``pipeline.partitions``)."""
+        return f"{self.icb_code}/part-{self.part:05d}.parquet"
 
 
-def _write_chunks(
-    make_chunk: Callable[..., dict[str, Any]],
-    bounds: list[tuple[int, int]],
+def part_bounds(start: int, n: int, *, chunk_size: int) -> list[tuple[int, int]]:
+    """``n`` people from ``start`` cut into the fewest parts of at most ``chunk_size``, as even
+    as possible (the first ones one person larger).
+
+    >>> part_bounds(10, 5, chunk_size=2)
+    [(10, 12), (12, 14), (14, 15)]
+    """
+    k = -(-n // chunk_size)
+    sizes = n // k + (np.arange(k) < n % k)
+    ends = start + np.cumsum(sizes)
+    return [(int(end - size), int(end)) for end, size in zip(ends, sizes, strict=True)]
+
+
+def plan_units(
+    geo: Geography, *, chunk_size: int, only_icbs: Collection[str] | None = None
+) -> list[Unit]:
+    """The units of work, in person order: each ICB (in code order) cut into parts of at most
+    ``chunk_size`` people; only those of ``only_icbs`` when given (numbered as in the whole
+    world)."""
+    bounds = [
+        (code, part_bounds(int(first), int(n), chunk_size=chunk_size))
+        for code, first, n in zip(geo.icb_codes, geo.icb_start, geo.icb_people, strict=True)
+    ]
+    numbered = [
+        (code, part, start, stop)
+        for code, parts in bounds
+        for part, (start, stop) in enumerate(parts)
+    ]
+    return [
+        Unit(number, code, part, start, stop)
+        for number, (code, part, start, stop) in enumerate(numbered)
+        if only_icbs is None or code in only_icbs
+    ]
+
+
+def write_unit(
+    unit: Unit,
+    *,
+    geo: Geography,
+    calibration: Calibration,
+    population: PopulationParams,
+    targets: Mapping[str, TargetParams],
+    seed: int,
+    index_date: dt.date,
+    population_dir: str,
+    truth_parts_dir: str,
+) -> Tally:
+    """Generate one unit and write its files; return its calibration tally (a Dask task).
+
+    Writes ``population_dir/<people|events|outcomes>/<unit.partition>`` and
+    ``truth_parts_dir/<truth_people|oracle>/part-<unit.number>.parquet``.
+    """
+    frames = generate_chunk(
+        geo,
+        calibration,
+        unit.start,
+        unit.stop,
+        population=population,
+        targets=targets,
+        chunk=unit.number,
+        seed=seed,
+        index_date=index_date,
+    )
+    for table in PARTITIONED_TABLES:
+        path = partition_path(population_dir, table, unit.partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames[table].write_parquet(path, compression="zstd")
+    for table in TRUTH_PARTS:
+        path = Path(truth_parts_dir) / table / f"part-{unit.number:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames[table].write_parquet(path, compression="zstd")
+    tally = Tally()
+    tally.add(*frames["arrays"])
+    return tally
+
+
+def _write_geography(
+    geo: Geography,
     population_dir: Path,
     truth_dir: Path,
-) -> Tally:
-    """Generate and append each chunk ``(start, stop)``; return the calibration tally."""
-    (population_dir / "events").mkdir()
-    writers = {
-        "people": _Appender(population_dir / "people.parquet"),
-        "outcomes": _Appender(population_dir / "outcomes.parquet"),
-        "truth_people": _Appender(truth_dir / "people.parquet"),
-        "oracle": _Appender(truth_dir / "oracle.parquet"),
-    }
-    tally = Tally()
-    try:
-        with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("synthesize", total=len(bounds))
-            for chunk, (start, stop) in enumerate(bounds):
-                frames = make_chunk(start, stop, chunk=chunk)
-                for name, writer in writers.items():
-                    writer.write(frames[name])
-                frames["events"].write_parquet(
-                    population_dir / "events" / f"part-{chunk:05d}.parquet", compression="zstd"
-                )
-                tally.add(*frames["arrays"])
-                progress.advance(task)
-    finally:
-        for writer in writers.values():
-            writer.close()
-    return tally
+    *,
+    only_icbs: Collection[str] | None,
+) -> None:
+    """The areas and practices (population) and practice quality (truth) tables: of every ICB,
+    or only of ``only_icbs`` (so the extract is what those ICBs would hold)."""
+    areas, practices = areas_frame(geo), practices_frame(geo)
+    if only_icbs is not None:
+        areas = areas.filter(pl.col("icb_code").is_in(list(only_icbs)))
+        practices = practices.filter(pl.col("icb_code").is_in(list(only_icbs)))
+    quality = practice_quality_frame(geo).join(
+        practices.select("practice_id"), on="practice_id", how="semi", maintain_order="left"
+    )
+    areas.write_parquet(population_dir / "areas.parquet", compression="zstd")
+    practices.write_parquet(population_dir / "practices.parquet", compression="zstd")
+    quality.write_parquet(truth_dir / "practices.parquet", compression="zstd")
+
+
+def concat_truth(truth_parts_dir: Path, truth_dir: Path) -> None:
+    """Each truth table's unit parts, in unit (so person_id) order, streamed into one file
+    ``truth_dir/<people|oracle>.parquet``; the parts are removed."""
+    for table, name in TRUTH_PARTS.items():
+        parts = sorted((truth_parts_dir / table).glob("part-*.parquet"))
+        pl.scan_parquet(parts).sink_parquet(
+            truth_dir / name,
+            compression="zstd",
+            row_group_size=ROW_GROUP_SIZE,
+            maintain_order=True,
+        )
+    shutil.rmtree(truth_parts_dir)
+
+
+def _broadcast(client: Client | None, **objects: object) -> dict[str, object]:
+    """Objects every task reads (not collections): on Dask, scattered to every worker once
+    rather than sent with each task (the geography of 57M people is ~1 MB)."""
+    if client is None:
+        return objects
+    return {name: client.scatter(value, broadcast=True) for name, value in objects.items()}
 
 
 def synthesize(
@@ -367,9 +459,10 @@ def synthesize(
     seed: int,
     index_date: dt.date,
     rule: Rule,
+    engine_name: Engine = "local",
 ) -> dict[str, Any]:
-    """Write every table into the given (temporary) folders; return the calibration report
-    (counts published by ``rule``)."""
+    """Write every table into the given (temporary) folders, one task per unit on
+    ``engine_name``; return the calibration report (counts published by ``rule``)."""
     calibration = fit_calibration(
         seed=seed,
         area_size=population.area_size,
@@ -384,27 +477,31 @@ def synthesize(
         practice_size=population.practice_size,
         rng=seeds.rng("synthesize", "geography", root=seed),
     )
-    _write_geography(geo, population_dir, truth_dir)
-    make_chunk = partial(
-        generate_chunk,
-        geo,
-        calibration,
-        population=population,
-        targets=targets,
-        seed=seed,
-        index_date=index_date,
-    )
-    starts = range(0, population.n_people, population.chunk_size)
-    bounds = [(start, min(start + population.chunk_size, population.n_people)) for start in starts]
-    tally = _write_chunks(make_chunk, bounds, population_dir, truth_dir)
-    return calibration_report(tally, bias=population.bias.model_dump(), rule=rule)
+    _write_geography(geo, population_dir, truth_dir, only_icbs=population.only_icbs)
+    truth_parts_dir = truth_dir / TRUTH_PARTS_DIR
+    with engine.connect(engine_name) as client:
+        tallies = engine.map_partitions(
+            write_unit,
+            plan_units(geo, chunk_size=population.chunk_size, only_icbs=population.only_icbs),
+            client=client,
+            **_broadcast(client, geo=geo, calibration=calibration),
+            population=population,
+            targets=dict(targets),
+            seed=seed,
+            index_date=index_date,
+            population_dir=str(population_dir),
+            truth_parts_dir=str(truth_parts_dir),
+        )
+    concat_truth(truth_parts_dir, truth_dir)
+    return calibration_report(Tally.total(tallies), bias=population.bias.model_dump(), rule=rule)
 
 
 def copy_extract(extract_dir: Path, population_dir: Path) -> None:
     """Copy a validated extract, casting each column to the contract's dtype.
 
     A table stored as one file stays one file; a folder of parts is copied part by part
-    (streaming), so an extract of any size fits in memory.
+    (streaming, so an extract of any size fits in memory), each to the same relative path (an
+    ICB-partitioned extract stays partitioned: ``events/<icb>/part-NNNNN.parquet``).
     """
     for table, schema in INPUT_TABLES.items():
         columns = [pl.col(name).cast(dtype) for name, dtype in schema.items()]
@@ -414,12 +511,11 @@ def copy_extract(extract_dir: Path, population_dir: Path) -> None:
                 population_dir / single.name, compression="zstd", row_group_size=ROW_GROUP_SIZE
             )
             continue
-        (population_dir / table).mkdir()
-        for k, part in enumerate(sorted((extract_dir / table).rglob("*.parquet"))):
+        for part in sorted((extract_dir / table).rglob("*.parquet")):
+            target = population_dir / part.relative_to(extract_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
             pl.scan_parquet(part).select(columns).sink_parquet(
-                population_dir / table / f"part-{k:05d}.parquet",
-                compression="zstd",
-                row_group_size=ROW_GROUP_SIZE,
+                target, compression="zstd", row_group_size=ROW_GROUP_SIZE
             )
 
 
@@ -469,6 +565,7 @@ def run(params: Params, paths: Paths) -> None:
                 seed=params.seed,
                 index_date=params.index_date,
                 rule=params.disclosure,
+                engine_name=params.engine,
             )
     write_json(report, paths.reports / "synthetic_calibration.json")
     console.stage_done("synthesize", did=_did(params, paths))
@@ -476,5 +573,5 @@ def run(params: Params, paths: Paths) -> None:
 
 def _did(params: Params, paths: Paths) -> str:
     """What the stage did, for its console line (people written)."""
-    people = pl.scan_parquet(paths.population / "people.parquet").select(pl.len()).collect().item()
+    people = io.scan_table(paths.population, "people").select(pl.len()).collect().item()
     return f"{console.count(people)} people ({params.population.source})"

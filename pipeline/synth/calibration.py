@@ -11,7 +11,7 @@ docs/synthetic_world.md#calibration.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -240,7 +240,8 @@ def fit_calibration(
 
 
 class Tally:
-    """Running sums over chunks for ``reports/synthetic_calibration.json``."""
+    """Running sums over units for ``reports/synthetic_calibration.json`` (additive:
+    :meth:`total`; picklable, so a Dask task can return it)."""
 
     def __init__(self) -> None:
         registers = len(ref.QOF_REGISTERS)
@@ -250,6 +251,15 @@ class Tally:
         self.true_ethnicity = np.zeros((len(REGIONS), 5))
         self.ages = np.zeros((len(REGIONS), 4))  # 0-14, 15-64, 65+, total
         self.diabetes_by_group = np.zeros((2, 5))  # adults 17+: denominator, true cases
+
+    @classmethod
+    def total(cls, tallies: Iterable[Tally]) -> Tally:
+        """The sum of tallies (of disjoint sets of people), added in the order given."""
+        total = cls()
+        for tally in tallies:
+            for name, value in vars(tally).items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
 
     def add(self, people: dict[str, np.ndarray], cond: dict[str, np.ndarray]) -> None:
         decile = people["decile"] - 1
@@ -372,8 +382,11 @@ def _age_by_region(tally: Tally, rule: Rule) -> list[dict[str, Any]]:
 
 
 def _diabetes_ratio(tally: Tally) -> dict[str, float | None]:
-    """True diabetes prevalence (adults 17+) of each broad group relative to the White group."""
+    """True diabetes prevalence (adults 17+) of each broad group relative to the White group
+    (None where a group has no adults, or the White group no cases: a small ``only_icbs``)."""
     dm = tally.diabetes_by_group
+    if not dm[1, 0]:
+        return dict.fromkeys(ref.ETHNIC_GROUPS)
     return {
         g: (round(float(dm[1, i] / dm[0, i]) / float(dm[1, 0] / dm[0, 0]), 3) if dm[0, i] else None)
         for i, g in enumerate(ref.ETHNIC_GROUPS)

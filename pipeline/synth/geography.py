@@ -75,21 +75,20 @@ class _Icbs:
 
 
 def _icb_table() -> _Icbs:
-    """The 42 ICBs: region shares follow LSOAs per region, ICB shares approximate populations."""
-    codes: list[str] = []
-    names: list[str] = []
-    region: list[int] = []
-    weight: list[float] = []
+    """The 42 ICBs in code order: region shares follow LSOAs per region, ICB shares approximate
+    populations.
+
+    Code order is the order people are numbered in, so the ICB partitions of the population
+    (``data/population/people/<icb_code>/``, which sort by code) hold ascending person ids.
+    """
+    rows: list[tuple[str, str, int, float]] = []
     for region_index, region_name in enumerate(REGIONS):
         region_share = sum(ref.LSOAS_BY_REGION_DECILE[region_name])
         icbs = ref.ICBS[region_name]
         total = sum(pop for _, _, pop in icbs)
-        for code, name, pop in icbs:
-            codes.append(code)
-            names.append(name)
-            region.append(region_index)
-            weight.append(region_share * pop / total)
-    return _Icbs(tuple(codes), tuple(names), np.asarray(region, dtype=np.int64), np.asarray(weight))
+        rows += [(code, name, region_index, region_share * pop / total) for code, name, pop in icbs]
+    codes, names, region, weight = zip(*sorted(rows), strict=True)
+    return _Icbs(codes, names, np.asarray(region, dtype=np.int64), np.asarray(weight))
 
 
 def _area_sizes(icb_people: np.ndarray, area_size: int) -> tuple[np.ndarray, np.ndarray]:
