@@ -9,6 +9,7 @@ real extract that follows the contract can replace the synthetic population;
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar, get_a
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
+from pipeline import engine, partitions
 from pipeline.codelists import CODE_SYSTEMS, CodeSystem, code_valid_expr, normalise_code
 from pipeline.config import EventType
 from pipeline.errors import ContractError
-from pipeline.io import scan_table, write_json
+from pipeline.io import write_json
 
 if TYPE_CHECKING:
+    from distributed import Client
     from polars._typing import PolarsDataType
 
 __all__ = ["ContractError"]
@@ -532,7 +535,9 @@ def _accepts(expected: pl.DataType, actual: pl.DataType) -> bool:
     return want == got or (want == "float" and got == "integer")
 
 
-def _table_location(folder: Path, table: str) -> str:
+def _table_location(folder: Path, table: str, partition: str = partitions.WHOLE) -> str:
+    if partition and table in partitions.PARTITIONED_TABLES:
+        return f"{table}/{partition}"
     single = folder / f"{table}.parquet"
     return single.name if single.exists() else f"{table}/"
 
@@ -790,55 +795,6 @@ def clean_events(
     return joined.filter(~problem).select(columns).unique()
 
 
-def find_record_problems(
-    events: pl.LazyFrame,
-    people: pl.LazyFrame,
-    *,
-    index_date: dt.date,
-    location: str,
-    facts: pl.DataFrame | None = None,
-) -> list[dict[str, Any]]:
-    """Rows :func:`clean_events` drops, per rule: file, column, rule, rows and the most frequent
-    offending values (one pass for the counts and the distinct clean rows)."""
-    rules = record_rules(index_date)
-    joined = events_with_age(events, people, facts=facts)
-    earlier = pl.lit(False)
-    first_hits: dict[tuple[str, str], pl.Expr] = {}
-    for key, expr in rules.items():
-        first_hits[key] = expr & ~earlier
-        earlier = earlier | expr
-    counted = {f"rule{i}": hit for i, hit in enumerate(first_hits.values())}
-    counted["clean"] = ~earlier
-    columns = events.collect_schema().names()
-    row = joined.select(
-        *[expr.cast(pl.Int64).sum().alias(name) for name, expr in counted.items()],
-        pl.struct(columns).hash(seed=0).filter(~earlier).n_unique().alias("distinct"),
-    ).collect()
-    counts = {name: int(row[name][0] or 0) for name in counted}
-    distinct = int(row["distinct"][0])
-    found = [
-        _violation(location, column, rule, counts[f"rule{i}"], _top_values(joined, column, hit))
-        for i, ((column, rule), hit) in enumerate(first_hits.items())
-        if counts[f"rule{i}"]
-    ]
-    if duplicates := counts["clean"] - int(distinct):
-        found.append(_violation(location, *DUPLICATE_RULE, duplicates))
-    return found
-
-
-def _top_values(frame: pl.LazyFrame, column: str, hit: pl.Expr) -> tuple[str, ...]:
-    """The most frequent offending values of one rule (ties in value order)."""
-    shown = (
-        frame.filter(hit)
-        .group_by(RECORD_EXAMPLE_EXPRS[column].alias("shown"))
-        .agg(pl.len())
-        .sort(["len", "shown"], descending=[True, False])
-        .head(EXAMPLES_PER_RULE)
-        .collect()
-    )
-    return tuple(str(value)[:80] for value in shown["shown"].to_list())
-
-
 def _outcome_rules(target_names: tuple[str, ...]) -> dict[str, tuple[str, pl.Expr]]:
     return {
         "target": (
@@ -884,11 +840,13 @@ def _check_values(
     return rules
 
 
-def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
+def scan_input(folder: str | Path, table: str, partition: str = partitions.WHOLE) -> pl.LazyFrame:
     """Scan an input table with compatible dtypes read as the contract's (categorical and enum
     strings as ``String``; integer widths are left as they are and widen in arithmetic); an
-    :data:`EQUITY_FIELDS` column the table lacks is read as all null."""
-    frame = scan_table(folder, table)
+    :data:`EQUITY_FIELDS` column the table lacks is read as all null. ``partition``: only that
+    partition of a person-level table (:func:`pipeline.partitions.scan_partition`; an empty
+    frame when it has no file of ``table``)."""
+    frame = partitions.scan_partition(folder, table, partition, schema=INPUT_TABLES[table])
     schema = frame.collect_schema()
     absent = [
         pl.lit(None, dtype=INPUT_TABLES[table][column]).alias(column)
@@ -951,7 +909,12 @@ class _Scanned:
 
 
 def _scan_checked(
-    folder: Path, table: str, schema: dict[str, Any], violations: list[dict[str, Any]]
+    folder: Path,
+    table: str,
+    schema: dict[str, Any],
+    violations: list[dict[str, Any]],
+    *,
+    partition: str = partitions.WHOLE,
 ) -> _Scanned | None:
     """Scan one table and check its columns against the schema (appending to ``violations``).
 
@@ -959,7 +922,7 @@ def _scan_checked(
     columns present with an acceptable type.
     """
     try:
-        frame = scan_input(folder, table)
+        frame = scan_input(folder, table, partition)
         actual = frame.collect_schema()
     except FileNotFoundError:
         if table not in OPTIONAL_TABLES:
@@ -969,7 +932,7 @@ def _scan_checked(
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
         return None
-    location = _table_location(folder, table)
+    location = _table_location(folder, table, partition)
     optional = OPTIONAL_COLUMNS.get(table, {})
     good: set[str] = set()
     for column, dtype in {**schema, **optional}.items():
@@ -1026,11 +989,14 @@ _REFERENCES: Final = (
 """Foreign keys: (child table, column, parent table, parent column, rule)."""
 
 
-def _reference_violations(scanned: dict[str, _Scanned]) -> list[dict[str, Any]]:
-    """Rows whose foreign key has no match in the parent table (nulls are the null rule's)."""
+def _reference_violations(
+    scanned: dict[str, _Scanned], *, children: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Rows of the ``children`` tables whose foreign key has no match in the parent table
+    (nulls are the null rule's)."""
     violations = []
     for child, column, parent, parent_column, rule in _REFERENCES:
-        if child not in scanned or parent not in scanned:
+        if child not in children or child not in scanned or parent not in scanned:
             continue
         if column not in scanned[child].columns or parent_column not in scanned[parent].columns:
             continue
@@ -1061,27 +1027,289 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
     )
 
 
-def _population_facts(
-    people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date
+Problems: TypeAlias = dict[tuple[str, str], tuple[int, tuple[tuple[str, int], ...]]]
+"""(column, rule) -> (rows, the most frequent offending values with their counts)."""
+
+
+def _top_counts(frame: pl.LazyFrame, column: str, hit: pl.Expr) -> tuple[tuple[str, int], ...]:
+    """The most frequent offending values of one record rule with their counts (ties in value
+    order)."""
+    shown = (
+        frame.filter(hit)
+        .group_by(RECORD_EXAMPLE_EXPRS[column].alias("shown"))
+        .agg(pl.len())
+        .sort(["len", "shown"], descending=[True, False])
+        .head(EXAMPLES_PER_RULE)
+        .collect()
+    )
+    values = (str(value)[:80] for value in shown["shown"].to_list())
+    return tuple(zip(values, shown["len"].to_list(), strict=True))
+
+
+def event_facts(
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    facts: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """People with a recorded ethnicity, events in the year up to the index date by type, and the
-    date span (of every event, follow-up included)."""
-    events = events.select("event_type", "date")
+    """Record-level problems and the clean events' facts, from one streaming pass over ``events``.
+
+    The clean events are those :func:`clean_events` keeps; exact duplicates are told apart by a
+    64-bit hash of the whole row (a set of 8-byte hashes, not of the rows: the exact
+    ``unique()`` of every event held them all in memory, 5.5 GB at 1M people).
+
+    Parameters
+    ----------
+    events, people
+        One partition's (or the whole population's) tables.
+    index_date
+        The index date (record rules; the last year ends on it).
+    facts
+        :func:`code_facts` of ``events`` when already computed.
+
+    Returns
+    -------
+    dict
+        ``problems`` (:data:`Problems`, rule order, duplicates last), ``events_last_year``
+        (event type -> distinct clean events in the 365 days up to the index date; types with
+        none left out), ``date_min`` / ``date_max`` of the clean events.
+    """
+    first_hits: dict[tuple[str, str], pl.Expr] = {}
+    earlier = pl.lit(False)
+    for key, expr in record_rules(index_date).items():
+        first_hits[key] = expr & ~earlier
+        earlier = earlier | expr
+    clean = ~earlier
+    row = pl.struct(with_code_system(events).collect_schema().names()).hash(seed=0)
     in_last_year = pl.col("date").is_between(
         pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    last_year, span, recorded = pl.collect_all(  # one pass over the (cleaned) events
-        [
-            events.filter(in_last_year).group_by("event_type").agg(pl.len().alias("n")),
-            events.select(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")),
-            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum()),
-        ]
+    is_type = {name: pl.col("event_type") == name for name in EVENT_TYPES}
+    joined = events_with_age(events, people, facts=facts)
+    found = (
+        joined.select(
+            *[
+                hit.cast(pl.Int64).sum().alias(f"rule{i}")
+                for i, hit in enumerate(first_hits.values())
+            ],
+            clean.cast(pl.Int64).sum().alias("clean"),
+            row.filter(clean).n_unique().alias("distinct"),
+            pl.col("date").filter(clean).min().alias("lo"),
+            pl.col("date").filter(clean).max().alias("hi"),
+            *[
+                row.filter(clean & in_last_year & is_type[name]).n_unique().alias(f"last:{name}")
+                for name in EVENT_TYPES
+            ],
+        )
+        .collect()
+        .row(0, named=True)
     )
+    problems: Problems = {
+        key: (int(found[f"rule{i}"]), _top_counts(joined, key[0], hit))
+        for i, (key, hit) in enumerate(first_hits.items())
+        if found[f"rule{i}"]
+    }
+    if duplicates := int(found["clean"] or 0) - int(found["distinct"]):
+        problems[DUPLICATE_RULE] = (duplicates, ())
     return {
-        "ethnicity_recorded": recorded.item(),
-        "events_last_year": dict(zip(last_year["event_type"], last_year["n"], strict=True)),
-        "date_min": span["lo"][0],
-        "date_max": span["hi"][0],
+        "problems": problems,
+        "events_last_year": {n: int(found[f"last:{n}"]) for n in EVENT_TYPES if found[f"last:{n}"]},
+        "date_min": found["lo"],
+        "date_max": found["hi"],
+    }
+
+
+def combine_problems(found: list[Problems]) -> Problems:
+    """Partitions' record problems as one: rows summed, the examples' counts summed per value
+    and the most frequent kept (exact when each partition's top values include the overall top
+    ones, as they do unless a value is frequent overall but never among a partition's top)."""
+    keys = [*record_rules(dt.date(2000, 1, 1)), DUPLICATE_RULE]  # rule order (names only)
+    combined: Problems = {}
+    for key in keys:
+        hits = [problems[key] for problems in found if key in problems]
+        if not hits:
+            continue
+        counts: dict[str, int] = {}
+        for _, examples in hits:
+            for value, count in examples:
+                counts[value] = counts.get(value, 0) + count
+        top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:EXAMPLES_PER_RULE]
+        combined[key] = (sum(rows for rows, _ in hits), tuple(top))
+    return combined
+
+
+def _problem_violations(location: str, problems: Problems) -> list[dict[str, Any]]:
+    return [
+        _violation(location, column, rule, rows, tuple(value for value, _ in examples))
+        for (column, rule), (rows, examples) in problems.items()
+    ]
+
+
+Checks: TypeAlias = Literal["all", "structural"]
+REFERENCE_TABLES: Final = ("areas", "practices")
+"""The small tables every partition refers to (always whole)."""
+
+
+def _scan_partition_tables(
+    folder: Path, partition: str, violations: list[dict[str, Any]]
+) -> dict[str, _Scanned]:
+    """The partition's person-level tables (checked against their schemas, appending to
+    ``violations``) and the reference tables (whole; their own problems are the global checks')."""
+    scanned = {
+        table: found
+        for table in REFERENCE_TABLES
+        if (found := _scan_checked(folder, table, INPUT_TABLES[table], [])) is not None
+    }
+    for table in partitions.PARTITIONED_TABLES:
+        if partition and table in OPTIONAL_TABLES and not (folder / table).is_dir():
+            continue  # a partitioned extract without this optional table
+        found = _scan_checked(folder, table, INPUT_TABLES[table], violations, partition=partition)
+        if found is not None:
+            scanned[table] = found
+    return scanned
+
+
+def check_partition(
+    partition: str,
+    *,
+    folder: str,
+    target_names: tuple[str, ...],
+    index_date: dt.date,
+    extract_end: dt.date | None,
+    checks: Checks,
+) -> dict[str, Any]:
+    """Check one partition's people, events and outcomes (a task of :func:`validate_population`).
+
+    Parameters
+    ----------
+    partition
+        A partition of ``folder`` (:func:`pipeline.partitions.partitions`; ``""`` = the whole
+        population of a folder that is not split).
+    folder
+        The population folder (absolute: the task may run on another process).
+    target_names, index_date, extract_end, checks
+        As :func:`validate_population`.
+
+    Returns
+    -------
+    dict
+        Raw facts: ``violations`` (naming the partition's files), ``rows`` and ``nulls`` per
+        table, ``id_range`` (lowest and highest person_id); unless ``checks`` is structural or
+        there are violations, also ``problems``, ``events_last_year``, ``date_min``,
+        ``date_max`` (:func:`event_facts`) and ``ethnicity_recorded``.
+    """
+    root = Path(folder)
+    violations: list[dict[str, Any]] = []
+    scanned = _scan_partition_tables(root, partition, violations)
+    rows, nulls = {}, {}
+    for table in partitions.PARTITIONED_TABLES:
+        if table in scanned:
+            rows[table], nulls[table] = _table_facts(
+                table,
+                scanned[table],
+                violations,
+                target_names=target_names,
+                extract_end=extract_end,
+            )
+    violations += _reference_violations(scanned, children=partitions.PARTITIONED_TABLES)
+    found: dict[str, Any] = {"violations": violations, "rows": rows, "nulls": nulls}
+    if "people" in scanned:
+        found["id_range"] = _id_range(scanned["people"])
+    if violations or checks == "structural":
+        return found
+    people, events = scanned["people"].frame, scanned["events"].frame
+    found |= event_facts(events, people, index_date=index_date, facts=code_facts(events))
+    recorded = people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
+    found["ethnicity_recorded"] = int(recorded.collect().item())
+    return found
+
+
+def _id_range(people: _Scanned) -> tuple[str | None, str | None]:
+    """The lowest and highest person_id of a people table (None, None when empty or unusable)."""
+    if "person_id" not in people.columns:
+        return (None, None)
+    ids = people.frame.select(pl.col("person_id").min(), pl.col("person_id").max().alias("hi"))
+    low, high = ids.collect().row(0)
+    return (low, high)
+
+
+def _global_checks(
+    folder: Path, violations: list[dict[str, Any]], *, target_names: tuple[str, ...]
+) -> dict[str, tuple[int, dict[str, int]]]:
+    """The reference tables' checks and the layout's (orphan parts, no events at all); returns
+    the reference tables' rows and nulls."""
+    scanned = {
+        table: found
+        for table in REFERENCE_TABLES
+        if (found := _scan_checked(folder, table, INPUT_TABLES[table], violations)) is not None
+    }
+    facts = {
+        table: _table_facts(table, found, violations, target_names=target_names, extract_end=None)
+        for table, found in scanned.items()
+    }
+    violations += _reference_violations(scanned, children=REFERENCE_TABLES)
+    if partitions.is_partitioned(folder):
+        if not (folder / "events").is_dir() and not (folder / "events.parquet").exists():
+            violations.append(_violation("events.parquet", "*", "missing table", 0))
+        for table, names in partitions.orphan_partitions(folder).items():
+            rule = "part with no people part of the same name (orphan partition)"
+            violations += [_violation(f"{table}/{name}", "*", rule, 0) for name in names]
+    return facts
+
+
+def _ids_in_several_partitions(
+    folder: Path, parts: list[str], ranges: list[tuple[str | None, str | None]]
+) -> list[dict[str, Any]]:
+    """People in more than one partition. Partitions whose person_id ranges ascend without
+    overlap (the synthetic world's) cannot share anyone; otherwise every id is checked."""
+    bounds = [(lo, hi) for lo, hi in ranges if lo is not None and hi is not None]
+    if len(parts) < 2 or all(a[1] < b[0] for a, b in itertools.pairwise(bounds)):
+        return []
+    files = [str(partitions.partition_path(folder, "people", part)) for part in parts]
+    shared = (
+        pl.scan_parquet(files, include_file_paths="_file")
+        .group_by("person_id")
+        .agg(pl.col("_file").n_unique().alias("n"))
+        .filter(pl.col("n") > 1)
+        .select("person_id")
+        .sort("person_id")
+        .collect()
+    )
+    if shared.is_empty():
+        return []
+    examples = tuple(repr(value) for value in shared["person_id"].head(EXAMPLES_SHOWN))
+    rule = "person in more than one partition"
+    return [_violation("people/", "person_id", rule, shared.height, examples)]
+
+
+def _sum_facts(found: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Per table: rows summed (``rows``) or nulls summed per column (``nulls``)."""
+    totals: dict[str, Any] = {}
+    for part in found:
+        for table, value in part[key].items():
+            if isinstance(value, dict):
+                mine = totals.setdefault(table, {})
+                for column, count in value.items():
+                    mine[column] = mine.get(column, 0) + count
+            else:
+                totals[table] = totals.get(table, 0) + value
+    return totals
+
+
+def _clean_facts(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The partitions' clean-event facts combined (sum, min, max)."""
+    last_year: dict[str, int] = {}
+    for part in found:
+        for name, count in part["events_last_year"].items():
+            last_year[name] = last_year.get(name, 0) + count
+    lows = [part["date_min"] for part in found if part["date_min"] is not None]
+    highs = [part["date_max"] for part in found if part["date_max"] is not None]
+    return {
+        "ethnicity_recorded": sum(part["ethnicity_recorded"] for part in found),
+        "events_last_year": last_year,
+        "date_min": min(lows, default=None),
+        "date_max": max(highs, default=None),
     }
 
 
@@ -1092,15 +1320,23 @@ def validate_population(
     index_date: dt.date,
     extract_end: dt.date | None = None,
     record_problems: RecordProblems = "exclude",
-    checks: Literal["all", "structural"] = "all",
+    checks: Checks = "all",
+    client: Client | None = None,
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
+
+    A partitioned folder (:mod:`pipeline.partitions`) is checked one partition at a time
+    (:func:`check_partition`, on ``client``'s workers when given): the per-person rules,
+    duplicates, record-level noise and references of its events and outcomes to its people.
+    The global checks run once: the reference tables, orphan parts, people in two partitions.
+    The facts are the partitions' summed (minimum, maximum for the dates), so they equal those
+    of the same data in single files.
 
     Parameters
     ----------
     folder
         Folder holding ``areas``, ``practices``, ``people``, ``events`` and ``outcomes``, each as
-        ``<table>.parquet`` or a folder ``<table>/`` of parquet parts.
+        ``<table>.parquet`` or a folder ``<table>/`` of parquet parts, or split by ICB.
     target_names
         Targets named in params; any other ``outcomes.target`` is a violation.
     index_date
@@ -1115,6 +1351,8 @@ def validate_population(
         ``all``; ``structural``: only the structural rules (a stage re-checking an extract the
         validate stage passed; record-level noise is dropped by :func:`clean_events` anyway),
         returning ``rows`` and ``nulls`` only.
+    client
+        A Dask client (:func:`pipeline.engine.connect`); None checks the partitions here.
 
     Returns
     -------
@@ -1131,35 +1369,49 @@ def validate_population(
         offending values.
     """
     folder = Path(folder)
-    target_names = tuple(target_names)
     if not folder.is_dir():
         raise ContractError(f"{folder}: population folder not found")
     violations: list[dict[str, Any]] = []
-    scanned: dict[str, _Scanned] = {}
-    for table, schema in INPUT_TABLES.items():
-        if (found := _scan_checked(folder, table, schema, violations)) is not None:
-            scanned[table] = found
-    facts: dict[str, Any] = {"rows": {}, "nulls": {}}
-    for table, table_scan in scanned.items():
-        facts["rows"][table], facts["nulls"][table] = _table_facts(
-            table, table_scan, violations, target_names=target_names, extract_end=extract_end
-        )
-    violations += _reference_violations(scanned)
+    reference = _global_checks(folder, violations, target_names=tuple(target_names))
+    parts = partitions.partitions(folder)
+    found = engine.map_partitions(
+        check_partition,
+        parts,
+        client=client,
+        folder=str(folder.resolve()),
+        target_names=tuple(target_names),
+        index_date=index_date,
+        extract_end=extract_end,
+        checks=checks,
+    )
+    violations += [violation for part in found for violation in part["violations"]]
+    ranges = [part.get("id_range", (None, None)) for part in found]
+    violations += _ids_in_several_partitions(folder, parts, ranges)
     if violations:
         raise _contract_error(folder, violations)
+    facts: dict[str, Any] = {
+        "rows": {table: rows for table, (rows, _) in reference.items()} | _sum_facts(found, "rows"),
+        "nulls": {table: nulls for table, (_, nulls) in reference.items()}
+        | _sum_facts(found, "nulls"),
+    }
     if checks == "structural":
         return facts
-    people, events = scanned["people"].frame, scanned["events"].frame
-    codes = code_facts(events)  # once, for the counts and the clean events
-    facts["excluded"] = find_record_problems(
-        events, people, index_date=index_date, location=scanned["events"].location, facts=codes
+    if record_problems == "refuse" and (
+        refused := [
+            violation
+            for part, name in zip(found, parts, strict=True)
+            for violation in _problem_violations(
+                _table_location(folder, "events", name), part["problems"]
+            )
+        ]
+    ):
+        raise _contract_error(folder, refused)
+    location = _table_location(folder, "events") if parts == [partitions.WHOLE] else "events/"
+    facts["excluded"] = _problem_violations(
+        location, combine_problems([part["problems"] for part in found])
     )
-    if facts["excluded"] and record_problems == "refuse":
-        raise _contract_error(folder, facts["excluded"])
     facts["n_people"] = facts["rows"]["people"]
-    clean = clean_events(events, people, index_date=index_date, facts=codes)
-    facts |= _population_facts(people, clean, index_date=index_date)
-    return facts
+    return facts | _clean_facts(found)
 
 
 MODEL_METRICS: Final = (
