@@ -1075,48 +1075,42 @@ def event_facts(
         (event type -> distinct clean events in the 365 days up to the index date; types with
         none left out), ``date_min`` / ``date_max`` of the clean events.
     """
-    first_hits: dict[tuple[str, str], pl.Expr] = {}
-    earlier = pl.lit(False)
-    for key, expr in record_rules(index_date).items():
-        first_hits[key] = expr & ~earlier
-        earlier = earlier | expr
-    clean = ~earlier
+    rules = record_rules(index_date)
+    first_rule = pl.lit(None, dtype=pl.Int8)
+    for i, expr in reversed(list(enumerate(rules.values()))):
+        first_rule = pl.when(expr).then(pl.lit(i, dtype=pl.Int8)).otherwise(first_rule)
     row = pl.struct(with_code_system(events).collect_schema().names()).hash(seed=0)
     in_last_year = pl.col("date").is_between(
         pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    is_type = {name: pl.col("event_type") == name for name in EVENT_TYPES}
     joined = events_with_age(events, people, facts=facts)
-    found = (
-        joined.select(
-            *[
-                hit.cast(pl.Int64).sum().alias(f"rule{i}")
-                for i, hit in enumerate(first_hits.values())
-            ],
-            clean.cast(pl.Int64).sum().alias("clean"),
-            row.filter(clean).n_unique().alias("distinct"),
-            pl.col("date").filter(clean).min().alias("lo"),
-            pl.col("date").filter(clean).max().alias("hi"),
-            *[
-                row.filter(clean & in_last_year & is_type[name]).n_unique().alias(f"last:{name}")
-                for name in EVENT_TYPES
-            ],
+    # One streaming group_by (a few rows per rule x event type x year): identical rows share
+    # their group, so distinct rows add up over the groups.
+    groups = (
+        joined.group_by(first_rule.alias("rule"), "event_type", in_last_year.alias("last"))
+        .agg(
+            pl.len().alias("rows"),
+            row.n_unique().alias("distinct"),
+            pl.col("date").min().alias("lo"),
+            pl.col("date").max().alias("hi"),
         )
         .collect()
-        .row(0, named=True)
     )
+    clean = groups.filter(pl.col("rule").is_null())
+    counted = dict(groups.group_by("rule").agg(pl.col("rows").sum()).drop_nulls().iter_rows())
     problems: Problems = {
-        key: (int(found[f"rule{i}"]), _top_counts(joined, key[0], hit))
-        for i, (key, hit) in enumerate(first_hits.items())
-        if found[f"rule{i}"]
+        key: (int(counted[i]), _top_counts(joined, key[0], first_rule == i))
+        for i, key in enumerate(rules)
+        if counted.get(i)
     }
-    if duplicates := int(found["clean"] or 0) - int(found["distinct"]):
+    if duplicates := int(clean["rows"].sum()) - int(clean["distinct"].sum()):
         problems[DUPLICATE_RULE] = (duplicates, ())
+    last_year = clean.filter("last").group_by("event_type").agg(pl.col("distinct").sum())
     return {
         "problems": problems,
-        "events_last_year": {n: int(found[f"last:{n}"]) for n in EVENT_TYPES if found[f"last:{n}"]},
-        "date_min": found["lo"],
-        "date_max": found["hi"],
+        "events_last_year": dict(sorted(last_year.iter_rows())),
+        "date_min": clean["lo"].min(),
+        "date_max": clean["hi"].max(),
     }
 
 
