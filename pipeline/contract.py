@@ -779,6 +779,9 @@ def events_with_age(
     return joined.join(facts.lazy(), on=_CODE_KEYS, how="left", nulls_equal=True)
 
 
+_ROW_HASH: Final = "_row_hash"
+
+
 def clean_events(
     events: pl.LazyFrame,
     people: pl.LazyFrame,
@@ -788,11 +791,28 @@ def clean_events(
 ) -> pl.LazyFrame:
     """The events every stage uses: without rows that break a record rule, one copy of each
     exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``).
-    ``facts``: :func:`code_facts` of ``events`` when already computed."""
+    ``facts``: :func:`code_facts` of ``events`` when already computed.
+
+    Exact duplicates are found without holding every event: one streaming pass (run here)
+    finds the 64-bit row hashes seen more than once; only the rows with such a hash (the
+    duplicates, and the rare row colliding with one) go through an exact ``unique()``, the
+    others pass through. Memory: a set of hashes, not of rows (the ``unique()`` of every event
+    held 5.5 GB at 1M people).
+    """
     problem = pl.any_horizontal(list(record_rules(index_date).values()))
     columns = with_code_system(events).collect_schema().names()
     joined = events_with_age(events, people, facts=facts)
-    return joined.filter(~problem).select(columns).unique()
+    kept = (
+        joined.filter(~problem)
+        .select(columns)
+        .with_columns(pl.struct(columns).hash(seed=0).alias(_ROW_HASH))
+    )
+    repeated = (
+        kept.group_by(_ROW_HASH).agg(pl.len()).filter(pl.col("len") > 1).select(_ROW_HASH).collect()
+    ).lazy()
+    single = kept.join(repeated, on=_ROW_HASH, how="anti")
+    several = kept.join(repeated, on=_ROW_HASH, how="semi").unique()
+    return pl.concat([single, several]).drop(_ROW_HASH)
 
 
 def _outcome_rules(target_names: tuple[str, ...]) -> dict[str, tuple[str, pl.Expr]]:
@@ -1028,22 +1048,27 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
 
 
 Problems: TypeAlias = dict[tuple[str, str], tuple[int, tuple[tuple[str, int], ...]]]
-"""(column, rule) -> (rows, the most frequent offending values with their counts)."""
+"""(column, rule) -> (rows, each offending value as shown with its count)."""
 
 
-def _top_counts(frame: pl.LazyFrame, column: str, hit: pl.Expr) -> tuple[tuple[str, int], ...]:
-    """The most frequent offending values of one record rule with their counts (ties in value
-    order)."""
+def _offending_counts(
+    frame: pl.LazyFrame, column: str, hit: pl.Expr
+) -> tuple[tuple[str, int], ...]:
+    """Every offending value of one record rule with its count (one row per distinct value of
+    the noise, so small; partitions' counts add up exactly)."""
     shown = (
         frame.filter(hit)
-        .group_by(RECORD_EXAMPLE_EXPRS[column].alias("shown"))
+        .group_by(RECORD_EXAMPLE_EXPRS[column].cast(pl.String).fill_null("None").alias("shown"))
         .agg(pl.len())
-        .sort(["len", "shown"], descending=[True, False])
-        .head(EXAMPLES_PER_RULE)
         .collect()
     )
-    values = (str(value)[:80] for value in shown["shown"].to_list())
-    return tuple(zip(values, shown["len"].to_list(), strict=True))
+    return tuple(zip(shown["shown"].to_list(), shown["len"].to_list(), strict=True))
+
+
+def _most_frequent(counts: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    """The :data:`EXAMPLES_PER_RULE` most frequent values (ties in value order), shortened."""
+    ranked = sorted(counts, key=lambda item: (-item[1], item[0]))
+    return tuple(str(value)[:80] for value, _ in ranked[:EXAMPLES_PER_RULE])
 
 
 def event_facts(
@@ -1099,7 +1124,7 @@ def event_facts(
     clean = groups.filter(pl.col("rule").is_null())
     counted = dict(groups.group_by("rule").agg(pl.col("rows").sum()).drop_nulls().iter_rows())
     problems: Problems = {
-        key: (int(counted[i]), _top_counts(joined, key[0], first_rule == i))
+        key: (int(counted[i]), _offending_counts(joined, key[0], first_rule == i))
         for i, key in enumerate(rules)
         if counted.get(i)
     }
@@ -1115,9 +1140,7 @@ def event_facts(
 
 
 def combine_problems(found: list[Problems]) -> Problems:
-    """Partitions' record problems as one: rows summed, the examples' counts summed per value
-    and the most frequent kept (exact when each partition's top values include the overall top
-    ones, as they do unless a value is frequent overall but never among a partition's top)."""
+    """Partitions' record problems as one: rows and each offending value's count summed."""
     keys = [*record_rules(dt.date(2000, 1, 1)), DUPLICATE_RULE]  # rule order (names only)
     combined: Problems = {}
     for key in keys:
@@ -1128,15 +1151,14 @@ def combine_problems(found: list[Problems]) -> Problems:
         for _, examples in hits:
             for value, count in examples:
                 counts[value] = counts.get(value, 0) + count
-        top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:EXAMPLES_PER_RULE]
-        combined[key] = (sum(rows for rows, _ in hits), tuple(top))
+        combined[key] = (sum(rows for rows, _ in hits), tuple(counts.items()))
     return combined
 
 
 def _problem_violations(location: str, problems: Problems) -> list[dict[str, Any]]:
     return [
-        _violation(location, column, rule, rows, tuple(value for value, _ in examples))
-        for (column, rule), (rows, examples) in problems.items()
+        _violation(location, column, rule, rows, _most_frequent(counts))
+        for (column, rule), (rows, counts) in problems.items()
     ]
 
 
