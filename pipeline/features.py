@@ -24,7 +24,7 @@ import functools
 import itertools
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -1145,11 +1145,6 @@ def write_features(
             client=client,
         )
     people = contract.scan_input(folder, "people")
-    areas = contract.scan_input(folder, "areas")
-    # record-level noise (counted by validate) and exact duplicates never reach a feature
-    events = contract.clean_events(
-        contract.scan_input(folder, "events"), people, index_date=index_date
-    )
     person_ids = people.select("person_id").collect()["person_id"]
     id_bytes = person_ids.str.len_bytes().max()
     if not isinstance(id_bytes, int):
@@ -1158,6 +1153,7 @@ def write_features(
     del person_ids
     query_of = functools.partial(
         build_features,
+        areas=contract.scan_input(folder, "areas"),
         features=features,
         index_date=index_date,
         seed=seed,
@@ -1166,31 +1162,71 @@ def write_features(
         unavailable=unavailable,
     )
     if len(chunks) == 1:
-        _sink_sorted(query_of(people, areas, events), target)
+        people, events = _chunk_tables(folder, None, index_date=index_date)
+        _sink_sorted(query_of(people=people, events=events), target)
         return 1
-    practices = practice_context_query(
-        people,
-        events,
+    _write_chunks(
+        folder,
+        target,
+        chunks,
+        query_of,
+        features=features,
         index_date=index_date,
-        polypharmacy_months=features.polypharmacy_months,
         codelists=codelists,
-    ).collect()
+    )
+    return len(chunks)
+
+
+def _chunk_tables(
+    folder: Path, chunk: tuple[str, str | None] | None, *, index_date: dt.date
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The people and clean events of one ``person_id`` range (None: everybody). Record-level
+    noise (counted by validate) and exact duplicates never reach a feature."""
+    people = contract.scan_input(folder, "people")
+    events = contract.scan_input(folder, "events")
+    if chunk is not None:
+        keep = in_chunk(*chunk)
+        people, events = people.filter(keep), events.filter(keep)
+    return people, contract.clean_events(events, people, index_date=index_date)
+
+
+def _write_chunks(
+    folder: Path,
+    target: Path,
+    chunks: Sequence[tuple[str, str | None]],
+    query_of: Callable[..., pl.LazyFrame],
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    codelists: Codelists,
+) -> None:
+    """The features one ``person_id`` range at a time, concatenated: the practice context is
+    the chunks' :func:`practice_partials` summed (exact), so no pass holds every event."""
+    months = features.polypharmacy_months
+    partials = [
+        practice_partials_query(
+            *_chunk_tables(folder, chunk, index_date=index_date),
+            index_date=index_date,
+            polypharmacy_months=months,
+            codelists=codelists,
+        ).collect()
+        for chunk in chunks
+    ]
+    practices = practice_rates(sum_practice_partials(partials).lazy(), polypharmacy_months=months)
+    context = practices.collect().lazy()
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task("features", total=len(chunks))
-            for number, (low, high) in enumerate(chunks):
-                keep = in_chunk(low, high)
-                query = query_of(
-                    people.filter(keep), areas, events.filter(keep), practices=practices.lazy()
-                )
+            for number, chunk in enumerate(chunks):
+                people, events = _chunk_tables(folder, chunk, index_date=index_date)
+                query = query_of(people=people, events=events, practices=context)
                 _sink_sorted(query, parts / f"part-{number:05d}.parquet")
                 progress.advance(task)
         _concat_sorted_parts(parts, target)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
-    return len(chunks)
 
 
 def _icb_codes(folder: Path) -> list[str] | None:
