@@ -5,7 +5,12 @@
 filters and expressions -> ``group_by().agg()`` per person (conditional aggregations) -> joins on
 ``person_id`` -> ``sink_parquet`` on the streaming engine, sorted on ``person_id``. Populations
 above ``params.features.chunk_people`` run that query once per ``person_id`` range and
-concatenate the sorted parts (same output, flat memory).
+concatenate the sorted parts (same output, flat memory). A population split by ICB
+(:mod:`pipeline.partitions`) runs it once per partition, as tasks of ``params.engine``
+(:mod:`pipeline.engine`), and concatenates the parts in partition order when their
+``person_id`` ranges ascend (the synthetic world's), otherwise merges them on ``person_id``.
+Either way the practice context (aggregates over all of a practice's patients) is exact: each
+chunk's or partition's integer sums per practice, summed, then divided.
 
 Only events dated on or before the index date count. A window of ``w`` months covers the dates
 ``index_date - w months < date <= index_date``.
