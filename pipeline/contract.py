@@ -9,6 +9,7 @@ real extract that follows the contract can replace the synthetic population;
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar, get_a
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
+from pipeline import engine, partitions
 from pipeline.codelists import CODE_SYSTEMS, CodeSystem, code_valid_expr, normalise_code
 from pipeline.config import EventType
 from pipeline.errors import ContractError
-from pipeline.io import scan_table, write_json
+from pipeline.io import write_json
 
 if TYPE_CHECKING:
+    from distributed import Client
     from polars._typing import PolarsDataType
 
 __all__ = ["ContractError"]
@@ -532,7 +535,9 @@ def _accepts(expected: pl.DataType, actual: pl.DataType) -> bool:
     return want == got or (want == "float" and got == "integer")
 
 
-def _table_location(folder: Path, table: str) -> str:
+def _table_location(folder: Path, table: str, partition: str = partitions.WHOLE) -> str:
+    if partition and table in partitions.PARTITIONED_TABLES:
+        return f"{table}/{partition}"
     single = folder / f"{table}.parquet"
     return single.name if single.exists() else f"{table}/"
 
@@ -774,6 +779,9 @@ def events_with_age(
     return joined.join(facts.lazy(), on=_CODE_KEYS, how="left", nulls_equal=True)
 
 
+_ROW_HASH: Final = "_row_hash"
+
+
 def clean_events(
     events: pl.LazyFrame,
     people: pl.LazyFrame,
@@ -783,60 +791,28 @@ def clean_events(
 ) -> pl.LazyFrame:
     """The events every stage uses: without rows that break a record rule, one copy of each
     exact duplicate (``validate`` counts what this drops, in ``reports/data_quality.json``).
-    ``facts``: :func:`code_facts` of ``events`` when already computed."""
+    ``facts``: :func:`code_facts` of ``events`` when already computed.
+
+    Exact duplicates are found without holding every event: one streaming pass (run here)
+    finds the 64-bit row hashes seen more than once; only the rows with such a hash (the
+    duplicates, and the rare row colliding with one) go through an exact ``unique()``, the
+    others pass through. Memory: a set of hashes, not of rows (the ``unique()`` of every event
+    held 5.5 GB at 1M people).
+    """
     problem = pl.any_horizontal(list(record_rules(index_date).values()))
     columns = with_code_system(events).collect_schema().names()
     joined = events_with_age(events, people, facts=facts)
-    return joined.filter(~problem).select(columns).unique()
-
-
-def find_record_problems(
-    events: pl.LazyFrame,
-    people: pl.LazyFrame,
-    *,
-    index_date: dt.date,
-    location: str,
-    facts: pl.DataFrame | None = None,
-) -> list[dict[str, Any]]:
-    """Rows :func:`clean_events` drops, per rule: file, column, rule, rows and the most frequent
-    offending values (one pass for the counts and the distinct clean rows)."""
-    rules = record_rules(index_date)
-    joined = events_with_age(events, people, facts=facts)
-    earlier = pl.lit(False)
-    first_hits: dict[tuple[str, str], pl.Expr] = {}
-    for key, expr in rules.items():
-        first_hits[key] = expr & ~earlier
-        earlier = earlier | expr
-    counted = {f"rule{i}": hit for i, hit in enumerate(first_hits.values())}
-    counted["clean"] = ~earlier
-    columns = events.collect_schema().names()
-    row = joined.select(
-        *[expr.cast(pl.Int64).sum().alias(name) for name, expr in counted.items()],
-        pl.struct(columns).hash(seed=0).filter(~earlier).n_unique().alias("distinct"),
-    ).collect()
-    counts = {name: int(row[name][0] or 0) for name in counted}
-    distinct = int(row["distinct"][0])
-    found = [
-        _violation(location, column, rule, counts[f"rule{i}"], _top_values(joined, column, hit))
-        for i, ((column, rule), hit) in enumerate(first_hits.items())
-        if counts[f"rule{i}"]
-    ]
-    if duplicates := counts["clean"] - int(distinct):
-        found.append(_violation(location, *DUPLICATE_RULE, duplicates))
-    return found
-
-
-def _top_values(frame: pl.LazyFrame, column: str, hit: pl.Expr) -> tuple[str, ...]:
-    """The most frequent offending values of one rule (ties in value order)."""
-    shown = (
-        frame.filter(hit)
-        .group_by(RECORD_EXAMPLE_EXPRS[column].alias("shown"))
-        .agg(pl.len())
-        .sort(["len", "shown"], descending=[True, False])
-        .head(EXAMPLES_PER_RULE)
-        .collect()
+    kept = (
+        joined.filter(~problem)
+        .select(columns)
+        .with_columns(pl.struct(columns).hash(seed=0).alias(_ROW_HASH))
     )
-    return tuple(str(value)[:80] for value in shown["shown"].to_list())
+    repeated = (
+        kept.group_by(_ROW_HASH).agg(pl.len()).filter(pl.col("len") > 1).select(_ROW_HASH).collect()
+    ).lazy()
+    single = kept.join(repeated, on=_ROW_HASH, how="anti")
+    several = kept.join(repeated, on=_ROW_HASH, how="semi").unique()
+    return pl.concat([single, several]).drop(_ROW_HASH)
 
 
 def _outcome_rules(target_names: tuple[str, ...]) -> dict[str, tuple[str, pl.Expr]]:
@@ -884,11 +860,13 @@ def _check_values(
     return rules
 
 
-def scan_input(folder: str | Path, table: str) -> pl.LazyFrame:
+def scan_input(folder: str | Path, table: str, partition: str = partitions.WHOLE) -> pl.LazyFrame:
     """Scan an input table with compatible dtypes read as the contract's (categorical and enum
     strings as ``String``; integer widths are left as they are and widen in arithmetic); an
-    :data:`EQUITY_FIELDS` column the table lacks is read as all null."""
-    frame = scan_table(folder, table)
+    :data:`EQUITY_FIELDS` column the table lacks is read as all null. ``partition``: only that
+    partition of a person-level table (:func:`pipeline.partitions.scan_partition`; an empty
+    frame when it has no file of ``table``)."""
+    frame = partitions.scan_partition(folder, table, partition, schema=INPUT_TABLES[table])
     schema = frame.collect_schema()
     absent = [
         pl.lit(None, dtype=INPUT_TABLES[table][column]).alias(column)
@@ -951,7 +929,12 @@ class _Scanned:
 
 
 def _scan_checked(
-    folder: Path, table: str, schema: dict[str, Any], violations: list[dict[str, Any]]
+    folder: Path,
+    table: str,
+    schema: dict[str, Any],
+    violations: list[dict[str, Any]],
+    *,
+    partition: str = partitions.WHOLE,
 ) -> _Scanned | None:
     """Scan one table and check its columns against the schema (appending to ``violations``).
 
@@ -959,7 +942,7 @@ def _scan_checked(
     columns present with an acceptable type.
     """
     try:
-        frame = scan_input(folder, table)
+        frame = scan_input(folder, table, partition)
         actual = frame.collect_schema()
     except FileNotFoundError:
         if table not in OPTIONAL_TABLES:
@@ -969,7 +952,7 @@ def _scan_checked(
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         violations.append(_violation(f"{table}", "*", f"unreadable: {first}", 0))
         return None
-    location = _table_location(folder, table)
+    location = _table_location(folder, table, partition)
     optional = OPTIONAL_COLUMNS.get(table, {})
     good: set[str] = set()
     for column, dtype in {**schema, **optional}.items():
@@ -1026,11 +1009,14 @@ _REFERENCES: Final = (
 """Foreign keys: (child table, column, parent table, parent column, rule)."""
 
 
-def _reference_violations(scanned: dict[str, _Scanned]) -> list[dict[str, Any]]:
-    """Rows whose foreign key has no match in the parent table (nulls are the null rule's)."""
+def _reference_violations(
+    scanned: dict[str, _Scanned], *, children: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Rows of the ``children`` tables whose foreign key has no match in the parent table
+    (nulls are the null rule's)."""
     violations = []
     for child, column, parent, parent_column, rule in _REFERENCES:
-        if child not in scanned or parent not in scanned:
+        if child not in children or child not in scanned or parent not in scanned:
             continue
         if column not in scanned[child].columns or parent_column not in scanned[parent].columns:
             continue
@@ -1061,27 +1047,285 @@ def _contract_error(folder: Path, violations: list[dict[str, Any]]) -> ContractE
     )
 
 
-def _population_facts(
-    people: pl.LazyFrame, events: pl.LazyFrame, *, index_date: dt.date
+Problems: TypeAlias = dict[tuple[str, str], tuple[int, tuple[tuple[str, int], ...]]]
+"""(column, rule) -> (rows, each offending value as shown with its count)."""
+
+
+def _offending_counts(
+    frame: pl.LazyFrame, column: str, hit: pl.Expr
+) -> tuple[tuple[str, int], ...]:
+    """Every offending value of one record rule with its count (one row per distinct value of
+    the noise, so small; partitions' counts add up exactly)."""
+    shown = (
+        frame.filter(hit)
+        .group_by(RECORD_EXAMPLE_EXPRS[column].cast(pl.String).fill_null("None").alias("shown"))
+        .agg(pl.len())
+        .collect()
+    )
+    return tuple(zip(shown["shown"].to_list(), shown["len"].to_list(), strict=True))
+
+
+def _most_frequent(counts: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    """The :data:`EXAMPLES_PER_RULE` most frequent values (ties in value order), shortened."""
+    ranked = sorted(counts, key=lambda item: (-item[1], item[0]))
+    return tuple(str(value)[:80] for value, _ in ranked[:EXAMPLES_PER_RULE])
+
+
+def event_facts(
+    events: pl.LazyFrame,
+    people: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    facts: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """People with a recorded ethnicity, events in the year up to the index date by type, and the
-    date span (of every event, follow-up included)."""
-    events = events.select("event_type", "date")
+    """Record-level problems and the clean events' facts, from one streaming pass over ``events``.
+
+    The clean events are those :func:`clean_events` keeps; exact duplicates are told apart by a
+    64-bit hash of the whole row (a set of 8-byte hashes, not of the rows: the exact
+    ``unique()`` of every event held them all in memory, 5.5 GB at 1M people).
+
+    Parameters
+    ----------
+    events, people
+        One partition's (or the whole population's) tables.
+    index_date
+        The index date (record rules; the last year ends on it).
+    facts
+        :func:`code_facts` of ``events`` when already computed.
+
+    Returns
+    -------
+    dict
+        ``problems`` (:data:`Problems`, rule order, duplicates last), ``events_last_year``
+        (event type -> distinct clean events in the 365 days up to the index date; types with
+        none left out), ``date_min`` / ``date_max`` of the clean events.
+    """
+    rules = record_rules(index_date)
+    first_rule = pl.lit(None, dtype=pl.Int8)
+    for i, expr in reversed(list(enumerate(rules.values()))):
+        first_rule = pl.when(expr).then(pl.lit(i, dtype=pl.Int8)).otherwise(first_rule)
+    row = pl.struct(with_code_system(events).collect_schema().names()).hash(seed=0)
     in_last_year = pl.col("date").is_between(
         pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    last_year, span, recorded = pl.collect_all(  # one pass over the (cleaned) events
-        [
-            events.filter(in_last_year).group_by("event_type").agg(pl.len().alias("n")),
-            events.select(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi")),
-            people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum()),
-        ]
+    joined = events_with_age(events, people, facts=facts)
+    # One streaming group_by (a few rows per rule x event type x year): identical rows share
+    # their group, so distinct rows add up over the groups.
+    groups = (
+        joined.group_by(first_rule.alias("rule"), "event_type", in_last_year.alias("last"))
+        .agg(
+            pl.len().alias("rows"),
+            row.n_unique().alias("distinct"),
+            pl.col("date").min().alias("lo"),
+            pl.col("date").max().alias("hi"),
+        )
+        .collect()
     )
+    clean = groups.filter(pl.col("rule").is_null())
+    counted = dict(groups.group_by("rule").agg(pl.col("rows").sum()).drop_nulls().iter_rows())
+    problems: Problems = {
+        key: (int(counted[i]), _offending_counts(joined, key[0], first_rule == i))
+        for i, key in enumerate(rules)
+        if counted.get(i)
+    }
+    if duplicates := int(clean["rows"].sum()) - int(clean["distinct"].sum()):
+        problems[DUPLICATE_RULE] = (duplicates, ())
+    last_year = clean.filter("last").group_by("event_type").agg(pl.col("distinct").sum())
     return {
-        "ethnicity_recorded": recorded.item(),
-        "events_last_year": dict(zip(last_year["event_type"], last_year["n"], strict=True)),
-        "date_min": span["lo"][0],
-        "date_max": span["hi"][0],
+        "problems": problems,
+        "events_last_year": dict(sorted(last_year.iter_rows())),
+        "date_min": clean["lo"].min(),
+        "date_max": clean["hi"].max(),
+    }
+
+
+def combine_problems(found: list[Problems]) -> Problems:
+    """Partitions' record problems as one: rows and each offending value's count summed."""
+    keys = [*record_rules(dt.date(2000, 1, 1)), DUPLICATE_RULE]  # rule order (names only)
+    combined: Problems = {}
+    for key in keys:
+        hits = [problems[key] for problems in found if key in problems]
+        if not hits:
+            continue
+        counts: dict[str, int] = {}
+        for _, examples in hits:
+            for value, count in examples:
+                counts[value] = counts.get(value, 0) + count
+        combined[key] = (sum(rows for rows, _ in hits), tuple(counts.items()))
+    return combined
+
+
+def _problem_violations(location: str, problems: Problems) -> list[dict[str, Any]]:
+    return [
+        _violation(location, column, rule, rows, _most_frequent(counts))
+        for (column, rule), (rows, counts) in problems.items()
+    ]
+
+
+Checks: TypeAlias = Literal["all", "structural"]
+REFERENCE_TABLES: Final = ("areas", "practices")
+"""The small tables every partition refers to (always whole)."""
+
+
+def _scan_partition_tables(
+    folder: Path, partition: str, violations: list[dict[str, Any]]
+) -> dict[str, _Scanned]:
+    """The partition's person-level tables (checked against their schemas, appending to
+    ``violations``) and the reference tables (whole; their own problems are the global checks')."""
+    scanned = {
+        table: found
+        for table in REFERENCE_TABLES
+        if (found := _scan_checked(folder, table, INPUT_TABLES[table], [])) is not None
+    }
+    for table in partitions.PARTITIONED_TABLES:
+        if partition and table in OPTIONAL_TABLES and not (folder / table).is_dir():
+            continue  # a partitioned extract without this optional table
+        found = _scan_checked(folder, table, INPUT_TABLES[table], violations, partition=partition)
+        if found is not None:
+            scanned[table] = found
+    return scanned
+
+
+def check_partition(
+    partition: str,
+    *,
+    folder: str,
+    target_names: tuple[str, ...],
+    index_date: dt.date,
+    extract_end: dt.date | None,
+    checks: Checks,
+) -> dict[str, Any]:
+    """Check one partition's people, events and outcomes (a task of :func:`validate_population`).
+
+    Parameters
+    ----------
+    partition
+        A partition of ``folder`` (:func:`pipeline.partitions.partitions`; ``""`` = the whole
+        population of a folder that is not split).
+    folder
+        The population folder (absolute: the task may run on another process).
+    target_names, index_date, extract_end, checks
+        As :func:`validate_population`.
+
+    Returns
+    -------
+    dict
+        Raw facts: ``violations`` (naming the partition's files), ``rows`` and ``nulls`` per
+        table, ``id_range`` (lowest and highest person_id); unless ``checks`` is structural or
+        there are violations, also ``problems``, ``events_last_year``, ``date_min``,
+        ``date_max`` (:func:`event_facts`) and ``ethnicity_recorded``.
+    """
+    root = Path(folder)
+    violations: list[dict[str, Any]] = []
+    scanned = _scan_partition_tables(root, partition, violations)
+    rows, nulls = {}, {}
+    for table in partitions.PARTITIONED_TABLES:
+        if table in scanned:
+            rows[table], nulls[table] = _table_facts(
+                table,
+                scanned[table],
+                violations,
+                target_names=target_names,
+                extract_end=extract_end,
+            )
+    violations += _reference_violations(scanned, children=partitions.PARTITIONED_TABLES)
+    found: dict[str, Any] = {"violations": violations, "rows": rows, "nulls": nulls}
+    if "people" in scanned:
+        found["id_range"] = _id_range(scanned["people"])
+    if violations or checks == "structural":
+        return found
+    people, events = scanned["people"].frame, scanned["events"].frame
+    found |= event_facts(events, people, index_date=index_date, facts=code_facts(events))
+    recorded = people.select(ethnicity_group_expr(pl.col("ethnicity")).ne("Not recorded").sum())
+    found["ethnicity_recorded"] = int(recorded.collect().item())
+    return found
+
+
+def _id_range(people: _Scanned) -> tuple[str | None, str | None]:
+    """The lowest and highest person_id of a people table (None, None when empty or unusable)."""
+    if "person_id" not in people.columns:
+        return (None, None)
+    ids = people.frame.select(pl.col("person_id").min(), pl.col("person_id").max().alias("hi"))
+    low, high = ids.collect().row(0)
+    return (low, high)
+
+
+def _global_checks(
+    folder: Path, violations: list[dict[str, Any]], *, target_names: tuple[str, ...]
+) -> dict[str, tuple[int, dict[str, int]]]:
+    """The reference tables' checks and the layout's (orphan parts, no events at all); returns
+    the reference tables' rows and nulls."""
+    scanned = {
+        table: found
+        for table in REFERENCE_TABLES
+        if (found := _scan_checked(folder, table, INPUT_TABLES[table], violations)) is not None
+    }
+    facts = {
+        table: _table_facts(table, found, violations, target_names=target_names, extract_end=None)
+        for table, found in scanned.items()
+    }
+    violations += _reference_violations(scanned, children=REFERENCE_TABLES)
+    if partitions.is_partitioned(folder):
+        if not (folder / "events").is_dir() and not (folder / "events.parquet").exists():
+            violations.append(_violation("events.parquet", "*", "missing table", 0))
+        for table, names in partitions.orphan_partitions(folder).items():
+            rule = "part with no people part of the same name (orphan partition)"
+            violations += [_violation(f"{table}/{name}", "*", rule, 0) for name in names]
+    return facts
+
+
+def _ids_in_several_partitions(
+    folder: Path, parts: list[str], ranges: list[tuple[str | None, str | None]]
+) -> list[dict[str, Any]]:
+    """People in more than one partition. Partitions whose person_id ranges ascend without
+    overlap (the synthetic world's) cannot share anyone; otherwise every id is checked."""
+    bounds = [(lo, hi) for lo, hi in ranges if lo is not None and hi is not None]
+    if len(parts) < 2 or all(a[1] < b[0] for a, b in itertools.pairwise(bounds)):
+        return []
+    files = [str(partitions.partition_path(folder, "people", part)) for part in parts]
+    shared = (
+        pl.scan_parquet(files, include_file_paths="_file")
+        .group_by("person_id")
+        .agg(pl.col("_file").n_unique().alias("n"))
+        .filter(pl.col("n") > 1)
+        .select("person_id")
+        .sort("person_id")
+        .collect()
+    )
+    if shared.is_empty():
+        return []
+    examples = tuple(repr(value) for value in shared["person_id"].head(EXAMPLES_SHOWN))
+    rule = "person in more than one partition"
+    return [_violation("people/", "person_id", rule, shared.height, examples)]
+
+
+def _sum_facts(found: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Per table: rows summed (``rows``) or nulls summed per column (``nulls``)."""
+    totals: dict[str, Any] = {}
+    for part in found:
+        for table, value in part[key].items():
+            if isinstance(value, dict):
+                mine = totals.setdefault(table, {})
+                for column, count in value.items():
+                    mine[column] = mine.get(column, 0) + count
+            else:
+                totals[table] = totals.get(table, 0) + value
+    return totals
+
+
+def _clean_facts(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The partitions' clean-event facts combined (sum, min, max)."""
+    last_year: dict[str, int] = {}
+    for part in found:
+        for name, count in part["events_last_year"].items():
+            last_year[name] = last_year.get(name, 0) + count
+    lows = [part["date_min"] for part in found if part["date_min"] is not None]
+    highs = [part["date_max"] for part in found if part["date_max"] is not None]
+    return {
+        "ethnicity_recorded": sum(part["ethnicity_recorded"] for part in found),
+        "events_last_year": last_year,
+        "date_min": min(lows, default=None),
+        "date_max": max(highs, default=None),
     }
 
 
@@ -1092,15 +1336,23 @@ def validate_population(
     index_date: dt.date,
     extract_end: dt.date | None = None,
     record_problems: RecordProblems = "exclude",
-    checks: Literal["all", "structural"] = "all",
+    checks: Checks = "all",
+    client: Client | None = None,
 ) -> dict[str, Any]:
     """Check a population folder against the data contract, streaming every table.
+
+    A partitioned folder (:mod:`pipeline.partitions`) is checked one partition at a time
+    (:func:`check_partition`, on ``client``'s workers when given): the per-person rules,
+    duplicates, record-level noise and references of its events and outcomes to its people.
+    The global checks run once: the reference tables, orphan parts, people in two partitions.
+    The facts are the partitions' summed (minimum, maximum for the dates), so they equal those
+    of the same data in single files.
 
     Parameters
     ----------
     folder
         Folder holding ``areas``, ``practices``, ``people``, ``events`` and ``outcomes``, each as
-        ``<table>.parquet`` or a folder ``<table>/`` of parquet parts.
+        ``<table>.parquet`` or a folder ``<table>/`` of parquet parts, or split by ICB.
     target_names
         Targets named in params; any other ``outcomes.target`` is a violation.
     index_date
@@ -1115,6 +1367,8 @@ def validate_population(
         ``all``; ``structural``: only the structural rules (a stage re-checking an extract the
         validate stage passed; record-level noise is dropped by :func:`clean_events` anyway),
         returning ``rows`` and ``nulls`` only.
+    client
+        A Dask client (:func:`pipeline.engine.connect`); None checks the partitions here.
 
     Returns
     -------
@@ -1131,35 +1385,49 @@ def validate_population(
         offending values.
     """
     folder = Path(folder)
-    target_names = tuple(target_names)
     if not folder.is_dir():
         raise ContractError(f"{folder}: population folder not found")
     violations: list[dict[str, Any]] = []
-    scanned: dict[str, _Scanned] = {}
-    for table, schema in INPUT_TABLES.items():
-        if (found := _scan_checked(folder, table, schema, violations)) is not None:
-            scanned[table] = found
-    facts: dict[str, Any] = {"rows": {}, "nulls": {}}
-    for table, table_scan in scanned.items():
-        facts["rows"][table], facts["nulls"][table] = _table_facts(
-            table, table_scan, violations, target_names=target_names, extract_end=extract_end
-        )
-    violations += _reference_violations(scanned)
+    reference = _global_checks(folder, violations, target_names=tuple(target_names))
+    parts = partitions.partitions(folder)
+    found = engine.map_partitions(
+        check_partition,
+        parts,
+        client=client,
+        folder=str(folder.resolve()),
+        target_names=tuple(target_names),
+        index_date=index_date,
+        extract_end=extract_end,
+        checks=checks,
+    )
+    violations += [violation for part in found for violation in part["violations"]]
+    ranges = [part.get("id_range", (None, None)) for part in found]
+    violations += _ids_in_several_partitions(folder, parts, ranges)
     if violations:
         raise _contract_error(folder, violations)
+    facts: dict[str, Any] = {
+        "rows": {table: rows for table, (rows, _) in reference.items()} | _sum_facts(found, "rows"),
+        "nulls": {table: nulls for table, (_, nulls) in reference.items()}
+        | _sum_facts(found, "nulls"),
+    }
     if checks == "structural":
         return facts
-    people, events = scanned["people"].frame, scanned["events"].frame
-    codes = code_facts(events)  # once, for the counts and the clean events
-    facts["excluded"] = find_record_problems(
-        events, people, index_date=index_date, location=scanned["events"].location, facts=codes
+    if record_problems == "refuse" and (
+        refused := [
+            violation
+            for part, name in zip(found, parts, strict=True)
+            for violation in _problem_violations(
+                _table_location(folder, "events", name), part["problems"]
+            )
+        ]
+    ):
+        raise _contract_error(folder, refused)
+    location = _table_location(folder, "events") if parts == [partitions.WHOLE] else "events/"
+    facts["excluded"] = _problem_violations(
+        location, combine_problems([part["problems"] for part in found])
     )
-    if facts["excluded"] and record_problems == "refuse":
-        raise _contract_error(folder, facts["excluded"])
     facts["n_people"] = facts["rows"]["people"]
-    clean = clean_events(events, people, index_date=index_date, facts=codes)
-    facts |= _population_facts(people, clean, index_date=index_date)
-    return facts
+    return facts | _clean_facts(found)
 
 
 MODEL_METRICS: Final = (

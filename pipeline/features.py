@@ -5,7 +5,12 @@
 filters and expressions -> ``group_by().agg()`` per person (conditional aggregations) -> joins on
 ``person_id`` -> ``sink_parquet`` on the streaming engine, sorted on ``person_id``. Populations
 above ``params.features.chunk_people`` run that query once per ``person_id`` range and
-concatenate the sorted parts (same output, flat memory).
+concatenate the sorted parts (same output, flat memory). A population split by ICB
+(:mod:`pipeline.partitions`) runs it once per partition, as tasks of ``params.engine``
+(:mod:`pipeline.engine`), and concatenates the parts in partition order when their
+``person_id`` ranges ascend (the synthetic world's), otherwise merges them on ``person_id``.
+Either way the practice context (aggregates over all of a practice's patients) is exact: each
+chunk's or partition's integer sums per practice, summed, then divided.
 
 Only events dated on or before the index date count. A window of ``w`` months covers the dates
 ``index_date - w months < date <= index_date``.
@@ -20,21 +25,25 @@ People of ``params.features.holdout_icb`` get the split ``external``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 from rich.progress import Progress
 
-from pipeline import console, contract, io, seeds
+from pipeline import console, contract, engine, io, partitions, seeds
 from pipeline.codelists import Codelists, concept_match, load_codelists, normalise_code
 from pipeline.config import FeatureParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 FEATURES_FILE: Final = "features.parquet"
 MANIFEST_FILE: Final = "manifest.json"
@@ -595,41 +604,82 @@ def latest_measurements(
     )
 
 
-def practice_context(
-    people: pl.LazyFrame,
-    conditions: pl.LazyFrame,
-    admissions: pl.LazyFrame,
-    *,
-    polypharmacy_months: int,
+PRACTICE_SUMS: Final = "_sum_"
+"""Prefix of the additive columns of :func:`practice_partials`."""
+
+
+def practice_partials(
+    people: pl.LazyFrame, conditions: pl.LazyFrame, admissions: pl.LazyFrame
 ) -> pl.LazyFrame:
-    """Per practice, from the recorded data of its registered people: list size, recorded
-    prevalence of each condition and emergency admissions per patient in the window.
+    """Per practice, additive counts of its registered people: ``practice_list_size``, and the
+    sums of each ``has_<condition>`` flag and of ``_n_emergency_admissions``. Integers, so the
+    partials of several partitions summed are exactly those of all of them.
 
     Parameters
     ----------
     people
-        ``person_id``, ``practice_id`` of everyone registered.
+        ``person_id``, ``practice_id`` of everyone registered (or of one partition).
     conditions
         :func:`recorded_conditions`.
     admissions
         :func:`recent_emergency_admissions`.
     """
-    flags = [f"has_{condition}" for condition in contract.CONDITIONS]
+    summed = [*(f"has_{condition}" for condition in contract.CONDITIONS), "_n_emergency_admissions"]
     registered = (
         people.select("person_id", "practice_id")
         .join(conditions, on="person_id", how="left")
         .join(admissions, on="person_id", how="left")
-        .with_columns(pl.col([*flags, "_n_emergency_admissions"]).fill_null(0))
+        .with_columns(pl.col(summed).fill_null(0))
     )
     return registered.group_by("practice_id").agg(
-        pl.len().cast(pl.Int32).alias("practice_list_size"),
+        pl.len().cast(pl.Int64).alias("practice_list_size"),
+        *[pl.col(name).cast(pl.Int64).sum().alias(f"{PRACTICE_SUMS}{name}") for name in summed],
+    )
+
+
+def practice_rates(partials: pl.LazyFrame, *, polypharmacy_months: int) -> pl.LazyFrame:
+    """Practice context from :func:`practice_partials`: list size, recorded prevalence of each
+    condition and emergency admissions per patient in the window (sum / list size)."""
+    size = pl.col("practice_list_size")
+    return partials.select(
+        "practice_id",
+        size.cast(pl.Int32),
         *[
-            pl.col(f"has_{condition}").mean().alias(f"practice_prevalence_{condition}")
+            (pl.col(f"{PRACTICE_SUMS}has_{condition}") / size).alias(
+                f"practice_prevalence_{condition}"
+            )
             for condition in contract.CONDITIONS
         ],
-        pl.col("_n_emergency_admissions")
-        .mean()
-        .alias(f"practice_emergency_admission_rate_{polypharmacy_months}m"),
+        (pl.col(f"{PRACTICE_SUMS}_n_emergency_admissions") / size).alias(
+            f"practice_emergency_admission_rate_{polypharmacy_months}m"
+        ),
+    )
+
+
+def sum_practice_partials(found: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Several partitions' :func:`practice_partials` as one (summed per practice, sorted)."""
+    return (
+        pl.concat(list(found))
+        .group_by("practice_id")
+        .agg(pl.exclude("practice_id").sum())
+        .sort("practice_id", nulls_last=True)
+    )
+
+
+def practice_partials_query(
+    people: pl.LazyFrame,
+    events: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    polypharmacy_months: int,
+    codelists: Codelists,
+) -> pl.LazyFrame:
+    """:func:`practice_partials` straight from the contract tables."""
+    recorded = recorded_events(events, index_date=index_date)
+    return practice_partials(
+        people,
+        recorded_conditions(recorded, codelists=codelists),
+        recent_emergency_admissions(recorded, index_date=index_date, months=polypharmacy_months),
     )
 
 
@@ -641,14 +691,16 @@ def practice_context_query(
     polypharmacy_months: int,
     codelists: Codelists,
 ) -> pl.LazyFrame:
-    """:func:`practice_context` straight from the contract tables."""
-    recorded = recorded_events(events, index_date=index_date)
-    return practice_context(
+    """Per practice, from the recorded data of its registered people (``people`` and
+    ``events``: the contract tables): :func:`practice_rates` of :func:`practice_partials`."""
+    partials = practice_partials_query(
         people,
-        recorded_conditions(recorded, codelists=codelists),
-        recent_emergency_admissions(recorded, index_date=index_date, months=polypharmacy_months),
+        events,
+        index_date=index_date,
         polypharmacy_months=polypharmacy_months,
+        codelists=codelists,
     )
+    return practice_rates(partials, polypharmacy_months=polypharmacy_months)
 
 
 def days_before(index_date: dt.date, date: pl.Expr) -> pl.Expr:
@@ -905,6 +957,159 @@ def _concat_sorted_parts(parts: Path, target: Path) -> None:
     )
 
 
+def partition_practice_partials(
+    partition: str,
+    *,
+    folder: str,
+    index_date: dt.date,
+    polypharmacy_months: int,
+    codelists: Codelists,
+) -> pl.DataFrame:
+    """One partition's :func:`practice_partials` (a task: small, one row per practice)."""
+    people = contract.scan_input(folder, "people", partition)
+    raw = contract.scan_input(folder, "events", partition)
+    events = contract.clean_events(raw, people, index_date=index_date)
+    query = practice_partials_query(
+        people,
+        events,
+        index_date=index_date,
+        polypharmacy_months=polypharmacy_months,
+        codelists=codelists,
+    )
+    return query.collect()
+
+
+def partition_features(
+    partition: str,
+    *,
+    folder: str,
+    parts: str,
+    practices: str,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    codelists: Codelists,
+    unavailable: Sequence[str],
+) -> tuple[int, str | None, str | None]:
+    """Write one partition's features, sorted, to ``parts/<partition>`` (a task): the same
+    :func:`build_features` query on that partition's people and events, with the practice
+    context of everybody (read from ``practices``).
+
+    Returns
+    -------
+    tuple
+        Rows written, lowest and highest person_id (None when the partition has nobody).
+    """
+    people = contract.scan_input(folder, "people", partition)
+    raw = contract.scan_input(folder, "events", partition)
+    events = contract.clean_events(raw, people, index_date=index_date)
+    ids = people.select(
+        pl.len().alias("n"),
+        pl.col("person_id").min().alias("lo"),
+        pl.col("person_id").max().alias("hi"),
+        pl.col("person_id").str.len_bytes().max().alias("bytes"),
+    )
+    n, low, high, id_bytes = ids.collect().row(0)
+    query = build_features(
+        people,
+        contract.scan_input(folder, "areas"),
+        events,
+        features=features,
+        index_date=index_date,
+        seed=seed,
+        id_bytes=id_bytes or 0,  # the hash reads each id's own bytes: any bound >= them agrees
+        practices=pl.scan_parquet(practices),
+        codelists=codelists,
+        unavailable=unavailable,
+    )
+    target = Path(parts) / partition
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sink_sorted(query, target)
+    return int(n), low, high
+
+
+def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
+    """True when the non-empty ranges follow one another without overlap."""
+    bounds = [(low, high) for low, high in ranges if low is not None and high is not None]
+    return all(a[1] < b[0] for a, b in itertools.pairwise(bounds))
+
+
+def _combine_parts(files: Sequence[Path], target: Path, *, ascending: bool) -> None:
+    """Parts sorted on person_id as one sorted file: concatenated in order when their ranges
+    ascend, otherwise merged on person_id (streaming)."""
+    if ascending:
+        combined = pl.scan_parquet(list(files))
+    else:
+        combined = functools.reduce(
+            lambda merged, part: merged.merge_sorted(part, key="person_id"),
+            [pl.scan_parquet(file) for file in files],
+        )
+    combined.sink_parquet(
+        target,
+        compression="zstd",
+        statistics=True,
+        row_group_size=ROW_GROUP_SIZE,
+        maintain_order=True,
+    )
+
+
+def write_partitioned_features(
+    folder: Path,
+    target: Path,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    codelists: Codelists,
+    unavailable: Sequence[str] = (),
+    client: Client | None = None,
+) -> int:
+    """The features of an ICB-partitioned population (:mod:`pipeline.partitions`): one part per
+    partition (tasks on ``client``'s workers, or here one after another), then one file.
+
+    The practice context is exact: each partition's :func:`practice_partials` (integer sums)
+    summed per practice, then divided (:func:`practice_rates`), as over the whole population.
+
+    Returns
+    -------
+    int
+        The number of partitions.
+    """
+    names = partitions.partitions(folder)
+    shared = {"folder": str(folder.resolve()), "index_date": index_date, "codelists": codelists}
+    found = engine.map_partitions(
+        partition_practice_partials,
+        names,
+        client=client,
+        polypharmacy_months=features.polypharmacy_months,
+        **shared,
+    )
+    parts = target.parent / f".{target.name}.parts"
+    parts.mkdir()
+    try:
+        practices = parts / "practices.parquet"
+        rates = practice_rates(
+            sum_practice_partials(found).lazy(), polypharmacy_months=features.polypharmacy_months
+        )
+        rates.collect().write_parquet(practices)
+        written = engine.map_partitions(
+            partition_features,
+            names,
+            client=client,
+            parts=str(parts.resolve()),
+            practices=str(practices.resolve()),
+            features=features,
+            seed=seed,
+            unavailable=tuple(unavailable),
+            **shared,
+        )
+        ranges = [(low, high) for _, low, high in written]
+        _combine_parts([parts / name for name in names], target, ascending=_ascending(ranges))
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    return len(names)
+
+
 def write_features(
     folder: Path,
     target: Path,
@@ -915,35 +1120,45 @@ def write_features(
     chunk_people: int | None = None,
     codelists: Codelists | None = None,
     unavailable: Sequence[str] = (),
+    client: Client | None = None,
 ) -> int:
     """Compute the features of the population in ``folder`` into ``target`` (parquet).
 
     One lazy query from the scans to the sink; above ``chunk_people`` people (default
     ``features.chunk_people``) it runs once per ``person_id`` range (practice context computed
     once, over everybody) and concatenates the sorted parts, so memory stays flat with
-    population size. Conditions, medicine groups and measurements come from ``codelists``
-    (default: the shipped ``codelists/``).
+    population size. A population split by ICB runs it once per partition instead
+    (:func:`write_partitioned_features`, on ``client``'s workers when given). Conditions,
+    medicine groups and measurements come from ``codelists`` (default: the shipped
+    ``codelists/``).
 
     Returns
     -------
     int
-        The number of chunks used.
+        The number of chunks (or partitions) used.
     """
+    codelists = load_codelists() if codelists is None else codelists
+    if partitions.is_partitioned(folder):
+        return write_partitioned_features(
+            folder,
+            target,
+            features=features,
+            index_date=index_date,
+            seed=seed,
+            codelists=codelists,
+            unavailable=unavailable,
+            client=client,
+        )
     people = contract.scan_input(folder, "people")
-    areas = contract.scan_input(folder, "areas")
-    # record-level noise (counted by validate) and exact duplicates never reach a feature
-    events = contract.clean_events(
-        contract.scan_input(folder, "events"), people, index_date=index_date
-    )
     person_ids = people.select("person_id").collect()["person_id"]
     id_bytes = person_ids.str.len_bytes().max()
     if not isinstance(id_bytes, int):
         raise ContractError(f"{folder}/people: no people")
     chunks = person_chunks(person_ids, chunk_people or features.chunk_people)
     del person_ids
-    codelists = load_codelists() if codelists is None else codelists
-    query_of = partial(
+    query_of = functools.partial(
         build_features,
+        areas=contract.scan_input(folder, "areas"),
         features=features,
         index_date=index_date,
         seed=seed,
@@ -952,31 +1167,71 @@ def write_features(
         unavailable=unavailable,
     )
     if len(chunks) == 1:
-        _sink_sorted(query_of(people, areas, events), target)
+        people, events = _chunk_tables(folder, None, index_date=index_date)
+        _sink_sorted(query_of(people=people, events=events), target)
         return 1
-    practices = practice_context_query(
-        people,
-        events,
+    _write_chunks(
+        folder,
+        target,
+        chunks,
+        query_of,
+        features=features,
         index_date=index_date,
-        polypharmacy_months=features.polypharmacy_months,
         codelists=codelists,
-    ).collect()
+    )
+    return len(chunks)
+
+
+def _chunk_tables(
+    folder: Path, chunk: tuple[str, str | None] | None, *, index_date: dt.date
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The people and clean events of one ``person_id`` range (None: everybody). Record-level
+    noise (counted by validate) and exact duplicates never reach a feature."""
+    people = contract.scan_input(folder, "people")
+    events = contract.scan_input(folder, "events")
+    if chunk is not None:
+        keep = in_chunk(*chunk)
+        people, events = people.filter(keep), events.filter(keep)
+    return people, contract.clean_events(events, people, index_date=index_date)
+
+
+def _write_chunks(
+    folder: Path,
+    target: Path,
+    chunks: Sequence[tuple[str, str | None]],
+    query_of: Callable[..., pl.LazyFrame],
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    codelists: Codelists,
+) -> None:
+    """The features one ``person_id`` range at a time, concatenated: the practice context is
+    the chunks' :func:`practice_partials` summed (exact), so no pass holds every event."""
+    months = features.polypharmacy_months
+    partials = [
+        practice_partials_query(
+            *_chunk_tables(folder, chunk, index_date=index_date),
+            index_date=index_date,
+            polypharmacy_months=months,
+            codelists=codelists,
+        ).collect()
+        for chunk in chunks
+    ]
+    practices = practice_rates(sum_practice_partials(partials).lazy(), polypharmacy_months=months)
+    context = practices.collect().lazy()
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task("features", total=len(chunks))
-            for number, (low, high) in enumerate(chunks):
-                keep = in_chunk(low, high)
-                query = query_of(
-                    people.filter(keep), areas, events.filter(keep), practices=practices.lazy()
-                )
+            for number, chunk in enumerate(chunks):
+                people, events = _chunk_tables(folder, chunk, index_date=index_date)
+                query = query_of(people=people, events=events, practices=context)
                 _sink_sorted(query, parts / f"part-{number:05d}.parquet")
                 progress.advance(task)
         _concat_sorted_parts(parts, target)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
-    return len(chunks)
 
 
 def _icb_codes(folder: Path) -> list[str] | None:
@@ -1003,30 +1258,33 @@ def run(params: Params, paths: io.Paths) -> Path:
     icb_codes = _icb_codes(folder)  # params that name data are checked first
     if icb_codes is not None:
         check_params_against_data(fp.holdout_icb, icb_codes)
-    contract.validate_population(
-        folder,
-        target_names=tuple(params.targets),
-        index_date=index_date,
-        extract_end=params.validation.extract_end,
-        checks="structural",  # record-level noise: counted by validate, dropped by clean_events
-    )
     lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
     codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)
-    unavailable = contract.unavailable_fields(folder)
-    manifest = build_manifest(fp, index_date=index_date, seed=seed, unavailable=unavailable)
-    with io.atomic_dir(paths.features) as tmp:
-        write_features(
+    with engine.connect(params.engine) as client:  # partitions as tasks on engine dask
+        contract.validate_population(
             folder,
-            tmp / FEATURES_FILE,
-            features=fp,
+            target_names=tuple(params.targets),
             index_date=index_date,
-            seed=seed,
-            codelists=codelists,
-            unavailable=unavailable,
+            extract_end=params.validation.extract_end,
+            checks="structural",  # record-level noise: counted by validate, dropped by clean_events
+            client=client,
         )
-        io.write_json(manifest.document(), tmp / MANIFEST_FILE)
-        rows = pl.scan_parquet(tmp / FEATURES_FILE).select(pl.len()).collect().item()
+        unavailable = contract.unavailable_fields(folder)
+        manifest = build_manifest(fp, index_date=index_date, seed=seed, unavailable=unavailable)
+        with io.atomic_dir(paths.features) as tmp:
+            write_features(
+                folder,
+                tmp / FEATURES_FILE,
+                features=fp,
+                index_date=index_date,
+                seed=seed,
+                codelists=codelists,
+                unavailable=unavailable,
+                client=client,
+            )
+            io.write_json(manifest.document(), tmp / MANIFEST_FILE)
+            rows = pl.scan_parquet(tmp / FEATURES_FILE).select(pl.len()).collect().item()
     console.stage_done(
         "features", did=f"{console.count(rows)} people x {len(manifest.features)} features"
     )

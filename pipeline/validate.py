@@ -12,7 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pipeline import console, outcomes
+from pipeline import console, engine, outcomes
 from pipeline.config import Params
 from pipeline.contract import DataQuality, validate_population, write_summary
 from pipeline.disclosure import Rule
@@ -106,13 +106,15 @@ def outcome_facts(folder: Path, params: Params, *, root: Path) -> dict[str, dict
 def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     """Validate ``extract`` (default ``data/population``) and write the data-quality report."""
     folder = Path(extract) if extract is not None else paths.population
-    facts = validate_population(
-        folder,
-        target_names=tuple(params.targets),
-        index_date=params.index_date,
-        extract_end=params.validation.extract_end,
-        record_problems=params.validation.record_problems,
-    )
+    with engine.connect(params.engine) as client:  # partitions as tasks on engine dask
+        facts = validate_population(
+            folder,
+            target_names=tuple(params.targets),
+            index_date=params.index_date,
+            extract_end=params.validation.extract_end,
+            record_problems=params.validation.record_problems,
+            client=client,
+        )
     facts["outcomes"] = outcome_facts(folder, params, root=paths.root)
     # Relative to the project when inside it, so the report is the same in every clone.
     shown = folder.resolve()
