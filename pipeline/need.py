@@ -2,10 +2,12 @@
 
 A LightGBM regression of a need label - the target's own ``true_need`` when
 ``data/truth/oracle.parquet`` exists (synthetic data: e.g. the true 5-year CVD risk for the CVD
-target), else the recorded multimorbidity count - on the recorded features, trained on
-the train split and scored on the whole cohort. Writes ``data/scores/need/<target>.parquet``
-(person_id, need_score; row-level, so under ``data/``), which the audit reads for its
-``need_based`` mitigation policy and outreach for its ``need_adjusted`` policy.
+target), else the recorded multimorbidity count - on the recorded features, trained on the
+train split (its seeded sample: only those people's inputs are read) and scored on the whole
+cohort in batches per ICB on the engine (:mod:`pipeline.batches`, ``engine``). Writes
+``data/scores/need/<target>.parquet`` (person_id, need_score; row-level, so under ``data/``),
+which the audit reads for its ``need_based`` mitigation policy and outreach for its
+``need_adjusted`` policy.
 
 Parameters: ``audit.need_model_rounds``, ``audit.need_model_max_rows``, ``audit.num_threads``
 and ``seed``. Seeds (unchanged from when the audit trained this model, so the scores are too):
@@ -16,15 +18,18 @@ and ``seed``. Seeds (unchanged from when the audit trained this model, so the sc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from pipeline import console, contract, io, seeds
+from pipeline import batches, console, contract, engine, io, seeds
 from pipeline.config import AuditParams, Params
 from pipeline.errors import ContractError, StageError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 LIGHTGBM_PARAMS: Final = {
     "objective": "regression",
@@ -48,13 +53,10 @@ def need_model_features(manifest: contract.FeatureManifest) -> tuple[list[str], 
 
 
 def need_frame(
-    cohort: pl.LazyFrame,
-    features: pl.LazyFrame,
-    *,
-    inputs: list[str],
-    truth: pl.LazyFrame | None,
+    cohort: pl.LazyFrame, features: pl.LazyFrame, *, truth: pl.LazyFrame | None
 ) -> pl.DataFrame:
-    """One row per cohort member: person_id, ``inputs``, split, the need labels.
+    """One row per cohort member with a feature row, without the model inputs (those are read
+    for the training sample and batch by batch for scoring, so memory stays flat in N).
 
     Parameters
     ----------
@@ -62,23 +64,23 @@ def need_frame(
         person_id and split of the eligible cohort (``data/scores/<target>.parquet``).
     features
         ``features/features.parquet``.
-    inputs
-        Feature columns of the model.
     truth
         The target's true need (person_id, true_need; :func:`target_need`) or None.
 
     Returns
     -------
     polars.DataFrame
-        Sorted by person_id; ``recorded_need`` (Float64) always, ``true_need`` with truth.
+        person_id, ``icb_code`` (when the features have it: the scoring batches), split,
+        ``recorded_need`` (Float64) always, ``true_need`` with truth; sorted by person_id.
     """
     labels = cohort.select("person_id", "split")
     if truth is not None:
         true_need = truth.select("person_id", "true_need")
         labels = labels.join(true_need, on="person_id", how="left", maintain_order="left")
+    icb = [batches.ICB] if batches.ICB in features.collect_schema().names() else []
     labelled = features.select(
         "person_id",
-        *inputs,
+        *icb,
         pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
     )
     return labelled.join(labels, on="person_id", how="inner").sort("person_id").collect()
@@ -118,16 +120,31 @@ def train_need_model(
     return lgb.train(params, data, num_boost_round=rounds)
 
 
+def need_batch(
+    batch: batches.Batch, *, features_path: str, model: str, inputs: list[str]
+) -> np.ndarray:
+    """The need scores of one batch's people, in their order (a task: module-level)."""
+    booster = lgb.Booster(model_str=model)
+    frame = batches.input_rows(
+        pl.scan_parquet(features_path), batch.person_ids, inputs, icb=batch.icb
+    )
+    return np.asarray(booster.predict(frame.select(inputs).to_numpy().astype(np.float64)))
+
+
 def need_scores(
     frame: pl.DataFrame,
     *,
+    features_path: Path,
     features: list[str],
     categorical: list[str],
     audit: AuditParams,
     root_seed: int,
     target: str,
+    client: Client | None = None,
+    batch_rows: int = batches.BATCH_ROWS,
 ) -> pl.DataFrame:
-    """Train the need model on ``frame`` (:func:`need_frame`) and score every row.
+    """Train the need model on ``frame``'s training rows (:func:`need_frame`, :func:`training_rows`;
+    their inputs read from ``features_path``), then score every row in batches on the engine.
 
     Returns
     -------
@@ -137,8 +154,11 @@ def need_scores(
     label = "true_need" if "true_need" in frame.columns else "recorded_need"
     sample_seed = seeds.sequence("audit", target, "need", root=root_seed).generate_state(1)[0]
     training = training_rows(frame, max_rows=audit.need_model_max_rows, seed=int(sample_seed))
+    inputs = batches.input_rows(
+        pl.scan_parquet(features_path), training["person_id"], features, icb=None
+    )
     booster = train_need_model(
-        training,
+        training.hstack(inputs.drop("person_id")),
         label=label,
         features=features,
         categorical=categorical,
@@ -146,7 +166,16 @@ def need_scores(
         seed=seeds.derive("need_model", target, "lightgbm", root=root_seed),
         num_threads=audit.num_threads,
     )
-    scores = booster.predict(frame.select(features).to_numpy().astype(np.float64))
+    del inputs
+    scores = batches.predict_in_batches(
+        frame.select("person_id", *[c for c in (batches.ICB,) if c in frame.columns]),
+        need_batch,
+        features_path=features_path,
+        model=booster.model_to_string(),
+        client=client,
+        batch_rows=batch_rows,
+        inputs=features,
+    )
     return pl.DataFrame(
         {"person_id": frame["person_id"], "need_score": scores}, schema=contract.NEED_SCORES_SCHEMA
     )
@@ -180,22 +209,20 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     manifest = contract.read_manifest(_existing(paths.features / "manifest.json", "manifest"))
     features, categorical = need_model_features(manifest)
     truth = target_need(paths.truth / "oracle.parquet", target=target)
-    frame = need_frame(
-        pl.scan_parquet(scores_path),
-        pl.scan_parquet(features_path),
-        inputs=features,
-        truth=truth,
-    )
+    frame = need_frame(pl.scan_parquet(scores_path), pl.scan_parquet(features_path), truth=truth)
     if frame.height == 0:
         raise ContractError(f"{features_path}: no feature rows for the people in {scores_path}")
-    scores = need_scores(
-        frame,
-        features=features,
-        categorical=categorical,
-        audit=params.audit,
-        root_seed=params.seed,
-        target=target,
-    )
+    with engine.connect(params.engine) as client:
+        scores = need_scores(
+            frame,
+            features_path=features_path,
+            features=features,
+            categorical=categorical,
+            audit=params.audit,
+            root_seed=params.seed,
+            target=target,
+            client=client,
+        )
     io.write_parquet(
         scores, paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", sort_by="person_id"
     )

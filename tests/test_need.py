@@ -66,7 +66,6 @@ def test_without_truth_the_label_is_the_recorded_need(tmp_path: Path) -> None:
     frame = need.need_frame(
         pl.scan_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet"),
         pl.scan_parquet(tmp_path / "features/features.parquet"),
-        inputs=["age"],
         truth=None,
     )
     assert "true_need" not in frame.columns and frame["recorded_need"].dtype == pl.Float64

@@ -15,14 +15,13 @@ import polars as pl
 from pipeline import console, contract, engine, headline, io, seeds, selection
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, StageError
+from pipeline.train import batches, card, evaluation, fit, importance, plots, registry, scoring
 from pipeline.train import calibration as calibration_mod
-from pipeline.train import card, evaluation, fit, importance, plots, registry, scoring
 from pipeline.train.cohort import (
     FeatureSpec,
     Splits,
     check_cohort,
     cohort_frame,
-    feature_matrix,
     feature_spec,
     oracle_risk,
     read_outcomes,
@@ -67,11 +66,15 @@ class TargetRun:
 
 
 @dataclass(frozen=True)
-class Distributed:
-    """A distributed fit (``train.distributed``): the cluster and every training row."""
+class Inputs:
+    """The model inputs of the cohort rows a fit reads (``rows``, ascending), row for row."""
 
-    client: Client
     rows: np.ndarray
+    x: np.ndarray
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        """The inputs of ``rows`` (cohort row indices, each among :attr:`rows`)."""
+        return self.x[np.searchsorted(self.rows, rows)]
 
 
 @dataclass(frozen=True)
@@ -83,49 +86,68 @@ class Fitted:
     risk: np.ndarray
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Where and how every cohort member is scored (:mod:`pipeline.train.batches`)."""
+
+    features_path: Path
+    client: Client | None
+    batch_rows: int = batches.BATCH_ROWS
+
+
 def fit_model(
-    x: np.ndarray,
-    y: np.ndarray,
+    cohort: pl.DataFrame,
+    inputs: Inputs,
     rows: Splits,
     *,
     spec: FeatureSpec,
     train: TrainParams,
     target: str,
     root_seed: int,
-    distributed: Distributed | None = None,
+    batching: Batching,
+    distributed: np.ndarray | None = None,
 ) -> Fitted:
-    """Fit LightGBM on the train rows (early stopping on validation), then the calibration.
+    """Fit LightGBM on the train rows (early stopping on validation), score every cohort member
+    in batches, then fit the calibration on the validation split's scores.
 
-    With ``distributed`` (``train.distributed``), the early-stopped fit on the sample only sets
-    the number of rounds, and the model is refitted on every training row through
-    ``lightgbm.dask`` (:func:`pipeline.train.fit.distributed_booster`).
+    With ``distributed`` (``train.distributed``: every training row), the early-stopped fit on
+    the sample only sets the number of rounds, and the model is refitted on those rows through
+    ``lightgbm.dask`` on ``batching.client`` (:func:`pipeline.train.fit.distributed_booster`).
     """
+    y = cohort["outcome"].to_numpy().astype(np.float64)
     booster_params = fit.lightgbm_params(
         train,
         seed=seeds.derive("train", target, "lightgbm", root=root_seed),
         scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
     )
     booster = fit.fit_booster(
-        x[rows.train],
+        inputs.of(rows.train),
         y[rows.train],
-        x[rows.validation],
+        inputs.of(rows.validation),
         y[rows.validation],
         spec=spec,
         params=booster_params,
         n_estimators=train.n_estimators,
         early_stopping_rounds=train.early_stopping_rounds,
     )
-    if distributed is not None:
+    if distributed is not None and batching.client is not None:
         booster = fit.distributed_booster(
-            x[distributed.rows],
-            y[distributed.rows],
+            inputs.of(distributed),
+            y[distributed],
             spec=spec,
             params=booster_params,
             n_rounds=booster.current_iteration(),
             time_out=train.time_out,
-            client=distributed.client,
+            client=batching.client,
         )
-    raw = fit.predict_raw(booster, x)
+    raw = batches.score_in_batches(
+        cohort.select("person_id", *[c for c in (batches.ICB,) if c in cohort.columns]),
+        features_path=batching.features_path,
+        spec=spec,
+        booster=booster,
+        client=batching.client,
+        batch_rows=batching.batch_rows,
+    )
     calibration = calibration_mod.fit_calibration(
         raw[rows.validation],
         y[rows.validation],
@@ -198,7 +220,8 @@ def read_cohort(
     extra_columns: list[str],
     outcomes: tuple[pl.LazyFrame, str],
 ) -> tuple[pl.DataFrame, FeatureSpec]:
-    """The checked cohort of ``target`` (features + outcome + ``extra_columns``) and its spec;
+    """The checked cohort of ``target`` (person_id, split, outcome, ``extra_columns`` and
+    icb_code when the features have it; no model inputs) and its spec;
     ``outcomes``: the target's outcomes and where they came from (``cohort.read_outcomes``)."""
     features_file = paths.features / "features.parquet"
     manifest_file = paths.features / "manifest.json"
@@ -213,7 +236,10 @@ def read_cohort(
     missing = [c for c in needed_columns if c not in present]
     if missing:
         raise ContractError(f"{features_file}: missing columns {missing}")
-    columns = [*spec.names, *extra_columns]
+    # only the key columns of everyone; model inputs are read for the rows a fit needs and
+    # batch by batch for scoring (pipeline.train.batches), so memory stays flat in N
+    keys = [c for c in (batches.ICB,) if c in present and c not in extra_columns]
+    columns = [*extra_columns, *keys]
     cohort = cohort_frame(features, table, target=target, columns=columns).collect()
     check_cohort(cohort, target=target, source=source)
     return cohort, spec
@@ -261,6 +287,13 @@ class Trained:
     example: np.ndarray
 
 
+def fit_rows(rows: Splits, *, shap_rows: np.ndarray, distributed: np.ndarray | None) -> np.ndarray:
+    """The cohort rows whose model inputs the stage reads (ascending): the train sample, the
+    validation split, the SHAP sample and, for a distributed fit, every training row."""
+    parts = [rows.train, rows.validation, shap_rows]
+    return np.unique(np.concatenate(parts if distributed is None else [*parts, distributed]))
+
+
 def train_target(
     cohort: pl.DataFrame,
     spec: FeatureSpec,
@@ -268,26 +301,44 @@ def train_target(
     target: str,
     params: TargetRun,
     oracle: pl.LazyFrame | None,
-    client: Client | None = None,
+    batching: Batching,
+    distributed: bool = False,
 ) -> Trained:
     """Fit, calibrate, score, evaluate and explain the model of one target (no files written).
 
-    ``client``: fit on every training row on that Dask cluster (``train.distributed``).
+    ``cohort``: :func:`read_cohort`'s; the model inputs are read from ``batching.features_path``
+    for the rows a fit needs (:func:`fit_rows`), and batch by batch for scoring.
+    ``distributed``: fit on every training row on ``batching.client`` (``train.distributed``).
     """
     train, point, seed = params.train, params.operating_point, params.seed
-    x, y = feature_matrix(cohort, spec), cohort["outcome"].to_numpy().astype(np.float64)
+    y = cohort["outcome"].to_numpy().astype(np.float64)
     rows = split_rows(
         cohort["split"].to_numpy(),
         max_train_rows=train.max_train_rows,
         sample_seed=seeds.derive("train", target, "train_sample", root=seed),
         target=target,
     )
-    distributed = None
-    if client is not None:
-        distributed = Distributed(client, np.flatnonzero(cohort["split"].to_numpy() == "train"))
-    n_train_rows = int((rows.train if distributed is None else distributed.rows).size)
+    every_train_row = None
+    if distributed:
+        every_train_row = np.flatnonzero(cohort["split"].to_numpy() == "train")
+    n_train_rows = int((rows.train if every_train_row is None else every_train_row).size)
+    shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
+    shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
+    needed = fit_rows(rows, shap_rows=shap_rows, distributed=every_train_row)
+    features = pl.scan_parquet(batching.features_path)
+    inputs = Inputs(
+        needed, batches.model_inputs(features, cohort["person_id"].gather(needed), spec)
+    )
     fitted = fit_model(
-        x, y, rows, spec=spec, train=train, target=target, root_seed=seed, distributed=distributed
+        cohort,
+        inputs,
+        rows,
+        spec=spec,
+        train=train,
+        target=target,
+        root_seed=seed,
+        batching=batching,
+        distributed=every_train_row,
     )
     scores, selected = score_cohort(
         cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
@@ -309,9 +360,7 @@ def train_target(
         n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
-    shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
-    shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
-    ranked = importance.feature_importance(fitted.booster, x[shap_rows], spec)
+    ranked = importance.feature_importance(fitted.booster, inputs.of(shap_rows), spec)
     model_card = card.model_card(
         target=target,
         target_params=params.target_params,
@@ -331,7 +380,7 @@ def train_target(
         "features": ranked,
     }
     curves = plots.curve_frames(y[rows.test], fitted.risk[rows.test])
-    example = training_example(x[rows.train])
+    example = training_example(inputs.of(rows.train))
     return Trained(fitted, scores, metrics, importance_doc, model_card, curves, example)
 
 
@@ -371,12 +420,15 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     )
     oracle_file = paths.truth / "oracle.parquet"
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
-    # only a distributed fit uses the cluster (params refuse train.distributed without dask)
-    with engine.connect(
-        "dask" if params.train.distributed else "local", n_workers=params.dask_workers
-    ) as client:
+    with engine.connect_for(params) as client:
         trained = train_target(
-            cohort, spec, target=target, params=run_params, oracle=oracle, client=client
+            cohort,
+            spec,
+            target=target,
+            params=run_params,
+            oracle=oracle,
+            batching=Batching(paths.features / "features.parquet", client),
+            distributed=params.train.distributed,
         )
     model_dir = write_outputs(trained, paths, target=target)
     registry.log_to_mlflow(
