@@ -116,7 +116,7 @@ def run_stage(command: list[str], *, cwd: Path, env: dict[str, str], interval: f
 def stage_commands(params: dict, *, only: tuple[str, ...] | None = None) -> list[list[str]]:
     """``python -m pipeline ...`` of every stage in dvc.yaml order (each target in turn)."""
     targets = list(params["targets"])
-    per_target = ("train", "need", "audit", "explain")
+    per_target = ("train", "need", "audit")
     order = ["synthesize", "validate", "features", *per_target, "keyfp", "outreach", "report"]
     commands = []
     for stage in order:
@@ -240,8 +240,8 @@ def main() -> None:
         shutil.copytree(local, dask, symlinks=True)
         set_engine(dask, engine="dask", distributed=args.distributed)
         again = (*ENGINE_STAGES, "report", *(("train",) if args.distributed else ()))
-        # train re-runs explain, need and audit's inputs: re-run them too when it does
-        again += ("need", "audit", "explain") if args.distributed else ()
+        # train re-runs need and audit's inputs: re-run them too when it does
+        again += ("need", "audit") if args.distributed else ()
         again = tuple(stage for stage in again if only is None or stage in only)
         rerun = run_engine(
             dask, stage_commands(params, only=again), interval=args.interval, label="dask"
