@@ -161,3 +161,30 @@ def test_people_numbered_out_of_icb_order_are_still_found(tmp_path: Path, world)
         for part in selected.partition_by("icb_code", maintain_order=True)
     )
     assert per_icb.equals(_old_way(paths, selected, **shared))
+
+
+def test_people_without_an_icb_in_the_features_get_their_own_values(tmp_path: Path, world) -> None:
+    """The stage lists people with no ICB as ``ICB_not_recorded`` while the features table says
+    null: their rows are found by ``person_id``, so their reasons quote their own values."""
+    paths = test_outreach._project(tmp_path, world)
+    features = paths.features / "features.parquet"
+    table = pl.read_parquet(features).with_columns(
+        pl.when(pl.col("icb_code") != "QT6").then(pl.col("icb_code")).alias("icb_code")
+    )
+    write_parquet(table, features, sort_by="person_id")
+    selected = _selected(paths, world, capacity=0.1).with_columns(
+        pl.col("icb_code").replace({"QT6": lists.NO_ICB})
+    )
+    shared = {
+        "glossary": reasons.feature_glossary(
+            list(contract.read_manifest(paths.features / "manifest.json").features)
+        ),
+        "area": "urgent_care",
+        "tiers": test_outreach._params(tmp_path).outreach.tiers,
+    }
+    got = partition_lists(
+        selected, model=paths.models / TARGET / "model.txt", features=features, **shared
+    )
+    unrecorded = got.filter(pl.col("icb_code") == lists.NO_ICB)
+    assert unrecorded.height > 0 and unrecorded["conditions_recorded"].null_count() == 0
+    assert got.equals(_old_way(paths, selected, **shared))
