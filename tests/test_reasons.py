@@ -119,22 +119,31 @@ def test_the_stages_lists_equal_the_old_way(tmp_path: Path, world, monkeypatch) 
     assert written.equals(want.sort("icb_code", "rank"))
 
 
-def test_a_selected_person_without_a_features_row_is_named(tmp_path: Path, world) -> None:
+def test_a_selected_person_without_exactly_one_features_row_is_named(tmp_path: Path, world):
     paths = test_outreach._project(tmp_path, world)
     selected = _selected(paths, world, capacity=0.1)
     features = paths.features / "features.parquet"
-    dropped = selected["person_id"][0]
     table = pl.read_parquet(features)
-    write_parquet(table.filter(pl.col("person_id") != dropped), features, sort_by="person_id")
-    with pytest.raises(ContractError, match=rf"150 people selected but 149 .*\['{dropped}'\]"):
-        partition_lists(
-            selected,
-            model=paths.models / TARGET / "model.txt",
-            features=features,
-            glossary=pl.DataFrame(schema=reasons.GLOSSARY_SCHEMA),
-            area="urgent_care",
-            tiers=test_outreach._params(tmp_path).outreach.tiers,
-        )
+    one = selected["person_id"][0]
+    cases = {
+        rf"150 people selected but 149 .*1 absent, e\.g\. \['{one}'\]; 0 repeated": table.filter(
+            pl.col("person_id") != one
+        ),
+        rf"150 people selected but 151 .*0 absent, .*1 repeated, e\.g\. \['{one}'\]": pl.concat(
+            [table, table.filter(pl.col("person_id") == one)]
+        ),
+    }
+    for message, broken in cases.items():
+        write_parquet(broken, features, sort_by="person_id")
+        with pytest.raises(ContractError, match=message):
+            partition_lists(
+                selected,
+                model=paths.models / TARGET / "model.txt",
+                features=features,
+                glossary=pl.DataFrame(schema=reasons.GLOSSARY_SCHEMA),
+                area="urgent_care",
+                tiers=test_outreach._params(tmp_path).outreach.tiers,
+            )
 
 
 def test_people_numbered_out_of_icb_order_are_still_found(tmp_path: Path, world) -> None:

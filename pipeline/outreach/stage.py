@@ -128,11 +128,13 @@ def _selected_features(features: Path, selected: pl.DataFrame) -> pl.DataFrame:
         .collect()
     )
     if rows.height != selected.height or rows["person_id"].n_unique() != rows.height:
-        absent = selected.join(rows, on="person_id", how="anti")["person_id"].head(3).to_list()
+        absent = selected.join(rows, on="person_id", how="anti")["person_id"]
+        repeated = rows.filter(pl.col("person_id").is_duplicated())["person_id"].unique().sort()
         raise ContractError(
             f"{features}: {selected.height} people selected but {rows.height} feature rows "
-            f"match them (column person_id, rule: exactly one row per selected person; "
-            f"absent: {absent})"
+            "match them (column person_id, rule: exactly one row per selected person; "
+            f"{absent.len()} absent, e.g. {absent.head(3).to_list()}; {repeated.len()} "
+            f"repeated, e.g. {repeated.head(3).to_list()})"
         )
     return rows
 
