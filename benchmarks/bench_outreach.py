@@ -1,12 +1,12 @@
-"""Benchmark: the explain stage once, then the outreach stage at 1M people in seconds (issue 8).
+"""Benchmark: the outreach stage at 1M people in seconds (issues 8 and 18).
 
 Builds a 1M-person project in a temporary folder (scores, features with ~70 model inputs and a
 valid features/manifest.json, a LightGBM model of 120 trees x 31 leaves - the size the real
-models early-stop at - trained on a 50k sample), then times ``python -m pipeline explain`` (the
-whole cohort's contributions, once per model) and ``python -m pipeline outreach`` as DVC runs them
-(fresh processes, imports included) for several capacities and policies: what
-``dvc exp run -S outreach.capacity=...`` re-runs (outreach only; explain is unchanged).
-Also times the pseudonymisation (standard library ``hmac``, one call per selected person).
+models early-stop at - trained on a 50k sample), then times ``python -m pipeline outreach`` as
+DVC runs it (fresh processes, imports included) for several capacities and policies: what
+``dvc exp run -S outreach.capacity=...`` re-runs. Each run computes the selected people's
+contributions (TreeSHAP) itself, one ICB at a time. Also times the pseudonymisation (standard
+library ``hmac``, one call per selected person).
 
 Usage: ``nice .venv/bin/python benchmarks/bench_outreach.py [--people 1000000]``
 """
@@ -208,8 +208,6 @@ def main() -> None:
         build_project(root, args.people)
         print(f"fixture built in {time.perf_counter() - start:.1f} s")
 
-        wall, cpu = time_stage(root, {}, "explain", "--target", TARGET)
-        print(f"explain (whole cohort, once per model): wall {wall:6.1f} s  cpu {cpu:6.1f} s")
         runs = [
             {"capacity_mode": "share", "capacity": 0.05, "policy": "risk"},
             {"capacity_mode": "share", "capacity": 0.02, "policy": "risk"},

@@ -144,17 +144,6 @@ def audit(target: TargetOption, root: RootOption = Path(".")) -> None:
 
 
 @app.command()
-def explain(target: TargetOption, root: RootOption = Path(".")) -> None:
-    """Compute each eligible person's largest feature contributions (for outreach reasons)."""
-    params = _params(root)
-    checked_target = _checked_target(params, target)
-    _begin(root, "explain", checked_target)
-    from pipeline.explain import run
-
-    run(Paths.at(root), target=checked_target)
-
-
-@app.command()
 def keyfp(root: RootOption = Path(".")) -> None:
     """Record the pseudonymisation key's fingerprint (a keyed hash, never the key) for DVC."""
     params = _params(root)

@@ -261,22 +261,19 @@ SCORES_SCHEMA: Final = {
 """``data/scores/<target>.parquet``: one row per eligible person; risk_rank 1 = highest risk,
 risk_decile 10 = highest risk."""
 
-EXPLANATIONS_DIR: Final = Path("data") / "explanations"
-"""Folder (under the project root) of the ``explain`` stage's ``<target>.parquet``."""
 EXPLAINED_FEATURES: Final = 8
-"""How many of each person's largest feature contributions ``explain`` keeps (more than the
-lists' three reasons: context such as age and sex is kept out of the reasons)."""
+"""How many of each person's largest feature contributions ``pipeline.explain`` keeps (more than
+the lists' three reasons: context such as age and sex is kept out of the reasons)."""
 EXPLANATIONS_SCHEMA: Final = {
     "person_id": pl.String,
     "position": pl.Int8,
     "feature": pl.String,
     "contribution": pl.Float64,
 }
-"""``data/explanations/<target>.parquet``: for every eligible person (``data/scores``) the
-``EXPLAINED_FEATURES`` largest LightGBM ``pred_contrib`` values (log-odds, may be <= 0) in
-``position`` 1 = largest, ties in model feature order; a feature never named on a list (ethnicity)
-is never among them. Sorted by ``person_id``, ``position``; read by outreach
-(``docs/outreach.md``)."""
+"""``pipeline.explain.explain_cohort``'s frame (in memory, never a file): for each person the
+outreach stage selects, the ``EXPLAINED_FEATURES`` largest LightGBM ``pred_contrib`` values
+(log-odds, may be <= 0) in ``position`` 1 = largest, ties in model feature order; a feature
+never named on a list (ethnicity) is never among them (``docs/outreach.md``)."""
 
 TRUTH_PEOPLE_SCHEMA: Final = {
     "person_id": pl.String,

@@ -92,6 +92,9 @@ def connect(engine: Engine, *, n_workers: int | None = None) -> Iterator[Client 
                 n_workers=n_workers,
                 threads_per_worker=1,
                 dashboard_address=None,
+                # no dashboard, but the scheduler still serves health routes over HTTP on
+                # 8787 by default; a busy 8787 (another cluster) warns, which tests make errors
+                scheduler_kwargs={"dashboard_address": ":0"},
             ) as cluster,
             Client(cluster) as client,
         ):

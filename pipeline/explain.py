@@ -1,31 +1,29 @@
-"""Stage ``explain``: each eligible person's largest feature contributions, for outreach reasons.
+"""Which features explain a score: each person's largest LightGBM contributions (TreeSHAP).
 
-For one target, the model (``models/<target>/model.txt``) is loaded once and LightGBM's
-``pred_contrib`` (TreeSHAP, in log-odds) is computed for the whole eligible cohort
-(``data/scores/<target>.parquet``) in batches. The ``EXPLAINED_FEATURES`` largest contributions
-per person are written to ``data/explanations/<target>.parquet`` (``contract.EXPLANATIONS_SCHEMA``).
-A DVC stage of its own, so that a new outreach capacity or policy re-runs outreach only, which
-joins these rows to the people it selects and words them (``docs/outreach.md``).
+The one place that turns a model and people's model inputs into the ``EXPLAINED_FEATURES``
+largest ``pred_contrib`` values per person (``contract.EXPLANATIONS_SCHEMA``, log-odds), never
+naming ethnicity. Outreach calls it for the people it selects only, inside each ICB's task
+(``pipeline.outreach.stage.partition_lists``): TreeSHAP of one row does not depend on the other
+rows of its batch, so explaining the selected people gives them exactly the contributions that
+explaining the whole eligible cohort would (``docs/outreach.md``).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import polars as pl
 
-from pipeline import console, contract
+from pipeline import contract
 from pipeline.errors import ContractError, StageError
-from pipeline.io import Paths, write_parquet
 
-__all__ = ["BATCH_ROWS", "explain_cohort", "explainable", "run", "top_contributions"]
+__all__ = ["BATCH_ROWS", "explain_cohort", "explainable", "load_booster", "top_contributions"]
 
 BATCH_ROWS: Final = 5_000
-"""People per ``pred_contrib`` call: bounds memory (rows x features x 8 bytes) and shows
-progress."""
+"""People per ``pred_contrib`` call: bounds memory (rows x features x 8 bytes)."""
 NEVER_EXPLAINED: Final = ("ethnic",)
 """Name fragments of features that may be model inputs but must never appear on a list."""
 
@@ -128,68 +126,33 @@ def explain_cohort(
         ``contract.EXPLANATIONS_SCHEMA`` rows, in the row order of ``inputs``.
     """
     names = booster.feature_name()
+    missing = [name for name in names if name not in inputs.columns]
+    if missing:
+        raise ContractError(
+            f"features/features.parquet: missing model input column(s) {', '.join(missing)}"
+        )
     parts = [pl.DataFrame(schema=contract.EXPLANATIONS_SCHEMA)]
-    with _progress() as progress:
-        task = progress.add_task("explain (pred_contrib)", total=inputs.height)
-        for batch in inputs.iter_slices(batch_rows):
-            contributions = booster.predict(
-                _model_matrix(batch.select(names), booster), pred_contrib=True
-            )
-            parts.append(top_contributions(batch["person_id"], contributions, names))
-            progress.advance(task, batch.height)
+    for batch in inputs.iter_slices(batch_rows):
+        contributions = booster.predict(
+            _model_matrix(batch.select(names), booster), pred_contrib=True
+        )
+        parts.append(top_contributions(batch["person_id"], contributions, names))
     return pl.concat(parts)
 
 
-def _progress() -> Any:
-    from rich.progress import Progress
+def load_booster(path: Path) -> Any:
+    """A trained model (``models/<target>/model.txt``) as a ``lightgbm.Booster``.
 
-    return Progress(transient=True, disable=not sys.stderr.isatty())
+    Loaded by every task that explains people: a text model of a few hundred trees loads in
+    about 15 ms, so it is not cached.
 
-
-def _cohort_inputs(paths: Paths, target: str, names: Sequence[str]) -> pl.DataFrame:
-    """The eligible cohort's model inputs, one row per scored person (sorted by person_id)."""
-    scores_path = paths.scores / f"{target}.parquet"
-    features_path = paths.features / "features.parquet"
-    for path, what in ((scores_path, f"scores of {target}"), (features_path, "features table")):
-        if not path.exists():
-            raise StageError(f"explain: {what} not found at {path}; run the upstream stage first")
-    features = pl.scan_parquet(features_path)
-    missing = [name for name in names if name not in features.collect_schema().names()]
-    if missing:
-        raise ContractError(f"{features_path}: missing model input column(s) {', '.join(missing)}")
-    cohort = pl.scan_parquet(scores_path).select("person_id")
-    inputs = (
-        cohort.join(features.select("person_id", *names), on="person_id", how="inner")
-        .sort("person_id")
-        .collect()
-    )
-    n_eligible = cohort.select(pl.len()).collect().item()
-    if inputs.height != n_eligible or inputs["person_id"].n_unique() != inputs.height:
-        raise ContractError(
-            f"{features_path}: {n_eligible} people scored for {target} but {inputs.height} "
-            "feature rows match them (every scored person needs exactly one row)"
-        )
-    return inputs
-
-
-def run(paths: Paths, *, target: str) -> None:
-    """Explain one target's eligible cohort (all IO lives here).
-
-    Takes no params: the explanations depend on the model, the features and the cohort alone.
+    Raises
+    ------
+    StageError
+        No model at ``path``.
     """
-    model_path = paths.models / target / "model.txt"
-    if not model_path.exists():
-        raise StageError(f"explain: model of {target} not found at {model_path}; train it first")
+    if not path.exists():
+        raise StageError(f"model not found at {path}; run the train stage first")
     import lightgbm as lgb
 
-    booster = lgb.Booster(model_file=str(model_path))
-    inputs = _cohort_inputs(paths, target, booster.feature_name())
-    explanations = explain_cohort(inputs, booster)
-    write_parquet(
-        explanations,
-        paths.root / contract.EXPLANATIONS_DIR / f"{target}.parquet",
-        sort_by=["person_id", "position"],
-    )
-    console.stage_done(
-        "explain", target=target, did=f"{console.count(inputs.height)} people explained"
-    )
+    return lgb.Booster(model_file=str(path))

@@ -1261,7 +1261,7 @@ def run(params: Params, paths: io.Paths) -> Path:
     lists = paths.root / CODELISTS_DIR  # a root without its own codelists/: the shipped ones
     codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)
-    with engine.connect(params.engine) as client:  # partitions as tasks on engine dask
+    with engine.connect_for(params) as client:  # partitions as tasks on engine dask
         contract.validate_population(
             folder,
             target_names=tuple(params.targets),

@@ -212,7 +212,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     frame = need_frame(pl.scan_parquet(scores_path), pl.scan_parquet(features_path), truth=truth)
     if frame.height == 0:
         raise ContractError(f"{features_path}: no feature rows for the people in {scores_path}")
-    with engine.connect(params.engine) as client:
+    with engine.connect_for(params) as client:
         scores = need_scores(
             frame,
             features_path=features_path,

@@ -106,7 +106,7 @@ def outcome_facts(folder: Path, params: Params, *, root: Path) -> dict[str, dict
 def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
     """Validate ``extract`` (default ``data/population``) and write the data-quality report."""
     folder = Path(extract) if extract is not None else paths.population
-    with engine.connect(params.engine) as client:  # partitions as tasks on engine dask
+    with engine.connect_for(params) as client:  # partitions as tasks on engine dask
         facts = validate_population(
             folder,
             target_names=tuple(params.targets),

@@ -13,9 +13,9 @@ from pipeline.pseudonyms import write_key_fingerprint
 def run_from_validate(
     params: Params, paths: io.Paths, *, targets: Sequence[str], key: bytes
 ) -> None:
-    """validate -> features -> (train, need, explain, audit per target) -> keyfp -> outreach ->
+    """validate -> features -> (train, need, audit per target) -> keyfp -> outreach ->
     report (no MLflow logging of the report)."""
-    from pipeline import audit, explain, features, need, outreach, train, validate
+    from pipeline import audit, features, need, outreach, train, validate
     from pipeline.report.build import run as report_run
 
     validate.run(params, paths)
@@ -23,7 +23,6 @@ def run_from_validate(
     for target in targets:
         train.run(params, paths, target=target)
         need.run(params, paths, target=target)
-        explain.run(paths, target=target)
         audit.run(params, paths, target=target)
     write_key_fingerprint(key, paths.key_fingerprint)
     outreach.run(params, paths)

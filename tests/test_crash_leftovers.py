@@ -168,7 +168,7 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # The later stages' world: smaller, so their kills stay within a minute.
 LATER_WORLD = {"n_people": 10_000}
 # What the later stages read, besides the population and the features.
-UPSTREAM = ("reports/data_quality.json", f"data/scores/need/{TARGET}.parquet", "data/explanations")
+UPSTREAM = ("reports/data_quality.json", f"data/scores/need/{TARGET}.parquet")
 INPUTS = OUTPUTS["synthesize"] + OUTPUTS["features"] + UPSTREAM + OUTPUTS["train"]
 
 
@@ -183,7 +183,6 @@ def modelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("features",),
         ("train", "--target", TARGET),
         ("need", "--target", TARGET),
-        ("explain", "--target", TARGET),
         ("keyfp",),
     ):
         _run(root, *command)

@@ -2,7 +2,7 @@
 
 The overlay of ``examples/eunomia/`` (params, the SNOMED CT GI-bleed list) on the fixture params,
 with fewer bootstrap draws: synthesize (the OMOP adapter) -> validate -> features -> train ->
-need -> explain -> audit -> outreach -> report, in DVC's order. The sample has no home area
+need -> audit -> outreach -> report, in DVC's order. The sample has no home area
 (``people.area_id`` null for everyone), no NHS ethnic category and no practice, so the run goes
 on without IMD, ICB, region, rurality and ethnicity, and says so. CI also runs the same overlay
 with ``dvc repro`` in a scratch clone (``.ci/run``).

@@ -1,4 +1,4 @@
-"""Stage explain: top LightGBM contributions for the whole eligible cohort."""
+"""pipeline.explain: each person's top LightGBM contributions (outreach explains the selected)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from pipeline import contract, explain
 from pipeline.errors import ContractError, StageError
 from pipeline.explain import explain_cohort, top_contributions
-from pipeline.io import Paths, write_parquet
 
 TARGET = "t"
 NAMES = ["age", "ethnicity_code", "has_copd", "latest_sbp"]
@@ -79,47 +78,22 @@ def test_batches_change_nothing_and_match_pred_contrib(booster_and_inputs) -> No
         assert contribution == direct[0, NAMES.index(feature)]
 
 
-def _project(tmp_path: Path, booster: lgb.Booster, inputs: pl.DataFrame) -> Paths:
-    paths = Paths.at(tmp_path)
-    write_parquet(inputs.sample(fraction=1.0, shuffle=True, seed=2), paths.features /
-                  "features.parquet", sort_by="age")  # fmt: skip
-    scores = inputs.head(300).select(
-        "person_id",
-        pl.lit("test").alias("split"),
-        pl.lit(0, dtype=pl.Int8).alias("outcome"),
-        pl.lit(0.1).alias("risk_score"),
-    )
-    write_parquet(scores, paths.scores / f"{TARGET}.parquet", sort_by="person_id")
-    (paths.models / TARGET).mkdir(parents=True)
-    booster.save_model(str(paths.models / TARGET / "model.txt"))
-    return paths
-
-
-def test_run_explains_the_scored_cohort_sorted_and_byte_stable(tmp_path, booster_and_inputs):
-    paths = _project(tmp_path, *booster_and_inputs)
-    explain.run(paths, target=TARGET)
-    out = tmp_path / contract.EXPLANATIONS_DIR / f"{TARGET}.parquet"
-    first = out.read_bytes()
-    table = pl.read_parquet(out)
-    assert table.schema == pl.Schema(contract.EXPLANATIONS_SCHEMA)
-    assert table["person_id"].n_unique() == 300  # the scored cohort, not every feature row
-    assert table.equals(table.sort("person_id", "position"))
-    explain.run(paths, target=TARGET)
-    assert out.read_bytes() == first
-
-
-def test_run_refuses_missing_inputs(tmp_path, booster_and_inputs) -> None:
+def test_missing_model_inputs_are_named(booster_and_inputs) -> None:
     booster, inputs = booster_and_inputs
-    paths = _project(tmp_path, booster, inputs)
-    write_parquet(inputs.tail(50), paths.features / "features.parquet", sort_by="person_id")
-    with pytest.raises(ContractError, match="300 people scored for t but 0 feature rows"):
-        explain.run(paths, target=TARGET)
-    write_parquet(inputs.drop("has_copd"), paths.features / "features.parquet", sort_by="age")
-    with pytest.raises(ContractError, match=r"missing model input column.*has_copd"):
-        explain.run(paths, target=TARGET)
-    (paths.models / TARGET / "model.txt").unlink()
-    with pytest.raises(StageError, match="model of t not found"):
-        explain.run(paths, target=TARGET)
+    with pytest.raises(ContractError, match=r"missing model input column\(s\) has_copd"):
+        explain_cohort(inputs.drop("has_copd"), booster)
+
+
+def test_load_booster_reads_the_saved_model(tmp_path: Path, booster_and_inputs) -> None:
+    booster, inputs = booster_and_inputs
+    path = tmp_path / "models" / TARGET / "model.txt"
+    with pytest.raises(StageError, match=r"model not found at .*model\.txt; run the train stage"):
+        explain.load_booster(path)
+    path.parent.mkdir(parents=True)
+    booster.save_model(str(path))
+    loaded = explain.load_booster(path)
+    assert loaded.feature_name() == NAMES
+    assert explain_cohort(inputs, loaded).equals(explain_cohort(inputs, booster))
 
 
 def test_docstring_examples() -> None:

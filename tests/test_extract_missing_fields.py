@@ -3,7 +3,7 @@
 A small extract as an OMOP adapter would write it: events over the whole observation period
 (follow-up included), no ``outcomes`` table (the target is derived from the events after the
 index date), no ``areas.imd_decile``, no ``people.ethnicity``, no ``people.practice_id`` and no
-``practices`` table. validate -> features -> train -> need -> explain -> audit -> outreach ->
+``practices`` table. validate -> features -> train -> need -> audit -> outreach ->
 report all run; the features those fields feed are no model inputs, and the audit and the report
 say which dimensions could not be audited and why.
 """

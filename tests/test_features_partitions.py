@@ -13,7 +13,6 @@ from distributed import Client
 from pipeline import contract, engine, features, partitions
 from pipeline.config import Params, parse_params
 from tests.fixture_params import fixture_raw
-from tests.test_dask import cluster  # noqa: F401  (the LocalCluster fixture, reused)
 from tests.test_validate import INDEX, TARGETS, _noisy_tables, write_folder
 from tests.test_validate_partitions import ascending, write_partitioned
 

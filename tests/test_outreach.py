@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract, explain, selection
+from pipeline import contract, selection
 from pipeline import features as feature_stage
 from pipeline.config import OutreachParams, Params, parse_params
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -172,7 +171,7 @@ def _real_entries() -> dict[str, contract.FeatureEntry]:
 
 
 def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Paths:
-    """Features, manifest, scores, model (and truth) of the world, and its explanations."""
+    """Features, manifest, scores and model (and truth) of the world."""
     paths = Paths.at(tmp_path)
     population: pl.DataFrame = world["population"]
     table = population.select(
@@ -202,7 +201,6 @@ def _project(tmp_path: Path, world: dict[str, Any], *, truth: bool = True) -> Pa
         # another target's need, the reverse order: the summary must read its own target's
         other = need.with_columns(pl.lit("other_target").alias("target"), -pl.col("true_need"))
         write_parquet(pl.concat([need, other]), paths.truth / "oracle.parquet", sort_by="person_id")
-    explain.run(paths, target=TARGET)
     return paths
 
 
@@ -611,7 +609,6 @@ def test_stage_writes_lists_and_summary_byte_identically(tmp_path: Path, world, 
         "data_dictionary.csv",
     }
     first = {p: p.read_bytes() for p in [*files, paths.reports / "outreach_summary.json"]}
-    shutil.rmtree(paths.models)  # outreach words the explain stage's output: no model needed
     run(params, paths)
     assert {p: p.read_bytes() for p in first} == first
     assert not (tmp_path / "data" / ".cache").exists()
@@ -679,7 +676,7 @@ def test_the_need_list_uses_the_targets_own_true_need() -> None:
         summary_mod.target_true_need(oracle, "diabetes")
 
 
-def test_a_wider_list_reuses_the_explanations(tmp_path: Path, world, monkeypatch) -> None:
+def test_a_wider_list_keeps_each_persons_reasons(tmp_path: Path, world, monkeypatch) -> None:
     monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
     paths = _project(tmp_path, world)
     run(_params(tmp_path, capacity=0.05), paths)
@@ -694,7 +691,7 @@ def test_a_wider_list_reuses_the_explanations(tmp_path: Path, world, monkeypatch
     )
 
 
-def test_stage_needs_explanations_and_a_valid_manifest(tmp_path: Path, world, monkeypatch):
+def test_stage_needs_the_model_its_inputs_and_a_valid_manifest(tmp_path: Path, world, monkeypatch):
     monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
     paths = _project(tmp_path, world)
     manifest = paths.features / "manifest.json"
@@ -703,8 +700,15 @@ def test_stage_needs_explanations_and_a_valid_manifest(tmp_path: Path, world, mo
     with pytest.raises(ContractError, match="not a valid feature manifest"):
         run(_params(tmp_path), paths)
     manifest.write_text(valid)
-    (tmp_path / contract.EXPLANATIONS_DIR / f"{TARGET}.parquet").unlink()
-    with pytest.raises(StageError, match="explanations of emergency_admission_12m not found"):
+    table = pl.read_parquet(paths.features / "features.parquet")
+    write_parquet(
+        table.drop("latest_sbp"), paths.features / "features.parquet", sort_by="person_id"
+    )
+    with pytest.raises(ContractError, match=r"features\.parquet: missing column\(s\) latest_sbp"):
+        run(_params(tmp_path), paths)
+    assert not paths.outreach.exists()  # checked before any list is built
+    (paths.models / TARGET / "model.txt").unlink()
+    with pytest.raises(StageError, match="model of emergency_admission_12m not found"):
         run(_params(tmp_path), paths)
 
 

@@ -18,7 +18,6 @@ from pipeline import batches, contract, io, need, train
 from pipeline.train import batches as train_batches
 from pipeline.train import calibration, cohort, fit
 from tests import test_need, test_train
-from tests.test_dask import cluster  # noqa: F401  (the module's LocalCluster fixture)
 
 
 @pytest.fixture

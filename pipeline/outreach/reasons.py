@@ -1,7 +1,7 @@
-"""Reasons: the ``explain`` stage's top contributions in plain words, and a suggested action.
+"""Reasons: the selected people's top contributions in plain words, and a suggested action.
 
-Each selected person's first three positive contributions (``data/explanations/<target>.parquet``)
-that are not context (age, sex, place, practice figures: :func:`is_context`) become
+Each selected person's first three positive contributions (:mod:`pipeline.explain`) that are
+not context (age, sex, place, practice figures: :func:`is_context`) become
 ``reason_1..3``, worded from the feature's manifest entry (``kind``, ``unit``, ``description``;
 ``features/manifest.json`` read through ``contract.read_manifest``) and the person's value of the
 feature. The first reason that points to a Core20PLUS5 clinical area (``AREAS``) names it,
@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 N_REASONS: Final = 3
-"""Reasons per person on a list (``explain`` keeps more contributions, so that three remain
-once context features are set aside)."""
+"""Reasons per person on a list (:mod:`pipeline.explain` keeps more contributions, so that
+three remain once context features are set aside)."""
 
 
 @dataclass(frozen=True)
@@ -361,7 +361,8 @@ def attach_reasons(
     selected
         ``person_id`` and whatever else (from :func:`pipeline.outreach.lists.select_outreach`).
     explanations
-        ``data/explanations/<target>.parquet`` (lazy); every selected person must be in it.
+        ``contract.EXPLANATIONS_SCHEMA`` rows (lazy, from :func:`pipeline.explain.explain_cohort`);
+        every selected person must be in it.
     features
         ``features/features.parquet`` (lazy).
     glossary
@@ -412,8 +413,8 @@ def _check_explained(explained: pl.DataFrame, *, n_selected: int, glossary: pl.D
     n_explained = explained["person_id"].n_unique()
     if n_explained != n_selected:
         raise ContractError(
-            f"{contract.EXPLANATIONS_DIR}: {n_selected - n_explained} of {n_selected} selected "
-            "people have no explanations (re-run the explain stage: dvc repro)"
+            f"explanations: {n_selected - n_explained} of {n_selected} selected people have no "
+            "explanations (each needs one row in features/features.parquet)"
         )
     unknown = set(explained["feature"]) - set(glossary["feature"])
     if unknown:

@@ -1,12 +1,13 @@
 """The ``outreach`` stage's IO: read the inputs, build each target's list, write the outputs.
 
 Reads ``data/scores/<target>.parquet`` (the eligible cohort), ``features/features.parquet``
-(units and sensitive attributes, and the values the reasons quote), ``features/manifest.json``,
-``data/explanations/<target>.parquet`` (stage ``explain``), the audit's need scores for
-``need_adjusted`` and, when present, ``data/truth/oracle.parquet`` (each target's own true
-need). Writes ``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv``,
-the merged list across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``),
-the data dictionary (``data/outreach/data_dictionary.csv``) and ``reports/outreach_summary.json``.
+(units and sensitive attributes, the selected people's model inputs, and the values the reasons
+quote), ``features/manifest.json``, ``models/<target>/model.txt`` (the selected people's
+contributions, :mod:`pipeline.explain`), the audit's need scores for ``need_adjusted`` and, when
+present, ``data/truth/oracle.parquet`` (each target's own true need). Writes
+``data/outreach/<target>.parquet``, ``data/outreach/<target>/<icb_code>.csv``, the merged list
+across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``), the data dictionary
+(``data/outreach/data_dictionary.csv``) and ``reports/outreach_summary.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import polars as pl
 
-from pipeline import console, contract, engine, seeds, selection
+from pipeline import console, contract, engine, explain, seeds, selection
 from pipeline.config import ListTier, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -48,7 +49,7 @@ and the lists' context columns age and sex)."""
 class _TargetFiles:
     target: str
     scores: Path
-    explanations: Path
+    model: Path
     need: Path | None
 
 
@@ -70,7 +71,7 @@ def outreach_targets(chosen: Sequence[str] | None, *, known: Sequence[str]) -> t
 def partition_lists(
     selected: pl.DataFrame,
     *,
-    explanations: Path,
+    model: Path,
     features: Path,
     glossary: pl.DataFrame,
     area: str,
@@ -78,16 +79,19 @@ def partition_lists(
 ) -> pl.DataFrame:
     """One partition's list rows: reasons, recorded conditions, action and tier, no pseudonym.
 
-    The same Polars code whether ``selected`` is every ICB's list (engine ``local``) or one
-    ICB's (a Dask task): reasons are per person and tiers per ICB, so the rows are equal.
+    The selected people's top contributions are computed here, from the model and their rows of
+    the features table (:func:`pipeline.explain.explain_cohort`), and worded
+    (:func:`pipeline.outreach.reasons.attach_reasons`). The same Polars code whether
+    ``selected`` is one ICB's list (one task per ICB, on either engine) or every ICB's: TreeSHAP,
+    reasons and actions are per person and tiers per ICB, so the rows are equal.
 
     Parameters
     ----------
     selected
         Selected people of some ICBs (:func:`pipeline.outreach.lists.select_people`).
-    explanations, features
-        ``data/explanations/<target>.parquet`` and ``features/features.parquet``: paths every
-        worker reads.
+    model, features
+        ``models/<target>/model.txt`` and ``features/features.parquet``: paths every worker
+        reads.
     glossary
         From :func:`pipeline.outreach.reasons.feature_glossary`.
     area
@@ -101,12 +105,38 @@ def partition_lists(
         ``person_id`` and ``OUTREACH_COLUMNS`` but ``pseudonym`` (:func:`lists.keyed_rows`),
         in the order of ``selected``.
     """
-    icbs = selected["icb_code"].unique().sort().to_list()
-    people = pl.scan_parquet(features).filter(pl.col("icb_code").is_in(icbs))
+    people = _selected_features(features, selected)
+    explanations = explain.explain_cohort(people, explain.load_booster(model))
     explained = reasons.attach_reasons(
-        selected, pl.scan_parquet(explanations), people, glossary, area=area
+        selected, explanations.lazy(), people.lazy(), glossary, area=area
     )
     return lists.keyed_rows(explained, tiers=tiers)
+
+
+def _selected_features(features: Path, selected: pl.DataFrame) -> pl.DataFrame:
+    """The selected people's rows of the features table (every column), exactly one each.
+
+    The ``person_id`` range of ``selected`` lets the reader skip row groups of other ICBs (the
+    table is sorted by ``person_id`` and people are numbered ICB by ICB); the semi-join keeps
+    exactly the selected people, whatever the numbering.
+    """
+    ids = selected["person_id"]
+    rows = (
+        pl.scan_parquet(features)
+        .filter(pl.col("person_id").is_between(pl.lit(ids.min()), pl.lit(ids.max())))
+        .join(selected.lazy().select("person_id"), on="person_id", how="semi")
+        .collect()
+    )
+    if rows.height != selected.height or rows["person_id"].n_unique() != rows.height:
+        absent = selected.join(rows, on="person_id", how="anti")["person_id"]
+        repeated = rows.filter(pl.col("person_id").is_duplicated())["person_id"].unique().sort()
+        raise ContractError(
+            f"{features}: {selected.height} people selected but {rows.height} feature rows "
+            "match them (column person_id, rule: exactly one row per selected person; "
+            f"{absent.len()} absent, e.g. {absent.head(3).to_list()}; {repeated.len()} "
+            f"repeated, e.g. {repeated.head(3).to_list()})"
+        )
+    return rows
 
 
 def build_target(
@@ -128,20 +158,22 @@ def build_target(
 
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
     clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; ``client``
-    (``pipeline.engine.connect``) runs the reasons per ICB on Dask, None here in one go. The
-    policy and the selection need the whole cohort, so they run here; the key never leaves
-    this process (pseudonyms are added to the gathered rows). The other arguments are
-    described where they are made (:func:`run`).
+    (``pipeline.engine.connect``) runs the explanations and reasons per ICB on Dask, None here,
+    one ICB after another (the same tasks, so the same bytes). The policy and the selection
+    need the whole cohort, so they run here; the key never leaves this process (pseudonyms are
+    added to the gathered rows). The other arguments are described where they are made
+    (:func:`run`).
     """
     need = _scan_need(files.need, cohort, files.target)
     prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
     selected = lists.select_people(prioritised, capacity, capacity_mode=outreach.capacity_mode)
-    parts = selected.partition_by("icb_code", maintain_order=True) if client else []
+    # One task per ICB on both engines: memory bounded by an ICB's list, not the whole list.
+    parts = selected.partition_by("icb_code", maintain_order=True)
     rows = engine.map_partitions(
         partition_lists,
         parts or [selected],
         client=client,
-        explanations=files.explanations,
+        model=files.model,
         features=features,
         glossary=glossary,
         area=area,
@@ -173,6 +205,8 @@ def run(params: Params, paths: Paths) -> None:
     manifest = contract.read_manifest(paths.features / "manifest.json")
     features_path = _require(paths.features / "features.parquet", "features table")
     files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
+    for name in targets:
+        _check_model_inputs(files[name].model, features_path)
     cohorts = {name: _read_cohort(files[name].scores, features_path, name) for name in targets}
     capacities = {
         name: selection.list_sizes(
@@ -231,10 +265,7 @@ def _target_files(paths: Paths, target: str, *, policy: policies.Policy) -> _Tar
     return _TargetFiles(
         target=target,
         scores=_require(paths.scores / f"{target}.parquet", f"scores of {target}"),
-        explanations=_require(
-            paths.root / contract.EXPLANATIONS_DIR / f"{target}.parquet",
-            f"explanations of {target}",
-        ),
+        model=_require(paths.models / target / "model.txt", f"model of {target}"),
         need=_require(need, f"need scores of {target}") if policy == "need_adjusted" else None,
     )
 
@@ -244,6 +275,12 @@ def _check_columns(frame: pl.LazyFrame, columns: Sequence[str], source: Path) ->
     missing = [column for column in columns if column not in present]
     if missing:
         raise ContractError(f"{source}: missing column(s) {', '.join(missing)}")
+
+
+def _check_model_inputs(model: Path, features: Path) -> None:
+    """Every model input is a column of the features table (checked before any list is built)."""
+    names = explain.load_booster(model).feature_name()
+    _check_columns(pl.scan_parquet(features), names, features)
 
 
 def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:

@@ -460,9 +460,11 @@ def synthesize(
     index_date: dt.date,
     rule: Rule,
     engine_name: Engine = "local",
+    n_workers: int | None = None,
 ) -> dict[str, Any]:
     """Write every table into the given (temporary) folders, one task per unit on
-    ``engine_name``; return the calibration report (counts published by ``rule``)."""
+    ``engine_name`` (a LocalCluster of ``n_workers``); return the calibration report (counts
+    published by ``rule``)."""
     calibration = fit_calibration(
         seed=seed,
         area_size=population.area_size,
@@ -479,7 +481,7 @@ def synthesize(
     )
     _write_geography(geo, population_dir, truth_dir, only_icbs=population.only_icbs)
     truth_parts_dir = truth_dir / TRUTH_PARTS_DIR
-    with engine.connect(engine_name) as client:
+    with engine.connect(engine_name, n_workers=n_workers) as client:
         tallies = engine.map_partitions(
             write_unit,
             plan_units(geo, chunk_size=population.chunk_size, only_icbs=population.only_icbs),
@@ -566,6 +568,7 @@ def run(params: Params, paths: Paths) -> None:
                 index_date=params.index_date,
                 rule=params.disclosure,
                 engine_name=params.engine,
+                n_workers=params.dask_workers,
             )
     write_json(report, paths.reports / "synthetic_calibration.json")
     console.stage_done("synthesize", did=_did(params, paths))
