@@ -91,7 +91,7 @@ def test_practice_partials_of_parts_sum_to_the_whole(params: Params) -> None:
 def test_local_and_dask_engines_agree(
     tmp_path: Path,
     params: Params,
-    cluster: str,  # noqa: F811
+    cluster: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """validate's facts and the features file (bytes) are the same on both engines: the same

@@ -21,7 +21,7 @@ from tests import test_need, test_train
 
 
 @pytest.fixture
-def client(cluster: str) -> Iterator[Client]:  # noqa: F811
+def client(cluster: str) -> Iterator[Client]:
     with Client(cluster, timeout="30s") as connected:
         yield connected
 
