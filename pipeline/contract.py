@@ -757,10 +757,14 @@ def code_facts(events: pl.LazyFrame) -> pl.DataFrame:
     :func:`event_code_valid_expr`) and, for a measurement, its plausible range
     (:func:`plausible_range_exprs`). Judged once per distinct code, not once per event (the
     codes are normalised with regular expressions); one streaming pass."""
-    keys = with_code_system(events).select(_CODE_KEYS).unique()
-    return keys.with_columns(
-        event_code_valid_expr().alias(CODE_VALID), *plausible_range_exprs()
-    ).collect()
+    keys = with_code_system(events).select(_CODE_KEYS).unique().collect()
+    # in memory: the few thousand distinct codes are small, and the streaming engine runs the
+    # normalising regular expressions 10-20x slower (1.4 s against 0.09 s per partition)
+    return (
+        keys.lazy()
+        .with_columns(event_code_valid_expr().alias(CODE_VALID), *plausible_range_exprs())
+        .collect(engine="in-memory")
+    )
 
 
 def events_with_age(
