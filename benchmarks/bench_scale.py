@@ -11,7 +11,7 @@ single process) is printed beside it.
 
 Each engine runs the whole pipeline from scratch in its own folder; ``--workers 1,2`` runs the
 Dask engine once per LocalCluster size (``dask_workers``). Afterwards every run's outputs
-(``COMPARED``: data, features, scores, lists, metrics) are compared byte for byte with the first
+(``COMPARED``: data, features, scores, lists, reports, metrics) are compared byte for byte with the first
 run's, and the files that differ are named.
 
 ``--only-icbs A,B`` generates only those ICBs of an N-people world, at their sizes in it: with
@@ -209,9 +209,9 @@ def run_engine(
     return measured
 
 
-COMPARED = ("data", "features", "reports/outreach_summary.json", "metrics")
-"""Outputs compared byte for byte between engines (row-level data, features, scores, lists,
-the outreach summary and the metrics the stages publish)."""
+COMPARED = ("data", "features", "reports", "metrics")
+"""Outputs compared byte for byte between engines (row-level data, features, scores, lists;
+everything published: the audit's tables, the outreach summary, the equity report, metrics)."""
 
 
 def differing_files(first: Path, second: Path) -> list[str]:
