@@ -16,7 +16,7 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import polars as pl
@@ -25,9 +25,9 @@ from rich.console import Console
 from pipeline import console, contract, fairness, io, seeds, selection, tracking
 from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
+from pipeline.audit import cohort as cohort_mod
 from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -785,40 +785,95 @@ def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.L
     return truth, oracle
 
 
-def _read_cohort(params: Params, paths: io.Paths, *, target: str) -> pl.DataFrame:
-    """The whole eligible cohort (every split) with groups, truth and need scores."""
+WHOLE_COHORT_COLUMNS: Final = (
+    "split",
+    "outcome",
+    "risk_score",
+    "risk_rank",
+    "selected",
+    "true_need",
+    "true_case",
+    "oracle_risk",
+    "need_score",
+    *impact_mod.IMPACT_DIMENSIONS,
+)
+"""What the whole cohort's uses read (the equal-opportunity fit, the policies' selections and
+their impact), besides the capacity unit's column."""
+
+
+def _cohort_plan(params: Params, paths: io.Paths, *, target: str) -> pl.LazyFrame:
+    """The whole eligible cohort (every split), lazily, with truth and need scores and only the
+    columns some table reads (raw sensitive columns, not yet labelled; no ``person_id``)."""
     scores_path = _require(paths.scores / f"{target}.parquet", "scores")
     features_path = _require(paths.features / "features.parquet", "features")
+    need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
     scores = pl.scan_parquet(scores_path)
     _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
     sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
     features = pl.scan_parquet(features_path)
     _check_columns(features, ["person_id", *sensitive_cols], features_path)
     truth, oracle = _read_truth(paths, target)
-    full = build_cohort(
-        scores.select(*contract.SCORES_SCHEMA),
-        features.select("person_id", *sensitive_cols),
-        dimensions=tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions),
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    read = {*cohort_mod.source_columns(_label_dimensions(params)), *([unit] if unit else [])}
+    plan = cohort_mod.cohort_plan(
+        scores.select("person_id", "split", "outcome", "risk_score", "risk_rank"),
+        features.select(
+            "person_id",
+            *(c for c in contract.SENSITIVE_SCHEMA if c in read),
+            contract.RECORDED_MULTIMORBIDITY,
+        ),
         capacity_mode=params.operating_point.capacity_mode,
         capacity=params.operating_point.capacity,
-        split="all",
         truth=truth,
         oracle=oracle,
         need_case_share=params.audit.need_case_share,
+        need=pl.scan_parquet(need_path),
     )
-    need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
-    need = pl.read_parquet(need_path, columns=["person_id", "need_score"])
-    return full.join(need, on="person_id", how="left", maintain_order="left")
+    return plan.drop("person_id", "n_true_conditions", strict=False)
 
 
-def _split_rows(
-    full: pl.DataFrame, *, split: Literal["all", "test", "validation"], source: Path
-) -> pl.DataFrame:
-    """The audited people (``split``)."""
-    audited = full if split == "all" else full.filter(pl.col("split") == split)
+def _label_dimensions(params: Params) -> tuple[str, ...]:
+    return tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions)
+
+
+def _read_cohorts(
+    params: Params, paths: io.Paths, *, target: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The audited people (``audit.split``, every column the tables read, groups labelled) and
+    the whole eligible cohort (every split, only :data:`WHOLE_COHORT_COLUMNS` and the capacity
+    unit's column; the same frame when the split is ``all``), each collected on its own so that
+    no wide copy of the whole cohort is ever held."""
+    plan = _cohort_plan(params, paths, target=target)
+    dimensions = _label_dimensions(params)
+    has_truth = (paths.truth / "people.parquet").exists()
+    split = params.audit.split
+    if split == "all":
+        cohort = cohort_mod.with_group_labels(plan, dimensions).collect()
+        cohort_mod.check_cohort(cohort, split=split, has_truth=has_truth)
+        return cohort, cohort
+    whole = _whole_cohort(plan, params=params)
+    cohort_mod.check_cohort(whole, split="all", has_truth=has_truth)
+    audited = cohort_mod.with_group_labels(
+        plan.filter(pl.col("split") == split), dimensions
+    ).collect()
     if audited.height == 0:
+        source = paths.scores / f"{target}.parquet"
         raise ContractError(f"{source}: no rows in split {split!r} to audit")
-    return audited
+    return audited, whole
+
+
+def _whole_cohort(plan: pl.LazyFrame, *, params: Params) -> pl.DataFrame:
+    """The whole cohort's narrow columns, the group columns labelled as in the audited split."""
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    names = plan.collect_schema().names()
+    kept = [c for c in names if c in WHOLE_COHORT_COLUMNS or c == unit]
+    labelled = set(cohort_mod.labelled_dimensions(_label_dimensions(params)))
+    return (
+        plan.select(kept)
+        .with_columns(cohort_mod.dimension_expr(c) for c in kept if c in labelled)
+        .with_columns(pl.col("outcome").cast(pl.Int8))
+        .collect()
+    )
 
 
 def _without_unavailable_dimensions(
@@ -849,8 +904,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     params, unaudited = _without_unavailable_dimensions(params, paths)
     audit, operating_point = params.audit, params.operating_point
-    full = _read_cohort(params, paths, target=target)
-    audited = _split_rows(full, split=audit.split, source=paths.scores / f"{target}.parquet")
+    audited, whole = _read_cohorts(params, paths, target=target)
+    n_people = audited.height
     tables = audit_tables(
         audited,
         audit=audit,
@@ -858,9 +913,10 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         outreach=params.outreach,
         seed=params.seed,
         target=target,
-        whole_cohort=full,
+        whole_cohort=whole,
         impact=params.impact,
     )
+    del audited, whole  # row-level: everything below is aggregate
     rule = params.disclosure
     published = published_tables(tables, audit=audit, rule=rule)
     summary = audit_summary(
@@ -868,7 +924,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         audit=audit,
         operating_point=operating_point,
         target=target,
-        n_people=audited.height,
+        n_people=n_people,
         group_metrics=published["group_metrics"],
         rule=rule,
     )
@@ -891,7 +947,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     console.stage_done(
         "audit",
         target=target,
-        did=f"{console.count(audited.height)} people, {len(audit.dimensions)} dimensions",
+        did=f"{console.count(n_people)} people, {len(audit.dimensions)} dimensions",
         figure=f"{headline.root.get('flagged_comparisons', '*')} comparisons flagged",
     )
     _log_to_mlflow(headline.root, paths, target=target)
