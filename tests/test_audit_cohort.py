@@ -133,3 +133,14 @@ def test_an_empty_split_is_named(world: Path, tmp_path: Path) -> None:
     pl.read_parquet(path).filter(pl.col("split") != "test").write_parquet(path)
     with pytest.raises(ContractError, match=r"sim_target.parquet: no rows in split 'test'"):
         _read_cohorts(_params(), io.Paths.at(tmp_path), target=TARGET)
+
+
+def test_a_person_twice_in_the_features_is_named(world: Path, tmp_path: Path) -> None:
+    shutil.copytree(world, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "features/features.parquet"
+    features = pl.read_parquet(path)
+    scores = pl.read_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet")
+    tested = scores.filter(pl.col("split") == "test")["person_id"][0]
+    pl.concat([features, features.filter(pl.col("person_id") == tested)]).write_parquet(path)
+    with pytest.raises(ContractError, match=r"1 extra row\(s\) .* person_id is not unique"):
+        _read_cohorts(_params(), io.Paths.at(tmp_path), target=TARGET)

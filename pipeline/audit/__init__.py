@@ -15,6 +15,7 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -801,33 +802,44 @@ WHOLE_COHORT_COLUMNS: Final = (
 their impact), besides the capacity unit's column."""
 
 
-def _cohort_plan(params: Params, paths: io.Paths, *, target: str) -> pl.LazyFrame:
-    """The whole eligible cohort (every split), lazily, with truth and need scores and only the
-    columns some table reads (raw sensitive columns, not yet labelled; no ``person_id``)."""
+@dataclass(frozen=True)
+class _Sources:
+    """The audit's row-level inputs, scanned lazily and checked for their columns."""
+
+    scores: pl.LazyFrame
+    features: pl.LazyFrame
+    need: pl.LazyFrame
+    truth: pl.LazyFrame | None
+    oracle: pl.LazyFrame | None
+    scores_path: Path
+
+
+def _sources(paths: io.Paths, *, target: str) -> _Sources:
     scores_path = _require(paths.scores / f"{target}.parquet", "scores")
     features_path = _require(paths.features / "features.parquet", "features")
     need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
     scores = pl.scan_parquet(scores_path)
     _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
-    sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
     features = pl.scan_parquet(features_path)
+    sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
     _check_columns(features, ["person_id", *sensitive_cols], features_path)
     truth, oracle = _read_truth(paths, target)
-    unit = selection.unit_column(params.operating_point.capacity_mode)
-    read = {*cohort_mod.source_columns(_label_dimensions(params)), *([unit] if unit else [])}
+    need = pl.scan_parquet(need_path)
+    return _Sources(scores, features, need, truth, oracle, scores_path)
+
+
+def _cohort_plan(sources: _Sources, *, params: Params, sensitive: tuple[str, ...]) -> pl.LazyFrame:
+    """The whole eligible cohort (every split), lazily, with truth and need scores and the
+    ``sensitive`` columns (raw, not yet labelled); no ``person_id``."""
     plan = cohort_mod.cohort_plan(
-        scores.select("person_id", "split", "outcome", "risk_score", "risk_rank"),
-        features.select(
-            "person_id",
-            *(c for c in contract.SENSITIVE_SCHEMA if c in read),
-            contract.RECORDED_MULTIMORBIDITY,
-        ),
+        sources.scores.select("person_id", "split", "outcome", "risk_score", "risk_rank"),
+        sources.features.select("person_id", *sensitive),
         capacity_mode=params.operating_point.capacity_mode,
         capacity=params.operating_point.capacity,
-        truth=truth,
-        oracle=oracle,
+        truth=sources.truth,
+        oracle=sources.oracle,
         need_case_share=params.audit.need_case_share,
-        need=pl.scan_parquet(need_path),
+        need=sources.need,
     )
     return plan.drop("person_id", "n_true_conditions", strict=False)
 
@@ -836,35 +848,79 @@ def _label_dimensions(params: Params) -> tuple[str, ...]:
     return tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions)
 
 
+def _audited_sources(params: Params) -> tuple[str, ...]:
+    """The feature columns the audited people's labels (and the capacity unit) are read from."""
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    read = {*cohort_mod.source_columns(_label_dimensions(params)), *([unit] if unit else [])}
+    return (
+        *(c for c in contract.SENSITIVE_SCHEMA if c in read),
+        contract.RECORDED_MULTIMORBIDITY,
+    )
+
+
 def _read_cohorts(
     params: Params, paths: io.Paths, *, target: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The audited people (``audit.split``, every column the tables read, groups labelled) and
     the whole eligible cohort (every split, only :data:`WHOLE_COHORT_COLUMNS` and the capacity
-    unit's column; the same frame when the split is ``all``), each collected on its own so that
-    no wide copy of the whole cohort is ever held."""
-    plan = _cohort_plan(params, paths, target=target)
+    unit's column; the same frame when the split is ``all``).
+
+    No wide copy of the whole cohort is held: the whole cohort is read with its few columns,
+    and the audited split's group columns are read for its people only, beside its rows of
+    the whole cohort (both in the scores' row order)."""
+    sources = _sources(paths, target=target)
     dimensions = _label_dimensions(params)
-    has_truth = (paths.truth / "people.parquet").exists()
+    has_truth = sources.truth is not None
     split = params.audit.split
     if split == "all":
-        cohort = cohort_mod.with_group_labels(plan, dimensions).collect()
+        plan = _cohort_plan(sources, params=params, sensitive=_audited_sources(params))
+        cohort = cohort_mod.with_group_labels(plan, dimensions).collect(engine="streaming")
         cohort_mod.check_cohort(cohort, split=split, has_truth=has_truth)
         return cohort, cohort
-    whole = _whole_cohort(plan, params=params)
+    whole = _whole_cohort(sources, params=params)
     cohort_mod.check_cohort(whole, split="all", has_truth=has_truth)
-    audited = cohort_mod.with_group_labels(
-        plan.filter(pl.col("split") == split), dimensions
-    ).collect()
-    if audited.height == 0:
-        source = paths.scores / f"{target}.parquet"
-        raise ContractError(f"{source}: no rows in split {split!r} to audit")
-    return audited, whole
+    rows = whole.filter(pl.col("split") == split)
+    if rows.height == 0:
+        raise ContractError(f"{sources.scores_path}: no rows in split {split!r} to audit")
+    groups = _split_groups(sources, split=split, columns=_audited_sources(params))
+    audited = pl.concat([rows.drop(_WHOLE_LABELS, strict=False), groups], how="horizontal")
+    return cohort_mod.with_group_labels(audited.lazy(), dimensions).collect(), whole
 
 
-def _whole_cohort(plan: pl.LazyFrame, *, params: Params) -> pl.DataFrame:
+_WHOLE_LABELS: Final = (*impact_mod.IMPACT_DIMENSIONS, "icb_code", "practice_id")
+"""Columns the whole cohort may hold as labels; the audited split reads them raw again."""
+
+
+def _split_groups(sources: _Sources, *, split: str, columns: tuple[str, ...]) -> pl.DataFrame:
+    """The raw ``columns`` of the features of the people of ``split``, in the scores' order."""
+    people = sources.scores.select("person_id", "split").filter(pl.col("split") == split)
+    groups = (
+        people.select("person_id")
+        .join(
+            sources.features.select("person_id", *columns),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
+        .drop("person_id")
+        .collect(engine="streaming")
+    )
+    expected = people.select(pl.len()).collect().item()
+    if groups.height != expected:  # a person_id twice in the features
+        raise ContractError(
+            f"features: {groups.height - expected} extra row(s) for the people of split "
+            f"{split!r}: person_id is not unique"
+        )
+    return groups
+
+
+def _whole_cohort(sources: _Sources, *, params: Params) -> pl.DataFrame:
     """The whole cohort's narrow columns, the group columns labelled as in the audited split."""
     unit = selection.unit_column(params.operating_point.capacity_mode)
+    kept = [*impact_mod.IMPACT_DIMENSIONS, *([unit] if unit else [])]
+    plan = _cohort_plan(
+        sources, params=params, sensitive=tuple(c for c in contract.SENSITIVE_SCHEMA if c in kept)
+    )
     names = plan.collect_schema().names()
     kept = [c for c in names if c in WHOLE_COHORT_COLUMNS or c == unit]
     labelled = set(cohort_mod.labelled_dimensions(_label_dimensions(params)))
@@ -872,7 +928,7 @@ def _whole_cohort(plan: pl.LazyFrame, *, params: Params) -> pl.DataFrame:
         plan.select(kept)
         .with_columns(cohort_mod.dimension_expr(c) for c in kept if c in labelled)
         .with_columns(pl.col("outcome").cast(pl.Int8))
-        .collect()
+        .collect(engine="streaming")
     )
 
 
