@@ -14,6 +14,7 @@ import pytest
 from pipeline import contract, io
 from pipeline.audit import _read_cohorts, audit_tables, published_tables
 from pipeline.audit.cohort import build_cohort
+from pipeline.audit.read import READ_ROWS, slice_bounds
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError
 from tests import simworld
@@ -79,10 +80,11 @@ PARAMS = {
 }
 
 
+@pytest.mark.parametrize("rows", [READ_ROWS, 1_000, 7])
 @pytest.mark.parametrize("name", list(PARAMS))
-def test_narrow_reads_are_the_wide_frames_columns(world: Path, name: str) -> None:
+def test_narrow_reads_are_the_wide_frames_columns(world: Path, name: str, rows: int) -> None:
     params = PARAMS[name]
-    audited, whole = _read_cohorts(params, io.Paths.at(world), target=TARGET)
+    audited, whole = _read_cohorts(params, io.Paths.at(world), target=TARGET, read_rows=rows)
     wide = _wide(world, params)
     split = params.audit.split
     expected = wide if split == "all" else wide.filter(pl.col("split") == split)
@@ -118,13 +120,26 @@ def _published(
 @pytest.mark.parametrize("name", ["test split", "per ICB"])
 def test_narrow_reads_publish_the_same_tables(world: Path, name: str) -> None:
     params = PARAMS[name]
-    audited, whole = _read_cohorts(params, io.Paths.at(world), target=TARGET)
+    audited, whole = _read_cohorts(params, io.Paths.at(world), target=TARGET, read_rows=500)
     wide = _wide(world, params)
     narrow = _published(audited, whole, params)
     reference = _published(wide.filter(pl.col("split") == params.audit.split), wide, params)
     assert narrow.keys() == reference.keys()
     for table, frame in narrow.items():
         assert frame.equals(reference[table]), table
+
+
+def test_slices_read_on_a_cluster_are_the_local_frames(world: Path, cluster: str) -> None:
+    from distributed import Client
+
+    params = PARAMS["per ICB"]
+    local = _read_cohorts(params, io.Paths.at(world), target=TARGET)
+    with Client(cluster) as client:
+        remote = _read_cohorts(
+            params, io.Paths.at(world), target=TARGET, client=client, read_rows=400
+        )
+    for mine, theirs in zip(local, remote, strict=True):
+        assert mine.equals(theirs)
 
 
 def test_an_empty_split_is_named(world: Path, tmp_path: Path) -> None:
@@ -142,5 +157,14 @@ def test_a_person_twice_in_the_features_is_named(world: Path, tmp_path: Path) ->
     scores = pl.read_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet")
     tested = scores.filter(pl.col("split") == "test")["person_id"][0]
     pl.concat([features, features.filter(pl.col("person_id") == tested)]).write_parquet(path)
-    with pytest.raises(ContractError, match=r"1 extra row\(s\) .* person_id is not unique"):
+    unique = r"1 extra row\(s\) joining .*features.parquet.* person_id is not unique"
+    with pytest.raises(ContractError, match=unique):
         _read_cohorts(_params(), io.Paths.at(tmp_path), target=TARGET)
+
+
+def test_slices_cover_the_rows_once_in_order() -> None:
+    assert slice_bounds(0, rows=3) == [(0, 0)]
+    assert slice_bounds(6, rows=3) == [(0, 3), (3, 6)]
+    assert slice_bounds(7, rows=3) == [(0, 3), (3, 6), (6, 7)]
+    with pytest.raises(ValueError, match="rows must be positive"):
+        slice_bounds(7, rows=0)

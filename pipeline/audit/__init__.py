@@ -15,24 +15,26 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
 from rich.console import Console
 
-from pipeline import console, contract, fairness, io, seeds, selection, tracking
+from pipeline import console, contract, engine, fairness, io, seeds, selection, tracking
 from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import cohort as cohort_mod
-from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
+from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish, read
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.headline import AUDIT_HEADLINE, write_headline
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = [
     "audit_summary",
@@ -786,62 +788,25 @@ def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.L
     return truth, oracle
 
 
-WHOLE_COHORT_COLUMNS: Final = (
-    "split",
-    "outcome",
-    "risk_score",
-    "risk_rank",
-    "selected",
-    "true_need",
-    "true_case",
-    "oracle_risk",
-    "need_score",
-    *impact_mod.IMPACT_DIMENSIONS,
-)
-"""What the whole cohort's uses read (the equal-opportunity fit, the policies' selections and
-their impact), besides the capacity unit's column."""
-
-
-@dataclass(frozen=True)
-class _Sources:
-    """The audit's row-level inputs, scanned lazily and checked for their columns."""
-
-    scores: pl.LazyFrame
-    features: pl.LazyFrame
-    need: pl.LazyFrame
-    truth: pl.LazyFrame | None
-    oracle: pl.LazyFrame | None
-    scores_path: Path
-
-
-def _sources(paths: io.Paths, *, target: str) -> _Sources:
+def _source_paths(paths: io.Paths, *, target: str) -> read.SourcePaths:
+    """The audit's row-level inputs, checked for their columns (truth and oracle None when
+    absent, the oracle also when it has no row of ``target``)."""
     scores_path = _require(paths.scores / f"{target}.parquet", "scores")
     features_path = _require(paths.features / "features.parquet", "features")
     need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
-    scores = pl.scan_parquet(scores_path)
-    _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
-    features = pl.scan_parquet(features_path)
+    _check_columns(pl.scan_parquet(scores_path), contract.SCORES_SCHEMA, scores_path)
     sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
-    _check_columns(features, ["person_id", *sensitive_cols], features_path)
+    _check_columns(pl.scan_parquet(features_path), ["person_id", *sensitive_cols], features_path)
+    _check_columns(pl.scan_parquet(need_path), contract.NEED_SCORES_SCHEMA, need_path)
     truth, oracle = _read_truth(paths, target)
-    need = pl.scan_parquet(need_path)
-    return _Sources(scores, features, need, truth, oracle, scores_path)
-
-
-def _cohort_plan(sources: _Sources, *, params: Params, sensitive: tuple[str, ...]) -> pl.LazyFrame:
-    """The whole eligible cohort (every split), lazily, with truth and need scores and the
-    ``sensitive`` columns (raw, not yet labelled); no ``person_id``."""
-    plan = cohort_mod.cohort_plan(
-        sources.scores.select("person_id", "split", "outcome", "risk_score", "risk_rank"),
-        sources.features.select("person_id", *sensitive),
-        capacity_mode=params.operating_point.capacity_mode,
-        capacity=params.operating_point.capacity,
-        truth=sources.truth,
-        oracle=sources.oracle,
-        need_case_share=params.audit.need_case_share,
-        need=sources.need,
+    return read.SourcePaths(
+        scores=scores_path,
+        features=features_path,
+        need=need_path,
+        truth=None if truth is None else paths.truth / "people.parquet",
+        oracle=None if oracle is None else paths.truth / "oracle.parquet",
+        target=target,
     )
-    return plan.drop("person_id", "n_true_conditions", strict=False)
 
 
 def _label_dimensions(params: Params) -> tuple[str, ...]:
@@ -851,85 +816,77 @@ def _label_dimensions(params: Params) -> tuple[str, ...]:
 def _audited_sources(params: Params) -> tuple[str, ...]:
     """The feature columns the audited people's labels (and the capacity unit) are read from."""
     unit = selection.unit_column(params.operating_point.capacity_mode)
-    read = {*cohort_mod.source_columns(_label_dimensions(params)), *([unit] if unit else [])}
+    read_columns = {
+        *cohort_mod.source_columns(_label_dimensions(params)),
+        *([unit] if unit else []),
+    }
     return (
-        *(c for c in contract.SENSITIVE_SCHEMA if c in read),
+        *(c for c in contract.SENSITIVE_SCHEMA if c in read_columns),
         contract.RECORDED_MULTIMORBIDITY,
     )
 
 
+def _whole_sources(params: Params) -> tuple[str, ...]:
+    """The feature columns the whole cohort keeps: the impact's groups and the capacity unit."""
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    kept = {*impact_mod.IMPACT_DIMENSIONS, *([unit] if unit else [])}
+    return tuple(c for c in contract.SENSITIVE_SCHEMA if c in kept)
+
+
 def _read_cohorts(
-    params: Params, paths: io.Paths, *, target: str
+    params: Params,
+    paths: io.Paths,
+    *,
+    target: str,
+    client: Client | None = None,
+    read_rows: int = read.READ_ROWS,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The audited people (``audit.split``, every column the tables read, groups labelled) and
-    the whole eligible cohort (every split, only :data:`WHOLE_COHORT_COLUMNS` and the capacity
-    unit's column; the same frame when the split is ``all``).
+    the whole eligible cohort (every split; only the columns the equal-opportunity fit, the
+    policies and their impact read: the scores', truth, need, ``selected`` and the impact's
+    groups and the capacity unit (:func:`_whole_sources`); the same frame when the split is
+    ``all``).
 
-    No wide copy of the whole cohort is held: the whole cohort is read with its few columns,
-    and the audited split's group columns are read for its people only, beside its rows of
-    the whole cohort (both in the scores' row order)."""
-    sources = _sources(paths, target=target)
-    dimensions = _label_dimensions(params)
-    has_truth = sources.truth is not None
+    Read in slices of at most ``read_rows`` rows of the scores file on the engine of
+    ``client`` (:mod:`pipeline.audit.read`): no join of the whole cohort and no wide copy of it
+    is ever held."""
+    sources = _source_paths(paths, target=target)
     split = params.audit.split
-    if split == "all":
-        plan = _cohort_plan(sources, params=params, sensitive=_audited_sources(params))
-        cohort = cohort_mod.with_group_labels(plan, dimensions).collect(engine="streaming")
-        cohort_mod.check_cohort(cohort, split=split, has_truth=has_truth)
-        return cohort, cohort
-    whole = _whole_cohort(sources, params=params)
-    cohort_mod.check_cohort(whole, split="all", has_truth=has_truth)
-    rows = whole.filter(pl.col("split") == split)
+    whole_columns, split_columns = _whole_sources(params), _audited_sources(params)
+    n_rows = pl.scan_parquet(sources.scores).select(pl.len()).collect().item()
+    parts = engine.map_partitions(
+        read.slice_rows,
+        read.slice_bounds(n_rows, rows=read_rows),
+        client=client,
+        sources=sources,
+        whole_columns=whole_columns,
+        split_columns=split_columns,
+        split=split,
+    )
+    whole = cohort_mod.with_whole_cohort_columns(
+        pl.concat([narrow for narrow, _ in parts]),
+        capacity_mode=params.operating_point.capacity_mode,
+        capacity=params.operating_point.capacity,
+        need_case_share=params.audit.need_case_share,
+    )
+    groups = pl.concat([chosen for _, chosen in parts])
+    del parts
+    cohort_mod.check_cohort(whole, split="all", has_truth=sources.truth is not None)
+    rows = whole if split == "all" else whole.filter(pl.col("split") == split)
     if rows.height == 0:
-        raise ContractError(f"{sources.scores_path}: no rows in split {split!r} to audit")
-    groups = _split_groups(sources, split=split, columns=_audited_sources(params))
-    audited = pl.concat([rows.drop(_WHOLE_LABELS, strict=False), groups], how="horizontal")
-    return cohort_mod.with_group_labels(audited.lazy(), dimensions).collect(), whole
-
-
-_WHOLE_LABELS: Final = (*impact_mod.IMPACT_DIMENSIONS, "icb_code", "practice_id")
-"""Columns the whole cohort may hold as labels; the audited split reads them raw again."""
-
-
-def _split_groups(sources: _Sources, *, split: str, columns: tuple[str, ...]) -> pl.DataFrame:
-    """The raw ``columns`` of the features of the people of ``split``, in the scores' order."""
-    people = sources.scores.select("person_id", "split").filter(pl.col("split") == split)
-    groups = (
-        people.select("person_id")
-        .join(
-            sources.features.select("person_id", *columns),
-            on="person_id",
-            how="left",
-            maintain_order="left",
-        )
-        .drop("person_id")
-        .collect(engine="streaming")
-    )
-    expected = people.select(pl.len()).collect().item()
-    if groups.height != expected:  # a person_id twice in the features
-        raise ContractError(
-            f"features: {groups.height - expected} extra row(s) for the people of split "
-            f"{split!r}: person_id is not unique"
-        )
-    return groups
-
-
-def _whole_cohort(sources: _Sources, *, params: Params) -> pl.DataFrame:
-    """The whole cohort's narrow columns, the group columns labelled as in the audited split."""
-    unit = selection.unit_column(params.operating_point.capacity_mode)
-    kept = [*impact_mod.IMPACT_DIMENSIONS, *([unit] if unit else [])]
-    plan = _cohort_plan(
-        sources, params=params, sensitive=tuple(c for c in contract.SENSITIVE_SCHEMA if c in kept)
-    )
-    names = plan.collect_schema().names()
-    kept = [c for c in names if c in WHOLE_COHORT_COLUMNS or c == unit]
+        raise ContractError(f"{sources.scores}: no rows in split {split!r} to audit")
+    audited = cohort_mod.with_group_labels(
+        pl.concat([rows.drop(whole_columns), groups], how="horizontal").lazy(),
+        _label_dimensions(params),
+    ).collect()
+    if split == "all":
+        return audited, audited
     labelled = set(cohort_mod.labelled_dimensions(_label_dimensions(params)))
-    return (
-        plan.select(kept)
-        .with_columns(cohort_mod.dimension_expr(c) for c in kept if c in labelled)
-        .with_columns(pl.col("outcome").cast(pl.Int8))
-        .collect(engine="streaming")
+    whole = whole.with_columns(
+        *(cohort_mod.dimension_expr(c) for c in whole_columns if c in labelled),
+        pl.col("outcome").cast(pl.Int8),
     )
+    return audited, whole
 
 
 def _without_unavailable_dimensions(
@@ -960,7 +917,8 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     params, unaudited = _without_unavailable_dimensions(params, paths)
     audit, operating_point = params.audit, params.operating_point
-    audited, whole = _read_cohorts(params, paths, target=target)
+    with engine.connect_for(params) as client:
+        audited, whole = _read_cohorts(params, paths, target=target, client=client)
     n_people = audited.height
     tables = audit_tables(
         audited,

@@ -143,11 +143,36 @@ def join_truth(
         on="person_id",
         how="left",
         maintain_order="left",
-    ).with_columns(
+    ).with_columns(true_case(need_case_share=need_case_share))
+
+
+def true_case(*, need_case_share: float) -> pl.Expr:
+    """``true_case``: in the top ``need_case_share`` of the frame by true need."""
+    return (
         (pl.col("true_need") >= pl.col("true_need").quantile(1.0 - need_case_share))
         .fill_null(False)
         .alias("true_case")
     )
+
+
+def with_whole_cohort_columns(
+    people: pl.DataFrame,
+    *,
+    capacity_mode: CapacityMode,
+    capacity: float,
+    need_case_share: float,
+) -> pl.DataFrame:
+    """``true_case`` (when ``people`` has ``true_need``) and ``selected``, computed over the
+    whole cohort ``people`` as :func:`cohort_plan` computes them, in its column order."""
+    added = [
+        selection.select_top(pl.col("risk_rank"), capacity_mode=capacity_mode, capacity=capacity)
+    ]
+    if "true_need" in people.columns:
+        added.append(true_case(need_case_share=need_case_share))
+    frame = people.with_columns(added)
+    late = ("true_need", "true_case", "oracle_risk", "selected", "need_score")
+    first = [c for c in frame.columns if c not in late]
+    return frame.select(*first, *(c for c in late if c in frame.columns))
 
 
 def with_group_labels(people: pl.LazyFrame, dimensions: tuple[str, ...]) -> pl.LazyFrame:
