@@ -30,7 +30,7 @@ from pipeline.errors import ContractError
 
 __all__ = ["READ_ROWS", "SourcePaths", "slice_bounds", "slice_rows"]
 
-READ_ROWS: Final = 250_000
+READ_ROWS: Final = 100_000
 """Most people of the scores file joined at once."""
 SCORE_COLUMNS: Final = ("person_id", "split", "outcome", "risk_score", "risk_rank")
 
