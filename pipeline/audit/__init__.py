@@ -16,22 +16,25 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
 from rich.console import Console
 
-from pipeline import console, contract, fairness, io, seeds, selection, tracking
+from pipeline import console, contract, engine, fairness, io, seeds, selection, tracking
 from pipeline import impact as impact_mod
 from pipeline.audit import cells as cells_mod
-from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish
+from pipeline.audit import cohort as cohort_mod
+from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish, read
 from pipeline.audit.aggregate import grouped_moments
-from pipeline.audit.cohort import build_cohort
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.headline import AUDIT_HEADLINE, write_headline
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = [
     "audit_summary",
@@ -785,40 +788,105 @@ def _read_truth(paths: io.Paths, target: str) -> tuple[pl.LazyFrame | None, pl.L
     return truth, oracle
 
 
-def _read_cohort(params: Params, paths: io.Paths, *, target: str) -> pl.DataFrame:
-    """The whole eligible cohort (every split) with groups, truth and need scores."""
+def _source_paths(paths: io.Paths, *, target: str) -> read.SourcePaths:
+    """The audit's row-level inputs, checked for their columns (truth and oracle None when
+    absent, the oracle also when it has no row of ``target``)."""
     scores_path = _require(paths.scores / f"{target}.parquet", "scores")
     features_path = _require(paths.features / "features.parquet", "features")
-    scores = pl.scan_parquet(scores_path)
-    _check_columns(scores, contract.SCORES_SCHEMA, scores_path)
+    need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
+    _check_columns(pl.scan_parquet(scores_path), contract.SCORES_SCHEMA, scores_path)
     sensitive_cols = [*contract.SENSITIVE_SCHEMA, contract.RECORDED_MULTIMORBIDITY]
-    features = pl.scan_parquet(features_path)
-    _check_columns(features, ["person_id", *sensitive_cols], features_path)
+    _check_columns(pl.scan_parquet(features_path), ["person_id", *sensitive_cols], features_path)
+    _check_columns(pl.scan_parquet(need_path), contract.NEED_SCORES_SCHEMA, need_path)
     truth, oracle = _read_truth(paths, target)
-    full = build_cohort(
-        scores.select(*contract.SCORES_SCHEMA),
-        features.select("person_id", *sensitive_cols),
-        dimensions=tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions),
+    return read.SourcePaths(
+        scores=scores_path,
+        features=features_path,
+        need=need_path,
+        truth=None if truth is None else paths.truth / "people.parquet",
+        oracle=None if oracle is None else paths.truth / "oracle.parquet",
+        target=target,
+    )
+
+
+def _label_dimensions(params: Params) -> tuple[str, ...]:
+    return tuple(params.audit.dimensions) + tuple(params.audit.label_choice_dimensions)
+
+
+def _audited_sources(params: Params) -> tuple[str, ...]:
+    """The feature columns the audited people's labels (and the capacity unit) are read from."""
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    read_columns = {
+        *cohort_mod.source_columns(_label_dimensions(params)),
+        *([unit] if unit else []),
+    }
+    return (
+        *(c for c in contract.SENSITIVE_SCHEMA if c in read_columns),
+        contract.RECORDED_MULTIMORBIDITY,
+    )
+
+
+def _whole_sources(params: Params) -> tuple[str, ...]:
+    """The feature columns the whole cohort keeps: the impact's groups and the capacity unit."""
+    unit = selection.unit_column(params.operating_point.capacity_mode)
+    kept = {*impact_mod.IMPACT_DIMENSIONS, *([unit] if unit else [])}
+    return tuple(c for c in contract.SENSITIVE_SCHEMA if c in kept)
+
+
+def _read_cohorts(
+    params: Params,
+    paths: io.Paths,
+    *,
+    target: str,
+    client: Client | None = None,
+    read_rows: int = read.READ_ROWS,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The audited people (``audit.split``, every column the tables read, groups labelled) and
+    the whole eligible cohort (every split; only the columns the equal-opportunity fit, the
+    policies and their impact read: the scores', truth, need, ``selected`` and the impact's
+    groups and the capacity unit (:func:`_whole_sources`); the same frame when the split is
+    ``all``).
+
+    Read in slices of at most ``read_rows`` rows of the scores file on the engine of
+    ``client`` (:mod:`pipeline.audit.read`): no join of the whole cohort and no wide copy of it
+    is ever held."""
+    sources = _source_paths(paths, target=target)
+    split = params.audit.split
+    whole_columns, split_columns = _whole_sources(params), _audited_sources(params)
+    n_rows = pl.scan_parquet(sources.scores).select(pl.len()).collect().item()
+    parts = engine.map_partitions(
+        read.slice_rows,
+        read.slice_bounds(n_rows, rows=read_rows),
+        client=client,
+        sources=sources,
+        whole_columns=whole_columns,
+        split_columns=split_columns,
+        split=split,
+    )
+    whole = cohort_mod.with_whole_cohort_columns(
+        pl.concat([narrow for narrow, _ in parts]),
         capacity_mode=params.operating_point.capacity_mode,
         capacity=params.operating_point.capacity,
-        split="all",
-        truth=truth,
-        oracle=oracle,
         need_case_share=params.audit.need_case_share,
     )
-    need_path = _require(paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", "need")
-    need = pl.read_parquet(need_path, columns=["person_id", "need_score"])
-    return full.join(need, on="person_id", how="left", maintain_order="left")
-
-
-def _split_rows(
-    full: pl.DataFrame, *, split: Literal["all", "test", "validation"], source: Path
-) -> pl.DataFrame:
-    """The audited people (``split``)."""
-    audited = full if split == "all" else full.filter(pl.col("split") == split)
-    if audited.height == 0:
-        raise ContractError(f"{source}: no rows in split {split!r} to audit")
-    return audited
+    groups = pl.concat([chosen for _, chosen in parts])
+    del parts
+    cohort_mod.check_cohort(whole, split="all", has_truth=sources.truth is not None)
+    rows = whole if split == "all" else whole.filter(pl.col("split") == split)
+    if rows.height == 0:
+        raise ContractError(f"{sources.scores}: no rows in split {split!r} to audit")
+    audited = cohort_mod.with_group_labels(
+        pl.concat([rows.drop(whole_columns), groups], how="horizontal").lazy(),
+        _label_dimensions(params),
+    ).collect()
+    if split == "all":
+        return audited, audited
+    labelled = set(cohort_mod.labelled_dimensions(_label_dimensions(params)))
+    whole = whole.with_columns(
+        *(cohort_mod.dimension_expr(c) for c in whole_columns if c in labelled),
+        pl.col("outcome").cast(pl.Int8),
+    )
+    return audited, whole
 
 
 def _without_unavailable_dimensions(
@@ -849,8 +917,9 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     tracking.preflight(paths.root)  # fails fast when the MLflow store does not answer
     params, unaudited = _without_unavailable_dimensions(params, paths)
     audit, operating_point = params.audit, params.operating_point
-    full = _read_cohort(params, paths, target=target)
-    audited = _split_rows(full, split=audit.split, source=paths.scores / f"{target}.parquet")
+    with engine.connect_for(params) as client:
+        audited, whole = _read_cohorts(params, paths, target=target, client=client)
+    n_people = audited.height
     tables = audit_tables(
         audited,
         audit=audit,
@@ -858,9 +927,10 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         outreach=params.outreach,
         seed=params.seed,
         target=target,
-        whole_cohort=full,
+        whole_cohort=whole,
         impact=params.impact,
     )
+    del audited, whole  # row-level: everything below is aggregate
     rule = params.disclosure
     published = published_tables(tables, audit=audit, rule=rule)
     summary = audit_summary(
@@ -868,7 +938,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         audit=audit,
         operating_point=operating_point,
         target=target,
-        n_people=audited.height,
+        n_people=n_people,
         group_metrics=published["group_metrics"],
         rule=rule,
     )
@@ -891,7 +961,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     console.stage_done(
         "audit",
         target=target,
-        did=f"{console.count(audited.height)} people, {len(audit.dimensions)} dimensions",
+        did=f"{console.count(n_people)} people, {len(audit.dimensions)} dimensions",
         figure=f"{headline.root.get('flagged_comparisons', '*')} comparisons flagged",
     )
     _log_to_mlflow(headline.root, paths, target=target)

@@ -16,6 +16,9 @@ from pipeline.selection import CapacityMode
 
 INTERSECTION: Final = "ethnicity_group_x_imd_quintile"
 UNKNOWN: Final = "Unknown"
+ALWAYS_LABELLED: Final = ("imd_quintile", "imd_decile", "ethnicity_group", "age_band", "sex")
+"""Labelled even when not audited: IMD and ethnicity for the gradients and the Core20PLUS5
+policy, age band and sex for the funnel plots' standardisation."""
 
 
 def dimension_expr(dimension: str) -> pl.Expr:
@@ -72,6 +75,40 @@ def build_cohort(
     polars.DataFrame
         One row per audited person, in the order of ``scores``.
     """
+    joined = cohort_plan(
+        scores,
+        sensitive,
+        capacity_mode=capacity_mode,
+        capacity=capacity,
+        truth=truth,
+        oracle=oracle,
+        need_case_share=need_case_share,
+    )
+    if split != "all":
+        joined = joined.filter(pl.col("split") == split)
+    cohort = with_group_labels(joined, dimensions).collect()
+    check_cohort(cohort, split=split, has_truth=truth is not None)
+    return cohort
+
+
+def cohort_plan(
+    scores: pl.LazyFrame,
+    sensitive: pl.LazyFrame,
+    *,
+    capacity_mode: CapacityMode,
+    capacity: float,
+    truth: pl.LazyFrame | None = None,
+    oracle: pl.LazyFrame | None = None,
+    need_case_share: float = 0.2,
+    need: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
+    """The whole eligible cohort, lazily: scores joined to the ``sensitive`` columns (raw, not
+    yet labelled), truth, oracle and ``need`` (``person_id``, ``need_score``), with
+    ``selected`` at the operating point (parameters as :func:`build_cohort`).
+
+    Every whole-cohort quantity (``selected``, ``true_case``) is computed before any filter
+    of the plan, so a split filtered from it is the split of the whole cohort's columns.
+    """
     # joins keep the scores' row order (no sort of the wide frame needed for determinism)
     joined = scores.join(sensitive, on="person_id", how="left", maintain_order="left")
     if truth is not None:
@@ -86,11 +123,14 @@ def build_cohort(
     joined = joined.with_columns(
         selection.select_top(pl.col("risk_rank"), capacity_mode=capacity_mode, capacity=capacity)
     )
-    if split != "all":
-        joined = joined.filter(pl.col("split") == split)
-    cohort = with_group_labels(joined, dimensions).collect()
-    _check_cohort(cohort, split=split, has_truth=truth is not None)
-    return cohort
+    if need is not None:
+        joined = joined.join(
+            need.select("person_id", "need_score"),
+            on="person_id",
+            how="left",
+            maintain_order="left",
+        )
+    return joined
 
 
 def join_truth(
@@ -103,27 +143,68 @@ def join_truth(
         on="person_id",
         how="left",
         maintain_order="left",
-    ).with_columns(
+    ).with_columns(true_case(need_case_share=need_case_share))
+
+
+def true_case(*, need_case_share: float) -> pl.Expr:
+    """``true_case``: in the top ``need_case_share`` of the frame by true need."""
+    return (
         (pl.col("true_need") >= pl.col("true_need").quantile(1.0 - need_case_share))
         .fill_null(False)
         .alias("true_case")
     )
 
 
+def with_whole_cohort_columns(
+    people: pl.DataFrame,
+    *,
+    capacity_mode: CapacityMode,
+    capacity: float,
+    need_case_share: float,
+) -> pl.DataFrame:
+    """``true_case`` (when ``people`` has ``true_need``) and ``selected``, computed over the
+    whole cohort ``people`` as :func:`cohort_plan` computes them, in its column order."""
+    added = [
+        selection.select_top(pl.col("risk_rank"), capacity_mode=capacity_mode, capacity=capacity)
+    ]
+    if "true_need" in people.columns:
+        added.append(true_case(need_case_share=need_case_share))
+    frame = people.with_columns(added)
+    late = ("true_need", "true_case", "oracle_risk", "selected", "need_score")
+    first = [c for c in frame.columns if c not in late]
+    return frame.select(*first, *(c for c in late if c in frame.columns))
+
+
 def with_group_labels(people: pl.LazyFrame, dimensions: tuple[str, ...]) -> pl.LazyFrame:
     """Group labels of ``dimensions`` (:func:`dimension_expr`), ``recorded_need`` (Float64) and
     ``outcome`` as Int8."""
-    # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy, age band and sex
-    # by the funnel plots' standardisation, even when they are not audited dimensions
-    needed = set(dimensions) | {"imd_quintile", "imd_decile", "ethnicity_group", "age_band", "sex"}
     return people.with_columns(
-        *(dimension_expr(dimension) for dimension in sorted(needed)),
+        *(dimension_expr(dimension) for dimension in labelled_dimensions(dimensions)),
         pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
         pl.col("outcome").cast(pl.Int8),
     )
 
 
-def _check_cohort(cohort: pl.DataFrame, *, split: str, has_truth: bool) -> None:
+def labelled_dimensions(dimensions: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns :func:`with_group_labels` labels: ``dimensions`` and those every audit
+    needs, sorted."""
+    # IMD and ethnicity are needed by the gradients and the Core20PLUS5 policy, age band and sex
+    # by the funnel plots' standardisation, even when they are not audited dimensions
+    return tuple(sorted(set(dimensions) | set(ALWAYS_LABELLED)))
+
+
+def source_columns(dimensions: tuple[str, ...]) -> tuple[str, ...]:
+    """The sensitive columns (:data:`pipeline.contract.SENSITIVE_SCHEMA`) the labels of
+    ``dimensions`` are built from, in the schema's order."""
+    wanted = set(labelled_dimensions(dimensions))
+    if INTERSECTION in wanted:
+        wanted |= {"ethnicity_group", "imd_quintile"}
+    return tuple(c for c in contract.SENSITIVE_SCHEMA if c in wanted)
+
+
+def check_cohort(cohort: pl.DataFrame, *, split: str, has_truth: bool) -> None:
+    """A non-empty cohort with a score and an outcome for everyone (and, with ``has_truth``,
+    a true need for someone); else :class:`~pipeline.errors.ContractError`."""
     if cohort.height == 0:
         raise ContractError(f"scores: no rows in split {split!r} to audit")
     missing = cohort.filter(pl.col("risk_score").is_null() | pl.col("outcome").is_null()).height
