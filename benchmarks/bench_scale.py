@@ -11,8 +11,8 @@ single process) is printed beside it.
 
 Each engine runs the whole pipeline from scratch in its own folder; ``--workers 1,2`` runs the
 Dask engine once per LocalCluster size (``dask_workers``). Afterwards every run's outputs
-(``COMPARED``: data, features, scores, lists, reports, metrics) are compared byte for byte with the first
-run's, and the files that differ are named.
+(``COMPARED``: data, features, scores, lists, reports, metrics) are compared byte for byte with
+the first run's, and the files that differ are named.
 
 ``--only-icbs A,B`` generates only those ICBs of an N-people world, at their sizes in it: with
 N = 57,000,000 these are real-size English ICB partitions (``bench_england.py`` projects England
