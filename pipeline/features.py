@@ -53,6 +53,8 @@ EXTERNAL_SPLIT: Final = "external"
 # The registry's risk factor "smoking" (ICD-10 F17, tobacco use); not a contract condition.
 SMOKING_CONCEPT: Final = "smoking"
 SMOKING_FEATURE: Final = "smoking_recorded"
+ADMISSIONS: Final = "_n_emergency_admissions"
+"""Per person: emergency admissions in the ``polypharmacy_months`` window (practice partials)."""
 CODELISTS_DIR: Final = "codelists"
 """The codelist registry's folder under the project root (codelists/registry.yaml)."""
 
@@ -477,7 +479,11 @@ def recorded_events(events: pl.LazyFrame, *, index_date: dt.date) -> pl.LazyFram
 
 
 def event_counts(
-    events: pl.LazyFrame, *, index_date: dt.date, windows_months: Sequence[int]
+    events: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    windows_months: Sequence[int],
+    admissions_months: int | None = None,
 ) -> pl.LazyFrame:
     """Per person with any event: count of each event type in each window, and the dates of the
     last A&E attendance and emergency admission (``_last_<event_type>``).
@@ -490,9 +496,21 @@ def event_counts(
         The index date.
     windows_months
         Look-back windows in months.
+    admissions_months
+        When given, also :data:`ADMISSIONS` (as :func:`recent_emergency_admissions` counts them
+        in this window, 0 for people with other events only).
     """
-    starts = window_starts(index_date, windows_months)
+    starts = window_starts(
+        index_date, list(dict.fromkeys([*windows_months, *_given(admissions_months)]))
+    )
     etype, date = pl.col("event_type"), pl.col("date")
+    admissions = [
+        ((etype == "emergency_admission") & (date > pl.lit(starts[months])))
+        .sum()
+        .cast(pl.Int32)
+        .alias(ADMISSIONS)
+        for months in _given(admissions_months)
+    ]
     return events.group_by("person_id").agg(
         *[
             ((etype == event_type) & (date > pl.lit(starts[months])))
@@ -506,7 +524,12 @@ def event_counts(
             pl.when(etype == event_type).then(date).max().alias(f"_last_{event_type}")
             for event_type in RECENCY_EVENTS
         ],
+        *admissions,
     )
+
+
+def _given(value: int | None) -> list[int]:
+    return [] if value is None else [value]
 
 
 def recorded_conditions(events: pl.LazyFrame, *, codelists: Codelists) -> pl.LazyFrame:
@@ -564,7 +587,7 @@ def recent_emergency_admissions(
             (pl.col("event_type") == "emergency_admission") & (pl.col("date") > pl.lit(start))
         )
         .group_by("person_id")
-        .agg(pl.len().cast(pl.Int32).alias("_n_emergency_admissions"))
+        .agg(pl.len().cast(pl.Int32).alias(ADMISSIONS))
     )
 
 
@@ -606,6 +629,8 @@ def latest_measurements(
 
 PRACTICE_SUMS: Final = "_sum_"
 """Prefix of the additive columns of :func:`practice_partials`."""
+PRACTICE_SUMMED: Final = (*(f"has_{condition}" for condition in contract.CONDITIONS), ADMISSIONS)
+"""The per-person columns :func:`practice_partials` sums per practice."""
 
 
 def practice_partials(
@@ -624,16 +649,24 @@ def practice_partials(
     admissions
         :func:`recent_emergency_admissions`.
     """
-    summed = [*(f"has_{condition}" for condition in contract.CONDITIONS), "_n_emergency_admissions"]
     registered = (
         people.select("person_id", "practice_id")
         .join(conditions, on="person_id", how="left")
         .join(admissions, on="person_id", how="left")
-        .with_columns(pl.col(summed).fill_null(0))
+        .with_columns(pl.col(PRACTICE_SUMMED).fill_null(0))
     )
+    return sum_per_practice(registered)
+
+
+def sum_per_practice(registered: pl.LazyFrame) -> pl.LazyFrame:
+    """:func:`practice_partials` of one row per registered person with ``practice_id`` and the
+    :data:`PRACTICE_SUMMED` columns (0, not null, where none): people counted, columns summed."""
     return registered.group_by("practice_id").agg(
         pl.len().cast(pl.Int64).alias("practice_list_size"),
-        *[pl.col(name).cast(pl.Int64).sum().alias(f"{PRACTICE_SUMS}{name}") for name in summed],
+        *[
+            pl.col(name).cast(pl.Int64).sum().alias(f"{PRACTICE_SUMS}{name}")
+            for name in PRACTICE_SUMMED
+        ],
     )
 
 
@@ -650,7 +683,7 @@ def practice_rates(partials: pl.LazyFrame, *, polypharmacy_months: int) -> pl.La
             )
             for condition in contract.CONDITIONS
         ],
-        (pl.col(f"{PRACTICE_SUMS}_n_emergency_admissions") / size).alias(
+        (pl.col(f"{PRACTICE_SUMS}{ADMISSIONS}") / size).alias(
             f"practice_emergency_admission_rate_{polypharmacy_months}m"
         ),
     )
@@ -712,7 +745,7 @@ def person_aggregates(
     people: pl.LazyFrame,
     areas: pl.LazyFrame,
     recorded: pl.LazyFrame,
-    practices: pl.LazyFrame,
+    practices: pl.LazyFrame | None,
     *,
     features: FeatureParams,
     index_date: dt.date,
@@ -722,13 +755,22 @@ def person_aggregates(
     """Person attributes joined to every event-level branch and the practice context.
 
     People without events of a branch get 0 for its counts and flags (dates and measurements
-    stay null); people without a practice get no practice context.
+    stay null); people without a practice get no practice context. ``practices`` None: no
+    practice context (joined later, :func:`join_practice_context`), and :data:`ADMISSIONS`
+    kept for the practice partials (:func:`sum_per_practice`).
     """
     months = features.polypharmacy_months
+    deferred = practices is None
     flags = [f"has_{condition}" for condition in contract.CONDITIONS]
     counts = [count_column(t, m) for t in contract.EVENT_TYPES for m in features.windows_months]
+    counts += [ADMISSIONS] if deferred else []
     branches = [
-        event_counts(recorded, index_date=index_date, windows_months=features.windows_months),
+        event_counts(
+            recorded,
+            index_date=index_date,
+            windows_months=features.windows_months,
+            admissions_months=months if deferred else None,
+        ),
         recorded_conditions(recorded, codelists=codelists),
         latest_measurements(recorded, measurements=features.measurements, codelists=codelists),
         polypharmacy(recorded, index_date=index_date, months=months, codelists=codelists),
@@ -736,7 +778,9 @@ def person_aggregates(
     persons = person_attributes(people, areas, unavailable=unavailable)
     for branch in branches:
         persons = persons.join(branch, on="person_id", how="left")
-    return persons.join(practices, on="practice_id", how="left").with_columns(
+    if practices is not None:
+        persons = persons.join(practices, on="practice_id", how="left")
+    return persons.with_columns(
         pl.col([*counts, *flags, SMOKING_FEATURE, f"n_bnf_sections_{months}m"]).fill_null(0)
     )
 
@@ -842,9 +886,67 @@ def build_features(
         codelists=codelists,
         unavailable=unavailable,
     )
-    split_seed = seeds.derive("features", "split", root=seed, bits=64)
-    persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
+    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
     return persons.select(output_columns(features, index_date=index_date))
+
+
+def split_seed(seed: int) -> int:
+    """The split hash's seed: a stream of the root seed (``params.seed``)."""
+    return seeds.derive("features", "split", root=seed, bits=64)
+
+
+def context_columns(features: FeatureParams) -> list[str]:
+    """The practice-context features (:func:`practice_rates`' columns but ``practice_id``)."""
+    months = features.polypharmacy_months
+    return [
+        spec.name for spec in feature_specs(features) if fed_by(spec.name, months) == "practice_id"
+    ]
+
+
+def build_features_part(
+    people: pl.LazyFrame,
+    areas: pl.LazyFrame,
+    events: pl.LazyFrame,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    id_bytes: int,
+    codelists: Codelists,
+    unavailable: Sequence[str] = (),
+) -> pl.LazyFrame:
+    """:func:`build_features` of one part of the population, before the practice context is
+    known: its output columns but the :func:`context_columns`, then :data:`ADMISSIONS`. The
+    part's :func:`sum_per_practice` are its practice partials; :func:`join_practice_context`
+    completes it once the context of everybody is known.
+    """
+    require_concepts(codelists, measurements=features.measurements)
+    persons = person_aggregates(
+        people,
+        areas,
+        recorded_events(events, index_date=index_date),
+        None,
+        features=features,
+        index_date=index_date,
+        codelists=codelists,
+        unavailable=unavailable,
+    )
+    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
+    context = set(context_columns(features))
+    columns = output_columns(features, index_date=index_date)
+    return persons.select(
+        *[column for column in columns if column.meta.output_name() not in context], ADMISSIONS
+    )
+
+
+def join_practice_context(
+    parts: pl.LazyFrame, practices: pl.LazyFrame, *, features: FeatureParams
+) -> pl.LazyFrame:
+    """:func:`build_features_part` rows with the practice context (:func:`practice_rates`)
+    joined on ``practice_id``, in their order, as the output columns of :func:`build_features`.
+    """
+    joined = parts.join(practices, on="practice_id", how="left", maintain_order="left")
+    return joined.select(list(output_schema(features)))
 
 
 def output_schema(features: FeatureParams) -> dict[str, Any]:
@@ -957,26 +1059,15 @@ def _concat_sorted_parts(parts: Path, target: Path) -> None:
     )
 
 
-def partition_practice_partials(
-    partition: str,
-    *,
-    folder: str,
-    index_date: dt.date,
-    polypharmacy_months: int,
-    codelists: Codelists,
-) -> pl.DataFrame:
-    """One partition's :func:`practice_partials` (a task: small, one row per practice)."""
-    people = contract.scan_input(folder, "people", partition)
-    raw = contract.scan_input(folder, "events", partition)
-    events = contract.clean_events(raw, people, index_date=index_date)
-    query = practice_partials_query(
-        people,
-        events,
-        index_date=index_date,
-        polypharmacy_months=polypharmacy_months,
-        codelists=codelists,
-    )
-    return query.collect()
+@dataclass(frozen=True)
+class WrittenPart:
+    """What a :func:`partition_features` task reports: rows written, lowest and highest
+    ``person_id`` (None when the partition has nobody) and the practice partials."""
+
+    rows: int
+    low: str | None
+    high: str | None
+    partials: pl.DataFrame
 
 
 def partition_features(
@@ -984,22 +1075,16 @@ def partition_features(
     *,
     folder: str,
     parts: str,
-    practices: str,
     features: FeatureParams,
     index_date: dt.date,
     seed: int,
     codelists: Codelists,
     unavailable: Sequence[str],
-) -> tuple[int, str | None, str | None]:
-    """Write one partition's features, sorted, to ``parts/<partition>`` (a task): the same
-    :func:`build_features` query on that partition's people and events, with the practice
-    context of everybody (read from ``practices``).
-
-    Returns
-    -------
-    tuple
-        Rows written, lowest and highest person_id (None when the partition has nobody).
-    """
+) -> WrittenPart:
+    """Write one partition's features but the practice context, sorted, to
+    ``parts/<partition>`` (a task: its events read and cleaned once): the
+    :func:`build_features_part` query on that partition's people and events. Its practice
+    partials are summed from the written rows (:func:`sum_per_practice`)."""
     people = contract.scan_input(folder, "people", partition)
     raw = contract.scan_input(folder, "events", partition)
     events = contract.clean_events(raw, people, index_date=index_date)
@@ -1010,7 +1095,7 @@ def partition_features(
         pl.col("person_id").str.len_bytes().max().alias("bytes"),
     )
     n, low, high, id_bytes = ids.collect().row(0)
-    query = build_features(
+    query = build_features_part(
         people,
         contract.scan_input(folder, "areas"),
         events,
@@ -1018,14 +1103,14 @@ def partition_features(
         index_date=index_date,
         seed=seed,
         id_bytes=id_bytes or 0,  # the hash reads each id's own bytes: any bound >= them agrees
-        practices=pl.scan_parquet(practices),
         codelists=codelists,
         unavailable=unavailable,
     )
     target = Path(parts) / partition
     target.parent.mkdir(parents=True, exist_ok=True)
     _sink_sorted(query, target)
-    return int(n), low, high
+    partials = sum_per_practice(pl.scan_parquet(target).select("practice_id", *PRACTICE_SUMMED))
+    return WrittenPart(int(n), low, high, partials.collect())
 
 
 def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
@@ -1034,9 +1119,15 @@ def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
     return all(a[1] < b[0] for a, b in itertools.pairwise(bounds))
 
 
-def _combine_parts(files: Sequence[Path], target: Path, *, ascending: bool) -> None:
+def _combine_parts(
+    files: Sequence[Path],
+    target: Path,
+    *,
+    ascending: bool,
+    complete: Callable[[pl.LazyFrame], pl.LazyFrame],
+) -> None:
     """Parts sorted on person_id as one sorted file: concatenated in order when their ranges
-    ascend, otherwise merged on person_id (streaming)."""
+    ascend, otherwise merged on person_id (streaming), then completed row-wise by ``complete``."""
     if ascending:
         combined = pl.scan_parquet(list(files))
     else:
@@ -1044,7 +1135,7 @@ def _combine_parts(files: Sequence[Path], target: Path, *, ascending: bool) -> N
             lambda merged, part: merged.merge_sorted(part, key="person_id"),
             [pl.scan_parquet(file) for file in files],
         )
-    combined.sink_parquet(
+    complete(combined).sink_parquet(
         target,
         compression="zstd",
         statistics=True,
@@ -1065,10 +1156,12 @@ def write_partitioned_features(
     client: Client | None = None,
 ) -> int:
     """The features of an ICB-partitioned population (:mod:`pipeline.partitions`): one part per
-    partition (tasks on ``client``'s workers, or here one after another), then one file.
+    partition (tasks on ``client``'s workers, or here one after another), each partition's events
+    read and cleaned once, then one file with the practice context joined.
 
-    The practice context is exact: each partition's :func:`practice_partials` (integer sums)
-    summed per practice, then divided (:func:`practice_rates`), as over the whole population.
+    The practice context is exact: each partition's practice partials (integer sums, from its
+    part) summed per practice, then divided (:func:`practice_rates`), as over the whole
+    population.
 
     Returns
     -------
@@ -1076,35 +1169,31 @@ def write_partitioned_features(
         The number of partitions.
     """
     names = partitions.partitions(folder)
-    shared = {"folder": str(folder.resolve()), "index_date": index_date, "codelists": codelists}
-    found = engine.map_partitions(
-        partition_practice_partials,
-        names,
-        client=client,
-        polypharmacy_months=features.polypharmacy_months,
-        **shared,
-    )
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
-        practices = parts / "practices.parquet"
-        rates = practice_rates(
-            sum_practice_partials(found).lazy(), polypharmacy_months=features.polypharmacy_months
-        )
-        rates.collect().write_parquet(practices)
-        written = engine.map_partitions(
+        written: list[WrittenPart] = engine.map_partitions(
             partition_features,
             names,
             client=client,
+            folder=str(folder.resolve()),
             parts=str(parts.resolve()),
-            practices=str(practices.resolve()),
             features=features,
+            index_date=index_date,
             seed=seed,
+            codelists=codelists,
             unavailable=tuple(unavailable),
-            **shared,
         )
-        ranges = [(low, high) for _, low, high in written]
-        _combine_parts([parts / name for name in names], target, ascending=_ascending(ranges))
+        summed = sum_practice_partials([part.partials for part in written])
+        rates = practice_rates(summed.lazy(), polypharmacy_months=features.polypharmacy_months)
+        _combine_parts(
+            [parts / name for name in names],
+            target,
+            ascending=_ascending([(part.low, part.high) for part in written]),
+            complete=functools.partial(
+                join_practice_context, practices=rates.collect().lazy(), features=features
+            ),
+        )
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return len(names)
