@@ -1082,12 +1082,18 @@ def partition_features(
     unavailable: Sequence[str],
 ) -> WrittenPart:
     """Write one partition's features but the practice context, sorted, to
-    ``parts/<partition>`` (a task: its events read and cleaned once): the
-    :func:`build_features_part` query on that partition's people and events. Its practice
-    partials are summed from the written rows (:func:`sum_per_practice`)."""
+    ``parts/<partition>`` (a task): the :func:`build_features_part` query on that partition's
+    people and events. Its practice partials are summed from the written rows
+    (:func:`sum_per_practice`).
+
+    The partition's events are read and cleaned once, into memory (a partition holds at most
+    ``population.chunk_size`` people: about 240 MB of clean events at 164,000 people), and every
+    branch of the query reads them there: a lazy clean would be run again by each branch.
+    """
     people = contract.scan_input(folder, "people", partition)
     raw = contract.scan_input(folder, "events", partition)
-    events = contract.clean_events(raw, people, index_date=index_date)
+    clean = contract.clean_events(raw, people, index_date=index_date)
+    events = clean.collect(engine="streaming").lazy()
     ids = people.select(
         pl.len().alias("n"),
         pl.col("person_id").min().alias("lo"),
