@@ -9,8 +9,10 @@ concatenate the sorted parts (same output, flat memory). A population split by I
 (:mod:`pipeline.partitions`) runs it once per partition, as tasks of ``params.engine``
 (:mod:`pipeline.engine`), and concatenates the parts in partition order when their
 ``person_id`` ranges ascend (the synthetic world's), otherwise merges them on ``person_id``.
-Either way the practice context (aggregates over all of a practice's patients) is exact: each
-chunk's or partition's integer sums per practice, summed, then divided.
+Either way each chunk's or partition's events are read and cleaned once: its part is written
+without the practice context (aggregates over all of a practice's patients), its integer sums
+per practice are taken from the written rows, and the concatenation joins the context of
+everybody (those sums summed, then divided: exact).
 
 Only events dated on or before the index date count. A window of ``w`` months covers the dates
 ``index_date - w months < date <= index_date``.
@@ -1048,17 +1050,6 @@ def _sink_sorted(query: pl.LazyFrame, target: Path) -> None:
     )
 
 
-def _concat_sorted_parts(parts: Path, target: Path) -> None:
-    # parts are sorted and in person_id order: a streaming concatenation keeps the order
-    pl.scan_parquet(parts / "part-*.parquet").sink_parquet(
-        target,
-        compression="zstd",
-        statistics=True,
-        row_group_size=ROW_GROUP_SIZE,
-        maintain_order=True,
-    )
-
-
 @dataclass(frozen=True)
 class WrittenPart:
     """What a :func:`partition_features` task reports: rows written, lowest and highest
@@ -1115,8 +1106,23 @@ def partition_features(
     target = Path(parts) / partition
     target.parent.mkdir(parents=True, exist_ok=True)
     _sink_sorted(query, target)
-    partials = sum_per_practice(pl.scan_parquet(target).select("practice_id", *PRACTICE_SUMMED))
-    return WrittenPart(int(n), low, high, partials.collect())
+    return WrittenPart(int(n), low, high, part_partials(target))
+
+
+def part_partials(part: Path) -> pl.DataFrame:
+    """The practice partials of a written :func:`build_features_part` (its rows summed per
+    practice, :func:`sum_per_practice`)."""
+    return sum_per_practice(pl.scan_parquet(part).select("practice_id", *PRACTICE_SUMMED)).collect()
+
+
+def context_joiner(
+    found: Sequence[pl.DataFrame], *, features: FeatureParams
+) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """:func:`join_practice_context` with the context of everybody: the parts' practice
+    partials (``found``) summed, then divided (:func:`practice_rates`)."""
+    summed = sum_practice_partials(found).lazy()
+    rates = practice_rates(summed, polypharmacy_months=features.polypharmacy_months).collect()
+    return functools.partial(join_practice_context, practices=rates.lazy(), features=features)
 
 
 def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
@@ -1190,15 +1196,11 @@ def write_partitioned_features(
             codelists=codelists,
             unavailable=tuple(unavailable),
         )
-        summed = sum_practice_partials([part.partials for part in written])
-        rates = practice_rates(summed.lazy(), polypharmacy_months=features.polypharmacy_months)
         _combine_parts(
             [parts / name for name in names],
             target,
             ascending=_ascending([(part.low, part.high) for part in written]),
-            complete=functools.partial(
-                join_practice_context, practices=rates.collect().lazy(), features=features
-            ),
+            complete=context_joiner([part.partials for part in written], features=features),
         )
     finally:
         shutil.rmtree(parts, ignore_errors=True)
@@ -1251,29 +1253,21 @@ def write_features(
         raise ContractError(f"{folder}/people: no people")
     chunks = person_chunks(person_ids, chunk_people or features.chunk_people)
     del person_ids
-    query_of = functools.partial(
-        build_features,
-        areas=contract.scan_input(folder, "areas"),
-        features=features,
-        index_date=index_date,
-        seed=seed,
-        id_bytes=id_bytes,
-        codelists=codelists,
-        unavailable=unavailable,
-    )
+    options: dict[str, Any] = {
+        "areas": contract.scan_input(folder, "areas"),
+        "features": features,
+        "index_date": index_date,
+        "seed": seed,
+        "id_bytes": id_bytes,
+        "codelists": codelists,
+        "unavailable": unavailable,
+    }
     if len(chunks) == 1:
         people, events = _chunk_tables(folder, None, index_date=index_date)
-        _sink_sorted(query_of(people=people, events=events), target)
+        _sink_sorted(build_features(people=people, events=events, **options), target)
         return 1
-    _write_chunks(
-        folder,
-        target,
-        chunks,
-        query_of,
-        features=features,
-        index_date=index_date,
-        codelists=codelists,
-    )
+    part_of = functools.partial(build_features_part, **options)
+    _write_chunks(folder, target, chunks, part_of, features=features, index_date=index_date)
     return len(chunks)
 
 
@@ -1294,37 +1288,28 @@ def _write_chunks(
     folder: Path,
     target: Path,
     chunks: Sequence[tuple[str, str | None]],
-    query_of: Callable[..., pl.LazyFrame],
+    part_of: Callable[..., pl.LazyFrame],
     *,
     features: FeatureParams,
     index_date: dt.date,
-    codelists: Codelists,
 ) -> None:
-    """The features one ``person_id`` range at a time, concatenated: the practice context is
-    the chunks' :func:`practice_partials` summed (exact), so no pass holds every event."""
-    months = features.polypharmacy_months
-    partials = [
-        practice_partials_query(
-            *_chunk_tables(folder, chunk, index_date=index_date),
-            index_date=index_date,
-            polypharmacy_months=months,
-            codelists=codelists,
-        ).collect()
-        for chunk in chunks
-    ]
-    practices = practice_rates(sum_practice_partials(partials).lazy(), polypharmacy_months=months)
-    context = practices.collect().lazy()
+    """The features one ``person_id`` range at a time, each range's events read once
+    (``part_of``: :func:`build_features_part`), concatenated with the practice context joined:
+    the parts' practice partials summed (exact), so no pass holds every event."""
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
+        files = [parts / f"part-{number:05d}.parquet" for number in range(len(chunks))]
+        found = []
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task("features", total=len(chunks))
-            for number, chunk in enumerate(chunks):
+            for chunk, file in zip(chunks, files, strict=True):
                 people, events = _chunk_tables(folder, chunk, index_date=index_date)
-                query = query_of(people=people, events=events, practices=context)
-                _sink_sorted(query, parts / f"part-{number:05d}.parquet")
+                _sink_sorted(part_of(people=people, events=events), file)
+                found.append(part_partials(file))
                 progress.advance(task)
-        _concat_sorted_parts(parts, target)
+        complete = context_joiner(found, features=features)
+        _combine_parts(files, target, ascending=True, complete=complete)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
 

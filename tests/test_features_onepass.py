@@ -143,9 +143,10 @@ def test_partition_tasks_report_their_partials_and_ranges(tmp_path: Path, params
         assert pl.read_parquet(parts / name)["person_id"].is_sorted()
 
 
-def test_partitioned_equals_whole(tmp_path: Path, params: Params) -> None:
+def test_partitioned_and_chunked_equal_whole(tmp_path: Path, params: Params) -> None:
     """The partitioned run's file has the whole run's rows and columns (no admissions count),
-    with the admission rate of the polypharmacy window, counted or not."""
+    with the admission rate of the polypharmacy window, counted or not; the run in person_id
+    chunks has its bytes."""
     tables = tables_with_admissions()
     options: dict[str, Any] = {
         "features": params.features,
@@ -160,8 +161,10 @@ def test_partitioned_equals_whole(tmp_path: Path, params: Params) -> None:
     split = write_partitioned(tmp_path / "split", tables)
     assert len(partitions.partitions(split)) == 2
     features.write_features(split, tmp_path / "split.parquet", **options)
+    features.write_features(whole_folder, tmp_path / "chunked.parquet", chunk_people=6, **options)
     whole = pl.read_parquet(tmp_path / "whole.parquet")
     assert pl.read_parquet(tmp_path / "split.parquet").equals(whole)
+    assert (tmp_path / "chunked.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     assert list(whole.columns) == list(features.output_schema(params.features))
     rate = f"practice_emergency_admission_rate_{params.features.polypharmacy_months}m"
     assert whole[rate].n_unique() > 1
