@@ -9,8 +9,10 @@ concatenate the sorted parts (same output, flat memory). A population split by I
 (:mod:`pipeline.partitions`) runs it once per partition, as tasks of ``params.engine``
 (:mod:`pipeline.engine`), and concatenates the parts in partition order when their
 ``person_id`` ranges ascend (the synthetic world's), otherwise merges them on ``person_id``.
-Either way the practice context (aggregates over all of a practice's patients) is exact: each
-chunk's or partition's integer sums per practice, summed, then divided.
+Either way each chunk's or partition's events are read and cleaned once: its part is written
+without the practice context (aggregates over all of a practice's patients), its integer sums
+per practice are taken from the written rows, and the concatenation joins the context of
+everybody (those sums summed, then divided: exact).
 
 Only events dated on or before the index date count. A window of ``w`` months covers the dates
 ``index_date - w months < date <= index_date``.
@@ -53,6 +55,8 @@ EXTERNAL_SPLIT: Final = "external"
 # The registry's risk factor "smoking" (ICD-10 F17, tobacco use); not a contract condition.
 SMOKING_CONCEPT: Final = "smoking"
 SMOKING_FEATURE: Final = "smoking_recorded"
+ADMISSIONS: Final = "_n_emergency_admissions"
+"""Per person: emergency admissions in the ``polypharmacy_months`` window (practice partials)."""
 CODELISTS_DIR: Final = "codelists"
 """The codelist registry's folder under the project root (codelists/registry.yaml)."""
 
@@ -477,7 +481,11 @@ def recorded_events(events: pl.LazyFrame, *, index_date: dt.date) -> pl.LazyFram
 
 
 def event_counts(
-    events: pl.LazyFrame, *, index_date: dt.date, windows_months: Sequence[int]
+    events: pl.LazyFrame,
+    *,
+    index_date: dt.date,
+    windows_months: Sequence[int],
+    admissions_months: int | None = None,
 ) -> pl.LazyFrame:
     """Per person with any event: count of each event type in each window, and the dates of the
     last A&E attendance and emergency admission (``_last_<event_type>``).
@@ -490,9 +498,21 @@ def event_counts(
         The index date.
     windows_months
         Look-back windows in months.
+    admissions_months
+        When given, also :data:`ADMISSIONS` (as :func:`recent_emergency_admissions` counts them
+        in this window, 0 for people with other events only).
     """
-    starts = window_starts(index_date, windows_months)
+    starts = window_starts(
+        index_date, list(dict.fromkeys([*windows_months, *_given(admissions_months)]))
+    )
     etype, date = pl.col("event_type"), pl.col("date")
+    admissions = [
+        ((etype == "emergency_admission") & (date > pl.lit(starts[months])))
+        .sum()
+        .cast(pl.Int32)
+        .alias(ADMISSIONS)
+        for months in _given(admissions_months)
+    ]
     return events.group_by("person_id").agg(
         *[
             ((etype == event_type) & (date > pl.lit(starts[months])))
@@ -506,7 +526,12 @@ def event_counts(
             pl.when(etype == event_type).then(date).max().alias(f"_last_{event_type}")
             for event_type in RECENCY_EVENTS
         ],
+        *admissions,
     )
+
+
+def _given(value: int | None) -> list[int]:
+    return [] if value is None else [value]
 
 
 def recorded_conditions(events: pl.LazyFrame, *, codelists: Codelists) -> pl.LazyFrame:
@@ -564,7 +589,7 @@ def recent_emergency_admissions(
             (pl.col("event_type") == "emergency_admission") & (pl.col("date") > pl.lit(start))
         )
         .group_by("person_id")
-        .agg(pl.len().cast(pl.Int32).alias("_n_emergency_admissions"))
+        .agg(pl.len().cast(pl.Int32).alias(ADMISSIONS))
     )
 
 
@@ -606,6 +631,8 @@ def latest_measurements(
 
 PRACTICE_SUMS: Final = "_sum_"
 """Prefix of the additive columns of :func:`practice_partials`."""
+PRACTICE_SUMMED: Final = (*(f"has_{condition}" for condition in contract.CONDITIONS), ADMISSIONS)
+"""The per-person columns :func:`practice_partials` sums per practice."""
 
 
 def practice_partials(
@@ -624,16 +651,24 @@ def practice_partials(
     admissions
         :func:`recent_emergency_admissions`.
     """
-    summed = [*(f"has_{condition}" for condition in contract.CONDITIONS), "_n_emergency_admissions"]
     registered = (
         people.select("person_id", "practice_id")
         .join(conditions, on="person_id", how="left")
         .join(admissions, on="person_id", how="left")
-        .with_columns(pl.col(summed).fill_null(0))
+        .with_columns(pl.col(PRACTICE_SUMMED).fill_null(0))
     )
+    return sum_per_practice(registered)
+
+
+def sum_per_practice(registered: pl.LazyFrame) -> pl.LazyFrame:
+    """:func:`practice_partials` of one row per registered person with ``practice_id`` and the
+    :data:`PRACTICE_SUMMED` columns (0, not null, where none): people counted, columns summed."""
     return registered.group_by("practice_id").agg(
         pl.len().cast(pl.Int64).alias("practice_list_size"),
-        *[pl.col(name).cast(pl.Int64).sum().alias(f"{PRACTICE_SUMS}{name}") for name in summed],
+        *[
+            pl.col(name).cast(pl.Int64).sum().alias(f"{PRACTICE_SUMS}{name}")
+            for name in PRACTICE_SUMMED
+        ],
     )
 
 
@@ -650,7 +685,7 @@ def practice_rates(partials: pl.LazyFrame, *, polypharmacy_months: int) -> pl.La
             )
             for condition in contract.CONDITIONS
         ],
-        (pl.col(f"{PRACTICE_SUMS}_n_emergency_admissions") / size).alias(
+        (pl.col(f"{PRACTICE_SUMS}{ADMISSIONS}") / size).alias(
             f"practice_emergency_admission_rate_{polypharmacy_months}m"
         ),
     )
@@ -712,7 +747,7 @@ def person_aggregates(
     people: pl.LazyFrame,
     areas: pl.LazyFrame,
     recorded: pl.LazyFrame,
-    practices: pl.LazyFrame,
+    practices: pl.LazyFrame | None,
     *,
     features: FeatureParams,
     index_date: dt.date,
@@ -722,13 +757,22 @@ def person_aggregates(
     """Person attributes joined to every event-level branch and the practice context.
 
     People without events of a branch get 0 for its counts and flags (dates and measurements
-    stay null); people without a practice get no practice context.
+    stay null); people without a practice get no practice context. ``practices`` None: no
+    practice context (joined later, :func:`join_practice_context`), and :data:`ADMISSIONS`
+    kept for the practice partials (:func:`sum_per_practice`).
     """
     months = features.polypharmacy_months
+    deferred = practices is None
     flags = [f"has_{condition}" for condition in contract.CONDITIONS]
     counts = [count_column(t, m) for t in contract.EVENT_TYPES for m in features.windows_months]
+    counts += [ADMISSIONS] if deferred else []
     branches = [
-        event_counts(recorded, index_date=index_date, windows_months=features.windows_months),
+        event_counts(
+            recorded,
+            index_date=index_date,
+            windows_months=features.windows_months,
+            admissions_months=months if deferred else None,
+        ),
         recorded_conditions(recorded, codelists=codelists),
         latest_measurements(recorded, measurements=features.measurements, codelists=codelists),
         polypharmacy(recorded, index_date=index_date, months=months, codelists=codelists),
@@ -736,7 +780,9 @@ def person_aggregates(
     persons = person_attributes(people, areas, unavailable=unavailable)
     for branch in branches:
         persons = persons.join(branch, on="person_id", how="left")
-    return persons.join(practices, on="practice_id", how="left").with_columns(
+    if practices is not None:
+        persons = persons.join(practices, on="practice_id", how="left")
+    return persons.with_columns(
         pl.col([*counts, *flags, SMOKING_FEATURE, f"n_bnf_sections_{months}m"]).fill_null(0)
     )
 
@@ -842,9 +888,67 @@ def build_features(
         codelists=codelists,
         unavailable=unavailable,
     )
-    split_seed = seeds.derive("features", "split", root=seed, bits=64)
-    persons = with_split_unit(persons, seed=split_seed, id_bytes=id_bytes)
+    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
     return persons.select(output_columns(features, index_date=index_date))
+
+
+def split_seed(seed: int) -> int:
+    """The split hash's seed: a stream of the root seed (``params.seed``)."""
+    return seeds.derive("features", "split", root=seed, bits=64)
+
+
+def context_columns(features: FeatureParams) -> list[str]:
+    """The practice-context features (:func:`practice_rates`' columns but ``practice_id``)."""
+    months = features.polypharmacy_months
+    return [
+        spec.name for spec in feature_specs(features) if fed_by(spec.name, months) == "practice_id"
+    ]
+
+
+def build_features_part(
+    people: pl.LazyFrame,
+    areas: pl.LazyFrame,
+    events: pl.LazyFrame,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    id_bytes: int,
+    codelists: Codelists,
+    unavailable: Sequence[str] = (),
+) -> pl.LazyFrame:
+    """:func:`build_features` of one part of the population, before the practice context is
+    known: its output columns but the :func:`context_columns`, then :data:`ADMISSIONS`. The
+    part's :func:`sum_per_practice` are its practice partials; :func:`join_practice_context`
+    completes it once the context of everybody is known.
+    """
+    require_concepts(codelists, measurements=features.measurements)
+    persons = person_aggregates(
+        people,
+        areas,
+        recorded_events(events, index_date=index_date),
+        None,
+        features=features,
+        index_date=index_date,
+        codelists=codelists,
+        unavailable=unavailable,
+    )
+    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
+    context = set(context_columns(features))
+    columns = output_columns(features, index_date=index_date)
+    return persons.select(
+        *[column for column in columns if column.meta.output_name() not in context], ADMISSIONS
+    )
+
+
+def join_practice_context(
+    parts: pl.LazyFrame, practices: pl.LazyFrame, *, features: FeatureParams
+) -> pl.LazyFrame:
+    """:func:`build_features_part` rows with the practice context (:func:`practice_rates`)
+    joined on ``practice_id``, in their order, as the output columns of :func:`build_features`.
+    """
+    joined = parts.join(practices, on="practice_id", how="left", maintain_order="left")
+    return joined.select(list(output_schema(features)))
 
 
 def output_schema(features: FeatureParams) -> dict[str, Any]:
@@ -946,37 +1050,15 @@ def _sink_sorted(query: pl.LazyFrame, target: Path) -> None:
     )
 
 
-def _concat_sorted_parts(parts: Path, target: Path) -> None:
-    # parts are sorted and in person_id order: a streaming concatenation keeps the order
-    pl.scan_parquet(parts / "part-*.parquet").sink_parquet(
-        target,
-        compression="zstd",
-        statistics=True,
-        row_group_size=ROW_GROUP_SIZE,
-        maintain_order=True,
-    )
+@dataclass(frozen=True)
+class WrittenPart:
+    """What a :func:`partition_features` task reports: rows written, lowest and highest
+    ``person_id`` (None when the partition has nobody) and the practice partials."""
 
-
-def partition_practice_partials(
-    partition: str,
-    *,
-    folder: str,
-    index_date: dt.date,
-    polypharmacy_months: int,
-    codelists: Codelists,
-) -> pl.DataFrame:
-    """One partition's :func:`practice_partials` (a task: small, one row per practice)."""
-    people = contract.scan_input(folder, "people", partition)
-    raw = contract.scan_input(folder, "events", partition)
-    events = contract.clean_events(raw, people, index_date=index_date)
-    query = practice_partials_query(
-        people,
-        events,
-        index_date=index_date,
-        polypharmacy_months=polypharmacy_months,
-        codelists=codelists,
-    )
-    return query.collect()
+    rows: int
+    low: str | None
+    high: str | None
+    partials: pl.DataFrame
 
 
 def partition_features(
@@ -984,25 +1066,25 @@ def partition_features(
     *,
     folder: str,
     parts: str,
-    practices: str,
     features: FeatureParams,
     index_date: dt.date,
     seed: int,
     codelists: Codelists,
     unavailable: Sequence[str],
-) -> tuple[int, str | None, str | None]:
-    """Write one partition's features, sorted, to ``parts/<partition>`` (a task): the same
-    :func:`build_features` query on that partition's people and events, with the practice
-    context of everybody (read from ``practices``).
+) -> WrittenPart:
+    """Write one partition's features but the practice context, sorted, to
+    ``parts/<partition>`` (a task): the :func:`build_features_part` query on that partition's
+    people and events. Its practice partials are summed from the written rows
+    (:func:`sum_per_practice`).
 
-    Returns
-    -------
-    tuple
-        Rows written, lowest and highest person_id (None when the partition has nobody).
+    The partition's events are read and cleaned once, into memory (a partition holds at most
+    ``population.chunk_size`` people: about 240 MB of clean events at 164,000 people), and every
+    branch of the query reads them there: a lazy clean would be run again by each branch.
     """
     people = contract.scan_input(folder, "people", partition)
     raw = contract.scan_input(folder, "events", partition)
-    events = contract.clean_events(raw, people, index_date=index_date)
+    clean = contract.clean_events(raw, people, index_date=index_date)
+    events = clean.collect(engine="streaming").lazy()
     ids = people.select(
         pl.len().alias("n"),
         pl.col("person_id").min().alias("lo"),
@@ -1010,7 +1092,7 @@ def partition_features(
         pl.col("person_id").str.len_bytes().max().alias("bytes"),
     )
     n, low, high, id_bytes = ids.collect().row(0)
-    query = build_features(
+    query = build_features_part(
         people,
         contract.scan_input(folder, "areas"),
         events,
@@ -1018,14 +1100,29 @@ def partition_features(
         index_date=index_date,
         seed=seed,
         id_bytes=id_bytes or 0,  # the hash reads each id's own bytes: any bound >= them agrees
-        practices=pl.scan_parquet(practices),
         codelists=codelists,
         unavailable=unavailable,
     )
     target = Path(parts) / partition
     target.parent.mkdir(parents=True, exist_ok=True)
     _sink_sorted(query, target)
-    return int(n), low, high
+    return WrittenPart(int(n), low, high, part_partials(target))
+
+
+def part_partials(part: Path) -> pl.DataFrame:
+    """The practice partials of a written :func:`build_features_part` (its rows summed per
+    practice, :func:`sum_per_practice`)."""
+    return sum_per_practice(pl.scan_parquet(part).select("practice_id", *PRACTICE_SUMMED)).collect()
+
+
+def context_joiner(
+    found: Sequence[pl.DataFrame], *, features: FeatureParams
+) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """:func:`join_practice_context` with the context of everybody: the parts' practice
+    partials (``found``) summed, then divided (:func:`practice_rates`)."""
+    summed = sum_practice_partials(found).lazy()
+    rates = practice_rates(summed, polypharmacy_months=features.polypharmacy_months).collect()
+    return functools.partial(join_practice_context, practices=rates.lazy(), features=features)
 
 
 def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
@@ -1034,9 +1131,15 @@ def _ascending(ranges: Sequence[tuple[str | None, str | None]]) -> bool:
     return all(a[1] < b[0] for a, b in itertools.pairwise(bounds))
 
 
-def _combine_parts(files: Sequence[Path], target: Path, *, ascending: bool) -> None:
+def _combine_parts(
+    files: Sequence[Path],
+    target: Path,
+    *,
+    ascending: bool,
+    complete: Callable[[pl.LazyFrame], pl.LazyFrame],
+) -> None:
     """Parts sorted on person_id as one sorted file: concatenated in order when their ranges
-    ascend, otherwise merged on person_id (streaming)."""
+    ascend, otherwise merged on person_id (streaming), then completed row-wise by ``complete``."""
     if ascending:
         combined = pl.scan_parquet(list(files))
     else:
@@ -1044,7 +1147,7 @@ def _combine_parts(files: Sequence[Path], target: Path, *, ascending: bool) -> N
             lambda merged, part: merged.merge_sorted(part, key="person_id"),
             [pl.scan_parquet(file) for file in files],
         )
-    combined.sink_parquet(
+    complete(combined).sink_parquet(
         target,
         compression="zstd",
         statistics=True,
@@ -1065,10 +1168,12 @@ def write_partitioned_features(
     client: Client | None = None,
 ) -> int:
     """The features of an ICB-partitioned population (:mod:`pipeline.partitions`): one part per
-    partition (tasks on ``client``'s workers, or here one after another), then one file.
+    partition (tasks on ``client``'s workers, or here one after another), each partition's events
+    read and cleaned once, then one file with the practice context joined.
 
-    The practice context is exact: each partition's :func:`practice_partials` (integer sums)
-    summed per practice, then divided (:func:`practice_rates`), as over the whole population.
+    The practice context is exact: each partition's practice partials (integer sums, from its
+    part) summed per practice, then divided (:func:`practice_rates`), as over the whole
+    population.
 
     Returns
     -------
@@ -1076,35 +1181,27 @@ def write_partitioned_features(
         The number of partitions.
     """
     names = partitions.partitions(folder)
-    shared = {"folder": str(folder.resolve()), "index_date": index_date, "codelists": codelists}
-    found = engine.map_partitions(
-        partition_practice_partials,
-        names,
-        client=client,
-        polypharmacy_months=features.polypharmacy_months,
-        **shared,
-    )
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
-        practices = parts / "practices.parquet"
-        rates = practice_rates(
-            sum_practice_partials(found).lazy(), polypharmacy_months=features.polypharmacy_months
-        )
-        rates.collect().write_parquet(practices)
-        written = engine.map_partitions(
+        written: list[WrittenPart] = engine.map_partitions(
             partition_features,
             names,
             client=client,
+            folder=str(folder.resolve()),
             parts=str(parts.resolve()),
-            practices=str(practices.resolve()),
             features=features,
+            index_date=index_date,
             seed=seed,
+            codelists=codelists,
             unavailable=tuple(unavailable),
-            **shared,
         )
-        ranges = [(low, high) for _, low, high in written]
-        _combine_parts([parts / name for name in names], target, ascending=_ascending(ranges))
+        _combine_parts(
+            [parts / name for name in names],
+            target,
+            ascending=_ascending([(part.low, part.high) for part in written]),
+            complete=context_joiner([part.partials for part in written], features=features),
+        )
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return len(names)
@@ -1156,29 +1253,21 @@ def write_features(
         raise ContractError(f"{folder}/people: no people")
     chunks = person_chunks(person_ids, chunk_people or features.chunk_people)
     del person_ids
-    query_of = functools.partial(
-        build_features,
-        areas=contract.scan_input(folder, "areas"),
-        features=features,
-        index_date=index_date,
-        seed=seed,
-        id_bytes=id_bytes,
-        codelists=codelists,
-        unavailable=unavailable,
-    )
+    options: dict[str, Any] = {
+        "areas": contract.scan_input(folder, "areas"),
+        "features": features,
+        "index_date": index_date,
+        "seed": seed,
+        "id_bytes": id_bytes,
+        "codelists": codelists,
+        "unavailable": unavailable,
+    }
     if len(chunks) == 1:
         people, events = _chunk_tables(folder, None, index_date=index_date)
-        _sink_sorted(query_of(people=people, events=events), target)
+        _sink_sorted(build_features(people=people, events=events, **options), target)
         return 1
-    _write_chunks(
-        folder,
-        target,
-        chunks,
-        query_of,
-        features=features,
-        index_date=index_date,
-        codelists=codelists,
-    )
+    part_of = functools.partial(build_features_part, **options)
+    _write_chunks(folder, target, chunks, part_of, features=features, index_date=index_date)
     return len(chunks)
 
 
@@ -1199,37 +1288,28 @@ def _write_chunks(
     folder: Path,
     target: Path,
     chunks: Sequence[tuple[str, str | None]],
-    query_of: Callable[..., pl.LazyFrame],
+    part_of: Callable[..., pl.LazyFrame],
     *,
     features: FeatureParams,
     index_date: dt.date,
-    codelists: Codelists,
 ) -> None:
-    """The features one ``person_id`` range at a time, concatenated: the practice context is
-    the chunks' :func:`practice_partials` summed (exact), so no pass holds every event."""
-    months = features.polypharmacy_months
-    partials = [
-        practice_partials_query(
-            *_chunk_tables(folder, chunk, index_date=index_date),
-            index_date=index_date,
-            polypharmacy_months=months,
-            codelists=codelists,
-        ).collect()
-        for chunk in chunks
-    ]
-    practices = practice_rates(sum_practice_partials(partials).lazy(), polypharmacy_months=months)
-    context = practices.collect().lazy()
+    """The features one ``person_id`` range at a time, each range's events read once
+    (``part_of``: :func:`build_features_part`), concatenated with the practice context joined:
+    the parts' practice partials summed (exact), so no pass holds every event."""
     parts = target.parent / f".{target.name}.parts"
     parts.mkdir()
     try:
+        files = [parts / f"part-{number:05d}.parquet" for number in range(len(chunks))]
+        found = []
         with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task("features", total=len(chunks))
-            for number, chunk in enumerate(chunks):
+            for chunk, file in zip(chunks, files, strict=True):
                 people, events = _chunk_tables(folder, chunk, index_date=index_date)
-                query = query_of(people=people, events=events, practices=context)
-                _sink_sorted(query, parts / f"part-{number:05d}.parquet")
+                _sink_sorted(part_of(people=people, events=events), file)
+                found.append(part_partials(file))
                 progress.advance(task)
-        _concat_sorted_parts(parts, target)
+        complete = context_joiner(found, features=features)
+        _combine_parts(files, target, ascending=True, complete=complete)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
 
