@@ -29,7 +29,9 @@ Examples
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -80,6 +82,7 @@ def poisson_bootstrap(
     n_resamples: int,
     rng: np.random.Generator,
     chunk: int,
+    threads: int = 1,
 ) -> dict[str, np.ndarray]:
     """Draws of ``statistic`` over Poisson-bootstrap resamples, ``chunk`` resamples at a time.
 
@@ -94,17 +97,31 @@ def poisson_bootstrap(
     rng
         The random stream (draws depend only on it, ``base`` and ``chunk``).
     chunk
-        Resamples per batch (memory is ``chunk x rows``).
+        Resamples per batch (memory is about ``(threads + 1) x chunk x rows``).
+    threads
+        Batches evaluated at once. The weights are still drawn in order from ``rng`` and the
+        draws stacked in order, so the result does not depend on it; numpy releases the GIL in
+        the array work, so two threads use two cores.
 
     Returns
     -------
     dict of numpy.ndarray
         Each statistic's draws stacked on axis 0 (``n_resamples`` rows).
     """
+    sizes = [min(chunk, n_resamples - first) for first in range(0, n_resamples, chunk)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque[Future[Mapping[str, np.ndarray]]] = deque()
+        results: list[Mapping[str, np.ndarray]] = []
+        for size in sizes:
+            if len(pending) >= max(1, threads):  # bound the weights held in memory
+                results.append(pending.popleft().result())
+            pending.append(
+                pool.submit(statistic, poisson_weights(base, n_resamples=size, rng=rng))
+            )
+        results += [future.result() for future in pending]
     draws: dict[str, list[np.ndarray]] = {}
-    for first in range(0, n_resamples, chunk):
-        weights = poisson_weights(base, n_resamples=min(chunk, n_resamples - first), rng=rng)
-        for name, values in statistic(weights).items():
+    for result in results:
+        for name, values in result.items():
             draws.setdefault(name, []).append(values)
     return {name: np.concatenate(parts) for name, parts in draws.items()}
 

@@ -122,7 +122,7 @@ def test_cell_counts_as_weights_equal_the_people_they_stand_for() -> None:
         assert on_cells[name][0] == pytest.approx(value[0], rel=1e-9), name
 
 
-def test_poisson_bootstrap_is_seeded_and_does_not_depend_on_the_chunk_size() -> None:
+def test_poisson_bootstrap_is_seeded_and_does_not_depend_on_the_chunk_size_or_threads() -> None:
     base = np.array([1.0, 4.0, 0.0, 12.0])
 
     def total(weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,9 +130,9 @@ def test_poisson_bootstrap_is_seeded_and_does_not_depend_on_the_chunk_size() -> 
 
     draws = [
         metrics.poisson_bootstrap(
-            total, base, n_resamples=500, rng=np.random.default_rng(7), chunk=chunk
+            total, base, n_resamples=500, rng=np.random.default_rng(7), chunk=chunk, threads=threads
         )
-        for chunk in (500, 64, 1)
+        for chunk, threads in ((500, 1), (64, 1), (1, 1), (64, 2), (7, 3))
     ]
     for other in draws[1:]:
         np.testing.assert_array_equal(other["total"], draws[0]["total"])

@@ -493,6 +493,20 @@ def test_provenance_comes_from_the_project_not_the_clock(tmp_path: Path) -> None
     assert provenance.params_digest(params) == provenance.params_digest(params)
     other = params.model_copy(update={"seed": params.seed + 1})
     assert provenance.params_digest(other) != provenance.params_digest(params)
+    # where it ran does not change what it computed: a Dask run's report equals the laptop's
+    on_dask = parse_params(
+        {
+            "targets": {"t": {"outcome": "cvd_event", "follow_up_months": 60}},
+            "engine": "dask",
+            "dask_workers": 2,
+            "train": {"time_out": 5},
+        }
+    )
+    assert provenance.params_digest(on_dask) == provenance.params_digest(params)
+    distributed = on_dask.model_copy(
+        update={"train": on_dask.train.model_copy(update={"distributed": True})}
+    )
+    assert provenance.params_digest(distributed) != provenance.params_digest(params)
 
 
 def test_mitigation_table_shows_events_averted_only_when_the_audit_has_them(

@@ -60,9 +60,18 @@ def locked_data_hash(lock_file: Path, *, output: str = DATA_OUTPUT) -> str:
     return NOT_RECORDED
 
 
+# Where the work runs, not what it computes: the engines give the same bytes (tests/test_engine*),
+# so a report made on a Dask cluster carries the same digest as the laptop's.
+EXECUTION_ONLY: dict[str, Any] = {"engine": True, "dask_workers": True, "train": {"time_out"}}
+
+
 def params_digest(params: Params) -> str:
-    """sha256 of the validated params (JSON, keys sorted), shortened: one id for one setting."""
-    text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    """sha256 of the validated params (JSON, keys sorted), shortened: one id for one setting.
+
+    Execution-only keys (``EXECUTION_ONLY``: engine, worker count, distributed time-out) are
+    left out because they do not change any output.
+    """
+    text = json.dumps(params.model_dump(mode="json", exclude=EXECUTION_ONLY), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -120,8 +120,10 @@ def evaluate(
     n_bootstrap: int,
     seed: int,
     confidence: float = 0.95,
+    threads: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """Point estimates and Poisson-bootstrap percentile CIs of every test metric.
+    """Point estimates and Poisson-bootstrap percentile CIs of every test metric
+    (``threads`` resample batches at once: same draws, same result).
 
     Returns
     -------
@@ -145,6 +147,7 @@ def evaluate(
         n_resamples=n_bootstrap,
         rng=np.random.default_rng(seed),
         chunk=max(1, BOOTSTRAP_CELLS // max(1, y.size)),
+        threads=threads,
     )
     out: dict[str, dict[str, float]] = {}
     for name, value in point.items():
@@ -216,9 +219,12 @@ def split_metrics(
     target: str,
     extra: Mapping[str, Any],
     rule: Rule,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """:func:`evaluate` then :func:`metrics_document` for the people of one split."""
-    estimates = evaluate(y, p, selected, oracle=oracle, n_bootstrap=n_bootstrap, seed=seed)
+    estimates = evaluate(
+        y, p, selected, oracle=oracle, n_bootstrap=n_bootstrap, seed=seed, threads=threads
+    )
     return metrics_document(
         estimates,
         target=target,
@@ -239,6 +245,7 @@ def external_metrics(
     n_bootstrap: int,
     seed: int,
     rule: Rule,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """The test metrics on the held-out ICB (split "external"), keys prefixed ``external_``.
 
@@ -254,6 +261,7 @@ def external_metrics(
         target="",
         extra={},
         rule=rule,
+        threads=threads,
     )
     renamed = {
         "n_test": "n_external",

@@ -192,6 +192,7 @@ def model_metrics(
             "n_train_rows": rule.count(n_train_rows),
         },
         rule=rule,
+        threads=train.num_threads,
     )
     if rows.external.size:
         metrics |= evaluation.external_metrics(
@@ -201,6 +202,7 @@ def model_metrics(
             n_bootstrap=train.n_bootstrap,
             seed=seeds.derive("train", target, "external_bootstrap", root=root_seed),
             rule=rule,
+            threads=train.num_threads,
         )
     return metrics
 
