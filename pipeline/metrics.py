@@ -44,6 +44,7 @@ __all__ = [
     "RankIndex",
     "calibration_in_the_large",
     "ece_bin_edges",
+    "ece_matrices",
     "expected_calibration_error",
     "logistic_recalibration",
     "logit",
@@ -115,9 +116,7 @@ def poisson_bootstrap(
         for size in sizes:
             if len(pending) >= max(1, threads):  # bound the weights held in memory
                 results.append(pending.popleft().result())
-            pending.append(
-                pool.submit(statistic, poisson_weights(base, n_resamples=size, rng=rng))
-            )
+            pending.append(pool.submit(statistic, poisson_weights(base, n_resamples=size, rng=rng)))
         results += [future.result() for future in pending]
     draws: dict[str, list[np.ndarray]] = {}
     for result in results:
@@ -242,7 +241,11 @@ def _within_group_below(per_unit: np.ndarray, index: RankIndex) -> np.ndarray:
 
 
 def ranking_metrics(
-    weights: np.ndarray, y: np.ndarray, index: RankIndex
+    weights: np.ndarray,
+    y: np.ndarray,
+    index: RankIndex,
+    *,
+    sums: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted AUROC (Mann-Whitney, ties count one half) and average precision per group.
 
@@ -254,6 +257,8 @@ def ranking_metrics(
         Outcome 0/1 per row.
     index
         :func:`rank_index` of the rows' scores (and groups).
+    sums
+        :func:`unit_sums` of the same arguments, when the caller already has them.
 
     Returns
     -------
@@ -262,9 +267,8 @@ def ranking_metrics(
         AP is sklearn's: the precision at each event's score (all rows scored at or above it),
         averaged over events.
     """
-    w = np.asarray(weights, dtype=np.float64)[:, index.order]
     y_sorted = np.asarray(y, dtype=np.float64)[index.order]
-    pos, neg = unit_sums(weights, y, index)
+    pos, neg = unit_sums(weights, y, index) if sums is None else sums
     n_pos = np.add.reduceat(pos, index.group_starts, axis=1)
     n_neg = np.add.reduceat(neg, index.group_starts, axis=1)
     below = _within_group_below(neg, index)
@@ -277,7 +281,9 @@ def ranking_metrics(
         auroc = concordant / (n_pos * n_neg)
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
         # summed event by event (not unit by unit): the precision is weighted per person
-        contribution = w[:, events] * precision[:, index.unit_of_row[events]]
+        # only the events' columns of the weights, in score order
+        event_weights = np.asarray(weights, dtype=np.float64)[:, index.order[events]]
+        contribution = event_weights * precision[:, index.unit_of_row[events]]
         if index.group_starts.size == 1:
             precision_sum = contribution.sum(axis=1, keepdims=True)
         else:
@@ -397,15 +403,31 @@ def score_bin(score: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, score, side="right") - 1, 0, len(edges) - 2)
 
 
-def expected_calibration_error(
-    weights: np.ndarray, y: np.ndarray, score: np.ndarray, *, edges: np.ndarray
-) -> np.ndarray:
-    """ECE per weight set: sum over bins of |observed - expected events| / people.
-
-    Fixed ``edges`` (the point estimate's) keep resamples on the same bins.
-    """
+def ece_matrices(
+    y: np.ndarray, score: np.ndarray, *, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and bin of ``edges``: its outcome and its score in its own bin, 0 elsewhere
+    (``(rows, bins)`` each); a weight set's observed and expected events per bin are
+    ``weights @`` them (:func:`expected_calibration_error`)."""
     bins = score_bin(score, edges)
     onehot = np.zeros((score.size, len(edges) - 1))
     onehot[np.arange(score.size), bins] = 1.0
-    gap = np.abs(weights @ (onehot * y[:, None]) - weights @ (onehot * score[:, None]))
+    return onehot * y[:, None], onehot * score[:, None]
+
+
+def expected_calibration_error(
+    weights: np.ndarray,
+    y: np.ndarray,
+    score: np.ndarray,
+    *,
+    edges: np.ndarray,
+    matrices: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """ECE per weight set: sum over bins of |observed - expected events| / people.
+
+    Fixed ``edges`` (the point estimate's) keep resamples on the same bins; ``matrices``:
+    :func:`ece_matrices` of the same arguments, built once for many weight sets.
+    """
+    observed, expected = ece_matrices(y, score, edges=edges) if matrices is None else matrices
+    gap = np.abs(weights @ observed - weights @ expected)
     return gap.sum(axis=1) / weights.sum(axis=1)

@@ -263,8 +263,8 @@ def _ranking_and_calibration(
     y = cells.outcome.astype(np.float64)
     index = metrics.rank_index(cells.score, group=cells.group)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auroc = metrics.ranking_metrics(weights, y, index)[0]
         events, non_events = metrics.unit_sums(weights, y, index)
+        auroc = metrics.ranking_metrics(weights, y, index, sums=(events, non_events))[0]
         intercept, slope = metrics.logistic_recalibration(
             events,
             events + non_events,

@@ -27,15 +27,16 @@ RankIndexes = tuple[metrics.RankIndex, metrics.RankIndex | None]
 
 
 def _recalibration(
-    weights: np.ndarray, y: np.ndarray, index: metrics.RankIndex, start: tuple[float, float]
+    sums: tuple[np.ndarray, np.ndarray], index: metrics.RankIndex, start: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibration-in-the-large and calibration slope per weight set (NaN without both
-    outcomes); the fits run on the distinct scores, not the people."""
-    events, non_events = metrics.unit_sums(weights, y, index)
+    outcomes) from the weighted events and non-events per distinct score (``sums``,
+    :func:`pipeline.metrics.unit_sums`): the fits run on the distinct scores, not the people."""
+    events, non_events = sums
     total = events + non_events
     lp = metrics.logit(index.unit_score)
     groups = {"unit_group": index.unit_group, "group_starts": index.group_starts}
-    n_sets = weights.shape[0]
+    n_sets = events.shape[0]
     intercept = metrics.calibration_in_the_large(
         events, total, lp, start=np.full((n_sets, 1), start[0]), iterations=50, **groups
     )
@@ -61,6 +62,7 @@ def metric_sets(
     ece_edges: np.ndarray | None = None,
     recalibration_start: tuple[float, float] = (0.0, 1.0),
     rank_indexes: RankIndexes | None = None,
+    ece_matrices: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every test metric for each row of ``weights`` (rows = resamples; one row of ones = point).
 
@@ -78,6 +80,8 @@ def metric_sets(
         Starting (intercept, slope) of the logistic recalibration fits.
     rank_indexes
         :func:`pipeline.metrics.rank_index` of (p, oracle), shared across resample chunks.
+    ece_matrices
+        :func:`pipeline.metrics.ece_matrices` of (y, p, ``ece_edges``), shared likewise.
     """
     y = y.astype(np.float64)
     sel = selected.astype(np.float64)
@@ -88,8 +92,12 @@ def metric_sets(
         )
     if ece_edges is None:
         ece_edges = metrics.ece_bin_edges(p)
-    auroc, auprc = (values[:, 0] for values in metrics.ranking_metrics(weights, y, rank_indexes[0]))
-    intercept, slope = _recalibration(weights, y, rank_indexes[0], recalibration_start)
+    # events and non-events per distinct score: shared by the ranking and the recalibration
+    sums = metrics.unit_sums(weights, y, rank_indexes[0])
+    auroc, auprc = (
+        values[:, 0] for values in metrics.ranking_metrics(weights, y, rank_indexes[0], sums=sums)
+    )
+    intercept, slope = _recalibration(sums, rank_indexes[0], recalibration_start)
     total, events = weights.sum(axis=1), weights @ y
     selected_events = weights @ (sel * y)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -100,7 +108,9 @@ def metric_sets(
             "calibration_intercept": intercept,
             "calibration_slope": slope,
             "oe_ratio": events / (weights @ p),
-            "ece": metrics.expected_calibration_error(weights, y, p, edges=ece_edges),
+            "ece": metrics.expected_calibration_error(
+                weights, y, p, edges=ece_edges, matrices=ece_matrices
+            ),
             "sensitivity_at_capacity": selected_events / events,
             "ppv_at_capacity": selected_events / (weights @ sel),
         }
@@ -130,9 +140,11 @@ def evaluate(
     dict
         metric -> {"value", "ci_low", "ci_high"} (NaN when undefined, e.g. no events).
     """
+    ece_edges = metrics.ece_bin_edges(p)
     shared: dict[str, Any] = {
         "oracle": oracle,
-        "ece_edges": metrics.ece_bin_edges(p),
+        "ece_edges": ece_edges,
+        "ece_matrices": metrics.ece_matrices(y.astype(np.float64), p, edges=ece_edges),
         "rank_indexes": (
             metrics.rank_index(p),
             None if oracle is None else metrics.rank_index(oracle),
