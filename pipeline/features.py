@@ -878,6 +878,35 @@ def build_features(
             polypharmacy_months=features.polypharmacy_months,
             codelists=codelists,
         )
+    persons = _persons_with_split(
+        people,
+        areas,
+        events,
+        practices,
+        features=features,
+        index_date=index_date,
+        seed=seed,
+        id_bytes=id_bytes,
+        codelists=codelists,
+        unavailable=unavailable,
+    )
+    return persons.select(output_columns(features, index_date=index_date))
+
+
+def _persons_with_split(
+    people: pl.LazyFrame,
+    areas: pl.LazyFrame,
+    events: pl.LazyFrame,
+    practices: pl.LazyFrame | None,
+    *,
+    features: FeatureParams,
+    index_date: dt.date,
+    seed: int,
+    id_bytes: int,
+    codelists: Codelists,
+    unavailable: Sequence[str],
+) -> pl.LazyFrame:
+    """:func:`person_aggregates` of the recorded events, with the split and its hash unit."""
     persons = person_aggregates(
         people,
         areas,
@@ -888,8 +917,7 @@ def build_features(
         codelists=codelists,
         unavailable=unavailable,
     )
-    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
-    return persons.select(output_columns(features, index_date=index_date))
+    return with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
 
 
 def split_seed(seed: int) -> int:
@@ -923,17 +951,18 @@ def build_features_part(
     completes it once the context of everybody is known.
     """
     require_concepts(codelists, measurements=features.measurements)
-    persons = person_aggregates(
+    persons = _persons_with_split(
         people,
         areas,
-        recorded_events(events, index_date=index_date),
+        events,
         None,
         features=features,
         index_date=index_date,
+        seed=seed,
+        id_bytes=id_bytes,
         codelists=codelists,
         unavailable=unavailable,
     )
-    persons = with_split_unit(persons, seed=split_seed(seed), id_bytes=id_bytes)
     context = set(context_columns(features))
     columns = output_columns(features, index_date=index_date)
     return persons.select(
