@@ -1,16 +1,24 @@
 """Benchmark: England (~57M people, 42 ICBs) on paper, from real-size ICB partitions measured here.
 
 Runs the whole pipeline (``bench_scale.py``'s runner: one process per stage, tree peak RSS) on
-only a few ICBs of a 57M-person world, each at its real size (``population.only_icbs``), on the
-Dask engine with a LocalCluster of 1 worker and then of 2 workers. From those runs it prints, per
-stage:
+only some ICBs of a 57M-person world, each at its real size (``population.only_icbs``), on the
+Dask engine, three times:
 
-- seconds per million people with 1 and 2 workers, and the measured speed-up;
-- the parallel fraction ``p`` that speed-up implies (Amdahl: ``s = 1 / ((1 - p) + p / 2)``);
-- the tree peak RSS (memory is bounded by the partition size, not by the population);
+1. ``--small`` (one ICB) on a LocalCluster of 1 worker;
+2. ``--icbs`` (that ICB and another of the same size) on 1 worker;
+3. ``--icbs`` on 2 workers.
 
-and then the projection for all 42 ICBs: time on this machine (2 workers), and on a cluster of
-``k`` such workers (``t_k = t_1 * ((1 - p) + p / k)`` per stage), peak memory, and disk.
+Runs 1 and 2 differ only in the number of people, so per stage they separate the fixed cost
+(process and cluster start-up, the capped training sample, the report) from the cost per person:
+``t(n) = a + b * n`` through the two points. Runs 2 and 3 differ only in workers, and the two
+partitions are the same size, so their speed-up measures how the per-person part parallelises
+(Amdahl's ``p`` of ``t(n) - a``: ``s = 1 / ((1 - p) + p / 2)``). Memory is modelled the same way:
+a stage that works partition by partition has the same tree peak in runs 1 and 2 (the slope is
+the part that holds every person in one process).
+
+The projection for all 42 ICBs, per stage, is ``a + b * N * ((1 - p) + p / k)`` on ``k`` workers
+(``k = 2``: this machine), summed over stages; memory ``peak(2 workers) + slope * (N - n)``, the
+partition part scaled up to the largest ICB. Disk is linear in people.
 
 Each process runs Polars on one thread (``POLARS_MAX_THREADS``, ``--polars-threads``, default
 1), so a worker is one core: otherwise one worker's Polars already uses both cores of this
@@ -18,12 +26,8 @@ machine, the 1 -> 2 worker speed-up measures nothing, and the projection to ``k`
 not hold. This makes the stages' own serial parts slower than in a normal run, so the projection
 for this machine is conservative (LightGBM keeps ``train.num_threads``).
 
-The projection is linear in people per stage. That is conservative for ``train``, whose fit
-uses a sample capped at ``train.max_train_rows`` (only its scoring grows with the population), and
-for the fixed costs (process start-up, the report).
-
-Usage: ``nice .venv/bin/python benchmarks/bench_england.py [--icbs QOC,QT1] [--keep DIR]
-[--workers 1,2] [--cluster 4,8,16,42] [--polars-threads 1]``.
+Usage: ``nice .venv/bin/python benchmarks/bench_england.py [--small QT1] [--icbs QT1,QK1]
+[--keep DIR] [--workers 1,2] [--cluster 4,8,16,42] [--polars-threads 1]``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,9 +46,13 @@ import bench_scale  # a sibling script, not a package
 
 ENGLAND = 57_000_000
 """People registered with a GP practice in England (rounded; DOMAIN.md)."""
-DEFAULT_ICBS = "QOC,QT1"
-"""Shropshire, Telford and Wrekin (the smallest ICB) and Nottingham and Nottinghamshire (the
-median): 0.48M + 1.15M people in a 57M world."""
+DEFAULT_SMALL = "QT1"
+DEFAULT_ICBS = "QT1,QK1"
+"""Nottingham and Nottinghamshire, and Leicester, Leicestershire and Rutland: two median-sized
+ICBs of the same size (1.2M each in the reference list; ~1.15M in a 57M world)."""
+LARGEST_ICB_SHARE = 3.1 / 1.2
+"""The largest ICB (North East and North Cumbria, 3.1M) over the measured partitions' size: a
+stage's partition-bound memory grows by this factor at most."""
 
 
 def parallel_fraction(speed_up: float, *, workers: int = 2) -> float:
@@ -71,6 +80,34 @@ def on_cluster(seconds_one: float, fraction: float, *, workers: int) -> float:
     return seconds_one * ((1 - fraction) + fraction / workers)
 
 
+@dataclass(frozen=True)
+class Line:
+    """A straight line ``a + b * n`` through two measurements (``b`` clamped at >= 0).
+
+    Examples
+    --------
+    >>> Line.through((1.0, 10.0), (3.0, 14.0))
+    Line(fixed=8.0, per_person=2.0)
+    >>> Line.through((1.0, 10.0), (3.0, 9.0))  # noise: no growth, the larger figure kept
+    Line(fixed=10.0, per_person=0.0)
+    """
+
+    fixed: float
+    per_person: float
+
+    @classmethod
+    def through(cls, first: tuple[float, float], second: tuple[float, float]) -> Line:
+        (n_1, y_1), (n_2, y_2) = first, second
+        slope = max(0.0, (y_2 - y_1) / (n_2 - n_1))
+        if slope == 0.0:
+            return cls(max(y_1, y_2), 0.0)
+        return cls(max(0.0, y_2 - slope * n_2), slope)
+
+    def at(self, n: float) -> float:
+        """The line's value at ``n``."""
+        return self.fixed + self.per_person * n
+
+
 def stage_totals(measured: list[bench_scale.Measured]) -> dict[str, tuple[float, int]]:
     """Per stage name (targets summed): seconds and the largest tree peak."""
     totals: dict[str, tuple[float, int]] = {}
@@ -80,76 +117,111 @@ def stage_totals(measured: list[bench_scale.Measured]) -> dict[str, tuple[float,
     return totals
 
 
-def project(
-    one: list[bench_scale.Measured],
-    two: list[bench_scale.Measured],
-    *,
-    n_people: int,
-    disk: int,
-    cluster: list[int],
-) -> None:
+@dataclass(frozen=True)
+class Runs:
+    """The three runs: one ICB on 1 worker, two ICBs on 1 worker, two ICBs on 2 workers."""
+
+    small: list[bench_scale.Measured]
+    one: list[bench_scale.Measured]
+    two: list[bench_scale.Measured]
+    n_small: int
+    n_people: int
+
+
+def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
     """Print the per-stage table and the England projection."""
-    scale = ENGLAND / n_people
-    first, second = stage_totals(one), stage_totals(two)
-    print(f"\nper stage ({n_people:,} people measured; England = x{scale:.1f}):")
-    print(f"{'stage':<12} {'s/M 1w':>8} {'s/M 2w':>8} {'speed-up':>8} {'p':>5} {'peak GB':>8}")
+    small, one, two = (stage_totals(r) for r in (runs.small, runs.one, runs.two))
+    n_small, n_people = runs.n_small, runs.n_people
+    print(f"\nper stage ({n_small:,} then {n_people:,} people measured; England {ENGLAND:,}):")
+    print(
+        f"{'stage':<12} {'fixed s':>8} {'s/M 1w':>8} {'s/M 2w':>8} {'p':>5} "
+        f"{'peak GB':>8} {'GB/M':>6}"
+    )
     totals = {k: 0.0 for k in (1, 2, *cluster)}
-    for stage, (seconds_one, peak_one) in first.items():
-        seconds_two, peak_two = second[stage]
-        speed_up = seconds_one / seconds_two
-        fraction = parallel_fraction(speed_up)
-        per_million = 1e6 / n_people
+    peak_england = 0.0
+    for stage, (seconds_one, peak_one) in one.items():
+        seconds_small, peak_small = small[stage]
+        seconds_two, peak_two = two[stage]
+        time = Line.through((n_small, seconds_small), (n_people, seconds_one))
+        marginal_one = max(seconds_one - time.fixed, 1e-9)
+        marginal_two = max(seconds_two - time.fixed, 1e-9)
+        fraction = parallel_fraction(marginal_one / marginal_two)
+        memory = Line.through((n_small, peak_small), (n_people, peak_one))
+        partition_part = max(peak_two - memory.per_person * n_people, 0.0)
+        peak_stage = partition_part * LARGEST_ICB_SHARE + memory.per_person * ENGLAND
+        peak_england = max(peak_england, peak_stage)
         print(
-            f"{stage:<12} {seconds_one * per_million:8.1f} {seconds_two * per_million:8.1f} "
-            f"{speed_up:8.2f} {fraction:5.2f} {max(peak_one, peak_two) / 1e9:8.2f}"
+            f"{stage:<12} {time.fixed:8.1f} {time.per_person * 1e6:8.1f} "
+            f"{on_cluster(time.per_person, fraction, workers=2) * 1e6:8.1f} {fraction:5.2f} "
+            f"{peak_two / 1e9:8.2f} {memory.per_person * 1e6 / 1e9:6.3f}"
         )
         for workers in totals:
-            totals[workers] += on_cluster(seconds_one * scale, fraction, workers=workers)
-    peak = max(peak for _, peak in (*first.values(), *second.values()))
+            totals[workers] += time.fixed + on_cluster(
+                time.per_person * ENGLAND, fraction, workers=workers
+            )
     print(f"\nEngland ({ENGLAND:,} people, 42 ICBs), projected from these measurements:")
     print(f"  this machine, 1 worker : {totals[1] / 3600:6.2f} h")
     print(f"  this machine, 2 workers: {totals[2] / 3600:6.2f} h  (goal <= 2 h)")
     for workers in cluster:
         print(f"  cluster of {workers:>3} workers : {totals[workers] / 3600:6.2f} h")
-    print(f"  peak memory per stage (tree, measured): {peak / 1e9:.2f} GB")
-    print(f"  disk: {disk * scale / 1e9:.0f} GB ({disk / n_people:.0f} bytes per person)")
+    measured_peak = max(peak for _, peak in two.values())
+    print(f"  peak memory per stage: {measured_peak / 1e9:.2f} GB measured (2 workers),")
+    print(
+        f"    {peak_england / 1e9:.1f} GB projected for England (growth per person, partitions "
+        f"x{LARGEST_ICB_SHARE:.1f} for the largest ICB)"
+    )
+    per_person = disk / n_people
+    print(f"  disk: {per_person * ENGLAND / 1e9:.0f} GB ({per_person:.0f} bytes per person)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", default=DEFAULT_SMALL, help="the one-ICB run's ICB")
     parser.add_argument("--icbs", default=DEFAULT_ICBS, help="ICB codes, comma-separated")
     parser.add_argument("--workers", default="1,2", help="the two LocalCluster sizes compared")
     parser.add_argument("--cluster", default="4,8,16,42", help="cluster sizes to project")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
     parser.add_argument("--polars-threads", default="1", help="POLARS_MAX_THREADS of every process")
     args = parser.parse_args()
-    small, large = (int(k) for k in args.workers.split(","))
+    few, many = (int(k) for k in args.workers.split(","))
     os.environ["POLARS_MAX_THREADS"] = args.polars_threads  # inherited by stages and workers
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_england_"))
     base.mkdir(parents=True, exist_ok=True)
     icbs = args.icbs.split(",")
     print(
-        f"bench_england: ICBs {icbs} of a {ENGLAND:,}-person world, workers {small} then {large},"
-        f" POLARS_MAX_THREADS={args.polars_threads}"
+        f"bench_england: ICB {args.small} then ICBs {icbs} of a {ENGLAND:,}-person world, workers"
+        f" {few} then {many}, POLARS_MAX_THREADS={args.polars_threads}"
     )
-    measured, n_people, disk = {}, 0, 0
-    for workers in (small, large):
-        folder = base / f"dask-{workers}w"
-        measured[workers] = bench_scale.run_project(
+    plan = {
+        "small": ([args.small], few),
+        f"dask-{few}w": (icbs, few),
+        f"dask-{many}w": (icbs, many),
+    }
+    measured, people = {}, {}
+    for label, (chosen, workers) in plan.items():
+        folder = base / label
+        measured[label] = bench_scale.run_project(
             folder,
             n_people=ENGLAND,
             engine="dask",
             workers=workers,
-            only_icbs=icbs,
-            label=f"dask-{workers}w",
+            only_icbs=chosen,
+            label=label,
         )
-        n_people = people_written(folder)
-        disk = bench_scale.disk_bytes(folder)
-    print(f"{n_people:,} people in ICBs {icbs}")
+        people[label] = people_written(folder)
+    disk = bench_scale.disk_bytes(base / f"dask-{many}w")
+    print(f"{people['small']:,} people in {args.small}; {people[f'dask-{few}w']:,} in {icbs}")
     cluster = [int(k) for k in args.cluster.split(",")]
-    project(measured[small], measured[large], n_people=n_people, disk=disk, cluster=cluster)
-    differing = bench_scale.differing_files(base / f"dask-{small}w", base / f"dask-{large}w")
-    print(f"outputs of {small} vs {large} workers: {len(differing)} files differ {differing[:8]}")
+    runs = Runs(
+        small=measured["small"],
+        one=measured[f"dask-{few}w"],
+        two=measured[f"dask-{many}w"],
+        n_small=people["small"],
+        n_people=people[f"dask-{few}w"],
+    )
+    project(runs, disk=disk, cluster=cluster)
+    differing = bench_scale.differing_files(base / f"dask-{few}w", base / f"dask-{many}w")
+    print(f"outputs of {few} vs {many} workers: {len(differing)} files differ {differing[:8]}")
     if args.keep is None:
         shutil.rmtree(base)
 

@@ -259,6 +259,9 @@ class TrainParams(_Frozen):
     class_weighting: Literal["none", "balanced"] = "none"
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
     max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    max_validation_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    """Validation rows early stopping reads (a seeded sample above this); the calibration is
+    still fitted on every validation row's score, so the stage's memory stays flat in N."""
     n_bootstrap: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
     num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
     distributed: Annotated[bool, Field(strict=True)] = False

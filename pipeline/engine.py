@@ -48,6 +48,9 @@ SCHEDULER_ENV: Final = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT: Final = "20s"
 """How long a stage waits for the scheduler at ``DASK_SCHEDULER_ADDRESS`` before stopping."""
 
+SCATTER_BYTES: Final = 100_000
+"""A shared argument of :func:`map_partitions` larger than this is sent to the workers once."""
+
 T = TypeVar("T")
 
 
@@ -135,8 +138,8 @@ def map_partitions(
     client
         From :func:`connect`; None runs every call here, in order.
     **shared
-        Keyword arguments passed to every call (sent with each task: keep them small, pass
-        paths rather than tables).
+        Keyword arguments passed to every call (pass paths rather than tables: every worker
+        reads them).
 
     Returns
     -------
@@ -145,6 +148,15 @@ def map_partitions(
     """
     if client is None:
         return [func(partition, **shared) for partition in partitions]
-    futures = client.map(func, list(partitions), pure=False, **shared)
+    from dask.sizeof import sizeof
+
+    # The partitions (batches of person ids, an ICB's rows) and any large shared argument (a
+    # model's text) go to the workers once, as data, rather than inside every task of the graph.
+    scattered = client.scatter(list(partitions), hash=False)
+    large = {name: value for name, value in shared.items() if sizeof(value) > SCATTER_BYTES}
+    if large:
+        sent = client.scatter(list(large.values()), hash=False)
+        shared = shared | dict(zip(large, sent, strict=True))
+    futures = client.map(func, scattered, pure=False, **shared)
     results: list[T] = client.gather(futures)
     return results

@@ -261,6 +261,83 @@ def test_stage_refuses_a_cohort_member_without_features(project: Path) -> None:
     assert not (project / "models").exists()
 
 
+def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_every_row(
+    project: Path,
+) -> None:
+    """``train.max_validation_rows`` bounds the early-stopping rows (the model inputs held in
+    memory); the calibration still sees every validation row's score."""
+    split = np.array(["train", "validation", "test"])[np.arange(3_000) % 3]
+    rows = cohort.split_rows(
+        split,
+        max_train_rows=10_000,
+        max_validation_rows=100,
+        sample_seed=1,
+        stopping_seed=2,
+        target=TARGET,
+    )
+    assert rows.validation.size == 1_000 and rows.early_stopping.size == 100
+    assert np.isin(rows.early_stopping, rows.validation).all()
+    assert (np.diff(rows.early_stopping) > 0).all()
+    again = cohort.split_rows(
+        split,
+        max_train_rows=10_000,
+        max_validation_rows=100,
+        sample_seed=1,
+        stopping_seed=2,
+        target=TARGET,
+    )
+    assert np.array_equal(again.early_stopping, rows.early_stopping)
+    whole = cohort.split_rows(
+        split,
+        max_train_rows=10_000,
+        max_validation_rows=1_000,
+        sample_seed=1,
+        stopping_seed=2,
+        target=TARGET,
+    )
+    assert np.array_equal(whole.early_stopping, whole.validation)
+
+    _population(project, truth=False)
+    params = _params(calibration="none")
+    paths = io.Paths.at(project)
+    members, spec = train.stage.read_cohort(
+        paths,
+        target=TARGET,
+        extra_columns=[],
+        outcomes=cohort.read_outcomes(paths, params, target=TARGET),
+    )
+    rows = cohort.split_rows(
+        members["split"].to_numpy(),
+        max_train_rows=10_000,
+        max_validation_rows=60,
+        sample_seed=1,
+        stopping_seed=2,
+        target=TARGET,
+    )
+    needed = train.stage.fit_rows(rows, shap_rows=rows.test[:0], distributed=None)
+    assert np.isin(rows.validation, needed).sum() == 60  # only the sample's inputs are read
+    features = pl.scan_parquet(paths.features / "features.parquet")
+    inputs = train.stage.Inputs(
+        needed, train.batches.model_inputs(features, members["person_id"].gather(needed), spec)
+    )
+    fitted = train.stage.fit_model(
+        members,
+        inputs,
+        rows,
+        spec=spec,
+        train=params.train,
+        target=TARGET,
+        root_seed=7,
+        batching=train.stage.Batching(paths.features / "features.parquet", None),
+    )
+    y = members["outcome"].to_numpy().astype(np.float64)
+    every_row = float(np.mean((fitted.risk[rows.validation] - y[rows.validation]) ** 2))
+    assert rows.validation.size > 200
+    assert fitted.calibration["validation_brier_raw"] == float(
+        f"{every_row:.{calibration.SIGNIFICANT_DIGITS}g}"
+    )
+
+
 # --- pure functions ------------------------------------------------------------------------------
 
 

@@ -207,27 +207,32 @@ def run(params: Params, paths: Paths) -> None:
     files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
     for name in targets:
         _check_model_inputs(files[name].model, features_path)
-    cohorts = {name: _read_cohort(files[name].scores, features_path, name) for name in targets}
+    # Capacities are checked on every cohort before any list is built; each cohort is then
+    # read and held one target at a time (memory: one cohort, not all of them).
     capacities = {
         name: selection.list_sizes(
-            cohort,
+            _scan_cohort(files[name].scores, features_path),
             capacity_mode=outreach.capacity_mode,
             capacity=outreach.capacity,
             key="outreach.capacity",
         )
-        for name, cohort in cohorts.items()
+        for name in targets
     }
-    oracle = _read_oracle(paths.truth / "oracle.parquet")
+    oracle = _scan_oracle(paths.truth / "oracle.parquet")
     glossary = reasons.feature_glossary(manifest.features)
+    built: dict[str, tuple[pl.DataFrame, dict[str, Any]]] = {}
+    icbs: dict[str, list[str]] = {}
     with engine.connect_for(params) as client:
-        built = {
-            name: build_target(
-                cohorts[name],
+        for name in targets:
+            cohort = _read_cohort(files[name].scores, features_path, name)
+            icbs[name] = cohort["icb_code"].unique().sort().to_list()
+            built[name] = build_target(
+                cohort,
                 capacity=capacities[name],
                 files=files[name],
                 features=features_path,
                 glossary=glossary,
-                truth_need=None if oracle is None else summary.target_true_need(oracle, name),
+                truth_need=None if oracle is None else _true_need(oracle, name),
                 outreach=outreach,
                 key=key,
                 rng=seeds.rng("equal_opportunity", name, root=params.seed),
@@ -235,9 +240,7 @@ def run(params: Params, paths: Paths) -> None:
                 rule=params.disclosure,
                 client=client,
             )
-            for name in targets
-        }
-    icbs = {name: cohort["icb_code"].unique().sort().to_list() for name, cohort in cohorts.items()}
+            del cohort
     rows = {name: frame for name, (frame, _) in built.items()}
     _write_lists(paths.outreach, rows, icbs, dictionary.data_dictionary(targets, outreach.tiers))
     summary.write_summary(
@@ -283,28 +286,34 @@ def _check_model_inputs(model: Path, features: Path) -> None:
     _check_columns(pl.scan_parquet(features), names, features)
 
 
-def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:
-    """The eligible cohort: scores with the sensitive attributes (read once per target)."""
+def _scan_cohort(scores_path: Path, features_path: Path) -> pl.LazyFrame:
+    """The eligible cohort, lazily: scores with the sensitive attributes (``_in_features`` marks
+    the scored people found in the features table)."""
     scores = pl.scan_parquet(scores_path)
     _check_columns(scores, list(contract.SCORES_SCHEMA), scores_path)
     sensitive = pl.scan_parquet(features_path)
     _check_columns(sensitive, ["person_id", *COHORT_COLUMNS], features_path)
-    cohort = (
+    return (
         scores.select(list(contract.SCORES_SCHEMA))
         .join(
             sensitive.select("person_id", *COHORT_COLUMNS).with_columns(_in_features=True),
             on="person_id",
             how="left",
         )
-        .collect()
+        .with_columns(pl.col("icb_code").fill_null(lists.NO_ICB))
     )
+
+
+def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:
+    """The eligible cohort: scores with the sensitive attributes (read once per target)."""
+    cohort = _scan_cohort(scores_path, features_path).collect()
     unmatched = cohort["_in_features"].null_count()
     if unmatched:
         raise ContractError(
             f"{features_path}: {unmatched} scored people of {target} have no row "
             "in the features table"
         )
-    return cohort.drop("_in_features").with_columns(pl.col("icb_code").fill_null(lists.NO_ICB))
+    return cohort.drop("_in_features")
 
 
 def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyFrame | None:
@@ -322,12 +331,17 @@ def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyF
     return need
 
 
-def _read_oracle(path: Path) -> pl.DataFrame | None:
+def _scan_oracle(path: Path) -> pl.LazyFrame | None:
     """``person_id``, ``target``, ``true_need`` (each target's own true need) of the synthetic
     world, or None for real data."""
     if not path.exists():
         return None
-    return pl.read_parquet(path, columns=["person_id", "target", "true_need"])
+    return pl.scan_parquet(path).select("person_id", "target", "true_need")
+
+
+def _true_need(oracle: pl.LazyFrame, target: str) -> pl.DataFrame:
+    """One target's true need (:func:`pipeline.outreach.summary.target_true_need`), read alone."""
+    return summary.target_true_need(oracle.filter(pl.col("target") == target).collect(), target)
 
 
 def _write_lists(

@@ -71,6 +71,7 @@ def model_card(
         "n_people": rule.count(n_cohort),
         "n_train": rule.count(n_train_rows),
         "max_train_rows": f"{train.max_train_rows:,}",
+        "max_validation_rows": f"{train.max_validation_rows:,}",
         "learning_rate": train.learning_rate,
         "num_leaves": train.num_leaves,
         "early_stopping_rounds": train.early_stopping_rounds,

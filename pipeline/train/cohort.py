@@ -150,16 +150,27 @@ def sample_rows(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Splits:
-    """Row indices of the cohort per split (``train`` possibly a seeded sample)."""
+    """Row indices of the cohort per split (``train`` possibly a seeded sample;
+    ``early_stopping`` the validation rows early stopping reads, possibly a seeded sample)."""
 
     train: np.ndarray
     validation: np.ndarray
     test: np.ndarray
     external: np.ndarray
+    early_stopping: np.ndarray
 
 
-def split_rows(split: np.ndarray, *, max_train_rows: int, sample_seed: int, target: str) -> Splits:
-    """The cohort's rows per split; the train split sampled down to ``max_train_rows``.
+def split_rows(
+    split: np.ndarray,
+    *,
+    max_train_rows: int,
+    max_validation_rows: int,
+    sample_seed: int,
+    stopping_seed: int,
+    target: str,
+) -> Splits:
+    """The cohort's rows per split; the train split sampled down to ``max_train_rows`` and the
+    early-stopping rows to ``max_validation_rows`` of the validation split.
 
     Raises
     ------
@@ -168,14 +179,19 @@ def split_rows(split: np.ndarray, *, max_train_rows: int, sample_seed: int, targ
     """
     train = np.flatnonzero(split == "train")
     train = train[sample_rows(train.size, max_rows=max_train_rows, seed=sample_seed)]
+    validation = np.flatnonzero(split == "validation")
+    stopping = validation[
+        sample_rows(validation.size, max_rows=max_validation_rows, seed=stopping_seed)
+    ]
     test = np.flatnonzero(split == "test")
     if test.size == 0:
         raise StageError(f"{target}: the test split is empty")
     return Splits(
         train=train,
-        validation=np.flatnonzero(split == "validation"),
+        validation=validation,
         test=test,
         external=np.flatnonzero(split == "external"),
+        early_stopping=stopping,
     )
 
 

@@ -107,8 +107,9 @@ def fit_model(
     batching: Batching,
     distributed: np.ndarray | None = None,
 ) -> Fitted:
-    """Fit LightGBM on the train rows (early stopping on validation), score every cohort member
-    in batches, then fit the calibration on the validation split's scores.
+    """Fit LightGBM on the train rows (early stopping on the validation split's early-stopping
+    rows), score every cohort member in batches, then fit the calibration on every validation
+    row's score.
 
     With ``distributed`` (``train.distributed``: every training row), the early-stopped fit on
     the sample only sets the number of rounds, and the model is refitted on those rows through
@@ -123,8 +124,8 @@ def fit_model(
     booster = fit.fit_booster(
         inputs.of(rows.train),
         y[rows.train],
-        inputs.of(rows.validation),
-        y[rows.validation],
+        inputs.of(rows.early_stopping),
+        y[rows.early_stopping],
         spec=spec,
         params=booster_params,
         n_estimators=train.n_estimators,
@@ -291,8 +292,8 @@ class Trained:
 
 def fit_rows(rows: Splits, *, shap_rows: np.ndarray, distributed: np.ndarray | None) -> np.ndarray:
     """The cohort rows whose model inputs the stage reads (ascending): the train sample, the
-    validation split, the SHAP sample and, for a distributed fit, every training row."""
-    parts = [rows.train, rows.validation, shap_rows]
+    early-stopping rows, the SHAP sample and, for a distributed fit, every training row."""
+    parts = [rows.train, rows.early_stopping, shap_rows]
     return np.unique(np.concatenate(parts if distributed is None else [*parts, distributed]))
 
 
@@ -317,7 +318,9 @@ def train_target(
     rows = split_rows(
         cohort["split"].to_numpy(),
         max_train_rows=train.max_train_rows,
+        max_validation_rows=train.max_validation_rows,
         sample_seed=seeds.derive("train", target, "train_sample", root=seed),
+        stopping_seed=seeds.derive("train", target, "early_stopping_sample", root=seed),
         target=target,
     )
     every_train_row = None
