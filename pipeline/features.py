@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import polars as pl
 from rich.progress import Progress
 
-from pipeline import console, contract, engine, io, partitions, seeds
+from pipeline import console, contract, engine, io, partitions, receipt, seeds
 from pipeline.codelists import Codelists, concept_match, load_codelists, normalise_code
 from pipeline.config import FeatureParams, Params
 from pipeline.errors import ContractError, ParamsError, StageError
@@ -1353,7 +1353,10 @@ def _icb_codes(folder: Path) -> list[str] | None:
 
 
 def run(params: Params, paths: io.Paths) -> Path:
-    """Validate ``data/population/``, build the features and write them with the manifest.
+    """Build the features of ``data/population/`` and write them with the manifest.
+
+    The contract's structural rules are checked again unless the validate stage's receipt
+    (:mod:`pipeline.receipt`) describes this very folder under these params.
 
     Returns
     -------
@@ -1371,14 +1374,21 @@ def run(params: Params, paths: io.Paths) -> Path:
     codelists = load_codelists(lists if lists.is_dir() else None)
     require_concepts(codelists, measurements=fp.measurements)
     with engine.connect_for(params) as client:  # partitions as tasks on engine dask
-        contract.validate_population(
+        checked = receipt.population_receipt(
             folder,
             target_names=tuple(params.targets),
             index_date=index_date,
             extract_end=params.validation.extract_end,
-            checks="structural",  # record-level noise: counted by validate, dropped by clean_events
-            client=client,
         )
+        if not receipt.matches(paths.validated, checked):  # validate did not pass this folder
+            contract.validate_population(
+                folder,
+                target_names=tuple(params.targets),
+                index_date=index_date,
+                extract_end=params.validation.extract_end,
+                checks="structural",  # record-level noise: counted by validate, dropped later
+                client=client,
+            )
         unavailable = contract.unavailable_fields(folder)
         manifest = build_manifest(fp, index_date=index_date, seed=seed, unavailable=unavailable)
         with io.atomic_dir(paths.features) as tmp:

@@ -59,6 +59,11 @@ class Paths:
         return self.root / "data" / "keys" / "pseudonym_key.fingerprint"
 
     @property
+    def validated(self) -> Path:
+        """The validate stage's receipt (:mod:`pipeline.receipt`; a dependency of features)."""
+        return self.root / "data" / "validated.json"
+
+    @property
     def features(self) -> Path:
         return self.root / "features"
 

@@ -12,11 +12,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pipeline import console, engine, outcomes
+from pipeline import console, engine, outcomes, receipt
 from pipeline.config import Params
 from pipeline.contract import DataQuality, validate_population, write_summary
 from pipeline.disclosure import Rule
-from pipeline.io import Paths
+from pipeline.io import Paths, write_json
 
 __all__ = ["data_quality_report", "run"]
 
@@ -104,7 +104,8 @@ def outcome_facts(folder: Path, params: Params, *, root: Path) -> dict[str, dict
 
 
 def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
-    """Validate ``extract`` (default ``data/population``) and write the data-quality report."""
+    """Validate ``extract`` (default ``data/population``); write the data-quality report and the
+    receipt of the pass (``data/validated.json``, :mod:`pipeline.receipt`)."""
     folder = Path(extract) if extract is not None else paths.population
     with engine.connect_for(params) as client:  # partitions as tasks on engine dask
         facts = validate_population(
@@ -116,6 +117,12 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
             client=client,
         )
     facts["outcomes"] = outcome_facts(folder, params, root=paths.root)
+    passed = receipt.population_receipt(
+        folder,
+        target_names=tuple(params.targets),
+        index_date=params.index_date,
+        extract_end=params.validation.extract_end,
+    )
     # Relative to the project when inside it, so the report is the same in every clone.
     shown = folder.resolve()
     if shown.is_relative_to(paths.root):
@@ -124,6 +131,7 @@ def run(params: Params, paths: Paths, *, extract: Path | None = None) -> None:
         facts, folder=shown.as_posix(), index_date=params.index_date, rule=params.disclosure
     )
     write_summary(DataQuality.model_validate(report), paths.reports / "data_quality.json")
+    write_json(passed, paths.validated)
     sources = ", ".join(f"{name} {found['source']}" for name, found in facts["outcomes"].items())
     console.stage_done(
         "validate",
