@@ -2,23 +2,30 @@
 
 Runs the whole pipeline (``bench_scale.py``'s runner: one process per stage, tree peak RSS) on
 only some ICBs of a 57M-person world, each at its real size (``population.only_icbs``), on the
-Dask engine, three times:
+Dask engine, four times:
 
-1. ``--small`` (one ICB) on a LocalCluster of 1 worker;
-2. ``--icbs`` (that ICB and another of the same size) on 1 worker;
-3. ``--icbs`` on 2 workers.
+1. ``tiny``: all 42 ICBs of a ``--tiny``-person world (1,000 people each) on a LocalCluster of 1
+   worker: per stage, the fixed cost ``a`` (process and cluster start-up, 42 partitions' tasks,
+   the report) with next to no per-person work;
+2. ``small``: ``--small`` (one ICB at its real size) on 1 worker;
+3. ``dask-1w``: ``--icbs`` (that ICB and another of the same size) on 1 worker;
+4. ``dask-2w``: ``--icbs`` on 2 workers.
 
-Runs 1 and 2 differ only in the number of people, so per stage they separate the fixed cost
-(process and cluster start-up, the capped training sample, the report) from the cost per person:
-``t(n) = a + b * n`` through the two points. Runs 2 and 3 differ only in workers, and the two
+The cost per person is ``b = (t_3 - a) / n``. Runs 3 and 4 differ only in workers, and their two
 partitions are the same size, so their speed-up measures how the per-person part parallelises
-(Amdahl's ``p`` of ``t(n) - a``: ``s = 1 / ((1 - p) + p / 2)``). Memory is modelled the same way:
-a stage that works partition by partition has the same tree peak in runs 1 and 2 (the slope is
-the part that holds every person in one process).
+(Amdahl's ``p`` of ``t - a``: ``s = 1 / ((1 - p) + p / 2)``). Runs 2 and 3 differ only in the
+number of people: a stage that works partition by partition has the same memory in both, so the
+slope of the tree peak between them is the part that holds every person in one process.
 
 The projection for all 42 ICBs, per stage, is ``a + b * N * ((1 - p) + p / k)`` on ``k`` workers
-(``k = 2``: this machine), summed over stages; memory ``peak(2 workers) + slope * (N - n)``, the
-partition part scaled up to the largest ICB. Disk is linear in people.
+(``k = 2``: this machine), summed over stages; memory ``slope * N`` plus the partition part
+scaled up to the largest ICB. Disk is linear in people.
+
+The model's size matters to two stages: train's fit (on a sample capped at
+``train.max_train_rows``) and outreach's TreeSHAP (cost per listed person grows with the trees).
+With two median ICBs (~2.3M people, a 1.4M-row training sample) early stopping keeps nearly as
+many trees as at 10M and more (2M-row sample), so ``b`` is representative; the fit is counted per
+person, which overstates it at England's size (conservative).
 
 Each process runs Polars on one thread (``POLARS_MAX_THREADS``, ``--polars-threads``, default
 1), so a worker is one core: otherwise one worker's Polars already uses both cores of this
@@ -26,8 +33,8 @@ machine, the 1 -> 2 worker speed-up measures nothing, and the projection to ``k`
 not hold. This makes the stages' own serial parts slower than in a normal run, so the projection
 for this machine is conservative (LightGBM keeps ``train.num_threads``).
 
-Usage: ``nice .venv/bin/python benchmarks/bench_england.py [--small QT1] [--icbs QT1,QK1]
-[--keep DIR] [--workers 1,2] [--cluster 4,8,16,42] [--polars-threads 1]``.
+Usage: ``nice .venv/bin/python benchmarks/bench_england.py [--tiny 42000] [--small QT1]
+[--icbs QT1,QK1] [--keep DIR] [--workers 1,2] [--cluster 4,8,16,42] [--polars-threads 1]``.
 """
 
 from __future__ import annotations
@@ -96,6 +103,18 @@ class Line:
     per_person: float
 
     @classmethod
+    def from_fixed(cls, fixed: float, point: tuple[float, float]) -> Line:
+        """The line with intercept ``fixed`` through ``point`` (slope clamped at >= 0).
+
+        Examples
+        --------
+        >>> Line.from_fixed(10.0, (4.0, 18.0))
+        Line(fixed=10.0, per_person=2.0)
+        """
+        n, y = point
+        return cls(fixed, max(0.0, (y - fixed) / n))
+
+    @classmethod
     def through(cls, first: tuple[float, float], second: tuple[float, float]) -> Line:
         (n_1, y_1), (n_2, y_2) = first, second
         slope = max(0.0, (y_2 - y_1) / (n_2 - n_1))
@@ -119,8 +138,9 @@ def stage_totals(measured: list[bench_scale.Measured]) -> dict[str, tuple[float,
 
 @dataclass(frozen=True)
 class Runs:
-    """The three runs: one ICB on 1 worker, two ICBs on 1 worker, two ICBs on 2 workers."""
+    """The four runs: a tiny all-ICB world, one ICB, two ICBs on 1 worker, then on 2 workers."""
 
+    tiny: list[bench_scale.Measured]
     small: list[bench_scale.Measured]
     one: list[bench_scale.Measured]
     two: list[bench_scale.Measured]
@@ -130,9 +150,12 @@ class Runs:
 
 def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
     """Print the per-stage table and the England projection."""
-    small, one, two = (stage_totals(r) for r in (runs.small, runs.one, runs.two))
+    tiny, small, one, two = (stage_totals(r) for r in (runs.tiny, runs.small, runs.one, runs.two))
     n_small, n_people = runs.n_small, runs.n_people
-    print(f"\nper stage ({n_small:,} then {n_people:,} people measured; England {ENGLAND:,}):")
+    print(
+        f"\nper stage (fixed: the tiny run; per person: {n_people:,} people; memory slope:"
+        f" {n_small:,} -> {n_people:,}; England {ENGLAND:,}):"
+    )
     print(
         f"{'stage':<12} {'fixed s':>8} {'s/M 1w':>8} {'s/M 2w':>8} {'p':>5} "
         f"{'peak GB':>8} {'GB/M':>6}"
@@ -140,9 +163,9 @@ def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
     totals = {k: 0.0 for k in (1, 2, *cluster)}
     peak_england = 0.0
     for stage, (seconds_one, peak_one) in one.items():
-        seconds_small, peak_small = small[stage]
+        _, peak_small = small[stage]
         seconds_two, peak_two = two[stage]
-        time = Line.through((n_small, seconds_small), (n_people, seconds_one))
+        time = Line.from_fixed(min(tiny[stage][0], seconds_one), (n_people, seconds_one))
         marginal_one = max(seconds_one - time.fixed, 1e-9)
         marginal_two = max(seconds_two - time.fixed, 1e-9)
         fraction = parallel_fraction(marginal_one / marginal_two)
@@ -176,6 +199,7 @@ def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", type=int, default=42_000, help="people of the all-ICB run")
     parser.add_argument("--small", default=DEFAULT_SMALL, help="the one-ICB run's ICB")
     parser.add_argument("--icbs", default=DEFAULT_ICBS, help="ICB codes, comma-separated")
     parser.add_argument("--workers", default="1,2", help="the two LocalCluster sizes compared")
@@ -189,20 +213,22 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     icbs = args.icbs.split(",")
     print(
-        f"bench_england: ICB {args.small} then ICBs {icbs} of a {ENGLAND:,}-person world, workers"
-        f" {few} then {many}, POLARS_MAX_THREADS={args.polars_threads}"
+        f"bench_england: all ICBs of a {args.tiny:,}-person world, then ICB {args.small}, then"
+        f" ICBs {icbs} of a {ENGLAND:,}-person world, workers {few} then {many},"
+        f" POLARS_MAX_THREADS={args.polars_threads}"
     )
     plan = {
-        "small": ([args.small], few),
-        f"dask-{few}w": (icbs, few),
-        f"dask-{many}w": (icbs, many),
+        "tiny": (args.tiny, None, few),
+        "small": (ENGLAND, [args.small], few),
+        f"dask-{few}w": (ENGLAND, icbs, few),
+        f"dask-{many}w": (ENGLAND, icbs, many),
     }
     measured, people = {}, {}
-    for label, (chosen, workers) in plan.items():
+    for label, (world, chosen, workers) in plan.items():
         folder = base / label
         measured[label] = bench_scale.run_project(
             folder,
-            n_people=ENGLAND,
+            n_people=world,
             engine="dask",
             workers=workers,
             only_icbs=chosen,
@@ -213,6 +239,7 @@ def main() -> None:
     print(f"{people['small']:,} people in {args.small}; {people[f'dask-{few}w']:,} in {icbs}")
     cluster = [int(k) for k in args.cluster.split(",")]
     runs = Runs(
+        tiny=measured["tiny"],
         small=measured["small"],
         one=measured[f"dask-{few}w"],
         two=measured[f"dask-{many}w"],
