@@ -266,35 +266,24 @@ def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_ever
 ) -> None:
     """``train.max_validation_rows`` bounds the early-stopping rows (the model inputs held in
     memory); the calibration still sees every validation row's score."""
+
+    def splits(split: np.ndarray, *, cap: int) -> cohort.Splits:
+        return cohort.split_rows(
+            split,
+            max_train_rows=10_000,
+            max_validation_rows=cap,
+            sample_seed=1,
+            stopping_seed=2,
+            target=TARGET,
+        )
+
     split = np.array(["train", "validation", "test"])[np.arange(3_000) % 3]
-    rows = cohort.split_rows(
-        split,
-        max_train_rows=10_000,
-        max_validation_rows=100,
-        sample_seed=1,
-        stopping_seed=2,
-        target=TARGET,
-    )
+    rows = splits(split, cap=100)
     assert rows.validation.size == 1_000 and rows.early_stopping.size == 100
     assert np.isin(rows.early_stopping, rows.validation).all()
     assert (np.diff(rows.early_stopping) > 0).all()
-    again = cohort.split_rows(
-        split,
-        max_train_rows=10_000,
-        max_validation_rows=100,
-        sample_seed=1,
-        stopping_seed=2,
-        target=TARGET,
-    )
-    assert np.array_equal(again.early_stopping, rows.early_stopping)
-    whole = cohort.split_rows(
-        split,
-        max_train_rows=10_000,
-        max_validation_rows=1_000,
-        sample_seed=1,
-        stopping_seed=2,
-        target=TARGET,
-    )
+    assert np.array_equal(splits(split, cap=100).early_stopping, rows.early_stopping)
+    whole = splits(split, cap=1_000)
     assert np.array_equal(whole.early_stopping, whole.validation)
 
     _population(project, truth=False)
@@ -306,14 +295,7 @@ def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_ever
         extra_columns=[],
         outcomes=cohort.read_outcomes(paths, params, target=TARGET),
     )
-    rows = cohort.split_rows(
-        members["split"].to_numpy(),
-        max_train_rows=10_000,
-        max_validation_rows=60,
-        sample_seed=1,
-        stopping_seed=2,
-        target=TARGET,
-    )
+    rows = splits(members["split"].to_numpy(), cap=60)
     needed = train.stage.fit_rows(rows, shap_rows=rows.test[:0], distributed=None)
     assert np.isin(rows.validation, needed).sum() == 60  # only the sample's inputs are read
     features = pl.scan_parquet(paths.features / "features.parquet")
