@@ -28,7 +28,15 @@ from pipeline import engine
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["BATCH_ROWS", "ICB", "Batch", "batches", "input_rows", "predict_in_batches"]
+__all__ = [
+    "BATCH_ROWS",
+    "ICB",
+    "Batch",
+    "batch_keys",
+    "batches",
+    "input_rows",
+    "predict_in_batches",
+]
 
 BATCH_ROWS: Final = 500_000
 """Most people scored in one batch (one batch's feature matrix is the largest held)."""
@@ -54,6 +62,11 @@ def input_rows(
     wanted = person_ids.rename("person_id").to_frame().lazy()
     keep = rows.select("person_id", *columns)
     return wanted.join(keep, on="person_id", how="left", maintain_order="left").collect()
+
+
+def batch_keys(cohort: pl.DataFrame) -> pl.DataFrame:
+    """``person_id`` and, when ``cohort`` has it, ``icb_code``: the columns batches are cut on."""
+    return cohort.select("person_id", *[c for c in (ICB,) if c in cohort.columns])
 
 
 def batches(cohort: pl.DataFrame, *, batch_rows: int = BATCH_ROWS) -> list[np.ndarray]:

@@ -168,7 +168,7 @@ def need_scores(
     )
     del inputs
     scores = batches.predict_in_batches(
-        frame.select("person_id", *[c for c in (batches.ICB,) if c in frame.columns]),
+        batches.batch_keys(frame),
         need_batch,
         features_path=features_path,
         model=booster.model_to_string(),

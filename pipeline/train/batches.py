@@ -14,13 +14,21 @@ import numpy as np
 import polars as pl
 
 from pipeline import batches
-from pipeline.batches import BATCH_ROWS, ICB
+from pipeline.batches import BATCH_ROWS, ICB, batch_keys
 from pipeline.train.cohort import FeatureSpec, feature_matrix
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["BATCH_ROWS", "ICB", "model_inputs", "predict_batch", "score_in_batches"]
+__all__ = [
+    "BATCH_ROWS",
+    "ICB",
+    "batch_keys",
+    "model_inputs",
+    "model_inputs_in_batches",
+    "predict_batch",
+    "score_in_batches",
+]
 
 
 def model_inputs(
@@ -41,6 +49,28 @@ def model_inputs(
         Read only the rows of this ICB (a filter the parquet reader can push down).
     """
     return feature_matrix(batches.input_rows(features, person_ids, spec.names, icb=icb), spec)
+
+
+def model_inputs_in_batches(
+    features: pl.LazyFrame,
+    cohort: pl.DataFrame,
+    spec: FeatureSpec,
+    *,
+    batch_rows: int = BATCH_ROWS,
+) -> np.ndarray:
+    """The input matrix of every ``cohort`` row (person_id, optionally icb_code), in its order,
+    read batch by batch (:func:`pipeline.batches.batches`: per ICB, its row groups alone).
+
+    The same rows as one :func:`model_inputs` call, but the reader's transient copies (every
+    column of the rows read, before the cast to float32) are one batch's, not the whole sample's.
+    """
+    out = np.empty((cohort.height, len(spec.names)), dtype=np.float32)
+    ids = cohort.get_column("person_id")
+    icb = cohort.get_column(ICB) if ICB in cohort.columns else None
+    for rows in batches.batches(cohort, batch_rows=batch_rows):
+        code = None if icb is None else icb[int(rows[0])]
+        out[rows] = model_inputs(features, ids.gather(rows), spec, icb=code)
+    return out
 
 
 def predict_batch(

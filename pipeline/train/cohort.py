@@ -148,6 +148,11 @@ def sample_rows(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
 
 
+def split_index(split: pl.Series, name: str) -> np.ndarray:
+    """Row indices (ascending) whose ``split`` is ``name``."""
+    return np.flatnonzero((split == name).to_numpy())
+
+
 @dataclass(frozen=True)
 class Splits:
     """Row indices of the cohort per split (``train`` possibly a seeded sample;
@@ -161,7 +166,7 @@ class Splits:
 
 
 def split_rows(
-    split: np.ndarray,
+    split: pl.Series,
     *,
     max_train_rows: int,
     max_validation_rows: int,
@@ -172,25 +177,28 @@ def split_rows(
     """The cohort's rows per split; the train split sampled down to ``max_train_rows`` and the
     early-stopping rows to ``max_validation_rows`` of the validation split.
 
+    ``split`` is compared in Polars (a boolean mask per split), not converted to a NumPy array
+    of Python strings (an object per person).
+
     Raises
     ------
     StageError
         When the test split is empty.
     """
-    train = np.flatnonzero(split == "train")
+    train = split_index(split, "train")
     train = train[sample_rows(train.size, max_rows=max_train_rows, seed=sample_seed)]
-    validation = np.flatnonzero(split == "validation")
+    validation = split_index(split, "validation")
     stopping = validation[
         sample_rows(validation.size, max_rows=max_validation_rows, seed=stopping_seed)
     ]
-    test = np.flatnonzero(split == "test")
+    test = split_index(split, "test")
     if test.size == 0:
         raise StageError(f"{target}: the test split is empty")
     return Splits(
         train=train,
         validation=validation,
         test=test,
-        external=np.flatnonzero(split == "external"),
+        external=split_index(split, "external"),
         early_stopping=stopping,
     )
 

@@ -325,6 +325,7 @@ def log_to_mlflow(
     metrics: Mapping[str, Any],
     model_dir: Path,
     inputs: Sequence[Path],
+    timings: Mapping[str, float] | None = None,
 ) -> str:
     """Log one training run, register its calibrated model and (outside DVC experiments) move
     the ``candidate`` alias of ``phm-<target>`` to it; returns the run id.
@@ -332,7 +333,9 @@ def log_to_mlflow(
     Nothing row-level is logged: the dataset input is schema + digest only, the input example
     is a synthetic row of training medians (made consistent) and the charts are aggregate
     curves. ``inputs``: the files the stage read (tagged with their sha256; the first is the
-    dataset's source).
+    dataset's source). ``timings``: wall seconds of the run's steps (e.g. ``fit_seconds``),
+    logged as metrics for reviewers and ``benchmarks/bench_england.py``; never in a file DVC
+    tracks, where they would break the byte-identical reruns.
     """
     _import_mlflow()
     import mlflow
@@ -358,6 +361,8 @@ def log_to_mlflow(
         mlflow.log_params(dict(params))
         mlflow.log_input(dataset, context="training")
         tracking.log_flat_metrics({k: v for k, v in metrics.items() if k != "target"})
+        if timings:
+            mlflow.log_metrics(dict(timings))
         for artifact in ("metrics.json", "feature_importance.json", "model_card.md"):
             mlflow.log_artifact(str(model_dir / artifact))
         mlflow.log_text(

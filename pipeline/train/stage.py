@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.train.cohort import (
     oracle_risk,
     read_outcomes,
     sample_rows,
+    split_index,
     split_rows,
 )
 
@@ -79,11 +81,13 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Fitted:
-    """The fitted model, its calibration and the calibrated risk of every cohort member."""
+    """The fitted model, its calibration, the calibrated risk of every cohort member and the
+    fit's wall seconds (logged to MLflow only: timings are not outputs)."""
 
     booster: lgb.Booster
     calibration: dict[str, Any]
     risk: np.ndarray
+    fit_seconds: float
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ def fit_model(
         seed=seeds.derive("train", target, "lightgbm", root=root_seed),
         scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
     )
+    started = time.perf_counter()
     booster = fit.fit_booster(
         inputs.of(rows.train),
         y[rows.train],
@@ -141,8 +146,9 @@ def fit_model(
             time_out=train.time_out,
             client=batching.client,
         )
+    fit_seconds = time.perf_counter() - started
     raw = batches.score_in_batches(
-        cohort.select("person_id", *[c for c in (batches.ICB,) if c in cohort.columns]),
+        batches.batch_keys(cohort),
         features_path=batching.features_path,
         spec=spec,
         booster=booster,
@@ -155,7 +161,8 @@ def fit_model(
         mode=train.calibration,
         seed=seeds.derive("train", target, "calibration_folds", root=root_seed),
     )
-    return Fitted(booster, calibration, calibration_mod.apply_calibration(calibration, raw))
+    risk = calibration_mod.apply_calibration(calibration, raw)
+    return Fitted(booster, calibration, risk, fit_seconds)
 
 
 def model_metrics(
@@ -316,7 +323,7 @@ def train_target(
     train, point, seed = params.train, params.operating_point, params.seed
     y = cohort["outcome"].to_numpy().astype(np.float64)
     rows = split_rows(
-        cohort["split"].to_numpy(),
+        cohort["split"],
         max_train_rows=train.max_train_rows,
         max_validation_rows=train.max_validation_rows,
         sample_seed=seeds.derive("train", target, "train_sample", root=seed),
@@ -325,15 +332,14 @@ def train_target(
     )
     every_train_row = None
     if distributed:
-        every_train_row = np.flatnonzero(cohort["split"].to_numpy() == "train")
+        every_train_row = split_index(cohort["split"], "train")
     n_train_rows = int((rows.train if every_train_row is None else every_train_row).size)
     shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
     shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
     needed = fit_rows(rows, shap_rows=shap_rows, distributed=every_train_row)
     features = pl.scan_parquet(batching.features_path)
-    inputs = Inputs(
-        needed, batches.model_inputs(features, cohort["person_id"].gather(needed), spec)
-    )
+    keys = batches.batch_keys(cohort)
+    inputs = Inputs(needed, batches.model_inputs_in_batches(features, keys[needed], spec))
     fitted = fit_model(
         cohort,
         inputs,
@@ -451,6 +457,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         metrics=trained.metrics,
         model_dir=model_dir,
         inputs=input_files(paths),
+        timings={"fit_seconds": trained.fitted.fit_seconds},
     )
     console.stage_done(
         "train",
