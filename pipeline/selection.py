@@ -93,6 +93,18 @@ def unit_expr(capacity_mode: CapacityMode) -> pl.Expr:
     return pl.col(column).alias("unit")
 
 
+def unit_list_size(capacity: pl.DataFrame) -> pl.Expr:
+    """Each row's list size looked up by its ``unit`` in ``capacity`` (:func:`list_sizes`; null
+    for a unit it lacks): a column added in place, where a join would copy the whole frame."""
+    return (
+        pl.col("unit")
+        .replace_strict(
+            capacity["unit"], capacity["list_size"], default=None, return_dtype=pl.Int64
+        )
+        .alias("list_size")
+    )
+
+
 def list_size(n_eligible: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) -> pl.Expr:
     """People a unit's list holds, given the unit's eligible count (Int64).
 

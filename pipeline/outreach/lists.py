@@ -109,20 +109,18 @@ def select_people(
     """
     unit = selection.unit_column(capacity_mode)
     order = selection.priority_order(pl.col("priority"))
+    position = pl.col("_order") if unit is None else pl.col("_order").rank("ordinal").over("unit")
+    # filtered without a join: only the selected rows of the cohort's columns are copied
     candidates = (
         cohort.with_columns(selection.unit_expr(capacity_mode), order.alias("_order"))
-        .join(capacity.lazy().select("unit", "list_size"), on="unit", how="left")
-        .filter(
-            (pl.col("_order") if unit is None else pl.col("_order").rank("ordinal").over("unit"))
-            <= pl.col("list_size")
-        )
+        .filter(position <= selection.unit_list_size(capacity))
         .collect()
     )
     # Eager from here: the ICB ranks rely on row order.
     return (
         candidates.sort(["icb_code", "_order"])
         .with_columns((pl.int_range(pl.len()).over("icb_code") + 1).cast(pl.Int64).alias("rank"))
-        .drop("unit", "list_size", "_order")
+        .drop("unit", "_order")
     )
 
 
@@ -152,10 +150,10 @@ def select_outreach(
 
 def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
     """The cohort with a boolean ``selected`` (for the summary)."""
-    flags = selected.select("person_id", pl.lit(True).alias("selected"))
-    # Cohort order kept: the summary's float sums then add up in the same order on every run.
-    return cohort.join(flags, on="person_id", how="left", maintain_order="left").with_columns(
-        pl.col("selected").fill_null(False)
+    # A column added in place (no copy of the cohort); its order kept, so the summary's float
+    # sums add up in the same order on every run.
+    return cohort.with_columns(
+        pl.col("person_id").is_in(selected.get_column("person_id").implode()).alias("selected")
     )
 
 

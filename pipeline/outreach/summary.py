@@ -109,15 +109,20 @@ def with_need_list(
 ) -> pl.DataFrame:
     """Add ``true_need`` and ``need_list``: the same-size list of the people in most true need
     per capacity unit (ties by person_id), to compare the policy's lists with."""
-    return (
-        cohort.join(
+    # columns added in place: only person_id and true_need take part in the join
+    true_need = (
+        cohort.select("person_id")
+        .join(
             truth_need.select("person_id", "true_need"),
             on="person_id",
             how="left",
             maintain_order="left",
         )
-        .with_columns(selection.unit_expr(capacity_mode))
-        .join(capacity.select("unit", "list_size"), on="unit", how="left", maintain_order="left")
+        .get_column("true_need")
+    )
+    return (
+        cohort.with_columns(true_need, selection.unit_expr(capacity_mode))
+        .with_columns(selection.unit_list_size(capacity))
         .with_columns(
             (
                 pl.struct(pl.col("true_need").fill_null(-math.inf), pl.col("person_id"))

@@ -27,7 +27,11 @@ def rank_scores(scored: pl.DataFrame, *, root_seed: int) -> pl.DataFrame:
     """
     n_people = scored.height
     keys, descending = selection.risk_order(root_seed=root_seed)
-    ranked = scored.sort(keys, descending=descending).with_row_index("risk_rank", offset=1)
+    # Each row's position in the risk order (the inverse of the ordering permutation): the rows
+    # stay where they are, so no copy of the whole frame is sorted (memory: two index columns).
+    ranked = scored.with_columns(
+        (pl.arg_sort_by(keys, descending=descending).arg_sort() + 1).alias("risk_rank")
+    )
     rank = pl.col("risk_rank").cast(pl.Int64)
     tier = pl.lit(None, dtype=pl.String)
     for label, cutoff in reversed(contract.RISK_TIERS):
