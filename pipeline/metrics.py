@@ -37,6 +37,7 @@ from typing import Final
 
 import numpy as np
 from scipy import stats
+from scipy.special import expit
 from scipy.special import logit as _logit
 from statsmodels.stats.proportion import proportion_confint
 
@@ -305,6 +306,25 @@ def logit(score: np.ndarray) -> np.ndarray:
     return _logit(clipped)
 
 
+def _by_unit(per_group: np.ndarray, unit_group: np.ndarray) -> np.ndarray:
+    """``(sets, groups)`` values spread to ``(sets, units)`` (one group: broadcast, no copy)."""
+    return per_group if per_group.shape[1] == 1 else per_group[:, unit_group]
+
+
+def _group_sums(
+    values: np.ndarray, group_starts: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Per group sums of ``(sets, units)`` values, ``(sets, groups)``; with ``(units, k)``
+    ``weights``, the ``k`` weighted sums ``(k, sets, groups)`` (one group: a matrix product)."""
+    if weights is None:
+        if group_starts.size == 1:
+            return values.sum(axis=1, keepdims=True)
+        return np.add.reduceat(values, group_starts, axis=1)
+    if group_starts.size == 1:
+        return (values @ weights).T[:, :, None]
+    return np.stack([np.add.reduceat(values * w, group_starts, axis=1) for w in weights.T])
+
+
 def logistic_recalibration(
     events: np.ndarray,
     total: np.ndarray,
@@ -341,16 +361,16 @@ def logistic_recalibration(
     n_sets, n_groups = events.shape[0], len(group_starts)
     intercept = np.zeros((n_sets, n_groups)) if start is None else start[0].copy()
     slope = np.ones((n_sets, n_groups)) if start is None else start[1].copy()
+    lp_powers = np.stack([lp, lp**2], axis=1)
     for _ in range(iterations):
-        eta = intercept[:, unit_group] + slope[:, unit_group] * lp
-        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
+        eta = _by_unit(intercept, unit_group) + _by_unit(slope, unit_group) * lp
+        prob = expit(np.clip(eta, -30.0, 30.0))
         resid = events - total * prob
         curv = total * prob * (1.0 - prob)
-        g0 = np.add.reduceat(resid, group_starts, axis=1)
-        g1 = np.add.reduceat(resid * lp, group_starts, axis=1)
-        h00 = np.add.reduceat(curv, group_starts, axis=1)
-        h01 = np.add.reduceat(curv * lp, group_starts, axis=1)
-        h11 = np.add.reduceat(curv * lp**2, group_starts, axis=1)
+        g0 = _group_sums(resid, group_starts)
+        (g1,) = _group_sums(resid, group_starts, lp_powers[:, :1])
+        h00 = _group_sums(curv, group_starts)
+        h01, h11 = _group_sums(curv, group_starts, lp_powers)
         det = h00 * h11 - h01**2
         with np.errstate(invalid="ignore", divide="ignore"):
             step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
@@ -381,9 +401,9 @@ def calibration_in_the_large(
     intercept = np.zeros((n_sets, n_groups)) if start is None else start.copy()
     with np.errstate(all="ignore"):  # degenerate resamples end as NaN, not as a warning
         for _ in range(iterations):
-            prob = 1.0 / (1.0 + np.exp(-np.clip(intercept[:, unit_group] + lp, -30.0, 30.0)))
-            gradient = np.add.reduceat(events - total * prob, group_starts, axis=1)
-            curvature = np.add.reduceat(total * prob * (1.0 - prob), group_starts, axis=1)
+            prob = expit(np.clip(_by_unit(intercept, unit_group) + lp, -30.0, 30.0))
+            gradient = _group_sums(events - total * prob, group_starts)
+            curvature = _group_sums(total * prob * (1.0 - prob), group_starts)
             step = gradient / curvature
             intercept = intercept + step
             if np.nanmax(np.abs(step), initial=0.0) < 1e-10:
