@@ -37,7 +37,6 @@ from typing import Final
 
 import numpy as np
 from scipy import stats
-from scipy.special import expit
 from scipy.special import logit as _logit
 from statsmodels.stats.proportion import proportion_confint
 
@@ -315,13 +314,11 @@ def _group_sums(
     values: np.ndarray, group_starts: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray:
     """Per group sums of ``(sets, units)`` values, ``(sets, groups)``; with ``(units, k)``
-    ``weights``, the ``k`` weighted sums ``(k, sets, groups)`` (one group: a matrix product)."""
+    ``weights``, the ``k`` weighted sums ``(k, sets, groups)``. Always ``np.add.reduceat``: a
+    sequential sum, the same bits on every machine (a BLAS product or a SIMD pairwise sum can
+    differ in the last bit, and the audit publishes these fits at full precision)."""
     if weights is None:
-        if group_starts.size == 1:
-            return values.sum(axis=1, keepdims=True)
         return np.add.reduceat(values, group_starts, axis=1)
-    if group_starts.size == 1:
-        return (values @ weights).T[:, :, None]
     return np.stack([np.add.reduceat(values * w, group_starts, axis=1) for w in weights.T])
 
 
@@ -364,7 +361,7 @@ def logistic_recalibration(
     lp_powers = np.stack([lp, lp**2], axis=1)
     for _ in range(iterations):
         eta = _by_unit(intercept, unit_group) + _by_unit(slope, unit_group) * lp
-        prob = expit(np.clip(eta, -30.0, 30.0))
+        prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
         resid = events - total * prob
         curv = total * prob * (1.0 - prob)
         g0 = _group_sums(resid, group_starts)
@@ -401,7 +398,7 @@ def calibration_in_the_large(
     intercept = np.zeros((n_sets, n_groups)) if start is None else start.copy()
     with np.errstate(all="ignore"):  # degenerate resamples end as NaN, not as a warning
         for _ in range(iterations):
-            prob = expit(np.clip(_by_unit(intercept, unit_group) + lp, -30.0, 30.0))
+            prob = 1.0 / (1.0 + np.exp(-np.clip(_by_unit(intercept, unit_group) + lp, -30.0, 30.0)))
             gradient = _group_sums(events - total * prob, group_starts)
             curvature = _group_sums(total * prob * (1.0 - prob), group_starts)
             step = gradient / curvature
