@@ -310,18 +310,6 @@ def _by_unit(per_group: np.ndarray, unit_group: np.ndarray) -> np.ndarray:
     return per_group if per_group.shape[1] == 1 else per_group[:, unit_group]
 
 
-def _group_sums(
-    values: np.ndarray, group_starts: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray:
-    """Per group sums of ``(sets, units)`` values, ``(sets, groups)``; with ``(units, k)``
-    ``weights``, the ``k`` weighted sums ``(k, sets, groups)``. Always ``np.add.reduceat``: a
-    sequential sum, the same bits on every machine (a BLAS product or a SIMD pairwise sum can
-    differ in the last bit, and the audit publishes these fits at full precision)."""
-    if weights is None:
-        return np.add.reduceat(values, group_starts, axis=1)
-    return np.stack([np.add.reduceat(values * w, group_starts, axis=1) for w in weights.T])
-
-
 def logistic_recalibration(
     events: np.ndarray,
     total: np.ndarray,
@@ -358,16 +346,17 @@ def logistic_recalibration(
     n_sets, n_groups = events.shape[0], len(group_starts)
     intercept = np.zeros((n_sets, n_groups)) if start is None else start[0].copy()
     slope = np.ones((n_sets, n_groups)) if start is None else start[1].copy()
-    lp_powers = np.stack([lp, lp**2], axis=1)
+    lp_squared = lp**2
     for _ in range(iterations):
         eta = _by_unit(intercept, unit_group) + _by_unit(slope, unit_group) * lp
         prob = 1.0 / (1.0 + np.exp(-np.clip(eta, -30.0, 30.0)))
         resid = events - total * prob
         curv = total * prob * (1.0 - prob)
-        g0 = _group_sums(resid, group_starts)
-        (g1,) = _group_sums(resid, group_starts, lp_powers[:, :1])
-        h00 = _group_sums(curv, group_starts)
-        h01, h11 = _group_sums(curv, group_starts, lp_powers)
+        g0 = np.add.reduceat(resid, group_starts, axis=1)
+        g1 = np.add.reduceat(resid * lp, group_starts, axis=1)
+        h00 = np.add.reduceat(curv, group_starts, axis=1)
+        h01 = np.add.reduceat(curv * lp, group_starts, axis=1)
+        h11 = np.add.reduceat(curv * lp_squared, group_starts, axis=1)
         det = h00 * h11 - h01**2
         with np.errstate(invalid="ignore", divide="ignore"):
             step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
@@ -399,8 +388,8 @@ def calibration_in_the_large(
     with np.errstate(all="ignore"):  # degenerate resamples end as NaN, not as a warning
         for _ in range(iterations):
             prob = 1.0 / (1.0 + np.exp(-np.clip(_by_unit(intercept, unit_group) + lp, -30.0, 30.0)))
-            gradient = _group_sums(events - total * prob, group_starts)
-            curvature = _group_sums(total * prob * (1.0 - prob), group_starts)
+            gradient = np.add.reduceat(events - total * prob, group_starts, axis=1)
+            curvature = np.add.reduceat(total * prob * (1.0 - prob), group_starts, axis=1)
             step = gradient / curvature
             intercept = intercept + step
             if np.nanmax(np.abs(step), initial=0.0) < 1e-10:
