@@ -73,7 +73,12 @@ def poisson_weights(base: np.ndarray, *, n_resamples: int, rng: np.random.Genera
     ``base`` is 1 per person or the count of a cell of identical people.
     """
     base = np.asarray(base, dtype=np.float64)
-    return rng.poisson(base, size=(n_resamples, base.size)).astype(np.float64)
+    size = (n_resamples, base.size)
+    if base.size and (base == base[0]).all():
+        # one rate for every row (1 per person): the same draws as the array form, 3x faster
+        # (numpy's per-element broadcasting costs more than the draw itself)
+        return rng.poisson(base[0], size=size).astype(np.float64)
+    return rng.poisson(base, size=size).astype(np.float64)
 
 
 def poisson_bootstrap(
@@ -237,7 +242,10 @@ def _per_unit(values: np.ndarray, index: RankIndex) -> np.ndarray:
 def _within_group_below(per_unit: np.ndarray, index: RankIndex) -> np.ndarray:
     """Sum over the units of the same group with a strictly lower score."""
     below = np.cumsum(per_unit, axis=1) - per_unit
+    if index.group_starts.size == 1:  # one group: nothing below its first unit to subtract
+        return below
     return below - below[:, index.group_starts][:, index.unit_group]
+
 
 
 def ranking_metrics(
@@ -273,8 +281,8 @@ def ranking_metrics(
     n_neg = np.add.reduceat(neg, index.group_starts, axis=1)
     below = _within_group_below(neg, index)
     # events and non-events scored at or above each unit's score: its precision
-    tp = n_pos[:, index.unit_group] - _within_group_below(pos, index)
-    fp = n_neg[:, index.unit_group] - below
+    tp = _by_unit(n_pos, index.unit_group) - _within_group_below(pos, index)
+    fp = _by_unit(n_neg, index.unit_group) - below
     events = np.flatnonzero(y_sorted == 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         concordant = np.add.reduceat(pos * (below + 0.5 * neg), index.group_starts, axis=1)

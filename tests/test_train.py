@@ -296,12 +296,15 @@ def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_ever
         outcomes=cohort.read_outcomes(paths, params, target=TARGET),
     )
     rows = splits(members["split"], cap=60)
-    needed = train.stage.fit_rows(rows, shap_rows=rows.test[:0], distributed=None)
-    assert np.isin(rows.validation, needed).sum() == 60  # only the sample's inputs are read
-    features = pl.scan_parquet(paths.features / "features.parquet")
-    inputs = train.stage.Inputs(
-        needed, train.batches.model_inputs(features, members["person_id"].gather(needed), spec)
+    inputs = train.stage.read_fit_inputs(
+        paths.features / "features.parquet", train.batches.batch_keys(members), rows, spec
     )
+    assert inputs.early_stopping.shape[0] == 60  # only the sample's inputs are read
+    features = pl.scan_parquet(paths.features / "features.parquet")
+    ids = members["person_id"]
+    for part, read in ((rows.train, inputs.train), (rows.early_stopping, inputs.early_stopping)):
+        expected = train.batches.model_inputs(features, ids.gather(part), spec)
+        np.testing.assert_array_equal(read, expected)  # row for row, ICB by ICB
     fitted = train.stage.fit_model(
         members,
         inputs,
@@ -499,3 +502,11 @@ def test_everything_logged_to_mlflow_is_published_and_holds_no_person(project: P
             assert scan_json(json.loads(text), source=str(path), rule=rule) == [], path
     shown = " ".join([*run.data.params.values(), *run.data.tags.values()])
     assert not any(pid in shown for pid in person_ids)
+
+
+def test_training_example_is_the_medians_of_evenly_spaced_training_rows() -> None:
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    x[:, 2] = np.nan  # an all-missing column gives 0, not NaN
+    example = train.stage.training_example(x, max_rows=4)  # every 3rd row: 0, 3, 6, 9
+    np.testing.assert_array_equal(example, [np.median(x[::3, 0]), np.median(x[::3, 1]), 0.0])
+    assert train.stage.training_example(x)[0] == np.median(x[:, 0])  # all rows below the cap

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 SHAP_ROWS: Final = 20_000
 """Test-split people (a seeded sample) whose SHAP values give the mean |SHAP| importance."""
+EXAMPLE_ROWS: Final = 100_000
+"""Training rows (evenly spaced) whose medians make MLflow's input example."""
 
 
 @dataclass(frozen=True)
@@ -68,26 +70,49 @@ class TargetRun:
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """The model inputs of the cohort rows a fit reads (``rows``, ascending), row for row."""
+class FitInputs:
+    """The model inputs a fit reads, row for row: the train sample, the early-stopping rows
+    and, for a distributed fit, every training row. Each set is read on its own (no gathered
+    copies of a union), and only the fit holds them: scoring reads its own batches."""
 
-    rows: np.ndarray
-    x: np.ndarray
+    train: np.ndarray
+    early_stopping: np.ndarray
+    distributed: np.ndarray | None = None
 
-    def of(self, rows: np.ndarray) -> np.ndarray:
-        """The inputs of ``rows`` (cohort row indices, each among :attr:`rows`)."""
-        return self.x[np.searchsorted(self.rows, rows)]
+
+def read_fit_inputs(
+    features_path: Path,
+    keys: pl.DataFrame,
+    rows: Splits,
+    spec: FeatureSpec,
+    *,
+    distributed: np.ndarray | None = None,
+) -> FitInputs:
+    """The :class:`FitInputs` of ``rows`` (and of the ``distributed`` rows, if any), read ICB
+    by ICB from ``features_path``; ``keys``: the cohort's (:func:`pipeline.batches.batch_keys`)."""
+    features = pl.scan_parquet(features_path)
+
+    def read(part: np.ndarray) -> np.ndarray:
+        return batches.model_inputs_in_batches(features, keys[part], spec)
+
+    return FitInputs(
+        train=read(rows.train),
+        early_stopping=read(rows.early_stopping),
+        distributed=None if distributed is None else read(distributed),
+    )
 
 
 @dataclass(frozen=True)
 class Fitted:
-    """The fitted model, its calibration, the calibrated risk of every cohort member and the
-    fit's wall seconds (logged to MLflow only: timings are not outputs)."""
+    """The fitted model, its calibration, the calibrated risk of every cohort member, the
+    fit's wall seconds (logged to MLflow only: timings are not outputs) and MLflow's input
+    example (:func:`training_example`)."""
 
     booster: lgb.Booster
     calibration: dict[str, Any]
     risk: np.ndarray
     fit_seconds: float
+    example: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,7 @@ class Batching:
 
 def fit_model(
     cohort: pl.DataFrame,
-    inputs: Inputs,
+    inputs: FitInputs,
     rows: Splits,
     *,
     spec: FeatureSpec,
@@ -118,8 +143,13 @@ def fit_model(
     With ``distributed`` (``train.distributed``: every training row), the early-stopped fit on
     the sample only sets the number of rounds, and the model is refitted on those rows through
     ``lightgbm.dask`` on ``batching.client`` (:func:`pipeline.train.fit.distributed_booster`).
+
+    Pass ``inputs`` inline (``fit_model(cohort, read_fit_inputs(...), ...)``): this function
+    then holds the only reference and drops it once fitted, so the fit's inputs are freed
+    before every cohort member is scored.
     """
     y = cohort["outcome"].to_numpy().astype(np.float64)
+    example = training_example(inputs.train)
     booster_params = fit.lightgbm_params(
         train,
         seed=seeds.derive("train", target, "lightgbm", root=root_seed),
@@ -127,18 +157,18 @@ def fit_model(
     )
     started = time.perf_counter()
     booster = fit.fit_booster(
-        inputs.of(rows.train),
+        inputs.train,
         y[rows.train],
-        inputs.of(rows.early_stopping),
+        inputs.early_stopping,
         y[rows.early_stopping],
         spec=spec,
         params=booster_params,
         n_estimators=train.n_estimators,
         early_stopping_rounds=train.early_stopping_rounds,
     )
-    if distributed is not None and batching.client is not None:
+    if distributed is not None and inputs.distributed is not None and batching.client is not None:
         booster = fit.distributed_booster(
-            inputs.of(distributed),
+            inputs.distributed,
             y[distributed],
             spec=spec,
             params=booster_params,
@@ -147,6 +177,7 @@ def fit_model(
             client=batching.client,
         )
     fit_seconds = time.perf_counter() - started
+    del inputs  # the only reference (see above): scoring must not hold the fit's inputs too
     raw = batches.score_in_batches(
         batches.batch_keys(cohort),
         features_path=batching.features_path,
@@ -162,7 +193,7 @@ def fit_model(
         seed=seeds.derive("train", target, "calibration_folds", root=root_seed),
     )
     risk = calibration_mod.apply_calibration(calibration, raw)
-    return Fitted(booster, calibration, risk, fit_seconds)
+    return Fitted(booster, calibration, risk, fit_seconds, example)
 
 
 def model_metrics(
@@ -215,11 +246,13 @@ def model_metrics(
     return metrics
 
 
-def training_example(x_train: np.ndarray) -> np.ndarray:
-    """A synthetic input row (training medians, 0 for an all-missing column) for MLflow."""
+def training_example(x_train: np.ndarray, *, max_rows: int = EXAMPLE_ROWS) -> np.ndarray:
+    """A synthetic input row for MLflow: the medians of at most ``max_rows`` evenly spaced
+    training rows (0 for an all-missing column)."""
+    step = max(1, -(-x_train.shape[0] // max_rows))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no median
-        example = np.nanmedian(x_train, axis=0)
+        example = np.nanmedian(x_train[::step], axis=0)
     return np.where(np.isnan(example), 0.0, example)
 
 
@@ -294,14 +327,6 @@ class Trained:
     importance: dict[str, Any]
     card: str
     curves: dict[str, pl.DataFrame]
-    example: np.ndarray
-
-
-def fit_rows(rows: Splits, *, shap_rows: np.ndarray, distributed: np.ndarray | None) -> np.ndarray:
-    """The cohort rows whose model inputs the stage reads (ascending): the train sample, the
-    early-stopping rows, the SHAP sample and, for a distributed fit, every training row."""
-    parts = [rows.train, rows.early_stopping, shap_rows]
-    return np.unique(np.concatenate(parts if distributed is None else [*parts, distributed]))
 
 
 def train_target(
@@ -317,7 +342,7 @@ def train_target(
     """Fit, calibrate, score, evaluate and explain the model of one target (no files written).
 
     ``cohort``: :func:`read_cohort`'s; the model inputs are read from ``batching.features_path``
-    for the rows a fit needs (:func:`fit_rows`), and batch by batch for scoring.
+    for the rows a fit needs (:func:`read_fit_inputs`), and batch by batch for scoring.
     ``distributed``: fit on every training row on ``batching.client`` (``train.distributed``).
     """
     train, point, seed = params.train, params.operating_point, params.seed
@@ -336,13 +361,10 @@ def train_target(
     n_train_rows = int((rows.train if every_train_row is None else every_train_row).size)
     shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
     shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
-    needed = fit_rows(rows, shap_rows=shap_rows, distributed=every_train_row)
-    features = pl.scan_parquet(batching.features_path)
     keys = batches.batch_keys(cohort)
-    inputs = Inputs(needed, batches.model_inputs_in_batches(features, keys[needed], spec))
     fitted = fit_model(
         cohort,
-        inputs,
+        read_fit_inputs(batching.features_path, keys, rows, spec, distributed=every_train_row),
         rows,
         spec=spec,
         train=train,
@@ -371,7 +393,10 @@ def train_target(
         n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
-    ranked = importance.feature_importance(fitted.booster, inputs.of(shap_rows), spec)
+    shap_inputs = batches.model_inputs_in_batches(
+        pl.scan_parquet(batching.features_path), keys[shap_rows], spec
+    )
+    ranked = importance.feature_importance(fitted.booster, shap_inputs, spec)
     model_card = card.model_card(
         target=target,
         target_params=params.target_params,
@@ -391,8 +416,7 @@ def train_target(
         "features": ranked,
     }
     curves = plots.curve_frames(y[rows.test], fitted.risk[rows.test])
-    example = training_example(inputs.of(rows.train))
-    return Trained(fitted, scores, metrics, importance_doc, model_card, curves, example)
+    return Trained(fitted, scores, metrics, importance_doc, model_card, curves)
 
 
 def write_outputs(trained: Trained, paths: io.Paths, *, target: str) -> Path:
@@ -453,7 +477,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
             operating_point=run_params.operating_point,
         ),
         spec=spec,
-        example=trained.example,
+        example=trained.fitted.example,
         metrics=trained.metrics,
         model_dir=model_dir,
         inputs=input_files(paths),
