@@ -247,7 +247,6 @@ def _within_group_below(per_unit: np.ndarray, index: RankIndex) -> np.ndarray:
     return below - below[:, index.group_starts][:, index.unit_group]
 
 
-
 def ranking_metrics(
     weights: np.ndarray,
     y: np.ndarray,
