@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -262,10 +264,11 @@ def test_stage_refuses_a_cohort_member_without_features(project: Path) -> None:
 
 
 def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_every_row(
-    project: Path,
+    project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``train.max_validation_rows`` bounds the early-stopping rows (the model inputs held in
-    memory); the calibration still sees every validation row's score."""
+    memory), and the fit's inputs are freed before the cohort is scored; the calibration still
+    sees every validation row's score."""
 
     def splits(split: pl.Series, *, cap: int) -> cohort.Splits:
         return cohort.split_rows(
@@ -305,9 +308,20 @@ def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_ever
     for part, read in ((rows.train, inputs.train), (rows.early_stopping, inputs.early_stopping)):
         expected = train.batches.model_inputs(features, ids.gather(part), spec)
         np.testing.assert_array_equal(read, expected)  # row for row, ICB by ICB
+    fit_inputs = weakref.ref(inputs.train)
+    freed_when_scored = []
+    score_in_batches = train.batches.score_in_batches
+
+    def score(*args: Any, **kwargs: Any) -> np.ndarray:
+        freed_when_scored.append(fit_inputs() is None)
+        return score_in_batches(*args, **kwargs)
+
+    monkeypatch.setattr(train.batches, "score_in_batches", score)
+    held = [inputs]
+    del inputs  # passed inline below, as the stage does: fit_model holds the only reference
     fitted = train.stage.fit_model(
         members,
-        inputs,
+        held.pop(),
         rows,
         spec=spec,
         train=params.train,
@@ -315,6 +329,7 @@ def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_ever
         root_seed=7,
         batching=train.stage.Batching(paths.features / "features.parquet", None),
     )
+    assert freed_when_scored == [True]
     y = members["outcome"].to_numpy().astype(np.float64)
     every_row = float(np.mean((fitted.risk[rows.validation] - y[rows.validation]) ** 2))
     assert rows.validation.size > 200
