@@ -26,6 +26,23 @@ import polars as pl
 
 from pipeline.errors import PipelineError
 
+PUBLISHED_DIGITS: Final = 10
+"""Published floats keep 10 significant digits: the last bits of a float computation depend on
+the machine (SIMD width, BLAS kernel, libm), and a published file must hash the same on every
+machine of a kind (``metrics.json``, the audit's tables and ``audit.json``)."""
+
+
+def significant(value: Any, *, digits: int = PUBLISHED_DIGITS) -> Any:
+    """A float rounded to ``digits`` significant digits (anything else unchanged)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def significant_floats(frame: pl.DataFrame, *, digits: int = PUBLISHED_DIGITS) -> pl.DataFrame:
+    """Every Float64 column of ``frame`` rounded to ``digits`` significant digits."""
+    return frame.with_columns(pl.col(pl.Float64).round_sig_figs(digits))
+
 
 @dataclass(frozen=True)
 class Paths:

@@ -93,6 +93,25 @@ def test_writes_every_contract_table_and_the_need_scores(audited: Path) -> None:
     assert need.height == scores.height and need["need_score"].null_count() == 0
 
 
+def test_published_floats_keep_ten_significant_digits(audited: Path) -> None:
+    """Every published float is rounded (machine-independent bytes, as train's metrics.json):
+    the last bits of a float sum differ between machines, the files must not."""
+    folder = audited / "reports/audit" / TARGET
+    floats = 0
+    for table in contract.AUDIT_TABLES.values():
+        frame = pl.read_parquet(folder / table.file).select(pl.col(pl.Float64))
+        for column in frame.columns:
+            values = frame[column].drop_nulls()
+            floats += values.len()
+            assert values.equals(values.round_sig_figs(io.PUBLISHED_DIGITS)), (table.file, column)
+    assert floats > 100
+    headline = contract.read_summary(
+        contract.AuditHeadline, audited / "reports/metrics" / f"audit_{TARGET}.json"
+    )
+    numbers = [v for v in headline.root.values() if isinstance(v, float)]
+    assert numbers and all(v == io.significant(v) for v in numbers)
+
+
 def test_no_raw_count_is_published(audited: Path) -> None:
     """Every column holding a count of people is a declared, rounded count (group_n_raw used
     to publish exact group sizes beside the rounded ones)."""

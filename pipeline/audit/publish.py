@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from pipeline import contract
+from pipeline import contract, io
 from pipeline.audit import flags, funnel
 from pipeline.audit.cells import COMPARISON_COLUMNS, PROPORTIONS
 from pipeline.contract import GROUP_COUNTS, METRIC_COUNTS, PublishedCountValue, is_count_name
@@ -506,18 +506,22 @@ def policy_groups_table(by_group: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
 
 
 def finite(frame: pl.DataFrame) -> pl.DataFrame:
-    """NaN and infinite floats -> null: an undefined estimate is never published as a number."""
+    """NaN and infinite floats -> null: an undefined estimate is never published as a number;
+    the others to :data:`pipeline.io.PUBLISHED_DIGITS` significant digits (the same bytes on
+    every machine)."""
     floats = pl.col(pl.Float64)
-    return frame.with_columns(pl.when(floats.is_finite()).then(floats).otherwise(None))
+    published = frame.with_columns(pl.when(floats.is_finite()).then(floats).otherwise(None))
+    return io.significant_floats(published)
 
 
 def json_value(value: Any) -> Any:
-    """NaN/inf -> None; numpy scalars -> Python."""
+    """NaN/inf -> None; other floats to :data:`pipeline.io.PUBLISHED_DIGITS` significant
+    digits; numpy scalars -> Python."""
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    return io.significant(value)
 
 
 def json_count(count: int | float | None, *, rule: Rule) -> PublishedCountValue:

@@ -13,15 +13,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from pipeline import contract, metrics
+from pipeline import contract, io, metrics
 from pipeline.disclosure import Rule
 
 METRIC_NAMES: Final = contract.MODEL_METRICS
 """Test-split metrics, each published with ``<name>_ci_low`` / ``<name>_ci_high``."""
 BOOTSTRAP_CELLS: Final = 4_000_000  # resamples x rows per vectorised chunk (~32 MB per array)
-SIGNIFICANT_DIGITS: Final = 10
-"""Published metrics keep 10 significant digits: the last bits of a float sum depend on the
-machine (SIMD width, BLAS kernel), and ``metrics.json`` must hash the same on every machine."""
+SIGNIFICANT_DIGITS: Final = io.PUBLISHED_DIGITS
+"""Published metrics keep 10 significant digits (:func:`pipeline.io.significant`)."""
 
 RankIndexes = tuple[metrics.RankIndex, metrics.RankIndex | None]
 
@@ -210,14 +209,7 @@ def metrics_document(
             doc[f"{name}{suffix}"] = rule.rate(numerator, denominator, estimate[key])
         if name in capacity_counts:
             doc[name] = rule.share(numerator, denominator)
-    return {key: significant(value) for key, value in doc.items()}
-
-
-def significant(value: Any, *, digits: int = SIGNIFICANT_DIGITS) -> Any:
-    """A float rounded to ``digits`` significant digits (anything else unchanged)."""
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.{digits}g}")
-    return value
+    return {key: io.significant(value) for key, value in doc.items()}
 
 
 def split_metrics(
