@@ -19,8 +19,6 @@ from pipeline.disclosure import Rule
 METRIC_NAMES: Final = contract.MODEL_METRICS
 """Test-split metrics, each published with ``<name>_ci_low`` / ``<name>_ci_high``."""
 BOOTSTRAP_CELLS: Final = 4_000_000  # resamples x rows per vectorised chunk (~32 MB per array)
-SIGNIFICANT_DIGITS: Final = io.PUBLISHED_DIGITS
-"""Published metrics keep 10 significant digits (:func:`pipeline.io.significant`)."""
 
 RankIndexes = tuple[metrics.RankIndex, metrics.RankIndex | None]
 
@@ -183,7 +181,7 @@ def metrics_document(
     rule: Rule,
 ) -> dict[str, Any]:
     """Flat, disclosure-controlled ``metrics.json``: ``<metric>``, ``<metric>_ci_low/high``
-    (floats to :data:`SIGNIFICANT_DIGITS` significant digits).
+    (floats to :data:`pipeline.io.PUBLISHED_DIGITS` significant digits).
 
     Counts are rounded/suppressed by ``rule``; a metric whose numerator or denominator count is
     suppressed is published as ``"*"`` along with its CI. The metrics that are shares of the
