@@ -443,7 +443,9 @@ def test_reasons_in_plain_words_never_context() -> None:
             ("c", 3, "latest_hba1c", -0.3),
         ]
     )
-    worded = word_reasons(explanations, feature_values(people, names), glossary).sort("person_id")
+    worded = word_reasons(explanations, feature_values(explanations, people), glossary).sort(
+        "person_id"
+    )
     assert worded.rows() == [
         ("a", "2 emergency admissions in the last 12 months", "diabetes recorded",
          "HbA1c 64 mmol/mol", "urgent_care"),

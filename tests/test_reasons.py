@@ -20,6 +20,7 @@ from pipeline import contract, explain, seeds, selection
 from pipeline.errors import ContractError
 from pipeline.io import Paths, write_parquet
 from pipeline.outreach import lists, policies, reasons
+from pipeline.outreach import stage as outreach_stage
 from pipeline.outreach.stage import partition_lists, run
 from pipeline.pseudonyms import pseudonymise
 from tests import test_outreach
@@ -100,13 +101,24 @@ def test_selected_peoples_reasons_equal_explaining_the_whole_cohort(
     assert per_icb.equals(old)
 
 
-def test_the_stages_lists_equal_the_old_way(tmp_path: Path, world, monkeypatch) -> None:
-    """End to end: the written list is the old way's rows under their pseudonyms."""
+ALL_IN_ONE_TASK = outreach_stage.TASK_PEOPLE
+
+
+@pytest.mark.parametrize("task_people", [1, 100, ALL_IN_ONE_TASK])
+def test_the_stages_lists_equal_the_old_way(
+    tmp_path: Path, world, monkeypatch, task_people: int
+) -> None:
+    """End to end: the written list is the old way's rows under their pseudonyms, whether each
+    ICB is a task of its own (1), several ICBs share a task (100) or all do (the default here)."""
     monkeypatch.setenv("PHM_PSEUDONYM_KEY", KEY.decode())
+    monkeypatch.setattr(outreach_stage, "TASK_PEOPLE", task_people)
     paths = test_outreach._project(tmp_path, world)
     run(test_outreach._params(tmp_path, capacity=0.1), paths)
     written = pl.read_parquet(paths.outreach / f"{TARGET}.parquet")
     selected = _selected(paths, world, capacity=0.1)
+    tasks = len(outreach_stage.icb_tasks(selected, max_people=task_people))
+    icbs = selected["icb_code"].n_unique()
+    assert tasks == {1: icbs, 100: 2, ALL_IN_ONE_TASK: 1}[task_people]
     manifest = contract.read_manifest(paths.features / "manifest.json")
     old = _old_way(
         paths,

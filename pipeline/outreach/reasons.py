@@ -339,11 +339,26 @@ def conditions_expr(glossary: pl.DataFrame, *, available: Sequence[str]) -> pl.E
     return pl.concat_str(named, separator=", ", ignore_nulls=True).alias("conditions_recorded")
 
 
-def feature_values(features: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
-    """Wide features (``person_id`` + ``names``) -> long ``person_id``, ``feature``, ``value``."""
-    return features.select(
-        "person_id", *[pl.col(name).cast(pl.Float64, strict=False) for name in names]
-    ).unpivot(index="person_id", variable_name="feature", value_name="value")
+def feature_values(explanations: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """The value of each explained feature for its person: ``person_id``, ``feature``, ``value``
+    (Float64), one row per explanation row.
+
+    Looked up per explanation row (a few per person) rather than unpivoting every person's
+    features: 50,000 people's long table of 40 features held 0.75 GB.
+    """
+    names = explanations["feature"].unique().sort().to_list()
+    value = pl.coalesce(
+        pl.lit(None, pl.Float64),
+        *[
+            pl.when(pl.col("feature") == name).then(pl.col(name).cast(pl.Float64, strict=False))
+            for name in names
+        ],
+    )
+    return (
+        explanations.select("person_id", "feature")
+        .join(features.select("person_id", *names), on="person_id", how="left")
+        .select("person_id", "feature", value.alias("value"))
+    )
 
 
 def attach_reasons(
@@ -396,7 +411,7 @@ def attach_reasons(
         .join(wanted.lazy(), on="person_id", how="semi")
         .collect()
     )
-    reasons = word_reasons(explained, feature_values(inputs, names), glossary)
+    reasons = word_reasons(explained, feature_values(explained, inputs), glossary)
     recorded = inputs.select("person_id", *flags, conditions_expr(glossary, available=flags)).join(
         reasons, on="person_id", how="left"
     )

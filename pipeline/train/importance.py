@@ -7,6 +7,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from pipeline import explain
 from pipeline.train.cohort import FeatureSpec
 
 
@@ -15,7 +16,7 @@ def feature_importance(
 ) -> list[dict[str, Any]]:
     """Gain importance and mean |SHAP| (LightGBM ``pred_contrib``, log-odds scale) per feature."""
     gain = booster.feature_importance(importance_type="gain")
-    contrib = np.asarray(booster.predict(x_sample, pred_contrib=True))[:, : len(spec.names)]
+    contrib = explain.contributions(x_sample, booster, explain.tree_paths(booster))
     mean_abs = np.abs(contrib).mean(axis=0) if x_sample.shape[0] else np.zeros(len(spec.names))
     rows = [
         {
