@@ -253,8 +253,9 @@ def contributions(matrix: np.ndarray, booster: Any, paths: TreePaths) -> np.ndar
         tree_contrib = booster.predict(
             matrix[one_row], pred_contrib=True, start_iteration=tree, num_iteration=1
         )
-        features = [feature for feature, _ in splits]
-        by_feature[features] += tree_contrib[:, features].T[:, group]
+        by_tree_feature = np.ascontiguousarray(tree_contrib.T)  # one row per feature: fast gathers
+        for feature, _ in splits:
+            by_feature[feature] += by_tree_feature[feature][group]
     return by_feature.T
 
 
