@@ -325,15 +325,9 @@ def load_explainer(path: Path) -> tuple[Any, TreePaths]:
     Every ICB's task explains its people with the same model: parsing the paths of a few hundred
     trees takes about 0.1 s, so a worker keeps the last few models, keyed by the file's path,
     size and modification time (a retrained model is a new file: DVC removes a stage's outputs
-    before it runs).
-
-    Raises
-    ------
-    StageError
-        No model at ``path``.
+    before it runs). Raises as :func:`load_booster`.
     """
-    if not path.exists():
-        raise StageError(f"model not found at {path}; run the train stage first")
+    _require_model(path)
     stat = path.stat()
     return _explainer(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
@@ -353,8 +347,12 @@ def load_booster(path: Path) -> Any:
     StageError
         No model at ``path``.
     """
-    if not path.exists():
-        raise StageError(f"model not found at {path}; run the train stage first")
+    _require_model(path)
     import lightgbm as lgb
 
     return lgb.Booster(model_file=str(path))
+
+
+def _require_model(path: Path) -> None:
+    if not path.exists():
+        raise StageError(f"model not found at {path}; run the train stage first")
