@@ -224,7 +224,7 @@ def contributions(matrix: np.ndarray, booster: Any, paths: TreePaths) -> np.ndar
     without the bias column, computed once per group of rows that share a tree's path.
 
     Each tree's contributions come from LightGBM (``pred_contrib`` of that tree alone, for one
-    row of each group: people selected by one ICB share a tree's path in about 1 row of 10) and
+    row of each group: among 50,000 people about 1 row in 17 per tree, ``docs/outreach.md``) and
     are added tree by tree, so a row's values depend on that row alone (whatever the batch) and
     equal LightGBM's all-trees sum to about 1e-15 (the same terms added in another order).
 

@@ -78,6 +78,8 @@ class FitInputs:
     train: np.ndarray
     early_stopping: np.ndarray
     distributed: np.ndarray | None = None
+    distributed_rows: np.ndarray | None = None
+    """The cohort rows of ``distributed`` (every training row), for their outcomes."""
 
 
 def read_fit_inputs(
@@ -99,6 +101,7 @@ def read_fit_inputs(
         train=read(rows.train),
         early_stopping=read(rows.early_stopping),
         distributed=None if distributed is None else read(distributed),
+        distributed_rows=distributed,
     )
 
 
@@ -134,15 +137,15 @@ def fit_model(
     target: str,
     root_seed: int,
     batching: Batching,
-    distributed: np.ndarray | None = None,
 ) -> Fitted:
     """Fit LightGBM on the train rows (early stopping on the validation split's early-stopping
     rows), score every cohort member in batches, then fit the calibration on every validation
     row's score.
 
-    With ``distributed`` (``train.distributed``: every training row), the early-stopped fit on
-    the sample only sets the number of rounds, and the model is refitted on those rows through
-    ``lightgbm.dask`` on ``batching.client`` (:func:`pipeline.train.fit.distributed_booster`).
+    With ``inputs.distributed`` (``train.distributed``: every training row), the early-stopped
+    fit on the sample only sets the number of rounds, and the model is refitted on those rows
+    through ``lightgbm.dask`` on ``batching.client``
+    (:func:`pipeline.train.fit.distributed_booster`).
 
     Pass ``inputs`` inline (``fit_model(cohort, read_fit_inputs(...), ...)``): this function
     then holds the only reference and drops it once fitted, so the fit's inputs are freed
@@ -166,10 +169,14 @@ def fit_model(
         n_estimators=train.n_estimators,
         early_stopping_rounds=train.early_stopping_rounds,
     )
-    if distributed is not None and inputs.distributed is not None and batching.client is not None:
+    if (
+        inputs.distributed is not None
+        and inputs.distributed_rows is not None
+        and batching.client is not None
+    ):
         booster = fit.distributed_booster(
             inputs.distributed,
-            y[distributed],
+            y[inputs.distributed_rows],
             spec=spec,
             params=booster_params,
             n_rounds=booster.current_iteration(),
@@ -371,7 +378,6 @@ def train_target(
         target=target,
         root_seed=seed,
         batching=batching,
-        distributed=every_train_row,
     )
     scores, selected = score_cohort(
         cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
