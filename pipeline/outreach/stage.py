@@ -95,8 +95,9 @@ def partition_lists(
     The selected people's top contributions are computed here, from the model and their rows of
     the features table (:func:`pipeline.explain.explain_cohort`), and worded
     (:func:`pipeline.outreach.reasons.attach_reasons`). The same Polars code whether
-    ``selected`` is one ICB's list (one task per ICB, on either engine) or every ICB's: TreeSHAP,
-    reasons and actions are per person and tiers per ICB, so the rows are equal.
+    ``selected`` is one ICB's list, several ICBs' (a task of :func:`icb_tasks`, on either
+    engine) or every ICB's: TreeSHAP, reasons and actions are per person and tiers per ICB, so
+    the rows are equal.
 
     Parameters
     ----------
@@ -199,8 +200,8 @@ def build_target(
 
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
     clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; ``client``
-    (``pipeline.engine.connect``) runs the explanations and reasons per ICB on Dask, None here,
-    one ICB after another (the same tasks, so the same bytes). The policy and the selection
+    (``pipeline.engine.connect``) runs the explanations and reasons per task (:func:`icb_tasks`)
+    on Dask, None here, one task after another (the same tasks, so the same bytes). The policy and the selection
     need the whole cohort, so they run here; the key never leaves this process (pseudonyms are
     added to the gathered rows). The other arguments are described where they are made
     (:func:`run`).
