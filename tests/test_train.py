@@ -145,6 +145,17 @@ def _check_committed_metrics(committed: Path, metrics: dict) -> None:
     assert roc.columns == ["fpr", "tpr"] and 2 < roc.height <= 400
 
 
+def _assert_model_files(model_dir: Path) -> None:
+    """No plots beside the model, no pickle, and importance floats published (MLflow) at 10
+    significant digits, like every other published float."""
+    assert not (model_dir / "plots").exists()
+    assert "pickle" not in (model_dir / "calibration.json").read_text()
+    importance = json.loads((model_dir / "feature_importance.json").read_text())
+    published = [row[key] for row in importance["features"] for key in ("gain", "mean_abs_shap")]
+    assert published == [io.significant(value) for value in published]
+    assert any(value != round(value, 4) for value in published)  # not rounded coarser
+
+
 def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
     import mlflow
 
@@ -160,8 +171,7 @@ def test_stage_writes_outputs_logs_and_registers(project: Path) -> None:
         "model_card.md",
     ):
         assert (model_dir / name).is_file(), name
-    assert not (model_dir / "plots").exists()
-    assert "pickle" not in (model_dir / "calibration.json").read_text()
+    _assert_model_files(model_dir)
 
     scores = pl.read_parquet(project / "data" / "scores" / f"{TARGET}.parquet")
     outcomes = pl.read_parquet(project / "data" / "population" / "outcomes.parquet")

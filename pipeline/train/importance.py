@@ -7,7 +7,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from pipeline import explain
+from pipeline import explain, io
 from pipeline.train.cohort import FeatureSpec
 
 
@@ -22,8 +22,9 @@ def feature_importance(
         {
             "feature": name,
             "categorical": name in spec.categorical,
-            "gain": float(gain[index]),
-            "mean_abs_shap": float(mean_abs[index]),
+            # published (MLflow, the model card): 10 significant digits, as every published float
+            "gain": io.significant(float(gain[index])),
+            "mean_abs_shap": io.significant(float(mean_abs[index])),
         }
         for index, name in enumerate(spec.names)
     ]
