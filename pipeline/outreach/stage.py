@@ -201,10 +201,10 @@ def build_target(
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
     clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; ``client``
     (``pipeline.engine.connect``) runs the explanations and reasons per task (:func:`icb_tasks`)
-    on Dask, None here, one task after another (the same tasks, so the same bytes). The policy and the selection
-    need the whole cohort, so they run here; the key never leaves this process (pseudonyms are
-    added to the gathered rows). The other arguments are described where they are made
-    (:func:`run`).
+    on Dask, None here, one task after another (the same tasks, so the same bytes). The policy
+    and the selection need the whole cohort, so they run here; the key never leaves this process
+    (pseudonyms are added to the gathered rows). The other arguments are described where they
+    are made (:func:`run`).
     """
     need = _scan_need(files.need, cohort, files.target)
     prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
