@@ -745,6 +745,9 @@ RECORD_EXAMPLE_EXPRS: Final = {
 }
 """How an offending record is shown in an example, by the column its rule judges."""
 
+NOISE_KEYS: Final = ("date", "code_system", "code", "value")
+"""The columns :data:`RECORD_EXAMPLE_EXPRS` show an offending record by."""
+
 
 CODE_VALID: Final = "_code_valid"
 """Column :func:`events_with_age` adds: the event's code is valid in its code system."""
@@ -1052,18 +1055,19 @@ Problems: TypeAlias = dict[tuple[str, str], tuple[int, tuple[tuple[str, int], ..
 """(column, rule) -> (rows, each offending value as shown with its count)."""
 
 
-def _offending_counts(
-    frame: pl.LazyFrame, column: str, hit: pl.Expr
-) -> tuple[tuple[str, int], ...]:
-    """Every offending value of one record rule with its count (one row per distinct value of
-    the noise, so small; partitions' counts add up exactly)."""
+def _offending_counts(noise: pl.DataFrame, rule: int, column: str) -> tuple[tuple[str, int], ...]:
+    """Every offending value of one record rule with its count, from :func:`event_facts`'
+    groups of offending rows (one per distinct shown record, so small; partitions' counts add
+    up exactly)."""
     shown = (
-        frame.filter(hit)
+        noise.lazy()
+        .filter(pl.col("rule") == rule)
+        .rename({f"_noise_{name}": name for name in NOISE_KEYS})
         .group_by(RECORD_EXAMPLE_EXPRS[column].cast(pl.String).fill_null("None").alias("shown"))
-        .agg(pl.len())
+        .agg(pl.col("rows").sum())
         .collect()
     )
-    return tuple(zip(shown["shown"].to_list(), shown["len"].to_list(), strict=True))
+    return tuple(zip(shown["shown"].to_list(), shown["rows"].to_list(), strict=True))
 
 
 def _most_frequent(counts: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
@@ -1079,7 +1083,8 @@ def event_facts(
     index_date: dt.date,
     facts: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Record-level problems and the clean events' facts, from one streaming pass over ``events``.
+    """Record-level problems (with every offending value's count) and the clean events' facts,
+    from one streaming pass over ``events``.
 
     The clean events are those :func:`clean_events` keeps; exact duplicates are told apart by a
     64-bit hash of the whole row (a set of 8-byte hashes, not of the rows: the exact
@@ -1109,11 +1114,19 @@ def event_facts(
     in_last_year = pl.col("date").is_between(
         pl.lit(index_date) - pl.duration(days=364), pl.lit(index_date)
     )
-    joined = events_with_age(events, people, facts=facts)
+    joined = events_with_age(events, people, facts=facts).with_columns(first_rule.alias("rule"))
+    noisy = pl.col("rule").is_not_null()
     # One streaming group_by (a few rows per rule x event type x year): identical rows share
-    # their group, so distinct rows add up over the groups.
+    # their group, so distinct rows add up over the groups. An offending row's shown columns
+    # are keys too (null for clean rows), so its examples come from this pass (the rare noise
+    # adds a group per distinct record), not from another pass per rule.
     groups = (
-        joined.group_by(first_rule.alias("rule"), "event_type", in_last_year.alias("last"))
+        joined.group_by(
+            "rule",
+            "event_type",
+            in_last_year.alias("last"),
+            *[pl.when(noisy).then(pl.col(name)).alias(f"_noise_{name}") for name in NOISE_KEYS],
+        )
         .agg(
             pl.len().alias("rows"),
             row.n_unique().alias("distinct"),
@@ -1122,10 +1135,10 @@ def event_facts(
         )
         .collect()
     )
-    clean = groups.filter(pl.col("rule").is_null())
-    counted = dict(groups.group_by("rule").agg(pl.col("rows").sum()).drop_nulls().iter_rows())
+    clean, noise = groups.filter(pl.col("rule").is_null()), groups.filter(noisy)
+    counted = dict(noise.group_by("rule").agg(pl.col("rows").sum()).iter_rows())
     problems: Problems = {
-        key: (int(counted[i]), _offending_counts(joined, key[0], first_rule == i))
+        key: (int(counted[i]), _offending_counts(noise, i, key[0]))
         for i, key in enumerate(rules)
         if counted.get(i)
     }
