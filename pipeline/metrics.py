@@ -9,7 +9,8 @@ One definition of each:
 - **Intervals**: percentiles of the draws (:func:`percentile_interval`); Wilson for a binomial
   proportion (statsmodels' ``proportion_confint``).
 - **Ranking**: weighted AUROC (ties count one half) and average precision (sklearn's step
-  definition), per group, for any number of weight vectors at once (:func:`ranking_metrics`).
+  definition), per group, for any number of weight vectors at once (:func:`ranking_metrics`;
+  for integer weights of rows already in score order, :func:`sorted_ranking_metrics`).
 - **Calibration**: the logistic recalibration pair of Van Calster et al. - slope ``b`` of
   ``logit P(y) = a + b lp`` and calibration-in-the-large ``a`` of ``logit P(y) = a + lp`` -
   by batched Newton steps (:func:`logistic_recalibration`, :func:`calibration_in_the_large`);
@@ -41,19 +42,23 @@ from scipy.special import logit as _logit
 from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
+    "EventRanks",
     "RankIndex",
     "calibration_in_the_large",
     "ece_bin_edges",
     "ece_matrices",
+    "event_ranks",
     "expected_calibration_error",
     "logistic_recalibration",
     "logit",
     "percentile_interval",
     "poisson_bootstrap",
+    "poisson_counts",
     "poisson_weights",
     "rank_index",
     "ranking_metrics",
     "score_bin",
+    "sorted_ranking_metrics",
     "unit_sums",
     "wilson_interval",
     "z_value",
@@ -67,8 +72,8 @@ ECE_BINS: Final = 10
 # --- resampling and intervals ---------------------------------------------------------------------
 
 
-def poisson_weights(base: np.ndarray, *, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Poisson-bootstrap weights ``(n_resamples, rows)``: Poisson(``base``) per row.
+def poisson_counts(base: np.ndarray, *, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Poisson-bootstrap weights ``(n_resamples, rows)`` as integers: Poisson(``base``) per row.
 
     ``base`` is 1 per person or the count of a cell of identical people.
     """
@@ -77,8 +82,13 @@ def poisson_weights(base: np.ndarray, *, n_resamples: int, rng: np.random.Genera
     if base.size and (base == base[0]).all():
         # one rate for every row (1 per person): the same draws as the array form, 3x faster
         # (numpy's per-element broadcasting costs more than the draw itself)
-        return rng.poisson(base[0], size=size).astype(np.float64)
-    return rng.poisson(base, size=size).astype(np.float64)
+        return rng.poisson(base[0], size=size)
+    return rng.poisson(base, size=size)
+
+
+def poisson_weights(base: np.ndarray, *, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`poisson_counts` as float64 weights."""
+    return poisson_counts(base, n_resamples=n_resamples, rng=rng).astype(np.float64)
 
 
 def poisson_bootstrap(
@@ -89,6 +99,7 @@ def poisson_bootstrap(
     rng: np.random.Generator,
     chunk: int,
     threads: int = 1,
+    spawn: bool = False,
 ) -> dict[str, np.ndarray]:
     """Draws of ``statistic`` over Poisson-bootstrap resamples, ``chunk`` resamples at a time.
 
@@ -105,9 +116,15 @@ def poisson_bootstrap(
     chunk
         Resamples per batch (memory is about ``(threads + 1) x chunk x rows``).
     threads
-        Batches evaluated at once. The weights are still drawn in order from ``rng`` and the
-        draws stacked in order, so the result does not depend on it; numpy releases the GIL in
-        the array work, so two threads use two cores.
+        Batches evaluated at once; the result does not depend on it. numpy releases the GIL in
+        the array work (and in the draws), so two threads use two cores.
+    spawn
+        False: the main thread draws every batch's weights (:func:`poisson_weights`, float64)
+        in order from ``rng``, so the draws do not depend on ``chunk`` either. True: each batch
+        draws its own weights (:func:`poisson_counts`, integers) in its worker thread, from its
+        own generator spawned from ``rng`` in batch order (``rng.spawn``), so the drawing runs
+        in parallel too; the draws then depend on ``chunk`` (not on ``threads``) and differ
+        from the default's.
 
     Returns
     -------
@@ -115,6 +132,26 @@ def poisson_bootstrap(
         Each statistic's draws stacked on axis 0 (``n_resamples`` rows).
     """
     sizes = [min(chunk, n_resamples - first) for first in range(0, n_resamples, chunk)]
+    if spawn:
+        results = _spawned_batches(statistic, base, sizes=sizes, rng=rng, threads=threads)
+    else:
+        results = _ordered_batches(statistic, base, sizes=sizes, rng=rng, threads=threads)
+    draws: dict[str, list[np.ndarray]] = {}
+    for result in results:
+        for name, values in result.items():
+            draws.setdefault(name, []).append(values)
+    return {name: np.concatenate(parts) for name, parts in draws.items()}
+
+
+def _ordered_batches(
+    statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    base: np.ndarray,
+    *,
+    sizes: list[int],
+    rng: np.random.Generator,
+    threads: int,
+) -> list[Mapping[str, np.ndarray]]:
+    """``statistic`` of each batch, the weights drawn in order from ``rng`` on this thread."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: deque[Future[Mapping[str, np.ndarray]]] = deque()
         results: list[Mapping[str, np.ndarray]] = []
@@ -123,11 +160,27 @@ def poisson_bootstrap(
                 results.append(pending.popleft().result())
             pending.append(pool.submit(statistic, poisson_weights(base, n_resamples=size, rng=rng)))
         results += [future.result() for future in pending]
-    draws: dict[str, list[np.ndarray]] = {}
-    for result in results:
-        for name, values in result.items():
-            draws.setdefault(name, []).append(values)
-    return {name: np.concatenate(parts) for name, parts in draws.items()}
+    return results
+
+
+def _spawned_batches(
+    statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    base: np.ndarray,
+    *,
+    sizes: list[int],
+    rng: np.random.Generator,
+    threads: int,
+) -> list[Mapping[str, np.ndarray]]:
+    """``statistic`` of each batch, batch ``i`` drawing its integer weights in its worker thread
+    from the ``i``-th generator spawned from ``rng`` (so the draws do not depend on ``threads``)."""
+    generators = rng.spawn(len(sizes))
+
+    def batch(number: int) -> Mapping[str, np.ndarray]:
+        return statistic(poisson_counts(base, n_resamples=sizes[number], rng=generators[number]))
+
+    # at most ``threads`` batches run (and hold weights) at once; map keeps the batch order
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(batch, range(len(sizes))))
 
 
 def z_value(confidence: float) -> float:
@@ -303,6 +356,85 @@ def ranking_metrics(
     return np.where(defined, auroc, np.nan), np.where(n_pos > 0, average_precision, np.nan)
 
 
+@dataclass(frozen=True)
+class EventRanks:
+    """Where the events sit among rows sorted by ascending score (one group): what
+    :func:`sorted_ranking_metrics` needs besides the weights. Built once, reused by every
+    resample."""
+
+    events: np.ndarray  # positions of the events among the sorted rows
+    first_event: np.ndarray | None  # first of ``events`` in each unit (None: one event a unit)
+    unit_start: np.ndarray  # first row of each unit (distinct score) holding an event
+    unit_stop: np.ndarray  # one past its last row
+
+
+def event_ranks(sorted_score: np.ndarray, sorted_y: np.ndarray) -> EventRanks:
+    """The :class:`EventRanks` of rows already sorted by ascending ``sorted_score``."""
+    sorted_score = np.asarray(sorted_score, dtype=np.float64)
+    change = np.r_[True, sorted_score[1:] != sorted_score[:-1]]
+    unit_starts = np.flatnonzero(change)
+    unit_stops = np.r_[unit_starts[1:], sorted_score.size]
+    events = np.flatnonzero(np.asarray(sorted_y) == 1)
+    event_unit = (np.cumsum(change) - 1)[events]
+    # the slice: no events, no first event (the leading True would make one)
+    first = np.flatnonzero(np.r_[True, event_unit[1:] != event_unit[:-1]])[: event_unit.size]
+    units = event_unit[first]
+    return EventRanks(
+        events=events,
+        first_event=None if first.size == events.size else first,
+        unit_start=unit_starts[units],
+        unit_stop=unit_stops[units],
+    )
+
+
+def _cumulative(counts: np.ndarray) -> np.ndarray:
+    """Cumulative sums of integer ``counts`` along the rows, after a leading 0 column: int32
+    when no sum can reach 2^31 (half the memory traffic of int64), else int64."""
+    bound = counts.shape[1] * (int(counts.max()) if counts.size else 0)
+    cumulative = np.zeros(
+        (counts.shape[0], counts.shape[1] + 1), dtype=np.int32 if bound < 2**31 else np.int64
+    )
+    np.cumsum(counts, axis=1, out=cumulative[:, 1:])
+    return cumulative
+
+
+def sorted_ranking_metrics(counts: np.ndarray, ranks: EventRanks) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision of :func:`ranking_metrics` (one group) for integer weights
+    ``counts`` ``(sets, rows)`` of rows sorted by ascending score (:func:`event_ranks`).
+
+    The same definitions in less work: one integer cumulative sum over the rows, then
+    arithmetic on the units holding an event only. Every count is an exact integer, so the
+    AUROC is the correctly rounded ratio of exact sums whatever the summation order.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        AUROC and AP, each ``(sets,)``; NaN without events (AUROC: or without non-events).
+    """
+    cumulative = _cumulative(counts)
+    # weighted events per unit holding an event, and everything scored strictly below it
+    pos = counts[:, ranks.events].astype(np.int64)
+    if ranks.first_event is not None:
+        pos = np.add.reduceat(pos, ranks.first_event, axis=1)
+    below = cumulative[:, ranks.unit_start].astype(np.int64)
+    pos_up_to = np.cumsum(pos, axis=1)
+    pos_below = pos_up_to - pos
+    neg_below = below - pos_below
+    neg_within = cumulative[:, ranks.unit_stop] - below - pos
+    n_pos = pos.sum(axis=1)
+    n_neg = cumulative[:, -1].astype(np.int64) - n_pos
+    # twice the concordant pairs (ties count one half): an exact integer
+    twice_concordant = (pos * (2 * neg_below + neg_within)).sum(axis=1)
+    tp = n_pos[:, None] - pos_below
+    fp = n_neg[:, None] - neg_below
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = twice_concordant / (2.0 * n_pos * n_neg)
+        precision = np.where(pos > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        average_precision = (pos * precision).sum(axis=1) / n_pos
+    defined = (n_pos > 0) & (n_neg > 0)
+    return np.where(defined, auroc, np.nan), np.where(n_pos > 0, average_precision, np.nan)
+
+
 # --- calibration -------------------------------------------------------------------------------
 
 
@@ -422,10 +554,14 @@ def ece_matrices(
     """Per row and bin of ``edges``: its outcome and its score in its own bin, 0 elsewhere
     (``(rows, bins)`` each); a weight set's observed and expected events per bin are
     ``weights @`` them (:func:`expected_calibration_error`)."""
-    bins = score_bin(score, edges)
-    onehot = np.zeros((score.size, len(edges) - 1))
-    onehot[np.arange(score.size), bins] = 1.0
-    return onehot * y[:, None], onehot * score[:, None]
+    rows, bins = np.arange(score.size), score_bin(score, edges)
+    # the values of a one-hot matrix times y and times the score (outcomes and scores are not
+    # negative: the zeros are +0.0 as there), without building and multiplying the one-hot
+    shape = (score.size, len(edges) - 1)
+    observed, expected = np.zeros(shape), np.zeros(shape)
+    observed[rows, bins] = y
+    expected[rows, bins] = score
+    return observed, expected
 
 
 def expected_calibration_error(

@@ -141,6 +141,58 @@ def test_poisson_bootstrap_is_seeded_and_does_not_depend_on_the_chunk_size_or_th
     assert draws[0]["total"].var() == pytest.approx(base.sum(), rel=0.2)  # Poisson: var = mean
 
 
+def test_spawned_poisson_bootstrap_does_not_depend_on_threads() -> None:
+    def total(weights: np.ndarray) -> dict[str, np.ndarray]:
+        return {"total": weights.sum(axis=1), "first": weights[:, 0]}
+
+    people = np.ones(1_000)
+    draws = [
+        metrics.poisson_bootstrap(
+            total,
+            people,
+            n_resamples=300,
+            rng=np.random.default_rng(7),
+            chunk=16,
+            threads=threads,
+            spawn=True,
+        )
+        for threads in (1, 2, 3)
+    ]
+    for other in draws[1:]:
+        np.testing.assert_array_equal(other["total"], draws[0]["total"])
+        np.testing.assert_array_equal(other["first"], draws[0]["first"])
+    assert draws[0]["total"].shape == (300,)
+    assert draws[0]["total"].mean() == pytest.approx(people.sum(), rel=0.01)
+    assert draws[0]["total"].var() == pytest.approx(people.sum(), rel=0.2)  # Poisson: var = mean
+
+
+def test_poisson_counts_are_poisson_weights_as_integers() -> None:
+    """The same draws as the float64 weights, for people (one rate) and cells (counts)."""
+    for base in (np.ones(1_000), np.array([1.0, 4.0, 0.0, 12.0])):
+        counts = metrics.poisson_counts(base, n_resamples=5, rng=np.random.default_rng(1))
+        assert np.issubdtype(counts.dtype, np.integer)
+        np.testing.assert_array_equal(
+            counts, metrics.poisson_weights(base, n_resamples=5, rng=np.random.default_rng(1))
+        )
+
+
+@pytest.mark.parametrize("decimals", [None, 2])
+def test_sorted_ranking_metrics_equal_ranking_metrics(decimals: int | None) -> None:
+    rng = np.random.default_rng(4)
+    score = rng.beta(1, 8, 5_000)
+    score = score if decimals is None else np.round(score, decimals)  # 2 decimals: ties
+    y = (rng.random(score.size) < score).astype(float)
+    weights = np.vstack([np.ones(score.size), rng.poisson(1.0, (3, score.size))])
+    auroc, ap = metrics.ranking_metrics(weights, y, metrics.rank_index(score))
+    order = np.argsort(score, kind="stable")
+    ranks = metrics.event_ranks(score[order], y[order])
+    sorted_auroc, sorted_ap = metrics.sorted_ranking_metrics(weights[:, order], ranks)
+    np.testing.assert_array_equal(sorted_auroc, auroc[:, 0])  # exact integer sums
+    np.testing.assert_allclose(sorted_ap, ap[:, 0], rtol=1e-13)
+    none = metrics.event_ranks(score[order], np.zeros(score.size))
+    assert np.isnan(metrics.sorted_ranking_metrics(weights[:, order], none)).all()
+
+
 def test_percentile_interval_needs_enough_finite_draws_and_shifts() -> None:
     draws = np.column_stack([np.arange(101.0), np.r_[np.arange(40.0), np.full(61, np.nan)]])
     low, high = metrics.percentile_interval(draws, confidence=0.9, shift=np.array([1.0, 0.0]))

@@ -417,6 +417,70 @@ def test_weights_reproduce_a_resample_and_the_bootstrap_is_poisson_and_seeded() 
     assert first["auroc"]["ci_low"] < first["auroc"]["value"] < first["auroc"]["ci_high"]
 
 
+def _scored_people(n: int, *, seed: int) -> tuple[np.ndarray, ...]:
+    """Outcome, score (rounded: ties), selected top 10% and an oracle with ties of its own."""
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.beta(1, 10, n), 3)
+    y = (rng.random(n) < p).astype(np.int8)
+    oracle = np.round(np.clip(p + rng.normal(0, 0.01, n), 1e-4, 0.99), 3)
+    return y, p, p >= np.quantile(p, 0.9), oracle
+
+
+def _same(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]]) -> bool:
+    """Equal to the bit, NaN included."""
+    return {k: {s: v.hex() for s, v in e.items()} for k, e in first.items()} == {
+        k: {s: v.hex() for s, v in e.items()} for k, e in second.items()
+    }
+
+
+def test_resample_path_equals_the_straightforward_metrics_on_the_same_weights() -> None:
+    y, p, selected, oracle = _scored_people(20_000, seed=11)
+    indexes = (metrics.rank_index(p), metrics.rank_index(oracle))
+    edges = metrics.ece_bin_edges(p)
+    shared: dict[str, Any] = {"oracle": oracle, "ece_edges": edges, "rank_indexes": indexes}
+    point = evaluation.metric_sets(np.ones((1, p.size)), y, p, selected, **shared)
+    fit = evaluation.recalibration_fit(
+        y,
+        indexes[0],
+        citl=float(point["calibration_intercept"][0]),
+        slope=float(point["calibration_slope"][0]),
+    )
+    order = evaluation.score_order(y, p, selected, rank_indexes=indexes, ece_edges=edges, fit=fit)
+    rng = np.random.default_rng(2)
+    weights = np.vstack([np.ones(p.size), rng.poisson(1.0, (4, p.size))]).astype(float)
+    # metric_sets iterates the calibration fits to convergence, from (0, 1)
+    expected = evaluation.metric_sets(weights, y, p, selected, **shared)
+    fast = evaluation.resample_sets(weights[:, indexes[0].order], order)
+    assert fast.keys() == expected.keys()
+    for name, values in expected.items():
+        np.testing.assert_allclose(fast[name], values, rtol=1e-12, atol=1e-8, err_msg=name)
+    # integer sums: the rank metrics are exact whatever the order of summation
+    np.testing.assert_array_equal(fast["auroc"], expected["auroc"])
+    np.testing.assert_array_equal(fast["oracle_auroc"], expected["oracle_auroc"])
+
+
+def test_evaluate_publishes_the_straightforward_point_estimates_bit_for_bit() -> None:
+    y, p, selected, oracle = _scored_people(3_000, seed=12)
+    out = evaluation.evaluate(y, p, selected, oracle=oracle, n_bootstrap=20, seed=4)
+    point = evaluation.metric_sets(np.ones((1, p.size)), y, p, selected, oracle=oracle)
+    assert out.keys() == point.keys()
+    for name, values in point.items():
+        assert out[name]["value"].hex() == float(values[0]).hex(), name
+        assert out[name]["ci_low"] <= out[name]["value"] <= out[name]["ci_high"], name
+
+
+def test_evaluate_does_not_depend_on_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p, selected, oracle = _scored_people(2_000, seed=13)
+    monkeypatch.setattr(evaluation, "BOOTSTRAP_CELLS", 7 * p.size)  # 7 resamples a batch
+    runs = [
+        evaluation.evaluate(y, p, selected, oracle=oracle, n_bootstrap=40, seed=5, threads=threads)
+        for threads in (1, 2, 3)
+    ]
+    assert _same(runs[0], runs[1]) and _same(runs[0], runs[2])
+    other = evaluation.evaluate(y, p, selected, oracle=oracle, n_bootstrap=40, seed=6, threads=2)
+    assert other["auroc"]["ci_low"] != runs[0]["auroc"]["ci_low"]  # the seed matters
+
+
 def test_calibration_json_reproduces_sklearn_and_is_skipped_when_it_does_not_help() -> None:
     from sklearn.isotonic import IsotonicRegression
 
