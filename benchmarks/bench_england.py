@@ -21,15 +21,18 @@ The projection for all 42 ICBs, per stage, is ``a + b * N * ((1 - p) + p / k)`` 
 (``k = 2``: this machine), summed over stages; memory ``slope * N`` plus the partition part
 scaled up to the largest ICB. Disk is linear in people.
 
-Train's fit is not a per-person cost: it reads a seeded sample of the training split capped at
-``train.max_train_rows`` (and early stopping a sample capped at ``train.max_validation_rows``),
-so above the cap its cost stops growing. Each train run logs the fit's wall seconds to MLflow
-(``fit_seconds``); the projection takes train's time without the fit as ``a + b * N`` like every
-other stage, and adds the fit once per target, scaled from the two-ICB run by training rows
-(LightGBM's histogram passes are linear in rows) up to the cap: ``fit * min(cap, rows * N / n)
-/ rows``. Early stopping keeps about as many trees with two median ICBs (~2.3M people) as at 10M
-(369/245 vs 409/247 trees), so the scaling holds to ~10%. Outreach's TreeSHAP cost per listed
-person grows with the trees, so it is measured on the same model size.
+Train's and need's model fits are not per-person costs: each reads a seeded sample of the
+training split capped at ``train.max_train_rows`` (train's early stopping a sample capped at
+``train.max_validation_rows``) or ``audit.need_model_max_rows`` (need), so above the cap its cost
+stops growing (need's 500,000-row cap is already reached in the two-ICB run). Each fit records its
+wall seconds and rows (``pipeline.console.record_timing``, in the run's ``timings.jsonl``; train
+also logs ``fit_seconds`` to MLflow); the projection takes the stage's time without its fits as
+``a + b * N`` like every other stage, and adds each fit once per target, scaled from the two-ICB
+run by training rows (LightGBM's histogram passes are linear in rows) up to the cap:
+``fit * min(cap, rows * N / n) / rows``. Early stopping keeps about as many trees with two
+median ICBs (~2.3M people) as at 10M (369/245 vs 409/247 trees), so the scaling holds to ~10%.
+Outreach's TreeSHAP cost per listed person grows with the trees, so it is measured on the same
+model size.
 
 Each process runs Polars on one thread (``POLARS_MAX_THREADS``, ``--polars-threads``, default
 1), so a worker is one core: otherwise one worker's Polars already uses both cores of this
@@ -44,14 +47,13 @@ Usage: ``nice .venv/bin/python benchmarks/bench_england.py [--tiny 42000] [--sma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -144,7 +146,8 @@ def stage_totals(measured: list[bench_scale.Measured]) -> dict[str, tuple[float,
 
 @dataclass(frozen=True)
 class Fit:
-    """One target's early-stopped fit in a run: wall seconds and rows of its training sample."""
+    """One model fit in a run (train's or need's, one target): wall seconds and rows of its
+    training sample."""
 
     seconds: float
     train_rows: int
@@ -161,31 +164,25 @@ class Fit:
         return self.seconds * rows / self.train_rows
 
 
-def fits(folder: Path) -> dict[str, Fit]:
-    """Each target's fit in a finished run: ``fit_seconds`` from its MLflow store,
-    ``n_train_rows`` from ``models/<target>/metrics.json``."""
-    with sqlite3.connect(folder / "mlflow.db") as store:
-        seconds = store.execute(
-            "select t.value, m.value from metrics m join tags t on m.run_uuid = t.run_uuid"
-            " where m.key = 'fit_seconds' and t.key = 'target'"
-        ).fetchall()
+FITTED: Final = ("train", "need")
+"""The stages whose model fit reads a capped sample (train: ``train.max_train_rows``; need:
+``audit.need_model_max_rows``): each records the fit's seconds and rows
+(``pipeline.console.record_timing``, in the run's ``bench_scale.TIMINGS`` file)."""
+
+
+def fits(folder: Path) -> dict[tuple[str, str], Fit]:
+    """Each (stage, target)'s fit in a finished run, from the stages' timing records."""
     return {
-        target: Fit(
-            float(value),
-            int(
-                json.loads((folder / "models" / target / "metrics.json").read_text())[
-                    "n_train_rows"
-                ]
-            ),
-        )
-        for target, value in seconds
+        (record["stage"], record["target"]): Fit(float(record["seconds"]), int(record["rows"]))
+        for record in bench_scale.timings(folder)
+        if record["stage"] in FITTED and record["step"] == "fit"
     }
 
 
 @dataclass(frozen=True)
 class Runs:
     """The four runs: a tiny all-ICB world, one ICB, two ICBs on 1 worker, then on 2 workers;
-    train's fits in each (:func:`fits`) and the training-sample cap."""
+    the model fits in each (:func:`fits`) and each fitting stage's sample cap."""
 
     tiny: list[bench_scale.Measured]
     small: list[bench_scale.Measured]
@@ -193,15 +190,17 @@ class Runs:
     two: list[bench_scale.Measured]
     n_small: int
     n_people: int
-    fits: dict[str, dict[str, Fit]]
-    max_train_rows: int
+    fits: dict[str, dict[tuple[str, str], Fit]]
+    caps: dict[str, int]
 
     def without_fit(self, label: str) -> dict[str, tuple[float, int]]:
-        """:func:`stage_totals` of a run, train's seconds less its fits."""
+        """:func:`stage_totals` of a run, train's and need's seconds less their fits."""
         totals = stage_totals(getattr(self, label))
-        seconds, peak = totals["train"]
-        fitted = sum(fit.seconds for fit in self.fits[label].values())
-        totals["train"] = (max(seconds - fitted, 0.0), peak)
+        for stage in FITTED:
+            seconds, peak = totals[stage]
+            fits = self.fits[label].items()
+            fitted = sum(fit.seconds for (name, _), fit in fits if name == stage)
+            totals[stage] = (max(seconds - fitted, 0.0), peak)
         return totals
 
 
@@ -240,16 +239,16 @@ def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
                 time.per_person * ENGLAND, fraction, workers=workers
             )
     fit_england = 0.0
-    for target, fit in runs.fits["one"].items():
-        seconds = fit.at(ENGLAND, measured_people=n_people, cap=runs.max_train_rows)
+    for (stage, target), fit in runs.fits["one"].items():
+        seconds = fit.at(ENGLAND, measured_people=n_people, cap=runs.caps[stage])
         fit_england += seconds
         print(
-            f"train fit {target}: {fit.seconds:.1f} s on {fit.train_rows:,} rows (1 worker;"
-            f" 2 workers {runs.fits['two'][target].seconds:.1f} s) -> {seconds:.1f} s for England"
-            f" (sample capped at {runs.max_train_rows:,} rows)"
+            f"{stage} fit {target}: {fit.seconds:.1f} s on {fit.train_rows:,} rows (1 worker;"
+            f" 2 workers {runs.fits['two'][(stage, target)].seconds:.1f} s) -> {seconds:.1f} s"
+            f" for England (sample capped at {runs.caps[stage]:,} rows)"
         )
     for workers in totals:
-        totals[workers] += fit_england  # the fit runs in the stage's process, not on workers
+        totals[workers] += fit_england  # the fits run in the stage's process, not on workers
     print(f"\nEngland ({ENGLAND:,} people, 42 ICBs), projected from these measurements:")
     print(f"  this machine, 1 worker : {totals[1] / 3600:6.2f} h")
     print(f"  this machine, 2 workers: {totals[2] / 3600:6.2f} h  (goal <= 2 h)")
@@ -322,17 +321,21 @@ def main() -> None:
                 ("two", f"dask-{many}w"),
             )
         },
-        max_train_rows=int(
-            bench_scale.yaml.safe_load((bench_scale.ROOT / "params.yaml").read_text())["train"][
-                "max_train_rows"
-            ]
-        ),
+        caps=fit_caps(bench_scale.yaml.safe_load((bench_scale.ROOT / "params.yaml").read_text())),
     )
     project(runs, disk=disk, cluster=cluster)
     differing = bench_scale.differing_files(base / f"dask-{few}w", base / f"dask-{many}w")
     print(f"outputs of {few} vs {many} workers: {len(differing)} files differ {differing[:8]}")
     if args.keep is None:
         shutil.rmtree(base)
+
+
+def fit_caps(params: dict) -> dict[str, int]:
+    """The training-sample cap of each fitting stage (:data:`FITTED`) in ``params``."""
+    return {
+        "train": int(params["train"]["max_train_rows"]),
+        "need": int(params["audit"]["need_model_max_rows"]),
+    }
 
 
 def people_written(folder: Path) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import signal
@@ -194,8 +195,13 @@ def disk_bytes(folder: Path) -> int:
 def run_engine(
     folder: Path, commands: list[list[str]], *, interval: float, label: str
 ) -> list[Measured]:
-    """Run the stages in ``folder``, printing one line per stage as it ends."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    """Run the stages in ``folder``, printing one line per stage as it ends; the stages'
+    timings of capped steps (their model fits) go to ``folder/TIMINGS`` (:func:`timings`)."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "PHM_TIMINGS": str(folder / TIMINGS),  # pipeline.console.TIMINGS_ENV
+    }
     measured = []
     for command in commands:
         result = run_stage(command, cwd=folder, env=env, interval=interval)
@@ -207,6 +213,19 @@ def run_engine(
         )
         measured.append(result)
     return measured
+
+
+TIMINGS = "timings.jsonl"
+"""The file in a run's folder where its stages record their capped steps' wall seconds."""
+
+
+def timings(folder: Path) -> list[dict]:
+    """The records of ``folder/TIMINGS`` (``pipeline.console.record_timing``: stage, target,
+    step, seconds, rows), in the order the stages wrote them."""
+    path = folder / TIMINGS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 COMPARED = ("data", "features", "reports", "metrics")

@@ -4,11 +4,13 @@ Each stage's ``run()`` ends with one :func:`stage_done` call (what it did: rows,
 figure). Long steps wrap their loop in :func:`progress`, a rich progress bar shown only when
 stderr is a terminal (never in a pipe or a log file). :func:`quiet_third_party` silences the
 libraries' own chatter (MLflow's INFO lines, pip-version warning and artifact progress bars)
-before they are imported.
+before they are imported. :func:`record_timing` appends a step's wall seconds to the file
+``$PHM_TIMINGS`` names, for the benchmarks (``benchmarks/``); timings are never outputs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -92,6 +94,26 @@ def stage_done(
     """
     line = stage_line(stage, did=did, target=target, figure=figure, took=elapsed())
     _stderr().print(f"[green]done[/] {line}", markup=True)
+
+
+TIMINGS_ENV: Final = "PHM_TIMINGS"
+"""Environment variable naming a JSON-lines file that :func:`record_timing` appends to."""
+
+
+def record_timing(
+    stage: str, step: str, seconds: float, *, target: str | None = None, rows: int | None = None
+) -> None:
+    """Append ``{"stage", "target", "step", "seconds", "rows"}`` as one JSON line to the file
+    ``$PHM_TIMINGS`` names (nothing when it is unset): how the benchmarks learn the wall time of
+    a step whose cost does not grow with the population (a model fit on a capped sample, of
+    ``rows`` rows), which a stage's total cannot tell them. Never part of an output (a timing
+    would break the byte-identical reruns)."""
+    target_file = os.environ.get(TIMINGS_ENV)
+    if not target_file:
+        return
+    record = {"stage": stage, "target": target, "step": step, "seconds": seconds, "rows": rows}
+    with open(target_file, "a", encoding="utf-8") as timings:
+        timings.write(json.dumps(record) + "\n")
 
 
 def interactive() -> bool:

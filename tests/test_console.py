@@ -3,8 +3,10 @@ headline numbers DVC shows (numbers only, a handful per target)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,20 @@ def test_headline_sets_stay_small() -> None:
     # dvc exp show: a handful of columns per target, not every bound of every interval
     assert len(headline.TRAIN_HEADLINE) + len(headline.AUDIT_HEADLINE) <= 12
     assert not [key for key in headline.TRAIN_HEADLINE if key.endswith(("_ci_low", "_ci_high"))]
+
+
+def test_timings_go_only_to_the_file_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(console.TIMINGS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    console.record_timing("need", "fit", 1.5, target="t", rows=10)
+    assert list(tmp_path.iterdir()) == []  # unset: nothing written anywhere
+    timings = tmp_path / "timings.jsonl"
+    monkeypatch.setenv(console.TIMINGS_ENV, str(timings))
+    console.record_timing("need", "fit", 1.5, target="t", rows=10)
+    console.record_timing("train", "fit", 2.0)
+    assert [json.loads(line) for line in timings.read_text().splitlines()] == [
+        {"stage": "need", "target": "t", "step": "fit", "seconds": 1.5, "rows": 10},
+        {"stage": "train", "target": None, "step": "fit", "seconds": 2.0, "rows": None},
+    ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import contract, io, need
+from pipeline import console, contract, io, need
 from pipeline.audit import run as run_audit
 from pipeline.config import Params, parse_params
 from pipeline.errors import ContractError, StageError
@@ -46,10 +47,16 @@ def _need_file(root: Path) -> Path:
 
 
 def test_scores_every_cohort_member_deterministically_and_tracks_true_need(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     truth = _write_world(tmp_path, truth=True)
+    timings = tmp_path / "timings.jsonl"  # outside the project's outputs, as a benchmark's
+    monkeypatch.setenv(console.TIMINGS_ENV, str(timings))
     need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
+    (fit,) = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert fit["stage"] == "need" and fit["target"] == TARGET and fit["step"] == "fit"
+    assert fit["seconds"] > 0 and 0 < fit["rows"] <= _params().audit.need_model_max_rows
+    monkeypatch.delenv(console.TIMINGS_ENV)
     first = _need_file(tmp_path).read_bytes()
     need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
     assert _need_file(tmp_path).read_bytes() == first

@@ -565,7 +565,7 @@ def test_everything_logged_to_mlflow_is_published_and_holds_no_person(project: P
     train.run(_params(), io.Paths.at(project), target=TARGET)
     run = tracking.find_model_run(project / "models" / TARGET / "model.txt", root=project)
     assert run is not None
-    # the fit's wall seconds are logged for reviewers and bench_england, never in metrics.json
+    # the fit's wall seconds are logged for reviewers, never in metrics.json
     assert run.data.metrics["fit_seconds"] > 0
     assert "fit_seconds" not in io.read_json(project / "models" / TARGET / "metrics.json")
     rule = Rule()

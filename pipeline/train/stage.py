@@ -379,6 +379,7 @@ def train_target(
         root_seed=seed,
         batching=batching,
     )
+    console.record_timing("train", "fit", fitted.fit_seconds, target=target, rows=n_train_rows)
     scores, selected = score_cohort(
         cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
     )
