@@ -150,6 +150,13 @@ def test_stage_lists_no_code_it_does_not_run(name: str) -> None:
     assert not extra, f"dvc.yaml stage {name!r}: deps hold code the stage never runs: {extra}"
 
 
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_lists_each_dependency_once(name: str) -> None:
+    deps = [str(d).rstrip("/") for d in _stages()[name].get("deps", [])]
+    twice = sorted({d for d in deps if deps.count(d) > 1})
+    assert not twice, f"dvc.yaml stage {name!r}: deps listed more than once: {twice}"
+
+
 def test_closure_follows_lazy_relative_and_package_imports() -> None:
     files = closure("pipeline.audit")
     assert "pipeline/audit/__init__.py" in files
