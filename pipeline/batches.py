@@ -59,9 +59,13 @@ def input_rows(
     rows = features.filter(pl.col("person_id").is_in(person_ids.implode()))
     if icb is not None:
         rows = rows.filter(pl.col(ICB) == icb)
-    wanted = person_ids.rename("person_id").to_frame().lazy()
-    keep = rows.select("person_id", *columns)
-    return wanted.join(keep, on="person_id", how="left", maintain_order="left").collect()
+    found = rows.select("person_id", *columns).collect()
+    if found["person_id"].equals(person_ids.rename("person_id")):
+        # the usual case: ids in the file's (person_id) order, each found once; the join
+        # below would only put them in the order they already have (2/3 of the read's time)
+        return found
+    wanted = person_ids.rename("person_id").to_frame()
+    return wanted.join(found, on="person_id", how="left", maintain_order="left")
 
 
 def batch_keys(cohort: pl.DataFrame) -> pl.DataFrame:

@@ -45,6 +45,17 @@ def test_input_rows_keep_the_order_asked_and_leave_unknown_people_null() -> None
     got = batches.input_rows(features, ids, ["x"], icb="B")
     assert got.rows() == [("P3", 3.0), ("P9", None), ("P2", 2.0)]
     assert batches.input_rows(features, ids, ["x"], icb="A")["x"].null_count() == 3
+    # ids in the file's order, all found (no join needed), then the same with a duplicate row
+    assert batches.input_rows(features, pl.Series(["P2", "P3"]), ["x"], icb="B").rows() == [
+        ("P2", 2.0),
+        ("P3", 3.0),
+    ]
+    twice = pl.concat([features, features.filter(pl.col("person_id") == "P3")])
+    assert batches.input_rows(twice, pl.Series(["P2", "P3"]), ["x"], icb=None).rows() == [
+        ("P2", 2.0),
+        ("P3", 3.0),
+        ("P3", 3.0),
+    ]
 
 
 @pytest.fixture(scope="module")
