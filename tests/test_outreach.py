@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -676,6 +677,35 @@ def test_the_need_list_uses_the_targets_own_true_need() -> None:
     assert chosen == {"cvd": ["a"], "ea": ["b"]}
     with pytest.raises(ContractError, match="no true_need for target 'diabetes'"):
         summary_mod.target_true_need(oracle, "diabetes")
+
+
+def test_the_need_list_is_the_most_in_need_per_unit_ties_by_person_id() -> None:
+    rng = np.random.default_rng(7)
+    n = 3_000
+    cohort = pl.DataFrame(
+        {
+            "person_id": rng.permutation(n).astype(np.int64),
+            "icb_code": rng.choice(["A", "B", "C"], n),
+        }
+    )
+    need = rng.choice([0.1, 0.2, 0.5, 0.9], n)  # heavy ties
+    truth = pl.DataFrame({"person_id": np.arange(n, dtype=np.int64), "true_need": need})
+    truth = truth.with_columns(  # some people without a recorded need
+        pl.when(pl.col("person_id") % 17 == 0).then(None).otherwise("true_need").alias("true_need")
+    )
+    capacity = pl.DataFrame({"unit": ["A", "B", "C"], "list_size": [40, 900, 2_000]})
+    listed = summary_mod.with_need_list(cohort, truth, capacity=capacity, capacity_mode="per_icb")
+    # the definition: per unit, the first list_size people by (need, person_id), highest first
+    expected = listed.select(
+        pl.struct(pl.col("true_need").fill_null(-math.inf), "person_id")
+        .rank("ordinal", descending=True)
+        .over("unit")
+        <= pl.col("list_size")
+    ).to_series()
+    assert listed["need_list"].to_list() == expected.to_list()
+    assert listed.group_by("unit").agg(pl.col("need_list").sum()).sort("unit")[
+        "need_list"
+    ].to_list() == [40, 900, min(2_000, int((cohort["icb_code"] == "C").sum()))]
 
 
 def test_a_wider_list_keeps_each_persons_reasons(tmp_path: Path, world, monkeypatch) -> None:

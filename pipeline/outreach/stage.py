@@ -44,7 +44,8 @@ __all__ = [
 TASK_PEOPLE: Final = explain.BATCH_ROWS
 """Most selected people per task, whole ICBs only: more people explained together share more
 tree paths (:func:`pipeline.explain.contributions`: at 2M people, 49 of 324 trees computed per
-person among 8,500, 19 among 50,000), and one task's inputs stay about 50 MB."""
+person among 8,500, 19 among 50,000, 12 among 100,000), and one task's inputs stay about
+100 MB."""
 
 COHORT_COLUMNS: Final = (
     "practice_id",
@@ -252,7 +253,7 @@ def run(params: Params, paths: Paths) -> None:
     # read and held one target at a time (memory: one cohort, not all of them).
     capacities = {
         name: selection.list_sizes(
-            _scan_cohort(files[name].scores, features_path),
+            _scan_units(files[name].scores, features_path, capacity_mode=outreach.capacity_mode),
             capacity_mode=outreach.capacity_mode,
             capacity=outreach.capacity,
             key="outreach.capacity",
@@ -343,6 +344,19 @@ def _scan_cohort(scores_path: Path, features_path: Path) -> pl.LazyFrame:
         )
         .with_columns(pl.col("icb_code").fill_null(lists.NO_ICB))
     )
+
+
+def _scan_units(
+    scores_path: Path, features_path: Path, *, capacity_mode: selection.CapacityMode
+) -> pl.LazyFrame:
+    """What the capacity check counts: the scored people, joined to their ICB and practice only
+    when the capacity is per unit (a share of the whole cohort needs no join: 10M people, ~4 s
+    per target)."""
+    if selection.unit_column(capacity_mode) is not None:
+        return _scan_cohort(scores_path, features_path)
+    scores = pl.scan_parquet(scores_path)
+    _check_columns(scores, list(contract.SCORES_SCHEMA), scores_path)
+    return scores.select("person_id")
 
 
 def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:

@@ -120,16 +120,16 @@ def with_need_list(
         )
         .get_column("true_need")
     )
+    # everyone's ordinal position by need (then person_id, both highest first) as the inverse
+    # of one sort, ranked within each unit: the same numbers as ranking a struct, ~2x faster
+    need_order = pl.arg_sort_by(
+        [pl.col("true_need").fill_null(-math.inf), pl.col("person_id")], descending=[True, True]
+    ).arg_sort()
     return (
         cohort.with_columns(true_need, selection.unit_expr(capacity_mode))
         .with_columns(selection.unit_list_size(capacity))
         .with_columns(
-            (
-                pl.struct(pl.col("true_need").fill_null(-math.inf), pl.col("person_id"))
-                .rank("ordinal", descending=True)
-                .over("unit")
-                <= pl.col("list_size")
-            ).alias("need_list")
+            (need_order.rank("ordinal").over("unit") <= pl.col("list_size")).alias("need_list")
         )
     )
 
