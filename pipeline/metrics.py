@@ -51,6 +51,7 @@ __all__ = [
     "expected_calibration_error",
     "logistic_recalibration",
     "logit",
+    "newton_step",
     "percentile_interval",
     "poisson_bootstrap",
     "poisson_counts",
@@ -449,6 +450,38 @@ def _by_unit(per_group: np.ndarray, unit_group: np.ndarray) -> np.ndarray:
     return per_group if per_group.shape[1] == 1 else per_group[:, unit_group]
 
 
+def newton_step(
+    gradient: tuple[np.ndarray, np.ndarray], hessian: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Newton step ``H^-1 g`` of a two-parameter fit, elementwise over sets and groups.
+
+    Parameters
+    ----------
+    gradient
+        ``(g0, g1)``.
+    hessian
+        ``(h00, h01, h11)`` of the symmetric 2 x 2 Hessian.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The step of each parameter; 0 where the Hessian is singular (``det <= 1e-12``: no
+        events, separation), so a fit stays at its start rather than diverging.
+
+    Examples
+    --------
+    >>> one = np.array([1.0])
+    >>> newton_step((one, one), (2 * one, 0 * one, 4 * one))
+    (array([0.5]), array([0.25]))
+    """
+    (g0, g1), (h00, h01, h11) = gradient, hessian
+    det = h00 * h11 - h01**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
+        step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
+    return step0, step1
+
+
 def logistic_recalibration(
     events: np.ndarray,
     total: np.ndarray,
@@ -496,10 +529,7 @@ def logistic_recalibration(
         h00 = np.add.reduceat(curv, group_starts, axis=1)
         h01 = np.add.reduceat(curv * lp, group_starts, axis=1)
         h11 = np.add.reduceat(curv * lp_squared, group_starts, axis=1)
-        det = h00 * h11 - h01**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
-            step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
+        step0, step1 = newton_step((g0, g1), (h00, h01, h11))
         intercept = intercept + step0
         slope = slope + step1
         if np.nanmax(np.abs(np.r_[step0.ravel(), step1.ravel(), 0.0])) < 1e-10:

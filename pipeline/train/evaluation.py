@@ -297,19 +297,6 @@ def _per_score(counts: np.ndarray, order: ScoreOrder) -> np.ndarray:
     return np.add.reduceat(counts, order.unit_starts, axis=1, dtype=np.float64)
 
 
-def _newton_step(
-    gradient: tuple[np.ndarray, np.ndarray], hessian: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The Newton step of a two-parameter fit (0 on a singular Hessian, as in
-    :func:`pipeline.metrics.logistic_recalibration`)."""
-    (g0, g1), (h00, h01, h11) = gradient, hessian
-    det = h00 * h11 - h01**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        step0 = np.where(det > 1e-12, (h11 * g0 - h01 * g1) / det, 0.0)
-        step1 = np.where(det > 1e-12, (h00 * g1 - h01 * g0) / det, 0.0)
-    return step0, step1
-
-
 def _slope_sums(
     total: np.ndarray, lp: np.ndarray, intercept: np.ndarray, slope: np.ndarray
 ) -> np.ndarray:
@@ -354,7 +341,7 @@ def _recalibration_steps(
     of each set (the first step's sums among them); ``total``: people per distinct score.
     """
     lp, fit, events = order.lp, order.fit, sums["events"]
-    step = _newton_step(
+    step = metrics.newton_step(
         (events - sums["prob"], sums["events_lp"] - sums["prob_lp"]),
         (sums["curv"], sums["curv_lp"], sums["curv_lp2"]),
     )
@@ -363,7 +350,9 @@ def _recalibration_steps(
         citl = fit.citl + (events - sums["citl_prob"]) / sums["citl_curv"]
         for _ in range(steps - 1):
             at = _slope_sums(total, lp, intercept, slope)
-            step = _newton_step((events - at[0], sums["events_lp"] - at[1]), (at[2], at[3], at[4]))
+            step = metrics.newton_step(
+                (events - at[0], sums["events_lp"] - at[1]), (at[2], at[3], at[4])
+            )
             intercept, slope = intercept + step[0], slope + step[1]
             fitted, curvature = _citl_sums(total, lp, citl)
             citl = citl + (events - fitted) / curvature
