@@ -258,7 +258,7 @@ class TrainParams(_Frozen):
     lambda_l2: Annotated[float, Field(ge=0.0, strict=True)] = 1.0
     class_weighting: Literal["none", "balanced"] = "none"
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
-    max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 1_000_000
     max_validation_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
     """Validation rows early stopping reads (a seeded sample above this); the calibration is
     still fitted on every validation row's score, so the stage's memory stays flat in N."""
