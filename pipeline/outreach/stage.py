@@ -45,9 +45,10 @@ TASK_PEOPLE: Final = 50_000
 """Most selected people per task, whole ICBs only. At England's sizes a median ICB lists about
 46,000 people, so each ICB is its own task and a task's memory does not grow with the number of
 ICBs (tasks of 100,000 put two such ICBs in one task: the stage's peak grew 0.60 GB per million
-people between one and two real-size ICBs, against 0.23 GB with tasks of 50,000). Smaller ICBs are explained together: more people share more
-tree paths (:func:`pipeline.explain.contributions`: at 2M people, 49 of 324 trees computed per
-person among 8,500, 19 among 50,000)."""
+people between one and two real-size ICBs, against 0.23 GB with tasks of 50,000). Smaller ICBs
+are explained together: more people share more tree paths
+(:func:`pipeline.explain.contributions`: at 2M people, 49 of 324 trees computed per person
+among 8,500, 19 among 50,000)."""
 
 COHORT_COLUMNS: Final = (
     "practice_id",
