@@ -13,7 +13,9 @@
 
 :func:`map_partitions` returns the results in the order of the partitions it was given, whatever
 order the workers finish in, so a stage that concatenates them writes the same bytes on either
-engine.
+engine. :func:`fold_partitions` folds each result into one value as it arrives, for a
+reduction whose combined result must not depend on the order (a top-k by a total order): the
+results are never all held at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pipeline.errors import StageError
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from distributed import Client
+    from distributed import Client, Future
 
     from pipeline.config import Params
 
@@ -38,6 +40,7 @@ __all__ = [
     "Engine",
     "connect",
     "connect_for",
+    "fold_partitions",
     "map_partitions",
     "scheduler_address",
 ]
@@ -148,6 +151,14 @@ def map_partitions(
     """
     if client is None:
         return [func(partition, **shared) for partition in partitions]
+    results: list[T] = client.gather(_submit(func, partitions, client=client, shared=shared))
+    return results
+
+
+def _submit(
+    func: Callable[..., Any], partitions: Sequence[Any], *, client: Client, shared: dict[str, Any]
+) -> list[Future]:
+    """One task per partition on the cluster (futures in the partitions' order)."""
     from dask.sizeof import sizeof
 
     # The partitions (batches of person ids, an ICB's rows) and any large shared argument (a
@@ -157,6 +168,57 @@ def map_partitions(
     if large:
         sent = client.scatter(list(large.values()), hash=False)
         shared = shared | dict(zip(large, sent, strict=True))
-    futures = client.map(func, scattered, pure=False, **shared)
-    results: list[T] = client.gather(futures)
-    return results
+    futures: list[Future] = client.map(func, scattered, pure=False, **shared)
+    return futures
+
+
+def fold_partitions(
+    func: Callable[..., T],
+    partitions: Sequence[Any],
+    *,
+    combine: Callable[[T, T], T],
+    client: Client | None,
+    **shared: Any,
+) -> T:
+    """``func(partition, **shared)`` for every partition, folded by ``combine`` as each result
+    arrives, so only the running value and one result are held (never every result).
+
+    Parameters
+    ----------
+    func
+        As :func:`map_partitions`.
+    partitions
+        One item per task (at least one).
+    combine
+        ``combine(running, result)``. On Dask the results arrive in the order the workers
+        finish, so the value ``combine`` builds must not depend on that order (e.g. the top
+        ``k`` rows of a total order); sums of floats do, so fold them with
+        :func:`map_partitions` in partition order instead.
+    client
+        From :func:`connect`; None runs every call here, in order.
+    **shared
+        As :func:`map_partitions`.
+
+    Returns
+    -------
+    T
+        The folded value.
+    """
+    if not partitions:
+        raise ValueError("fold_partitions needs at least one partition")
+    if client is None:
+        running = func(partitions[0], **shared)
+        for partition in partitions[1:]:
+            running = combine(running, func(partition, **shared))
+        return running
+    from distributed import as_completed
+
+    arriving = as_completed(_submit(func, partitions, client=client, shared=shared))
+    folded: T | None = None
+    # as_completed drops each future it yields: a result is freed on its worker once folded
+    for future in arriving:
+        result = future.result()
+        folded = result if folded is None else combine(folded, result)
+        del future
+    assert folded is not None
+    return folded

@@ -21,6 +21,7 @@ from distributed import Client
 
 from pipeline import engine, io, train
 from pipeline.config import Params
+from pipeline.outreach import cohort as outreach_cohort
 from pipeline.outreach import run as outreach_run
 from tests import test_outreach, test_train
 
@@ -132,8 +133,9 @@ def test_outreach_on_a_local_cluster_writes_the_local_engines_bytes(
     tmp_path: Path, world, cluster: str, monkeypatch, outreach: dict[str, Any]
 ) -> None:
     """Lists (parquet, every CSV, merged list, dictionary) and the summary are byte-identical:
-    the Dask tasks run the same Polars code on each ICB's selected people, the selection and
-    the summary use the whole cohort in the stage's process on both engines."""
+    the Dask tasks run the same Polars code on the same chunks of the cohort (four here, folded
+    in the order the workers finish) and on each ICB's selected people."""
+    monkeypatch.setattr(outreach_cohort, "CHUNK_PEOPLE", 400)
     params = test_outreach._params(tmp_path, **outreach)
     local, dask = _local_then_dask(tmp_path, world, params, cluster, monkeypatch)
     assert len(local) > 8 and dask == local

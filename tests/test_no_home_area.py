@@ -20,8 +20,8 @@ from pipeline.disclosure import Rule
 from pipeline.errors import ContractError
 from pipeline.features import feature_specs, person_attributes
 from pipeline.outreach import reasons
+from pipeline.outreach.cohort import CohortFiles, read_chunk
 from pipeline.outreach.lists import NO_ICB
-from pipeline.outreach.stage import _read_cohort
 from pipeline.report.context.impact import NO_IMD, answer, has_imd, verdict
 from pipeline.report.model import TargetView
 from tests.fixture_params import fixture_raw
@@ -171,7 +171,7 @@ def test_outreach_puts_people_without_an_icb_in_one_list(tmp_path: Path) -> None
         for column, dtype in contract.SCORES_SCHEMA.items()
         if column not in ("person_id", "risk_score")
     )
-    from pipeline.outreach.stage import COHORT_COLUMNS
+    from pipeline.outreach.cohort import COHORT_COLUMNS
 
     features = (
         pl.DataFrame({"person_id": ids})
@@ -180,11 +180,14 @@ def test_outreach_puts_people_without_an_icb_in_one_list(tmp_path: Path) -> None
     )
     scores.write_parquet(tmp_path / "scores.parquet")
     features.write_parquet(tmp_path / "features.parquet")
-    cohort = _read_cohort(tmp_path / "scores.parquet", tmp_path / "features.parquet", "t")
-    assert cohort.sort("person_id")["icb_code"].to_list() == ["QHM", NO_ICB, NO_ICB]
+    files = CohortFiles(
+        target="t", scores=tmp_path / "scores.parquet", features=tmp_path / "features.parquet"
+    )
+    cohort = read_chunk((0, 3), files=files)
+    assert cohort["icb_code"].to_list() == ["QHM", NO_ICB, NO_ICB]
     features.filter(pl.col("person_id") != "P3").write_parquet(tmp_path / "features.parquet")
-    with pytest.raises(ContractError, match="1 scored people of t have no row"):
-        _read_cohort(tmp_path / "scores.parquet", tmp_path / "features.parquet", "t")
+    with pytest.raises(ContractError, match=r"1 scored people of t have no row.*\['P3'\]"):
+        read_chunk((0, 3), files=files)
 
 
 def test_the_trade_off_table_has_no_list_share_by_an_unavailable_imd() -> None:

@@ -31,7 +31,6 @@ __all__ = [
     "PERSON_COLUMNS",
     "RISK_SCORE_DECIMALS",
     "check_file_names",
-    "flag_selected",
     "keyed_rows",
     "list_rows",
     "merge_lists",
@@ -146,15 +145,6 @@ def select_outreach(
     cohort.
     """
     return with_pseudonyms(select_people(cohort, capacity, capacity_mode=capacity_mode), key)
-
-
-def flag_selected(cohort: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
-    """The cohort with a boolean ``selected`` (for the summary)."""
-    # A column added in place (no copy of the cohort); its order kept, so the summary's float
-    # sums add up in the same order on every run.
-    return cohort.with_columns(
-        pl.col("person_id").is_in(selected.get_column("person_id").implode()).alias("selected")
-    )
 
 
 def tier_labels(tiers: Sequence[ListTier]) -> list[str]:

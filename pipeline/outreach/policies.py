@@ -33,6 +33,7 @@ from pipeline.errors import ParamsError, StageError
 __all__ = [
     "Policy",
     "equal_opportunity_thresholds",
+    "fit_thresholds",
     "policy_detail",
     "policy_priority",
     "prioritise",
@@ -137,6 +138,33 @@ def policy_priority(
     raise ParamsError(f"outreach.policy: unknown policy {policy!r}")
 
 
+def fit_thresholds(
+    cohort: pl.DataFrame, *, outreach: OutreachParams, rng: np.random.Generator
+) -> dict[str, float] | None:
+    """The equal-opportunity thresholds at the list's capacity (None for other policies).
+
+    Parameters
+    ----------
+    cohort
+        One target's whole eligible cohort, or just its columns the fit reads (``split``,
+        ``risk_score``, ``risk_rank``, ``outcome``, ``imd_quintile`` and a per-unit capacity's
+        unit column: :func:`pipeline.fairness.fit_equal_opportunity`).
+    outreach
+        Policy and capacity.
+    rng
+        The ``("equal_opportunity", target)`` stream.
+    """
+    if outreach.policy != "equal_opportunity":
+        return None
+    # the audit's fit too, at this list's capacity (validation split, whole-cohort cut)
+    try:
+        return fairness.fit_equal_opportunity(
+            cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity, rng=rng
+        )
+    except StageError as error:
+        raise StageError(f"outreach: {error} (validation split, imd_quintile)") from None
+
+
 def prioritise(
     cohort: pl.DataFrame,
     *,
@@ -163,15 +191,7 @@ def prioritise(
     tuple[pl.LazyFrame, dict[str, float] | None]
         The prioritised cohort and the equal-opportunity thresholds (None for other policies).
     """
-    thresholds = None
-    if outreach.policy == "equal_opportunity":
-        # the audit's fit too, at this list's capacity (validation split, whole-cohort cut)
-        try:
-            thresholds = fairness.fit_equal_opportunity(
-                cohort, capacity_mode=outreach.capacity_mode, capacity=outreach.capacity, rng=rng
-            )
-        except StageError as error:
-            raise StageError(f"outreach: {error} (validation split, imd_quintile)") from None
+    thresholds = fit_thresholds(cohort, outreach=outreach, rng=rng)
     prioritised = policy_priority(
         cohort.lazy(), policy=outreach.policy, outreach=outreach, thresholds=thresholds, need=need
     )

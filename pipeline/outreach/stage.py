@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,7 +26,8 @@ from pipeline.config import ListTier, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
 from pipeline.io import Paths, atomic_dir, write_parquet
-from pipeline.outreach import dictionary, lists, policies, reasons, summary
+from pipeline.outreach import cohort, dictionary, lists, policies, reasons, summary
+from pipeline.outreach.cohort import COHORT_COLUMNS, CohortFiles
 from pipeline.pseudonyms import check_key_fingerprint, read_secret
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     "outreach_targets",
     "partition_lists",
     "run",
+    "select_target",
 ]
 
 TASK_PEOPLE: Final = 50_000
@@ -49,17 +52,6 @@ people between one and two real-size ICBs, against 0.23 GB with tasks of 50,000)
 are explained together: more people share more tree paths
 (:func:`pipeline.explain.contributions`: at 2M people, 49 of 324 trees computed per person
 among 8,500, 19 among 50,000)."""
-
-COHORT_COLUMNS: Final = (
-    "practice_id",
-    "icb_code",
-    "imd_quintile",
-    "ethnicity_group",
-    "region",
-    *lists.CONTEXT_COLUMNS,
-)
-"""Sensitive attributes read from ``features/features.parquet`` (for units, policies, summary,
-and the lists' context columns age and sex)."""
 
 
 @dataclass(frozen=True)
@@ -185,56 +177,109 @@ def _selected_features(features: Path, selected: pl.DataFrame) -> pl.DataFrame:
     return rows
 
 
-def build_target(
-    cohort: pl.DataFrame,
+def select_target(
+    files: CohortFiles,
     *,
     capacity: pl.DataFrame,
-    files: _TargetFiles,
-    features: Path,
+    outreach: OutreachParams,
+    rng: np.random.Generator,
+    client: Client | None = None,
+    chunk_people: int = cohort.CHUNK_PEOPLE,
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], dict[str, float] | None]:
+    """One target's selected people, its summary's aggregates and the policy's thresholds, from
+    its cohort in chunks (:mod:`pipeline.outreach.cohort`): one chunk and the running lists are
+    held, never the whole cohort (but for the equal-opportunity fit's five columns).
+
+    Returns
+    -------
+    tuple
+        The selected rows (:func:`pipeline.outreach.lists.select_people` of the whole cohort),
+        the added :func:`pipeline.outreach.summary.summary_aggregates`, and the
+        equal-opportunity thresholds (None for other policies).
+    """
+    bounds = cohort.chunk_bounds(files.scores, chunk_people=chunk_people)
+    thresholds = None
+    if outreach.policy == "equal_opportunity":
+        fit_rows = cohort.threshold_rows(files, capacity_mode=outreach.capacity_mode)
+        thresholds = policies.fit_thresholds(fit_rows, outreach=outreach, rng=rng)
+        del fit_rows
+    candidates = engine.fold_partitions(
+        cohort.chunk_candidates,
+        bounds,
+        combine=partial(
+            cohort.merge_candidates, capacity=capacity, capacity_mode=outreach.capacity_mode
+        ),
+        client=client,
+        files=files,
+        outreach=outreach,
+        thresholds=thresholds,
+        capacity=capacity,
+    )
+    # the chunks' sums added in chunk order on both engines (float sums depend on the order)
+    parts = engine.map_partitions(
+        cohort.chunk_aggregates,
+        bounds,
+        client=client,
+        files=files,
+        selected_ids=candidates.selected["person_id"],
+        need_ids=None if candidates.need is None else candidates.need["person_id"],
+    )
+    return candidates.selected, summary.add_aggregates(parts), thresholds
+
+
+def build_target(
+    files: CohortFiles,
+    *,
+    capacity: pl.DataFrame,
+    model: Path,
     glossary: pl.DataFrame,
-    truth_need: pl.DataFrame | None,
     outreach: OutreachParams,
     key: bytes,
     rng: np.random.Generator,
     area: str,
     rule: Rule,
     client: Client | None = None,
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One target's list (``lists.OUTREACH_COLUMNS``) and its summary block.
+    chunk_people: int = cohort.CHUNK_PEOPLE,
+) -> tuple[pl.DataFrame, dict[str, Any], list[str]]:
+    """One target's list (``lists.OUTREACH_COLUMNS``), its summary block and its ICBs.
 
     ``rng`` is the ``("equal_opportunity", target)`` stream; ``area`` the target's default
     clinical area (``reasons.default_area``); ``rule`` publishes the summary's counts; ``client``
-    (``pipeline.engine.connect``) runs the explanations and reasons per task (:func:`icb_tasks`)
-    on Dask, None here, one task after another (the same tasks, so the same bytes). The policy
-    and the selection need the whole cohort, so they run here; the key never leaves this process
-    (pseudonyms are added to the gathered rows). The other arguments are described where they
-    are made (:func:`run`).
+    (``pipeline.engine.connect``) runs the chunks (:func:`select_target`) and the explanations
+    and reasons per task (:func:`icb_tasks`) on Dask, None here, one after another (the same
+    tasks, so the same bytes). The key never leaves this process (pseudonyms are added to the
+    gathered rows). The other arguments are described where they are made (:func:`run`).
     """
-    need = _scan_need(files.need, cohort, files.target)
-    prioritised, thresholds = policies.prioritise(cohort, outreach=outreach, rng=rng, need=need)
-    selected = lists.select_people(prioritised, capacity, capacity_mode=outreach.capacity_mode)
+    selected, aggregates, thresholds = select_target(
+        files,
+        capacity=capacity,
+        outreach=outreach,
+        rng=rng,
+        client=client,
+        chunk_people=chunk_people,
+    )
     # The same tasks on both engines: memory bounded by a task's people, not the whole list.
     rows = engine.map_partitions(
         partition_lists,
         icb_tasks(selected, max_people=TASK_PEOPLE) or [selected],
         client=client,
-        model=files.model,
-        features=features,
+        model=model,
+        features=files.features,
         glossary=glossary,
         area=area,
         tiers=outreach.tiers,
     )
     listed = lists.with_pseudonyms(pl.concat(rows, how="vertical"), key)
-    block = summary.summarise_target(
-        lists.flag_selected(cohort, selected),
+    block = summary.publish_target(
+        aggregates,
         capacity=capacity,
-        truth_need=truth_need,
         capacity_mode=outreach.capacity_mode,
         min_group_size=outreach.min_group_size,
         rule=rule,
     )
     block["policy_detail"] = policies.policy_detail(outreach, thresholds)
-    return listed.select(lists.OUTREACH_COLUMNS), block
+    icbs = aggregates["icb_code"]["icb_code"].sort().to_list()
+    return listed.select(lists.OUTREACH_COLUMNS), block, icbs
 
 
 def run(params: Params, paths: Paths) -> None:
@@ -250,54 +295,67 @@ def run(params: Params, paths: Paths) -> None:
     manifest = contract.read_manifest(paths.features / "manifest.json")
     features_path = _require(paths.features / "features.parquet", "features table")
     files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
+    cohort.check_columns(
+        pl.scan_parquet(features_path), ["person_id", *COHORT_COLUMNS], features_path
+    )
     for name in targets:
         _check_model_inputs(files[name].model, features_path)
+        if (need_path := files[name].need) is not None:
+            need_columns = list(contract.NEED_SCORES_SCHEMA)
+            cohort.check_columns(pl.scan_parquet(need_path), need_columns, need_path)
     # Capacities are checked on every cohort before any list is built; each cohort is then
-    # read and held one target at a time (memory: one cohort, not all of them).
+    # read a chunk at a time (pipeline.outreach.cohort).
     capacities = {
         name: selection.list_sizes(
-            _scan_units(files[name].scores, features_path, capacity_mode=outreach.capacity_mode),
+            cohort.scan_units(
+                files[name].scores, features_path, capacity_mode=outreach.capacity_mode
+            ),
             capacity_mode=outreach.capacity_mode,
             capacity=outreach.capacity,
             key="outreach.capacity",
         )
         for name in targets
     }
-    oracle = _scan_oracle(paths.truth / "oracle.parquet")
+    oracle = paths.truth / "oracle.parquet"
+    truth_available = oracle.exists()  # synthetic data only
     glossary = reasons.feature_glossary(manifest.features)
     built: dict[str, tuple[pl.DataFrame, dict[str, Any]]] = {}
     icbs: dict[str, list[str]] = {}
     with engine.connect_for(params) as client:
         for name in targets:
-            cohort = _read_cohort(files[name].scores, features_path, name)
-            icbs[name] = cohort["icb_code"].unique().sort().to_list()
-            built[name] = build_target(
-                cohort,
+            listed, block, icbs[name] = build_target(
+                CohortFiles(
+                    target=name,
+                    scores=files[name].scores,
+                    features=features_path,
+                    need=files[name].need,
+                    oracle=oracle if truth_available else None,
+                ),
                 capacity=capacities[name],
-                files=files[name],
-                features=features_path,
+                model=files[name].model,
                 glossary=glossary,
-                truth_need=None if oracle is None else _true_need(oracle, name),
                 outreach=outreach,
                 key=key,
                 rng=seeds.rng("equal_opportunity", name, root=params.seed),
                 area=reasons.default_area(params.targets[name].outcome),
                 rule=params.disclosure,
                 client=client,
+                chunk_people=cohort.CHUNK_PEOPLE,  # read when called (tests set it smaller)
             )
-            del cohort
+            built[name] = (listed, block)
     rows = {name: frame for name, (frame, _) in built.items()}
     _write_lists(paths.outreach, rows, icbs, dictionary.data_dictionary(targets, outreach.tiers))
     summary.write_summary(
         paths.reports / summary.SUMMARY_FILE,
         outreach=outreach,
         summaries={name: block for name, (_, block) in built.items()},
-        truth_available=oracle is not None,
+        truth_available=truth_available,
     )
-    listed = {name: rows.height for name, (rows, _) in built.items()}
     console.stage_done(
         "outreach",
-        did=", ".join(f"{console.count(n)} people listed for {name}" for name, n in listed.items()),
+        did=", ".join(
+            f"{console.count(rows[name].height)} people listed for {name}" for name in rows
+        ),
         figure=f"policy {outreach.policy}, capacity {outreach.capacity:g} {outreach.capacity_mode}",
     )
 
@@ -318,88 +376,10 @@ def _target_files(paths: Paths, target: str, *, policy: policies.Policy) -> _Tar
     )
 
 
-def _check_columns(frame: pl.LazyFrame, columns: Sequence[str], source: Path) -> None:
-    present = frame.collect_schema().names()
-    missing = [column for column in columns if column not in present]
-    if missing:
-        raise ContractError(f"{source}: missing column(s) {', '.join(missing)}")
-
-
 def _check_model_inputs(model: Path, features: Path) -> None:
     """Every model input is a column of the features table (checked before any list is built)."""
     names = explain.load_booster(model).feature_name()
-    _check_columns(pl.scan_parquet(features), names, features)
-
-
-def _scan_cohort(scores_path: Path, features_path: Path) -> pl.LazyFrame:
-    """The eligible cohort, lazily: scores with the sensitive attributes (``_in_features`` marks
-    the scored people found in the features table)."""
-    scores = pl.scan_parquet(scores_path)
-    _check_columns(scores, list(contract.SCORES_SCHEMA), scores_path)
-    sensitive = pl.scan_parquet(features_path)
-    _check_columns(sensitive, ["person_id", *COHORT_COLUMNS], features_path)
-    return (
-        scores.select(list(contract.SCORES_SCHEMA))
-        .join(
-            sensitive.select("person_id", *COHORT_COLUMNS).with_columns(_in_features=True),
-            on="person_id",
-            how="left",
-        )
-        .with_columns(pl.col("icb_code").fill_null(lists.NO_ICB))
-    )
-
-
-def _scan_units(
-    scores_path: Path, features_path: Path, *, capacity_mode: selection.CapacityMode
-) -> pl.LazyFrame:
-    """What the capacity check counts: the scored people, joined to their ICB and practice only
-    when the capacity is per unit (a share of the whole cohort needs no join: 10M people, ~4 s
-    per target)."""
-    if selection.unit_column(capacity_mode) is not None:
-        return _scan_cohort(scores_path, features_path)
-    scores = pl.scan_parquet(scores_path)
-    _check_columns(scores, list(contract.SCORES_SCHEMA), scores_path)
-    return scores.select("person_id")
-
-
-def _read_cohort(scores_path: Path, features_path: Path, target: str) -> pl.DataFrame:
-    """The eligible cohort: scores with the sensitive attributes (read once per target)."""
-    cohort = _scan_cohort(scores_path, features_path).collect()
-    unmatched = cohort["_in_features"].null_count()
-    if unmatched:
-        raise ContractError(
-            f"{features_path}: {unmatched} scored people of {target} have no row "
-            "in the features table"
-        )
-    return cohort.drop("_in_features")
-
-
-def _scan_need(path: Path | None, cohort: pl.DataFrame, target: str) -> pl.LazyFrame | None:
-    """The audit's need scores (``need_adjusted`` only), one per eligible person."""
-    if path is None:
-        return None
-    need = pl.scan_parquet(path)
-    _check_columns(need, list(contract.NEED_SCORES_SCHEMA), path)
-    lacking = cohort.lazy().join(need, on="person_id", how="anti").select(pl.len()).collect()
-    if lacking.item():
-        raise ContractError(
-            f"{path}: no need_score for {lacking.item()} eligible people of {target} "
-            "(column person_id, rule: one row per scored person)"
-        )
-    return need
-
-
-def _scan_oracle(path: Path) -> pl.LazyFrame | None:
-    """``person_id``, ``target``, ``true_need`` (each target's own true need) of the synthetic
-    world, or None for real data."""
-    if not path.exists():
-        return None
-    return pl.scan_parquet(path).select("person_id", "target", "true_need")
-
-
-def _true_need(oracle: pl.LazyFrame, target: str) -> pl.DataFrame:
-    """One target's true need (:func:`pipeline.outreach.summary.target_true_need`), read alone."""
-    return summary.target_true_need(oracle.filter(pl.col("target") == target).collect(), target)
+    cohort.check_columns(pl.scan_parquet(features), names, features)
 
 
 def _write_lists(

@@ -10,11 +10,12 @@ rates of suppressed counts are suppressed too. Layout: ``docs/outreach.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
+import polars.selectors as cs
 
 from pipeline import contract, selection
 from pipeline.config import OutreachParams
@@ -26,9 +27,14 @@ from pipeline.selection import CapacityMode
 __all__ = [
     "MAKE_UP_DIMENSIONS",
     "SUMMARY_FILE",
+    "add_aggregates",
+    "need_list",
+    "publish_target",
     "summarise_target",
+    "summary_aggregates",
     "target_true_need",
     "with_need_list",
+    "with_true_need",
     "write_summary",
 ]
 
@@ -75,6 +81,10 @@ def _hide_secondary(rows: pl.DataFrame, *, rule: Rule) -> pl.DataFrame:
     )
 
 
+def _mean(total: float | None, count: int) -> float | None:
+    return None if not count or total is None else float(total) / count
+
+
 def _rounded_mean(rule: Rule, value: float | None, count: int) -> float | str | None:
     if value is None:
         return None
@@ -100,16 +110,12 @@ def target_true_need(oracle: pl.DataFrame, target: str) -> pl.DataFrame:
     return own
 
 
-def with_need_list(
-    cohort: pl.DataFrame,
-    truth_need: pl.DataFrame,
-    *,
-    capacity: pl.DataFrame,
-    capacity_mode: CapacityMode,
-) -> pl.DataFrame:
-    """Add ``true_need`` and ``need_list``: the same-size list of the people in most true need
-    per capacity unit (ties by person_id), to compare the policy's lists with."""
-    # columns added in place: only person_id and true_need take part in the join
+def with_true_need(cohort: pl.DataFrame, truth_need: pl.DataFrame) -> pl.DataFrame:
+    """Add each person's ``true_need`` (null when ``truth_need`` has none), order kept."""
+    if truth_need["person_id"].equals(cohort["person_id"]):
+        # the usual chunk: the oracle and the scores are both sorted by person_id
+        return cohort.with_columns(truth_need["true_need"])
+    # a column added in place: only person_id and true_need take part in the join
     true_need = (
         cohort.select("person_id")
         .join(
@@ -120,13 +126,39 @@ def with_need_list(
         )
         .get_column("true_need")
     )
+    return cohort.with_columns(true_need)
+
+
+def with_need_list(
+    cohort: pl.DataFrame,
+    truth_need: pl.DataFrame,
+    *,
+    capacity: pl.DataFrame,
+    capacity_mode: CapacityMode,
+) -> pl.DataFrame:
+    """Add ``true_need`` and ``need_list``: the same-size list of the people in most true need
+    per capacity unit (ties by person_id), to compare the policy's lists with."""
+    return need_list(
+        with_true_need(cohort, truth_need), capacity=capacity, capacity_mode=capacity_mode
+    )
+
+
+def need_list(
+    frame: pl.DataFrame, *, capacity: pl.DataFrame, capacity_mode: CapacityMode
+) -> pl.DataFrame:
+    """Add ``unit``, ``list_size`` and ``need_list`` to people with ``true_need``: the first
+    ``list_size`` people of each unit by true need (missing last), then ``person_id``, both
+    highest first.
+
+    A total order, so the need list of a cohort is the need list of the union of its chunks'
+    need lists (``pipeline.outreach.cohort``)."""
     # everyone's ordinal position by need (then person_id, both highest first) as the inverse
     # of one sort, ranked within each unit: the same numbers as ranking a struct, ~2x faster
     need_order = pl.arg_sort_by(
         [pl.col("true_need").fill_null(-math.inf), pl.col("person_id")], descending=[True, True]
     ).arg_sort()
     return (
-        cohort.with_columns(true_need, selection.unit_expr(capacity_mode))
+        frame.with_columns(selection.unit_expr(capacity_mode))
         .with_columns(selection.unit_list_size(capacity))
         .with_columns(
             (need_order.rank("ordinal").over("unit") <= pl.col("list_size")).alias("need_list")
@@ -148,12 +180,14 @@ def _aggregates(*, has_truth: bool) -> list[pl.Expr]:
         pl.col("risk_score").filter(test & chosen).sum().alias("test_expected_reached"),
     ]
     if has_truth:
+        # sums and counts, not means: every aggregate adds up across chunks
         aggregates += [
             pl.col("need_list").sum().alias("n_need_list"),
             (pl.col("need_list") & chosen).sum().alias("n_overlap"),
             pl.col("true_need").sum().alias("true_need_total"),
-            pl.col("true_need").filter(chosen).mean().alias("mean_need_selected"),
-            pl.col("true_need").mean().alias("mean_need_eligible"),
+            pl.col("true_need").count().alias("n_true_need"),
+            pl.col("true_need").filter(chosen).sum().alias("true_need_selected"),
+            pl.col("true_need").filter(chosen).count().alias("n_true_need_selected"),
         ]
     return aggregates
 
@@ -185,10 +219,14 @@ def _true_need_block(rule: Rule, overall: Mapping[str, Any]) -> dict[str, Any]:
         "n_overlap": _count(rule, overall["n_overlap"]),
         "overlap_share": _share(rule, overall, "n_overlap", "n_need_list"),
         "mean_true_need_selected": _rounded_mean(
-            rule, overall["mean_need_selected"], int(overall["n_selected"])
+            rule,
+            _mean(overall["true_need_selected"], overall["n_true_need_selected"]),
+            int(overall["n_selected"]),
         ),
         "mean_true_need_eligible": _rounded_mean(
-            rule, overall["mean_need_eligible"], int(overall["n_eligible"])
+            rule,
+            _mean(overall["true_need_total"], overall["n_true_need"]),
+            int(overall["n_eligible"]),
         ),
     }
 
@@ -235,9 +273,58 @@ def _group_block(
     return block
 
 
+def _group_expr(dimension: str) -> pl.Expr:
+    return pl.col(dimension).cast(pl.String).fill_null("missing").alias("group")
+
+
+def summary_aggregates(frame: pl.DataFrame, *, has_truth: bool) -> dict[str, pl.DataFrame]:
+    """The sums the summary is published from, per level: ``overall`` (one row), each make-up
+    dimension (one row per ``group``) and ``icb_code`` (people selected per ICB, ``n``).
+
+    Every value is a count or a sum, so the aggregates of a cohort's chunks add up to the
+    cohort's (:func:`add_aggregates`).
+
+    Parameters
+    ----------
+    frame
+        Eligible people with ``selected`` and, with ``has_truth``, ``true_need`` and
+        ``need_list`` (:func:`with_need_list`); the columns of :func:`summarise_target`.
+    has_truth
+        Whether the true-need sums are wanted.
+    """
+    counts = cs.unsigned_integer()  # Int64 counts: England's sums over chunks stay exact
+    aggregates = {"overall": frame.select(_aggregates(has_truth=has_truth))}
+    for dimension in MAKE_UP_DIMENSIONS:
+        aggregates[dimension] = frame.group_by(_group_expr(dimension)).agg(
+            _aggregates(has_truth=has_truth)
+        )
+    aggregates["icb_code"] = frame.group_by("icb_code").agg(pl.col("selected").sum().alias("n"))
+    # groups sorted on their key (the first column); the one overall row as it is
+    return {
+        level: rows.with_columns(counts.cast(pl.Int64)).sort(rows.columns[0])
+        if level != "overall"
+        else rows.with_columns(counts.cast(pl.Int64))
+        for level, rows in aggregates.items()
+    }
+
+
+def add_aggregates(parts: Sequence[Mapping[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    """The sums of several chunks' :func:`summary_aggregates`, added in the order given (float
+    sums depend on it, so callers pass chunks in one fixed order)."""
+    added = {}
+    for level in parts[0]:
+        rows = pl.concat([part[level] for part in parts], how="vertical")
+        if level == "overall":
+            added[level] = rows.sum()
+        else:
+            key = rows.columns[0]
+            added[level] = rows.group_by(key, maintain_order=True).agg(pl.all().sum()).sort(key)
+    return added
+
+
 def _make_up(
     rule: Rule,
-    frame: pl.DataFrame,
+    aggregates: Mapping[str, pl.DataFrame],
     overall: Mapping[str, Any],
     *,
     has_truth: bool,
@@ -246,12 +333,7 @@ def _make_up(
     """One block per group of each make-up dimension (missing values as ``"missing"``)."""
     make_up = {}
     for dimension in MAKE_UP_DIMENSIONS:
-        rows = (
-            frame.group_by(pl.col(dimension).cast(pl.String).fill_null("missing").alias("group"))
-            .agg(_aggregates(has_truth=has_truth))
-            .sort("group")
-            .pipe(_hide_secondary, rule=rule)
-        )
+        rows = aggregates[dimension].sort("group").pipe(_hide_secondary, rule=rule)
         make_up[dimension] = [
             _group_block(rule, row, overall, has_truth=has_truth, min_group_size=min_group_size)
             for row in rows.iter_rows(named=True)
@@ -259,12 +341,11 @@ def _make_up(
     return make_up
 
 
-def _list_sizes(frame: pl.DataFrame, rule: Rule) -> dict[str, dict[str, int | str | None]]:
+def _list_sizes(per_icb: pl.DataFrame, rule: Rule) -> dict[str, dict[str, int | str | None]]:
     """People on each ICB's list, published with complementary suppression across the ICBs."""
     lists = (
-        frame.group_by("icb_code")
-        .agg(pl.col("selected").sum().alias("n"), pl.lit(0).alias("_all"))
-        .sort("icb_code")
+        per_icb.sort("icb_code")
+        .with_columns(pl.lit(0).alias("_all"))
         .with_columns(rule.secondary_expr(pl.col("n"), over="_all", tie="icb_code").alias("hidden"))
     )
     return {
@@ -282,7 +363,8 @@ def summarise_target(
     min_group_size: int,
     rule: Rule,
 ) -> dict[str, Any]:
-    """Aggregate, disclosure-controlled description of one target's outreach lists.
+    """Aggregate, disclosure-controlled description of one target's outreach lists, from its
+    whole cohort held at once (the stage adds up chunks instead: :func:`publish_target`).
 
     Parameters
     ----------
@@ -310,7 +392,27 @@ def summarise_target(
     frame = cohort
     if truth_need is not None:
         frame = with_need_list(cohort, truth_need, capacity=capacity, capacity_mode=capacity_mode)
-    overall = frame.select(_aggregates(has_truth=has_truth)).row(0, named=True)
+    return publish_target(
+        summary_aggregates(frame, has_truth=has_truth),
+        capacity=capacity,
+        capacity_mode=capacity_mode,
+        min_group_size=min_group_size,
+        rule=rule,
+    )
+
+
+def publish_target(
+    aggregates: Mapping[str, pl.DataFrame],
+    *,
+    capacity: pl.DataFrame,
+    capacity_mode: CapacityMode,
+    min_group_size: int,
+    rule: Rule,
+) -> dict[str, Any]:
+    """The target's block of the summary from its :func:`summary_aggregates` (whole cohort or
+    added over chunks); arguments as :func:`summarise_target`."""
+    overall = aggregates["overall"].row(0, named=True)
+    has_truth = "n_need_list" in overall
     n_eligible, n_selected = int(overall["n_eligible"]), int(overall["n_selected"])
     whole_units = capacity.filter(pl.col("list_size") >= pl.col("n_eligible")).height
     return {
@@ -318,11 +420,11 @@ def summarise_target(
         "n_selected": _count(rule, n_selected),
         "share_selected": rule.share(n_selected, n_eligible),
         "units_whole_cohort_selected": whole_units if capacity_mode != "share" else 0,
-        "lists": _list_sizes(frame, rule),
+        "lists": _list_sizes(aggregates["icb_code"], rule),
         "expected_events": _expected_events_block(rule, overall),
         "test_split": _test_block(rule, overall),
         "make_up": _make_up(
-            rule, frame, overall, has_truth=has_truth, min_group_size=min_group_size
+            rule, aggregates, overall, has_truth=has_truth, min_group_size=min_group_size
         ),
         "true_need": _true_need_block(rule, overall) if has_truth else None,
     }
