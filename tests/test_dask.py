@@ -112,13 +112,7 @@ def _local_then_dask(
 
 @pytest.fixture(scope="module")
 def world() -> dict[str, Any]:
-    population = test_outreach._population(1_500)
-    booster = test_outreach._train(population)
-    return {
-        "population": population,
-        "booster": booster,
-        "scores": test_outreach._scores(population, booster),
-    }
+    return test_outreach.make_world()
 
 
 @pytest.mark.parametrize(

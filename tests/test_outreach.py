@@ -145,11 +145,16 @@ def _scores(frame: pl.DataFrame, booster: lgb.Booster) -> pl.DataFrame:
     ).select(list(contract.SCORES_SCHEMA))
 
 
-@pytest.fixture(scope="module")
-def world() -> dict[str, Any]:
-    population = _population(1_500)
+def make_world(n_people: int = 1_500) -> dict[str, Any]:
+    """A small population, a model trained on it and its scores (the outreach tests' world)."""
+    population = _population(n_people)
     booster = _train(population)
     return {"population": population, "booster": booster, "scores": _scores(population, booster)}
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, Any]:
+    return make_world()
 
 
 def _params(tmp_path: Path, **outreach: Any) -> Params:

@@ -29,13 +29,7 @@ from tests.test_outreach import KEY, TARGET
 
 @pytest.fixture(scope="module")
 def world() -> dict[str, Any]:
-    population = test_outreach._population(1_500)
-    booster = test_outreach._train(population)
-    return {
-        "population": population,
-        "booster": booster,
-        "scores": test_outreach._scores(population, booster),
-    }
+    return test_outreach.make_world()
 
 
 def _selected(paths: Paths, world: dict[str, Any], **outreach: Any) -> pl.DataFrame:
