@@ -27,6 +27,7 @@ from typing import Final, Literal
 import polars as pl
 
 from pipeline.errors import ContractError
+from pipeline.io import person_range
 
 __all__ = ["READ_ROWS", "SourcePaths", "slice_bounds", "slice_rows"]
 
@@ -64,9 +65,7 @@ def slice_bounds(n_rows: int, *, rows: int = READ_ROWS) -> list[tuple[int, int]]
 
 def _of_people(frame: pl.LazyFrame, ids: pl.Series) -> pl.LazyFrame:
     """The rows of ``frame`` for ``ids`` (their range first, so sorted files skip row groups)."""
-    low, high = ids.min(), ids.max()
-    in_range = pl.col("person_id").is_between(pl.lit(low), pl.lit(high))
-    return frame.filter(in_range).filter(pl.col("person_id").is_in(ids.implode()))
+    return frame.filter(person_range(ids)).filter(pl.col("person_id").is_in(ids.implode()))
 
 
 def _truth(sources: SourcePaths, ids: pl.Series) -> tuple[pl.LazyFrame | None, pl.LazyFrame | None]:

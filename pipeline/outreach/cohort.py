@@ -32,6 +32,7 @@ import polars as pl
 from pipeline import contract, selection
 from pipeline.config import OutreachParams
 from pipeline.errors import ContractError
+from pipeline.io import person_range
 from pipeline.outreach import lists, policies, summary
 
 __all__ = [
@@ -159,12 +160,6 @@ def chunk_bounds(scores_path: Path, *, chunk_people: int = CHUNK_PEOPLE) -> list
     return [(start, min(chunk_people, n_people - start)) for start in starts] or [(0, 0)]
 
 
-def _in_range(ids: pl.Series) -> pl.Expr:
-    """People whose ``person_id`` lies in the range of ``ids`` (row groups of files sorted by
-    ``person_id`` outside it are skipped on their statistics)."""
-    return pl.col("person_id").is_between(pl.lit(ids.min()), pl.lit(ids.max()))
-
-
 def read_chunk(bounds: tuple[int, int], *, files: CohortFiles) -> pl.DataFrame:
     """One chunk of the cohort: scores (``contract.SCORES_SCHEMA``) with the sensitive
     attributes, in the scores file's order; people without a home area get
@@ -185,7 +180,7 @@ def read_chunk(bounds: tuple[int, int], *, files: CohortFiles) -> pl.DataFrame:
     ids = scores["person_id"]
     sensitive = (
         pl.scan_parquet(files.features)
-        .filter(_in_range(ids))
+        .filter(person_range(ids))
         .select("person_id", *COHORT_COLUMNS)
         .collect()
         .join(ids.to_frame(), on="person_id", how="semi", maintain_order="left")
@@ -221,7 +216,7 @@ def _chunk_need(files: CohortFiles, cohort: pl.DataFrame) -> pl.LazyFrame | None
     """The chunk's need scores (``need_adjusted`` only), every person's checked present."""
     if files.need is None:
         return None
-    need = pl.scan_parquet(files.need).filter(_in_range(cohort["person_id"]))
+    need = pl.scan_parquet(files.need).filter(person_range(cohort["person_id"]))
     lacking = cohort.lazy().join(need, on="person_id", how="anti").select(pl.len()).collect()
     if lacking.item():
         ids = cohort["person_id"]
@@ -239,7 +234,7 @@ def _chunk_truth(files: CohortFiles, cohort: pl.DataFrame) -> pl.DataFrame | Non
         return None
     rows = (
         pl.scan_parquet(files.oracle)
-        .filter(_in_range(cohort["person_id"]), pl.col("target") == files.target)
+        .filter(person_range(cohort["person_id"]), pl.col("target") == files.target)
         .select("person_id", "target", "true_need")
         .collect()
     )

@@ -25,7 +25,7 @@ from pipeline import console, contract, engine, explain, seeds, selection
 from pipeline.config import ListTier, OutreachParams, Params
 from pipeline.disclosure import Rule
 from pipeline.errors import ContractError, ParamsError, StageError
-from pipeline.io import Paths, atomic_dir, write_parquet
+from pipeline.io import Paths, atomic_dir, person_range, write_parquet
 from pipeline.outreach import cohort, dictionary, lists, policies, reasons, summary
 from pipeline.outreach.cohort import COHORT_COLUMNS, CohortFiles
 from pipeline.pseudonyms import check_key_fingerprint, read_secret
@@ -160,7 +160,7 @@ def _selected_features(features: Path, selected: pl.DataFrame) -> pl.DataFrame:
     rows = (
         pl.scan_parquet(features)
         .filter(
-            pl.col("person_id").is_between(pl.lit(ids.min()), pl.lit(ids.max())),
+            person_range(ids),
             pl.col("person_id").is_in(ids.implode()),
         )
         .collect()
