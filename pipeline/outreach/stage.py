@@ -13,7 +13,6 @@ across targets (``data/outreach/merged.parquet``, ``merged/<icb_code>.csv``), th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -52,14 +51,6 @@ people between one and two real-size ICBs, against 0.23 GB with tasks of 50,000)
 are explained together: more people share more tree paths
 (:func:`pipeline.explain.contributions`: at 2M people, 49 of 324 trees computed per person
 among 8,500, 19 among 50,000)."""
-
-
-@dataclass(frozen=True)
-class _TargetFiles:
-    target: str
-    scores: Path
-    model: Path
-    need: Path | None
 
 
 def outreach_targets(chosen: Sequence[str] | None, *, known: Sequence[str]) -> tuple[str, ...]:
@@ -294,12 +285,26 @@ def run(params: Params, paths: Paths) -> None:
     check_key_fingerprint(key, paths.key_fingerprint)
     manifest = contract.read_manifest(paths.features / "manifest.json")
     features_path = _require(paths.features / "features.parquet", "features table")
-    files = {name: _target_files(paths, name, policy=outreach.policy) for name in targets}
+    oracle = paths.truth / "oracle.parquet"
+    truth_available = oracle.exists()  # synthetic data only
+    files = {
+        name: _cohort_files(
+            paths,
+            name,
+            features=features_path,
+            oracle=oracle if truth_available else None,
+            policy=outreach.policy,
+        )
+        for name in targets
+    }
+    models = {
+        name: _require(paths.models / name / "model.txt", f"model of {name}") for name in targets
+    }
     cohort.check_columns(
         pl.scan_parquet(features_path), ["person_id", *COHORT_COLUMNS], features_path
     )
     for name in targets:
-        _check_model_inputs(files[name].model, features_path)
+        _check_model_inputs(models[name], features_path)
         if (need_path := files[name].need) is not None:
             need_columns = list(contract.NEED_SCORES_SCHEMA)
             cohort.check_columns(pl.scan_parquet(need_path), need_columns, need_path)
@@ -316,23 +321,15 @@ def run(params: Params, paths: Paths) -> None:
         )
         for name in targets
     }
-    oracle = paths.truth / "oracle.parquet"
-    truth_available = oracle.exists()  # synthetic data only
     glossary = reasons.feature_glossary(manifest.features)
     built: dict[str, tuple[pl.DataFrame, dict[str, Any]]] = {}
     icbs: dict[str, list[str]] = {}
     with engine.connect_for(params) as client:
         for name in targets:
             listed, block, icbs[name] = build_target(
-                CohortFiles(
-                    target=name,
-                    scores=files[name].scores,
-                    features=features_path,
-                    need=files[name].need,
-                    oracle=oracle if truth_available else None,
-                ),
+                files[name],
                 capacity=capacities[name],
-                model=files[name].model,
+                model=models[name],
                 glossary=glossary,
                 outreach=outreach,
                 key=key,
@@ -366,13 +363,16 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _target_files(paths: Paths, target: str, *, policy: policies.Policy) -> _TargetFiles:
+def _cohort_files(
+    paths: Paths, target: str, *, features: Path, oracle: Path | None, policy: policies.Policy
+) -> CohortFiles:
     need = paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet"
-    return _TargetFiles(
+    return CohortFiles(
         target=target,
         scores=_require(paths.scores / f"{target}.parquet", f"scores of {target}"),
-        model=_require(paths.models / target / "model.txt", f"model of {target}"),
+        features=features,
         need=_require(need, f"need scores of {target}") if policy == "need_adjusted" else None,
+        oracle=oracle,
     )
 
 
