@@ -34,8 +34,10 @@ __all__ = [
     "Batch",
     "batch_keys",
     "batches",
+    "broadcast",
     "input_rows",
     "predict_in_batches",
+    "slice_bounds",
 ]
 
 BATCH_ROWS: Final = 500_000
@@ -73,6 +75,18 @@ def batch_keys(cohort: pl.DataFrame) -> pl.DataFrame:
     return cohort.select("person_id", *[c for c in (ICB,) if c in cohort.columns])
 
 
+def slice_bounds(n_rows: int, *, rows: int = BATCH_ROWS) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each slice of ``n_rows`` rows, at most ``rows`` each, in order (one
+    empty slice when there are no rows).
+
+    >>> slice_bounds(5, rows=2)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be positive, got {rows}")
+    return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)] or [(0, 0)]
+
+
 def batches(cohort: pl.DataFrame, *, batch_rows: int = BATCH_ROWS) -> list[np.ndarray]:
     """Row indices of ``cohort`` per batch: per ICB (in code order, people without one last)
     when it has ``icb_code``, each cut into slices of at most ``batch_rows``; otherwise slices.
@@ -99,7 +113,7 @@ def batches(cohort: pl.DataFrame, *, batch_rows: int = BATCH_ROWS) -> list[np.nd
     ]
 
 
-def _broadcast(value: Any, client: Client | None) -> Any:
+def broadcast(value: Any, client: Client | None) -> Any:
     """``value`` sent once to every worker on a cluster (a future the tasks resolve)."""
     return value if client is None else client.scatter(value, broadcast=True, hash=False)
 
@@ -143,7 +157,7 @@ def predict_in_batches(
         work,
         client=client,
         features_path=str(features_path),
-        model=_broadcast(model, client),
+        model=broadcast(model, client),
         **shared,
     )
     out = np.empty(cohort.height, dtype=np.float64)

@@ -381,6 +381,39 @@ def write_parquet(frame: pl.DataFrame, target: str | Path, *, sort_by: str | Seq
     return Path(target)
 
 
+@contextmanager
+def parts_into(target: str | Path) -> Iterator[Path]:
+    """Yield a private folder for the parts of ``target``; on success stream them, in name
+    order, into ``target`` (zstd parquet, rows in order) atomically.
+
+    Parts are parquet files of one schema whose names sort in row order (``part-<start>``
+    zero-padded), written by this process or by tasks on workers that share the project's
+    filesystem. Only one row group is held while they are combined, so a table of any length
+    is written in the memory of its parts' largest. The folder and the parts are removed
+    whatever happens, as every temporary of :func:`atomic_path`.
+    """
+    with atomic_path(target) as tmp:
+        folder = tmp.parent / "parts"
+        folder.mkdir(mode=0o700)
+        yield folder
+        pl.scan_parquet(sorted(folder.glob("*.parquet"))).sink_parquet(
+            tmp,
+            compression="zstd",
+            statistics=True,
+            row_group_size=ROW_GROUP_SIZE,
+            maintain_order=True,
+        )
+
+
+def part_name(start: int) -> str:
+    """The file name of the part whose first row is ``start`` (names sort in row order).
+
+    >>> part_name(250_000)
+    'part-000000250000.parquet'
+    """
+    return f"part-{start:012d}.parquet"
+
+
 def sink_parquet(frame: pl.LazyFrame, target: str | Path, *, sort_by: str | Sequence[str]) -> Path:
     """Sort a lazy query on ``sort_by`` and stream it atomically to parquet (byte-stable)."""
     with atomic_path(target) as tmp:

@@ -18,6 +18,7 @@ and ``seed``. Seeds (unchanged from when the audit trained this model, so the sc
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -26,8 +27,10 @@ import numpy as np
 import polars as pl
 
 from pipeline import batches, console, contract, engine, io, seeds
+from pipeline.batches import slice_bounds
 from pipeline.config import AuditParams, Params
 from pipeline.errors import ContractError, StageError
+from pipeline.io import person_range
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -53,48 +56,113 @@ def need_model_features(manifest: contract.FeatureManifest) -> tuple[list[str], 
     return list(inputs), list(categorical)
 
 
-def need_frame(
-    cohort: pl.LazyFrame, features: pl.LazyFrame, *, truth: pl.LazyFrame | None
-) -> pl.DataFrame:
-    """One row per cohort member with a feature row, without the model inputs (those are read
-    for the training sample and batch by batch for scoring, so memory stays flat in N).
+@dataclass(frozen=True)
+class NeedSources:
+    """The stage's row-level inputs, as paths (a task reads them itself).
 
-    Parameters
-    ----------
-    cohort
-        person_id and split of the eligible cohort (``data/scores/<target>.parquet``).
-    features
-        ``features/features.parquet``.
-    truth
-        The target's true need (person_id, true_need; :func:`target_need`) or None.
+    ``oracle``: ``data/truth/oracle.parquet``, None without truth (a real extract)."""
 
-    Returns
-    -------
-    polars.DataFrame
-        person_id, ``icb_code`` (when the features have it: the scoring batches), split,
-        ``recorded_need`` (Float64) always, ``true_need`` with truth; sorted by person_id.
-    """
-    labels = cohort.select("person_id", "split")
-    if truth is not None:
-        true_need = truth.select("person_id", "true_need")
-        labels = labels.join(true_need, on="person_id", how="left", maintain_order="left")
-    icb = [batches.ICB] if batches.ICB in features.collect_schema().names() else []
-    labelled = features.select(
-        "person_id",
-        *icb,
-        pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need"),
+    scores: Path
+    features: Path
+    oracle: Path | None
+    target: str
+
+
+def slice_people(bounds: tuple[int, int], *, sources: NeedSources) -> pl.DataFrame:
+    """person_id and split of the scores file's rows ``start``-``stop`` that have a feature row,
+    in the file's (person_id) order: the slice's part of the need model's cohort."""
+    start, stop = bounds
+    people = (
+        pl.scan_parquet(sources.scores)
+        .select("person_id", "split")
+        .slice(start, stop - start)
+        .collect()
     )
-    return labelled.join(labels, on="person_id", how="inner").sort("person_id").collect()
+    if people.height == 0:
+        return people
+    ids = people["person_id"]
+    present = (
+        pl.scan_parquet(sources.features)
+        .filter(person_range(ids))  # a sorted file: the reader skips other row groups
+        .select("person_id")
+        .filter(pl.col("person_id").is_in(ids.implode()))
+        .collect()
+    )
+    return people.join(present, on="person_id", how="semi", maintain_order="left")
 
 
-def training_rows(frame: pl.DataFrame, *, max_rows: int, seed: int) -> pl.DataFrame:
-    """The train split (or everyone when it is empty), a seeded sample above ``max_rows``."""
-    training = frame.filter(pl.col("split") == "train")
-    if training.height == 0:
-        training = frame
-    if training.height > max_rows:
-        training = training.sample(max_rows, seed=seed)
-    return training
+def slice_counts(bounds: tuple[int, int], *, sources: NeedSources) -> tuple[int, int]:
+    """People of the slice with a feature row, and how many of them are in the train split
+    (a task: the first pass, so the training sample can be drawn without the whole cohort)."""
+    people = slice_people(bounds, sources=sources)
+    return people.height, int((people["split"] == "train").sum())
+
+
+def sample_positions(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
+    """Positions of the training sample among ``n_rows`` rows, in the sample's order: every row,
+    or the rows ``DataFrame.sample(max_rows, seed=seed)`` picks from a frame of ``n_rows``
+    (the need model's sample before it was drawn slice by slice, so the model is unchanged)."""
+    if n_rows <= max_rows:
+        return np.arange(n_rows)
+    return pl.int_range(n_rows, eager=True).sample(max_rows, seed=seed).to_numpy()
+
+
+def training_ids(
+    slices: list[tuple[int, int]],
+    counts: list[tuple[int, int]],
+    *,
+    sources: NeedSources,
+    max_rows: int,
+    seed: int,
+) -> pl.Series:
+    """``person_id`` of the need model's training rows, in the sample's order: the train split
+    (everyone when it is empty), a seeded sample of ``max_rows`` above that
+    (:func:`sample_positions`), read slice by slice from the per-slice ``counts`` of
+    :func:`slice_counts`."""
+    use_train = sum(train for _, train in counts) > 0
+    sizes = np.array([train if use_train else n for n, train in counts], dtype=np.int64)
+    positions = sample_positions(int(sizes.sum()), max_rows=max_rows, seed=seed)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    found: list[pl.Series] = []
+    in_order = np.sort(positions)
+    for index, bounds in enumerate(slices):
+        low, high = np.searchsorted(in_order, offsets[index : index + 2])
+        if low == high:
+            continue
+        people = slice_people(bounds, sources=sources)
+        if use_train:
+            people = people.filter(pl.col("split") == "train")
+        found.append(people["person_id"].gather(in_order[low:high] - offsets[index]))
+    ids = pl.concat(found) if found else pl.Series("person_id", [], dtype=pl.String)
+    # back from position order to the sample's order (the rows' order changes the fit)
+    return ids.gather(np.argsort(np.argsort(positions)))
+
+
+def training_frame(
+    ids: pl.Series, *, sources: NeedSources, features: list[str]
+) -> tuple[pl.DataFrame, str]:
+    """The training rows of ``ids`` (in their order): their model inputs and need label, and the
+    label's name: the target's ``true_need`` with truth (0 where a person has none), else the
+    recorded multimorbidity count (``recorded_need``)."""
+    scan = pl.scan_parquet(sources.features)
+    label, labels = (
+        "recorded_need",
+        batches.input_rows(scan, ids, [contract.RECORDED_MULTIMORBIDITY], icb=None).select(
+            pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need")
+        ),
+    )
+    truth = target_need(sources.oracle, target=sources.target) if sources.oracle else None
+    if truth is not None:
+        wanted = ids.to_frame("person_id")
+        found = truth.join(wanted.lazy(), on="person_id", how="semi").collect()
+        label, labels = (
+            "true_need",
+            wanted.join(found, on="person_id", how="left", maintain_order="left").select(
+                pl.col("true_need").fill_null(0.0)
+            ),
+        )
+    inputs = batches.input_rows(scan, ids, features, icb=None)
+    return inputs.hstack(labels), label
 
 
 def train_need_model(
@@ -121,46 +189,70 @@ def train_need_model(
     return lgb.train(params, data, num_boost_round=rounds)
 
 
-def need_batch(
-    batch: batches.Batch, *, features_path: str, model: str, inputs: list[str]
-) -> np.ndarray:
-    """The need scores of one batch's people, in their order (a task: module-level)."""
-    booster = lgb.Booster(model_str=model)
-    frame = batches.input_rows(
-        pl.scan_parquet(features_path), batch.person_ids, inputs, icb=batch.icb
+def score_slice(
+    bounds: tuple[int, int],
+    *,
+    sources: NeedSources,
+    model: str,
+    inputs: list[str],
+    parts: str,
+) -> int:
+    """Score one slice's people and write them as a part of the output (a task: module-level);
+    returns how many people it scored."""
+    people = slice_people(bounds, sources=sources)
+    scores = pl.Series("need_score", [], dtype=pl.Float64)
+    if people.height:
+        ids = people["person_id"]
+        features = pl.scan_parquet(sources.features).filter(person_range(ids))
+        frame = batches.input_rows(features, ids, inputs, icb=None)
+        booster = lgb.Booster(model_str=model)
+        matrix = frame.select(inputs).to_numpy().astype(np.float64)
+        scores = pl.Series("need_score", booster.predict(matrix), dtype=pl.Float64)
+    part = pl.DataFrame(
+        {"person_id": people["person_id"], "need_score": scores},
+        schema=contract.NEED_SCORES_SCHEMA,
     )
-    return np.asarray(booster.predict(frame.select(inputs).to_numpy().astype(np.float64)))
+    part.write_parquet(Path(parts) / io.part_name(bounds[0]), compression="zstd", statistics=True)
+    return part.height
 
 
 def need_scores(
-    frame: pl.DataFrame,
+    sources: NeedSources,
+    target_file: Path,
     *,
-    features_path: Path,
     features: list[str],
     categorical: list[str],
     audit: AuditParams,
     root_seed: int,
-    target: str,
     client: Client | None = None,
-    batch_rows: int = batches.BATCH_ROWS,
-) -> pl.DataFrame:
-    """Train the need model on ``frame``'s training rows (:func:`need_frame`, :func:`training_rows`;
-    their inputs read from ``features_path``), then score every row in batches on the engine.
+    slice_rows: int = batches.BATCH_ROWS,
+) -> int:
+    """Train the need model on its training sample (:func:`training_ids`; only those people's
+    inputs are read), then score everyone in slices of ``slice_rows`` rows of the scores file on
+    the engine, writing ``target_file`` (person_id, need_score in the scores' order) from the
+    slices' parts: the stage holds one slice, never the cohort.
 
     Returns
     -------
-    polars.DataFrame
-        person_id, need_score (higher = more need), in the order of ``frame``.
+    int
+        People scored (the cohort members with a feature row).
     """
-    label = "true_need" if "true_need" in frame.columns else "recorded_need"
+    n_rows = pl.scan_parquet(sources.scores).select(pl.len()).collect().item()
+    slices = slice_bounds(n_rows, rows=slice_rows)
+    counts = engine.map_partitions(slice_counts, slices, client=client, sources=sources)
+    if sum(n for n, _ in counts) == 0:
+        raise ContractError(
+            f"{sources.features}: no feature rows for the people in {sources.scores}"
+        )
+    target = sources.target
     sample_seed = seeds.sequence("audit", target, "need", root=root_seed).generate_state(1)[0]
-    training = training_rows(frame, max_rows=audit.need_model_max_rows, seed=int(sample_seed))
-    inputs = batches.input_rows(
-        pl.scan_parquet(features_path), training["person_id"], features, icb=None
+    ids = training_ids(
+        slices, counts, sources=sources, max_rows=audit.need_model_max_rows, seed=int(sample_seed)
     )
+    training, label = training_frame(ids, sources=sources, features=features)
     started = time.perf_counter()
     booster = train_need_model(
-        training.hstack(inputs.drop("person_id")),
+        training,
         label=label,
         features=features,
         categorical=categorical,
@@ -171,19 +263,18 @@ def need_scores(
     # a fit on a capped sample: the benchmarks project it apart from the per-person work
     fit_seconds = time.perf_counter() - started
     console.record_timing("need", "fit", fit_seconds, target=target, rows=training.height)
-    del inputs
-    scores = batches.predict_in_batches(
-        batches.batch_keys(frame),
-        need_batch,
-        features_path=features_path,
-        model=booster.model_to_string(),
-        client=client,
-        batch_rows=batch_rows,
-        inputs=features,
-    )
-    return pl.DataFrame(
-        {"person_id": frame["person_id"], "need_score": scores}, schema=contract.NEED_SCORES_SCHEMA
-    )
+    del training
+    with io.parts_into(target_file) as parts:
+        scored = engine.map_partitions(
+            score_slice,
+            slices,
+            client=client,
+            sources=sources,
+            model=batches.broadcast(booster.model_to_string(), client),
+            inputs=features,
+            parts=str(parts),
+        )
+    return sum(scored)
 
 
 def target_need(oracle_path: Path, *, target: str) -> pl.LazyFrame | None:
@@ -209,26 +300,24 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     """Train the need model of one target and write ``data/scores/need/<target>.parquet``."""
     if target not in params.targets:
         raise StageError(f"need: unknown target {target!r}")
-    scores_path = _existing(paths.scores / f"{target}.parquet", "scores")
-    features_path = _existing(paths.features / "features.parquet", "features")
+    oracle = paths.truth / "oracle.parquet"
+    sources = NeedSources(
+        scores=_existing(paths.scores / f"{target}.parquet", "scores"),
+        features=_existing(paths.features / "features.parquet", "features"),
+        oracle=oracle if oracle.exists() else None,
+        target=target,
+    )
     manifest = contract.read_manifest(_existing(paths.features / "manifest.json", "manifest"))
     features, categorical = need_model_features(manifest)
-    truth = target_need(paths.truth / "oracle.parquet", target=target)
-    frame = need_frame(pl.scan_parquet(scores_path), pl.scan_parquet(features_path), truth=truth)
-    if frame.height == 0:
-        raise ContractError(f"{features_path}: no feature rows for the people in {scores_path}")
+    target_need(oracle, target=target)  # a malformed oracle fails before any work
     with engine.connect_for(params) as client:
-        scores = need_scores(
-            frame,
-            features_path=features_path,
+        scored = need_scores(
+            sources,
+            paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet",
             features=features,
             categorical=categorical,
             audit=params.audit,
             root_seed=params.seed,
-            target=target,
             client=client,
         )
-    io.write_parquet(
-        scores, paths.scores / contract.NEED_SCORES_DIR / f"{target}.parquet", sort_by="person_id"
-    )
-    console.stage_done("need", target=target, did=f"{console.count(scores.height)} people scored")
+    console.stage_done("need", target=target, did=f"{console.count(scored)} people scored")

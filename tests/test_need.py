@@ -68,27 +68,58 @@ def test_scores_every_cohort_member_deterministically_and_tracks_true_need(
     assert np.corrcoef(joined["need_score"], joined["true_need"])[0, 1] > 0.3
 
 
+def _sources(root: Path, *, truth: bool) -> need.NeedSources:
+    return need.NeedSources(
+        scores=root / "data/scores" / f"{TARGET}.parquet",
+        features=root / "features/features.parquet",
+        oracle=root / "data/truth/oracle.parquet" if truth else None,
+        target=TARGET,
+    )
+
+
 def test_without_truth_the_label_is_the_recorded_need(tmp_path: Path) -> None:
     _write_world(tmp_path, truth=False)
-    frame = need.need_frame(
-        pl.scan_parquet(tmp_path / "data/scores" / f"{TARGET}.parquet"),
-        pl.scan_parquet(tmp_path / "features/features.parquet"),
-        truth=None,
+    ids = pl.read_parquet(tmp_path / "features/features.parquet")["person_id"].head(50)
+    training, label = need.training_frame(
+        ids, sources=_sources(tmp_path, truth=False), features=["age"]
     )
-    assert "true_need" not in frame.columns and frame["recorded_need"].dtype == pl.Float64
+    assert label == "recorded_need" and training["recorded_need"].dtype == pl.Float64
+    assert training.columns == ["person_id", "age", "recorded_need"]
     need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
     assert pl.read_parquet(_need_file(tmp_path))["need_score"].null_count() == 0
 
 
-def test_training_rows_prefer_the_train_split_and_sample_with_the_seed() -> None:
-    frame = pl.DataFrame(
-        {"person_id": [f"P{i:04d}" for i in range(3_000)], "split": ["train", "test"] * 1_500}
+@pytest.mark.parametrize("splits", [("train", "test"), ("test",)])
+def test_the_training_sample_is_the_frame_sample_whatever_the_slices(
+    tmp_path: Path, splits: tuple[str, ...]
+) -> None:
+    """The sample drawn slice by slice from per-slice counts is the one ``DataFrame.sample``
+    draws from the whole cohort's train split (everyone when it is empty), in its order; people
+    without a feature row are not in the cohort."""
+    ids = [f"P{i:05d}" for i in range(3_000)]
+    cohort = pl.DataFrame(
+        {"person_id": ids, "split": [splits[i % len(splits)] for i in range(3_000)]}
     )
-    sample = need.training_rows(frame, max_rows=1_000, seed=3)
-    assert sample.height == 1_000 and set(sample["split"]) == {"train"}
-    assert sample.equals(need.training_rows(frame, max_rows=1_000, seed=3))
-    only_test = frame.filter(pl.col("split") == "test")
-    assert need.training_rows(only_test, max_rows=5_000, seed=3).height == only_test.height
+    io.write_parquet(cohort, tmp_path / "scores.parquet", sort_by="person_id")
+    features = cohort.select("person_id").filter(pl.int_range(pl.len()) % 7 != 3)
+    io.write_parquet(features, tmp_path / "features.parquet", sort_by="person_id")
+    sources = need.NeedSources(
+        scores=tmp_path / "scores.parquet",
+        features=tmp_path / "features.parquet",
+        oracle=None,
+        target=TARGET,
+    )
+    whole = cohort.join(features, on="person_id", how="semi", maintain_order="left")
+    pool = whole.filter(pl.col("split") == "train") if "train" in splits else whole
+    expected = pool.sample(500, seed=11)["person_id"]
+    for rows in (3_000, 997, 64):
+        slices = need.slice_bounds(cohort.height, rows=rows)
+        counts = [need.slice_counts(bounds, sources=sources) for bounds in slices]
+        assert sum(n for n, _ in counts) == whole.height
+        got = need.training_ids(slices, counts, sources=sources, max_rows=500, seed=11)
+        assert got.to_list() == expected.to_list(), rows
+    every = need.training_ids(slices, counts, sources=sources, max_rows=10_000, seed=11)
+    assert every.to_list() == pool["person_id"].to_list()
 
 
 def test_the_audit_reads_the_need_scores_and_refuses_to_run_without_them(tmp_path: Path) -> None:

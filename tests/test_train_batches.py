@@ -141,39 +141,45 @@ def need_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _need_inputs(root: Path) -> tuple[pl.DataFrame, list[str], list[str]]:
-    manifest = contract.read_manifest(root / "features/manifest.json")
-    inputs, categorical = need.need_model_features(manifest)
-    frame = need.need_frame(
-        pl.scan_parquet(root / "data/scores" / f"{test_need.TARGET}.parquet"),
-        pl.scan_parquet(root / "features/features.parquet"),
-        truth=need.target_need(root / "data/truth/oracle.parquet", target=test_need.TARGET),
-    )
-    return frame, inputs, categorical
-
-
-def test_need_scores_are_the_whole_matrix_model_whatever_the_batches(
-    need_world: Path, client: Client
+def test_need_scores_are_the_whole_matrix_model_whatever_the_slices(
+    need_world: Path, client: Client, tmp_path: Path
 ) -> None:
-    """need_scores (sample's inputs read by id, scores per batch) equals the model fitted on
-    the same sample of the whole frame and applied to the whole matrix (the path before
-    issue 18), for any batch size and on Dask."""
-    frame, inputs, categorical = _need_inputs(need_world)
+    """need_scores (the sample's inputs read by id, scores per slice written as parts) equals
+    the model fitted on the same sample of the whole frame and applied to the whole matrix (the
+    path before issue 18), for any slice size and on Dask."""
+    manifest = contract.read_manifest(need_world / "features/manifest.json")
+    inputs, categorical = need.need_model_features(manifest)
     params = test_need._params()
-    features_path = need_world / "features/features.parquet"
-    whole = frame.join(
-        pl.read_parquet(features_path, columns=["person_id", *inputs]),
-        on="person_id",
-        how="left",
-        maintain_order="left",
+    # a sample smaller than the train split, so slices must find its people
+    params = params.model_copy(
+        update={"audit": params.audit.model_copy(update={"need_model_max_rows": 1_000})}
+    )
+    sources = need.NeedSources(
+        scores=need_world / "data/scores" / f"{test_need.TARGET}.parquet",
+        features=need_world / "features/features.parquet",
+        oracle=need_world / "data/truth/oracle.parquet",
+        target=test_need.TARGET,
+    )
+    true_need = need.target_need(sources.oracle, target=test_need.TARGET)
+    assert sources.oracle is not None and true_need is not None
+    whole = (
+        pl.read_parquet(sources.scores, columns=["person_id", "split"])
+        .join(true_need.collect(), on="person_id", how="left", maintain_order="left")
+        .join(
+            pl.read_parquet(sources.features, columns=["person_id", *inputs]),
+            on="person_id",
+            how="inner",
+            maintain_order="left",
+        )
     )
     sample_seed = need.seeds.sequence("audit", test_need.TARGET, "need", root=params.seed)
+    training = whole.filter(pl.col("split") == "train")
+    if training.height > params.audit.need_model_max_rows:
+        training = training.sample(
+            params.audit.need_model_max_rows, seed=int(sample_seed.generate_state(1)[0])
+        )
     booster = need.train_need_model(
-        need.training_rows(
-            whole,
-            max_rows=params.audit.need_model_max_rows,
-            seed=int(sample_seed.generate_state(1)[0]),
-        ),
+        training,
         label="true_need",
         features=inputs,
         categorical=categorical,
@@ -181,19 +187,25 @@ def test_need_scores_are_the_whole_matrix_model_whatever_the_batches(
         seed=need.seeds.derive("need_model", test_need.TARGET, "lightgbm", root=params.seed),
         num_threads=params.audit.num_threads,
     )
+    assert training.height == 1_000
     expected = booster.predict(whole.select(inputs).to_numpy().astype(np.float64))
-    assert frame["icb_code"].n_unique() > 10  # batches per ICB
-    for batch_rows, engine_client in ((10_000, None), (50, None), (200, client)):
-        got = need.need_scores(
-            frame,
-            features_path=features_path,
+    written = []
+    for slice_rows, engine_client in ((10_000, None), (50, None), (200, client)):
+        target = tmp_path / f"need-{slice_rows}.parquet"
+        scored = need.need_scores(
+            sources,
+            target,
             features=inputs,
             categorical=categorical,
             audit=params.audit,
             root_seed=params.seed,
-            target=test_need.TARGET,
             client=engine_client,
-            batch_rows=batch_rows,
+            slice_rows=slice_rows,
         )
-        assert got["person_id"].equals(frame["person_id"])
-        assert np.array_equal(got["need_score"].to_numpy(), expected), batch_rows
+        got = pl.read_parquet(target)
+        assert scored == got.height == whole.height
+        assert got["person_id"].equals(whole["person_id"])
+        assert np.array_equal(got["need_score"].to_numpy(), expected), slice_rows
+        written.append(target.read_bytes())
+    assert written[0] == written[1] == written[2]  # the file, not just its values
+    assert not list(tmp_path.glob(".tmp/*"))  # the parts are gone
