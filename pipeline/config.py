@@ -260,8 +260,13 @@ class TrainParams(_Frozen):
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
     max_train_rows: Annotated[int, Field(ge=1_000, strict=True)] = 1_000_000
     max_validation_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
-    """Validation rows early stopping reads (a seeded sample above this); the calibration is
-    still fitted on every validation row's score, so the stage's memory stays flat in N."""
+    """Validation rows early stopping reads (a seeded sample above this)."""
+    max_calibration_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    """Validation rows the calibration is fitted on (a seeded sample above this: every row up
+    to a population of about 12M people)."""
+    max_test_rows: Annotated[int, Field(ge=1_000, strict=True)] = 2_000_000
+    """Test rows the metrics, their bootstrap and the curves read (a seeded sample above
+    this). With the other caps, they keep the stage's memory flat in N (``docs/scale.md``)."""
     n_bootstrap: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
     num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
     distributed: Annotated[bool, Field(strict=True)] = False

@@ -107,6 +107,21 @@ def sample_positions(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
     return pl.int_range(n_rows, eager=True).sample(max_rows, seed=seed).to_numpy()
 
 
+@dataclass(frozen=True)
+class TrainingSample:
+    """The need model's training people: each slice's, in position order (``per_slice``), and
+    the permutation back to the sample's order (``order``: the rows' order changes the fit)."""
+
+    per_slice: list[pl.Series]
+    order: np.ndarray
+
+    def person_ids(self) -> pl.Series:
+        """Every training person's id, in the sample's order."""
+        ids = [part for part in self.per_slice if part.len()]
+        together = pl.concat(ids) if ids else pl.Series("person_id", [], dtype=pl.String)
+        return together.gather(self.order)
+
+
 def training_ids(
     slices: list[tuple[int, int]],
     counts: list[tuple[int, int]],
@@ -114,55 +129,60 @@ def training_ids(
     sources: NeedSources,
     max_rows: int,
     seed: int,
-) -> pl.Series:
-    """``person_id`` of the need model's training rows, in the sample's order: the train split
-    (everyone when it is empty), a seeded sample of ``max_rows`` above that
-    (:func:`sample_positions`), read slice by slice from the per-slice ``counts`` of
-    :func:`slice_counts`."""
+) -> TrainingSample:
+    """The need model's training people: the train split (everyone when it is empty), a
+    seeded sample of ``max_rows`` above that (:func:`sample_positions`), found slice by slice
+    from the per-slice ``counts`` of :func:`slice_counts`."""
     use_train = sum(train for _, train in counts) > 0
     sizes = np.array([train if use_train else n for n, train in counts], dtype=np.int64)
     positions = sample_positions(int(sizes.sum()), max_rows=max_rows, seed=seed)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    found: list[pl.Series] = []
     in_order = np.sort(positions)
+    per_slice: list[pl.Series] = []
     for index, bounds in enumerate(slices):
         low, high = np.searchsorted(in_order, offsets[index : index + 2])
         if low == high:
+            per_slice.append(pl.Series("person_id", [], dtype=pl.String))
             continue
         people = slice_people(bounds, sources=sources)
         if use_train:
             people = people.filter(pl.col("split") == "train")
-        found.append(people["person_id"].gather(in_order[low:high] - offsets[index]))
-    ids = pl.concat(found) if found else pl.Series("person_id", [], dtype=pl.String)
-    # back from position order to the sample's order (the rows' order changes the fit)
-    return ids.gather(np.argsort(np.argsort(positions)))
+        per_slice.append(people["person_id"].gather(in_order[low:high] - offsets[index]))
+    return TrainingSample(per_slice, np.argsort(np.argsort(positions)))
+
+
+def _labels(ids: pl.Series, *, sources: NeedSources) -> tuple[pl.DataFrame, str]:
+    """The need label of ``ids`` (sorted; in their order) and its name: the target's
+    ``true_need`` with truth (0 where a person has none), else the recorded multimorbidity
+    count (``recorded_need``). Files sorted by person_id: only the ids' row groups are read."""
+    truth = target_need(sources.oracle, target=sources.target) if sources.oracle else None
+    if truth is None:
+        features = pl.scan_parquet(sources.features).filter(person_range(ids))
+        recorded = batches.input_rows(features, ids, [contract.RECORDED_MULTIMORBIDITY], icb=None)
+        return recorded.select(
+            pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need")
+        ), "recorded_need"
+    wanted = ids.to_frame("person_id")
+    found = truth.filter(person_range(ids)).join(wanted.lazy(), on="person_id", how="semi")
+    joined = wanted.join(found.collect(), on="person_id", how="left", maintain_order="left")
+    return joined.select(pl.col("true_need").fill_null(0.0)), "true_need"
 
 
 def training_frame(
-    ids: pl.Series, *, sources: NeedSources, features: list[str]
+    sample: TrainingSample, *, sources: NeedSources, features: list[str]
 ) -> tuple[pl.DataFrame, str]:
-    """The training rows of ``ids`` (in their order): their model inputs and need label, and the
-    label's name: the target's ``true_need`` with truth (0 where a person has none), else the
-    recorded multimorbidity count (``recorded_need``)."""
-    scan = pl.scan_parquet(sources.features)
-    label, labels = (
-        "recorded_need",
-        batches.input_rows(scan, ids, [contract.RECORDED_MULTIMORBIDITY], icb=None).select(
-            pl.col(contract.RECORDED_MULTIMORBIDITY).cast(pl.Float64).alias("recorded_need")
-        ),
-    )
-    truth = target_need(sources.oracle, target=sources.target) if sources.oracle else None
-    if truth is not None:
-        wanted = ids.to_frame("person_id")
-        found = truth.join(wanted.lazy(), on="person_id", how="semi").collect()
-        label, labels = (
-            "true_need",
-            wanted.join(found, on="person_id", how="left", maintain_order="left").select(
-                pl.col("true_need").fill_null(0.0)
-            ),
-        )
-    inputs = batches.input_rows(scan, ids, features, icb=None)
-    return inputs.hstack(labels), label
+    """The training rows of ``sample`` in its order: their model inputs and need label, read
+    slice by slice (:func:`_labels`), and the label's name."""
+    parts, label = [], "recorded_need"
+    for ids in sample.per_slice:
+        if ids.len() == 0:
+            continue
+        labels, label = _labels(ids, sources=sources)
+        scan = pl.scan_parquet(sources.features).filter(person_range(ids))
+        parts.append(batches.input_rows(scan, ids, features, icb=None).hstack(labels))
+    if not parts:
+        raise StageError("need: no training rows for the need model")
+    return pl.concat(parts)[sample.order], label
 
 
 def train_need_model(
@@ -246,10 +266,10 @@ def need_scores(
         )
     target = sources.target
     sample_seed = seeds.sequence("audit", target, "need", root=root_seed).generate_state(1)[0]
-    ids = training_ids(
+    sample = training_ids(
         slices, counts, sources=sources, max_rows=audit.need_model_max_rows, seed=int(sample_seed)
     )
-    training, label = training_frame(ids, sources=sources, features=features)
+    training, label = training_frame(sample, sources=sources, features=features)
     started = time.perf_counter()
     booster = train_need_model(
         training,

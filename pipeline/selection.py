@@ -55,6 +55,7 @@ __all__ = [
     "CapacityMode",
     "capacity_text",
     "cut_score",
+    "first_of_units",
     "list_size",
     "list_sizes",
     "priority_order",
@@ -135,6 +136,27 @@ def select_top(order: pl.Expr, *, capacity_mode: CapacityMode, capacity: float) 
     n_eligible = pl.len() if unit is None else pl.len().over(unit)
     size = list_size(n_eligible, capacity_mode=capacity_mode, capacity=capacity)
     return (_position(order, unit) <= size).alias("selected")
+
+
+def first_of_units(
+    frame: pl.LazyFrame, order: str, capacity: pl.DataFrame, *, capacity_mode: CapacityMode
+) -> pl.DataFrame:
+    """The rows of ``frame`` among the first ``list_size`` of their unit by ``order`` (ascending,
+    ties already broken), with the whole cohort's list sizes ``capacity`` (:func:`list_sizes`).
+
+    On the whole cohort this is :func:`select_top`'s selection; on a slice, the slice's
+    candidates: the selection of the whole cohort is this function applied to the union of
+    every slice's candidates, so a global list is folded without holding the cohort.
+    """
+    position = pl.col(order).rank("ordinal")
+    if unit_column(capacity_mode) is not None:
+        position = position.over("unit")
+    return (
+        frame.with_columns(unit_expr(capacity_mode))
+        .filter(position <= unit_list_size(capacity))
+        .drop("unit")
+        .collect()
+    )
 
 
 def tie_key(person_id: pl.Expr, *, root_seed: int) -> pl.Expr:

@@ -80,9 +80,11 @@ def _sources(root: Path, *, truth: bool) -> need.NeedSources:
 def test_without_truth_the_label_is_the_recorded_need(tmp_path: Path) -> None:
     _write_world(tmp_path, truth=False)
     ids = pl.read_parquet(tmp_path / "features/features.parquet")["person_id"].head(50)
+    sample = need.TrainingSample([ids.head(20), ids.tail(30)], np.arange(50)[::-1])
     training, label = need.training_frame(
-        ids, sources=_sources(tmp_path, truth=False), features=["age"]
+        sample, sources=_sources(tmp_path, truth=False), features=["age"]
     )
+    assert training["person_id"].to_list() == ids.to_list()[::-1]
     assert label == "recorded_need" and training["recorded_need"].dtype == pl.Float64
     assert training.columns == ["person_id", "age", "recorded_need"]
     need.run(_params(), io.Paths.at(tmp_path), target=TARGET)
@@ -117,9 +119,9 @@ def test_the_training_sample_is_the_frame_sample_whatever_the_slices(
         counts = [need.slice_counts(bounds, sources=sources) for bounds in slices]
         assert sum(n for n, _ in counts) == whole.height
         got = need.training_ids(slices, counts, sources=sources, max_rows=500, seed=11)
-        assert got.to_list() == expected.to_list(), rows
+        assert got.person_ids().to_list() == expected.to_list(), rows
     every = need.training_ids(slices, counts, sources=sources, max_rows=10_000, seed=11)
-    assert every.to_list() == pool["person_id"].to_list()
+    assert every.person_ids().to_list() == pool["person_id"].to_list()
 
 
 def test_the_audit_reads_the_need_scores_and_refuses_to_run_without_them(tmp_path: Path) -> None:

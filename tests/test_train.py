@@ -273,77 +273,62 @@ def test_stage_refuses_a_cohort_member_without_features(project: Path) -> None:
     assert not (project / "models").exists()
 
 
-def test_early_stopping_reads_a_seeded_sample_of_validation_and_calibration_every_row(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``train.max_validation_rows`` bounds the early-stopping rows (the model inputs held in
-    memory), and the fit's inputs are freed before the cohort is scored; the calibration still
-    sees every validation row's score."""
-
-    def splits(split: pl.Series, *, cap: int) -> cohort.Splits:
-        return cohort.split_rows(
-            split,
-            max_train_rows=10_000,
-            max_validation_rows=cap,
-            sample_seed=1,
-            stopping_seed=2,
-            target=TARGET,
-        )
-
-    split = pl.Series(np.array(["train", "validation", "test"])[np.arange(3_000) % 3])
-    rows = splits(split, cap=100)
-    assert rows.validation.size == 1_000 and rows.early_stopping.size == 100
-    assert np.isin(rows.early_stopping, rows.validation).all()
-    assert (np.diff(rows.early_stopping) > 0).all()
-    assert np.array_equal(splits(split, cap=100).early_stopping, rows.early_stopping)
-    whole = splits(split, cap=1_000)
-    assert np.array_equal(whole.early_stopping, whole.validation)
-
+def test_samples_gathered_slice_by_slice_are_the_whole_cohort_rows(project: Path) -> None:
+    """Each sample (train, early stopping, calibration, test, SHAP) drawn from the per-slice
+    counts and gathered slice by slice is the rows the same seeded positions pick from the
+    whole cohort's split, for any slice size; the caps bound them; the fit's inputs are freed
+    when the fit returns."""
     _population(project, truth=False)
-    params = _params(calibration="none")
+    params = _params()
     paths = io.Paths.at(project)
-    members, spec = train.stage.read_cohort(
-        paths,
-        target=TARGET,
-        extra_columns=[],
-        outcomes=cohort.read_outcomes(paths, params, target=TARGET),
-    )
-    rows = splits(members["split"], cap=60)
-    inputs = train.stage.read_fit_inputs(
-        paths.features / "features.parquet", train.batches.batch_keys(members), rows, spec
-    )
-    assert inputs.early_stopping.shape[0] == 60  # only the sample's inputs are read
-    features = pl.scan_parquet(paths.features / "features.parquet")
-    ids = members["person_id"]
-    for part, read in ((rows.train, inputs.train), (rows.early_stopping, inputs.early_stopping)):
-        expected = train.batches.model_inputs(features, ids.gather(part), spec)
-        np.testing.assert_array_equal(read, expected)  # row for row, ICB by ICB
+    table, _ = cohort.read_outcomes(paths, params, target=TARGET)
+    features_file = paths.features / "features.parquet"
+    whole = cohort.cohort_frame(
+        pl.scan_parquet(features_file), table, target=TARGET, columns=["icb_code"]
+    ).collect()
+    caps = {"train": 400, "early_stopping": 100, "calibration": 150, "test": 10_000, "shap": 50}
+    seeds_of = {name: index for index, name in enumerate(caps)}
+    for rows in (7, 64, 10_000):
+        slices = cohort.plan_slices(
+            features_file, table, target=TARGET, columns=["icb_code"], rows=rows
+        )
+        counts = cohort.cohort_counts(slices)
+        samples = cohort.draw_samples(
+            counts, caps=caps, seeds_of=seeds_of, distributed=False, target=TARGET
+        )
+        people = cohort.gather_samples(slices, counts, samples)
+        for name, positions in samples.positions.items():
+            split = whole.filter(pl.col("split") == samples.split_of(name))
+            assert people[name].drop("split_position").equals(split[positions]), (rows, name)
+    assert people["early_stopping"].height == 100 and people["calibration"].height == 150
+    assert people["test"].height == whole.filter(pl.col("split") == "test").height  # below cap
+    assert people["external"].height == 0
+    inputs = train.stage.read_fit_inputs(features_file, people, _spec(paths))
     fit_inputs = weakref.ref(inputs.train)
-    freed_when_scored = []
-    score_in_batches = train.batches.score_in_batches
-
-    def score(*args: Any, **kwargs: Any) -> np.ndarray:
-        freed_when_scored.append(fit_inputs() is None)
-        return score_in_batches(*args, **kwargs)
-
-    monkeypatch.setattr(train.batches, "score_in_batches", score)
     held = [inputs]
-    del inputs  # passed inline below, as the stage does: fit_model holds the only reference
-    fitted = train.stage.fit_model(
-        members,
-        held.pop(),
-        rows,
-        spec=spec,
-        train=params.train,
-        target=TARGET,
-        root_seed=7,
-        batching=train.stage.Batching(paths.features / "features.parquet", None),
+    del inputs  # passed inline, as the stage does: fit_model holds the only reference
+    train.stage.fit_model(
+        held.pop(), spec=_spec(paths), train=params.train, target=TARGET, root_seed=7, client=None
     )
-    assert freed_when_scored == [True]
-    y = members["outcome"].to_numpy().astype(np.float64)
-    every_row = float(np.mean((fitted.risk[rows.validation] - y[rows.validation]) ** 2))
-    assert rows.validation.size > 200
-    assert fitted.calibration["validation_brier_raw"] == float(
+    assert fit_inputs() is None
+
+
+def _spec(paths: io.Paths) -> cohort.FeatureSpec:
+    return cohort.feature_spec(contract.read_manifest(paths.features / "manifest.json"))
+
+
+def test_calibration_reads_every_validation_row_below_its_cap(project: Path) -> None:
+    """Below ``train.max_calibration_rows`` the calibration is fitted on every validation row's
+    score (with calibration "none", the scores file holds the raw scores)."""
+    _population(project, truth=False)
+    train.run(_params(calibration="none"), io.Paths.at(project), target=TARGET)
+    scores = pl.read_parquet(project / "data/scores" / f"{TARGET}.parquet").filter(
+        pl.col("split") == "validation"
+    )
+    stored = json.loads((project / "models" / TARGET / "calibration.json").read_text())
+    every_row = float(((scores["risk_score"] - scores["outcome"]) ** 2).mean())  # type: ignore[operator]
+    assert scores.height > 200
+    assert stored["validation_brier_raw"] == float(
         f"{every_row:.{calibration.SIGNIFICANT_DIGITS}g}"
     )
 
@@ -369,6 +354,103 @@ def test_rank_scores_breaks_ties_by_the_seeded_key_and_cuts_deciles_and_tiers() 
     tiers = ranked["risk_tier"].to_list()
     assert tiers[:2] == ["very high"] * 2 and tiers[2:8] == ["high"] * 6
     assert tiers[8:20] == ["moderate"] * 12 and tiers[20:] == ["low"] * 20
+
+
+@pytest.mark.parametrize(
+    ("mode", "capacity"), [("share", 0.05), ("per_icb", 3), ("per_practice", 2)]
+)
+def test_scores_ranked_on_disk_in_parts_are_the_whole_cohort_ranking(
+    tmp_path: Path, mode: selection.CapacityMode, capacity: float
+) -> None:
+    """Parts of 7 people ranked on disk are rank_scores of the whole frame (large ties
+    included), and the selection folded from their ranks is select_top's on the whole cohort."""
+    rng = np.random.default_rng(4)
+    n = 500
+    people = pl.DataFrame(
+        {
+            "person_id": [f"P{i:04d}" for i in range(n)],
+            "split": rng.choice(["train", "validation", "test"], n).tolist(),
+            "outcome": pl.Series(rng.integers(0, 2, n), dtype=pl.Int8),
+            "icb_code": rng.choice(["QA", "QB", "QC"], n).tolist(),
+            "practice_id": rng.choice([f"G{i}" for i in range(40)], n).tolist(),
+        }
+    )
+    risk = np.round(rng.beta(1, 8, n), 2)  # rounded: large ties, broken by the seeded key
+    parts = []
+    for start in range(0, n, 7):
+        part = scoring.scored_part(
+            people.slice(start, 7).select("person_id", "split", "outcome"),
+            risk[start : start + 7],
+            root_seed=3,
+        )
+        parts.append(tmp_path / io.part_name(start))
+        part.write_parquet(parts[-1])
+    target = tmp_path / "t.parquet"
+    scoring.write_ranked_scores(parts, target, n_people=n, spill=tmp_path / "spill", threads=2)
+    whole = scoring.rank_scores(
+        people.select("person_id", "split", "outcome").with_columns(risk_score=risk),
+        root_seed=3,
+    )
+    written = pl.read_parquet(target)
+    assert written.schema == pl.Schema(contract.SCORES_SCHEMA)
+    assert written.equals(whole)
+    units = people.select("icb_code", "practice_id")
+    expected = scoring.selected_at_capacity(
+        whole.hstack(units), capacity_mode=mode, capacity=capacity
+    )
+    capacity_table = selection.list_sizes(
+        people, capacity_mode=mode, capacity=capacity, key="operating_point.capacity"
+    )
+    ranks = written.select(pl.int_range(pl.len()).alias("row"), "risk_rank").hstack(units)
+    selected = scoring.selected_rows(
+        (ranks.slice(start, 7) for start in range(0, n, 7)), capacity_table, capacity_mode=mode
+    )
+    assert sorted(selected.to_list()) == np.flatnonzero(expected.to_numpy()).tolist()
+    assert 0 < selected.len() < n
+
+
+def test_the_cohort_joined_in_slices_is_the_whole_join(tmp_path: Path) -> None:
+    """Every slice size gives cohort_frame's rows: outcome rows between two slices' ids, before
+    the first and after the last are each joined once (without a feature row: a null split),
+    other targets' rows are left out; an unsorted features file falls back to the whole join."""
+    ids = [f"P{i:04d}" for i in range(0, 600, 2)]
+    features = pl.DataFrame(
+        {"person_id": ids, "split": ["train", "test", "validation"] * 100, "icb_code": "QA"}
+    )
+    io.write_parquet(features, tmp_path / "features.parquet", sort_by="person_id")
+    odd = [f"P{i:04d}" for i in (1, 101, 255, 599)] + ["A", "Z"]  # no feature row
+    eligible = [*ids[::3], *odd]
+    outcomes = pl.concat(
+        [
+            pl.DataFrame({"person_id": eligible, "target": "t", "value": 1}),
+            pl.DataFrame({"person_id": ids[:50], "target": "other", "value": 0}),
+        ]
+    ).cast({"value": pl.Int8})
+    whole = cohort.cohort_frame(
+        pl.scan_parquet(tmp_path / "features.parquet"),
+        outcomes.lazy(),
+        target="t",
+        columns=["icb_code"],
+    ).collect()
+    assert whole.height == len(eligible) and whole["split"].null_count() == len(odd)
+    for rows in (1, 7, 64, 10_000):
+        sliced = cohort.cohort_in_slices(
+            cohort.plan_slices(
+                tmp_path / "features.parquet",
+                outcomes.lazy(),
+                target="t",
+                columns=["icb_code"],
+                rows=rows,
+            )
+        )
+        assert sliced.equals(whole), rows
+    features.reverse().write_parquet(tmp_path / "unsorted.parquet", row_group_size=10)
+    unsorted_plan = cohort.plan_slices(
+        tmp_path / "unsorted.parquet", outcomes.lazy(), target="t", columns=["icb_code"], rows=7
+    )
+    assert len(unsorted_plan) == 1
+    unsorted = cohort.cohort_in_slices(unsorted_plan)
+    assert unsorted.equals(whole)
 
 
 def test_metrics_match_sklearn_and_statsmodels() -> None:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import polars as pl
 
 from pipeline import contract, outcomes
+from pipeline.batches import slice_bounds
 from pipeline.errors import ContractError, StageError
 
 if TYPE_CHECKING:
     from pipeline.config import Params
     from pipeline.io import Paths
+
+
+SLICE_ROWS: Final = 1_000_000
+"""Rows of the features file joined to their outcome rows at once (:func:`cohort_in_slices`)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,9 @@ def read_outcomes(paths: Paths, params: Params, *, target: str) -> tuple[pl.Lazy
         raise StageError(str(error)) from None
     if source == outcomes.SUPPLIED:
         return table, str(paths.population / "outcomes")
-    return table, f"{paths.population / 'events'} (outcomes derived by targets.{target}.derive)"
+    # derived once, here: the cohort is read in slices that each filter this table
+    derived = table.collect().lazy()
+    return derived, f"{paths.population / 'events'} (outcomes derived by targets.{target}.derive)"
 
 
 def cohort_frame(
@@ -89,33 +98,174 @@ def cohort_frame(
     return cohort.join(keep, on="person_id", how="left").sort("person_id")
 
 
-def check_cohort(cohort: pl.DataFrame, *, target: str, source: str) -> None:
+@dataclass(frozen=True)
+class CohortSlices:
+    """The eligible cohort of a target as slices of ``features/features.parquet``, each joined
+    to its outcome rows when read (:meth:`read`), so no step holds every person's rows and the
+    joins' hash tables and the reader's copies are a slice's (the whole join's transient was
+    0.4 GB at 2.3M people, against the cohort's 38 MB).
+
+    A slice's outcome rows are those from its first ``person_id`` up to the next slice's first
+    (``ranges``), so every outcome row is read exactly once, including a person without a
+    feature row (a null split, refused by :func:`check_counts`). A features file not sorted by
+    person_id is one slice (the whole join).
+    """
+
+    features: Path
+    eligible: pl.LazyFrame
+    columns: tuple[str, ...]
+    bounds: tuple[tuple[int, int], ...]
+    ranges: tuple[tuple[str | None, str | None], ...]
+
+    def read(self, index: int) -> pl.DataFrame:
+        """Slice ``index``: person_id, outcome (Int8), split and ``columns``, by person_id."""
+        start, stop = self.bounds[index]
+        low, high = self.ranges[index]
+        in_range = pl.lit(value=True)
+        if low is not None:
+            in_range &= pl.col("person_id") >= low
+        if high is not None:
+            in_range &= pl.col("person_id") < high
+        keep = (
+            pl.scan_parquet(self.features)
+            .slice(start, stop - start)
+            .select("person_id", "split", *self.columns)
+        )
+        part = self.eligible.filter(in_range).join(keep, on="person_id", how="left")
+        return part.sort("person_id").collect()
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+
+def plan_slices(
+    features: Path,
+    outcomes: pl.LazyFrame,
+    *,
+    target: str,
+    columns: Sequence[str],
+    rows: int = SLICE_ROWS,
+) -> CohortSlices:
+    """The :class:`CohortSlices` of ``target``, ``rows`` feature rows each; ``outcomes``
+    should be cheap to filter by person_id (files, or a frame in memory: not a derivation that
+    reruns per slice, :func:`read_outcomes`)."""
+    scan = pl.scan_parquet(features)
+    n_rows = scan.select(pl.len()).collect().item()
+    bounds = slice_bounds(n_rows, rows=rows)
+    firsts = [scan.slice(start, 1).select("person_id").collect().item() for start, _ in bounds[1:]]
+    if firsts != sorted(firsts):  # not sorted by person_id: the ranges would not partition
+        bounds, firsts = [(0, n_rows)], []
+    eligible = outcomes.filter(pl.col("target") == target).select(
+        "person_id", pl.col("value").cast(pl.Int8).alias("outcome")
+    )
+    edges = [None, *firsts, None]
+    return CohortSlices(
+        features=features,
+        eligible=eligible,
+        columns=tuple(columns),
+        bounds=tuple(bounds),
+        ranges=tuple(itertools.pairwise(edges)),
+    )
+
+
+def cohort_in_slices(slices: CohortSlices) -> pl.DataFrame:
+    """Every slice, in order: :func:`cohort_frame`'s rows (for tests and small cohorts)."""
+    return pl.concat([slices.read(index) for index in range(len(slices))])
+
+
+SPLIT_NAMES: Final = ("train", "validation", "test", "external")
+"""The splits the stage reads (``external``: a held-out ICB's people, if any)."""
+
+
+@dataclass(frozen=True)
+class CohortCounts:
+    """What the checks and the samples need to know of the whole cohort: sums over slices.
+
+    ``per_slice[i][split]``: people of ``split`` in slice ``i`` (each split's people are
+    numbered in cohort order across slices: :func:`with_split_position`).
+    """
+
+    n_people: int
+    no_feature_row: int
+    bad_outcome: int
+    duplicated: int
+    split_rows: dict[str, int]
+    split_events: dict[str, int]
+    per_slice: tuple[dict[str, int], ...]
+
+
+def slice_counts(people: pl.DataFrame) -> dict[str, int]:
+    """One slice's counts (:class:`CohortCounts`; people are sorted by person_id, so a
+    duplicated id is within one slice)."""
+    row = people.select(
+        pl.len().alias("n_people"),
+        pl.col("split").is_null().sum().alias("no_feature_row"),
+        (~pl.col("outcome").is_in([0, 1]) | pl.col("outcome").is_null()).sum().alias("bad"),
+        (pl.len() - pl.col("person_id").n_unique()).alias("duplicated"),
+        *((pl.col("split") == name).sum().alias(f"rows_{name}") for name in SPLIT_NAMES),
+        *(
+            pl.col("outcome")
+            .filter(pl.col("split") == name)
+            .cast(pl.Int64)
+            .sum()
+            .alias(f"events_{name}")
+            for name in SPLIT_NAMES
+        ),
+    )
+    return {name: int(value or 0) for name, value in row.row(0, named=True).items()}
+
+
+def cohort_counts(slices: CohortSlices) -> CohortCounts:
+    """:class:`CohortCounts` of every slice (one pass, one slice held at a time)."""
+    per_slice = tuple(slice_counts(slices.read(index)) for index in range(len(slices)))
+
+    def total(key: str) -> int:
+        return sum(counts[key] for counts in per_slice)
+
+    return CohortCounts(
+        n_people=total("n_people"),
+        no_feature_row=total("no_feature_row"),
+        bad_outcome=total("bad"),
+        duplicated=total("duplicated"),
+        split_rows={name: total(f"rows_{name}") for name in SPLIT_NAMES},
+        split_events={name: total(f"events_{name}") for name in SPLIT_NAMES},
+        per_slice=tuple({name: c[f"rows_{name}"] for name in SPLIT_NAMES} for c in per_slice),
+    )
+
+
+def check_counts(counts: CohortCounts, *, target: str, source: str) -> None:
     """Raise ContractError when the cohort cannot be trained on, naming the rule and row count."""
-    if cohort.height == 0:
+    if counts.n_people == 0:
         raise ContractError(f"{source}: no outcome rows for target {target!r}")
-    missing = cohort.filter(pl.col("split").is_null()).height
-    if missing:
+    if counts.no_feature_row:
         raise ContractError(
-            f"features/features.parquet: {missing} people of the {target!r} cohort have no "
-            "feature row"
+            f"features/features.parquet: {counts.no_feature_row} people of the {target!r} "
+            "cohort have no feature row"
         )
-    bad_outcome = cohort.filter(
-        ~pl.col("outcome").is_in([0, 1]) | pl.col("outcome").is_null()
-    ).height
-    if bad_outcome:
+    if counts.bad_outcome:
         raise ContractError(
-            f"{source}: column value must be 0/1 ({bad_outcome} rows of {target!r})"
+            f"{source}: column value must be 0/1 ({counts.bad_outcome} rows of {target!r})"
         )
-    duplicated = cohort.height - cohort.get_column("person_id").n_unique()
-    if duplicated:
-        raise ContractError(f"{source}: {duplicated} duplicated person_id rows for {target!r}")
+    if counts.duplicated:
+        raise ContractError(
+            f"{source}: {counts.duplicated} duplicated person_id rows for {target!r}"
+        )
     for split in ("train", "validation"):
-        events = cohort.filter(pl.col("split") == split).get_column("outcome")
-        if events.len() == 0 or events.sum() == 0 or events.sum() == events.len():
+        rows, events = counts.split_rows[split], counts.split_events[split]
+        if rows == 0 or events in (0, rows):
             raise StageError(
-                f"{target}: the {split} split needs both outcomes (rows={events.len()}, "
-                f"events={events.sum()})"
+                f"{target}: the {split} split needs both outcomes (rows={rows}, events={events})"
             )
+
+
+def with_split_position(people: pl.DataFrame, counts: CohortCounts, index: int) -> pl.DataFrame:
+    """Slice ``index``'s people with ``split_position``: their number within their split,
+    counted in cohort order across every slice (0-based): the positions samples are drawn in."""
+    before = {name: sum(counts.per_slice[i][name] for i in range(index)) for name in SPLIT_NAMES}
+    offset = pl.col("split").replace_strict(before, default=0, return_dtype=pl.Int64)
+    return people.with_columns(
+        (pl.int_range(pl.len()).over("split") + offset).alias("split_position")
+    )
 
 
 def feature_matrix(frame: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
@@ -148,59 +298,80 @@ def sample_rows(n_rows: int, *, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
 
 
-def split_index(split: pl.Series, name: str) -> np.ndarray:
-    """Row indices (ascending) whose ``split`` is ``name``."""
-    return np.flatnonzero((split == name).to_numpy())
+SAMPLE_SPLITS: Final = {
+    "train": "train",
+    "early_stopping": "validation",
+    "calibration": "validation",
+    "test": "test",
+    "shap": "test",
+    "external": "external",
+    "distributed": "train",
+}
+"""The split each of :class:`Samples`' people come from."""
 
 
 @dataclass(frozen=True)
-class Splits:
-    """Row indices of the cohort per split (``train`` possibly a seeded sample;
-    ``early_stopping`` the validation rows early stopping reads, possibly a seeded sample)."""
+class Samples:
+    """Positions within their split (:func:`with_split_position`, sorted) of the people each
+    step reads: the fit (``train``, a seeded sample above ``train.max_train_rows``), early
+    stopping (validation, above ``train.max_validation_rows``), the calibration (validation,
+    above ``train.max_calibration_rows``), the test metrics (above ``train.max_test_rows``),
+    the SHAP importance (test), the held-out ICB (``external``: everyone) and, for a
+    distributed fit, every training row. Each cap bounds the stage's memory in N."""
 
-    train: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
-    external: np.ndarray
-    early_stopping: np.ndarray
+    positions: dict[str, np.ndarray]
+
+    def split_of(self, name: str) -> str:
+        return SAMPLE_SPLITS[name]
 
 
-def split_rows(
-    split: pl.Series,
+def draw_samples(
+    counts: CohortCounts,
     *,
-    max_train_rows: int,
-    max_validation_rows: int,
-    sample_seed: int,
-    stopping_seed: int,
+    caps: dict[str, int],
+    seeds_of: dict[str, int],
+    distributed: bool,
     target: str,
-) -> Splits:
-    """The cohort's rows per split; the train split sampled down to ``max_train_rows`` and the
-    early-stopping rows to ``max_validation_rows`` of the validation split.
-
-    ``split`` is compared in Polars (a boolean mask per split), not converted to a NumPy array
-    of Python strings (an object per person).
+) -> Samples:
+    """Every :class:`Samples` position set: ``sample_rows(n, max_rows=caps[name],
+    seed=seeds_of[name])`` of its split's people (the external split whole).
 
     Raises
     ------
     StageError
         When the test split is empty.
     """
-    train = split_index(split, "train")
-    train = train[sample_rows(train.size, max_rows=max_train_rows, seed=sample_seed)]
-    validation = split_index(split, "validation")
-    stopping = validation[
-        sample_rows(validation.size, max_rows=max_validation_rows, seed=stopping_seed)
-    ]
-    test = split_index(split, "test")
-    if test.size == 0:
+    if counts.split_rows["test"] == 0:
         raise StageError(f"{target}: the test split is empty")
-    return Splits(
-        train=train,
-        validation=validation,
-        test=test,
-        external=split_index(split, "external"),
-        early_stopping=stopping,
-    )
+    positions = {
+        name: sample_rows(counts.split_rows[SAMPLE_SPLITS[name]], max_rows=cap, seed=seeds_of[name])
+        for name, cap in caps.items()
+    }
+    positions["external"] = np.arange(counts.split_rows["external"])
+    if distributed:
+        positions["distributed"] = np.arange(counts.split_rows["train"])
+    return Samples(positions)
+
+
+def gather_samples(
+    slices: CohortSlices, counts: CohortCounts, samples: Samples
+) -> dict[str, pl.DataFrame]:
+    """The people of every sample (their slice's columns and ``split_position``), in position
+    order: one pass over the slices, each holding only its share of the samples."""
+    found: dict[str, list[pl.DataFrame]] = {name: [] for name in samples.positions}
+    for index in range(len(slices)):
+        people = with_split_position(slices.read(index), counts, index)
+        for name, positions in samples.positions.items():
+            split = samples.split_of(name)
+            first = sum(counts.per_slice[i][split] for i in range(index))
+            low, high = np.searchsorted(positions, [first, first + counts.per_slice[index][split]])
+            wanted = pl.Series(positions[low:high])
+            found[name].append(
+                people.filter(
+                    (pl.col("split") == split) & pl.col("split_position").is_in(wanted.implode())
+                )
+            )
+    return {name: pl.concat(parts) for name, parts in found.items()}
 
 
 def oracle_risk(person_ids: pl.Series, oracle: pl.LazyFrame, *, target: str) -> np.ndarray:

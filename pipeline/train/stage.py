@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -19,16 +20,19 @@ from pipeline.errors import ContractError, StageError
 from pipeline.train import batches, card, evaluation, fit, importance, plots, registry, scoring
 from pipeline.train import calibration as calibration_mod
 from pipeline.train.cohort import (
+    CohortCounts,
+    CohortSlices,
     FeatureSpec,
-    Splits,
-    check_cohort,
-    cohort_frame,
+    Samples,
+    check_counts,
+    cohort_counts,
+    draw_samples,
     feature_spec,
+    gather_samples,
     oracle_risk,
+    plan_slices,
     read_outcomes,
-    sample_rows,
-    split_index,
-    split_rows,
+    with_split_position,
 )
 
 if TYPE_CHECKING:
@@ -71,49 +75,53 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class FitInputs:
-    """The model inputs a fit reads, row for row: the train sample, the early-stopping rows
-    and, for a distributed fit, every training row. Each set is read on its own (no gathered
-    copies of a union), and only the fit holds them: scoring reads its own batches."""
+    """The model inputs and outcomes a fit reads, row for row: the train sample, the
+    early-stopping rows and, for a distributed fit, every training row. Each set is read on its
+    own (no gathered copies of a union), and only the fit holds them: scoring reads its own
+    batches."""
 
     train: np.ndarray
+    y_train: np.ndarray
     early_stopping: np.ndarray
+    y_early_stopping: np.ndarray
     distributed: np.ndarray | None = None
-    distributed_rows: np.ndarray | None = None
-    """The cohort rows of ``distributed`` (every training row), for their outcomes."""
+    y_distributed: np.ndarray | None = None
+
+
+def _outcomes(people: pl.DataFrame) -> np.ndarray:
+    return people["outcome"].to_numpy().astype(np.float64)
 
 
 def read_fit_inputs(
-    features_path: Path,
-    keys: pl.DataFrame,
-    rows: Splits,
-    spec: FeatureSpec,
-    *,
-    distributed: np.ndarray | None = None,
+    features_path: Path, people: dict[str, pl.DataFrame], spec: FeatureSpec
 ) -> FitInputs:
-    """The :class:`FitInputs` of ``rows`` (and of the ``distributed`` rows, if any), read ICB
-    by ICB from ``features_path``; ``keys``: the cohort's (:func:`pipeline.batches.batch_keys`)."""
+    """The :class:`FitInputs` of the gathered samples ``people`` (``train``,
+    ``early_stopping`` and, if present, ``distributed``), read ICB by ICB from
+    ``features_path``."""
     features = pl.scan_parquet(features_path)
 
-    def read(part: np.ndarray) -> np.ndarray:
-        return batches.model_inputs_in_batches(features, keys[part], spec)
+    def read(name: str) -> np.ndarray:
+        return batches.model_inputs_in_batches(features, batches.batch_keys(people[name]), spec)
 
+    distributed = people.get("distributed")
     return FitInputs(
-        train=read(rows.train),
-        early_stopping=read(rows.early_stopping),
-        distributed=None if distributed is None else read(distributed),
-        distributed_rows=distributed,
+        train=read("train"),
+        y_train=_outcomes(people["train"]),
+        early_stopping=read("early_stopping"),
+        y_early_stopping=_outcomes(people["early_stopping"]),
+        distributed=None if distributed is None else read("distributed"),
+        y_distributed=None if distributed is None else _outcomes(distributed),
     )
 
 
 @dataclass(frozen=True)
 class Fitted:
-    """The fitted model, its calibration, the calibrated risk of every cohort member, the
-    fit's wall seconds (logged to MLflow only: timings are not outputs) and MLflow's input
-    example (:func:`training_example`)."""
+    """The fitted model, its calibration (set once the validation rows are scored), the fit's
+    wall seconds (logged to MLflow only: timings are not outputs) and MLflow's input example
+    (:func:`training_example`)."""
 
     booster: lgb.Booster
     calibration: dict[str, Any]
-    risk: np.ndarray
     fit_seconds: float
     example: np.ndarray
 
@@ -128,86 +136,179 @@ class Batching:
 
 
 def fit_model(
-    cohort: pl.DataFrame,
     inputs: FitInputs,
-    rows: Splits,
     *,
     spec: FeatureSpec,
     train: TrainParams,
     target: str,
     root_seed: int,
-    batching: Batching,
-) -> Fitted:
-    """Fit LightGBM on the train rows (early stopping on the validation split's early-stopping
-    rows), score every cohort member in batches, then fit the calibration on every validation
-    row's score.
+    client: Client | None,
+) -> tuple[lgb.Booster, float, np.ndarray]:
+    """Fit LightGBM on the train rows (early stopping on the early-stopping rows); the booster,
+    the fit's wall seconds and MLflow's input example.
 
     With ``inputs.distributed`` (``train.distributed``: every training row), the early-stopped
     fit on the sample only sets the number of rounds, and the model is refitted on those rows
-    through ``lightgbm.dask`` on ``batching.client``
-    (:func:`pipeline.train.fit.distributed_booster`).
+    through ``lightgbm.dask`` on ``client`` (:func:`pipeline.train.fit.distributed_booster`).
 
-    Pass ``inputs`` inline (``fit_model(cohort, read_fit_inputs(...), ...)``): this function
-    then holds the only reference and drops it once fitted, so the fit's inputs are freed
-    before every cohort member is scored.
+    Pass ``inputs`` inline (``fit_model(read_fit_inputs(...), ...)``): this function then holds
+    the only reference, so the fit's inputs are freed before every cohort member is scored.
     """
-    y = cohort["outcome"].to_numpy().astype(np.float64)
     example = training_example(inputs.train)
     booster_params = fit.lightgbm_params(
         train,
         seed=seeds.derive("train", target, "lightgbm", root=root_seed),
-        scale_pos_weight=fit.class_weight(y[rows.train], mode=train.class_weighting),
+        scale_pos_weight=fit.class_weight(inputs.y_train, mode=train.class_weighting),
     )
     started = time.perf_counter()
     booster = fit.fit_booster(
         inputs.train,
-        y[rows.train],
+        inputs.y_train,
         inputs.early_stopping,
-        y[rows.early_stopping],
+        inputs.y_early_stopping,
         spec=spec,
         params=booster_params,
         n_estimators=train.n_estimators,
         early_stopping_rounds=train.early_stopping_rounds,
     )
-    if (
-        inputs.distributed is not None
-        and inputs.distributed_rows is not None
-        and batching.client is not None
-    ):
+    if inputs.distributed is not None and inputs.y_distributed is not None and client is not None:
         booster = fit.distributed_booster(
             inputs.distributed,
-            y[inputs.distributed_rows],
+            inputs.y_distributed,
             spec=spec,
             params=booster_params,
             n_rounds=booster.current_iteration(),
             time_out=train.time_out,
-            client=batching.client,
+            client=client,
         )
     fit_seconds = time.perf_counter() - started
-    del inputs  # the only reference (see above): scoring must not hold the fit's inputs too
-    raw = batches.score_in_batches(
-        batches.batch_keys(cohort),
-        features_path=batching.features_path,
-        spec=spec,
-        booster=booster,
-        client=batching.client,
-        batch_rows=batching.batch_rows,
+    return booster, fit_seconds, example
+
+
+RAW_SCORE: Final = "raw_score"
+
+
+def score_slices(
+    slices: CohortSlices,
+    counts: CohortCounts,
+    folder: Path,
+    *,
+    booster: lgb.Booster,
+    spec: FeatureSpec,
+    batching: Batching,
+    unit: list[str],
+    calibration_positions: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every cohort member slice by slice (each slice's batches on the engine) and write
+    each slice as a part in ``folder`` (person_id, split, outcome, ``split_position``, the
+    capacity ``unit`` and the uncalibrated ``raw_score``); returns the raw scores and outcomes
+    of the calibration sample's validation rows, in their order."""
+    raw_rows, outcomes = [], []
+    for index in range(len(slices)):
+        people = with_split_position(slices.read(index), counts, index)
+        raw = batches.score_in_batches(
+            batches.batch_keys(people),
+            features_path=batching.features_path,
+            spec=spec,
+            booster=booster,
+            client=batching.client,
+            batch_rows=batching.batch_rows,
+        )
+        part = people.select("person_id", "split", "outcome", "split_position", *unit).with_columns(
+            pl.Series(RAW_SCORE, raw, dtype=pl.Float64)
+        )
+        part.write_parquet(folder / io.part_name(slices.bounds[index][0]))
+        chosen = part.filter(
+            (pl.col("split") == "validation")
+            & pl.col("split_position").is_in(pl.Series(calibration_positions).implode())
+        )
+        raw_rows.append(chosen[RAW_SCORE].to_numpy())
+        outcomes.append(_outcomes(chosen))
+    return np.concatenate(raw_rows), np.concatenate(outcomes)
+
+
+def calibrated_parts(
+    raw_parts: list[Path], folder: Path, *, calibration: dict[str, Any], root_seed: int
+) -> list[Path]:
+    """Each raw part calibrated (:func:`pipeline.train.calibration.apply_calibration`) as a part
+    of :func:`pipeline.train.scoring.write_ranked_scores` in ``folder``."""
+    written = []
+    for raw_part in raw_parts:
+        part = pl.read_parquet(raw_part, columns=["person_id", "split", "outcome", RAW_SCORE])
+        risk = calibration_mod.apply_calibration(calibration, part[RAW_SCORE].to_numpy())
+        scored = scoring.scored_part(part.drop(RAW_SCORE), risk, root_seed=root_seed)
+        scored.write_parquet(folder / raw_part.name)
+        written.append(folder / raw_part.name)
+    return written
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The people the metrics read, in cohort order: outcome, calibrated risk and whether the
+    operating point selects them (``selected``), for the test sample and the held-out ICB."""
+
+    test: pl.DataFrame
+    external: pl.DataFrame
+
+
+def evaluated_rows(
+    scores: Path,
+    raw_parts: list[Path],
+    *,
+    samples: Samples,
+    unit: list[str],
+    operating_point: OperatingPointParams,
+) -> Evaluated:
+    """The test sample's and the held-out ICB's people with ``selected`` at the operating point,
+    ranked on the whole cohort (per unit), folded part by part from the scores file's ranks
+    (:func:`pipeline.train.scoring.selected_rows`): only list-sized candidates are held."""
+    mode = operating_point.capacity_mode
+    sizes = pl.concat([pl.scan_parquet(part).select("person_id", *unit) for part in raw_parts])
+    capacity = selection.list_sizes(
+        sizes, capacity_mode=mode, capacity=operating_point.capacity, key="operating_point.capacity"
     )
-    calibration = calibration_mod.fit_calibration(
-        raw[rows.validation],
-        y[rows.validation],
-        mode=train.calibration,
-        seed=seeds.derive("train", target, "calibration_folds", root=root_seed),
-    )
-    risk = calibration_mod.apply_calibration(calibration, raw)
-    return Fitted(booster, calibration, risk, fit_seconds, example)
+    kept: dict[str, list[pl.DataFrame]] = {"test": [], "external": []}
+
+    def ranks() -> Iterator[pl.DataFrame]:
+        start = 0
+        for raw_part in raw_parts:
+            part = pl.read_parquet(
+                raw_part, columns=["person_id", "split", "split_position", *unit]
+            )
+            ranked = (
+                pl.scan_parquet(scores)
+                .slice(start, part.height)
+                .select("person_id", "outcome", "risk_score", "risk_rank")
+                .collect()
+            )
+            if not ranked["person_id"].equals(part["person_id"]):  # both sorted by person_id
+                raise StageError(f"{scores}: rows from {start} are not the cohort's, in order")
+            rows = ranked.hstack(part.drop("person_id")).with_columns(
+                (pl.int_range(pl.len()) + start).alias("row")
+            )
+            for name, found in kept.items():
+                wanted = pl.Series(samples.positions[name]).implode()
+                found.append(
+                    rows.filter(
+                        (pl.col("split") == name) & pl.col("split_position").is_in(wanted)
+                    ).select("row", "outcome", "risk_score")
+                )
+            start += part.height
+            yield rows.select("row", "risk_rank", *unit)
+
+    selected = scoring.selected_rows(ranks(), capacity, capacity_mode=mode)
+    frames = {
+        name: pl.concat(parts).with_columns(
+            pl.col("row").is_in(selected.implode()).alias("selected")
+        )
+        for name, parts in kept.items()
+    }
+    return Evaluated(test=frames["test"], external=frames["external"])
 
 
 def model_metrics(
-    y: np.ndarray,
+    evaluated: Evaluated,
     fitted: Fitted,
-    selected: np.ndarray,
-    rows: Splits,
     *,
     oracle: np.ndarray | None,
     train: TrainParams,
@@ -219,11 +320,11 @@ def model_metrics(
     rule: Rule,
 ) -> dict[str, Any]:
     """``metrics.json``: test-split metrics with CIs (and the held-out ICB's, if any)."""
-    test = rows.test
+    test = evaluated.test
     metrics = evaluation.split_metrics(
-        y[test],
-        fitted.risk[test],
-        selected[test],
+        _outcomes(test),
+        test["risk_score"].to_numpy(),
+        test["selected"].to_numpy(),
         oracle=oracle,
         n_bootstrap=train.n_bootstrap,
         seed=seeds.derive("train", target, "bootstrap", root=root_seed),
@@ -240,11 +341,12 @@ def model_metrics(
         rule=rule,
         threads=train.num_threads,
     )
-    if rows.external.size:
+    external = evaluated.external
+    if external.height:
         metrics |= evaluation.external_metrics(
-            y[rows.external],
-            fitted.risk[rows.external],
-            selected[rows.external],
+            _outcomes(external),
+            external["risk_score"].to_numpy(),
+            external["selected"].to_numpy(),
             n_bootstrap=train.n_bootstrap,
             seed=seeds.derive("train", target, "external_bootstrap", root=root_seed),
             rule=rule,
@@ -269,9 +371,9 @@ def read_cohort(
     target: str,
     extra_columns: list[str],
     outcomes: tuple[pl.LazyFrame, str],
-) -> tuple[pl.DataFrame, FeatureSpec]:
-    """The checked cohort of ``target`` (person_id, split, outcome, ``extra_columns`` and
-    icb_code when the features have it; no model inputs) and its spec;
+) -> tuple[CohortSlices, CohortCounts, FeatureSpec]:
+    """The checked cohort of ``target`` as slices (person_id, split, outcome, ``extra_columns``
+    and icb_code when the features have it; no model inputs), its counts and its spec;
     ``outcomes``: the target's outcomes and where they came from (``cohort.read_outcomes``)."""
     features_file = paths.features / "features.parquet"
     manifest_file = paths.features / "manifest.json"
@@ -286,13 +388,13 @@ def read_cohort(
     missing = [c for c in needed_columns if c not in present]
     if missing:
         raise ContractError(f"{features_file}: missing columns {missing}")
-    # only the key columns of everyone; model inputs are read for the rows a fit needs and
-    # batch by batch for scoring (pipeline.train.batches), so memory stays flat in N
+    # only the key columns, a slice at a time; model inputs are read for the rows a fit needs
+    # and batch by batch for scoring (pipeline.train.batches), so memory stays flat in N
     keys = [c for c in (batches.ICB,) if c in present and c not in extra_columns]
-    columns = [*extra_columns, *keys]
-    cohort = cohort_frame(features, table, target=target, columns=columns).collect()
-    check_cohort(cohort, target=target, source=source)
-    return cohort, spec
+    slices = plan_slices(features_file, table, target=target, columns=[*extra_columns, *keys])
+    counts = cohort_counts(slices)
+    check_counts(counts, target=target, source=source)
+    return slices, counts, spec
 
 
 def input_files(paths: io.Paths) -> list[Path]:
@@ -302,108 +404,166 @@ def input_files(paths: io.Paths) -> list[Path]:
     return files + [file for file in (paths.truth / "oracle.parquet",) if file.exists()]
 
 
-def score_cohort(
-    cohort: pl.DataFrame,
-    risk: np.ndarray,
-    *,
-    unit: list[str],
-    operating_point: OperatingPointParams,
-    root_seed: int,
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """The scores table of the whole cohort and who the operating point selects (ranked on the
-    whole cohort, per ``unit`` in the per-ICB / per-practice modes)."""
-    scores = scoring.rank_scores(
-        cohort.select("person_id", "split", "outcome").with_columns(risk_score=risk),
-        root_seed=root_seed,
-    )
-    selected = scoring.selected_at_capacity(
-        scores.hstack(cohort.select(unit)),
-        capacity_mode=operating_point.capacity_mode,
-        capacity=operating_point.capacity,
-    )
-    return scores, selected.to_numpy()
+def sample_caps(
+    train: TrainParams, *, target: str, root_seed: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Each sample's cap and seed (:func:`pipeline.train.cohort.draw_samples`)."""
+    caps = {
+        "train": train.max_train_rows,
+        "early_stopping": train.max_validation_rows,
+        "calibration": train.max_calibration_rows,
+        "test": train.max_test_rows,
+        "shap": SHAP_ROWS,
+    }
+    purposes = {
+        "train": "train_sample",
+        "early_stopping": "early_stopping_sample",
+        "calibration": "calibration_sample",
+        "test": "test_sample",
+        "shap": "shap_sample",
+    }
+    return caps, {
+        name: seeds.derive("train", target, purpose, root=root_seed)
+        for name, purpose in purposes.items()
+    }
 
 
 @dataclass(frozen=True)
 class Trained:
-    """Everything the stage writes for one target."""
+    """Everything the stage writes for one target besides the scores file."""
 
     fitted: Fitted
-    scores: pl.DataFrame
     metrics: dict[str, Any]
     importance: dict[str, Any]
     card: str
     curves: dict[str, pl.DataFrame]
 
 
+def scores_of_cohort(
+    slices: CohortSlices,
+    counts: CohortCounts,
+    booster: lgb.Booster,
+    *,
+    scores_path: Path,
+    samples: Samples,
+    spec: FeatureSpec,
+    params: TargetRun,
+    target: str,
+    batching: Batching,
+) -> tuple[dict[str, Any], Evaluated]:
+    """Score, calibrate and rank every cohort member into ``scores_path`` (ranked on disk:
+    :func:`pipeline.train.scoring.write_ranked_scores`) and return the calibration and the
+    people the metrics read (:func:`evaluated_rows`). Every per-person table is a part on disk
+    (in a private temporary folder removed afterwards); the stage holds a slice."""
+    train, seed = params.train, params.seed
+    with io.atomic_path(scores_path) as tmp:
+        raw_folder, scored_folder = tmp.parent / "raw", tmp.parent / "scored"
+        raw_folder.mkdir(mode=0o700)
+        scored_folder.mkdir(mode=0o700)
+        raw, y = score_slices(
+            slices,
+            counts,
+            raw_folder,
+            booster=booster,
+            spec=spec,
+            batching=batching,
+            unit=params.unit,
+            calibration_positions=samples.positions["calibration"],
+        )
+        calibration = calibration_mod.fit_calibration(
+            raw,
+            y,
+            mode=train.calibration,
+            seed=seeds.derive("train", target, "calibration_folds", root=seed),
+        )
+        del raw, y
+        raw_parts = sorted(raw_folder.glob("*.parquet"))
+        scoring.write_ranked_scores(
+            calibrated_parts(raw_parts, scored_folder, calibration=calibration, root_seed=seed),
+            tmp,
+            n_people=counts.n_people,
+            spill=tmp.parent / "spill",
+            threads=train.num_threads,
+        )
+        evaluated = evaluated_rows(
+            tmp,
+            raw_parts,
+            samples=samples,
+            unit=params.unit,
+            operating_point=params.operating_point,
+        )
+    return calibration, evaluated
+
+
 def train_target(
-    cohort: pl.DataFrame,
+    slices: CohortSlices,
+    counts: CohortCounts,
     spec: FeatureSpec,
     *,
     target: str,
     params: TargetRun,
     oracle: pl.LazyFrame | None,
     batching: Batching,
+    scores_path: Path,
     distributed: bool = False,
 ) -> Trained:
-    """Fit, calibrate, score, evaluate and explain the model of one target (no files written).
+    """Fit, calibrate, score, evaluate and explain the model of one target; writes the scores
+    file (``scores_path``, :func:`scores_of_cohort`), returns everything else.
 
-    ``cohort``: :func:`read_cohort`'s; the model inputs are read from ``batching.features_path``
-    for the rows a fit needs (:func:`read_fit_inputs`), and batch by batch for scoring.
-    ``distributed``: fit on every training row on ``batching.client`` (``train.distributed``).
+    ``slices``, ``counts``: :func:`read_cohort`'s; the model inputs are read from
+    ``batching.features_path`` for the samples a fit needs (:func:`read_fit_inputs`), and
+    batch by batch for scoring. ``distributed``: fit on every training row on
+    ``batching.client`` (``train.distributed``).
     """
     train, point, seed = params.train, params.operating_point, params.seed
-    y = cohort["outcome"].to_numpy().astype(np.float64)
-    rows = split_rows(
-        cohort["split"],
-        max_train_rows=train.max_train_rows,
-        max_validation_rows=train.max_validation_rows,
-        sample_seed=seeds.derive("train", target, "train_sample", root=seed),
-        stopping_seed=seeds.derive("train", target, "early_stopping_sample", root=seed),
-        target=target,
+    caps, sample_seeds = sample_caps(train, target=target, root_seed=seed)
+    samples = draw_samples(
+        counts, caps=caps, seeds_of=sample_seeds, distributed=distributed, target=target
     )
-    every_train_row = None
-    if distributed:
-        every_train_row = split_index(cohort["split"], "train")
-    n_train_rows = int((rows.train if every_train_row is None else every_train_row).size)
-    shap_seed = seeds.derive("train", target, "shap_sample", root=seed)
-    shap_rows = rows.test[sample_rows(rows.test.size, max_rows=SHAP_ROWS, seed=shap_seed)]
-    keys = batches.batch_keys(cohort)
-    fitted = fit_model(
-        cohort,
-        read_fit_inputs(batching.features_path, keys, rows, spec, distributed=every_train_row),
-        rows,
+    people = gather_samples(slices, counts, samples)
+    n_train_rows = people["distributed" if distributed else "train"].height
+    booster, fit_seconds, example = fit_model(
+        read_fit_inputs(batching.features_path, people, spec),
         spec=spec,
         train=train,
         target=target,
         root_seed=seed,
+        client=batching.client,
+    )
+    console.record_timing("train", "fit", fit_seconds, target=target, rows=n_train_rows)
+    calibration, evaluated = scores_of_cohort(
+        slices,
+        counts,
+        booster,
+        scores_path=scores_path,
+        samples=samples,
+        spec=spec,
+        params=params,
+        target=target,
         batching=batching,
     )
-    console.record_timing("train", "fit", fitted.fit_seconds, target=target, rows=n_train_rows)
-    scores, selected = score_cohort(
-        cohort, fitted.risk, unit=params.unit, operating_point=point, root_seed=seed
-    )
+    fitted = Fitted(booster, calibration, fit_seconds, example)
     test_oracle = None
     if oracle is not None:
-        test_oracle = oracle_risk(cohort["person_id"][rows.test], oracle, target=target)
+        test_ids = people["test"]["person_id"]
+        test_oracle = oracle_risk(test_ids, oracle, target=target)
     metrics = model_metrics(
-        y,
+        evaluated,
         fitted,
-        selected,
-        rows,
         oracle=test_oracle,
         train=train,
         operating_point=point,
         target=target,
         root_seed=seed,
-        n_cohort=cohort.height,
+        n_cohort=counts.n_people,
         n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
+    shap_people = people["shap"]
     shap_inputs = batches.model_inputs_in_batches(
-        pl.scan_parquet(batching.features_path), keys[shap_rows], spec
+        pl.scan_parquet(batching.features_path), batches.batch_keys(shap_people), spec
     )
-    ranked = importance.feature_importance(fitted.booster, shap_inputs, spec)
+    ranked = importance.feature_importance(booster, shap_inputs, spec)
     model_card = card.model_card(
         target=target,
         target_params=params.target_params,
@@ -411,19 +571,20 @@ def train_target(
         operating_point=point,
         index_date=params.index_date,
         metrics=metrics,
-        calibration_method=fitted.calibration["method"],
+        calibration_method=calibration["method"],
         importance=ranked,
-        n_cohort=cohort.height,
+        n_cohort=counts.n_people,
         n_train_rows=n_train_rows,
         rule=params.disclosure,
     )
     importance_doc = {
         "target": target,
-        "n_shap_rows": params.disclosure.count(int(shap_rows.size)),
+        "n_shap_rows": params.disclosure.count(shap_people.height),
         "features": ranked,
     }
-    curves = plots.curve_frames(y[rows.test], fitted.risk[rows.test])
-    return Trained(fitted, scores, metrics, importance_doc, model_card, curves)
+    test = evaluated.test
+    curves = plots.curve_frames(_outcomes(test), test["risk_score"].to_numpy())
+    return Trained(fitted, metrics, importance_doc, model_card, curves)
 
 
 def write_outputs(trained: Trained, paths: io.Paths, *, target: str) -> Path:
@@ -444,7 +605,6 @@ def write_outputs(trained: Trained, paths: io.Paths, *, target: str) -> Path:
     for name, frame in trained.curves.items():
         csv = frame.write_csv(float_precision=6)
         io.write_text(csv, headline.plots_folder(paths.root, target) / f"{name}.csv")
-    io.write_parquet(trained.scores, paths.scores / f"{target}.parquet", sort_by="person_id")
     return model_dir
 
 
@@ -454,7 +614,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         raise StageError(f"unknown target {target!r}")
     run_params = TargetRun.of(params, target)
     registry.prepare(root=paths.root, target=target)  # fails fast when the store is down
-    cohort, spec = read_cohort(
+    slices, counts, spec = read_cohort(
         paths,
         target=target,
         extra_columns=run_params.unit,
@@ -464,12 +624,14 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     oracle = pl.scan_parquet(oracle_file) if oracle_file.exists() else None
     with engine.connect_for(params) as client:
         trained = train_target(
-            cohort,
+            slices,
+            counts,
             spec,
             target=target,
             params=run_params,
             oracle=oracle,
             batching=Batching(paths.features / "features.parquet", client),
+            scores_path=paths.scores / f"{target}.parquet",
             distributed=params.train.distributed,
         )
     model_dir = write_outputs(trained, paths, target=target)
@@ -493,6 +655,6 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     console.stage_done(
         "train",
         target=target,
-        did=f"{console.count(cohort.height)} people, {trained.metrics['best_iteration']} trees",
+        did=f"{console.count(counts.n_people)} people, {trained.metrics['best_iteration']} trees",
         figure=console.figures(trained.metrics, ("auroc", "AUROC"), ("oe_ratio", "O/E")),
     )
