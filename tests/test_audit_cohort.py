@@ -137,10 +137,21 @@ def test_narrow_reads_publish_the_same_tables(world: Path, name: str) -> None:
         assert frame.equals(reference[table]), table
 
 
-def test_slices_read_on_a_cluster_are_the_local_frames(world: Path, cluster: str) -> None:
+CAPPED = PARAMS["per ICB"].model_copy(
+    update={
+        "audit": PARAMS["per ICB"].audit.model_copy(
+            update={"max_audited_rows": 97, "max_cohort_rows": 301}
+        )
+    }
+)
+
+
+@pytest.mark.parametrize("params", [PARAMS["per ICB"], CAPPED], ids=["uncapped", "capped"])
+def test_slices_read_on_a_cluster_are_the_local_frames(
+    world: Path, cluster: str, params: Params
+) -> None:
     from distributed import Client
 
-    params = PARAMS["per ICB"]
     local = _read_cohorts(params, io.Paths.at(world), target=TARGET)
     with Client(cluster) as client:
         remote = _read_cohorts(

@@ -118,10 +118,16 @@ def _scores(bounds: tuple[int, int], sources: SourcePaths) -> pl.DataFrame:
 
 
 def _joined(
-    bounds: tuple[int, int], *, sources: SourcePaths, columns: tuple[str, ...], need: bool
+    bounds: tuple[int, int],
+    *,
+    sources: SourcePaths,
+    columns: tuple[str, ...],
+    need: bool,
+    oracle_risk: bool = True,
 ) -> pl.DataFrame:
     """The slice's people (no ``person_id``) with the features' ``columns``, the truth and
-    oracle risk when present and, with ``need``, the need score; checked for duplicates."""
+    (with ``oracle_risk``) the oracle risk when present and, with ``need``, the need score;
+    checked for duplicates."""
     start, stop = bounds
     scores = _scores(bounds, sources)
     ids = scores["person_id"]
@@ -130,7 +136,8 @@ def _joined(
         features = _of_people(pl.scan_parquet(sources.features), ids).select("person_id", *columns)
         joined = joined.join(features, on="person_id", how="left", maintain_order="left")
     truth, oracle = _truth(sources, ids)
-    for extra in (truth, None if oracle is None else oracle.select("person_id", "oracle_risk")):
+    risk = None if oracle is None or not oracle_risk else oracle.select("person_id", "oracle_risk")
+    for extra in (truth, risk):
         if extra is not None:
             joined = joined.join(extra, on="person_id", how="left", maintain_order="left")
     if need:
@@ -162,7 +169,10 @@ def slice_summary(
 ) -> bounded.SliceSummary:
     """A slice's counts and candidates for the whole cohort's cuts
     (:class:`pipeline.audit.bounded.SliceSummary`): the first pass over the slices."""
-    people = _joined(bounds, sources=sources, columns=(unit,) if unit else (), need=False)
+    # the first pass reads only what the counts and cuts need: no need score, no oracle risk
+    people = _joined(
+        bounds, sources=sources, columns=(unit,) if unit else (), need=False, oracle_risk=False
+    )
     counts = people.select(
         _split_count(split).alias("n_split"),
         (pl.col("risk_score").is_null() | pl.col("outcome").is_null()).sum().alias("n_missing"),
