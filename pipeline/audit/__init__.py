@@ -1045,9 +1045,14 @@ def _read_cohort(
         split_columns=split_columns,
         split=split,
     )
-    narrow = pl.concat([rows for rows, _ in parts])
-    chosen = pl.concat([people for _, people in parts])
+    # one chunk per column, as the whole-cohort computations left them: the tables' many
+    # passes over a frame of a chunk per slice would each copy it whole again
+    narrow_parts, chosen_parts = [rows for rows, _ in parts], [people for _, people in parts]
     del parts
+    narrow = pl.concat(narrow_parts, rechunk=True)
+    del narrow_parts  # freed before the second copy: one list and one frame at a time
+    chosen = pl.concat(chosen_parts, rechunk=True)
+    del chosen_parts
     if sources.truth is not None:
         held = chosen if same else (None if sample_whole is not None else narrow)
         cuts = replace(
