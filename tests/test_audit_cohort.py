@@ -321,3 +321,15 @@ def test_the_kth_value_from_slices_is_polars_quantile(seed: int) -> None:
 def test_bad_caps_name_the_key(key: str, value: object) -> None:
     with pytest.raises(ParamsError, match=rf"audit\.{key}"):
         _params(audit={key: value})
+
+
+@pytest.mark.parametrize("cap", [10_000_000, 301], ids=["held", "sampled"])
+def test_a_truth_without_true_need_is_named(world: Path, tmp_path: Path, cap: int) -> None:
+    shutil.copytree(world, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "data/truth/people.parquet"
+    truth = pl.read_parquet(path)
+    truth.with_columns(
+        pl.lit(None, dtype=truth["true_need"].dtype).alias("true_need")
+    ).write_parquet(path)
+    with pytest.raises(ContractError, match="no person of the cohort has a true_need"):
+        _read_cohorts(_params(audit={"max_cohort_rows": cap}), io.Paths.at(tmp_path), target=TARGET)

@@ -906,7 +906,9 @@ def _summary(
     *,
     client: Client | None,
 ) -> bounded.SliceSummary:
-    """The first pass: every slice's counts and candidates, folded, and checked."""
+    """The first pass: every slice's counts and candidates, folded, and checked (the true
+    need counted only when the cohort will be sampled: else the held rows are checked)."""
+    count_truth = sources.truth is not None and n_rows > params.audit.max_cohort_rows
     operating_point = params.operating_point
     unit = selection.unit_column(operating_point.capacity_mode)
     summary = engine.fold_partitions(
@@ -921,17 +923,22 @@ def _summary(
         share_rank=bounded.share_list_size(
             n_rows, capacity_mode=operating_point.capacity_mode, capacity=operating_point.capacity
         ),
+        truth=count_truth,
     )
     # the checks of cohort_mod.check_cohort on the whole cohort, from its counts
     if summary.n_rows == 0:
         raise ContractError("scores: no rows in split 'all' to audit")
     if summary.n_missing:
         raise ContractError(f"scores: {summary.n_missing} rows with a null risk_score or outcome")
-    if sources.truth is not None and summary.n_true_need == 0:
-        raise ContractError("data/truth/people.parquet: no person of the cohort has a true_need")
+    if count_truth and summary.n_true_need == 0:
+        _no_true_need()
     if sum(summary.split_counts.values()) == 0:
         raise ContractError(f"{sources.scores}: no rows in split {params.audit.split!r} to audit")
     return summary
+
+
+def _no_true_need() -> None:
+    raise ContractError("data/truth/people.parquet: no person of the cohort has a true_need")
 
 
 def _slice_tasks(
@@ -1055,6 +1062,8 @@ def _read_cohort(
     del chosen_parts
     if sources.truth is not None:
         held = chosen if same else (None if sample_whole is not None else narrow)
+        if held is not None and held["true_need"].null_count() == held.height:
+            _no_true_need()
         cuts = replace(
             cuts,
             true_need_cut=_true_need_cut(

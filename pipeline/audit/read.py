@@ -124,10 +124,11 @@ def _joined(
     columns: tuple[str, ...],
     need: bool,
     oracle_risk: bool = True,
+    truth: bool = True,
 ) -> pl.DataFrame:
     """The slice's people (no ``person_id``) with the features' ``columns``, the truth and
-    (with ``oracle_risk``) the oracle risk when present and, with ``need``, the need score;
-    checked for duplicates."""
+    (with ``oracle_risk``) the oracle risk when present (none of either without ``truth``)
+    and, with ``need``, the need score; checked for duplicates."""
     start, stop = bounds
     scores = _scores(bounds, sources)
     ids = scores["person_id"]
@@ -135,9 +136,9 @@ def _joined(
     if columns:
         features = _of_people(pl.scan_parquet(sources.features), ids).select("person_id", *columns)
         joined = joined.join(features, on="person_id", how="left", maintain_order="left")
-    truth, oracle = _truth(sources, ids)
+    true_need, oracle = _truth(sources, ids) if truth else (None, None)
     risk = None if oracle is None or not oracle_risk else oracle.select("person_id", "oracle_risk")
-    for extra in (truth, risk):
+    for extra in (true_need, risk):
         if extra is not None:
             joined = joined.join(extra, on="person_id", how="left", maintain_order="left")
     if need:
@@ -166,12 +167,20 @@ def slice_summary(
     unit: str | None,
     capacity: float,
     share_rank: int,
+    truth: bool,
 ) -> bounded.SliceSummary:
     """A slice's counts and candidates for the whole cohort's cuts
-    (:class:`pipeline.audit.bounded.SliceSummary`): the first pass over the slices."""
+    (:class:`pipeline.audit.bounded.SliceSummary`): the first pass over the slices. With
+    ``truth``, its count of recorded true need (the true-need cut's position, needed only when
+    the cohort is sampled: the truth is not read otherwise)."""
     # the first pass reads only what the counts and cuts need: no need score, no oracle risk
     people = _joined(
-        bounds, sources=sources, columns=(unit,) if unit else (), need=False, oracle_risk=False
+        bounds,
+        sources=sources,
+        columns=(unit,) if unit else (),
+        need=False,
+        oracle_risk=False,
+        truth=truth,
     )
     counts = people.select(
         _split_count(split).alias("n_split"),
