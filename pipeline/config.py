@@ -351,6 +351,15 @@ class AuditParams(_Frozen):
     need_model_rounds: Annotated[int, Field(ge=1, le=5_000, strict=True)] = 200
     need_model_max_rows: Annotated[int, Field(ge=1_000, strict=True)] = 500_000
     num_threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
+    max_audited_rows: Annotated[int, Field(ge=1, strict=True)] = 2_000_000
+    """Most people of ``split`` the group tables are computed on: past it, a seeded sample of
+    exactly this many, drawn slice by slice (the stage's memory stops growing there). Above the
+    audited split of a 10M-person population (~1.4M people per target)."""
+    max_cohort_rows: Annotated[int, Field(ge=1, strict=True)] = 10_000_000
+    """Most people of the whole eligible cohort held for the equal-opportunity fit, the
+    policies' selections and their impact: past it, a seeded sample of exactly this many
+    (``selected`` and ``true_case`` stay exact, from thresholds over every slice). Above the
+    eligible cohort of a 10M-person population (~7M people per target)."""
 
 
 class _Capacity(_Frozen):

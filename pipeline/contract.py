@@ -1899,6 +1899,13 @@ class AuditSettings(Summary):
     fdr: float = 0.05
     oe_material: float = 1.1
     funnel_dimensions: tuple[str, ...] = ()
+    max_audited_rows: int | None = None
+    audited_rows_sampled: bool = False
+    """Whether the audited split was larger than ``max_audited_rows`` (tables of a sample)."""
+    max_cohort_rows: int | None = None
+    cohort_rows_sampled: bool = False
+    """Whether the eligible cohort was larger than ``max_cohort_rows`` (the fit, policies and
+    impact on a sample)."""
 
 
 class DisadvantagedGroup(Summary):

@@ -26,6 +26,7 @@ __all__ = [
     "equal_opportunity_priority",
     "equal_opportunity_thresholds",
     "fit_equal_opportunity",
+    "fit_equal_opportunity_at",
 ]
 FIT_SPLIT = "validation"
 """The split the equal-opportunity thresholds are fitted on (every row when it is absent)."""
@@ -202,16 +203,43 @@ def fit_equal_opportunity(
         When the fitting sample lacks events in some group (see
         :func:`equal_opportunity_thresholds`).
     """
+    cut = selection.cut_score(cohort, capacity_mode=capacity_mode, capacity=capacity)
+    return fit_equal_opportunity_at(cohort, cut_score=cut, rng=rng, group=group)
+
+
+def fit_equal_opportunity_at(
+    cohort: pl.DataFrame,
+    *,
+    cut_score: float | None,
+    rng: np.random.Generator,
+    group: str = "imd_quintile",
+) -> dict[str, float]:
+    """:func:`fit_equal_opportunity` at a cut score known already: the audit's fit on a seeded
+    sample of a cohort too large to hold, whose cut is the whole cohort's, not the sample's.
+
+    Parameters
+    ----------
+    cohort
+        The people to fit on (every split): ``split``, ``risk_score``, ``outcome``, ``group``.
+    cut_score
+        The risk score at the capacity cut of the whole cohort (None: fairlearn's own optimum).
+    rng, group
+        As :func:`fit_equal_opportunity`.
+
+    Returns
+    -------
+    dict[str, float]
+        Threshold per group label.
+    """
     fit = cohort.filter(pl.col("split") == FIT_SPLIT)
     if fit.height == 0:
         fit = cohort
     fit = fit.filter(pl.col(group).is_not_null())
-    cut = selection.cut_score(cohort, capacity_mode=capacity_mode, capacity=capacity)
     return equal_opportunity_thresholds(
         fit["risk_score"].to_numpy(),
         fit["outcome"].to_numpy(),
         fit[group].to_numpy(),
-        cut_score=cut,
+        cut_score=cut_score,
         rng=rng,
     )
 

@@ -15,6 +15,7 @@ mitigation` (policy trade-off), :mod:`~pipeline.audit.publish` (disclosure contr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,9 +25,18 @@ from rich.console import Console
 
 from pipeline import console, contract, engine, fairness, io, seeds, selection, tracking
 from pipeline import impact as impact_mod
+from pipeline.audit import (
+    bounded,
+    flags,
+    funnel,
+    gradients,
+    label_choice,
+    mitigation,
+    publish,
+    read,
+)
 from pipeline.audit import cells as cells_mod
 from pipeline.audit import cohort as cohort_mod
-from pipeline.audit import flags, funnel, gradients, label_choice, mitigation, publish, read
 from pipeline.audit.aggregate import grouped_moments
 from pipeline.config import AuditParams, ImpactParams, OperatingPointParams, OutreachParams, Params
 from pipeline.disclosure import Rule
@@ -88,6 +98,7 @@ def audit_tables(
     target: str,
     whole_cohort: pl.DataFrame | None = None,
     impact: ImpactParams | None = None,
+    sampled_cut_score: tuple[float | None] | None = None,
 ) -> dict[str, Any]:
     """Every raw (not yet disclosure-controlled) audit table for one audited cohort.
 
@@ -107,6 +118,10 @@ def audit_tables(
         that small targets' figures are not lost to suppression in one split.
     impact
         The outcome simulation's params (:mod:`pipeline.impact`; default: ``ImpactParams()``).
+    sampled_cut_score
+        When ``whole_cohort`` is a sample (``audit.max_cohort_rows``): the whole cohort's
+        lowest selected risk score, as a 1-tuple (its value may be None); the fit then uses it
+        rather than the sample's own (:func:`pipeline.fairness.fit_equal_opportunity_at`).
 
     Returns
     -------
@@ -147,6 +162,7 @@ def audit_tables(
         has_truth=has_truth,
         min_group_events=audit.min_group_events,
         rng=seeds.rng("equal_opportunity", target, root=seed),
+        sampled_cut_score=sampled_cut_score,
     )
     return tables
 
@@ -435,6 +451,7 @@ def mitigation_tables(
     has_truth: bool,
     min_group_events: int,
     rng: np.random.Generator,
+    sampled_cut_score: tuple[float | None] | None = None,
 ) -> dict[str, Any]:
     """The policy trade-off with IMD-quintile TPR gaps (``mitigation``, on the audited
     ``cohort``'s observed outcomes), its per-group table (``mitigation_by_group``), the
@@ -443,7 +460,7 @@ def mitigation_tables(
     calibrated predicted risk) and the ``equal_opportunity_thresholds`` (None when they could
     not be fitted)."""
     thresholds = equal_opportunity_thresholds(
-        whole_cohort, operating_point=operating_point, rng=rng
+        whole_cohort, operating_point=operating_point, rng=rng, sampled_cut_score=sampled_cut_score
     )
 
     def chosen_in(frame: pl.DataFrame) -> pl.DataFrame:
@@ -483,12 +500,21 @@ def mitigation_tables(
 
 
 def equal_opportunity_thresholds(
-    whole_cohort: pl.DataFrame, *, operating_point: OperatingPointParams, rng: np.random.Generator
+    whole_cohort: pl.DataFrame,
+    *,
+    operating_point: OperatingPointParams,
+    rng: np.random.Generator,
+    sampled_cut_score: tuple[float | None] | None = None,
 ) -> dict[str, float] | None:
     """The equal-opportunity policy's IMD-quintile thresholds at the operating point, fitted by
-    the function outreach uses (:func:`pipeline.fairness.fit_equal_opportunity`); None (with a
-    warning) when they cannot be fitted."""
+    the function outreach uses (:func:`pipeline.fairness.fit_equal_opportunity`; on a sample
+    of the cohort, at the whole cohort's ``sampled_cut_score``); None (with a warning) when
+    they cannot be fitted."""
     try:
+        if sampled_cut_score is not None:
+            return fairness.fit_equal_opportunity_at(
+                whole_cohort, cut_score=sampled_cut_score[0], rng=rng
+            )
         return fairness.fit_equal_opportunity(
             whole_cohort,
             capacity_mode=operating_point.capacity_mode,
@@ -565,9 +591,11 @@ def audit_summary(
     n_people: int,
     group_metrics: pl.DataFrame,
     rule: Rule,
+    sampled: dict[str, bool] | None = None,
 ) -> contract.AuditSummary:
     """What was audited and how: ``audit.json`` (the numbers are in the published tables;
-    ``group_metrics`` is the published one, whose shown flags are counted)."""
+    ``group_metrics`` is the published one, whose shown flags are counted; ``sampled``:
+    whether the audited split and the cohort were past their caps, default neither)."""
     return contract.AuditSummary(
         target=target,
         split=audit.split,
@@ -581,7 +609,7 @@ def audit_summary(
                 capacity_mode=operating_point.capacity_mode, capacity=operating_point.capacity
             ),
         ),
-        settings=_settings(audit, has_truth=tables["has_truth"]),
+        settings=_settings(audit, has_truth=tables["has_truth"], sampled=sampled or {}),
         flagged_comparisons=int(group_metrics["flagged"].sum()),
         planted_bias_check=planted_bias_check(
             tables,
@@ -592,7 +620,9 @@ def audit_summary(
     )
 
 
-def _settings(audit: AuditParams, *, has_truth: bool) -> contract.AuditSettings:
+def _settings(
+    audit: AuditParams, *, has_truth: bool, sampled: dict[str, bool]
+) -> contract.AuditSettings:
     return contract.AuditSettings(
         confidence=audit.confidence,
         fair_ratio_low=audit.fair_ratio_low,
@@ -612,6 +642,10 @@ def _settings(audit: AuditParams, *, has_truth: bool) -> contract.AuditSettings:
             if has_truth
             else "recorded outcome (no truth available)"
         ),
+        max_audited_rows=audit.max_audited_rows,
+        audited_rows_sampled=sampled.get("audited", False),
+        max_cohort_rows=audit.max_cohort_rows,
+        cohort_rows_sampled=sampled.get("cohort", False),
     )
 
 
@@ -833,6 +867,24 @@ def _whole_sources(params: Params) -> tuple[str, ...]:
     return tuple(c for c in contract.SENSITIVE_SCHEMA if c in kept)
 
 
+@dataclass(frozen=True)
+class AuditCohort:
+    """The rows the stage holds (:func:`_read_cohort`) and how they stand to the cohort.
+
+    ``audited``: the audited split's people (a seeded sample past ``audit.max_audited_rows``);
+    ``whole``: the whole eligible cohort's narrow columns (a seeded sample past
+    ``audit.max_cohort_rows``; the same frame as ``audited`` when the split is ``all`` and
+    neither is sampled); ``cut_score``: the lowest risk score the operating point selects in
+    the whole cohort.
+    """
+
+    audited: pl.DataFrame
+    whole: pl.DataFrame
+    cut_score: float | None
+    audited_sampled: bool
+    whole_sampled: bool
+
+
 def _read_cohorts(
     params: Params,
     paths: io.Paths,
@@ -841,52 +893,210 @@ def _read_cohorts(
     client: Client | None = None,
     read_rows: int = read.READ_ROWS,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The audited people and the whole cohort's narrow columns of :func:`_read_cohort`."""
+    cohort = _read_cohort(params, paths, target=target, client=client, read_rows=read_rows)
+    return cohort.audited, cohort.whole
+
+
+def _summary(
+    params: Params,
+    sources: read.SourcePaths,
+    bounds: list[tuple[int, int]],
+    n_rows: int,
+    *,
+    client: Client | None,
+) -> bounded.SliceSummary:
+    """The first pass: every slice's counts and candidates, folded, and checked (the true
+    need counted only when the cohort will be sampled: else the held rows are checked)."""
+    count_truth = sources.truth is not None and n_rows > params.audit.max_cohort_rows
+    operating_point = params.operating_point
+    unit = selection.unit_column(operating_point.capacity_mode)
+    summary = engine.fold_partitions(
+        read.slice_summary,
+        bounds,
+        combine=bounded.merge_summaries(capacity=operating_point.capacity, unit=unit),
+        client=client,
+        sources=sources,
+        split=params.audit.split,
+        unit=unit,
+        capacity=operating_point.capacity,
+        share_rank=bounded.share_list_size(
+            n_rows, capacity_mode=operating_point.capacity_mode, capacity=operating_point.capacity
+        ),
+        truth=count_truth,
+    )
+    # the checks of cohort_mod.check_cohort on the whole cohort, from its counts
+    if summary.n_rows == 0:
+        raise ContractError("scores: no rows in split 'all' to audit")
+    if summary.n_missing:
+        raise ContractError(f"scores: {summary.n_missing} rows with a null risk_score or outcome")
+    if count_truth and summary.n_true_need == 0:
+        _no_true_need()
+    if sum(summary.split_counts.values()) == 0:
+        raise ContractError(f"{sources.scores}: no rows in split {params.audit.split!r} to audit")
+    return summary
+
+
+def _no_true_need() -> None:
+    raise ContractError("data/truth/people.parquet: no person of the cohort has a true_need")
+
+
+def _slice_tasks(
+    bounds: list[tuple[int, int]],
+    split_counts: dict[int, int],
+    *,
+    whole: np.ndarray | None,
+    audited: np.ndarray | None,
+    skip_whole: bool,
+) -> list[read.SliceTask]:
+    """Each slice with its share of the samples' positions (``skip_whole``: no whole rows)."""
+    offsets = np.cumsum([0, *(split_counts[start] for start, _ in bounds)])
+    return [
+        read.SliceTask(
+            bounds=(start, stop),
+            whole=np.empty(0, dtype=np.int64)
+            if skip_whole
+            else bounded.split_positions(whole, offset=start, length=stop - start),
+            audited=bounded.split_positions(
+                audited, offset=int(offsets[index]), length=split_counts[start]
+            ),
+        )
+        for index, (start, stop) in enumerate(bounds)
+    ]
+
+
+def _true_need_cut(
+    params: Params,
+    sources: read.SourcePaths,
+    bounds: list[tuple[int, int]],
+    *,
+    n_true_need: int,
+    whole: pl.DataFrame | None,
+    client: Client | None,
+) -> float | None:
+    """The true-need cut of ``true_case``: Polars' quantile of the held whole cohort, else the
+    same value found exactly pass by pass (:func:`pipeline.audit.bounded.select_kth`)."""
+    quantile = 1.0 - params.audit.need_case_share
+    if whole is not None:
+        value = whole["true_need"].quantile(quantile)
+        return None if value is None else float(value)
+
+    def histogram(prefix: int, level: int) -> np.ndarray:
+        return engine.fold_partitions(
+            read.slice_digits,
+            bounds,
+            combine=np.add,
+            client=client,
+            sources=sources,
+            prefix=prefix,
+            level=level,
+        )
+
+    position = bounded.quantile_position(n_true_need, quantile=quantile)
+    return bounded.select_kth(position, histogram)
+
+
+def _read_cohort(
+    params: Params,
+    paths: io.Paths,
+    *,
+    target: str,
+    client: Client | None = None,
+    read_rows: int = read.READ_ROWS,
+) -> AuditCohort:
     """The audited people (``audit.split``, every column the tables read, groups labelled) and
     the whole eligible cohort (every split; only the columns the equal-opportunity fit, the
     policies and their impact read: the scores', truth, need, ``selected`` and the impact's
     groups and the capacity unit (:func:`_whole_sources`); the same frame when the split is
-    ``all``).
+    ``all``), each capped by a seeded sample (``audit.max_audited_rows``,
+    ``audit.max_cohort_rows``).
 
     Read in slices of at most ``read_rows`` rows of the scores file on the engine of
-    ``client`` (:mod:`pipeline.audit.read`): no join of the whole cohort and no wide copy of it
-    is ever held."""
+    ``client`` (:mod:`pipeline.audit.read`), in two passes: the whole cohort's counts and cuts
+    (``selected``, ``true_case``), then the rows held. No join of the whole cohort and, past
+    the caps, none of its rows is ever held."""
     sources = _source_paths(paths, target=target)
-    split = params.audit.split
+    audit, split = params.audit, params.audit.split
     whole_columns, split_columns = _whole_sources(params), _audited_sources(params)
     n_rows = pl.scan_parquet(sources.scores).select(pl.len()).collect().item()
+    bounds = read.slice_bounds(n_rows, rows=read_rows)
+    summary = _summary(params, sources, bounds, n_rows, client=client)
+    cuts = bounded.cohort_cuts(
+        summary,
+        capacity_mode=params.operating_point.capacity_mode,
+        capacity=params.operating_point.capacity,
+        source=str(sources.scores),
+    )
+    n_split = sum(summary.split_counts.values())
+    sample_whole = bounded.sample_positions(
+        n_rows,
+        cap=audit.max_cohort_rows,
+        rng=seeds.rng("audit", target, "cohort", root=params.seed),
+    )
+    sample_audited = bounded.sample_positions(
+        n_split,
+        cap=audit.max_audited_rows,
+        rng=seeds.rng("audit", target, "audited", root=params.seed),
+    )
+    # with the split "all" and nothing sampled, the audited people are the whole cohort
+    same = split == "all" and sample_whole is None and sample_audited is None
+    tasks = _slice_tasks(
+        bounds, summary.split_counts, whole=sample_whole, audited=sample_audited, skip_whole=same
+    )
     parts = engine.map_partitions(
         read.slice_rows,
-        read.slice_bounds(n_rows, rows=read_rows),
+        tasks,
         client=client,
         sources=sources,
         whole_columns=whole_columns,
         split_columns=split_columns,
         split=split,
     )
-    whole = cohort_mod.with_whole_cohort_columns(
-        pl.concat([narrow for narrow, _ in parts]),
-        capacity_mode=params.operating_point.capacity_mode,
-        capacity=params.operating_point.capacity,
-        need_case_share=params.audit.need_case_share,
-    )
-    groups = pl.concat([chosen for _, chosen in parts])
+    # one chunk per column, as the whole-cohort computations left them: the tables' many
+    # passes over a frame of a chunk per slice would each copy it whole again
+    narrow_parts, chosen_parts = [rows for rows, _ in parts], [people for _, people in parts]
     del parts
-    cohort_mod.check_cohort(whole, split="all", has_truth=sources.truth is not None)
-    rows = whole if split == "all" else whole.filter(pl.col("split") == split)
-    if rows.height == 0:
-        raise ContractError(f"{sources.scores}: no rows in split {split!r} to audit")
+    narrow = pl.concat(narrow_parts, rechunk=True)
+    del narrow_parts  # freed before the second copy: one list and one frame at a time
+    chosen = pl.concat(chosen_parts, rechunk=True)
+    del chosen_parts
+    if sources.truth is not None:
+        held = chosen if same else (None if sample_whole is not None else narrow)
+        if held is not None and held["true_need"].null_count() == held.height:
+            _no_true_need()
+        cuts = replace(
+            cuts,
+            true_need_cut=_true_need_cut(
+                params, sources, bounds, n_true_need=summary.n_true_need, whole=held, client=client
+            ),
+        )
+    narrow_columns = [c for c in narrow.columns]
     audited = cohort_mod.with_group_labels(
-        pl.concat([rows.drop(whole_columns), groups], how="horizontal").lazy(),
+        pl.concat(
+            [
+                bounded.with_cuts(chosen.select(narrow_columns), cuts).drop(whole_columns),
+                chosen.select(split_columns),
+            ],
+            how="horizontal",
+        ).lazy(),
         _label_dimensions(params),
     ).collect()
-    if split == "all":
-        return audited, audited
+    del chosen
+    cohort = AuditCohort(
+        audited=audited,
+        whole=audited,
+        cut_score=cuts.cut_score,
+        audited_sampled=sample_audited is not None,
+        whole_sampled=sample_whole is not None,
+    )
+    if same:
+        return cohort
     labelled = set(cohort_mod.labelled_dimensions(_label_dimensions(params)))
-    whole = whole.with_columns(
+    whole = bounded.with_cuts(narrow, cuts).with_columns(
         *(cohort_mod.dimension_expr(c) for c in whole_columns if c in labelled),
         pl.col("outcome").cast(pl.Int8),
     )
-    return audited, whole
+    return replace(cohort, whole=whole)
 
 
 def _without_unavailable_dimensions(
@@ -918,19 +1128,21 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
     params, unaudited = _without_unavailable_dimensions(params, paths)
     audit, operating_point = params.audit, params.operating_point
     with engine.connect_for(params) as client:
-        audited, whole = _read_cohorts(params, paths, target=target, client=client)
-    n_people = audited.height
+        cohort = _read_cohort(params, paths, target=target, client=client)
+    n_people = cohort.audited.height
     tables = audit_tables(
-        audited,
+        cohort.audited,
         audit=audit,
         operating_point=operating_point,
         outreach=params.outreach,
         seed=params.seed,
         target=target,
-        whole_cohort=whole,
+        whole_cohort=cohort.whole,
         impact=params.impact,
+        sampled_cut_score=(cohort.cut_score,) if cohort.whole_sampled else None,
     )
-    del audited, whole  # row-level: everything below is aggregate
+    sampled = {"audited": cohort.audited_sampled, "cohort": cohort.whole_sampled}
+    del cohort  # row-level: everything below is aggregate
     rule = params.disclosure
     published = published_tables(tables, audit=audit, rule=rule)
     summary = audit_summary(
@@ -941,6 +1153,7 @@ def run(params: Params, paths: io.Paths, *, target: str) -> None:
         n_people=n_people,
         group_metrics=published["group_metrics"],
         rule=rule,
+        sampled=sampled,
     )
     if unaudited:
         summary = summary.model_copy(update={"unaudited_dimensions": unaudited})
