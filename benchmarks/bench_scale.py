@@ -22,7 +22,7 @@ from them).
 (a project after ``dvc repro``; N is then DIR's population) and runs only those stages.
 
 Usage: ``nice .venv/bin/python benchmarks/bench_scale.py [N] [--engines local,dask]
-[--workers 1,2] [--distributed] [--only-icbs A,B] [--keep DIR]
+[--workers 1,2] [--distributed] [--only-icbs A,B] [--set SECTION.KEY=VALUE] [--keep DIR]
 [--from DIR --stages S,...]`` (N defaults to 200000).
 """
 
@@ -141,11 +141,13 @@ def make_project(
     n_people: int,
     only_icbs: list[str] | None = None,
     chunk_size: int | None = None,
+    overrides: dict[str, object] | None = None,
 ) -> dict:
     """The project's code and params at ``n_people`` in ``folder``; returns the params.
 
     ``only_icbs``: generate only those ICBs of an ``n_people`` world, at their sizes in it
     (``population.only_icbs``: the England projection's real-size partitions).
+    ``overrides``: ``section.key`` -> value, as ``dvc exp run -S`` sets them (``--set``).
     """
     for name in COPIED:
         source = ROOT / name
@@ -159,6 +161,12 @@ def make_project(
         params["population"]["only_icbs"] = only_icbs
     if chunk_size:
         params["population"]["chunk_size"] = chunk_size
+    for dotted, value in (overrides or {}).items():
+        *sections, key = dotted.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[key] = value
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -273,6 +281,7 @@ def run_project(
     distributed: bool = False,
     only_icbs: list[str] | None = None,
     chunk_size: int | None = None,
+    overrides: dict[str, object] | None = None,
     source: Path | None = None,
     only: tuple[str, ...] | None = None,
     interval: float = 0.2,
@@ -280,7 +289,9 @@ def run_project(
 ) -> list[Measured]:
     """Make a project in ``folder`` (optionally on ``source``'s outputs), run its stages on one
     engine, print the per-stage lines and the totals; return the measurements."""
-    params = make_project(folder, n_people=n_people, only_icbs=only_icbs, chunk_size=chunk_size)
+    params = make_project(
+        folder, n_people=n_people, only_icbs=only_icbs, chunk_size=chunk_size, overrides=overrides
+    )
     if source:
         copy_outputs(source, folder)
     set_engine(folder, engine=engine, distributed=distributed, workers=workers)
@@ -297,11 +308,25 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--distributed", action="store_true", help="train.distributed on Dask")
     parser.add_argument("--only-icbs", help="population.only_icbs, comma-separated ICB codes")
     parser.add_argument("--chunk-size", type=int, help="population.chunk_size")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a param, as dvc exp run -S (repeatable; the value parsed as YAML)",
+    )
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling, seconds")
     parser.add_argument("--keep", type=Path, help="keep the runs under this folder")
     parser.add_argument("--from", dest="source", type=Path, help="reuse this project's outputs")
     parser.add_argument("--stages", help="with --from: the stages to run, comma-separated")
     return parser.parse_args()
+
+
+def _override(item: str) -> tuple[str, object]:
+    """``section.key=value`` as a key and its YAML value."""
+    key, _, value = item.partition("=")
+    return key, yaml.safe_load(value)
 
 
 def _runs(engines: list[str], workers: str | None) -> list[tuple[str, str, int | None]]:
@@ -339,6 +364,7 @@ def main() -> None:
             distributed=args.distributed,
             only_icbs=only_icbs,
             chunk_size=args.chunk_size,
+            overrides=dict(_override(item) for item in args.overrides),
             source=args.source,
             only=only,
             interval=args.interval,

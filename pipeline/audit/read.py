@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.audit import bounded
+from pipeline.batches import slice_bounds
 from pipeline.errors import ContractError
 from pipeline.io import person_range
 
@@ -65,17 +66,6 @@ class SourcePaths:
     truth: Path | None
     oracle: Path | None
     target: str
-
-
-def slice_bounds(n_rows: int, *, rows: int = READ_ROWS) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each slice of ``n_rows`` rows, at most ``rows`` each, in order.
-
-    >>> slice_bounds(5, rows=2)
-    [(0, 2), (2, 4), (4, 5)]
-    """
-    if rows < 1:
-        raise ValueError(f"rows must be positive, got {rows}")
-    return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)] or [(0, 0)]
 
 
 def _of_people(frame: pl.LazyFrame, ids: pl.Series) -> pl.LazyFrame:
