@@ -2,11 +2,15 @@
 
 A LightGBM regression of a need label - the target's own ``true_need`` when
 ``data/truth/oracle.parquet`` exists (synthetic data: e.g. the true 5-year CVD risk for the CVD
-target), else the recorded multimorbidity count - on the recorded features, trained on the
-train split (its seeded sample: only those people's inputs are read) and scored on the whole
-cohort in batches per ICB on the engine (:mod:`pipeline.batches`, ``engine``). Writes
-``data/scores/need/<target>.parquet`` (person_id, need_score; row-level, so under ``data/``),
-which the audit reads for its ``need_based`` mitigation policy and outreach for its
+target), else the recorded multimorbidity count - on the recorded features, trained on a seeded
+sample of the train split and scored on the whole cohort. The cohort is read in slices of the
+scores file (sorted by person_id, so a ``person_id`` range filter reads only a slice's row groups
+of the other files): a first pass counts each slice's people, the training sample's people are
+found by their position in the train split, and each slice is scored as a task on the engine
+(``engine``) that writes its part of ``data/scores/need/<target>.parquet`` (person_id,
+need_score; row-level, so under ``data/``), streamed into one file in order
+(:func:`pipeline.io.parts_into`): the stage holds a slice and the sample, never the cohort. The
+audit reads the scores for its ``need_based`` mitigation policy and outreach for its
 ``need_adjusted`` policy.
 
 Parameters: ``audit.need_model_rounds``, ``audit.need_model_max_rows``, ``audit.num_threads``

@@ -110,3 +110,31 @@ def test_excluded_records_reach_the_reports_data_quality_tables() -> None:
     (row,) = context["excluded"].rows
     assert [cell.text for cell in row] == ["events.value: implausible", "30", "bmi = 6.9"]
     assert quality_context({"valid": True, "excluded": []}, Rule())["excluded"] is None
+
+
+def test_the_report_says_when_the_audit_tables_are_of_samples() -> None:
+    """Past audit.max_audited_rows / max_cohort_rows the report's notes say so, with the caps;
+    below them there is no note."""
+    from pipeline import contract
+    from pipeline.report.inputs import sample_notes
+
+    base = {
+        "confidence": 0.95,
+        "fair_ratio_low": 0.8,
+        "fair_ratio_high": 1.25,
+        "n_bootstrap": 10,
+        "n_monte_carlo": 100,
+        "min_group_size": 100,
+        "min_group_events": 10,
+        "score_bins": 1000,
+        "bootstrap_score_bins": 100,
+        "need_case_share": 0.2,
+        "need_case_definition": "recorded",
+        "max_audited_rows": 2_000_000,
+        "max_cohort_rows": 10_000_000,
+    }
+    assert sample_notes(contract.AuditSettings(**base)) == []
+    sampled = contract.AuditSettings(**base, audited_rows_sampled=True, cohort_rows_sampled=True)
+    audited, cohort = sample_notes(sampled)
+    assert "2,000,000" in audited and "audit.max_audited_rows" in audited
+    assert "10,000,000" in cohort and "audit.max_cohort_rows" in cohort

@@ -401,6 +401,25 @@ def _operating_point(summary: contract.AuditSummary) -> dict[str, Any]:
     return operating
 
 
+def sample_notes(settings: contract.AuditSettings) -> list[str]:
+    """What the reader must know when the audit's tables are of seeded samples (populations
+    past ``audit.max_audited_rows`` / ``audit.max_cohort_rows``: docs/audit_tables.md)."""
+    notes = []
+    if settings.audited_rows_sampled:
+        notes.append(
+            f"The audit's group tables describe a random sample of {settings.max_audited_rows:,} "
+            "people of the audited split, not all of it (audit.max_audited_rows): counts are "
+            "the sample's; rates and ratios estimate the whole split's."
+        )
+    if settings.cohort_rows_sampled:
+        notes.append(
+            f"The policies' trade-offs and their impact are simulated on a random sample of "
+            f"{settings.max_cohort_rows:,} eligible people (audit.max_cohort_rows): their "
+            "counts are the sample's."
+        )
+    return notes
+
+
 def _audit_summary(path: Path, target: str) -> contract.AuditSummary:
     if not path.exists():
         raise StageError(
@@ -428,6 +447,7 @@ def _target_view(
         f"{dimension.replace('_', ' ')} could not be audited: {reason}."
         for dimension, reason in summary.unaudited_dimensions.items()
     ]
+    notes += sample_notes(summary.settings)
     tables = read_audit_tables(folder)
     groups = groups_view(tables["group_metrics"])
     if groups.is_empty():

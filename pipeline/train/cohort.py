@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 SLICE_ROWS: Final = 1_000_000
-"""Rows of the features file joined to their outcome rows at once (:func:`cohort_in_slices`)."""
+"""Rows of the features file joined to their outcome rows at once (:class:`CohortSlices`): the
+people the train stage holds, counts and scores together (its memory past the samples' caps)."""
 
 
 @dataclass(frozen=True)
