@@ -259,7 +259,8 @@ def project(runs: Runs, *, disk: int, cluster: list[int]) -> None:
     print(f"  peak memory per stage: {measured_peak / 1e9:.2f} GB measured (2 workers),")
     print(
         f"    {peak_england / 1e9:.1f} GB projected for England (growth per person, partitions "
-        f"x{LARGEST_ICB_SHARE:.1f} for the largest ICB)"
+        f"x{LARGEST_ICB_SHARE:.1f} for the largest ICB): an upper bound, since the samples "
+        "that grow here stop at their caps (train.max_*_rows, audit.max_*_rows; docs/scale.md)"
     )
     per_person = disk / n_people
     print(f"  disk: {per_person * ENGLAND / 1e9:.0f} GB ({per_person:.0f} bytes per person)")
