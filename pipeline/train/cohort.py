@@ -366,13 +366,15 @@ def gather_samples(
             split = samples.split_of(name)
             first = sum(counts.per_slice[i][split] for i in range(index))
             low, high = np.searchsorted(positions, [first, first + counts.per_slice[index][split]])
-            wanted = pl.Series(positions[low:high])
-            found[name].append(
-                people.filter(
-                    (pl.col("split") == split) & pl.col("split_position").is_in(wanted.implode())
-                )
-            )
+            found[name].append(people.filter(in_sample(split, positions[low:high])))
     return {name: pl.concat(parts) for name, parts in found.items()}
+
+
+def in_sample(split: str, positions: np.ndarray) -> pl.Expr:
+    """The people of ``split`` at ``positions`` of it (``split_position``:
+    :func:`with_split_position`)."""
+    wanted = pl.Series(positions, dtype=pl.Int64).implode()
+    return (pl.col("split") == split) & pl.col("split_position").is_in(wanted)
 
 
 def oracle_risk(person_ids: pl.Series, oracle: pl.LazyFrame, *, target: str) -> np.ndarray:

@@ -29,6 +29,7 @@ from pipeline.train.cohort import (
     draw_samples,
     feature_spec,
     gather_samples,
+    in_sample,
     oracle_risk,
     plan_slices,
     read_outcomes,
@@ -218,10 +219,7 @@ def score_slices(
             pl.Series(RAW_SCORE, raw, dtype=pl.Float64)
         )
         part.write_parquet(folder / io.part_name(slices.bounds[index][0]))
-        chosen = part.filter(
-            (pl.col("split") == "validation")
-            & pl.col("split_position").is_in(pl.Series(calibration_positions).implode())
-        )
+        chosen = part.filter(in_sample("validation", calibration_positions))
         raw_rows.append(chosen[RAW_SCORE].to_numpy())
         outcomes.append(_outcomes(chosen))
     return np.concatenate(raw_rows), np.concatenate(outcomes)
@@ -287,12 +285,8 @@ def evaluated_rows(
                 (pl.int_range(pl.len()) + start).alias("row")
             )
             for name, found in kept.items():
-                wanted = pl.Series(samples.positions[name]).implode()
-                found.append(
-                    rows.filter(
-                        (pl.col("split") == name) & pl.col("split_position").is_in(wanted)
-                    ).select("row", "outcome", "risk_score")
-                )
+                chosen = in_sample(samples.split_of(name), samples.positions[name])
+                found.append(rows.filter(chosen).select("row", "outcome", "risk_score"))
             start += part.height
             yield rows.select("row", "risk_rank", *unit)
 
