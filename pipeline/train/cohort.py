@@ -90,7 +90,7 @@ def cohort_frame(
     -------
     pl.LazyFrame
         person_id, split, outcome (Int8), ``columns``, sorted by person_id; a left join, so a
-        cohort member without features shows as a null split (see :func:`check_cohort`).
+        cohort member without features shows as a null split (see :func:`check_counts`).
     """
     cohort = outcomes.filter(pl.col("target") == target).select(
         "person_id", pl.col("value").cast(pl.Int8).alias("outcome")
